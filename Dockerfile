@@ -1,0 +1,23 @@
+# One image with the three service binaries; docker-compose.yml picks one per
+# container with `command:`.
+
+FROM rust:1.95-bookworm AS build
+# librdkafka is compiled from source by rdkafka-sys.
+RUN apt-get update && apt-get install -y --no-install-recommends cmake \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p payments-service -p service-a -p service-b \
+    && mkdir -p /out \
+    && cp target/release/payments-service target/release/service-a target/release/service-b /out/
+
+FROM debian:bookworm-slim
+# curl: for the compose health checks.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 app
+COPY --from=build /out/ /usr/local/bin/
+USER app
+ENV RUST_LOG=info,librdkafka=warn

@@ -1,0 +1,248 @@
+//! Helpers for the end-to-end tests (`tests/e2e`): a real broker, the three
+//! services spawned in-process on port 0 with their own topics and groups, and
+//! waiting on conditions instead of sleeping.
+
+pub mod broker;
+pub mod proxy;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use service_kit::config::KafkaConfig;
+use shared_events::Topics;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use broker::Broker;
+
+/// How long a condition may take to become true. Generous: group joins and
+/// JVM warm-up on a loaded 2-core machine take seconds.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Kafka settings with topics of this test's own.
+pub fn kafka_config(broker: &Broker) -> KafkaConfig {
+    KafkaConfig {
+        bootstrap_servers: broker.bootstrap_servers.clone(),
+        topics: Topics {
+            notifications: unique("test.notifications"),
+            state: unique("test.state"),
+        },
+        ..KafkaConfig::local()
+    }
+}
+
+/// A service running in this process, stopped by [`TestApp::stop`].
+#[derive(Debug)]
+pub struct TestApp {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    /// Binds 127.0.0.1:0 and runs `run(listener, shutdown)` in a task.
+    pub async fn spawn<F, Fut>(run: F) -> Self
+    where
+        F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind test app");
+        let addr = listener.local_addr().expect("test app address");
+        let (shutdown, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(listener, stopped));
+        Self {
+            addr,
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Asks the service to shut down and waits until it has.
+    ///
+    /// # Panics
+    ///
+    /// If the service failed.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let result = tokio::time::timeout(PATIENCE, &mut self.task)
+            .await
+            .expect("service stops in time");
+        result.expect("service task").expect("service ran without error");
+    }
+}
+
+fn signal(stopped: oneshot::Receiver<()>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = stopped.await;
+    }
+}
+
+/// Payments with `kafka`, publishing with a short broker timeout.
+pub async fn spawn_payments(kafka: &KafkaConfig) -> TestApp {
+    let config = payments_service::Config {
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        kafka: kafka.clone(),
+        publish_timeout: Duration::from_secs(10),
+    };
+    TestApp::spawn(|listener, stopped| async move {
+        Ok(payments_service::run(config, listener, signal(stopped)).await?)
+    })
+    .await
+}
+
+/// ServiceA with `kafka`, in consumer group `group_id`.
+pub async fn spawn_service_a(kafka: &KafkaConfig, group_id: &str) -> TestApp {
+    let config = service_a::Config {
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        kafka: kafka.clone(),
+        group_id: group_id.to_owned(),
+    };
+    TestApp::spawn(
+        |listener, stopped| async move { Ok(service_a::run(config, listener, signal(stopped)).await?) },
+    )
+    .await
+}
+
+/// ServiceB with `kafka`, in consumer group `group_id`, calling Payments at
+/// `payments_url` with quick retries.
+pub async fn spawn_service_b(kafka: &KafkaConfig, group_id: &str, payments_url: &str) -> TestApp {
+    let config = service_b::Config {
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        kafka: kafka.clone(),
+        group_id: group_id.to_owned(),
+        payments_url: payments_url.to_owned(),
+        callback_timeout: Duration::from_secs(2),
+        retry: service_kit::consumer::Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+    };
+    TestApp::spawn(
+        |listener, stopped| async move { Ok(service_b::run(config, listener, signal(stopped)).await?) },
+    )
+    .await
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`PATIENCE`]
+/// naming `what` was awaited.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GETs `url` and returns the JSON body if the status is 200.
+pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Option<serde_json::Value> {
+    let response = client.get(url).send().await.ok()?;
+    if response.status() != reqwest::StatusCode::OK {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// A valid payment request body.
+pub fn payment_request(customer: &str, amount: i64) -> serde_json::Value {
+    serde_json::json!({
+        "customer_id": customer,
+        "order_id": unique("o"),
+        "amount": amount,
+        "currency": "EUR",
+    })
+}
+
+/// POSTs a payment, asserts 201, returns the created payment.
+pub async fn create_payment(
+    client: &reqwest::Client,
+    payments: &TestApp,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let response = client
+        .post(payments.url("/payments"))
+        .json(body)
+        .send()
+        .await
+        .expect("POST /payments");
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED, "POST /payments");
+    response.json().await.expect("payment JSON")
+}
+
+/// The first `count` records of `topic`, read from the beginning of every
+/// partition by a raw client (no group, no decoding).
+pub async fn read_records(
+    kafka: &KafkaConfig,
+    topic: &str,
+    count: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer = service_kit::kafka::replica(kafka, "test-reader", topic)
+        .await
+        .expect("reader");
+    let mut records = Vec::with_capacity(count);
+    while records.len() < count {
+        let record = tokio::time::timeout(PATIENCE, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{topic} has fewer than {count} records"))
+            .expect("record");
+        records.push(record.detach());
+    }
+    records
+}
+
+/// Produces a record as any client could, bypassing the contract's encoder.
+pub async fn produce_raw(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    headers: &[(&str, &str)],
+    payload: Option<&[u8]>,
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .create()
+        .expect("raw producer");
+    let headers = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(*value),
+        })
+    });
+    let mut record = FutureRecord::<str, [u8]>::to(topic)
+        .partition(partition)
+        .key("poison")
+        .headers(headers);
+    if let Some(payload) = payload {
+        record = record.payload(payload);
+    }
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("raw record delivered");
+}

@@ -1,0 +1,201 @@
+//! What happens when things go wrong: a dependency down, a restart in the
+//! middle of a retry, records that are not events.
+
+use std::time::Duration;
+
+use integration_tests::proxy::GatedProxy;
+use integration_tests::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+#[tokio::test]
+async fn service_b_retries_the_callback_until_payments_answers() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker);
+    let http = reqwest::Client::new();
+    let payments = spawn_payments(&kafka).await;
+    let gate = GatedProxy::start(payments.addr).await;
+    let service_b = spawn_service_b(&kafka, &unique("service-b"), &gate.url()).await;
+
+    let payment = create_payment(&http, &payments, &payment_request("c-4", 700)).await;
+    let record_url = service_b.url(&format!(
+        "/payments/{}",
+        payment["payment_id"].as_str().expect("id")
+    ));
+
+    eventually("service-b retries the callback", || async {
+        (gate.refused() >= 3).then_some(())
+    })
+    .await;
+    let response = http.get(&record_url).send().await.expect("GET");
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "nothing recorded while Payments is unreachable"
+    );
+
+    gate.open();
+    let record = eventually("service-b records once Payments answers", || {
+        get_json(&http, &record_url)
+    })
+    .await;
+    assert_eq!(record["payment"], payment);
+    let attempts = record["attempts"].as_u64().expect("attempts");
+    assert!(attempts > 3, "took {attempts} attempts");
+
+    service_b.stop().await;
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn offsets_are_committed_on_shutdown_and_only_for_handled_records() {
+    let broker = Broker::get().await;
+    let mut kafka = kafka_config(&broker);
+    // Only the commit on shutdown can commit anything in this test.
+    kafka.commit_interval = Duration::from_secs(600);
+    let http = reqwest::Client::new();
+    let group = unique("service-b");
+    let payments = spawn_payments(&kafka).await;
+    let gate = GatedProxy::start(payments.addr).await;
+    gate.open();
+
+    let first_b = spawn_service_b(&kafka, &group, &gate.url()).await;
+    let handled = create_payment(&http, &payments, &payment_request("c-5", 100)).await;
+    let handled_id = handled["payment_id"].as_str().expect("id");
+    eventually("the first payment is recorded", || {
+        get_json(&http, first_b.url(&format!("/payments/{handled_id}")))
+    })
+    .await;
+
+    gate.close();
+    let pending = create_payment(&http, &payments, &payment_request("c-5", 200)).await;
+    let pending_id = pending["payment_id"].as_str().expect("id");
+    let refused = gate.refused();
+    eventually("the second callback is failing", || async {
+        (gate.refused() > refused).then_some(())
+    })
+    .await;
+    first_b.stop().await;
+
+    // The same group, restarted: it resumes after the handled notification
+    // and gets the pending one again.
+    let second_b = spawn_service_b(&kafka, &group, &gate.url()).await;
+    gate.open();
+    let record = eventually("the pending payment is recorded after the restart", || {
+        get_json(&http, second_b.url(&format!("/payments/{pending_id}")))
+    })
+    .await;
+    assert_eq!(record["payment"], pending);
+    let response = http
+        .get(second_b.url(&format!("/payments/{handled_id}")))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "the handled notification's offset was committed on shutdown, so it is not re-delivered"
+    );
+
+    second_b.stop().await;
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_records_are_skipped_and_the_services_keep_going() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker);
+    let http = reqwest::Client::new();
+    let payments = spawn_payments(&kafka).await;
+    let service_a = spawn_service_a(&kafka, &unique("service-a")).await;
+    let service_b = spawn_service_b(&kafka, &unique("service-b"), &payments.url("")).await;
+
+    let id = uuid::Uuid::now_v7().to_string();
+    let time = chrono::Utc::now().to_rfc3339();
+    let good_headers = |ce_type: &'static str| {
+        vec![
+            ("ce_specversion", "1.0"),
+            ("ce_id", "0196a3f1-0000-7000-8000-000000000001"),
+            ("ce_source", "/somebody-else"),
+            ("ce_type", ce_type),
+            ("ce_time", time.as_str()),
+            ("content-type", "application/json"),
+        ]
+    };
+    let notification = serde_json::json!({"payment_id": id, "received_at": time}).to_string();
+    let notification_v1 = "payments.payment-received.notification.v1";
+    let poison: Vec<(Vec<(&str, &str)>, Option<&[u8]>)> = vec![
+        (vec![], Some(b"no headers at all")),
+        (good_headers(notification_v1), Some(b"{not json")),
+        (good_headers(notification_v1), Some(br#"{"payment_id": 42}"#)),
+        (good_headers(notification_v1), None),
+        (good_headers("payments.refund.v1"), Some(notification.as_bytes())),
+        (
+            good_headers("payments.payment-received.notification.v2"),
+            Some(notification.as_bytes()),
+        ),
+        (
+            good_headers(notification_v1)
+                .into_iter()
+                .filter(|(k, _)| *k != "ce_id")
+                .collect(),
+            Some(notification.as_bytes()),
+        ),
+    ];
+    // On every partition of both topics, so every good record below queues
+    // behind poison.
+    for topic in [&kafka.topics.notifications, &kafka.topics.state] {
+        for partition in 0..3 {
+            for (headers, payload) in &poison {
+                produce_raw(&kafka, topic, partition, headers, *payload).await;
+            }
+        }
+    }
+
+    let mut ids = Vec::new();
+    for amount in 1..=6 {
+        let payment = create_payment(&http, &payments, &payment_request("c-6", amount)).await;
+        ids.push(payment["payment_id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        eventually("service-a caches the good payment", || {
+            get_json(&http, service_a.url(&format!("/payments/{id}")))
+        })
+        .await;
+        eventually("service-b records the good payment", || {
+            get_json(&http, service_b.url(&format!("/payments/{id}")))
+        })
+        .await;
+    }
+    let audit = eventually("service-a audits the good notifications", || async {
+        let audit = get_json(&http, service_a.url("/audit")).await?;
+        (audit.as_array()?.len() >= ids.len()).then_some(audit)
+    })
+    .await;
+    let audited: Vec<&str> = audit
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["payment_id"].as_str())
+        .collect();
+    assert_eq!(
+        audited.len(),
+        ids.len(),
+        "only good notifications are audited: {audit}"
+    );
+    assert!(ids.iter().all(|id| audited.contains(&id.as_str())));
+    assert!(
+        get_json(&http, service_a.url(&format!("/payments/{id}")))
+            .await
+            .is_none(),
+        "the poison id is unknown"
+    );
+
+    for app in [&service_a, &service_b] {
+        let health: Value = get_json(&http, app.url("/health")).await.expect("healthy");
+        assert_eq!(health["broker"], "reachable");
+    }
+    service_a.stop().await;
+    service_b.stop().await;
+    payments.stop().await;
+}

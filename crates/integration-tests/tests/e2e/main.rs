@@ -1,0 +1,6 @@
+//! End-to-end tests against a real Apache Kafka broker (see
+//! `integration_tests::broker`). Each test has its own topics and groups.
+
+mod failures;
+mod flow;
+mod processes;

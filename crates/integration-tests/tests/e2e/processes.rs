@@ -1,0 +1,160 @@
+//! The three real binaries as separate processes, as docker compose runs them.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use integration_tests::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// `target/<profile>/`, where `cargo build --bins` (and so `cargo xtask test`)
+/// puts the service binaries: the parent of this test's `deps/` directory.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the services first (`cargo build --bins`; `cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A service process with its stderr and stdout lines forwarded to a channel.
+struct Process {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Process {
+    fn start(name: &str, envs: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(binary(name))
+            .envs(envs.iter().copied())
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (tx, lines) = mpsc::unbounded_channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (tx, name) = (tx.clone(), name.to_owned());
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    eprintln!("[{name}] {line}");
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Self { child, lines }
+    }
+
+    /// The address the service logged it listens on (it was given port 0).
+    async fn address(&mut self) -> String {
+        loop {
+            let line = tokio::time::timeout(PATIENCE, self.lines.recv())
+                .await
+                .expect("service logs its address in time")
+                .expect("service is running");
+            if let Some((_, rest)) = line.split_once("addr=") {
+                return rest.split_whitespace().next().expect("address").to_owned();
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits within 30 s of SIGTERM")
+            .expect("exit status")
+    }
+}
+
+#[tokio::test]
+async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker);
+    let http = reqwest::Client::new();
+    let (group_a, group_b) = (unique("service-a"), unique("service-b"));
+    let common = [
+        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.as_str()),
+        ("TOPIC_NOTIFICATIONS", kafka.topics.notifications.as_str()),
+        ("TOPIC_STATE", kafka.topics.state.as_str()),
+    ];
+
+    let mut payments = Process::start("payments-service", &common);
+    let payments_url = format!("http://{}", payments.address().await);
+    let mut service_a = Process::start(
+        "service-a",
+        &[&common[..], &[("GROUP_ID", group_a.as_str())]].concat(),
+    );
+    let service_b_env = [
+        &common[..],
+        &[
+            ("GROUP_ID", group_b.as_str()),
+            ("PAYMENTS_URL", payments_url.as_str()),
+        ],
+    ]
+    .concat();
+    let mut service_b = Process::start("service-b", &service_b_env);
+    let a_url = format!("http://{}", service_a.address().await);
+    let b_url = format!("http://{}", service_b.address().await);
+
+    let response = http
+        .post(format!("{payments_url}/payments"))
+        .json(&payment_request("c-7", 4200))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let payment: serde_json::Value = response.json().await.expect("json");
+    let id = payment["payment_id"].as_str().expect("id");
+
+    eventually("service-a has the payment", || async {
+        (get_json(&http, &format!("{a_url}/payments/{id}")).await? == payment).then_some(())
+    })
+    .await;
+    eventually("service-b recorded the callback", || async {
+        (get_json(&http, &format!("{b_url}/payments/{id}")).await?["payment"] == payment).then_some(())
+    })
+    .await;
+    for url in [&payments_url, &a_url, &b_url] {
+        let health = get_json(&http, &format!("{url}/health")).await.expect("healthy");
+        assert_eq!(health["status"], "ok");
+    }
+
+    for (name, process) in [
+        ("service-b", service_b),
+        ("service-a", service_a),
+        ("payments", payments),
+    ] {
+        let status = process.terminate().await;
+        assert!(status.success(), "{name} exited with {status} after SIGTERM");
+    }
+}

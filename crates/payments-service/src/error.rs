@@ -1,0 +1,10 @@
+//! Errors that stop Payments from starting or running. Request-level errors
+//! are [`crate::api::ApiError`].
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Runtime(#[from] service_kit::Error),
+}

@@ -1,0 +1,17 @@
+use anyhow::Context;
+use payments_service::{Config, run};
+use service_kit::lifecycle::shutdown_signal;
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    service_kit::telemetry::init();
+    let config = Config::from_env()?;
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, kafka = %config.kafka.bootstrap_servers, "payments-service starting");
+    run(config, listener, shutdown_signal()).await?;
+    tracing::info!("payments-service stopped");
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! ServiceA's settings, read once from the environment.
+
+use std::net::SocketAddr;
+
+use service_kit::Result;
+use service_kit::config::{KafkaConfig, var};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HTTP_ADDR`: where to listen. Default `127.0.0.1:8081`.
+    pub http_addr: SocketAddr,
+    /// Broker and topics (`KAFKA_BOOTSTRAP_SERVERS`, `TOPIC_*`).
+    pub kafka: KafkaConfig,
+    /// `GROUP_ID`: the consumer group. Default `service-a`.
+    pub group_id: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self> {
+        Ok(Self {
+            http_addr: var("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
+            kafka: KafkaConfig::from_env()?,
+            group_id: var("GROUP_ID", crate::SERVICE.to_owned())?,
+        })
+    }
+}

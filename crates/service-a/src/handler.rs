@@ -1,0 +1,109 @@
+//! What ServiceA does with each record.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{DateTime, Utc};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use serde::Serialize;
+use service_kit::consumer::{HandleError, Handler};
+use service_kit::memory::ById;
+use shared_events::{EventId, PaymentId, PaymentReceived, PaymentReceivedNotification, Topics, decode};
+use uuid::Uuid;
+
+/// One notification, as recorded in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub event_id: EventId,
+    pub payment_id: PaymentId,
+    /// When the payment was received (from the event).
+    pub received_at: DateTime<Utc>,
+    /// When ServiceA recorded the notification.
+    pub recorded_at: DateTime<Utc>,
+    pub source: String,
+    pub correlation_id: Uuid,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Everything ServiceA knows, shared by the consumer and the HTTP handlers.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    audit: Arc<Mutex<Audit>>,
+    /// The local copy of every payment, from the state topic.
+    pub payments: ById<PaymentReceived>,
+}
+
+#[derive(Debug, Default)]
+struct Audit {
+    entries: Vec<AuditEntry>,
+    /// Event ids already recorded: a redelivered notification is not
+    /// recorded twice.
+    seen: HashSet<EventId>,
+}
+
+impl State {
+    /// The audit log, oldest first.
+    pub fn audit_log(&self) -> Vec<AuditEntry> {
+        self.audit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries
+            .clone()
+    }
+
+    /// Records `entry` unless its event was recorded before. Returns whether it was new.
+    fn record(&self, entry: AuditEntry) -> bool {
+        let mut audit = self.audit.lock().unwrap_or_else(PoisonError::into_inner);
+        if !audit.seen.insert(entry.event_id) {
+            return false;
+        }
+        audit.entries.push(entry);
+        true
+    }
+}
+
+/// Handles both payment topics.
+#[derive(Debug)]
+pub struct PaymentEvents {
+    topics: Topics,
+    state: State,
+}
+
+impl PaymentEvents {
+    pub fn new(topics: Topics, state: State) -> Self {
+        Self { topics, state }
+    }
+}
+
+impl Handler for PaymentEvents {
+    async fn handle(&self, record: &OwnedMessage, _attempt: u32) -> Result<(), HandleError> {
+        if record.topic() == self.topics.notifications {
+            let event = decode::<PaymentReceivedNotification>(record)?;
+            let new = self.state.record(AuditEntry {
+                event_id: event.metadata.id,
+                payment_id: event.data.payment_id,
+                received_at: event.data.received_at,
+                recorded_at: Utc::now(),
+                source: event.metadata.source,
+                correlation_id: event.metadata.correlation_id,
+                partition: record.partition(),
+                offset: record.offset(),
+            });
+            tracing::info!(payment_id = %event.data.payment_id, new, "notification audited");
+        } else if record.topic() == self.topics.state {
+            let event = decode::<PaymentReceived>(record)?;
+            let id = event.data.payment_id;
+            // An upsert: applying the same state twice changes nothing.
+            self.state.payments.upsert(id, event.data);
+            tracing::info!(payment_id = %id, "payment copy updated");
+        } else {
+            return Err(HandleError::permanent(format!(
+                "not subscribed to topic `{}`",
+                record.topic()
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! ServiceA: reacts to payments without ever calling Payments.
+//!
+//! - From the **notifications** topic it keeps an audit log: every
+//!   `PaymentReceived` notification, oldest first (`GET /audit`).
+//! - From the compacted **state** topic it keeps its own copy of every payment
+//!   (event-carried state transfer), served at `GET /payments/{id}` even while
+//!   Payments is down.
+//!
+//! Notifications are read as consumer group `service-a`: instances share the
+//! partitions, and a restart resumes where the group left off. The state
+//! topic is read differently: the copy lives in memory, so every instance
+//! reads *all* partitions from the beginning on every start, outside any
+//! group, and so rebuilds its copy (the topic is compacted for exactly this).
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from the environment.
+//! - [`handler`]: what happens to each record, and the state it builds.
+//! - [`api`]: the HTTP routes.
+
+pub mod api;
+pub mod config;
+pub mod handler;
+
+use std::future::Future;
+
+use service_kit::consumer::{self, Backoff, Offsets};
+use service_kit::http::{health_router, serve};
+use service_kit::kafka::{self, Admin};
+use service_kit::lifecycle::{stop_token, supervise, task};
+use tokio::net::TcpListener;
+
+pub use api::app;
+pub use config::Config;
+pub use handler::{AuditEntry, PaymentEvents, State};
+
+/// The service's name: its Kafka client id.
+pub const SERVICE: &str = "service-a";
+
+/// Runs ServiceA on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> service_kit::Result<()> {
+    let topics = config.kafka.topics.clone();
+    let admin = Admin::new(&config.kafka, SERVICE)?;
+    admin.ensure_topics(&topics).await?;
+    let notifications = kafka::consumer(&config.kafka, SERVICE, &config.group_id, &[&topics.notifications])?;
+    let state_topic = kafka::replica(&config.kafka, SERVICE, &topics.state).await?;
+
+    let state = State::default();
+    let router = app(state.clone()).merge(health_router(admin));
+    let audit = PaymentEvents::new(topics.clone(), state.clone());
+    let copy = PaymentEvents::new(topics, state);
+
+    let stop = stop_token(shutdown);
+    let backoff = Backoff::default();
+    supervise(
+        stop.clone(),
+        [
+            task(
+                "notifications",
+                consumer::run(notifications, Offsets::Commit, audit, backoff, stop.clone()),
+            ),
+            task(
+                "state",
+                consumer::run(state_topic, Offsets::Forget, copy, backoff, stop.clone()),
+            ),
+            task("http", serve(listener, router, stop)),
+        ],
+    )
+    .await
+}

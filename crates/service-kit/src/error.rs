@@ -1,0 +1,37 @@
+//! Errors of the shared runtime. Services wrap [`Error`] in their own error
+//! enum; binaries report it through `anyhow`.
+
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An environment variable is set to something unusable.
+    #[error("invalid configuration: {var}={value:?}: {reason}")]
+    Config {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// A Kafka client call failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The broker refused to create a topic.
+    #[error("cannot create topic `{topic}`: {code}")]
+    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    /// A topic a service reads does not exist.
+    #[error("topic `{0}` does not exist")]
+    MissingTopic(String),
+    /// Binding or serving a socket failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// A task of the service panicked or was aborted.
+    #[error("task `{task}` failed: {source}")]
+    Task {
+        task: &'static str,
+        source: tokio::task::JoinError,
+    },
+}

@@ -1,0 +1,31 @@
+//! Runtime plumbing the three services share, so each service's own code is
+//! only its behaviour.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed configuration from the environment, with local defaults.
+//! - [`kafka`]: the one place Kafka clients are built; every non-obvious
+//!   librdkafka setting is explained there. Also topic creation and the
+//!   broker health probe.
+//! - [`consumer`]: the consumer loop: handle a record, *then* store its offset
+//!   (at-least-once); retry transient failures with backoff; skip records that
+//!   can never be handled.
+//! - [`http`]: serving axum with graceful shutdown, `GET /health`, and the JSON
+//!   error body all services answer with.
+//! - [`memory`]: an in-memory map by payment id (the services' stores for now).
+//! - [`lifecycle`]: the shutdown signal and the supervisor that runs a
+//!   service's tasks and reports how each ended.
+//! - [`telemetry`]: `tracing` setup.
+//! - [`error`]: this crate's error type.
+
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod http;
+pub mod kafka;
+pub mod lifecycle;
+pub mod memory;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,92 @@
+//! Starting and stopping a service.
+//!
+//! A service is a few long-running tasks (the HTTP server, one consumer loop
+//! or more) sharing one [`CancellationToken`]. [`supervise`] runs them; when
+//! any of them ends, for whatever reason, it cancels the token so the others
+//! wind down too, and it logs how each one ended.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// Resolves on ctrl-c or SIGTERM (what `docker stop` and Kubernetes send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+
+    tokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// A token that is cancelled when `shutdown` resolves.
+pub fn stop_token(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown => stop.cancel(),
+            () = stop.cancelled() => {}
+        }
+    });
+    token
+}
+
+/// One named long-running part of a service.
+pub type Task = (&'static str, Pin<Box<dyn Future<Output = Result<()>> + Send>>);
+
+/// Names a future as a [`Task`].
+pub fn task(name: &'static str, fut: impl Future<Output = Result<()>> + Send + 'static) -> Task {
+    (name, Box::pin(fut))
+}
+
+/// Runs `tasks` until all have ended. The first to end cancels `stop`; the
+/// first error is returned once every task has finished.
+pub async fn supervise(stop: CancellationToken, tasks: impl IntoIterator<Item = Task>) -> Result<()> {
+    let mut set = JoinSet::new();
+    for (name, fut) in tasks {
+        set.spawn(async move { (name, fut.await) });
+    }
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        stop.cancel();
+        match joined {
+            Ok((name, Ok(()))) => tracing::info!(task = name, "task stopped"),
+            Ok((name, Err(e))) => {
+                tracing::error!(task = name, error = %e, "task failed");
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "task panicked");
+                first_error.get_or_insert(Error::Task {
+                    task: "unknown",
+                    source: e,
+                });
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

@@ -1,0 +1,14 @@
+//! Logging setup. Levels come from `RUST_LOG` (default: `info`, with
+//! librdkafka's own chatter at `warn`).
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global `tracing` subscriber. Call once, from `main`.
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}

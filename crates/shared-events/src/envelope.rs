@@ -1,0 +1,488 @@
+//! The one way events are put on and taken off Kafka: the CloudEvents 1.0
+//! Kafka protocol binding in *binary content mode*.
+//!
+//! The event's data is the record value (plain JSON, readable by any tool),
+//! and its attributes travel as headers:
+//!
+//! | header              | value                                              |
+//! |---------------------|----------------------------------------------------|
+//! | `ce_specversion`    | `1.0`                                              |
+//! | `ce_id`             | unique per event (a UUID); consumers dedupe on it  |
+//! | `ce_source`         | the producing service, e.g. `/payments-service`    |
+//! | `ce_type`           | event name and schema version, `<name>.v<n>`       |
+//! | `ce_time`           | when the event happened, RFC 3339                  |
+//! | `content-type`      | `application/json`                                 |
+//! | `ce_correlationid`  | extension: the request or flow this belongs to     |
+//! | `ce_causationid`    | extension, optional: the event that caused this one|
+//!
+//! The record key is the event's [`Event::key`] (the payment id).
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{DecodeError, EncodeError};
+use crate::events::Event;
+use crate::topics::TopicKind;
+
+/// Header names, as the Kafka binding spells them.
+pub mod header {
+    pub const SPECVERSION: &str = "ce_specversion";
+    pub const ID: &str = "ce_id";
+    pub const SOURCE: &str = "ce_source";
+    pub const TYPE: &str = "ce_type";
+    pub const TIME: &str = "ce_time";
+    pub const CONTENT_TYPE: &str = "content-type";
+    pub const CORRELATION_ID: &str = "ce_correlationid";
+    pub const CAUSATION_ID: &str = "ce_causationid";
+}
+
+const SPECVERSION: &str = "1.0";
+const JSON: &str = "application/json";
+
+/// Unique id of one event (`ce_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(Uuid);
+
+impl EventId {
+    /// A fresh id (UUIDv7, so ids sort by creation time).
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<Uuid> for EventId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+/// The CloudEvents attributes of an event, apart from its type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Metadata {
+    pub id: EventId,
+    pub source: String,
+    pub time: DateTime<Utc>,
+    /// Shared by every event and call of one flow, for tracing it end to end.
+    /// An event published without one starts its own flow (its own id).
+    pub correlation_id: Uuid,
+    /// The event that caused this one, if any.
+    pub causation_id: Option<Uuid>,
+}
+
+/// An event with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<E> {
+    pub metadata: Metadata,
+    pub data: E,
+}
+
+impl<E: Event> Envelope<E> {
+    /// Wraps `data` as a new event from `source`, happening now.
+    pub fn new(source: &str, data: E, correlation_id: Uuid, causation_id: Option<Uuid>) -> Self {
+        Self {
+            metadata: Metadata {
+                id: EventId::new(),
+                source: source.to_owned(),
+                time: Utc::now(),
+                correlation_id,
+                causation_id,
+            },
+            data,
+        }
+    }
+}
+
+/// An encoded event, ready for a producer: the topic is resolved through
+/// [`crate::Topics::name`].
+#[derive(Debug)]
+pub struct KafkaRecord {
+    pub topic: TopicKind,
+    pub key: String,
+    pub headers: OwnedHeaders,
+    pub payload: Vec<u8>,
+}
+
+/// Encodes an event as a Kafka record.
+pub fn encode<E: Event>(event: &Envelope<E>) -> Result<KafkaRecord, EncodeError> {
+    let meta = &event.metadata;
+    let id = meta.id.to_string();
+    let ce_type = E::TYPE.ce_type();
+    let time = meta.time.to_rfc3339_opts(SecondsFormat::Micros, true);
+    let correlation_id = meta.correlation_id.to_string();
+    let causation_id = meta.causation_id.map(|id| id.to_string());
+
+    let mut headers = OwnedHeaders::new_with_capacity(8);
+    for (key, value) in [
+        (header::SPECVERSION, Some(SPECVERSION)),
+        (header::ID, Some(id.as_str())),
+        (header::SOURCE, Some(meta.source.as_str())),
+        (header::TYPE, Some(ce_type.as_str())),
+        (header::TIME, Some(time.as_str())),
+        (header::CONTENT_TYPE, Some(JSON)),
+        (header::CORRELATION_ID, Some(correlation_id.as_str())),
+        (header::CAUSATION_ID, causation_id.as_deref()),
+    ] {
+        if let Some(value) = value {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+    }
+
+    Ok(KafkaRecord {
+        topic: E::TOPIC,
+        key: event.data.key(),
+        headers,
+        payload: serde_json::to_vec(&event.data)?,
+    })
+}
+
+/// Decodes a record as an event of type `E`, checking every attribute.
+///
+/// Every failure is a [`DecodeError`], never a panic: records on a topic can
+/// come from any producer.
+pub fn decode<E: Event>(record: &impl Message) -> Result<Envelope<E>, DecodeError> {
+    let specversion = required(record, header::SPECVERSION)?;
+    if specversion != SPECVERSION {
+        return Err(invalid(
+            header::SPECVERSION,
+            format!("expected `{SPECVERSION}`, got `{specversion}`"),
+        ));
+    }
+
+    check_type::<E>(required(record, header::TYPE)?)?;
+
+    let content_type = required(record, header::CONTENT_TYPE)?;
+    // `application/json; charset=utf-8` is the same thing.
+    if content_type.split(';').next().map(str::trim) != Some(JSON) {
+        return Err(invalid(
+            header::CONTENT_TYPE,
+            format!("expected `{JSON}`, got `{content_type}`"),
+        ));
+    }
+
+    let id = uuid(header::ID, required(record, header::ID)?)?;
+    let source = required(record, header::SOURCE)?;
+    if source.is_empty() {
+        return Err(invalid(header::SOURCE, "must not be empty".to_owned()));
+    }
+    let time = required(record, header::TIME)?;
+    let time = DateTime::parse_from_rfc3339(time)
+        .map_err(|e| invalid(header::TIME, format!("not an RFC 3339 time: {e}")))?
+        .with_timezone(&Utc);
+    let correlation_id = match optional(record, header::CORRELATION_ID)? {
+        Some(s) => uuid(header::CORRELATION_ID, s)?,
+        None => id,
+    };
+    let causation_id = optional(record, header::CAUSATION_ID)?
+        .map(|s| uuid(header::CAUSATION_ID, s))
+        .transpose()?;
+
+    let payload = record.payload().ok_or(DecodeError::MissingData)?;
+    let data = serde_json::from_slice(payload)?;
+
+    Ok(Envelope {
+        metadata: Metadata {
+            id: EventId(id),
+            source: source.to_owned(),
+            time,
+            correlation_id,
+            causation_id,
+        },
+        data,
+    })
+}
+
+/// The raw `ce_id` header, for logging a record before (or without) decoding it.
+pub fn event_id_of(record: &impl Message) -> Option<String> {
+    optional(record, header::ID).ok().flatten().map(str::to_owned)
+}
+
+fn check_type<E: Event>(ce_type: &str) -> Result<(), DecodeError> {
+    let expected = E::TYPE;
+    let Some((name, version)) = ce_type.rsplit_once(".v") else {
+        return Err(DecodeError::UnknownType(ce_type.to_owned()));
+    };
+    if name != expected.name {
+        return Err(DecodeError::UnknownType(ce_type.to_owned()));
+    }
+    if version != expected.version.to_string() {
+        return Err(DecodeError::UnsupportedVersion {
+            event: expected.name,
+            found: version.to_owned(),
+            supported: expected.version,
+        });
+    }
+    Ok(())
+}
+
+/// The value of the last header called `name`, as UTF-8.
+fn optional<'a>(record: &'a impl Message, name: &'static str) -> Result<Option<&'a str>, DecodeError> {
+    let Some(headers) = record.headers() else {
+        return Ok(None);
+    };
+    let Some(value) = headers
+        .iter()
+        .filter(|h| h.key == name)
+        .last()
+        .and_then(|h| h.value)
+    else {
+        return Ok(None);
+    };
+    std::str::from_utf8(value)
+        .map(Some)
+        .map_err(|_| invalid(name, "not valid UTF-8".to_owned()))
+}
+
+fn required<'a>(record: &'a impl Message, name: &'static str) -> Result<&'a str, DecodeError> {
+    optional(record, name)?.ok_or(DecodeError::MissingHeader(name))
+}
+
+fn uuid(name: &'static str, s: &str) -> Result<Uuid, DecodeError> {
+    Uuid::try_parse(s).map_err(|_| invalid(name, format!("`{s}` is not a UUID")))
+}
+
+fn invalid(name: &'static str, reason: String) -> DecodeError {
+    DecodeError::InvalidHeader { name, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    use super::*;
+    use crate::events::PaymentReceived;
+    use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
+
+    fn payment() -> PaymentReceived {
+        PaymentReceived {
+            payment_id: PaymentId::new(),
+            customer_id: CustomerId::parse("c-1").expect("valid"),
+            order_id: OrderId::parse("o-1").expect("valid"),
+            amount: Amount::parse(1999).expect("valid"),
+            currency: Currency::parse("EUR").expect("valid"),
+            received_at: Utc::now(),
+        }
+    }
+
+    /// What a consumer would receive for `record`.
+    fn delivered(record: KafkaRecord) -> OwnedMessage {
+        message(Some(record.payload), Some(record.headers))
+    }
+
+    fn message(payload: Option<Vec<u8>>, headers: Option<OwnedHeaders>) -> OwnedMessage {
+        OwnedMessage::new(
+            payload,
+            Some(b"key".to_vec()),
+            "topic".to_owned(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            headers,
+        )
+    }
+
+    /// The headers of a valid state event, with `name` replaced by `value`
+    /// (or removed when `value` is `None`).
+    fn headers_with(name: &str, value: Option<&str>) -> OwnedHeaders {
+        let valid = encode(&Envelope::new("/test", payment(), Uuid::now_v7(), None)).expect("encodes");
+        let mut headers = OwnedHeaders::new();
+        for h in valid.headers.iter() {
+            let v = if h.key == name {
+                value.map(str::as_bytes)
+            } else {
+                h.value
+            };
+            if v.is_some() {
+                headers = headers.insert(Header { key: h.key, value: v });
+            }
+        }
+        headers
+    }
+
+    fn decode_with(name: &str, value: Option<&str>) -> Result<Envelope<PaymentReceived>, DecodeError> {
+        let json = serde_json::to_vec(&payment()).expect("serialises");
+        decode(&message(Some(json), Some(headers_with(name, value))))
+    }
+
+    #[test]
+    fn round_trip_keeps_data_and_metadata() {
+        let cause = Uuid::now_v7();
+        let sent = Envelope::new("/payments-service", payment(), Uuid::now_v7(), Some(cause));
+        let record = encode(&sent).expect("encodes");
+        assert_eq!(record.key, sent.data.payment_id.to_string());
+        assert_eq!(record.topic, TopicKind::State);
+
+        let received: Envelope<PaymentReceived> = decode(&delivered(record)).expect("decodes");
+        assert_eq!(received.data, sent.data);
+        assert_eq!(received.metadata.id, sent.metadata.id);
+        assert_eq!(received.metadata.source, "/payments-service");
+        assert_eq!(received.metadata.correlation_id, sent.metadata.correlation_id);
+        assert_eq!(received.metadata.causation_id, Some(cause));
+        // RFC 3339 with microseconds: sub-microsecond digits are dropped.
+        let drift = (received.metadata.time - sent.metadata.time).num_microseconds();
+        assert_eq!(drift, Some(0));
+    }
+
+    #[test]
+    fn headers_follow_the_cloudevents_kafka_binding() {
+        let sent = Envelope::new(
+            "/payments-service",
+            payment().notification(),
+            Uuid::now_v7(),
+            None,
+        );
+        let record = encode(&sent).expect("encodes");
+        let value = |name: &str| {
+            record
+                .headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(value("ce_specversion").as_deref(), Some("1.0"));
+        assert_eq!(value("ce_id"), Some(sent.metadata.id.to_string()));
+        assert_eq!(value("ce_source").as_deref(), Some("/payments-service"));
+        assert_eq!(
+            value("ce_type").as_deref(),
+            Some("payments.payment-received.notification.v1")
+        );
+        assert_eq!(value("content-type").as_deref(), Some("application/json"));
+        assert_eq!(
+            value("ce_correlationid"),
+            Some(sent.metadata.correlation_id.to_string())
+        );
+        assert_eq!(value("ce_causationid"), None);
+        assert!(value("ce_time").is_some_and(|t| DateTime::parse_from_rfc3339(&t).is_ok()));
+    }
+
+    #[test]
+    fn notification_carries_only_id_and_time() {
+        let notification = payment().notification();
+        let json: serde_json::Value = serde_json::from_slice(
+            &encode(&Envelope::new("/t", notification, Uuid::now_v7(), None))
+                .expect("encodes")
+                .payload,
+        )
+        .expect("json");
+        let mut keys: Vec<_> = json.as_object().expect("object").keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["payment_id", "received_at"]);
+    }
+
+    #[test]
+    fn every_event_gets_its_own_id() {
+        let a = Envelope::new("/t", payment(), Uuid::now_v7(), None);
+        let b = Envelope::new("/t", a.data.clone(), a.metadata.correlation_id, None);
+        assert_ne!(a.metadata.id, b.metadata.id);
+    }
+
+    #[test]
+    fn missing_headers_are_reported_by_name() {
+        for name in [
+            header::SPECVERSION,
+            header::TYPE,
+            header::CONTENT_TYPE,
+            header::ID,
+            header::SOURCE,
+            header::TIME,
+        ] {
+            match decode_with(name, None) {
+                Err(DecodeError::MissingHeader(missing)) => assert_eq!(missing, name),
+                other => panic!("{name}: expected MissingHeader, got {other:?}"),
+            }
+        }
+        assert!(
+            decode(&message(Some(b"{}".to_vec()), None))
+                .map(|_: Envelope<PaymentReceived>| ())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn missing_correlation_id_starts_a_new_flow() {
+        let event = decode_with(header::CORRELATION_ID, None).expect("decodes");
+        assert_eq!(EventId(event.metadata.correlation_id), event.metadata.id);
+    }
+
+    #[test]
+    fn invalid_headers_are_rejected() {
+        for (name, value) in [
+            (header::SPECVERSION, "0.3"),
+            (header::CONTENT_TYPE, "application/avro"),
+            (header::ID, "not-a-uuid"),
+            (header::SOURCE, ""),
+            (header::TIME, "yesterday"),
+            (header::CORRELATION_ID, "nope"),
+        ] {
+            match decode_with(name, Some(value)) {
+                Err(DecodeError::InvalidHeader { name: got, .. }) => assert_eq!(got, name),
+                other => panic!("{name}={value}: expected InvalidHeader, got {other:?}"),
+            }
+        }
+        assert!(decode_with(header::CONTENT_TYPE, Some("application/json; charset=utf-8")).is_ok());
+    }
+
+    #[test]
+    fn unknown_types_and_versions_are_told_apart() {
+        for other in [
+            "payments.refund.v1",
+            "payments.payment-received.notification.v1",
+            "garbage",
+        ] {
+            assert!(
+                matches!(decode_with(header::TYPE, Some(other)), Err(DecodeError::UnknownType(t)) if t == other),
+                "{other}"
+            );
+        }
+        match decode_with(header::TYPE, Some("payments.payment-received.state.v2")) {
+            Err(DecodeError::UnsupportedVersion { found, supported, .. }) => {
+                assert_eq!((found.as_str(), supported), ("2", 1));
+            }
+            other => panic!("expected UnsupportedVersion, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_are_typed_errors() {
+        let headers = || Some(headers_with("", None));
+        let decode_value = |payload: Option<&[u8]>| -> Result<Envelope<PaymentReceived>, DecodeError> {
+            decode(&message(payload.map(<[u8]>::to_vec), headers()))
+        };
+        assert!(matches!(decode_value(None), Err(DecodeError::MissingData)));
+        for bad in [&b"not json"[..], b"{}", br#"{"payment_id": 1}"#, b"\xff\xfe"] {
+            assert!(matches!(
+                decode_value(Some(bad)),
+                Err(DecodeError::MalformedData(_))
+            ));
+        }
+        // Valid JSON, invalid contract: a zero amount does not decode either.
+        let mut json = serde_json::to_value(payment()).expect("serialises");
+        json["amount"] = 0.into();
+        let zero = serde_json::to_vec(&json).expect("serialises");
+        assert!(matches!(
+            decode_value(Some(&zero)),
+            Err(DecodeError::MalformedData(_))
+        ));
+    }
+}

@@ -1,0 +1,29 @@
+//! The contract every service shares: what a payment event is and how it
+//! travels over Kafka.
+//!
+//! Producers and consumers depend on this crate and nothing else to agree on
+//! the wire format, so a change here is a change of the public contract.
+//!
+//! # Layout
+//!
+//! - [`payment`]: validated value types (`PaymentId`, `Amount`, `Currency`, ...).
+//!   Money is integer minor units plus an ISO 4217 currency, never a float.
+//! - [`events`]: the events themselves. `PaymentReceived` exists twice: as a
+//!   minimal *notification* (which payment, when) and as *state* (the whole
+//!   payment, for event-carried state transfer).
+//! - [`envelope`]: the one encode/decode path, following the CloudEvents 1.0
+//!   Kafka protocol binding in binary content mode.
+//! - [`topics`]: topic names and their settings (retention vs. compaction).
+//! - [`error`]: what can go wrong when parsing, encoding or decoding.
+
+pub mod envelope;
+pub mod error;
+pub mod events;
+pub mod payment;
+pub mod topics;
+
+pub use envelope::{Envelope, EventId, KafkaRecord, Metadata, decode, encode};
+pub use error::{DecodeError, EncodeError, InvalidValue};
+pub use events::{Event, EventType, PaymentReceived, PaymentReceivedNotification};
+pub use payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
+pub use topics::{TopicKind, TopicSpec, Topics};

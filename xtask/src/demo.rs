@@ -1,0 +1,114 @@
+//! `cargo xtask up`: the whole demo without Docker.
+//!
+//! Starts the local broker (unless `KAFKA_BOOTSTRAP_SERVERS` points
+//! elsewhere), builds and starts the three services with their default
+//! addresses, and prefixes each line they log with the service's name. Ctrl-c
+//! (or any service exiting) stops the services with SIGTERM, waits for them to
+//! shut down cleanly, then stops the broker if this command started it.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::broker::{self, LocalBroker};
+
+const SERVICES: [&str; 3] = ["payments-service", "service-a", "service-b"];
+
+pub async fn run(root: &Path) -> Result<()> {
+    let local = LocalBroker::new(root);
+    let started_broker = match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
+        Ok(servers) if !servers.is_empty() => {
+            eprintln!("xtask: using the broker at {servers}");
+            false
+        }
+        _ => local.start().await?,
+    };
+
+    let result = run_services(root).await;
+    if started_broker {
+        local.stop()?;
+    }
+    result
+}
+
+async fn run_services(root: &Path) -> Result<()> {
+    let mut build = vec!["build", "--quiet"];
+    for service in SERVICES {
+        build.extend(["-p", service]);
+    }
+    crate::cargo(root, &build, &[]).await?;
+
+    let mut children = Vec::new();
+    for service in SERVICES {
+        children.push((service, spawn(root, service)?));
+    }
+    eprintln!(
+        "xtask: demo running: payments http://127.0.0.1:8080, service-a :8081, service-b :8082 (ctrl-c stops)"
+    );
+
+    // Until ctrl-c, or until any service exits on its own.
+    let exited = async {
+        loop {
+            for (name, child) in &mut children {
+                if let Ok(Some(status)) = child.try_wait() {
+                    eprintln!("xtask: {name} exited ({status})");
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => eprintln!("xtask: stopping the demo"),
+        () = exited => {}
+    }
+
+    for (name, child) in &mut children {
+        if let Some(pid) = child.id() {
+            // They may have had SIGINT from the terminal already; SIGTERM is
+            // the same request to shut down cleanly.
+            let _ = broker::signal(pid, "TERM");
+        }
+        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+            Ok(Ok(status)) => eprintln!("xtask: {name} stopped ({status})"),
+            _ => {
+                eprintln!("xtask: {name} did not stop in time, killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn spawn(root: &Path, service: &'static str) -> Result<Child> {
+    let mut child = Command::new(root.join("target/debug").join(service))
+        .env(
+            "KAFKA_BOOTSTRAP_SERVERS",
+            std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| broker::BOOTSTRAP.to_owned()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {service}"))?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(prefix_lines(service, out));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(prefix_lines(service, err));
+    }
+    Ok(child)
+}
+
+/// Copies `stream` to stderr line by line, each line prefixed by `name`.
+async fn prefix_lines(name: &'static str, stream: impl AsyncRead + Unpin) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        eprintln!("{name:>16} | {line}");
+    }
+}

@@ -1,0 +1,89 @@
+//! `cargo xtask`: developer tasks, in Rust so they run wherever cargo does.
+//!
+//! ```text
+//! cargo xtask kafka up       start a local Apache Kafka broker on 127.0.0.1:9092
+//! cargo xtask kafka down     stop it
+//! cargo xtask kafka status   is it running?
+//! cargo xtask up             the whole demo without Docker: broker + three services
+//! cargo xtask test [ARGS]    the test suite against a real broker (ARGS go to cargo test)
+//! ```
+
+mod broker;
+mod demo;
+mod test;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+  kafka up       start a local Apache Kafka broker (KRaft, 127.0.0.1:9092),
+                 fetched from Maven Central on first use
+  kafka down     stop the local broker
+  kafka status   tell whether the local broker is running
+  up             run the demo without Docker: local broker + payments-service,
+                 service-a and service-b; ctrl-c stops everything
+  test [ARGS]    run the workspace tests against a real broker: KAFKA_BOOTSTRAP_SERVERS
+                 if set, else Docker (testcontainers) if available, else the local
+                 broker; ARGS are passed to `cargo test`";
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let root = workspace_root();
+    match args.as_slice() {
+        ["kafka", "up"] => {
+            let broker = broker::LocalBroker::new(&root);
+            broker.start().await?;
+            eprintln!(
+                "xtask: broker ready on {} (logs: {})",
+                broker::BOOTSTRAP,
+                broker.log_path().display()
+            );
+            Ok(())
+        }
+        ["kafka", "down"] => broker::LocalBroker::new(&root).stop(),
+        ["kafka", "status"] => {
+            let broker = broker::LocalBroker::new(&root);
+            match broker.running_pid() {
+                Some(pid) => eprintln!("xtask: broker running (pid {pid}) on {}", broker::BOOTSTRAP),
+                None => eprintln!("xtask: broker not running"),
+            }
+            Ok(())
+        }
+        ["up"] => demo::run(&root).await,
+        ["test", rest @ ..] => test::run(&root, rest).await,
+        [] | ["help" | "-h" | "--help"] => {
+            eprintln!("{USAGE}");
+            Ok(())
+        }
+        _ => bail!("unknown task `{}`\n\n{USAGE}", args.join(" ")),
+    }
+}
+
+/// The workspace root: xtask lives one level below it.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Runs `cargo` with `args` and extra environment `envs` in the workspace,
+/// failing if it fails.
+async fn cargo(root: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = tokio::process::Command::new(&cargo)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(root)
+        .status()
+        .await
+        .with_context(|| format!("cannot run {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
