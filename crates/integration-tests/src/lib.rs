@@ -84,10 +84,8 @@ impl TestApp {
     }
 }
 
-fn signal(stopped: oneshot::Receiver<()>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = stopped.await;
-    }
+async fn signal(stopped: oneshot::Receiver<()>) {
+    let _ = stopped.await;
 }
 
 /// Payments with `kafka`, publishing with a short broker timeout.

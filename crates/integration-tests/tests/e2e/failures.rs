@@ -124,7 +124,8 @@ async fn malformed_records_are_skipped_and_the_services_keep_going() {
     };
     let notification = serde_json::json!({"payment_id": id, "received_at": time}).to_string();
     let notification_v1 = "payments.payment-received.notification.v1";
-    let poison: Vec<(Vec<(&str, &str)>, Option<&[u8]>)> = vec![
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let poison: Vec<(Headers, Option<&[u8]>)> = vec![
         (vec![], Some(b"no headers at all")),
         (good_headers(notification_v1), Some(b"{not json")),
         (good_headers(notification_v1), Some(br#"{"payment_id": 42}"#)),
