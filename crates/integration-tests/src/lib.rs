@@ -134,6 +134,38 @@ pub async fn spawn_service_b(kafka: &KafkaConfig, group_id: &str, payments_url: 
     .await
 }
 
+/// The three services wired together on one broker, with this test's own
+/// topics and consumer groups; ServiceB calls this Payments back.
+#[derive(Debug)]
+pub struct System {
+    pub kafka: KafkaConfig,
+    pub payments: TestApp,
+    pub service_a: TestApp,
+    pub service_b: TestApp,
+}
+
+impl System {
+    pub async fn start(broker: &Broker) -> Self {
+        let kafka = kafka_config(broker);
+        let payments = spawn_payments(&kafka).await;
+        let service_a = spawn_service_a(&kafka, &unique("service-a")).await;
+        let service_b = spawn_service_b(&kafka, &unique("service-b"), &payments.url("")).await;
+        Self {
+            kafka,
+            payments,
+            service_a,
+            service_b,
+        }
+    }
+
+    /// Stops the consumers first, then Payments.
+    pub async fn stop(self) {
+        self.service_b.stop().await;
+        self.service_a.stop().await;
+        self.payments.stop().await;
+    }
+}
+
 /// Polls `check` until it returns `Some`, or panics after [`PATIENCE`]
 /// naming `what` was awaited.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T

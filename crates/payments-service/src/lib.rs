@@ -43,8 +43,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let admin = Admin::new(&config.kafka, SERVICE)?;
-    admin.ensure_topics(&config.kafka.topics).await?;
+    let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
 
     let producer = kafka::producer(&config.kafka, SERVICE, config.publish_timeout)?;
     let publisher = KafkaPublisher::new(producer, config.kafka.topics.clone());

@@ -1,17 +1,12 @@
-use anyhow::Context;
-use payments_service::{Config, run};
-use service_kit::lifecycle::shutdown_signal;
-use tokio::net::TcpListener;
+use payments_service::{Config, SERVICE, run};
+use service_kit::lifecycle::{listen, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service_kit::telemetry::init();
     let config = Config::from_env()?;
-    let listener = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, kafka = %config.kafka.bootstrap_servers, "payments-service starting");
+    let listener = listen(SERVICE, config.http_addr, &config.kafka).await?;
     run(config, listener, shutdown_signal()).await?;
-    tracing::info!("payments-service stopped");
+    tracing::info!("{SERVICE} stopped");
     Ok(())
 }

@@ -107,3 +107,59 @@ impl Handler for PaymentEvents {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shared_events::Envelope;
+    use shared_events::testing::{delivered, payment};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redelivered_notification_is_audited_once() {
+        let topics = Topics::default();
+        let state = State::default();
+        let handler = PaymentEvents::new(topics.clone(), state.clone());
+        let notification = Envelope::new("/test", payment().notification(), Uuid::now_v7(), None);
+        let record = delivered(&topics.notifications, 7, &notification);
+
+        for _ in 0..2 {
+            handler.handle(&record, 1).await.expect("handled");
+        }
+        let audit = state.audit_log();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].event_id, notification.metadata.id);
+        assert_eq!(audit[0].offset, 7);
+    }
+
+    #[tokio::test]
+    async fn state_events_update_the_copy_and_notifications_do_not() {
+        let topics = Topics::default();
+        let state = State::default();
+        let handler = PaymentEvents::new(topics.clone(), state.clone());
+        let payment = payment();
+
+        let notification = Envelope::new("/test", payment.notification(), Uuid::now_v7(), None);
+        let record = delivered(&topics.notifications, 0, &notification);
+        handler.handle(&record, 1).await.expect("handled");
+        assert_eq!(state.payments.get(payment.payment_id), None);
+
+        let event = Envelope::new("/test", payment.clone(), Uuid::now_v7(), None);
+        handler
+            .handle(&delivered(&topics.state, 0, &event), 1)
+            .await
+            .expect("handled");
+        assert_eq!(state.payments.get(payment.payment_id), Some(payment));
+    }
+
+    #[tokio::test]
+    async fn a_state_event_on_the_notifications_topic_is_a_permanent_error() {
+        let topics = Topics::default();
+        let handler = PaymentEvents::new(topics.clone(), State::default());
+        let event = Envelope::new("/test", payment(), Uuid::now_v7(), None);
+        let outcome = handler
+            .handle(&delivered(&topics.notifications, 0, &event), 1)
+            .await;
+        assert!(matches!(outcome, Err(HandleError::Permanent(_))));
+    }
+}

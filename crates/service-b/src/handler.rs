@@ -65,3 +65,56 @@ impl Handler for Notifications {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shared_events::testing::{delivered, payment};
+    use shared_events::{Envelope, EventId};
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// A client for a Payments that is down: nothing listens on port 1.
+    fn payments_down() -> PaymentsClient {
+        PaymentsClient::new("http://127.0.0.1:1", Duration::from_secs(1))
+    }
+
+    #[tokio::test]
+    async fn a_failed_callback_is_transient_so_it_is_retried() {
+        let handler = Notifications::new(payments_down(), Records::default());
+        let notification = Envelope::new("/test", payment().notification(), Uuid::now_v7(), None);
+        let outcome = handler.handle(&delivered("n", 0, &notification), 1).await;
+        assert!(matches!(outcome, Err(HandleError::Transient(_))), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_notification_does_not_call_back_again() {
+        let records = Records::default();
+        let payment = payment();
+        let recorded = CallbackRecord {
+            payment: payment.clone(),
+            notification_id: EventId::new(),
+            fetched_at: Utc::now(),
+            attempts: 1,
+        };
+        records.upsert(payment.payment_id, recorded.clone());
+        // Payments is down: only skipping the callback can succeed.
+        let handler = Notifications::new(payments_down(), records.clone());
+        let notification = Envelope::new("/test", payment.notification(), Uuid::now_v7(), None);
+        handler
+            .handle(&delivered("n", 0, &notification), 1)
+            .await
+            .expect("skipped");
+        assert_eq!(records.get(payment.payment_id), Some(recorded));
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_notification_is_permanent() {
+        let handler = Notifications::new(payments_down(), Records::default());
+        let state = Envelope::new("/test", payment(), Uuid::now_v7(), None);
+        let outcome = handler.handle(&delivered("n", 0, &state), 1).await;
+        assert!(matches!(outcome, Err(HandleError::Permanent(_))), "{outcome:?}");
+    }
+}

@@ -41,8 +41,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> service_kit::Result<()> {
     let topics = config.kafka.topics.clone();
-    let admin = Admin::new(&config.kafka, SERVICE)?;
-    admin.ensure_topics(&topics).await?;
+    let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
     let consumer = kafka::consumer(&config.kafka, SERVICE, &config.group_id, &[&topics.notifications])?;
 
     let records = Records::default();

@@ -1,17 +1,12 @@
-use anyhow::Context;
-use service_b::{Config, run};
-use service_kit::lifecycle::shutdown_signal;
-use tokio::net::TcpListener;
+use service_b::{Config, SERVICE, run};
+use service_kit::lifecycle::{listen, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service_kit::telemetry::init();
     let config = Config::from_env()?;
-    let listener = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, kafka = %config.kafka.bootstrap_servers, group = %config.group_id, "service-b starting");
+    let listener = listen(SERVICE, config.http_addr, &config.kafka).await?;
     run(config, listener, shutdown_signal()).await?;
-    tracing::info!("service-b stopped");
+    tracing::info!("{SERVICE} stopped");
     Ok(())
 }

@@ -126,9 +126,11 @@ pub async fn run<H: Handler>(
             received = consumer.recv() => match received {
                 Ok(record) => record.detach(),
                 // librdkafka reports broker and partition trouble here and
-                // recovers by itself; a fatal error would be reported again.
+                // recovers by itself; the pause keeps a persistent error
+                // from spinning the loop.
                 Err(e) => {
                     tracing::warn!(error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },

@@ -25,7 +25,13 @@ pub enum Error {
     /// A topic a service reads does not exist.
     #[error("topic `{0}` does not exist")]
     MissingTopic(String),
-    /// Binding or serving a socket failed.
+    /// The HTTP address cannot be listened on (in use, or not this host's).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// Serving a socket failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     /// A task of the service panicked or was aborted.

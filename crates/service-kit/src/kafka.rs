@@ -137,6 +137,14 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
+    /// An admin client for the broker, after making sure the topics exist:
+    /// what every service does first.
+    pub async fn with_topics(config: &KafkaConfig, client_id: &str) -> Result<Self> {
+        let admin = Self::new(config, client_id)?;
+        admin.ensure_topics(&config.topics).await?;
+        Ok(admin)
+    }
+
     pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self> {
         Ok(Self {
             client: Arc::new(base(config, client_id).create()?),

@@ -5,12 +5,16 @@
 //! any of them ends, for whatever reason, it cancels the token so the others
 //! wind down too, and it logs how each one ended.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 
 /// Resolves on ctrl-c or SIGTERM (what `docker stop` and Kubernetes send).
@@ -42,6 +46,16 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Binds the service's HTTP listener, logging where it listens (tests give
+/// port 0 and read the chosen port from this line).
+pub async fn listen(service: &str, addr: SocketAddr, kafka: &KafkaConfig) -> Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    tracing::info!(addr = %listener.local_addr()?, kafka = %kafka.bootstrap_servers, "{service} starting");
+    Ok(listener)
+}
+
 /// A token that is cancelled when `shutdown` resolves.
 pub fn stop_token(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
     let token = CancellationToken::new();
@@ -67,24 +81,27 @@ pub fn task(name: &'static str, fut: impl Future<Output = Result<()>> + Send + '
 /// first error is returned once every task has finished.
 pub async fn supervise(stop: CancellationToken, tasks: impl IntoIterator<Item = Task>) -> Result<()> {
     let mut set = JoinSet::new();
+    let mut names = HashMap::new();
     for (name, fut) in tasks {
-        set.spawn(async move { (name, fut.await) });
+        names.insert(set.spawn(fut).id(), name);
     }
     let mut first_error = None;
-    while let Some(joined) = set.join_next().await {
+    while let Some(joined) = set.join_next_with_id().await {
         stop.cancel();
-        match joined {
-            Ok((name, Ok(()))) => tracing::info!(task = name, "task stopped"),
-            Ok((name, Err(e))) => {
-                tracing::error!(task = name, error = %e, "task failed");
-                first_error.get_or_insert(e);
+        let (id, outcome) = match joined {
+            Ok((id, result)) => (id, result),
+            Err(e) => (e.id(), Err(Error::Task { task: "", source: e })),
+        };
+        let task = names.get(&id).copied().unwrap_or("unnamed");
+        match outcome {
+            Ok(()) => tracing::info!(task, "task stopped"),
+            Err(Error::Task { source, .. }) => {
+                tracing::error!(task, error = %source, "task panicked");
+                first_error.get_or_insert(Error::Task { task, source });
             }
             Err(e) => {
-                tracing::error!(error = %e, "task panicked");
-                first_error.get_or_insert(Error::Task {
-                    task: "unknown",
-                    source: e,
-                });
+                tracing::error!(task, error = %e, "task failed");
+                first_error.get_or_insert(e);
             }
         }
     }

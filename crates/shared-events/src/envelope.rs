@@ -271,18 +271,7 @@ mod tests {
 
     use super::*;
     use crate::events::PaymentReceived;
-    use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
-
-    fn payment() -> PaymentReceived {
-        PaymentReceived {
-            payment_id: PaymentId::new(),
-            customer_id: CustomerId::parse("c-1").expect("valid"),
-            order_id: OrderId::parse("o-1").expect("valid"),
-            amount: Amount::parse(1999).expect("valid"),
-            currency: Currency::parse("EUR").expect("valid"),
-            received_at: Utc::now(),
-        }
-    }
+    use crate::testing::payment;
 
     /// What a consumer would receive for `record`.
     fn delivered(record: KafkaRecord) -> OwnedMessage {

@@ -15,12 +15,16 @@
 //!   Kafka protocol binding in binary content mode.
 //! - [`topics`]: topic names and their settings (retention vs. compaction).
 //! - [`error`]: what can go wrong when parsing, encoding or decoding.
+//! - `testing` (feature `test-util`): fixtures for consumers' tests.
 
 pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod payment;
 pub mod topics;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 pub use envelope::{Envelope, EventId, KafkaRecord, Metadata, decode, encode};
 pub use error::{DecodeError, EncodeError, InvalidValue};

@@ -104,11 +104,14 @@ async fn offsets_are_committed_on_shutdown_and_only_for_handled_records() {
 #[tokio::test]
 async fn malformed_records_are_skipped_and_the_services_keep_going() {
     let broker = Broker::get().await;
-    let kafka = kafka_config(&broker);
     let http = reqwest::Client::new();
-    let payments = spawn_payments(&kafka).await;
-    let service_a = spawn_service_a(&kafka, &unique("service-a")).await;
-    let service_b = spawn_service_b(&kafka, &unique("service-b"), &payments.url("")).await;
+    let system = System::start(&broker).await;
+    let System {
+        kafka,
+        payments,
+        service_a,
+        service_b,
+    } = &system;
 
     let id = uuid::Uuid::now_v7().to_string();
     let time = chrono::Utc::now().to_rfc3339();
@@ -148,14 +151,14 @@ async fn malformed_records_are_skipped_and_the_services_keep_going() {
     for topic in [&kafka.topics.notifications, &kafka.topics.state] {
         for partition in 0..3 {
             for (headers, payload) in &poison {
-                produce_raw(&kafka, topic, partition, headers, *payload).await;
+                produce_raw(kafka, topic, partition, headers, *payload).await;
             }
         }
     }
 
     let mut ids = Vec::new();
     for amount in 1..=6 {
-        let payment = create_payment(&http, &payments, &payment_request("c-6", amount)).await;
+        let payment = create_payment(&http, payments, &payment_request("c-6", amount)).await;
         ids.push(payment["payment_id"].as_str().expect("id").to_owned());
     }
     for id in &ids {
@@ -192,11 +195,9 @@ async fn malformed_records_are_skipped_and_the_services_keep_going() {
         "the poison id is unknown"
     );
 
-    for app in [&service_a, &service_b] {
+    for app in [service_a, service_b] {
         let health: Value = get_json(&http, app.url("/health")).await.expect("healthy");
         assert_eq!(health["broker"], "reachable");
     }
-    service_a.stop().await;
-    service_b.stop().await;
-    payments.stop().await;
+    system.stop().await;
 }

@@ -18,12 +18,13 @@ fn header(record: &rdkafka::message::OwnedMessage, name: &str) -> Option<String>
 #[tokio::test]
 async fn a_payment_reaches_service_a_and_service_b() {
     let broker = Broker::get().await;
-    let kafka = kafka_config(&broker);
     let http = reqwest::Client::new();
-
-    let payments = spawn_payments(&kafka).await;
-    let service_a = spawn_service_a(&kafka, &unique("service-a")).await;
-    let service_b = spawn_service_b(&kafka, &unique("service-b"), &payments.url("")).await;
+    let System {
+        payments,
+        service_a,
+        service_b,
+        ..
+    } = System::start(&broker).await;
 
     let response = http
         .post(payments.url("/payments"))

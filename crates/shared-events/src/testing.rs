@@ -1,0 +1,35 @@
+//! Fixtures for tests of code that handles events (feature `test-util`).
+
+use chrono::Utc;
+use rdkafka::Timestamp;
+use rdkafka::message::OwnedMessage;
+
+use crate::envelope::{Envelope, encode};
+use crate::events::{Event, PaymentReceived};
+use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
+
+/// A valid payment of 19.99 EUR, with a fresh id.
+pub fn payment() -> PaymentReceived {
+    PaymentReceived {
+        payment_id: PaymentId::new(),
+        customer_id: CustomerId::parse("c-1").expect("valid customer id"),
+        order_id: OrderId::parse("o-1").expect("valid order id"),
+        amount: Amount::parse(1999).expect("valid amount"),
+        currency: Currency::parse("EUR").expect("valid currency"),
+        received_at: Utc::now(),
+    }
+}
+
+/// `event` as a consumer would receive it from `topic` at `offset`.
+pub fn delivered<E: Event>(topic: &str, offset: i64, event: &Envelope<E>) -> OwnedMessage {
+    let record = encode(event).expect("test events encode");
+    OwnedMessage::new(
+        Some(record.payload),
+        Some(record.key.into_bytes()),
+        topic.to_owned(),
+        Timestamp::NotAvailable,
+        0,
+        offset,
+        Some(record.headers),
+    )
+}
