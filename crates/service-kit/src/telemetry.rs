@@ -1,6 +1,8 @@
 //! Logging setup. Levels come from `RUST_LOG` (default: `info`, with
 //! librdkafka's own chatter at `warn`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global `tracing` subscriber. Call once, from `main`.
@@ -10,5 +12,7 @@ pub fn init() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        // Colours for a terminal only: `docker logs` and files get plain text.
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
 }
