@@ -1,10 +1,10 @@
 # One image with the three service binaries; docker-compose.yml picks one per
-# container with `command:`.
+# container with `command:`. Needs BuildKit (Docker Compose v2 uses it) for
+# the cache mounts.
 
+# librdkafka is compiled from source by rdkafka-sys (configure + make, which
+# the rust image has).
 FROM rust:1.95-bookworm AS build
-# librdkafka is compiled from source by rdkafka-sys.
-RUN apt-get update && apt-get install -y --no-install-recommends cmake \
-    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -26,16 +26,21 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Kafka settings with topics of this test's own.
-pub fn kafka_config(broker: &Broker) -> KafkaConfig {
-    KafkaConfig {
+/// Kafka settings with topics of this test's own, created (with their real
+/// settings) before anything produces to them.
+pub async fn kafka_config(broker: &Broker) -> KafkaConfig {
+    let kafka = KafkaConfig {
         bootstrap_servers: broker.bootstrap_servers.clone(),
         topics: Topics {
             notifications: unique("test.notifications"),
             state: unique("test.state"),
         },
         ..KafkaConfig::local()
-    }
+    };
+    service_kit::kafka::Admin::with_topics(&kafka, "test-setup")
+        .await
+        .expect("create the test's topics");
+    kafka
 }
 
 /// A service running in this process, stopped by [`TestApp::stop`].
@@ -123,6 +128,7 @@ pub async fn spawn_service_b(kafka: &KafkaConfig, group_id: &str, payments_url: 
         group_id: group_id.to_owned(),
         payments_url: payments_url.to_owned(),
         callback_timeout: Duration::from_secs(2),
+        not_found_grace: Duration::from_secs(30),
         retry: service_kit::consumer::Backoff {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(500),
@@ -146,7 +152,7 @@ pub struct System {
 
 impl System {
     pub async fn start(broker: &Broker) -> Self {
-        let kafka = kafka_config(broker);
+        let kafka = kafka_config(broker).await;
         let payments = spawn_payments(&kafka).await;
         let service_a = spawn_service_a(&kafka, &unique("service-a")).await;
         let service_b = spawn_service_b(&kafka, &unique("service-b"), &payments.url("")).await;
@@ -240,6 +246,29 @@ pub async fn read_records(
         records.push(record.detach());
     }
     records
+}
+
+/// Publishes `event` through the contract's encoder, as Payments would.
+pub async fn produce_event<E: shared_events::Event>(kafka: &KafkaConfig, event: &shared_events::Envelope<E>) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let record = shared_events::encode(event).expect("encodes");
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .create()
+        .expect("producer");
+    let topic = kafka.topics.name(record.topic);
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(&record.key)
+                .payload(&record.payload)
+                .headers(record.headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("event delivered");
 }
 
 /// Produces a record as any client could, bypassing the contract's encoder.

@@ -93,9 +93,15 @@ impl EventPublisher for KafkaPublisher {
         correlation_id: Uuid,
     ) -> Result<(), PublishError> {
         let source = format!("/{SERVICE}");
-        let state = Envelope::new(&source, payment.clone(), correlation_id, None);
-        let notification = Envelope::new(&source, payment.notification(), correlation_id, None);
-        tokio::try_join!(self.send(&state), self.send(&notification))?;
+        let at = payment.received_at;
+        let state = Envelope::new(&source, payment.clone(), correlation_id, None).occurred_at(at);
+        let notification =
+            Envelope::new(&source, payment.notification(), correlation_id, None).occurred_at(at);
+        // Both sends run to the end: dropping one when the other fails would
+        // not recall its message, which may still be delivered.
+        let (state_sent, notification_sent) = tokio::join!(self.send(&state), self.send(&notification));
+        state_sent?;
+        notification_sent?;
         tracing::info!(
             state_event_id = %state.metadata.id,
             notification_event_id = %notification.metadata.id,

@@ -19,10 +19,12 @@ pub fn app(state: State) -> Router {
         .with_state(state)
 }
 
+#[tracing::instrument(skip_all)]
 async fn audit(Extract(state): Extract<State>) -> Json<Vec<AuditEntry>> {
     Json(state.audit_log())
 }
 
+#[tracing::instrument(skip(state))]
 async fn payment(
     Extract(state): Extract<State>,
     Path(id): Path<String>,

@@ -44,13 +44,17 @@ struct Audit {
 }
 
 impl State {
-    /// The audit log, oldest first.
+    /// The audit log, oldest payment first. Notifications arrive in order
+    /// within a partition only, so the log is sorted when read.
     pub fn audit_log(&self) -> Vec<AuditEntry> {
-        self.audit
+        let mut entries = self
+            .audit
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entries
-            .clone()
+            .clone();
+        entries.sort_by_key(|e| (e.received_at, e.event_id));
+        entries
     }
 
     /// Records `entry` unless its event was recorded before. Returns whether it was new.
@@ -93,6 +97,17 @@ impl Handler for PaymentEvents {
             });
             tracing::info!(payment_id = %event.data.payment_id, new, "notification audited");
         } else if record.topic() == self.topics.state {
+            // A tombstone (no value) is how a compacted topic deletes a key.
+            if record.payload().is_none() {
+                let key = record
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .unwrap_or_default();
+                let id = PaymentId::parse(key).map_err(HandleError::permanent)?;
+                self.state.payments.remove(id);
+                tracing::info!(payment_id = %id, "payment copy deleted (tombstone)");
+                return Ok(());
+            }
             let event = decode::<PaymentReceived>(record)?;
             let id = event.data.payment_id;
             // An upsert: applying the same state twice changes nothing.
@@ -150,6 +165,47 @@ mod tests {
             .await
             .expect("handled");
         assert_eq!(state.payments.get(payment.payment_id), Some(payment));
+    }
+
+    #[tokio::test]
+    async fn the_audit_is_oldest_first_whatever_the_arrival_order() {
+        let topics = Topics::default();
+        let state = State::default();
+        let handler = PaymentEvents::new(topics.clone(), state.clone());
+        let (older, newer) = (payment(), payment());
+        assert!(older.received_at < newer.received_at);
+        for (offset, p) in [(0, &newer), (1, &older)] {
+            let notification = Envelope::new("/test", p.notification(), Uuid::now_v7(), None);
+            let record = delivered(&topics.notifications, offset, &notification);
+            handler.handle(&record, 1).await.expect("handled");
+        }
+        let order: Vec<_> = state.audit_log().iter().map(|e| e.payment_id).collect();
+        assert_eq!(order, [older.payment_id, newer.payment_id]);
+    }
+
+    #[tokio::test]
+    async fn a_tombstone_deletes_the_copy() {
+        let topics = Topics::default();
+        let state = State::default();
+        let handler = PaymentEvents::new(topics.clone(), state.clone());
+        let payment = payment();
+        let event = Envelope::new("/test", payment.clone(), Uuid::now_v7(), None);
+        handler
+            .handle(&delivered(&topics.state, 0, &event), 1)
+            .await
+            .expect("handled");
+
+        let tombstone = OwnedMessage::new(
+            None,
+            Some(payment.payment_id.to_string().into_bytes()),
+            topics.state.clone(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            1,
+            None,
+        );
+        handler.handle(&tombstone, 1).await.expect("handled");
+        assert_eq!(state.payments.get(payment.payment_id), None);
     }
 
     #[tokio::test]

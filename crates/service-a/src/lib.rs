@@ -17,6 +17,9 @@
 //! - [`config`]: settings from the environment.
 //! - [`handler`]: what happens to each record, and the state it builds.
 //! - [`api`]: the HTTP routes.
+//!
+//! Its failures are all runtime ones ([`service_kit::Error`]): it has no
+//! error type of its own.
 
 pub mod api;
 pub mod config;

@@ -16,6 +16,7 @@ pub fn app(records: Records) -> Router {
         .with_state(records)
 }
 
+#[tracing::instrument(skip(records))]
 async fn payment(
     State(records): State<Records>,
     Path(id): Path<String>,

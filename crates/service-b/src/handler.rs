@@ -1,5 +1,7 @@
 //! What ServiceB does with each notification.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use rdkafka::message::OwnedMessage;
 use serde::Serialize;
@@ -7,7 +9,7 @@ use service_kit::consumer::{HandleError, Handler};
 use service_kit::memory::ById;
 use shared_events::{EventId, PaymentReceived, PaymentReceivedNotification, decode};
 
-use crate::payments::PaymentsClient;
+use crate::payments::{CallbackError, PaymentsClient};
 
 /// What ServiceB learnt about a payment by calling Payments back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,11 +32,19 @@ pub type Records = ById<CallbackRecord>;
 pub struct Notifications {
     payments: PaymentsClient,
     records: Records,
+    not_found_grace: Duration,
 }
 
 impl Notifications {
-    pub fn new(payments: PaymentsClient, records: Records) -> Self {
-        Self { payments, records }
+    /// `not_found_grace`: how long after a payment was received Payments may
+    /// still answer 404 for it before the notification counts as one that
+    /// can never be handled (see [`Handler::handle`]).
+    pub fn new(payments: PaymentsClient, records: Records, not_found_grace: Duration) -> Self {
+        Self {
+            payments,
+            records,
+            not_found_grace,
+        }
     }
 }
 
@@ -47,11 +57,27 @@ impl Handler for Notifications {
             tracing::info!(payment_id = %id, "already recorded, skipping callback");
             return Ok(());
         }
-        let payment = self
-            .payments
-            .payment(id, event.metadata.correlation_id)
-            .await
-            .map_err(HandleError::transient)?;
+        let payment = match self.payments.payment(id, event.metadata.correlation_id).await {
+            Ok(payment) => payment,
+            // A 404 shortly after the payment may be a read racing the write;
+            // long after, Payments does not know the payment (it was never
+            // accepted, or its store was lost). Retrying that forever would
+            // stall every partition this instance reads, so it is skipped.
+            Err(CallbackError::NotFound) => {
+                let age = (Utc::now() - event.data.received_at).to_std().unwrap_or_default();
+                let error = format!(
+                    "payments does not know payment {id}, {} ms after it was received",
+                    age.as_millis()
+                );
+                return Err(if age > self.not_found_grace {
+                    HandleError::permanent(error)
+                } else {
+                    HandleError::transient(error)
+                });
+            }
+            // Unreachable, timing out or failing: Payments will be back.
+            Err(e) => return Err(HandleError::transient(e)),
+        };
         tracing::info!(payment_id = %id, attempts = attempt, "payment info fetched");
         self.records.upsert(
             id,
@@ -68,13 +94,13 @@ impl Handler for Notifications {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use shared_events::testing::{delivered, payment};
     use shared_events::{Envelope, EventId};
     use uuid::Uuid;
 
     use super::*;
+
+    const GRACE: Duration = Duration::from_secs(30);
 
     /// A client for a Payments that is down: nothing listens on port 1.
     fn payments_down() -> PaymentsClient {
@@ -83,7 +109,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_callback_is_transient_so_it_is_retried() {
-        let handler = Notifications::new(payments_down(), Records::default());
+        let handler = Notifications::new(payments_down(), Records::default(), GRACE);
         let notification = Envelope::new("/test", payment().notification(), Uuid::now_v7(), None);
         let outcome = handler.handle(&delivered("n", 0, &notification), 1).await;
         assert!(matches!(outcome, Err(HandleError::Transient(_))), "{outcome:?}");
@@ -101,7 +127,7 @@ mod tests {
         };
         records.upsert(payment.payment_id, recorded.clone());
         // Payments is down: only skipping the callback can succeed.
-        let handler = Notifications::new(payments_down(), records.clone());
+        let handler = Notifications::new(payments_down(), records.clone(), GRACE);
         let notification = Envelope::new("/test", payment.notification(), Uuid::now_v7(), None);
         handler
             .handle(&delivered("n", 0, &notification), 1)
@@ -112,9 +138,31 @@ mod tests {
 
     #[tokio::test]
     async fn an_undecodable_notification_is_permanent() {
-        let handler = Notifications::new(payments_down(), Records::default());
+        let handler = Notifications::new(payments_down(), Records::default(), GRACE);
         let state = Envelope::new("/test", payment(), Uuid::now_v7(), None);
         let outcome = handler.handle(&delivered("n", 0, &state), 1).await;
+        assert!(matches!(outcome, Err(HandleError::Permanent(_))), "{outcome:?}");
+    }
+
+    /// A Payments that knows no payment at all.
+    async fn payments_without_payments() -> PaymentsClient {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move { axum::serve(listener, axum::Router::new()).await });
+        PaymentsClient::new(&url, Duration::from_secs(1))
+    }
+
+    #[tokio::test]
+    async fn not_found_is_retried_at_first_then_skipped() {
+        let handler = Notifications::new(payments_without_payments().await, Records::default(), GRACE);
+        let mut notification = payment().notification();
+        let fresh = Envelope::new("/test", notification.clone(), Uuid::now_v7(), None);
+        let outcome = handler.handle(&delivered("n", 0, &fresh), 1).await;
+        assert!(matches!(outcome, Err(HandleError::Transient(_))), "{outcome:?}");
+
+        notification.received_at = Utc::now() - chrono::Duration::hours(1);
+        let old = Envelope::new("/test", notification, Uuid::now_v7(), None);
+        let outcome = handler.handle(&delivered("n", 1, &old), 1).await;
         assert!(matches!(outcome, Err(HandleError::Permanent(_))), "{outcome:?}");
     }
 }

@@ -12,6 +12,9 @@
 //! - [`payments`]: the HTTP client for Payments' GetPaymentInfo.
 //! - [`handler`]: what happens to each notification, and the records it keeps.
 //! - [`api`]: the HTTP routes.
+//!
+//! Its failures are all runtime ones ([`service_kit::Error`]): it has no
+//! error type of its own.
 
 pub mod api;
 pub mod config;
@@ -46,7 +49,7 @@ pub async fn run(
 
     let records = Records::default();
     let payments = PaymentsClient::new(&config.payments_url, config.callback_timeout);
-    let handler = Notifications::new(payments, records.clone());
+    let handler = Notifications::new(payments, records.clone(), config.not_found_grace);
     let router = app(records).merge(health_router(admin));
 
     let stop = stop_token(shutdown);

@@ -6,11 +6,12 @@ use reqwest::StatusCode;
 use shared_events::{PaymentId, PaymentReceived};
 use uuid::Uuid;
 
-/// Why GetPaymentInfo did not return the payment. Each of these may clear up
-/// (Payments restarting, or not having stored the payment yet), so callers
-/// retry.
+/// Why GetPaymentInfo did not return the payment.
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
+    /// Payments does not know the payment (yet, or any more).
+    #[error("payments does not know the payment")]
+    NotFound,
     #[error("payments unreachable: {0}")]
     Unreachable(#[source] reqwest::Error),
     #[error("payments answered {0}")]
@@ -55,6 +56,9 @@ impl PaymentsClient {
             .send()
             .await
             .map_err(CallbackError::Unreachable)?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(CallbackError::NotFound);
+        }
         if response.status() != StatusCode::OK {
             return Err(CallbackError::Status(response.status()));
         }

@@ -13,7 +13,7 @@
 //!   cannot stall its partition.
 //!
 //! On shutdown the loop finishes the record in hand, commits the stored
-//! offsets synchronously and leaves the group.
+//! offsets and leaves the group.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -158,15 +158,24 @@ pub async fn run<H: Handler>(
         }
     }
 
-    if offsets == Offsets::Commit {
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
+    // Both calls block on the broker, so they run off the async threads.
+    let closed = tokio::task::spawn_blocking(move || {
+        // Closing commits stored offsets too (auto-commit is on); committing
+        // synchronously first makes the outcome visible in the log.
+        if offsets == Offsets::Commit {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
+            }
         }
-    }
-    // Dropping the consumer leaves the group, so its partitions move on now
-    // rather than after the session timeout.
-    Ok(())
+        // Dropping closes the consumer: it leaves the group, so its
+        // partitions move on now rather than after the session timeout.
+        drop(consumer);
+    });
+    closed.await.map_err(|source| crate::Error::Task {
+        task: "consumer close",
+        source,
+    })
 }
 
 /// Handles one record, retrying transient failures. Returns `false` if the

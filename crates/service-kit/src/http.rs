@@ -81,7 +81,15 @@ async fn health(State(admin): State<Admin>) -> (StatusCode, Json<Health>) {
 /// Serves `router` on `listener` until `stop` is cancelled, then stops taking
 /// requests and waits for the ones in flight.
 pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) -> Result<()> {
-    let router = router.layer(TraceLayer::new_for_http());
+    let router = router
+        .fallback(|| async {
+            ErrorBody::new("not_found", "no such route").into_response(StatusCode::NOT_FOUND)
+        })
+        .method_not_allowed_fallback(|| async {
+            ErrorBody::new("method_not_allowed", "this route does not take that method")
+                .into_response(StatusCode::METHOD_NOT_ALLOWED)
+        })
+        .layer(TraceLayer::new_for_http());
     axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await?;

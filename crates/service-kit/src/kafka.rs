@@ -58,8 +58,9 @@ pub fn consumer(
 ) -> Result<StreamConsumer> {
     let consumer: StreamConsumer = base(config, client_id)
         .set("group.id", group_id)
-        // A group without a committed offset starts at the beginning: a new
-        // consumer of the compacted state topic sees every payment.
+        // A group without a committed offset starts at the beginning of what
+        // the topic retains: a new group sees the notifications of the last
+        // 7 days rather than only those published after it started.
         .set("auto.offset.reset", "earliest")
         // The consumer loop stores a record's offset only after handling it...
         .set("enable.auto.offset.store", "false")
@@ -156,6 +157,9 @@ impl Admin {
     /// (partitions, retention or compaction). Existing topics are left alone.
     pub async fn ensure_topics(&self, topics: &Topics) -> Result<()> {
         let specs = topics.specs();
+        // With acks=all, an acknowledged write is on every *in-sync* replica;
+        // this keeps "in sync" from shrinking to the leader alone.
+        let min_insync = self.replication_factor.clamp(1, 2).to_string();
         let new_topics: Vec<NewTopic<'_>> = specs
             .iter()
             .map(|spec| {
@@ -164,7 +168,8 @@ impl Admin {
                         &spec.name,
                         spec.partitions,
                         TopicReplication::Fixed(self.replication_factor),
-                    ),
+                    )
+                    .set("min.insync.replicas", &min_insync),
                     |topic, (key, value)| topic.set(key, value),
                 )
             })

@@ -88,20 +88,17 @@ pub async fn supervise(stop: CancellationToken, tasks: impl IntoIterator<Item = 
     let mut first_error = None;
     while let Some(joined) = set.join_next_with_id().await {
         stop.cancel();
-        let (id, outcome) = match joined {
-            Ok((id, result)) => (id, result),
-            Err(e) => (e.id(), Err(Error::Task { task: "", source: e })),
-        };
-        let task = names.get(&id).copied().unwrap_or("unnamed");
-        match outcome {
-            Ok(()) => tracing::info!(task, "task stopped"),
-            Err(Error::Task { source, .. }) => {
+        let name = |id| names.get(&id).copied().unwrap_or("unnamed");
+        match joined {
+            Ok((id, Ok(()))) => tracing::info!(task = name(id), "task stopped"),
+            Ok((id, Err(e))) => {
+                tracing::error!(task = name(id), error = %e, "task failed");
+                first_error.get_or_insert(e);
+            }
+            Err(source) => {
+                let task = name(source.id());
                 tracing::error!(task, error = %source, "task panicked");
                 first_error.get_or_insert(Error::Task { task, source });
-            }
-            Err(e) => {
-                tracing::error!(task, error = %e, "task failed");
-                first_error.get_or_insert(e);
             }
         }
     }

@@ -107,6 +107,13 @@ impl<E: Event> Envelope<E> {
             data,
         }
     }
+
+    /// Sets when the event happened (`ce_time`), when that was not now.
+    #[must_use]
+    pub fn occurred_at(mut self, time: DateTime<Utc>) -> Self {
+        self.metadata.time = time;
+        self
+    }
 }
 
 /// An encoded event, ready for a producer: the topic is resolved through

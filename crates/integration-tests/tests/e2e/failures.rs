@@ -11,7 +11,7 @@ use serde_json::Value;
 #[tokio::test]
 async fn service_b_retries_the_callback_until_payments_answers() {
     let broker = Broker::get().await;
-    let kafka = kafka_config(&broker);
+    let kafka = kafka_config(&broker).await;
     let http = reqwest::Client::new();
     let payments = spawn_payments(&kafka).await;
     let gate = GatedProxy::start(payments.addr).await;
@@ -50,8 +50,9 @@ async fn service_b_retries_the_callback_until_payments_answers() {
 #[tokio::test]
 async fn offsets_are_committed_on_shutdown_and_only_for_handled_records() {
     let broker = Broker::get().await;
-    let mut kafka = kafka_config(&broker);
-    // Only the commit on shutdown can commit anything in this test.
+    let mut kafka = kafka_config(&broker).await;
+    // No background commit during the test: what the restarted group sees
+    // is what was committed when the first instance stopped.
     kafka.commit_interval = Duration::from_secs(600);
     let http = reqwest::Client::new();
     let group = unique("service-b");
@@ -199,5 +200,39 @@ async fn malformed_records_are_skipped_and_the_services_keep_going() {
         let health: Value = get_json(&http, app.url("/health")).await.expect("healthy");
         assert_eq!(health["broker"], "reachable");
     }
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_notification_for_a_payment_payments_does_not_know_does_not_stall_service_b() {
+    let broker = Broker::get().await;
+    let http = reqwest::Client::new();
+    let system = System::start(&broker).await;
+
+    // Received an hour ago, and unknown to this Payments: never answerable.
+    let unknown = shared_events::PaymentReceivedNotification {
+        payment_id: shared_events::PaymentId::new(),
+        received_at: chrono::Utc::now() - chrono::Duration::hours(1),
+    };
+    let unknown_id = unknown.payment_id;
+    produce_event(
+        &system.kafka,
+        &shared_events::Envelope::new("/test", unknown, uuid::Uuid::now_v7(), None),
+    )
+    .await;
+
+    let payment = create_payment(&http, &system.payments, &payment_request("c-8", 800)).await;
+    let id = payment["payment_id"].as_str().expect("id");
+    let record = eventually("service-b records the known payment", || {
+        get_json(&http, system.service_b.url(&format!("/payments/{id}")))
+    })
+    .await;
+    assert_eq!(record["payment"], payment);
+    let response = http
+        .get(system.service_b.url(&format!("/payments/{unknown_id}")))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
     system.stop().await;
 }

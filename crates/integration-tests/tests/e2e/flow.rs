@@ -86,7 +86,7 @@ async fn a_payment_reaches_service_a_and_service_b() {
 #[tokio::test]
 async fn the_notification_carries_only_the_id_and_the_state_event_the_whole_payment() {
     let broker = Broker::get().await;
-    let kafka = kafka_config(&broker);
+    let kafka = kafka_config(&broker).await;
     let http = reqwest::Client::new();
     let payments = spawn_payments(&kafka).await;
 
@@ -145,7 +145,7 @@ async fn topics_are_created_with_their_settings() {
     use rdkafka::client::DefaultClientContext;
 
     let broker = Broker::get().await;
-    let kafka = kafka_config(&broker);
+    let kafka = kafka_config(&broker).await;
     // Any service creates the topics it needs when they are missing.
     let service_a = spawn_service_a(&kafka, &unique("service-a")).await;
     let http = reqwest::Client::new();
@@ -188,7 +188,7 @@ async fn topics_are_created_with_their_settings() {
 #[tokio::test]
 async fn a_fresh_service_a_rebuilds_its_copy_from_the_state_topic() {
     let broker = Broker::get().await;
-    let kafka = kafka_config(&broker);
+    let kafka = kafka_config(&broker).await;
     let http = reqwest::Client::new();
     let payments = spawn_payments(&kafka).await;
 

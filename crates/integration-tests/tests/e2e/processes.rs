@@ -99,7 +99,7 @@ impl Process {
 #[tokio::test]
 async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
     let broker = Broker::get().await;
-    let kafka = kafka_config(&broker);
+    let kafka = kafka_config(&broker).await;
     let http = reqwest::Client::new();
     let (group_a, group_b) = (unique("service-a"), unique("service-b"));
     let common = [
