@@ -55,7 +55,8 @@ impl LocalBroker {
     /// The broker's pid, if it is running.
     pub fn running_pid(&self) -> Option<u32> {
         let pid = fs::read_to_string(self.pid_path()).ok()?.trim().parse().ok()?;
-        is_alive(pid).then_some(pid)
+        // A stale pid file (after a reboot) may name an unrelated process.
+        (is_alive(pid) && runs(pid, "kafka.Kafka")).then_some(pid)
     }
 
     /// Starts the broker unless it is running, and waits until it answers.
@@ -288,6 +289,20 @@ pub fn is_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `pid`'s command line contains `needle`.
+pub fn runs(pid: u32, needle: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == needle.as_bytes()))
+}
+
+/// Whether `pid` runs a program called `name` (the file name of its `argv[0]`).
+pub fn runs_program(pid: u32, name: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let program = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+        program.rsplit(|&b| b == b'/').next() == Some(name.as_bytes())
+    })
+}
+
 pub fn signal(pid: u32, name: &str) -> Result<()> {
     let status = std::process::Command::new("kill")
         .arg(format!("-{name}"))
@@ -340,5 +355,7 @@ mod tests {
     fn a_pid_that_does_not_exist_is_not_alive() {
         assert!(is_alive(std::process::id()));
         assert!(!is_alive(u32::MAX));
+        assert!(!runs(std::process::id(), "kafka.Kafka"));
+        assert!(!runs(u32::MAX, "kafka.Kafka"));
     }
 }

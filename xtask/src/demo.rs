@@ -1,10 +1,11 @@
 //! `cargo xtask up`: the whole demo without Docker.
 //!
-//! Starts the local broker (unless `KAFKA_BOOTSTRAP_SERVERS` points
-//! elsewhere), builds and starts the three services with their default
-//! addresses, and prefixes each line they log with the service's name. Ctrl-c
-//! (or any service exiting) stops the services with SIGTERM, waits for them to
-//! shut down cleanly, then stops the broker if this command started it.
+//! Starts the local broker and the local PostgreSQL (unless
+//! `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` point elsewhere), builds and
+//! starts the three services with their default addresses, and prefixes each
+//! line they log with the service's name. Ctrl-c (or any service exiting)
+//! stops the services with SIGTERM, waits for them to shut down cleanly, then
+//! stops the broker and PostgreSQL if this command started them.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -15,33 +16,47 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::broker::{self, LocalBroker};
+use crate::postgres::{self, LocalPostgres};
 
 const SERVICES: [&str; 3] = ["payments-service", "service-a", "service-b"];
 
 pub async fn run(root: &Path) -> Result<()> {
-    let local = LocalBroker::new(root);
-    let started_broker = match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
-        Ok(servers) if !servers.is_empty() => {
-            eprintln!("xtask: using the broker at {servers}");
-            false
-        }
-        _ => local.start().await?,
-    };
+    let broker = LocalBroker::new(root);
+    let postgres = LocalPostgres::new(root);
+    let mut started_broker = false;
+    let mut started_postgres = false;
 
-    let result = run_services(root).await;
-    if started_broker {
-        local.stop()?;
+    let result = async {
+        // Ctrl-c while starting up stops what was started; once the services
+        // run, `run_services` handles it by stopping them cleanly.
+        crate::unless_interrupted(async {
+            match crate::env_set("KAFKA_BOOTSTRAP_SERVERS") {
+                Some(servers) => eprintln!("xtask: using the broker at {servers}"),
+                None => started_broker = broker.start().await?,
+            }
+            match crate::env_set("DATABASE_URL") {
+                // Not echoed: the URL may hold a password.
+                Some(_) => eprintln!("xtask: using the PostgreSQL in DATABASE_URL"),
+                None => started_postgres = postgres.start().await?,
+            }
+            let mut build = vec!["build", "--quiet"];
+            for service in SERVICES {
+                build.extend(["-p", service]);
+            }
+            crate::cargo(root, &build, &[]).await
+        })
+        .await?;
+        run_services(root).await
     }
-    result
+    .await;
+
+    // Both are stopped whatever happened, then the first failure is reported.
+    let stopped_postgres = if started_postgres { postgres.stop() } else { Ok(()) };
+    let stopped_broker = if started_broker { broker.stop() } else { Ok(()) };
+    result.and(stopped_postgres).and(stopped_broker)
 }
 
 async fn run_services(root: &Path) -> Result<()> {
-    let mut build = vec!["build", "--quiet"];
-    for service in SERVICES {
-        build.extend(["-p", service]);
-    }
-    crate::cargo(root, &build, &[]).await?;
-
     let mut children = Vec::new();
     for service in SERVICES {
         children.push((service, spawn(root, service)?));
@@ -88,7 +103,11 @@ fn spawn(root: &Path, service: &'static str) -> Result<Child> {
     let mut child = Command::new(root.join("target/debug").join(service))
         .env(
             "KAFKA_BOOTSTRAP_SERVERS",
-            std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| broker::BOOTSTRAP.to_owned()),
+            crate::env_set("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|| broker::BOOTSTRAP.to_owned()),
+        )
+        .env(
+            "DATABASE_URL",
+            crate::env_set("DATABASE_URL").unwrap_or_else(|| postgres::DATABASE_URL.to_owned()),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -4,12 +4,16 @@
 //! cargo xtask kafka up       start a local Apache Kafka broker on 127.0.0.1:9092
 //! cargo xtask kafka down     stop it
 //! cargo xtask kafka status   is it running?
-//! cargo xtask up             the whole demo without Docker: broker + three services
-//! cargo xtask test [ARGS]    the test suite against a real broker (ARGS go to cargo test)
+//! cargo xtask pg up          start a local PostgreSQL on 127.0.0.1:5432
+//! cargo xtask pg down        stop it
+//! cargo xtask pg status      is it running?
+//! cargo xtask up             the whole demo without Docker: broker + PostgreSQL + three services
+//! cargo xtask test [ARGS]    the test suite against a real broker and PostgreSQL (ARGS go to cargo test)
 //! ```
 
 mod broker;
 mod demo;
+mod postgres;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -23,11 +27,16 @@ usage: cargo xtask <task>
                  fetched from Maven Central on first use
   kafka down     stop the local broker
   kafka status   tell whether the local broker is running
-  up             run the demo without Docker: local broker + payments-service,
-                 service-a and service-b; ctrl-c stops everything
-  test [ARGS]    run the workspace tests against a real broker: KAFKA_BOOTSTRAP_SERVERS
-                 if set, else Docker (testcontainers) if available, else the local
-                 broker; ARGS are passed to `cargo test`";
+  pg up          start a local throwaway PostgreSQL (Debian's packages, 127.0.0.1:5432,
+                 trust authentication), initialised under target/xtask/postgres on first use
+  pg down        stop the local PostgreSQL
+  pg status      tell whether the local PostgreSQL is running
+  up             run the demo without Docker: local broker, local PostgreSQL,
+                 payments-service, service-a and service-b; ctrl-c stops everything
+  test [ARGS]    run the workspace tests against a real broker and PostgreSQL:
+                 KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else Docker
+                 (testcontainers) if available, else the local ones; ARGS are
+                 passed to `cargo test`";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -54,6 +63,27 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
+        ["pg", "up"] => {
+            let postgres = postgres::LocalPostgres::new(&root);
+            postgres.start().await?;
+            eprintln!(
+                "xtask: PostgreSQL ready: DATABASE_URL={} (logs: {})",
+                postgres::DATABASE_URL,
+                postgres.log_path().display()
+            );
+            Ok(())
+        }
+        ["pg", "down"] => postgres::LocalPostgres::new(&root).stop(),
+        ["pg", "status"] => {
+            match postgres::LocalPostgres::new(&root).running_pid() {
+                Some(pid) => eprintln!(
+                    "xtask: PostgreSQL running (pid {pid}): DATABASE_URL={}",
+                    postgres::DATABASE_URL
+                ),
+                None => eprintln!("xtask: PostgreSQL not running"),
+            }
+            Ok(())
+        }
         ["up"] => demo::run(&root).await,
         ["test", rest @ ..] => test::run(&root, rest).await,
         [] | ["help" | "-h" | "--help"] => {
@@ -71,6 +101,14 @@ fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// The value of the environment variable `name`, unless unset or blank.
+fn env_set(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|value| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
 /// Runs `cargo` with `args` and extra environment `envs` in the workspace,
 /// failing if it fails.
 async fn cargo(root: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
@@ -86,4 +124,13 @@ async fn cargo(root: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<()> 
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Runs `work`, giving up on ctrl-c so that the caller's clean-up (stopping
+/// what it started) still runs.
+async fn unless_interrupted<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    }
 }

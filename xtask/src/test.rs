@@ -1,11 +1,13 @@
 //! `cargo xtask test`: the one test command.
 //!
-//! The tests need a real Apache Kafka broker. In order of preference:
+//! The tests need a real Apache Kafka broker and a real PostgreSQL. For each,
+//! in order of preference:
 //!
-//! 1. `KAFKA_BOOTSTRAP_SERVERS`, when set: that broker.
-//! 2. A Docker engine: the tests start `apache/kafka` through testcontainers.
-//! 3. Otherwise the local broker (`cargo xtask kafka up`), started for the run
-//!    and stopped after it unless it was already running.
+//! 1. `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL`, when set: that server.
+//! 2. A Docker engine: the tests start `apache/kafka` / `postgres` through
+//!    testcontainers.
+//! 3. Otherwise the local one (`cargo xtask kafka up` / `cargo xtask pg up`),
+//!    started for the run and stopped after it unless it was already running.
 //!
 //! It builds the service binaries first (one test runs them as separate
 //! processes), then runs `cargo test --workspace`.
@@ -15,35 +17,51 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::broker::{self, LocalBroker};
+use crate::postgres::{self, LocalPostgres};
 
 pub async fn run(root: &Path, args: &[&str]) -> Result<()> {
-    let local = LocalBroker::new(root);
+    let broker = LocalBroker::new(root);
+    let postgres = LocalPostgres::new(root);
     let mut started_broker = false;
-    let mut envs = Vec::new();
-    if let Ok(servers) = std::env::var("KAFKA_BOOTSTRAP_SERVERS").map(|s| s.trim().to_owned())
-        && !servers.is_empty()
-    {
-        eprintln!("xtask: testing against the broker at {servers}");
-    } else if docker_available().await {
-        eprintln!("xtask: testing against apache/kafka in Docker (testcontainers)");
-    } else {
-        eprintln!("xtask: no Docker engine; testing against the local broker");
-        started_broker = local.start().await?;
-        envs.push(("KAFKA_BOOTSTRAP_SERVERS", broker::BOOTSTRAP));
-    }
+    let mut started_postgres = false;
 
-    let result = async {
+    let result = crate::unless_interrupted(async {
+        let mut envs = Vec::new();
+        let servers = crate::env_set("KAFKA_BOOTSTRAP_SERVERS");
+        let database = crate::env_set("DATABASE_URL");
+        let docker = (servers.is_none() || database.is_none()) && docker_available().await;
+
+        if let Some(servers) = servers {
+            eprintln!("xtask: testing against the broker at {servers}");
+        } else if docker {
+            eprintln!("xtask: testing against apache/kafka in Docker (testcontainers)");
+        } else {
+            eprintln!("xtask: no Docker engine; testing against the local broker");
+            started_broker = broker.start().await?;
+            envs.push(("KAFKA_BOOTSTRAP_SERVERS", broker::BOOTSTRAP));
+        }
+        // Not echoed: the URL may hold a password.
+        if database.is_some() {
+            eprintln!("xtask: testing against the PostgreSQL in DATABASE_URL");
+        } else if docker {
+            eprintln!("xtask: testing against postgres in Docker (testcontainers)");
+        } else {
+            eprintln!("xtask: no Docker engine; testing against the local PostgreSQL");
+            started_postgres = postgres.start().await?;
+            envs.push(("DATABASE_URL", postgres::DATABASE_URL));
+        }
+
         crate::cargo(root, &["build", "--locked", "--workspace", "--bins"], &[]).await?;
         let mut test = vec!["test", "--locked", "--workspace"];
         test.extend(args);
         crate::cargo(root, &test, &envs).await
-    }
+    })
     .await;
 
-    if started_broker {
-        local.stop()?;
-    }
-    result
+    // Both are stopped whatever happened, then the first failure is reported.
+    let stopped_postgres = if started_postgres { postgres.stop() } else { Ok(()) };
+    let stopped_broker = if started_broker { broker.stop() } else { Ok(()) };
+    result.and(stopped_postgres).and(stopped_broker)
 }
 
 /// Whether a Docker engine answers (the client alone is not enough).

@@ -1,0 +1,30 @@
+//! An append-only event store on PostgreSQL.
+//!
+//! A *stream* is the history of one thing (a payment): events numbered 1, 2,
+//! 3, ... without gaps. Every event also has a *position* in the global order
+//! of all events, which is what a reader of "everything since" follows.
+//!
+//! Writers use optimistic concurrency: an append says which version it expects
+//! the stream to be at ([`ExpectedVersion`]); if another writer got there
+//! first, the append fails with [`Error::Conflict`] and writes nothing, and the
+//! writer reloads and decides again.
+//!
+//! # Layout
+//!
+//! - [`store`]: [`EventStore`]: append, read a stream, read everything, snapshots.
+//! - [`model`]: what goes in and what comes out.
+//! - [`error`]: what can go wrong.
+//! - `testing` (feature `test-util`): a database of its own for each test.
+//!
+//! The schema is in `migrations/`, embedded and applied by [`EventStore::migrate`].
+
+pub mod error;
+pub mod model;
+pub mod store;
+
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use error::{Error, Result};
+pub use model::{EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
+pub use store::EventStore;

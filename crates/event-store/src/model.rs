@@ -1,0 +1,72 @@
+//! What goes into the store and what comes out.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What an append expects of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// The stream must not exist yet (the first events of a new thing).
+    NoStream,
+    /// The stream must be exactly at this version (the writer decided on the
+    /// state at this version).
+    Exact(u64),
+    /// No expectation: append after whatever is there.
+    Any,
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoStream => f.write_str("no stream"),
+            Self::Exact(v) => write!(f, "version {v}"),
+            Self::Any => f.write_str("any version"),
+        }
+    }
+}
+
+/// Who asked for an event, and why: stored beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    /// The request or flow the event belongs to.
+    pub correlation_id: Uuid,
+    /// The event or command that caused it, if any.
+    pub causation_id: Option<Uuid>,
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    /// The event's name, e.g. `payments.payment-refunded`.
+    pub event_type: String,
+    pub schema_version: i32,
+    pub data: serde_json::Value,
+    pub metadata: EventMetadata,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    /// Position in the global order of all events.
+    pub position: i64,
+    pub stream_id: String,
+    /// Version within the stream: 1 for its first event.
+    pub version: u64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub data: serde_json::Value,
+    pub metadata: EventMetadata,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A stream's state as of `version`, so loading needs only the events after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub version: u64,
+    pub state: serde_json::Value,
+}

@@ -1,0 +1,246 @@
+//! [`EventStore`]: the PostgreSQL implementation.
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::model::{EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
+
+/// The schema, embedded at compile time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Inserts the events after the stream statement `{stream}` (a CTE that
+/// returns the stream's new version, or no row when the expectation fails),
+/// all in one statement: one round trip, atomic without an explicit
+/// transaction.
+const APPEND: &str = r#"
+WITH stream AS ({stream})
+INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data, metadata)
+SELECT $1, stream.version - $2 + e.ord, e.event_id, e.event_type, e.schema_version, e.data, e.metadata
+FROM stream,
+     UNNEST($3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[])
+         WITH ORDINALITY AS e(event_id, event_type, schema_version, data, metadata, ord)
+RETURNING position, version, recorded_at
+"#;
+
+/// Creates the stream at version `$2`; no row if it exists.
+const CREATE_STREAM: &str =
+    "INSERT INTO streams (stream_id, version) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING version";
+/// Moves the stream from version `$8` on by `$2`; no row if it is elsewhere.
+/// The row lock makes a concurrent append with the same expectation wait,
+/// then find the version moved and fail.
+const ADVANCE_STREAM: &str =
+    "UPDATE streams SET version = version + $2 WHERE stream_id = $1 AND version = $8 RETURNING version";
+/// Creates the stream or moves it on by `$2`, whatever its version.
+const CREATE_OR_ADVANCE_STREAM: &str = "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
+     ON CONFLICT (stream_id) DO UPDATE SET version = streams.version + EXCLUDED.version RETURNING version";
+
+const SELECT_EVENTS: &str = "SELECT position, stream_id, version, event_id, event_type, schema_version, \
+     data, metadata, recorded_at FROM events";
+
+/// An event store on a PostgreSQL connection pool. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+impl EventStore {
+    /// Connects with up to `max_connections` connections.
+    pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
+        Ok(Self::new(pool))
+    }
+
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates or updates the schema. Safe to run from several processes at
+    /// once: sqlx serialises migrations with an advisory lock.
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Appends `events` to `stream` if it is at the `expected` version.
+    /// Returns the stored events, with their versions and positions.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut conn = self.pool.acquire().await?;
+        Self::append_in(&mut conn, stream, expected, events).await
+    }
+
+    /// [`EventStore::append`] on a connection of the caller's, so the append
+    /// can share a transaction with other writes.
+    pub async fn append_in(
+        conn: &mut PgConnection,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Vec<RecordedEvent>> {
+        if events.is_empty() {
+            return Err(Error::Empty);
+        }
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let stream_statement = match expected {
+            ExpectedVersion::NoStream => CREATE_STREAM,
+            ExpectedVersion::Exact(_) => ADVANCE_STREAM,
+            ExpectedVersion::Any => CREATE_OR_ADVANCE_STREAM,
+        };
+        let sql = APPEND.replace("{stream}", stream_statement);
+        let mut query = sqlx::query(&sql)
+            .bind(stream)
+            .bind(count)
+            .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.schema_version).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| Json(&e.data)).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| Json(e.metadata)).collect::<Vec<_>>());
+        if let ExpectedVersion::Exact(version) = expected {
+            query = query.bind(i64::try_from(version).unwrap_or(i64::MAX));
+        }
+
+        let rows = match query.fetch_all(&mut *conn).await {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("events_event_id_key") => {
+                let duplicate = events.first().map_or(Uuid::nil(), |e| e.event_id);
+                return Err(Error::DuplicateEvent(duplicate));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if rows.is_empty() {
+            return Err(Error::Conflict {
+                stream: stream.to_owned(),
+                expected,
+                actual: Self::version_in(conn, stream).await?,
+            });
+        }
+
+        let mut stored = Vec::with_capacity(rows.len());
+        for (row, event) in rows.iter().zip(events) {
+            stored.push(RecordedEvent {
+                position: row.try_get("position")?,
+                stream_id: stream.to_owned(),
+                version: to_version(row.try_get("version")?),
+                event_id: event.event_id,
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                data: event.data.clone(),
+                metadata: event.metadata,
+                recorded_at: row.try_get("recorded_at")?,
+            });
+        }
+        stored.sort_by_key(|e| e.version);
+        Ok(stored)
+    }
+
+    /// The stream's current version, `None` if it does not exist.
+    pub async fn version(&self, stream: &str) -> Result<Option<u64>> {
+        let mut conn = self.pool.acquire().await?;
+        Self::version_in(&mut conn, stream).await
+    }
+
+    async fn version_in(conn: &mut PgConnection, stream: &str) -> Result<Option<u64>> {
+        let version: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+            .bind(stream)
+            .fetch_optional(conn)
+            .await?;
+        Ok(version.map(to_version))
+    }
+
+    /// The stream's events from version `from` on (1 for all), in order.
+    pub async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE stream_id = $1 AND version >= $2 ORDER BY version"
+        ))
+        .bind(stream)
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(recorded).collect()
+    }
+
+    /// Up to `limit` events of all streams after global position `after`
+    /// (0 for the beginning), in global order.
+    ///
+    /// Positions are handed out before commit, so an event of a transaction
+    /// still in flight can appear later *below* positions already returned.
+    /// This is fine for browsing; a reader that must see every event follows
+    /// the outbox instead.
+    pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE position > $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(recorded).collect()
+    }
+
+    /// Keeps `state` as the stream's snapshot at `version`, unless a newer
+    /// snapshot is already stored.
+    pub async fn save_snapshot(&self, stream: &str, version: u64, state: &serde_json::Value) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, version, state) VALUES ($1, $2, $3) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state, \
+             taken_at = now() WHERE snapshots.version < EXCLUDED.version",
+        )
+        .bind(stream)
+        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .bind(Json(state))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The stream's latest snapshot, if any.
+    pub async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
+        let row = sqlx::query("SELECT version, state FROM snapshots WHERE stream_id = $1")
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| -> Result<Snapshot> {
+            let Json(state) = row.try_get("state")?;
+            Ok(Snapshot {
+                version: to_version(row.try_get("version")?),
+                state,
+            })
+        })
+        .transpose()
+    }
+}
+
+fn recorded(row: &PgRow) -> Result<RecordedEvent> {
+    let Json(data) = row.try_get("data")?;
+    let Json(metadata): Json<EventMetadata> = row.try_get("metadata")?;
+    Ok(RecordedEvent {
+        position: row.try_get("position")?,
+        stream_id: row.try_get("stream_id")?,
+        version: to_version(row.try_get("version")?),
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        data,
+        metadata,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
+
+/// Versions are positive in the schema (a CHECK constraint).
+fn to_version(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}

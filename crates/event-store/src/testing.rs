@@ -1,0 +1,108 @@
+//! A database of its own for each test (feature `test-util`).
+//!
+//! The server is the one `DATABASE_URL` names (`cargo xtask test` sets it to
+//! a local PostgreSQL on machines without Docker), or else a `postgres`
+//! container started through testcontainers. With neither, tests fail and say
+//! how to get one.
+
+use std::str::FromStr;
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use testcontainers_modules::postgres::Postgres;
+use testcontainers_modules::testcontainers::runners::AsyncRunner;
+use testcontainers_modules::testcontainers::{ContainerAsync, ImageExt};
+
+use crate::store::EventStore;
+
+/// The `postgres` image tag: the major version Debian's packages run locally
+/// and `docker-compose.yml` pins.
+pub const POSTGRES_VERSION: &str = "15";
+
+/// A fresh, migrated database; a container is removed when this is dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// Connection URL of this database.
+    pub url: String,
+    pub store: EventStore,
+    _container: Option<ContainerAsync<Postgres>>,
+}
+
+impl TestDatabase {
+    /// # Panics
+    ///
+    /// When there is no PostgreSQL to use, with instructions.
+    pub async fn create() -> Self {
+        let (server_url, container) = match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => (url.trim().to_owned(), None),
+            _ => {
+                let container = Postgres::default()
+                    .with_tag(POSTGRES_VERSION)
+                    .start()
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "these tests need PostgreSQL, and none was found:\n\
+                             DATABASE_URL is not set and Docker could not start postgres:{POSTGRES_VERSION} ({e}).\n\
+                             Run the tests with `cargo xtask test` (starts a local PostgreSQL when there is no Docker),\n\
+                             or start one with `cargo xtask pg up` and set DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres."
+                        )
+                    });
+                let port = container.get_host_port_ipv4(5432).await.expect("postgres port");
+                (
+                    format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"),
+                    Some(container),
+                )
+            }
+        };
+
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&server_url)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+
+        let url = with_database(&server_url, &name);
+        let options = PgConnectOptions::from_str(&url).expect("database URL");
+        let store = EventStore::connect(options, 24)
+            .await
+            .expect("connect to test database");
+        store.migrate().await.expect("migrate");
+        Self {
+            url,
+            store,
+            _container: container,
+        }
+    }
+}
+
+/// `url` with its database replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn the_database_name_is_replaced() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "t1"),
+            "postgres://u@h:5432/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/postgres?sslmode=disable", "t1"),
+            "postgres://u:p@h/t1?sslmode=disable"
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! The event store against a real PostgreSQL, a fresh database per test.
+
+use std::collections::HashSet;
+
+use event_store::testing::TestDatabase;
+use event_store::{Error, EventMetadata, ExpectedVersion, NewEvent};
+use serde_json::json;
+use uuid::Uuid;
+
+fn event(n: u32) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "test.happened".to_owned(),
+        schema_version: 1,
+        data: json!({ "n": n }),
+        metadata: EventMetadata {
+            correlation_id: Uuid::now_v7(),
+            causation_id: None,
+        },
+    }
+}
+
+fn events(range: std::ops::RangeInclusive<u32>) -> Vec<NewEvent> {
+    range.map(event).collect()
+}
+
+#[tokio::test]
+async fn a_new_stream_starts_at_version_one_and_counts_without_gaps() {
+    let db = TestDatabase::create().await;
+    let store = &db.store;
+
+    let first = store
+        .append("s", ExpectedVersion::NoStream, &events(1..=3))
+        .await
+        .expect("append");
+    assert_eq!(first.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2, 3]);
+    let next = store
+        .append("s", ExpectedVersion::Exact(3), &events(4..=4))
+        .await
+        .expect("append");
+    assert_eq!(next[0].version, 4);
+    let any = store
+        .append("s", ExpectedVersion::Any, &events(5..=6))
+        .await
+        .expect("append");
+    assert_eq!(any.iter().map(|e| e.version).collect::<Vec<_>>(), [5, 6]);
+    assert_eq!(store.version("s").await.expect("version"), Some(6));
+
+    let read = store.read_stream("s", 1).await.expect("read");
+    assert_eq!(
+        read.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(
+        read.iter().map(|e| e.data["n"].clone()).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert!(read.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(read[0], first[0]);
+
+    let tail = store.read_stream("s", 5).await.expect("read");
+    assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), [5, 6]);
+}
+
+#[tokio::test]
+async fn a_wrong_expectation_is_a_conflict_and_writes_nothing() {
+    let db = TestDatabase::create().await;
+    let store = &db.store;
+    store
+        .append("s", ExpectedVersion::NoStream, &events(1..=2))
+        .await
+        .expect("append");
+
+    for (expected, actual) in [
+        (ExpectedVersion::NoStream, Some(2)),
+        (ExpectedVersion::Exact(1), Some(2)),
+        (ExpectedVersion::Exact(3), Some(2)),
+    ] {
+        match store.append("s", expected, &events(9..=9)).await {
+            Err(Error::Conflict {
+                stream,
+                expected: e,
+                actual: a,
+            }) => {
+                assert_eq!((stream.as_str(), e, a), ("s", expected, actual));
+            }
+            other => panic!("{expected}: expected a conflict, got {other:?}"),
+        }
+    }
+    match store
+        .append("missing", ExpectedVersion::Exact(1), &events(1..=1))
+        .await
+    {
+        Err(Error::Conflict { actual: None, .. }) => {}
+        other => panic!("expected a conflict on a missing stream, got {other:?}"),
+    }
+    assert_eq!(store.read_stream("s", 1).await.expect("read").len(), 2);
+    assert_eq!(store.version("missing").await.expect("version"), None);
+    assert!(
+        store
+            .read_all(0, 100)
+            .await
+            .expect("read")
+            .iter()
+            .all(|e| e.stream_id == "s")
+    );
+}
+
+#[tokio::test]
+async fn concurrent_writers_with_the_same_expectation_exactly_one_wins() {
+    let db = TestDatabase::create().await;
+    let store = db.store.clone();
+    store
+        .append("s", ExpectedVersion::NoStream, &events(1..=1))
+        .await
+        .expect("append");
+
+    let writers: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append("s", ExpectedVersion::Exact(1), &events(i..=i)).await })
+        })
+        .collect();
+    let (mut won, mut conflicts) = (0, 0);
+    for writer in writers {
+        match writer.await.expect("writer") {
+            Ok(_) => won += 1,
+            Err(Error::Conflict { .. }) => conflicts += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!((won, conflicts), (1, 19));
+    let versions: Vec<_> = store
+        .read_stream("s", 1)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, [1, 2]);
+}
+
+#[tokio::test]
+async fn concurrent_writers_to_many_streams_leave_no_gaps() {
+    let db = TestDatabase::create().await;
+    let store = db.store.clone();
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0..10 {
+                    store
+                        .append(&format!("s-{}", i % 4), ExpectedVersion::Any, &events(n..=n))
+                        .await
+                        .expect("append");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    for i in 0..4 {
+        let versions: Vec<u64> = store
+            .read_stream(&format!("s-{i}"), 1)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(versions, (1..=40).collect::<Vec<_>>(), "stream s-{i}");
+    }
+    let all = store.read_all(0, 1000).await.expect("read");
+    assert_eq!(all.len(), 160);
+    let ids: HashSet<_> = all.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), 160);
+}
+
+#[tokio::test]
+async fn read_all_follows_the_global_order_from_a_position() {
+    let db = TestDatabase::create().await;
+    let store = &db.store;
+    store
+        .append("a", ExpectedVersion::NoStream, &events(1..=2))
+        .await
+        .expect("append");
+    store
+        .append("b", ExpectedVersion::NoStream, &events(3..=3))
+        .await
+        .expect("append");
+    store
+        .append("a", ExpectedVersion::Exact(2), &events(4..=4))
+        .await
+        .expect("append");
+
+    let all = store.read_all(0, 100).await.expect("read");
+    assert_eq!(
+        all.iter().map(|e| e.data["n"].clone()).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    let after_second = store.read_all(all[1].position, 100).await.expect("read");
+    assert_eq!(
+        after_second
+            .iter()
+            .map(|e| e.data["n"].clone())
+            .collect::<Vec<_>>(),
+        [3, 4]
+    );
+    assert_eq!(store.read_all(0, 1).await.expect("read").len(), 1);
+}
+
+#[tokio::test]
+async fn snapshots_keep_the_newest() {
+    let db = TestDatabase::create().await;
+    let store = &db.store;
+    store
+        .append("s", ExpectedVersion::NoStream, &events(1..=5))
+        .await
+        .expect("append");
+    assert_eq!(store.load_snapshot("s").await.expect("load"), None);
+
+    store
+        .save_snapshot("s", 4, &json!({"total": 10}))
+        .await
+        .expect("save");
+    store
+        .save_snapshot("s", 2, &json!({"total": 3}))
+        .await
+        .expect("save an older one");
+    let snapshot = store.load_snapshot("s").await.expect("load").expect("snapshot");
+    assert_eq!((snapshot.version, snapshot.state), (4, json!({"total": 10})));
+}
+
+#[tokio::test]
+async fn events_are_append_only() {
+    let db = TestDatabase::create().await;
+    let store = &db.store;
+    let stored = store
+        .append("s", ExpectedVersion::NoStream, &events(1..=1))
+        .await
+        .expect("append");
+
+    let again = store
+        .append("s", ExpectedVersion::Any, &[event_with_id(stored[0].event_id)])
+        .await;
+    assert!(
+        matches!(again, Err(Error::DuplicateEvent(id)) if id == stored[0].event_id),
+        "{again:?}"
+    );
+    assert!(matches!(
+        store.append("s", ExpectedVersion::Any, &[]).await,
+        Err(Error::Empty)
+    ));
+
+    for statement in ["UPDATE events SET data = '{}'", "DELETE FROM events"] {
+        let refused = sqlx::query(statement).execute(store.pool()).await;
+        assert!(refused.is_err(), "{statement} must be refused");
+    }
+    assert_eq!(store.read_stream("s", 1).await.expect("read"), stored);
+}
+
+fn event_with_id(id: Uuid) -> NewEvent {
+    NewEvent {
+        event_id: id,
+        ..event(0)
+    }
+}

@@ -1,0 +1,483 @@
+//! A local throwaway PostgreSQL, for machines without Docker.
+//!
+//! The server is Debian's (`apt-get install postgresql`), the highest version
+//! under `/usr/lib/postgresql/*/bin`, run as a private cluster that has
+//! nothing to do with the system's clusters in `/etc/postgresql`: initialised
+//! once with trust authentication, listening on 127.0.0.1 only, its unix
+//! socket inside its data directory. PostgreSQL refuses to run as root, so
+//! when xtask runs as root the server programs run as the `postgres` user
+//! (`runuser`); otherwise as the current user.
+//!
+//! Everything lives under `target/xtask/postgres/`: the data directory and
+//! `postgres.log`. Delete it to start again from an empty cluster.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::broker::is_alive;
+
+/// The port the local server listens on, on 127.0.0.1.
+pub const PG_PORT: u16 = 5432;
+/// How clients reach the local server (trust authentication: no password).
+pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Where Debian installs each major version's server programs.
+const INSTALL_ROOT: &str = "/usr/lib/postgresql";
+/// The OS user the server runs as when xtask runs as root.
+const OS_USER: &str = "postgres";
+/// The settings xtask owns, in the data directory, included from `postgresql.conf`.
+const CONFIG: &str = "xtask.conf";
+/// How long the server may take to start (crash recovery after a kill included).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a fast shutdown (which ends with a checkpoint) may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct LocalPostgres {
+    /// `target/xtask/postgres`: the data directory and the log.
+    dir: PathBuf,
+    /// Whether xtask runs as root, so the server must run as [`OS_USER`].
+    as_root: bool,
+}
+
+impl LocalPostgres {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            dir: root.join("target/xtask/postgres"),
+            as_root: effective_uid() == Some(0),
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The postmaster's pid, if it is running.
+    pub fn running_pid(&self) -> Option<u32> {
+        // The first line of postmaster.pid is the postmaster's pid; the file
+        // outlives a killed server, hence the liveness check.
+        let pid_file = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        let pid = pid_file.lines().next()?.trim().parse().ok()?;
+        // A stale pid file (after a reboot) may name an unrelated process.
+        (is_alive(pid) && crate::broker::runs_program(pid, "postgres")).then_some(pid)
+    }
+
+    /// Starts the server unless it is running (initialising the cluster on
+    /// first use), and waits until it accepts connections. Returns whether
+    /// this call started it.
+    pub async fn start(&self) -> Result<bool> {
+        let bin = bin_dir()?;
+        if let Some(pid) = self.running_pid() {
+            wait_until_ready(&bin, pid, &self.log_path()).await?;
+            return Ok(false);
+        }
+        if matches!(pg_isready(&bin)?, READY | REJECTING) {
+            bail!(
+                "another PostgreSQL already answers on 127.0.0.1:{PG_PORT} (the system's cluster? \
+                 `pg_lsclusters` lists them); stop it, or set DATABASE_URL to use it"
+            );
+        }
+        fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+        // Whom the files xtask writes must belong to, when not to the caller.
+        let owner = self.as_root.then(|| os_user_ids(OS_USER)).transpose()?;
+        if let Some(owner) = owner {
+            self.hand_over(owner)?;
+        }
+        self.init(&bin)?;
+        self.write_config(owner)?;
+
+        eprintln!(
+            "xtask: starting PostgreSQL ({}), log: {}",
+            bin.display(),
+            self.log_path().display()
+        );
+        // pg_ctl detaches the server into its own session, so ctrl-c in the
+        // terminal reaches the services but not the database they shut down against.
+        let mut pg_ctl = self.pg_ctl(&bin, "start");
+        pg_ctl
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-w", "-t", &START_TIMEOUT.as_secs().to_string()]);
+        run(&mut pg_ctl, "pg_ctl start")
+            .with_context(|| format!("PostgreSQL did not start\n{}", log_tail(&self.log_path())))?;
+        let pid = self.running_pid().with_context(|| {
+            format!(
+                "PostgreSQL exited right after starting\n{}",
+                log_tail(&self.log_path())
+            )
+        })?;
+        wait_until_ready(&bin, pid, &self.log_path()).await?;
+        Ok(true)
+    }
+
+    /// Stops the server: a fast shutdown (clients are disconnected, open
+    /// transactions rolled back), waited for.
+    pub fn stop(&self) -> Result<()> {
+        let Some(pid) = self.running_pid() else {
+            eprintln!("xtask: PostgreSQL not running");
+            return Ok(());
+        };
+        eprintln!("xtask: stopping PostgreSQL (pid {pid})");
+        let bin = bin_dir()?;
+        let mut pg_ctl = self.pg_ctl(&bin, "stop");
+        pg_ctl.args(["-m", "fast", "-w", "-t", &STOP_TIMEOUT.as_secs().to_string()]);
+        run(&mut pg_ctl, "pg_ctl stop")
+    }
+
+    /// Gives `target/xtask/postgres` to the server's user, and lets that user
+    /// reach it: every directory above must be searchable by others (a
+    /// workspace made by `mktemp -d` is not).
+    fn hand_over(&self, (uid, gid): (u32, u32)) -> Result<()> {
+        std::os::unix::fs::chown(&self.dir, Some(uid), Some(gid))
+            .with_context(|| format!("cannot give {} to {OS_USER}", self.dir.display()))?;
+        for dir in self.dir.ancestors().skip(1) {
+            let mode = fs::metadata(dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?
+                .permissions()
+                .mode()
+                & 0o7777;
+            if mode & 0o001 == 0 {
+                eprintln!("xtask: letting {OS_USER} search {} (chmod o+x)", dir.display());
+                fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o001))
+                    .with_context(|| format!("cannot chmod {}", dir.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Initialises the cluster, once.
+    fn init(&self, bin: &Path) -> Result<()> {
+        let data = self.data_dir();
+        let major = bin
+            .parent()
+            .and_then(Path::file_name)
+            .map_or_else(String::new, |v| v.to_string_lossy().into_owned());
+        if let Ok(version) = fs::read_to_string(data.join("PG_VERSION")) {
+            if version.trim() != major {
+                bail!(
+                    "{} holds a PostgreSQL {} cluster but the server is {major}; \
+                     delete it (the cluster is throwaway) to start afresh",
+                    data.display(),
+                    version.trim()
+                );
+            }
+            return Ok(());
+        }
+        eprintln!(
+            "xtask: initialising a PostgreSQL {major} cluster in {}",
+            data.display()
+        );
+        run(&mut self.initdb(bin), "initdb")
+    }
+
+    /// Writes [`CONFIG`] (on every start, so a reused cluster follows
+    /// changes here) and makes sure `postgresql.conf` includes it.
+    fn write_config(&self, owner: Option<(u32, u32)>) -> Result<()> {
+        let data = self.data_dir();
+        let path = data.join(CONFIG);
+        fs::write(&path, config(&data)).with_context(|| format!("cannot write {}", path.display()))?;
+        if let Some((uid, gid)) = owner {
+            // Whoever runs the server next can rewrite it.
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .with_context(|| format!("cannot give {} to {OS_USER}", path.display()))?;
+        }
+        let main = data.join("postgresql.conf");
+        let text = fs::read_to_string(&main).with_context(|| format!("cannot read {}", main.display()))?;
+        let include = format!("include '{CONFIG}'");
+        if !text.lines().any(|line| line.trim() == include) {
+            // Last, so its settings win over initdb's.
+            fs::write(&main, format!("{text}\n{include}\n"))
+                .with_context(|| format!("cannot write {}", main.display()))?;
+        }
+        Ok(())
+    }
+
+    fn initdb(&self, bin: &Path) -> Command {
+        let mut initdb = self.server_command(bin, "initdb");
+        initdb.arg("-D").arg(self.data_dir()).args([
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--encoding=UTF8",
+            "--no-locale",
+        ]);
+        initdb
+    }
+
+    fn pg_ctl(&self, bin: &Path, action: &str) -> Command {
+        let mut pg_ctl = self.server_command(bin, "pg_ctl");
+        // -s: errors only.
+        pg_ctl.arg(action).arg("-s").arg("-D").arg(self.data_dir());
+        pg_ctl
+    }
+
+    /// `program` from `bin`, run as [`OS_USER`] when xtask runs as root.
+    fn server_command(&self, bin: &Path, program: &str) -> Command {
+        let mut command = if self.as_root {
+            let mut runuser = Command::new("runuser");
+            runuser.args(["-u", OS_USER, "--"]).arg(bin.join(program));
+            runuser
+        } else {
+            Command::new(bin.join(program))
+        };
+        // A directory the server's user can enter (it may not enter the caller's).
+        command.current_dir(&self.dir);
+        command
+    }
+}
+
+/// The settings xtask owns. fsync and synchronous_commit stay on (the
+/// defaults): the benchmarks measure commit rates, which would mean nothing
+/// without them.
+fn config(data: &Path) -> String {
+    format!(
+        "\
+# Written by `cargo xtask pg up` before every start; included from postgresql.conf.
+# Loopback only: trust authentication lets in whoever can connect.
+listen_addresses = '127.0.0.1'
+port = {PG_PORT}
+# Not /var/run/postgresql, which belongs to the system's clusters.
+unix_socket_directories = '{socket_dir}'
+# 32 concurrent writers in the benchmarks, plus tests running in parallel.
+max_connections = 200
+",
+        socket_dir = data.display().to_string().replace('\'', "''")
+    )
+}
+
+/// `pg_isready` exit codes.
+const READY: i32 = 0;
+const REJECTING: i32 = 1;
+
+/// What `pg_isready` says of 127.0.0.1:[`PG_PORT`].
+fn pg_isready(bin: &Path) -> Result<i32> {
+    let status = Command::new(bin.join("pg_isready"))
+        // As `postgres`: a role that does not exist would be logged as an error.
+        .args([
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &PG_PORT.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["-t", "1"])
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot run pg_isready")?;
+    status
+        .code()
+        .with_context(|| format!("pg_isready was killed ({status})"))
+}
+
+/// Waits until the server accepts connections, failing early if it dies.
+async fn wait_until_ready(bin: &Path, pid: u32, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if !is_alive(pid) {
+            bail!("PostgreSQL exited during startup\n{}", log_tail(log));
+        }
+        if pg_isready(bin)? == READY {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "PostgreSQL did not accept connections within {START_TIMEOUT:?}\n{}",
+                log_tail(log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The server programs of the highest PostgreSQL version installed.
+fn bin_dir() -> Result<PathBuf> {
+    let installed: Vec<String> = fs::read_dir(INSTALL_ROOT)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.path().join("bin/initdb").exists())
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let version = highest(installed.iter().map(String::as_str)).with_context(|| {
+        format!("no PostgreSQL server in {INSTALL_ROOT}/*/bin (apt-get install postgresql)")
+    })?;
+    Ok(Path::new(INSTALL_ROOT).join(version).join("bin"))
+}
+
+/// The highest version, compared numerically: "9.6" < "15".
+fn highest<'a>(versions: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    versions
+        .into_iter()
+        .max_by_key(|v| v.split('.').map(|n| n.parse().unwrap_or(0)).collect::<Vec<u32>>())
+}
+
+/// Runs `command` to completion, failing with its output if it fails.
+fn run(command: &mut Command, what: &str) -> Result<()> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The end of the server log, for error messages (CI shows no files).
+fn log_tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "last lines of {}:\n{}",
+        log.display(),
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    )
+}
+
+/// The effective uid, from `/proc/self/status` ("Uid: real effective saved fs").
+fn effective_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let uids = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The uid and gid of the OS user `name`.
+fn os_user_ids(name: &str) -> Result<(u32, u32)> {
+    let output = Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .context("cannot run getent")?;
+    // name:password:uid:gid:...
+    let entry = String::from_utf8_lossy(&output.stdout);
+    let mut fields = entry.split(':').skip(2);
+    match (fields.next().map(str::parse), fields.next().map(str::parse)) {
+        (Some(Ok(uid)), Some(Ok(gid))) if output.status.success() => Ok((uid, gid)),
+        _ => bail!("no `{name}` user (it comes with Debian's postgresql package)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(as_root: bool) -> LocalPostgres {
+        LocalPostgres {
+            dir: PathBuf::from("/w/target/xtask/postgres"),
+            as_root,
+        }
+    }
+
+    fn command_line(command: &Command) -> Vec<String> {
+        std::iter::once(command.get_program())
+            .chain(command.get_args())
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn as_root_the_server_programs_run_as_postgres() {
+        let bin = Path::new("/usr/lib/postgresql/15/bin");
+        let initdb = local(true).initdb(bin);
+        assert_eq!(
+            command_line(&initdb),
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "/usr/lib/postgresql/15/bin/initdb",
+                "-D",
+                "/w/target/xtask/postgres/data",
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--encoding=UTF8",
+                "--no-locale",
+            ]
+        );
+        assert_eq!(
+            initdb.get_current_dir(),
+            Some(Path::new("/w/target/xtask/postgres"))
+        );
+
+        let stop = local(false).pg_ctl(bin, "stop");
+        assert_eq!(
+            command_line(&stop),
+            [
+                "/usr/lib/postgresql/15/bin/pg_ctl",
+                "stop",
+                "-s",
+                "-D",
+                "/w/target/xtask/postgres/data"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_config_listens_on_loopback_with_its_socket_in_the_data_dir_and_keeps_fsync() {
+        let config = config(Path::new("/w/it's/data"));
+        let settings: Vec<&str> = config
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .collect();
+        assert_eq!(
+            settings,
+            [
+                "listen_addresses = '127.0.0.1'",
+                "port = 5432",
+                "unix_socket_directories = '/w/it''s/data'",
+                "max_connections = 200",
+            ]
+        );
+        assert!(
+            !settings
+                .iter()
+                .any(|s| s.contains("fsync") || s.contains("synchronous_commit")),
+            "durability settings must stay at their defaults"
+        );
+    }
+
+    #[test]
+    fn the_url_names_the_local_server() {
+        assert_eq!(
+            DATABASE_URL,
+            format!("postgres://postgres@127.0.0.1:{PG_PORT}/postgres")
+        );
+    }
+
+    #[test]
+    fn the_highest_version_is_chosen_numerically() {
+        assert_eq!(highest(["9.6", "15", "16", "10"]), Some("16"));
+        assert_eq!(highest(["15"]), Some("15"));
+        assert_eq!(highest([]), None);
+    }
+
+    #[test]
+    fn the_effective_uid_is_the_one_id_reports() {
+        let output = Command::new("id").arg("-u").output().expect("id -u");
+        let id: u32 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("a uid");
+        assert_eq!(effective_uid(), Some(id));
+    }
+}
