@@ -9,6 +9,7 @@
 //! # Layout
 //!
 //! - [`config`]: settings from the environment.
+//! - [`domain`]: a payment as a stream of events, and its rules (pure).
 //! - [`api`]: the HTTP routes and the one HTTP error type, [`api::ApiError`].
 //! - [`publisher`]: the seam between handlers and Kafka ([`EventPublisher`]),
 //!   and its Kafka implementation.
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod publisher;
 
