@@ -26,5 +26,5 @@ pub mod store;
 pub mod testing;
 
 pub use error::{Error, Result};
-pub use model::{EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
+pub use model::{Checkpoint, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
 pub use store::EventStore;

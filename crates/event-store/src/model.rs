@@ -70,3 +70,11 @@ pub struct Snapshot {
     pub version: u64,
     pub state: serde_json::Value,
 }
+
+/// How far a reader of the committed order has got: the last event it
+/// handled. Ordered by writing transaction, then position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Checkpoint {
+    pub transaction_id: u64,
+    pub position: i64,
+}

@@ -6,10 +6,23 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::model::{EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
+use crate::model::{Checkpoint, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
 
 /// The schema, embedded at compile time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Runs `migrator` on `pool`. Several migrators may share a database (the
+/// event store's and the application's), so each ignores the others'
+/// migrations; their version numbers must not collide.
+pub async fn migrate(migrator: &sqlx::migrate::Migrator, pool: &PgPool) -> Result<()> {
+    let mut migrator = sqlx::migrate::Migrator {
+        migrations: migrator.migrations.clone(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}
 
 /// Inserts the events after the stream statement `{stream}` (a CTE that
 /// returns the stream's new version, or no row when the expectation fails),
@@ -67,8 +80,7 @@ impl EventStore {
     /// Creates or updates the schema. Safe to run from several processes at
     /// once: sqlx serialises migrations with an advisory lock.
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        migrate(&MIGRATOR, &self.pool).await
     }
 
     /// Appends `events` to `stream` if it is at the `expected` version.
@@ -189,6 +201,73 @@ impl EventStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(recorded).collect()
+    }
+
+    /// Up to `limit` events committed after `after`, in commit order: by
+    /// writing transaction, then position. Events of transactions that may
+    /// still be running are held back (`pg_snapshot_xmin`): a transaction
+    /// that commits late cannot slip in *behind* what was already read, so a
+    /// reader that follows its checkpoint sees every event exactly once.
+    pub async fn read_committed(
+        &self,
+        after: Checkpoint,
+        limit: i64,
+    ) -> Result<Vec<(Checkpoint, RecordedEvent)>> {
+        let rows = sqlx::query(
+            "SELECT transaction_id::text::bigint AS tx, position, stream_id, version, event_id, event_type, \
+             schema_version, data, metadata, recorded_at FROM events \
+             WHERE (transaction_id, position) > ($1::text::xid8, $2) \
+               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY transaction_id, position LIMIT $3",
+        )
+        .bind(after.transaction_id.to_string())
+        .bind(after.position)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let tx: i64 = row.try_get("tx")?;
+                let event = recorded(row)?;
+                let checkpoint = Checkpoint {
+                    transaction_id: u64::try_from(tx).unwrap_or_default(),
+                    position: event.position,
+                };
+                Ok((checkpoint, event))
+            })
+            .collect()
+    }
+
+    /// The checkpoint of the reader called `name` (the start if it has none).
+    pub async fn checkpoint(&self, name: &str) -> Result<Checkpoint> {
+        let row = sqlx::query(
+            "SELECT transaction_id::text::bigint AS tx, position FROM checkpoints WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map_or(Ok(Checkpoint::default()), |row| {
+            Ok(Checkpoint {
+                transaction_id: u64::try_from(row.try_get::<i64, _>("tx")?).unwrap_or_default(),
+                position: row.try_get("position")?,
+            })
+        })
+    }
+
+    /// Records that the reader called `name` has handled everything up to
+    /// `checkpoint`.
+    pub async fn save_checkpoint(&self, name: &str, checkpoint: Checkpoint) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO checkpoints (name, transaction_id, position) VALUES ($1, $2::text::xid8, $3) \
+             ON CONFLICT (name) DO UPDATE SET transaction_id = EXCLUDED.transaction_id, \
+             position = EXCLUDED.position",
+        )
+        .bind(name)
+        .bind(checkpoint.transaction_id.to_string())
+        .bind(checkpoint.position)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Keeps `state` as the stream's snapshot at `version`, unless a newer

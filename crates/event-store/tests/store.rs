@@ -265,3 +265,56 @@ fn event_with_id(id: Uuid) -> NewEvent {
         ..event(0)
     }
 }
+
+#[tokio::test]
+async fn read_committed_holds_back_what_a_running_transaction_could_precede() {
+    use event_store::{Checkpoint, EventStore};
+
+    let db = TestDatabase::create().await;
+    let store = &db.store;
+
+    // A writer takes a position, then takes its time to commit...
+    let mut slow = store.pool().begin().await.expect("begin");
+    EventStore::append_in(&mut slow, "slow", ExpectedVersion::NoStream, &events(1..=1))
+        .await
+        .expect("append");
+    // ...while a later writer commits at once, at a higher position.
+    store
+        .append("fast", ExpectedVersion::NoStream, &events(2..=2))
+        .await
+        .expect("append");
+    assert_eq!(
+        store.read_all(0, 10).await.expect("read").len(),
+        1,
+        "only the fast one is visible"
+    );
+    assert!(
+        store
+            .read_committed(Checkpoint::default(), 10)
+            .await
+            .expect("read")
+            .is_empty(),
+        "the fast event waits: the slow one, not yet visible, comes first"
+    );
+
+    slow.commit().await.expect("commit");
+    let read = store
+        .read_committed(Checkpoint::default(), 10)
+        .await
+        .expect("read");
+    let streams: Vec<_> = read.iter().map(|(_, e)| e.stream_id.as_str()).collect();
+    assert_eq!(streams, ["slow", "fast"]);
+
+    store.save_checkpoint("relay", read[0].0).await.expect("save");
+    let checkpoint = store.checkpoint("relay").await.expect("load");
+    assert_eq!(checkpoint, read[0].0);
+    let rest = store.read_committed(checkpoint, 10).await.expect("read");
+    assert_eq!(
+        rest.iter().map(|(_, e)| e.stream_id.as_str()).collect::<Vec<_>>(),
+        ["fast"]
+    );
+    assert_eq!(
+        store.checkpoint("unknown").await.expect("load"),
+        Checkpoint::default()
+    );
+}
