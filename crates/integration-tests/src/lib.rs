@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use broker::Broker;
+pub use event_store::testing::TestDatabase;
 
 /// How long a condition may take to become true. Generous: group joins and
 /// JVM warm-up on a loaded 2-core machine take seconds.
@@ -93,11 +94,15 @@ async fn signal(stopped: oneshot::Receiver<()>) {
     let _ = stopped.await;
 }
 
-/// Payments with `kafka`, publishing with a short broker timeout.
-pub async fn spawn_payments(kafka: &KafkaConfig) -> TestApp {
+/// Payments with `kafka`, storing in the database at `database_url`.
+pub async fn spawn_payments(kafka: &KafkaConfig, database_url: &str) -> TestApp {
     let config = payments_service::Config {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         kafka: kafka.clone(),
+        database: database_url.parse().expect("database URL"),
+        database_connections: 10,
+        snapshot_every: 10,
+        relay: true,
         publish_timeout: Duration::from_secs(10),
     };
     TestApp::spawn(|listener, stopped| async move {
@@ -141,10 +146,11 @@ pub async fn spawn_service_b(kafka: &KafkaConfig, group_id: &str, payments_url: 
 }
 
 /// The three services wired together on one broker, with this test's own
-/// topics and consumer groups; ServiceB calls this Payments back.
+/// topics, consumer groups and database; ServiceB calls this Payments back.
 #[derive(Debug)]
 pub struct System {
     pub kafka: KafkaConfig,
+    pub database: TestDatabase,
     pub payments: TestApp,
     pub service_a: TestApp,
     pub service_b: TestApp,
@@ -153,11 +159,13 @@ pub struct System {
 impl System {
     pub async fn start(broker: &Broker) -> Self {
         let kafka = kafka_config(broker).await;
-        let payments = spawn_payments(&kafka).await;
+        let database = TestDatabase::create().await;
+        let payments = spawn_payments(&kafka, &database.url).await;
         let service_a = spawn_service_a(&kafka, &unique("service-a")).await;
         let service_b = spawn_service_b(&kafka, &unique("service-b"), &payments.url("")).await;
         Self {
             kafka,
+            database,
             payments,
             service_a,
             service_b,

@@ -1,70 +1,60 @@
 //! Payments' HTTP API.
 //!
-//! - `POST /payments`: accept a payment; `201` with the payment and a
-//!   `Location` once both events are acknowledged by the broker.
-//! - `GET /payments/{id}`: GetPaymentInfo, the call ServiceB makes back.
-
-use std::sync::Arc;
+//! - `POST /payments`: accept a payment (honours `Idempotency-Key`).
+//! - `GET /payments/{id}`: GetPaymentInfo, the call ServiceB makes back;
+//!   the current state, with `ETag: "<version>"`.
+//! - `GET /payments/{id}/events?from_version=n`: the payment's event stream.
+//! - `POST /payments/{id}/refunds`: refund part of it (honours `If-Match`).
+//!
+//! Writes answer once the events are committed to the event store; the
+//! outbox relay publishes them to Kafka right after.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
-use serde::Deserialize;
-use service_kit::http::{ErrorBody, FieldProblem, LookupError, lookup};
-use service_kit::memory::ById;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use service_kit::http::{ErrorBody, FieldProblem, LookupError};
 use shared_events::{Amount, Currency, CustomerId, InvalidValue, OrderId, PaymentId, PaymentReceived};
 use uuid::Uuid;
 
-use crate::publisher::{EventPublisher, PublishError};
+use crate::domain::{Payment, RefundReason, RefundRefused};
+use crate::repository::{Payments, RepositoryError};
 
 /// Largest accepted request body. A payment is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// Header carrying the id of the flow a request belongs to; copied into the
-/// events' `ce_correlationid`. A new id is made when absent or not a UUID.
+/// Header carrying the id of the flow a request belongs to; stored with the
+/// events and copied into `ce_correlationid`. A new id is made when absent or
+/// not a UUID.
 pub const CORRELATION_ID: &str = "x-correlation-id";
+/// Header making `POST /payments` safe to retry.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest accepted idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// What the handlers share.
-#[derive(Debug)]
-pub struct AppState<P> {
-    /// Payments by id, in memory until the event store replaces it.
-    pub store: ById<PaymentReceived>,
-    pub publisher: Arc<P>,
-}
-
-impl<P> Clone for AppState<P> {
-    fn clone(&self) -> Self {
-        Self {
-            store: self.store.clone(),
-            publisher: Arc::clone(&self.publisher),
-        }
-    }
-}
-
-impl<P: EventPublisher> AppState<P> {
-    pub fn new(publisher: P) -> Self {
-        Self {
-            store: ById::default(),
-            publisher: Arc::new(publisher),
-        }
-    }
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub payments: Payments,
 }
 
 /// The payment routes (without `/health`, which needs a broker).
-pub fn app<P: EventPublisher>(state: AppState<P>) -> Router {
+pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/payments", post(create_payment::<P>))
-        .route("/payments/{id}", get(get_payment::<P>))
+        .route("/payments", post(create_payment))
+        .route("/payments/{id}", get(get_payment))
+        .route("/payments/{id}/events", get(payment_events))
+        .route("/payments/{id}/refunds", post(refund))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
 /// The body of `POST /payments`, before validation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewPayment {
     pub customer_id: String,
@@ -77,7 +67,7 @@ pub struct NewPayment {
 
 impl NewPayment {
     /// Checks every field, reporting all problems at once.
-    pub fn validate(self) -> Result<PaymentReceived, Vec<InvalidValue>> {
+    pub fn validate(&self) -> Result<PaymentReceived, Vec<InvalidValue>> {
         let customer_id = CustomerId::parse(&self.customer_id);
         let order_id = OrderId::parse(&self.order_id);
         let amount = Amount::parse(self.amount);
@@ -99,41 +89,186 @@ impl NewPayment {
     }
 }
 
+/// The body of `POST /payments/{id}/refunds`, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRefund {
+    /// Minor units, in the payment's currency.
+    pub amount: i64,
+    pub reason: String,
+}
+
 #[tracing::instrument(skip_all, fields(payment_id))]
-async fn create_payment<P: EventPublisher>(
-    State(state): State<AppState<P>>,
+async fn create_payment(
+    State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<NewPayment>,
 ) -> Result<Response, ApiError> {
-    let payment = request.validate().map_err(ApiError::Validation)?;
-    tracing::Span::current().record("payment_id", tracing::field::display(payment.payment_id));
-    let correlation_id = headers
-        .get(CORRELATION_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| Uuid::try_parse(v).ok())
-        .unwrap_or_else(Uuid::now_v7);
-
-    // Stored before publishing, so a consumer that reacts to the notification
-    // at once finds the payment when it calls back.
-    state.store.upsert(payment.payment_id, payment.clone());
-    if let Err(e) = state.publisher.payment_received(&payment, correlation_id).await {
-        // The client is told the payment failed, so it must not exist. If one
-        // of the two events did get out, consumers see a payment Payments no
-        // longer knows: the dual write the transactional outbox removes.
-        state.store.remove(payment.payment_id);
-        return Err(e.into());
+    let received = request.validate().map_err(ApiError::Validation)?;
+    let key = idempotency_key(&headers)?;
+    let canonical = serde_json::to_value(&request).unwrap_or_default();
+    let created = state
+        .payments
+        .create(received, key.map(|k| (k, &canonical)), correlation_id(&headers))
+        .await?;
+    let payment = created.payment;
+    tracing::Span::current().record("payment_id", tracing::field::display(payment.received.payment_id));
+    tracing::info!(new = created.new, "payment accepted");
+    let location = format!("/payments/{}", payment.received.payment_id);
+    let mut response = with_etag(StatusCode::CREATED, &payment);
+    response
+        .headers_mut()
+        .insert(header::LOCATION, header_value(&location));
+    if !created.new {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    tracing::info!(%correlation_id, "payment accepted");
-    let location = format!("/payments/{}", payment.payment_id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(payment)).into_response())
+    Ok(response)
 }
 
 #[tracing::instrument(skip(state))]
-async fn get_payment<P: EventPublisher>(
-    State(state): State<AppState<P>>,
+async fn get_payment(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let payment = state
+        .payments
+        .load(PaymentId::parse(&id).map_err(LookupError::from)?)
+        .await?;
+    Ok(with_etag(StatusCode::OK, &payment))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    from_version: Option<u64>,
+}
+
+/// A stored event as the API shows it.
+#[derive(Debug, Serialize)]
+struct StoredEvent {
+    version: u64,
+    position: i64,
+    event_id: Uuid,
+    #[serde(rename = "type")]
+    event_type: String,
+    schema_version: i32,
+    data: serde_json::Value,
+    correlation_id: Uuid,
+    causation_id: Option<Uuid>,
+    recorded_at: DateTime<Utc>,
+}
+
+#[tracing::instrument(skip(state))]
+async fn payment_events(
+    State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<PaymentReceived>, LookupError> {
-    lookup(&id, |id| state.store.get(id))
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<Vec<StoredEvent>>, ApiError> {
+    let id = PaymentId::parse(&id).map_err(LookupError::from)?;
+    let events = state.payments.events(id, query.from_version.unwrap_or(1)).await?;
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| StoredEvent {
+                version: e.version,
+                position: e.position,
+                event_id: e.event_id,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                data: e.data,
+                correlation_id: e.metadata.correlation_id,
+                causation_id: e.metadata.causation_id,
+                recorded_at: e.recorded_at,
+            })
+            .collect(),
+    ))
+}
+
+#[tracing::instrument(skip(state, headers, request))]
+async fn refund(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<NewRefund>,
+) -> Result<Response, ApiError> {
+    let id = PaymentId::parse(&id).map_err(LookupError::from)?;
+    let expected = if_match(&headers)?;
+    let (amount, reason) = match (
+        Amount::parse(request.amount),
+        RefundReason::parse(&request.reason),
+    ) {
+        (Ok(amount), Ok(reason)) => (amount, reason),
+        (a, r) => {
+            return Err(ApiError::Validation(
+                [a.err(), r.err()].into_iter().flatten().collect(),
+            ));
+        }
+    };
+    let payment = state
+        .payments
+        .refund(id, expected, amount, reason, correlation_id(&headers))
+        .await?;
+    tracing::info!(
+        version = payment.version,
+        refunded = payment.refunded,
+        "refund accepted"
+    );
+    let mut response = with_etag(StatusCode::CREATED, &payment);
+    response
+        .headers_mut()
+        .insert(header::LOCATION, header_value(&format!("/payments/{id}")));
+    Ok(response)
+}
+
+/// The payment's state as JSON, with its version as the ETag.
+fn with_etag(status: StatusCode, payment: &Payment) -> Response {
+    let etag = header_value(&format!("\"{}\"", payment.version));
+    (status, [(header::ETAG, etag)], Json(payment.to_state())).into_response()
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    // Only ids, digits and quotes are put in headers here.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn correlation_id(headers: &HeaderMap) -> Uuid {
+    headers
+        .get(CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::try_parse(v).ok())
+        .unwrap_or_else(Uuid::now_v7)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.trim().is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN => Ok(Some(key)),
+        _ => Err(ApiError::InvalidHeader {
+            name: IDEMPOTENCY_KEY,
+            expected: "1 to 255 visible ASCII characters",
+        }),
+    }
+}
+
+/// `If-Match: "<version>"` (or `*`, or none: any version).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let invalid = || ApiError::InvalidHeader {
+        name: "if-match",
+        expected: "a quoted version, e.g. \"3\", as sent in the ETag",
+    };
+    let value = value.to_str().map_err(|_| invalid())?.trim();
+    if value == "*" {
+        return Ok(None);
+    }
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(invalid)
 }
 
 /// `axum::Json`, but rejections become [`ApiError`]s with a JSON body.
@@ -149,17 +284,50 @@ pub enum ApiError {
     #[error("invalid request body: {0}")]
     Body(#[from] JsonRejection),
     /// 422: well-formed, but the values break the rules.
-    #[error("invalid payment")]
+    #[error("invalid request")]
     Validation(Vec<InvalidValue>),
-    /// 503: the broker did not acknowledge the events, so the payment was
-    /// not accepted. Retrying later is safe.
-    #[error("events not published: {0}")]
-    Unavailable(#[from] PublishError),
+    /// 400 or 404: the payment in the path.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// 400: a header is malformed.
+    #[error("invalid header {name}")]
+    InvalidHeader {
+        name: &'static str,
+        expected: &'static str,
+    },
+    /// 409: the payment changed since the version the client saw.
+    #[error("version conflict: at {actual}, expected {expected}")]
+    Conflict { expected: u64, actual: u64 },
+    /// 422: the refund breaks a rule (more than what is left).
+    #[error(transparent)]
+    Refused(RefundRefused),
+    /// 422: the idempotency key came before with a different request.
+    #[error("idempotency key reused")]
+    KeyReused,
+    /// 503: the database is unreachable. Retrying later is safe.
+    #[error("storage unavailable: {0}")]
+    Unavailable(event_store::Error),
+    /// 500: stored data that makes no sense.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<RepositoryError> for ApiError {
+    fn from(e: RepositoryError) -> Self {
+        match e {
+            RepositoryError::NotFound => Self::Lookup(LookupError::NotFound),
+            RepositoryError::VersionMismatch { expected, actual } => Self::Conflict { expected, actual },
+            RepositoryError::Refused(refused) => Self::Refused(refused),
+            RepositoryError::KeyReused => Self::KeyReused,
+            RepositoryError::Store(e) => Self::Unavailable(e),
+            corrupt @ RepositoryError::Corrupt(..) => Self::Internal(corrupt.to_string()),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, body) = match &self {
+        let (status, body) = match self {
             Self::Body(rejection) => {
                 let status = rejection.status();
                 let code = match status {
@@ -185,14 +353,41 @@ impl IntoResponse for ApiError {
                     .collect();
                 (StatusCode::UNPROCESSABLE_ENTITY, body)
             }
+            Self::Lookup(lookup) => return lookup.into_response(),
+            Self::InvalidHeader { name, expected } => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new("invalid_header", format!("{name}: expected {expected}")),
+            ),
+            Self::Conflict { actual, .. } => (
+                StatusCode::CONFLICT,
+                ErrorBody::new(
+                    "version_conflict",
+                    format!("the payment is at version {actual}; reload it and decide again"),
+                ),
+            ),
+            Self::Refused(refused) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorBody::new("refund_refused", refused.to_string()),
+            ),
+            Self::KeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorBody::new(
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request",
+                ),
+            ),
             Self::Unavailable(e) => {
-                tracing::error!(error = %e, "payment rejected: events not published");
+                tracing::error!(error = %e, "storage unavailable");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorBody::new(
-                        "broker_unavailable",
-                        "the payment could not be recorded; nothing was charged, try again later",
-                    ),
+                    ErrorBody::new("unavailable", "the payment could not be stored; try again later"),
+                )
+            }
+            Self::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorBody::new("internal", "something went wrong on our side"),
                 )
             }
         };
@@ -228,5 +423,20 @@ mod tests {
         let problems = bad.validate().expect_err("invalid");
         let fields: Vec<_> = problems.iter().map(|p| p.field).collect();
         assert_eq!(fields, ["customer_id", "amount", "currency"]);
+    }
+
+    #[test]
+    fn if_match_takes_a_quoted_version_or_a_star() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::IF_MATCH, HeaderValue::from_str(v).expect("header"));
+            if_match(&h)
+        };
+        assert_eq!(with("\"3\"").ok(), Some(Some(3)));
+        assert_eq!(with("*").ok(), Some(None));
+        assert_eq!(if_match(&HeaderMap::new()).ok(), Some(None));
+        for bad in ["3", "\"x\"", "\"-1\"", "W/\"3\"", "\""] {
+            assert!(matches!(with(bad), Err(ApiError::InvalidHeader { .. })), "{bad}");
+        }
     }
 }

@@ -1,11 +1,16 @@
 //! Payments' settings, read once from the environment.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use service_kit::config::{KafkaConfig, millis, var};
+use sqlx::postgres::PgConnectOptions;
 
 use crate::error::Result;
+
+/// Where the local PostgreSQL of `cargo xtask pg up` listens.
+pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -13,16 +18,35 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Broker and topics (`KAFKA_BOOTSTRAP_SERVERS`, `TOPIC_*`).
     pub kafka: KafkaConfig,
-    /// `PUBLISH_TIMEOUT_MS`: how long `POST /payments` waits for the broker to
-    /// acknowledge the events before answering 503. Default 10 s.
+    /// `DATABASE_URL`: the event store's PostgreSQL. Default: the local one.
+    pub database: PgConnectOptions,
+    /// `DATABASE_CONNECTIONS`: connection pool size. Default 10.
+    pub database_connections: u32,
+    /// `SNAPSHOT_EVERY`: save a payment's snapshot every this many events.
+    /// Default 10.
+    pub snapshot_every: u64,
+    /// `OUTBOX_RELAY`: whether this instance runs the outbox relay (only one
+    /// instance publishes at a time anyway). Default `true`.
+    pub relay: bool,
+    /// `PUBLISH_TIMEOUT_MS`: how long the relay waits for the broker to
+    /// acknowledge before retrying. Default 10 s.
     pub publish_timeout: Duration,
 }
 
 impl Config {
     pub fn from_env() -> Result<Self> {
+        let url: String = var("DATABASE_URL", LOCAL_DATABASE_URL.to_owned())?;
         Ok(Self {
             http_addr: var("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             kafka: KafkaConfig::from_env()?,
+            database: PgConnectOptions::from_str(&url).map_err(|e| service_kit::Error::Config {
+                var: "DATABASE_URL",
+                value: "(not shown: may hold a password)".to_owned(),
+                reason: e.to_string(),
+            })?,
+            database_connections: var("DATABASE_CONNECTIONS", 10)?,
+            snapshot_every: var("SNAPSHOT_EVERY", 10)?,
+            relay: var("OUTBOX_RELAY", true)?,
             publish_timeout: millis("PUBLISH_TIMEOUT_MS", Duration::from_secs(10))?,
         })
     }

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared_events::{Amount, InvalidValue, PaymentId, PaymentReceived};
+use shared_events::{Amount, InvalidValue, PaymentId, PaymentReceived, PaymentState};
 use uuid::Uuid;
 
 /// Longest accepted refund reason, in characters.
@@ -118,6 +118,21 @@ pub enum RefundRefused {
 }
 
 impl Payment {
+    /// The payment as the API and the state topic show it.
+    pub fn to_state(&self) -> PaymentState {
+        let r = &self.received;
+        PaymentState {
+            payment_id: r.payment_id,
+            customer_id: r.customer_id.clone(),
+            order_id: r.order_id.clone(),
+            amount: r.amount,
+            currency: r.currency,
+            received_at: r.received_at,
+            refunded: self.refunded,
+            version: self.version,
+        }
+    }
+
     /// What is left to refund, minor units.
     pub fn remaining(&self) -> i64 {
         self.received.amount.minor_units() - self.refunded

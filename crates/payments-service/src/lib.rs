@@ -1,58 +1,68 @@
-//! Payments: accepts payments over HTTP and tells the rest of the system.
+//! Payments: accepts payments and refunds over HTTP, keeps each payment as a
+//! stream of events in a PostgreSQL event store, and tells the rest of the
+//! system through a transactional outbox.
 //!
-//! Each accepted payment is published twice, one event per pattern:
-//! a minimal `PaymentReceived` *notification* (ServiceB reacts by calling
-//! `GET /payments/{id}` back) and a state-carrying `PaymentReceived` (ServiceA
-//! keeps its own copy). `POST /payments` answers `201` only after the broker
-//! has acknowledged both.
+//! A write answers once its events are committed. The outbox relay then
+//! publishes each stored event twice, one per pattern: a minimal
+//! *notification* (ServiceB reacts by calling `GET /payments/{id}` back) and
+//! the payment's whole *state* (ServiceA keeps its own copy).
 //!
 //! # Layout
 //!
 //! - [`config`]: settings from the environment.
 //! - [`domain`]: a payment as a stream of events, and its rules (pure).
+//! - [`repository`]: payments on the event store: load (snapshot + tail),
+//!   create (with idempotency keys), refund (optimistic concurrency).
+//! - [`relay`]: the outbox relay, from the event store to Kafka.
 //! - [`api`]: the HTTP routes and the one HTTP error type, [`api::ApiError`].
-//! - [`publisher`]: the seam between handlers and Kafka ([`EventPublisher`]),
-//!   and its Kafka implementation.
 //! - [`error`]: this crate's error type.
 
 pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
-pub mod publisher;
+pub mod relay;
+pub mod repository;
 
 use std::future::Future;
 
+use event_store::EventStore;
 use service_kit::http::{health_router, serve};
 use service_kit::kafka::{self, Admin};
-use service_kit::lifecycle::{stop_token, supervise, task};
+use service_kit::lifecycle::{Task, stop_token, supervise, task};
 use tokio::net::TcpListener;
 
 pub use api::{AppState, app};
 pub use config::Config;
 pub use error::{Error, Result};
-pub use publisher::{EventPublisher, KafkaPublisher};
+pub use relay::Relay;
+pub use repository::Payments;
 
 /// The service's name: its Kafka client id and the `ce_source` of its events.
 pub const SERVICE: &str = "payments-service";
 
 /// Runs Payments on `listener` until `shutdown` resolves.
 ///
-/// Creates the topics if missing, serves HTTP, and on shutdown lets in-flight
-/// requests finish and flushes the producer.
+/// Migrates the database, creates the topics if missing, serves HTTP and runs
+/// the outbox relay (unless disabled); on shutdown lets in-flight requests
+/// finish and the relay finish its batch.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let store = EventStore::connect(config.database.clone(), config.database_connections).await?;
+    let payments = Payments::new(store.clone(), config.snapshot_every);
+    payments.migrate().await?;
     let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
-
-    let producer = kafka::producer(&config.kafka, SERVICE, config.publish_timeout)?;
-    let publisher = KafkaPublisher::new(producer, config.kafka.topics.clone());
-    let router = app(AppState::new(publisher.clone())).merge(health_router(admin));
+    let router = app(AppState { payments }).merge(health_router(admin));
 
     let stop = stop_token(shutdown);
-    let served = supervise(stop.clone(), [task("http", serve(listener, router, stop))]).await;
-    publisher.flush(config.publish_timeout);
-    Ok(served?)
+    let mut tasks: Vec<Task> = vec![task("http", serve(listener, router, stop.clone()))];
+    if config.relay {
+        let producer = kafka::producer(&config.kafka, SERVICE, config.publish_timeout)?;
+        let relay = Relay::new(store, producer, config.kafka.topics.clone());
+        tasks.push(task("outbox relay", relay.run(stop.clone())));
+    }
+    Ok(supervise(stop, tasks).await?)
 }

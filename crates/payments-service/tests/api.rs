@@ -1,61 +1,51 @@
-//! Payments' HTTP API without a broker: handlers run through `oneshot`, with a
-//! fake publisher that records or refuses events, and with the real Kafka
-//! publisher pointed at a port where no broker listens.
+//! Payments' HTTP API on a real PostgreSQL event store (a database per test),
+//! through `oneshot`, without a broker: writes end at the commit, and the
+//! outbox relay, tested end to end elsewhere, publishes from there.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::str::FromStr;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use payments_service::publisher::PublishError;
-use payments_service::{AppState, EventPublisher, KafkaPublisher, app};
-use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use event_store::EventStore;
+use event_store::testing::TestDatabase;
+use payments_service::{AppState, Payments, app};
 use serde_json::{Value, json};
-use service_kit::config::KafkaConfig;
-use shared_events::{PaymentId, PaymentReceived};
+use shared_events::PaymentId;
 use tower::ServiceExt;
-use uuid::Uuid;
 
-/// Records what it is asked to publish; refuses everything when `broker_down`.
-#[derive(Debug, Default)]
-struct FakePublisher {
-    broker_down: bool,
-    published: Mutex<Vec<PaymentReceived>>,
-}
+/// Snapshots every 10 events, as configured by default.
+const SNAPSHOT_EVERY: u64 = 10;
 
-impl EventPublisher for FakePublisher {
-    async fn payment_received(&self, payment: &PaymentReceived, _: Uuid) -> Result<(), PublishError> {
-        if self.broker_down {
-            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut).into());
-        }
-        self.published.lock().expect("lock").push(payment.clone());
-        Ok(())
-    }
-}
-
-struct Harness<P> {
-    state: AppState<P>,
+struct Harness {
+    payments: Payments,
     router: Router,
+    _db: TestDatabase,
 }
 
-impl<P: EventPublisher> Harness<P> {
-    fn new(publisher: P) -> Self {
-        let state = AppState::new(publisher);
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let db = TestDatabase::create().await;
+        let payments = Payments::new(db.store.clone(), SNAPSHOT_EVERY);
+        payments.migrate().await.expect("migrate");
         Self {
-            router: app(state.clone()),
-            state,
+            router: app(AppState {
+                payments: payments.clone(),
+            }),
+            payments,
+            _db: db,
         }
     }
 
-    async fn send(&self, request: Request<Body>) -> (StatusCode, Option<String>, Value) {
+    async fn send(&self, request: Request<Body>) -> Reply {
         let response = self.router.clone().oneshot(request).await.expect("infallible");
-        let status = response.status();
-        let location = response
-            .headers()
-            .get(header::LOCATION)
-            .map(|v| v.to_str().expect("ascii").to_owned());
+        let (status, headers) = (response.status(), response.headers().clone());
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("body");
@@ -64,22 +54,37 @@ impl<P: EventPublisher> Harness<P> {
         } else {
             serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("JSON body, got {bytes:?}"))
         };
-        (status, location, body)
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
-    async fn post(&self, body: impl Into<Body>) -> (StatusCode, Option<String>, Value) {
-        let request = Request::post("/payments")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body.into())
-            .expect("request");
-        self.send(request).await
+    async fn post(&self, path: &str, body: impl Into<Body>, headers: &[(&str, &str)]) -> Reply {
+        let mut request = Request::post(path).header(header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(body.into()).expect("request")).await
     }
 
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let (status, _, body) = self
-            .send(Request::get(path).body(Body::empty()).expect("request"))
-            .await;
-        (status, body)
+    async fn get(&self, path: &str) -> Reply {
+        self.send(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+    }
+
+    async fn create(&self) -> Value {
+        let reply = self.post("/payments", valid().to_string(), &[]).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.body
+    }
+
+    async fn refund(&self, id: &str, amount: i64, if_match: Option<&str>) -> Reply {
+        let body = json!({"amount": amount, "reason": "damaged"}).to_string();
+        let headers: Vec<(&str, &str)> = if_match.map(|v| ("if-match", v)).into_iter().collect();
+        self.post(&format!("/payments/{id}/refunds"), body, &headers)
+            .await
     }
 }
 
@@ -93,33 +98,47 @@ fn with(field: &str, value: Value) -> String {
     body.to_string()
 }
 
-#[tokio::test]
-async fn a_valid_payment_is_published_then_created() {
-    let harness = Harness::new(FakePublisher::default());
-    let (status, location, body) = harness.post(valid().to_string()).await;
+fn id_of(payment: &Value) -> String {
+    payment["payment_id"].as_str().expect("payment_id").to_owned()
+}
 
-    assert_eq!(status, StatusCode::CREATED);
-    let id = body["payment_id"].as_str().expect("payment_id");
-    assert!(PaymentId::parse(id).is_ok());
-    assert_eq!(location, Some(format!("/payments/{id}")));
-    assert_eq!(body["amount"], 1999);
-    assert_eq!(body["currency"], "EUR");
-    assert_eq!(body["customer_id"], "c-1");
-    assert_eq!(body["order_id"], "o-1");
-    assert!(body["received_at"].is_string());
-
-    let published = harness.state.publisher.published.lock().expect("lock").clone();
-    assert_eq!(published.len(), 1);
-    assert_eq!(published[0].payment_id.to_string(), id);
-
-    let (status, fetched) = harness.get(&format!("/payments/{id}")).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(fetched, body);
+fn etag(reply: &Reply) -> Option<&str> {
+    reply.headers.get(header::ETAG).and_then(|v| v.to_str().ok())
 }
 
 #[tokio::test]
-async fn bad_input_gets_a_4xx_naming_the_problem_and_publishes_nothing() {
-    let harness = Harness::new(FakePublisher::default());
+async fn a_valid_payment_is_stored_as_a_stream() {
+    let harness = Harness::new().await;
+    let reply = harness.post("/payments", valid().to_string(), &[]).await;
+
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let id = id_of(&reply.body);
+    assert!(PaymentId::parse(&id).is_ok());
+    assert_eq!(
+        reply.headers[header::LOCATION],
+        format!("/payments/{id}").as_str()
+    );
+    assert_eq!(etag(&reply), Some("\"1\""));
+    assert_eq!(reply.body["amount"], 1999);
+    assert_eq!(reply.body["refunded"], 0);
+    assert_eq!(reply.body["version"], 1);
+
+    let fetched = harness.get(&format!("/payments/{id}")).await;
+    assert_eq!((fetched.status, &fetched.body), (StatusCode::OK, &reply.body));
+    assert_eq!(etag(&fetched), Some("\"1\""));
+
+    let events = harness.get(&format!("/payments/{id}/events")).await;
+    assert_eq!(events.status, StatusCode::OK);
+    let events = events.body.as_array().expect("array").clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "payments.payment-received");
+    assert_eq!(events[0]["version"], 1);
+    assert_eq!(events[0]["data"]["payment_id"], id.as_str());
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_naming_the_problem_and_stores_nothing() {
+    let harness = Harness::new().await;
     let cases: Vec<(&str, String, StatusCode, &str)> = vec![
         (
             "malformed JSON",
@@ -195,12 +214,12 @@ async fn bad_input_gets_a_4xx_naming_the_problem_and_publishes_nothing() {
         ),
     ];
     for (case, body, expected_status, named) in cases {
-        let (status, location, error) = harness.post(body).await;
-        assert_eq!(status, expected_status, "{case}: {error}");
-        assert_eq!(location, None, "{case}");
-        let text = error.to_string();
+        let reply = harness.post("/payments", body, &[]).await;
+        assert_eq!(reply.status, expected_status, "{case}: {}", reply.body);
+        assert!(reply.headers.get(header::LOCATION).is_none(), "{case}");
+        let text = reply.body.to_string();
         assert!(
-            error["error"].is_string() && error["message"].is_string(),
+            reply.body["error"].is_string() && reply.body["message"].is_string(),
             "{case}: {text}"
         );
         assert!(
@@ -208,82 +227,237 @@ async fn bad_input_gets_a_4xx_naming_the_problem_and_publishes_nothing() {
             "{case}: the error should name `{named}`: {text}"
         );
     }
-
     let request = Request::post("/payments")
         .body(Body::from(valid().to_string()))
         .expect("request");
-    let (status, _, error) = harness.send(request).await;
+    let reply = harness.send(request).await;
     assert_eq!(
-        status,
+        reply.status,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "no content type: {error}"
+        "no content type: {}",
+        reply.body
     );
 
-    assert!(harness.state.publisher.published.lock().expect("lock").is_empty());
-}
-
-#[tokio::test]
-async fn validation_reports_every_invalid_field() {
-    let harness = Harness::new(FakePublisher::default());
-    let body = json!({"customer_id": "", "order_id": "o-1", "amount": -1, "currency": "XXX"});
-    let (status, _, error) = harness.post(body.to_string()).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(error["error"], "validation_failed");
-    let fields: Vec<&str> = error["details"]
-        .as_array()
-        .expect("details")
-        .iter()
-        .filter_map(|d| d["field"].as_str())
-        .collect();
-    assert_eq!(fields, ["customer_id", "amount", "currency"]);
+    let stored = harness.payments.store().read_all(0, 10).await.expect("read");
+    assert!(stored.is_empty(), "nothing stored: {stored:?}");
 }
 
 #[tokio::test]
 async fn get_payment_distinguishes_malformed_and_unknown_ids() {
-    let harness = Harness::new(FakePublisher::default());
-    let (status, error) = harness.get("/payments/not-a-uuid").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(error["error"], "invalid_payment_id");
-
-    let (status, error) = harness.get(&format!("/payments/{}", PaymentId::new())).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(error["error"], "not_found");
+    let harness = Harness::new().await;
+    for path in ["/payments/not-a-uuid", "/payments/not-a-uuid/events"] {
+        let reply = harness.get(path).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(reply.body["error"], "invalid_payment_id");
+    }
+    let unknown = PaymentId::new();
+    for path in [
+        format!("/payments/{unknown}"),
+        format!("/payments/{unknown}/events"),
+    ] {
+        let reply = harness.get(&path).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(reply.body["error"], "not_found");
+    }
 }
 
 #[tokio::test]
-async fn a_refused_publish_is_a_503_and_leaves_no_payment() {
-    let harness = Harness::new(FakePublisher {
-        broker_down: true,
-        ..FakePublisher::default()
+async fn an_idempotency_key_makes_a_retry_return_the_same_payment() {
+    let harness = Harness::new().await;
+    let key = [("idempotency-key", "order-o-1-attempt")];
+    let first = harness.post("/payments", valid().to_string(), &key).await;
+    let retry = harness.post("/payments", valid().to_string(), &key).await;
+    assert_eq!(
+        (first.status, retry.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_eq!(first.body, retry.body, "the same payment");
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(
+        harness
+            .payments
+            .store()
+            .read_all(0, 10)
+            .await
+            .expect("read")
+            .len(),
+        1
+    );
+
+    let other = harness.post("/payments", with("amount", json!(5)), &key).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.body["error"], "idempotency_key_reused");
+
+    let without_key = harness.post("/payments", valid().to_string(), &[]).await;
+    assert_ne!(
+        id_of(&without_key.body),
+        id_of(&first.body),
+        "no key: a new payment"
+    );
+    assert_eq!(
+        harness
+            .payments
+            .store()
+            .read_all(0, 10)
+            .await
+            .expect("read")
+            .len(),
+        2
+    );
+
+    let empty_key = harness
+        .post("/payments", valid().to_string(), &[("idempotency-key", " ")])
+        .await;
+    assert_eq!(empty_key.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn refunds_move_the_version_and_check_if_match() {
+    let harness = Harness::new().await;
+    let id = id_of(&harness.create().await);
+
+    let first = harness.refund(&id, 500, Some("\"1\"")).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_eq!(
+        (first.body["refunded"].clone(), first.body["version"].clone()),
+        (json!(500), json!(2))
+    );
+    assert_eq!(etag(&first), Some("\"2\""));
+
+    let stale = harness.refund(&id, 100, Some("\"1\"")).await;
+    assert_eq!(stale.status, StatusCode::CONFLICT);
+    assert_eq!(stale.body["error"], "version_conflict");
+
+    let unconditional = harness.refund(&id, 100, None).await;
+    assert_eq!(unconditional.status, StatusCode::CREATED);
+    assert_eq!(unconditional.body["refunded"], 600);
+
+    let events = harness
+        .get(&format!("/payments/{id}/events?from_version=2"))
+        .await;
+    let types: Vec<_> = events
+        .body
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            json!("payments.payment-refunded"),
+            json!("payments.payment-refunded")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn refunds_that_break_the_rules_are_refused() {
+    let harness = Harness::new().await;
+    let id = id_of(&harness.create().await);
+    let cases = [
+        (2000, None, StatusCode::UNPROCESSABLE_ENTITY, "refund_refused"),
+        (0, None, StatusCode::UNPROCESSABLE_ENTITY, "amount"),
+        (-5, None, StatusCode::UNPROCESSABLE_ENTITY, "amount"),
+        (100, Some("3"), StatusCode::BAD_REQUEST, "if-match"),
+        (100, Some("\"abc\""), StatusCode::BAD_REQUEST, "if-match"),
+    ];
+    for (amount, if_match, status, named) in cases {
+        let reply = harness.refund(&id, amount, if_match).await;
+        assert_eq!(reply.status, status, "{amount} {if_match:?}: {}", reply.body);
+        assert!(reply.body.to_string().contains(named), "{}", reply.body);
+    }
+    let unknown = harness.refund(&PaymentId::new().to_string(), 100, None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let no_reason = harness
+        .post(
+            &format!("/payments/{id}/refunds"),
+            json!({"amount": 1}).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(no_reason.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let fetched = harness.get(&format!("/payments/{id}")).await;
+    assert_eq!(
+        (fetched.body["refunded"].clone(), fetched.body["version"].clone()),
+        (json!(0), json!(1))
+    );
+}
+
+#[tokio::test]
+async fn of_twenty_concurrent_refunds_on_one_version_exactly_one_succeeds() {
+    let harness = Harness::new().await;
+    let id = id_of(&harness.create().await);
+    let harness = std::sync::Arc::new(harness);
+    let refunds: Vec<_> = (0..20)
+        .map(|_| {
+            let (harness, id) = (std::sync::Arc::clone(&harness), id.clone());
+            tokio::spawn(async move { harness.refund(&id, 10, Some("\"1\"")).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for refund in refunds {
+        statuses.push(refund.await.expect("request"));
+    }
+    let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    let conflicts = statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count();
+    assert_eq!((created, conflicts), (1, 19), "{statuses:?}");
+
+    let events = harness.get(&format!("/payments/{id}/events")).await;
+    let versions: Vec<_> = events
+        .body
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| e["version"].clone())
+        .collect();
+    assert_eq!(versions, [json!(1), json!(2)]);
+}
+
+#[tokio::test]
+async fn a_snapshot_plus_tail_gives_the_same_state_as_every_event() {
+    let harness = Harness::new().await;
+    let id = id_of(&harness.create().await);
+    for _ in 0..24 {
+        assert_eq!(harness.refund(&id, 7, None).await.status, StatusCode::CREATED);
+    }
+    let payment_id = PaymentId::parse(&id).expect("id");
+    let stream = payments_service::repository::stream_id(payment_id);
+    let snapshot = harness
+        .payments
+        .store()
+        .load_snapshot(&stream)
+        .await
+        .expect("load")
+        .expect("snapshot");
+    assert_eq!(snapshot.version, 20, "a snapshot every {SNAPSHOT_EVERY} events");
+
+    let with_snapshot = harness.payments.load(payment_id).await.expect("load");
+    let from_events = harness
+        .payments
+        .load_without_snapshot(payment_id)
+        .await
+        .expect("load");
+    assert_eq!(with_snapshot, from_events);
+    assert_eq!((with_snapshot.version, with_snapshot.refunded), (25, 24 * 7));
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_503() {
+    // Nothing listens on port 1; the pool connects lazily.
+    let options =
+        sqlx::postgres::PgConnectOptions::from_str("postgres://postgres@127.0.0.1:1/none").expect("url");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(2))
+        .connect_lazy_with(options);
+    let router = app(AppState {
+        payments: Payments::new(EventStore::new(pool), SNAPSHOT_EVERY),
     });
-    let (status, location, error) = harness.post(valid().to_string()).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(location, None);
-    assert_eq!(error["error"], "broker_unavailable");
-    assert!(
-        !error.to_string().contains("MessageTimedOut"),
-        "no internals: {error}"
-    );
-    assert!(
-        harness.state.store.is_empty(),
-        "a payment the client was told failed must not exist"
-    );
-}
-
-#[tokio::test]
-async fn an_unreachable_broker_is_a_503_not_a_201() {
-    // A real idempotent producer, but nothing listens on port 1.
-    let kafka = KafkaConfig {
-        bootstrap_servers: "127.0.0.1:1".to_owned(),
-        ..KafkaConfig::local()
-    };
-    let producer =
-        service_kit::kafka::producer(&kafka, "payments-test", Duration::from_millis(1500)).expect("producer");
-    let harness = Harness::new(KafkaPublisher::new(producer, kafka.topics.clone()));
-
-    let (status, location, error) = harness.post(valid().to_string()).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
-    assert_eq!(location, None);
-    assert_eq!(error["error"], "broker_unavailable");
-    assert!(harness.state.store.is_empty());
+    let request = Request::post("/payments")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(valid().to_string()))
+        .expect("request");
+    let response = router.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }

@@ -8,7 +8,7 @@ use axum::extract::{Path, State as Extract};
 use axum::routing::get;
 use axum::{Json, Router};
 use service_kit::http::{LookupError, lookup};
-use shared_events::PaymentReceived;
+use shared_events::PaymentState;
 
 use crate::handler::{AuditEntry, State};
 
@@ -28,6 +28,6 @@ async fn audit(Extract(state): Extract<State>) -> Json<Vec<AuditEntry>> {
 async fn payment(
     Extract(state): Extract<State>,
     Path(id): Path<String>,
-) -> Result<Json<PaymentReceived>, LookupError> {
+) -> Result<Json<PaymentState>, LookupError> {
     lookup(&id, |id| state.payments.get(id))
 }

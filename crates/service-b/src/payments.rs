@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use shared_events::{PaymentId, PaymentReceived};
+use shared_events::{PaymentId, PaymentState};
 use uuid::Uuid;
 
 /// Why GetPaymentInfo did not return the payment.
@@ -44,11 +44,7 @@ impl PaymentsClient {
     }
 
     /// GetPaymentInfo.
-    pub async fn payment(
-        &self,
-        id: PaymentId,
-        correlation_id: Uuid,
-    ) -> Result<PaymentReceived, CallbackError> {
+    pub async fn payment(&self, id: PaymentId, correlation_id: Uuid) -> Result<PaymentState, CallbackError> {
         let response = self
             .http
             .get(format!("{}/payments/{id}", self.base_url))

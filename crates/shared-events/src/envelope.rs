@@ -277,8 +277,8 @@ mod tests {
     use rdkafka::message::OwnedMessage;
 
     use super::*;
-    use crate::events::PaymentReceived;
-    use crate::testing::payment;
+    use crate::events::PaymentState;
+    use crate::testing::{payment, state};
 
     /// What a consumer would receive for `record`.
     fn delivered(record: KafkaRecord) -> OwnedMessage {
@@ -300,7 +300,7 @@ mod tests {
     /// The headers of a valid state event, with `name` replaced by `value`
     /// (or removed when `value` is `None`).
     fn headers_with(name: &str, value: Option<&str>) -> OwnedHeaders {
-        let valid = encode(&Envelope::new("/test", payment(), Uuid::now_v7(), None)).expect("encodes");
+        let valid = encode(&Envelope::new("/test", state(), Uuid::now_v7(), None)).expect("encodes");
         let mut headers = OwnedHeaders::new();
         for h in valid.headers.iter() {
             let v = if h.key == name {
@@ -315,20 +315,20 @@ mod tests {
         headers
     }
 
-    fn decode_with(name: &str, value: Option<&str>) -> Result<Envelope<PaymentReceived>, DecodeError> {
-        let json = serde_json::to_vec(&payment()).expect("serialises");
+    fn decode_with(name: &str, value: Option<&str>) -> Result<Envelope<PaymentState>, DecodeError> {
+        let json = serde_json::to_vec(&state()).expect("serialises");
         decode(&message(Some(json), Some(headers_with(name, value))))
     }
 
     #[test]
     fn round_trip_keeps_data_and_metadata() {
         let cause = Uuid::now_v7();
-        let sent = Envelope::new("/payments-service", payment(), Uuid::now_v7(), Some(cause));
+        let sent = Envelope::new("/payments-service", state(), Uuid::now_v7(), Some(cause));
         let record = encode(&sent).expect("encodes");
         assert_eq!(record.key, sent.data.payment_id.to_string());
         assert_eq!(record.topic, TopicKind::State);
 
-        let received: Envelope<PaymentReceived> = decode(&delivered(record)).expect("decodes");
+        let received: Envelope<PaymentState> = decode(&delivered(record)).expect("decodes");
         assert_eq!(received.data, sent.data);
         assert_eq!(received.metadata.id, sent.metadata.id);
         assert_eq!(received.metadata.source, "/payments-service");
@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn every_event_gets_its_own_id() {
-        let a = Envelope::new("/t", payment(), Uuid::now_v7(), None);
+        let a = Envelope::new("/t", state(), Uuid::now_v7(), None);
         let b = Envelope::new("/t", a.data.clone(), a.metadata.correlation_id, None);
         assert_ne!(a.metadata.id, b.metadata.id);
     }
@@ -410,7 +410,7 @@ mod tests {
         }
         assert!(
             decode(&message(Some(b"{}".to_vec()), None))
-                .map(|_: Envelope<PaymentReceived>| ())
+                .map(|_: Envelope<PaymentState>| ())
                 .is_err()
         );
     }
@@ -451,7 +451,7 @@ mod tests {
                 "{other}"
             );
         }
-        match decode_with(header::TYPE, Some("payments.payment-received.state.v2")) {
+        match decode_with(header::TYPE, Some("payments.payment.state.v2")) {
             Err(DecodeError::UnsupportedVersion { found, supported, .. }) => {
                 assert_eq!((found.as_str(), supported), ("2", 1));
             }
@@ -462,7 +462,7 @@ mod tests {
     #[test]
     fn bad_values_are_typed_errors() {
         let headers = || Some(headers_with("", None));
-        let decode_value = |payload: Option<&[u8]>| -> Result<Envelope<PaymentReceived>, DecodeError> {
+        let decode_value = |payload: Option<&[u8]>| -> Result<Envelope<PaymentState>, DecodeError> {
             decode(&message(payload.map(<[u8]>::to_vec), headers()))
         };
         assert!(matches!(decode_value(None), Err(DecodeError::MissingData)));
@@ -473,7 +473,7 @@ mod tests {
             ));
         }
         // Valid JSON, invalid contract: a zero amount does not decode either.
-        let mut json = serde_json::to_value(payment()).expect("serialises");
+        let mut json = serde_json::to_value(state()).expect("serialises");
         json["amount"] = 0.into();
         let zero = serde_json::to_vec(&json).expect("serialises");
         assert!(matches!(

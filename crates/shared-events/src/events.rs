@@ -5,12 +5,21 @@
 //! - [`PaymentReceivedNotification`] (event notification): the absolute
 //!   minimum, *which* payment and *when*. A consumer that needs more asks
 //!   Payments (ServiceB's `GetPaymentInfo` callback).
-//! - [`PaymentReceived`] (event-carried state transfer): the whole payment, so
-//!   a consumer can keep its own copy and never call back (ServiceA's cache).
+//! - [`PaymentState`] (event-carried state transfer): the whole payment as it
+//!   is now, after every change, so a consumer can keep its own copy and never
+//!   call back (ServiceA's cache).
+//!
+//! Refunds are announced the same two ways: a [`PaymentRefundedNotification`]
+//! and the payment's new [`PaymentState`].
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use rdkafka::Message;
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, Metadata, decode};
+use crate::error::DecodeError;
 use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
 use crate::topics::TopicKind;
 
@@ -61,7 +70,9 @@ impl Event for PaymentReceivedNotification {
     }
 }
 
-/// A payment was received: the whole payment.
+/// A payment was received: the whole payment as it arrived. The event
+/// Payments stores; on Kafka it travels as a [`PaymentReceivedNotification`]
+/// and a [`PaymentState`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentReceived {
     pub payment_id: PaymentId,
@@ -84,9 +95,96 @@ impl PaymentReceived {
     }
 }
 
-impl Event for PaymentReceived {
+/// Part of a payment was given back: which payment, which refund, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefundedNotification {
+    pub payment_id: PaymentId,
+    pub refund_id: Uuid,
+    pub refunded_at: DateTime<Utc>,
+}
+
+impl Event for PaymentRefundedNotification {
     const TYPE: EventType = EventType {
-        name: "payments.payment-received.state",
+        name: "payments.payment-refunded.notification",
+        version: 1,
+    };
+    const TOPIC: TopicKind = TopicKind::Notifications;
+
+    fn key(&self) -> String {
+        self.payment_id.to_string()
+    }
+}
+
+/// A notification of either kind, as read from the notifications topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    Received(Envelope<PaymentReceivedNotification>),
+    Refunded(Envelope<PaymentRefundedNotification>),
+}
+
+impl Notification {
+    /// Decodes a record of the notifications topic, whichever kind it is.
+    pub fn decode(record: &impl Message) -> Result<Self, DecodeError> {
+        match decode(record) {
+            Err(DecodeError::UnknownType(_)) => decode(record).map(Self::Refunded),
+            received => received.map(Self::Received),
+        }
+    }
+
+    pub fn payment_id(&self) -> PaymentId {
+        match self {
+            Self::Received(n) => n.data.payment_id,
+            Self::Refunded(n) => n.data.payment_id,
+        }
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            Self::Received(n) => &n.metadata,
+            Self::Refunded(n) => &n.metadata,
+        }
+    }
+
+    /// When what it announces happened.
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        match self {
+            Self::Received(n) => n.data.received_at,
+            Self::Refunded(n) => n.data.refunded_at,
+        }
+    }
+
+    /// `received` or `refunded`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Received(_) => "received",
+            Self::Refunded(_) => "refunded",
+        }
+    }
+}
+
+/// A payment's whole current state: what the compacted state topic carries
+/// after every change, so a consumer keeps a complete copy of every payment
+/// (event-carried state transfer). A new payment's state is the payment as
+/// received, with nothing refunded, at version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentState {
+    pub payment_id: PaymentId,
+    pub customer_id: CustomerId,
+    pub order_id: OrderId,
+    /// In the currency's minor unit (cents for EUR).
+    pub amount: Amount,
+    /// ISO 4217 code.
+    pub currency: Currency,
+    pub received_at: DateTime<Utc>,
+    /// Sum of refunds so far, minor units.
+    pub refunded: i64,
+    /// The payment's version: how many events it has been through.
+    pub version: u64,
+}
+
+impl Event for PaymentState {
+    const TYPE: EventType = EventType {
+        name: "payments.payment.state",
         version: 1,
     };
     const TOPIC: TopicKind = TopicKind::State;

@@ -10,7 +10,7 @@
 //!   Money is integer minor units plus an ISO 4217 currency, never a float.
 //! - [`events`]: the events themselves. `PaymentReceived` exists twice: as a
 //!   minimal *notification* (which payment, when) and as *state* (the whole
-//!   payment, for event-carried state transfer).
+//!   payment, for event-carried state transfer); refunds likewise.
 //! - [`envelope`]: the one encode/decode path, following the CloudEvents 1.0
 //!   Kafka protocol binding in binary content mode.
 //! - [`topics`]: topic names and their settings (retention vs. compaction).
@@ -28,6 +28,9 @@ pub mod testing;
 
 pub use envelope::{Envelope, EventId, KafkaRecord, Metadata, decode, encode};
 pub use error::{DecodeError, EncodeError, InvalidValue};
-pub use events::{Event, EventType, PaymentReceived, PaymentReceivedNotification};
+pub use events::{
+    Event, EventType, Notification, PaymentReceived, PaymentReceivedNotification,
+    PaymentRefundedNotification, PaymentState,
+};
 pub use payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
 pub use topics::{TopicKind, TopicSpec, Topics};

@@ -35,6 +35,18 @@ impl Default for PaymentId {
     }
 }
 
+impl From<Uuid> for PaymentId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+impl From<PaymentId> for Uuid {
+    fn from(id: PaymentId) -> Self {
+        id.0
+    }
+}
+
 impl fmt::Display for PaymentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

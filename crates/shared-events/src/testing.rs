@@ -5,7 +5,7 @@ use rdkafka::Timestamp;
 use rdkafka::message::OwnedMessage;
 
 use crate::envelope::{Envelope, encode};
-use crate::events::{Event, PaymentReceived};
+use crate::events::{Event, PaymentReceived, PaymentState};
 use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
 
 /// A valid payment of 19.99 EUR, with a fresh id.
@@ -17,6 +17,21 @@ pub fn payment() -> PaymentReceived {
         amount: Amount::parse(1999).expect("valid amount"),
         currency: Currency::parse("EUR").expect("valid currency"),
         received_at: Utc::now(),
+    }
+}
+
+/// The state of a payment just received.
+pub fn state() -> PaymentState {
+    let p = payment();
+    PaymentState {
+        payment_id: p.payment_id,
+        customer_id: p.customer_id,
+        order_id: p.order_id,
+        amount: p.amount,
+        currency: p.currency,
+        received_at: p.received_at,
+        refunded: 0,
+        version: 1,
     }
 }
 

@@ -13,7 +13,8 @@ async fn service_b_retries_the_callback_until_payments_answers() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let http = reqwest::Client::new();
-    let payments = spawn_payments(&kafka).await;
+    let database = TestDatabase::create().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
     let gate = GatedProxy::start(payments.addr).await;
     let service_b = spawn_service_b(&kafka, &unique("service-b"), &gate.url()).await;
 
@@ -56,7 +57,8 @@ async fn offsets_are_committed_on_shutdown_and_only_for_handled_records() {
     kafka.commit_interval = Duration::from_secs(600);
     let http = reqwest::Client::new();
     let group = unique("service-b");
-    let payments = spawn_payments(&kafka).await;
+    let database = TestDatabase::create().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
     let gate = GatedProxy::start(payments.addr).await;
     gate.open();
 
@@ -110,6 +112,7 @@ async fn malformed_records_are_skipped_and_the_services_keep_going() {
     let System {
         kafka,
         payments,
+        database: _,
         service_a,
         service_b,
     } = &system;

@@ -88,7 +88,8 @@ async fn the_notification_carries_only_the_id_and_the_state_event_the_whole_paym
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let http = reqwest::Client::new();
-    let payments = spawn_payments(&kafka).await;
+    let database = TestDatabase::create().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
 
     let payment = create_payment(&http, &payments, &payment_request("c-2", 500)).await;
     let id = payment["payment_id"].as_str().expect("id");
@@ -104,7 +105,7 @@ async fn the_notification_carries_only_the_id_and_the_state_event_the_whole_paym
 
     for (record, ce_type) in [
         (&notification, "payments.payment-received.notification.v1"),
-        (&state, "payments.payment-received.state.v1"),
+        (&state, "payments.payment.state.v1"),
     ] {
         assert_eq!(record.key(), Some(id.as_bytes()), "keyed by payment id");
         assert_eq!(header(record, "ce_specversion").as_deref(), Some("1.0"));
@@ -190,12 +191,15 @@ async fn a_fresh_service_a_rebuilds_its_copy_from_the_state_topic() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let http = reqwest::Client::new();
-    let payments = spawn_payments(&kafka).await;
+    let database = TestDatabase::create().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
 
     let mut created = Vec::new();
     for amount in [100, 200, 300] {
         created.push(create_payment(&http, &payments, &payment_request("c-3", amount)).await);
     }
+    // Published (the relay runs right after the commit), then Payments goes.
+    read_records(&kafka, &kafka.topics.state, created.len()).await;
     payments.stop().await;
 
     // Started after the fact, with Payments gone: everything comes from Kafka.

@@ -100,6 +100,7 @@ impl Process {
 async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::create().await;
     let http = reqwest::Client::new();
     let (group_a, group_b) = (unique("service-a"), unique("service-b"));
     let common = [
@@ -108,7 +109,8 @@ async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
         ("TOPIC_STATE", kafka.topics.state.as_str()),
     ];
 
-    let mut payments = Process::start("payments-service", &common);
+    let payments_env = [&common[..], &[("DATABASE_URL", database.url.as_str())]].concat();
+    let mut payments = Process::start("payments-service", &payments_env);
     let payments_url = format!("http://{}", payments.address().await);
     let mut service_a = Process::start(
         "service-a",

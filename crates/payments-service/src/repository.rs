@@ -1,0 +1,281 @@
+//! Payments kept as event streams in the event store.
+//!
+//! Each payment is the stream `payment-<id>`. Loading takes the latest
+//! snapshot and replays the events after it; every `snapshot_every` events a
+//! new snapshot is saved. Writes append with optimistic concurrency, and the
+//! outbox relay publishes what was appended, so nothing here talks to Kafka.
+
+use chrono::Utc;
+use event_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
+use serde_json::Value;
+use shared_events::{Amount, PaymentId, PaymentReceived};
+use uuid::Uuid;
+
+use crate::domain::{InvalidHistory, Payment, PaymentEvent, RefundReason, RefundRefused};
+
+/// Payments' own schema (idempotency keys), beside the event store's.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Schema version of the stored events' data.
+const SCHEMA_VERSION: i32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    /// No payment with that id.
+    #[error("payment not found")]
+    NotFound,
+    /// The payment is not at the version the caller expected.
+    #[error("payment is at version {actual}, not {expected}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    /// The rules refuse the command.
+    #[error(transparent)]
+    Refused(#[from] RefundRefused),
+    /// The idempotency key was used before with another request.
+    #[error("idempotency key reused with a different request")]
+    KeyReused,
+    /// The stored events do not make a valid payment: a bug or tampering.
+    #[error("stored history of payment {0} is invalid: {1}")]
+    Corrupt(PaymentId, String),
+    #[error(transparent)]
+    Store(#[from] event_store::Error),
+}
+
+impl From<sqlx::Error> for RepositoryError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+type Result<T, E = RepositoryError> = std::result::Result<T, E>;
+
+/// A payment just created, or found by its idempotency key.
+#[derive(Debug)]
+pub struct Created {
+    pub payment: Payment,
+    /// False when an earlier request with the same idempotency key created it.
+    pub new: bool,
+}
+
+/// Payments on the event store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Payments {
+    store: EventStore,
+    snapshot_every: u64,
+}
+
+/// The stream of payment `id`.
+pub fn stream_id(id: PaymentId) -> String {
+    format!("payment-{id}")
+}
+
+impl Payments {
+    pub fn new(store: EventStore, snapshot_every: u64) -> Self {
+        Self {
+            store,
+            snapshot_every: snapshot_every.max(1),
+        }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Creates the event store's and Payments' tables, or brings them up to date.
+    pub async fn migrate(&self) -> Result<()> {
+        self.store.migrate().await?;
+        event_store::store::migrate(&MIGRATOR, self.store.pool()).await?;
+        Ok(())
+    }
+
+    /// Records a received payment. With an idempotency `key`, a second
+    /// request with the same key and the same `request` body returns the
+    /// first one's payment and appends nothing.
+    pub async fn create(
+        &self,
+        received: PaymentReceived,
+        key: Option<(&str, &Value)>,
+        correlation_id: Uuid,
+    ) -> Result<Created> {
+        let id = received.payment_id;
+        let event = PaymentEvent::Received(received);
+        let mut tx = self.store.pool().begin().await?;
+        if let Some((key, request)) = key {
+            let claimed: Option<String> = sqlx::query_scalar(
+                "INSERT INTO idempotency_keys (key, request, payment_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key) DO NOTHING RETURNING key",
+            )
+            .bind(key)
+            .bind(sqlx::types::Json(request))
+            .bind(Uuid::from(id))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if claimed.is_none() {
+                let (first_request, first_id): (sqlx::types::Json<Value>, Uuid) =
+                    sqlx::query_as("SELECT request, payment_id FROM idempotency_keys WHERE key = $1")
+                        .bind(key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                if first_request.0 != *request {
+                    return Err(RepositoryError::KeyReused);
+                }
+                let payment = self.load(PaymentId::from(first_id)).await?;
+                return Ok(Created { payment, new: false });
+            }
+        }
+        let stored = EventStore::append_in(
+            &mut tx,
+            &stream_id(id),
+            ExpectedVersion::NoStream,
+            &[new_event(&event, correlation_id)],
+        )
+        .await?;
+        tx.commit().await?;
+        let payment = Payment::replay(None, [&event])
+            .map_err(|e| RepositoryError::Corrupt(id, e.to_string()))?
+            .ok_or(RepositoryError::NotFound)?;
+        debug_assert_eq!(stored.len(), 1);
+        Ok(Created { payment, new: true })
+    }
+
+    /// The payment's current state: the latest snapshot plus the events after it.
+    pub async fn load(&self, id: PaymentId) -> Result<Payment> {
+        self.load_from(id, true).await
+    }
+
+    /// The payment's current state from all of its events, ignoring snapshots.
+    pub async fn load_without_snapshot(&self, id: PaymentId) -> Result<Payment> {
+        self.load_from(id, false).await
+    }
+
+    async fn load_from(&self, id: PaymentId, use_snapshot: bool) -> Result<Payment> {
+        let stream = stream_id(id);
+        let snapshot = if use_snapshot {
+            self.store.load_snapshot(&stream).await?
+        } else {
+            None
+        };
+        let (state, from) = match snapshot {
+            Some(s) => {
+                let state: Payment = serde_json::from_value(s.state)
+                    .map_err(|e| RepositoryError::Corrupt(id, e.to_string()))?;
+                (Some(state), s.version + 1)
+            }
+            None => (None, 1),
+        };
+        let events = decode_all(id, &self.store.read_stream(&stream, from).await?)?;
+        Payment::replay(state, &events)
+            .map_err(|e: InvalidHistory| RepositoryError::Corrupt(id, e.to_string()))?
+            .ok_or(RepositoryError::NotFound)
+    }
+
+    /// Refunds `amount` if the payment is at `expected` (when given) and
+    /// the rules allow it. Returns the payment after the refund.
+    pub async fn refund(
+        &self,
+        id: PaymentId,
+        expected: Option<u64>,
+        amount: Amount,
+        reason: RefundReason,
+        correlation_id: Uuid,
+    ) -> Result<Payment> {
+        let payment = self.load(id).await?;
+        if let Some(expected) = expected
+            && expected != payment.version
+        {
+            return Err(RepositoryError::VersionMismatch {
+                expected,
+                actual: payment.version,
+            });
+        }
+        let event = payment.refund(amount, reason, Utc::now())?;
+        let version = payment.version;
+        // The decision was made on `version`: appending expects exactly it, so
+        // a concurrent refund decided on the same state loses.
+        match self
+            .store
+            .append(
+                &stream_id(id),
+                ExpectedVersion::Exact(version),
+                &[new_event(&event, correlation_id)],
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(event_store::Error::Conflict { actual, .. }) => {
+                return Err(RepositoryError::VersionMismatch {
+                    expected: expected.unwrap_or(version),
+                    actual: actual.unwrap_or_default(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let after =
+            Payment::apply(Some(payment), &event).map_err(|e| RepositoryError::Corrupt(id, e.to_string()))?;
+        if after.version % self.snapshot_every == 0 {
+            self.snapshot(&after).await;
+        }
+        Ok(after)
+    }
+
+    /// Saves `payment` as its stream's snapshot. A failure only costs speed
+    /// on the next load, so it is logged, not returned.
+    async fn snapshot(&self, payment: &Payment) {
+        let stream = stream_id(payment.received.payment_id);
+        let saved = match serde_json::to_value(payment) {
+            Ok(state) => self.store.save_snapshot(&stream, payment.version, &state).await,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise snapshot");
+                return;
+            }
+        };
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, stream, "snapshot not saved");
+        }
+    }
+
+    /// The payment's stored events from version `from` on.
+    pub async fn events(&self, id: PaymentId, from: u64) -> Result<Vec<RecordedEvent>> {
+        let stream = stream_id(id);
+        if self.store.version(&stream).await?.is_none() {
+            return Err(RepositoryError::NotFound);
+        }
+        Ok(self.store.read_stream(&stream, from.max(1)).await?)
+    }
+}
+
+fn new_event(event: &PaymentEvent, correlation_id: Uuid) -> NewEvent {
+    let data = match event {
+        PaymentEvent::Received(e) => serde_json::to_value(e),
+        PaymentEvent::Refunded(e) => serde_json::to_value(e),
+    };
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event.name().to_owned(),
+        schema_version: SCHEMA_VERSION,
+        // Plain data structs of strings and numbers always serialise.
+        data: data.unwrap_or(Value::Null),
+        metadata: EventMetadata {
+            correlation_id,
+            causation_id: None,
+        },
+    }
+}
+
+/// Turns a stored event back into a domain event.
+pub fn decode(event: &RecordedEvent) -> Result<PaymentEvent, String> {
+    let data = event.data.clone();
+    match event.event_type.as_str() {
+        "payments.payment-received" => serde_json::from_value(data).map(PaymentEvent::Received),
+        "payments.payment-refunded" => serde_json::from_value(data).map(PaymentEvent::Refunded),
+        other => return Err(format!("unknown stored event type `{other}`")),
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn decode_all(id: PaymentId, events: &[RecordedEvent]) -> Result<Vec<PaymentEvent>> {
+    events
+        .iter()
+        .map(|e| decode(e).map_err(|reason| RepositoryError::Corrupt(id, reason)))
+        .collect()
+}
