@@ -256,6 +256,23 @@ pub async fn read_records(
     records
 }
 
+/// Every record of `topic`: read from the beginning until nothing more
+/// arrives for `quiet`.
+pub async fn all_records(
+    kafka: &KafkaConfig,
+    topic: &str,
+    quiet: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer = service_kit::kafka::replica(kafka, "test-reader", topic)
+        .await
+        .expect("reader");
+    let mut records = Vec::new();
+    while let Ok(received) = tokio::time::timeout(quiet, consumer.recv()).await {
+        records.push(received.expect("record").detach());
+    }
+    records
+}
+
 /// Publishes `event` through the contract's encoder, as Payments would.
 pub async fn produce_event<E: shared_events::Event>(kafka: &KafkaConfig, event: &shared_events::Envelope<E>) {
     use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -461,3 +461,65 @@ async fn an_unreachable_database_is_a_503() {
     let response = router.oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// The stored events the API lists, turned back into domain events.
+fn domain_events(listed: &Value) -> Vec<payments_service::domain::PaymentEvent> {
+    use payments_service::domain::PaymentEvent;
+    listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| match e["type"].as_str() {
+            Some("payments.payment-received") => {
+                PaymentEvent::Received(serde_json::from_value(e["data"].clone()).expect("received"))
+            }
+            Some("payments.payment-refunded") => {
+                PaymentEvent::Refunded(serde_json::from_value(e["data"].clone()).expect("refunded"))
+            }
+            other => panic!("unexpected event type {other:?}"),
+        })
+        .collect()
+}
+
+/// For generated refund sequences, folding the events the service lists
+/// gives exactly the state it reports.
+#[test]
+fn rebuilding_from_the_events_gives_the_state_the_service_reports() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let harness = runtime.block_on(Harness::new());
+    let mut runner = TestRunner::new(Config::with_cases(24));
+    let inputs = (1i64..5_000, prop::collection::vec(1i64..3_000, 0..12));
+    runner
+        .run(&inputs, |(total, refunds)| {
+            runtime.block_on(async {
+                let body = with("amount", json!(total));
+                let created = harness.post("/payments", body, &[]).await;
+                prop_assert_eq!(created.status, StatusCode::CREATED);
+                let id = id_of(&created.body);
+                let mut accepted = 0;
+                for amount in refunds {
+                    let reply = harness.refund(&id, amount, None).await;
+                    match reply.status {
+                        StatusCode::CREATED => accepted += amount,
+                        StatusCode::UNPROCESSABLE_ENTITY => prop_assert!(accepted + amount > total),
+                        other => prop_assert!(false, "unexpected {other}: {}", reply.body),
+                    }
+                }
+                let reported = harness.get(&format!("/payments/{id}")).await.body;
+                let listed = harness.get(&format!("/payments/{id}/events")).await.body;
+                let rebuilt = payments_service::domain::Payment::replay(None, &domain_events(&listed))
+                    .expect("valid history")
+                    .expect("a payment");
+                prop_assert_eq!(
+                    serde_json::to_value(rebuilt.to_state()).expect("json"),
+                    reported.clone()
+                );
+                prop_assert_eq!(reported["refunded"].as_i64(), Some(accepted));
+                Ok(())
+            })
+        })
+        .expect("the reported state is the fold of the events");
+}

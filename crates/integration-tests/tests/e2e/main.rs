@@ -3,4 +3,5 @@
 
 mod failures;
 mod flow;
+mod outbox;
 mod processes;

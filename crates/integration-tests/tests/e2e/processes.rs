@@ -1,5 +1,6 @@
 //! The three real binaries as separate processes, as docker compose runs them.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -82,16 +83,25 @@ impl Process {
     }
 
     /// SIGTERM, then the exit status.
-    async fn terminate(mut self) -> std::process::ExitStatus {
+    async fn terminate(self) -> std::process::ExitStatus {
+        self.signal("TERM").await
+    }
+
+    /// SIGKILL: no shutdown code runs at all.
+    async fn kill(self) -> std::process::ExitStatus {
+        self.signal("KILL").await
+    }
+
+    async fn signal(mut self, name: &str) -> std::process::ExitStatus {
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
-            .expect("exits within 30 s of SIGTERM")
+            .expect("exits within 30 s of the signal")
             .expect("exit status")
     }
 }
@@ -159,4 +169,150 @@ async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
         let status = process.terminate().await;
         assert!(status.success(), "{name} exited with {status} after SIGTERM");
     }
+}
+
+/// Ids of the events stored in `database`, and of the notifications on the
+/// topic (each notification's `ce_id` is its stored event's id).
+async fn stored_and_published(
+    database: &TestDatabase,
+    kafka: &service_kit::config::KafkaConfig,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let stored: BTreeSet<String> = database
+        .store
+        .read_all(0, 100_000)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| e.event_id.to_string())
+        .collect();
+    read_records(kafka, &kafka.topics.notifications, stored.len()).await;
+    let published = all_records(kafka, &kafka.topics.notifications, Duration::from_secs(2))
+        .await
+        .iter()
+        .filter_map(|r| {
+            use rdkafka::message::{Headers, Message};
+            r.headers()?
+                .iter()
+                .find(|h| h.key == "ce_id")?
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .collect();
+    (stored, published)
+}
+
+#[tokio::test]
+async fn events_committed_before_a_sigkill_are_published_after_the_restart() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::create().await;
+    let http = reqwest::Client::new();
+    let env = [
+        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.as_str()),
+        ("TOPIC_NOTIFICATIONS", kafka.topics.notifications.as_str()),
+        ("TOPIC_STATE", kafka.topics.state.as_str()),
+        ("DATABASE_URL", database.url.as_str()),
+    ];
+
+    // An instance that commits but never gets to publish.
+    let mut payments = Process::start(
+        "payments-service",
+        &[&env[..], &[("OUTBOX_RELAY", "false")]].concat(),
+    );
+    let url = format!("http://{}", payments.address().await);
+    for i in 0..30 {
+        let response = http
+            .post(format!("{url}/payments"))
+            .json(&payment_request("c-11", 100 + i))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+        if i % 3 == 0 {
+            let payment: serde_json::Value = response.json().await.expect("json");
+            let id = payment["payment_id"].as_str().expect("id");
+            let refund = http
+                .post(format!("{url}/payments/{id}/refunds"))
+                .json(&serde_json::json!({"amount": 50, "reason": "damaged"}))
+                .send()
+                .await
+                .expect("POST refund");
+            assert_eq!(refund.status(), reqwest::StatusCode::CREATED);
+        }
+    }
+    let status = payments.kill().await;
+    assert!(!status.success(), "killed: {status}");
+    let nothing = all_records(&kafka, &kafka.topics.notifications, Duration::from_secs(1)).await;
+    assert!(nothing.is_empty(), "nothing was published before the kill");
+
+    let restarted = Process::start("payments-service", &env);
+    let (stored, published) = stored_and_published(&database, &kafka).await;
+    let missing = stored.difference(&published).count();
+    eprintln!(
+        "outbox after SIGKILL: {} events committed, {} published, {missing} missing",
+        stored.len(),
+        published.len()
+    );
+    assert_eq!(stored.len(), 40);
+    assert_eq!(missing, 0);
+    assert!(restarted.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_sigkill_while_publishing_under_load_loses_nothing() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::create().await;
+    let env = [
+        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.as_str()),
+        ("TOPIC_NOTIFICATIONS", kafka.topics.notifications.as_str()),
+        ("TOPIC_STATE", kafka.topics.state.as_str()),
+        ("DATABASE_URL", database.url.as_str()),
+    ];
+    let mut payments = Process::start("payments-service", &env);
+    let url = format!("http://{}", payments.address().await);
+
+    // Eight clients post until the process dies under them.
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut accepted = 0;
+                for i in 0..200 {
+                    let sent = http
+                        .post(format!("{url}/payments"))
+                        .json(&payment_request("c-12", 1 + i))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == reqwest::StatusCode::CREATED => accepted += 1,
+                        _ => break,
+                    }
+                }
+                (c, accepted)
+            })
+        })
+        .collect();
+    eventually("some payments are stored", || async {
+        (database.store.read_all(0, 100).await.ok()?.len() >= 100).then_some(())
+    })
+    .await;
+    assert!(!payments.kill().await.success());
+    let mut accepted = 0;
+    for client in clients {
+        accepted += client.await.expect("client").1;
+    }
+
+    let restarted = Process::start("payments-service", &env);
+    let (stored, published) = stored_and_published(&database, &kafka).await;
+    let missing = stored.difference(&published).count();
+    eprintln!(
+        "outbox after SIGKILL under load: {accepted} answered 201, {} events committed, {} published, {missing} missing",
+        stored.len(),
+        published.len()
+    );
+    assert!(stored.len() >= accepted, "every 201 was committed");
+    assert_eq!(missing, 0);
+    assert!(restarted.terminate().await.success());
 }

@@ -1,0 +1,124 @@
+//! Event sourcing through the outbox: refunds reach the consumers, nothing
+//! committed is lost when Payments dies before publishing, and two Payments
+//! instances never publish the same events twice or out of order.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use integration_tests::*;
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn header(record: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    record
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+async fn refund(http: &reqwest::Client, payments: &TestApp, id: &str, amount: i64) -> Value {
+    let response = http
+        .post(payments.url(&format!("/payments/{id}/refunds")))
+        .json(&json!({"amount": amount, "reason": "damaged"}))
+        .send()
+        .await
+        .expect("POST refund");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn a_refund_reaches_service_a_and_service_b() {
+    let broker = Broker::get().await;
+    let http = reqwest::Client::new();
+    let system = System::start(&broker).await;
+
+    let payment = create_payment(&http, &system.payments, &payment_request("c-9", 1000)).await;
+    let id = payment["payment_id"].as_str().expect("id").to_owned();
+    let response = http
+        .post(system.payments.url(&format!("/payments/{id}/refunds")))
+        .header("if-match", "\"1\"")
+        .json(&json!({"amount": 300, "reason": "damaged"}))
+        .send()
+        .await
+        .expect("POST refund");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let refunded: Value = response.json().await.expect("json");
+    assert_eq!(
+        (refunded["refunded"].clone(), refunded["version"].clone()),
+        (json!(300), json!(2))
+    );
+
+    let copy = eventually("service-a's copy shows the refund", || async {
+        let copy = get_json(&http, system.service_a.url(&format!("/payments/{id}"))).await?;
+        (copy["version"] == 2).then_some(copy)
+    })
+    .await;
+    assert_eq!(copy, refunded);
+    let kinds = eventually("service-a audited both notifications", || async {
+        let audit = get_json(&http, system.service_a.url("/audit")).await?;
+        let kinds: Vec<Value> = audit.as_array()?.iter().map(|e| e["kind"].clone()).collect();
+        (kinds.len() == 2).then_some(kinds)
+    })
+    .await;
+    assert_eq!(kinds, [json!("received"), json!("refunded")]);
+    eventually("service-b called back after the refund", || async {
+        let record = get_json(&http, system.service_b.url(&format!("/payments/{id}"))).await?;
+        (record["payment"] == refunded).then_some(())
+    })
+    .await;
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn two_payments_instances_publish_every_event_once_and_in_order() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::create().await;
+    let http = reqwest::Client::new();
+    let first = spawn_payments(&kafka, &database.url).await;
+    let second = spawn_payments(&kafka, &database.url).await;
+
+    // Interleaved writes through both instances.
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let via = if i % 2 == 0 { &first } else { &second };
+        let payment = create_payment(&http, via, &payment_request("c-10", 1000)).await;
+        ids.push(payment["payment_id"].as_str().expect("id").to_owned());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        for n in 0..3 {
+            let via = if (i + n) % 2 == 0 { &second } else { &first };
+            refund(&http, via, id, 10).await;
+        }
+    }
+    let stored = database.store.read_all(0, 1000).await.expect("read").len();
+    assert_eq!(stored, 40);
+
+    read_records(&kafka, &kafka.topics.notifications, stored).await;
+    // All there; and nothing beyond (no event published twice).
+    let notifications = all_records(&kafka, &kafka.topics.notifications, Duration::from_secs(2)).await;
+    let states = all_records(&kafka, &kafka.topics.state, Duration::from_secs(2)).await;
+    assert_eq!((notifications.len(), states.len()), (stored, stored));
+    let ids: BTreeSet<_> = notifications.iter().filter_map(|r| header(r, "ce_id")).collect();
+    assert_eq!(ids.len(), stored, "every stored event published exactly once");
+
+    // Per payment (one partition), the state versions are 1, 2, 3, 4 in order.
+    let mut versions: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
+    for record in &states {
+        let state: Value = serde_json::from_slice(record.payload().expect("value")).expect("json");
+        versions
+            .entry(record.key().expect("key").to_vec())
+            .or_default()
+            .push(state["version"].as_u64().expect("version"));
+    }
+    assert_eq!(versions.len(), 10);
+    assert!(versions.values().all(|v| v == &[1, 2, 3, 4]), "{versions:?}");
+
+    first.stop().await;
+    second.stop().await;
+}
