@@ -1,17 +1,12 @@
 -- The event store: append-only streams of events.
 
--- One row per stream, holding its current version. Appends lock this row, so
--- appends to one stream are serialised while different streams go in parallel.
-CREATE TABLE streams (
-    stream_id   TEXT   PRIMARY KEY,
-    version     BIGINT NOT NULL CHECK (version > 0)
-);
-
 CREATE TABLE events (
     -- Global order of all events.
     position        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    stream_id       TEXT        NOT NULL REFERENCES streams (stream_id),
-    -- 1, 2, 3, ... within the stream, without gaps.
+    stream_id       TEXT        NOT NULL,
+    -- 1, 2, 3, ... within the stream, without gaps. The unique index is the
+    -- optimistic concurrency check: two writers that decided on the same
+    -- version both try to insert the next one, and only one can.
     version         BIGINT      NOT NULL CHECK (version > 0),
     event_id        UUID        NOT NULL UNIQUE,
     event_type      TEXT        NOT NULL,
@@ -31,7 +26,7 @@ CREATE TABLE events (
 
 -- The latest snapshot of a stream's state, to load it without replaying every event.
 CREATE TABLE snapshots (
-    stream_id   TEXT        PRIMARY KEY REFERENCES streams (stream_id),
+    stream_id   TEXT        PRIMARY KEY,
     version     BIGINT      NOT NULL,
     state       JSONB       NOT NULL,
     taken_at    TIMESTAMPTZ NOT NULL DEFAULT now()

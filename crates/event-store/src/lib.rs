@@ -8,6 +8,8 @@
 //! the stream to be at ([`ExpectedVersion`]); if another writer got there
 //! first, the append fails with [`Error::Conflict`] and writes nothing, and the
 //! writer reloads and decides again.
+//! The check is the unique index on (stream, version): an append is a single
+//! INSERT, with no per-stream row to lock and update.
 //!
 //! # Layout
 //!

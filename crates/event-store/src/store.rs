@@ -24,31 +24,39 @@ pub async fn migrate(migrator: &sqlx::migrate::Migrator, pool: &PgPool) -> Resul
     Ok(())
 }
 
-/// Inserts the events after the stream statement `{stream}` (a CTE that
-/// returns the stream's new version, or no row when the expectation fails),
-/// all in one statement: one round trip, atomic without an explicit
-/// transaction.
+/// Inserts the events as versions `$2 + 1`, `$2 + 2`, ... of stream `$1`,
+/// if `{guard}` holds, in one statement: one round trip, atomic without an
+/// explicit transaction. The unique index on (stream, version) is the
+/// concurrency check: of two writers that decided on the same version, the
+/// second waits for the first to commit, then fails with a unique violation
+/// and writes nothing.
 const APPEND: &str = r#"
-WITH stream AS ({stream})
 INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data, metadata)
-SELECT $1, stream.version - $2 + e.ord, e.event_id, e.event_type, e.schema_version, e.data, e.metadata
-FROM stream,
-     UNNEST($3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[])
+SELECT $1, {base} + e.ord, e.event_id, e.event_type, e.schema_version, e.data, e.metadata
+FROM UNNEST($3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[])
          WITH ORDINALITY AS e(event_id, event_type, schema_version, data, metadata, ord)
+WHERE {guard}
 RETURNING position, version, recorded_at
 "#;
 
-/// Creates the stream at version `$2`; no row if it exists.
-const CREATE_STREAM: &str =
-    "INSERT INTO streams (stream_id, version) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING version";
-/// Moves the stream from version `$8` on by `$2`; no row if it is elsewhere.
-/// The row lock makes a concurrent append with the same expectation wait,
-/// then find the version moved and fail.
-const ADVANCE_STREAM: &str =
-    "UPDATE streams SET version = version + $2 WHERE stream_id = $1 AND version = $8 RETURNING version";
-/// Creates the stream or moves it on by `$2`, whatever its version.
-const CREATE_OR_ADVANCE_STREAM: &str = "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
-     ON CONFLICT (stream_id) DO UPDATE SET version = streams.version + EXCLUDED.version RETURNING version";
+/// [`APPEND`] for the common case of one event: plain parameters instead of
+/// arrays to unnest, which saves the server a good part of the statement.
+const APPEND_ONE: &str = r#"
+INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data, metadata)
+SELECT $1, {base} + 1, $3, $4, $5, $6, $7
+WHERE {guard}
+RETURNING position, version, recorded_at
+"#;
+
+/// The stream is at version `$2`: it has that version (and the unique index
+/// refuses the next one if it has more).
+const AT_VERSION: &str = "EXISTS (SELECT 1 FROM events WHERE stream_id = $1 AND version = $2)";
+/// After the stream's last version, whatever it is.
+const AFTER_LAST: &str = "(SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = $1)";
+/// How often an `Any` append retries when another writer took its version.
+const ANY_ATTEMPTS: u32 = 20;
+/// The unique index that detects concurrent appends.
+const VERSION_CONSTRAINT: &str = "events_stream_id_version_key";
 
 const SELECT_EVENTS: &str = "SELECT position, stream_id, version, event_id, event_type, schema_version, \
      data, metadata, recorded_at FROM events";
@@ -64,6 +72,9 @@ impl EventStore {
     pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            // sqlx pings every connection it hands out by default: a round
+            // trip per append. A broken connection fails the query instead.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(Self::new(pool))
@@ -106,32 +117,50 @@ impl EventStore {
         if events.is_empty() {
             return Err(Error::Empty);
         }
-        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-        let stream_statement = match expected {
-            ExpectedVersion::NoStream => CREATE_STREAM,
-            ExpectedVersion::Exact(_) => ADVANCE_STREAM,
-            ExpectedVersion::Any => CREATE_OR_ADVANCE_STREAM,
+        let (base, guard, base_version) = match expected {
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => ("$2", "TRUE", 0),
+            ExpectedVersion::Exact(n) => ("$2", AT_VERSION, n),
+            ExpectedVersion::Any => (AFTER_LAST, "TRUE", 0),
         };
-        let sql = APPEND.replace("{stream}", stream_statement);
-        let mut query = sqlx::query(&sql)
-            .bind(stream)
-            .bind(count)
-            .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.schema_version).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| Json(&e.data)).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| Json(e.metadata)).collect::<Vec<_>>());
-        if let ExpectedVersion::Exact(version) = expected {
-            query = query.bind(i64::try_from(version).unwrap_or(i64::MAX));
-        }
-
-        let rows = match query.fetch_all(&mut *conn).await {
-            Ok(rows) => rows,
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("events_event_id_key") => {
-                let duplicate = events.first().map_or(Uuid::nil(), |e| e.event_id);
-                return Err(Error::DuplicateEvent(duplicate));
+        let single = events.len() == 1;
+        let template = if single { APPEND_ONE } else { APPEND };
+        let sql = template.replace("{base}", base).replace("{guard}", guard);
+        let mut attempt = 0;
+        let rows = loop {
+            attempt += 1;
+            let query = sqlx::query(&sql)
+                .bind(stream)
+                .bind(i64::try_from(base_version).unwrap_or(i64::MAX));
+            let query = match events {
+                [event] => query
+                    .bind(event.event_id)
+                    .bind(&event.event_type)
+                    .bind(event.schema_version)
+                    .bind(Json(&event.data))
+                    .bind(Json(event.metadata)),
+                _ => query
+                    .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+                    .bind(events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
+                    .bind(events.iter().map(|e| e.schema_version).collect::<Vec<_>>())
+                    .bind(events.iter().map(|e| Json(&e.data)).collect::<Vec<_>>())
+                    .bind(events.iter().map(|e| Json(e.metadata)).collect::<Vec<_>>()),
+            };
+            match query.fetch_all(&mut *conn).await {
+                Ok(rows) => break rows,
+                Err(sqlx::Error::Database(e)) if e.constraint() == Some(VERSION_CONSTRAINT) => {
+                    // `Any` has no expectation to fail: it lost a race for
+                    // the next version, so it takes the one after.
+                    if expected == ExpectedVersion::Any && attempt < ANY_ATTEMPTS {
+                        continue;
+                    }
+                    break Vec::new();
+                }
+                Err(sqlx::Error::Database(e)) if e.constraint() == Some("events_event_id_key") => {
+                    let duplicate = events.first().map_or(Uuid::nil(), |e| e.event_id);
+                    return Err(Error::DuplicateEvent(duplicate));
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         };
         if rows.is_empty() {
             return Err(Error::Conflict {
@@ -166,9 +195,9 @@ impl EventStore {
     }
 
     async fn version_in(conn: &mut PgConnection, stream: &str) -> Result<Option<u64>> {
-        let version: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+        let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM events WHERE stream_id = $1")
             .bind(stream)
-            .fetch_optional(conn)
+            .fetch_one(conn)
             .await?;
         Ok(version.map(to_version))
     }
