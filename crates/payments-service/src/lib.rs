@@ -55,13 +55,14 @@ pub async fn run(
     let payments = Payments::new(store.clone(), config.snapshot_every);
     payments.migrate().await?;
     let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
+    let appended = payments.appended();
     let router = app(AppState { payments }).merge(health_router(admin));
 
     let stop = stop_token(shutdown);
     let mut tasks: Vec<Task> = vec![task("http", serve(listener, router, stop.clone()))];
     if config.relay {
         let producer = kafka::producer(&config.kafka, SERVICE, config.publish_timeout)?;
-        let relay = Relay::new(store, producer, config.kafka.topics.clone());
+        let relay = Relay::new(store, appended, producer, config.kafka.topics.clone());
         tasks.push(task("outbox relay", relay.run(stop.clone())));
     }
     Ok(supervise(stop, tasks).await?)

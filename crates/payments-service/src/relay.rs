@@ -17,12 +17,14 @@
 //! connection of its own, so the lock goes when the process does.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use event_store::{Checkpoint, EventStore, RecordedEvent};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared_events::{Envelope, Event, PaymentRefundedNotification, Topics, encode};
 use sqlx::Connection;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -36,7 +38,9 @@ const CHECKPOINT: &str = "payments-outbox-relay";
 const LEADER_LOCK: i64 = 0x7061_796d_656e_7473; // "payments"
 /// Events read and published per round.
 const BATCH: i64 = 200;
-/// Pause after an empty read before looking again.
+/// Longest pause after an empty read before looking again. Writes of this
+/// instance wake the relay at once; this bounds how long other instances'
+/// writes wait.
 const IDLE: Duration = Duration::from_millis(20);
 /// Most payment states kept between batches.
 const MAX_CACHED_STATES: usize = 10_000;
@@ -59,6 +63,8 @@ enum RelayError {
 
 pub struct Relay {
     store: EventStore,
+    /// Wakes the relay when this instance commits (see [`IDLE`]).
+    appended: Arc<Notify>,
     producer: FutureProducer,
     topics: Topics,
     /// The latest state the relay saw of each payment, so publishing the
@@ -75,9 +81,12 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    pub fn new(store: EventStore, producer: FutureProducer, topics: Topics) -> Self {
+    /// `appended` is signalled by this instance's writes
+    /// ([`crate::Payments::appended`]).
+    pub fn new(store: EventStore, appended: Arc<Notify>, producer: FutureProducer, topics: Topics) -> Self {
         Self {
             store,
+            appended,
             producer,
             topics,
             states: HashMap::new(),
@@ -127,6 +136,7 @@ impl Relay {
                 leader.ping().await?;
                 tokio::select! {
                     () = stop.cancelled() => {}
+                    () = self.appended.notified() => {}
                     () = tokio::time::sleep(IDLE) => {}
                 }
                 continue;

@@ -5,10 +5,13 @@
 //! new snapshot is saved. Writes append with optimistic concurrency, and the
 //! outbox relay publishes what was appended, so nothing here talks to Kafka.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use event_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
 use serde_json::Value;
 use shared_events::{Amount, PaymentId, PaymentReceived};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::domain::{InvalidHistory, Payment, PaymentEvent, RefundReason, RefundRefused};
@@ -61,6 +64,9 @@ pub struct Created {
 pub struct Payments {
     store: EventStore,
     snapshot_every: u64,
+    /// Signalled after every commit, so this instance's outbox relay
+    /// publishes at once instead of at its next poll.
+    appended: Arc<Notify>,
 }
 
 /// The stream of payment `id`.
@@ -73,7 +79,13 @@ impl Payments {
         Self {
             store,
             snapshot_every: snapshot_every.max(1),
+            appended: Arc::default(),
         }
+    }
+
+    /// Signalled after every append this instance commits.
+    pub fn appended(&self) -> Arc<Notify> {
+        Arc::clone(&self.appended)
     }
 
     pub fn store(&self) -> &EventStore {
@@ -131,6 +143,7 @@ impl Payments {
         )
         .await?;
         tx.commit().await?;
+        self.appended.notify_one();
         let payment = Payment::replay(None, [&event])
             .map_err(|e| RepositoryError::Corrupt(id, e.to_string()))?
             .ok_or(RepositoryError::NotFound)?;
@@ -201,7 +214,7 @@ impl Payments {
             )
             .await
         {
-            Ok(_) => {}
+            Ok(_) => self.appended.notify_one(),
             Err(event_store::Error::Conflict { actual, .. }) => {
                 return Err(RepositoryError::VersionMismatch {
                     expected: expected.unwrap_or(version),
