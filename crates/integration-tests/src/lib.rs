@@ -256,6 +256,17 @@ pub async fn read_records(
     records
 }
 
+/// The value of header `name` of `record`, as text.
+pub fn header(record: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::{Headers, Message};
+    record
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// Every record of `topic`: read from the beginning until nothing more
 /// arrives for `quiet`.
 pub async fn all_records(

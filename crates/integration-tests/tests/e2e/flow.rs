@@ -2,18 +2,8 @@
 
 use integration_tests::*;
 use rdkafka::Message;
-use rdkafka::message::Headers;
 use reqwest::StatusCode;
 use serde_json::Value;
-
-fn header(record: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
-    record
-        .headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
 
 #[tokio::test]
 async fn a_payment_reaches_service_a_and_service_b() {

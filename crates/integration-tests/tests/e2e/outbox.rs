@@ -7,18 +7,8 @@ use std::time::Duration;
 
 use integration_tests::*;
 use rdkafka::Message;
-use rdkafka::message::Headers;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn header(record: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
-    record
-        .headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
 
 async fn refund(http: &reqwest::Client, payments: &TestApp, id: &str, amount: i64) -> Value {
     let response = http

@@ -189,14 +189,7 @@ async fn stored_and_published(
     let published = all_records(kafka, &kafka.topics.notifications, Duration::from_secs(2))
         .await
         .iter()
-        .filter_map(|r| {
-            use rdkafka::message::{Headers, Message};
-            r.headers()?
-                .iter()
-                .find(|h| h.key == "ce_id")?
-                .value
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        })
+        .filter_map(|r| header(r, "ce_id"))
         .collect();
     (stored, published)
 }
