@@ -35,7 +35,7 @@ fn base(config: &KafkaConfig, client_id: &str) -> ClientConfig {
 ///
 /// `message_timeout` bounds how long a send may wait for the broker's
 /// acknowledgement (including retries) before it fails; it is the longest a
-/// caller waits when the broker is down.
+/// sender waits when the broker is down before it sees an error.
 pub fn producer(config: &KafkaConfig, client_id: &str, message_timeout: Duration) -> Result<FutureProducer> {
     Ok(base(config, client_id)
         // Retries cannot duplicate or reorder a message: the broker drops

@@ -9,7 +9,7 @@
 //! `PAYMENTS` payments (default 20) one after another, and for each measures
 //! from sending the POST until:
 //!
-//! - `201`: Payments answered (both events acknowledged by the broker): the
+//! - `201`: Payments answered (the event committed to the event store): the
 //!   baseline, measured in the same run;
 //! - `service-a copy`: ServiceA serves the payment from its copy;
 //! - `service-b record`: ServiceB has called Payments back and recorded it.
