@@ -298,17 +298,16 @@ async fn read_committed_holds_back_what_a_running_transaction_could_precede() {
     );
 
     slow.commit().await.expect("commit");
-    let read = store
-        .read_committed(Checkpoint::default(), 10)
-        .await
-        .expect("read");
+    // The hold-back is cluster-wide: a transaction of a test running in
+    // parallel (another database, same server) may delay both for a moment.
+    let read = committed(store, Checkpoint::default(), 2).await;
     let streams: Vec<_> = read.iter().map(|(_, e)| e.stream_id.as_str()).collect();
     assert_eq!(streams, ["slow", "fast"]);
 
     store.save_checkpoint("relay", read[0].0).await.expect("save");
     let checkpoint = store.checkpoint("relay").await.expect("load");
     assert_eq!(checkpoint, read[0].0);
-    let rest = store.read_committed(checkpoint, 10).await.expect("read");
+    let rest = committed(store, checkpoint, 1).await;
     assert_eq!(
         rest.iter().map(|(_, e)| e.stream_id.as_str()).collect::<Vec<_>>(),
         ["fast"]
@@ -317,4 +316,21 @@ async fn read_committed_holds_back_what_a_running_transaction_could_precede() {
         store.checkpoint("unknown").await.expect("load"),
         Checkpoint::default()
     );
+}
+
+/// `read_committed` from `after`, retried until it returns `count` events
+/// (or 10 s pass).
+async fn committed(
+    store: &event_store::EventStore,
+    after: event_store::Checkpoint,
+    count: usize,
+) -> Vec<(event_store::Checkpoint, event_store::RecordedEvent)> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let read = store.read_committed(after, 10).await.expect("read");
+        if read.len() >= count || tokio::time::Instant::now() > deadline {
+            return read;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
