@@ -40,3 +40,5 @@ END;
 $$;
 CREATE TRIGGER events_are_immutable BEFORE UPDATE OR DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION events_are_immutable();
+CREATE TRIGGER events_are_not_truncated BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_are_immutable();

@@ -2,7 +2,7 @@
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -36,7 +36,8 @@ SELECT $1, {base} + e.ord, e.event_id, e.event_type, e.schema_version, e.data, e
 FROM UNNEST($3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[])
          WITH ORDINALITY AS e(event_id, event_type, schema_version, data, metadata, ord)
 WHERE {guard}
-RETURNING position, version, recorded_at
+ORDER BY e.ord
+RETURNING position, version, event_id, recorded_at
 "#;
 
 /// [`APPEND`] for the common case of one event: plain parameters instead of
@@ -45,16 +46,26 @@ const APPEND_ONE: &str = r#"
 INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data, metadata)
 SELECT $1, {base} + 1, $3, $4, $5, $6, $7
 WHERE {guard}
-RETURNING position, version, recorded_at
+RETURNING position, version, event_id, recorded_at
 "#;
 
 /// The stream is at version `$2`: it has that version (and the unique index
-/// refuses the next one if it has more).
-const AT_VERSION: &str = "EXISTS (SELECT 1 FROM events WHERE stream_id = $1 AND version = $2)";
+/// refuses the next one if it has more), written by an older transaction.
+/// The last condition keeps the commit order (by transaction) the order of
+/// versions: a transaction that took its id before the one that wrote
+/// version `$2` cannot append after it.
+const AT_VERSION: &str = "EXISTS (SELECT 1 FROM events WHERE stream_id = $1 AND version = $2 \
+     AND transaction_id < pg_current_xact_id())";
+/// For `Any`: the stream's last event, if any, was written by an older
+/// transaction (see [`AT_VERSION`]).
+const LAST_IS_OLDER: &str = "COALESCE((SELECT transaction_id < pg_current_xact_id() FROM events \
+     WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), TRUE)";
 /// After the stream's last version, whatever it is.
 const AFTER_LAST: &str = "(SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = $1)";
 /// How often an `Any` append retries when another writer took its version.
-const ANY_ATTEMPTS: u32 = 20;
+/// Each lost race means another writer's append went in, so this bounds the
+/// wait by the number of competing appends, not by time.
+const ANY_ATTEMPTS: u32 = 1000;
 /// The unique index that detects concurrent appends.
 const VERSION_CONSTRAINT: &str = "events_stream_id_version_key";
 
@@ -103,12 +114,54 @@ impl EventStore {
         events: &[NewEvent],
     ) -> Result<Vec<RecordedEvent>> {
         let mut conn = self.pool.acquire().await?;
-        Self::append_in(&mut conn, stream, expected, events).await
+        // One autocommit statement: atomic, and a failure aborts nothing else.
+        let appended = Self::insert(&mut conn, stream, expected, events).await;
+        Self::with_actual_version(&mut conn, appended).await
     }
 
     /// [`EventStore::append`] on a connection of the caller's, so the append
-    /// can share a transaction with other writes.
+    /// can share a transaction with other writes. It runs in a savepoint: a
+    /// conflict leaves the caller's transaction usable.
     pub async fn append_in(
+        conn: &mut PgConnection,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut savepoint = conn.begin().await?;
+        let appended = Self::insert(&mut savepoint, stream, expected, events).await;
+        match appended {
+            Ok(stored) => {
+                savepoint.commit().await?;
+                Ok(stored)
+            }
+            Err(e) => {
+                savepoint.rollback().await?;
+                Self::with_actual_version(conn, Err(e)).await
+            }
+        }
+    }
+
+    /// Completes a conflict with the stream's version now, read on a
+    /// connection no longer in a failed statement.
+    async fn with_actual_version(
+        conn: &mut PgConnection,
+        appended: Result<Vec<RecordedEvent>>,
+    ) -> Result<Vec<RecordedEvent>> {
+        match appended {
+            Err(Error::Conflict { stream, expected, .. }) => {
+                let actual = Self::version_in(conn, &stream).await?;
+                Err(Error::Conflict {
+                    stream,
+                    expected,
+                    actual,
+                })
+            }
+            other => other,
+        }
+    }
+
+    async fn insert(
         conn: &mut PgConnection,
         stream: &str,
         expected: ExpectedVersion,
@@ -120,7 +173,7 @@ impl EventStore {
         let (base, guard, base_version) = match expected {
             ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => ("$2", "TRUE", 0),
             ExpectedVersion::Exact(n) => ("$2", AT_VERSION, n),
-            ExpectedVersion::Any => (AFTER_LAST, "TRUE", 0),
+            ExpectedVersion::Any => (AFTER_LAST, LAST_IS_OLDER, 0),
         };
         let single = events.len() == 1;
         let template = if single { APPEND_ONE } else { APPEND };
@@ -149,11 +202,18 @@ impl EventStore {
                 Ok(rows) => break rows,
                 Err(sqlx::Error::Database(e)) if e.constraint() == Some(VERSION_CONSTRAINT) => {
                     // `Any` has no expectation to fail: it lost a race for
-                    // the next version, so it takes the one after.
-                    if expected == ExpectedVersion::Any && attempt < ANY_ATTEMPTS {
+                    // the next version, so it takes the one after. (In an
+                    // explicit transaction the failed statement aborted it,
+                    // so there is no retrying there: a conflict.)
+                    if expected == ExpectedVersion::Any && attempt < ANY_ATTEMPTS && !conn.is_in_transaction()
+                    {
                         continue;
                     }
-                    break Vec::new();
+                    return Err(Error::Conflict {
+                        stream: stream.to_owned(),
+                        expected,
+                        actual: None,
+                    });
                 }
                 Err(sqlx::Error::Database(e)) if e.constraint() == Some("events_event_id_key") => {
                     let duplicate = events.first().map_or(Uuid::nil(), |e| e.event_id);
@@ -166,12 +226,16 @@ impl EventStore {
             return Err(Error::Conflict {
                 stream: stream.to_owned(),
                 expected,
-                actual: Self::version_in(conn, stream).await?,
+                actual: None,
             });
         }
 
         let mut stored = Vec::with_capacity(rows.len());
-        for (row, event) in rows.iter().zip(events) {
+        for row in &rows {
+            let event_id: Uuid = row.try_get("event_id")?;
+            let Some(event) = events.iter().find(|e| e.event_id == event_id) else {
+                continue;
+            };
             stored.push(RecordedEvent {
                 position: row.try_get("position")?,
                 stream_id: stream.to_owned(),
@@ -286,15 +350,30 @@ impl EventStore {
     /// Records that the reader called `name` has handled everything up to
     /// `checkpoint`.
     pub async fn save_checkpoint(&self, name: &str, checkpoint: Checkpoint) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        Self::save_checkpoint_in(&mut conn, name, checkpoint).await
+    }
+
+    /// [`EventStore::save_checkpoint`] on a connection of the caller's (the
+    /// relay writes it on the connection that holds its leader lock, so a
+    /// relay that lost the lock cannot write). A checkpoint only moves
+    /// forward: a late writer cannot take it back.
+    pub async fn save_checkpoint_in(
+        conn: &mut PgConnection,
+        name: &str,
+        checkpoint: Checkpoint,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO checkpoints (name, transaction_id, position) VALUES ($1, $2::text::xid8, $3) \
              ON CONFLICT (name) DO UPDATE SET transaction_id = EXCLUDED.transaction_id, \
-             position = EXCLUDED.position",
+             position = EXCLUDED.position \
+             WHERE (checkpoints.transaction_id, checkpoints.position) \
+                 < (EXCLUDED.transaction_id, EXCLUDED.position)",
         )
         .bind(name)
         .bind(checkpoint.transaction_id.to_string())
         .bind(checkpoint.position)
-        .execute(&self.pool)
+        .execute(conn)
         .await?;
         Ok(())
     }

@@ -273,14 +273,19 @@ async fn read_committed_holds_back_what_a_running_transaction_could_precede() {
     let db = TestDatabase::create().await;
     let store = &db.store;
 
-    // A writer takes a position, then takes its time to commit...
+    // A writer's transaction starts (and takes its id)...
     let mut slow = store.pool().begin().await.expect("begin");
-    EventStore::append_in(&mut slow, "slow", ExpectedVersion::NoStream, &events(1..=1))
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *slow)
         .await
-        .expect("append");
-    // ...while a later writer commits at once, at a higher position.
+        .expect("xid");
+    // ...a later one commits an event at once...
     store
         .append("fast", ExpectedVersion::NoStream, &events(2..=2))
+        .await
+        .expect("append");
+    // ...and the first appends only now, at a *higher* position.
+    EventStore::append_in(&mut slow, "slow", ExpectedVersion::NoStream, &events(1..=1))
         .await
         .expect("append");
     assert_eq!(
@@ -333,4 +338,47 @@ async fn committed(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_conflict_inside_a_transaction_leaves_the_transaction_usable() {
+    use event_store::EventStore;
+
+    let db = TestDatabase::create().await;
+    let store = &db.store;
+    store
+        .append("s", ExpectedVersion::NoStream, &events(1..=1))
+        .await
+        .expect("append");
+
+    let mut tx = store.pool().begin().await.expect("begin");
+    let conflict = EventStore::append_in(&mut tx, "s", ExpectedVersion::NoStream, &events(2..=2)).await;
+    assert!(
+        matches!(conflict, Err(Error::Conflict { actual: Some(1), .. })),
+        "{conflict:?}"
+    );
+    // The transaction goes on: the next append in it commits.
+    EventStore::append_in(&mut tx, "t", ExpectedVersion::NoStream, &events(3..=3))
+        .await
+        .expect("append after a conflict");
+    tx.commit().await.expect("commit");
+    assert_eq!(store.version("t").await.expect("version"), Some(1));
+    assert_eq!(store.version("s").await.expect("version"), Some(1));
+}
+
+#[tokio::test]
+async fn truncating_the_events_is_refused() {
+    let db = TestDatabase::create().await;
+    let store = &db.store;
+    store
+        .append("s", ExpectedVersion::NoStream, &events(1..=1))
+        .await
+        .expect("append");
+    assert!(
+        sqlx::query("TRUNCATE events")
+            .execute(store.pool())
+            .await
+            .is_err()
+    );
+    assert_eq!(store.read_all(0, 10).await.expect("read").len(), 1);
 }

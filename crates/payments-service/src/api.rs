@@ -9,8 +9,8 @@
 //! Writes answer once the events are committed to the event store; the
 //! outbox relay publishes them to Kafka right after.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -160,7 +160,7 @@ struct StoredEvent {
 async fn payment_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<EventsQuery>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Json<Vec<StoredEvent>>, ApiError> {
     let id = PaymentId::parse(&id).map_err(LookupError::from)?;
     let events = state.payments.events(id, query.from_version.unwrap_or(1)).await?;
@@ -266,10 +266,16 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     value
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse().ok())
         .map(Some)
         .ok_or_else(invalid)
 }
+
+/// `axum::extract::Query`, but rejections become [`ApiError`]s with a JSON body.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
 
 /// `axum::Json`, but rejections become [`ApiError`]s with a JSON body.
 #[derive(Debug, FromRequest)]
@@ -283,6 +289,9 @@ pub enum ApiError {
     /// types), as axum classifies the rejection.
     #[error("invalid request body: {0}")]
     Body(#[from] JsonRejection),
+    /// 400: the query string does not parse.
+    #[error("invalid query: {0}")]
+    Query(#[from] QueryRejection),
     /// 422: well-formed, but the values break the rules.
     #[error("invalid request")]
     Validation(Vec<InvalidValue>),
@@ -304,7 +313,9 @@ pub enum ApiError {
     /// 422: the idempotency key came before with a different request.
     #[error("idempotency key reused")]
     KeyReused,
-    /// 503: the database is unreachable. Retrying later is safe.
+    /// 503: the database could not be reached. Whether the write happened is
+    /// unknown only if the connection broke mid-commit; retrying with the
+    /// same `Idempotency-Key` or `If-Match` is safe either way.
     #[error("storage unavailable: {0}")]
     Unavailable(event_store::Error),
     /// 500: stored data that makes no sense.
@@ -319,7 +330,19 @@ impl From<RepositoryError> for ApiError {
             RepositoryError::VersionMismatch { expected, actual } => Self::Conflict { expected, actual },
             RepositoryError::Refused(refused) => Self::Refused(refused),
             RepositoryError::KeyReused => Self::KeyReused,
-            RepositoryError::Store(e) => Self::Unavailable(e),
+            RepositoryError::Store(event_store::Error::Conflict { expected, actual, .. }) => Self::Conflict {
+                expected: match expected {
+                    event_store::ExpectedVersion::Exact(v) => v,
+                    _ => 0,
+                },
+                actual: actual.unwrap_or_default(),
+            },
+            RepositoryError::Store(
+                e @ event_store::Error::Database(
+                    sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
+                ),
+            ) => Self::Unavailable(e),
+            RepositoryError::Store(e) => Self::Internal(e.to_string()),
             corrupt @ RepositoryError::Corrupt(..) => Self::Internal(corrupt.to_string()),
         }
     }
@@ -353,6 +376,10 @@ impl IntoResponse for ApiError {
                     .collect();
                 (StatusCode::UNPROCESSABLE_ENTITY, body)
             }
+            Self::Query(rejection) => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new("invalid_query", rejection.body_text()),
+            ),
             Self::Lookup(lookup) => return lookup.into_response(),
             Self::InvalidHeader { name, expected } => (
                 StatusCode::BAD_REQUEST,
@@ -380,7 +407,10 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %e, "storage unavailable");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorBody::new("unavailable", "the payment could not be stored; try again later"),
+                    ErrorBody::new(
+                        "unavailable",
+                        "the database could not be reached; retry later (with the same Idempotency-Key)",
+                    ),
                 )
             }
             Self::Internal(e) => {
@@ -435,7 +465,7 @@ mod tests {
         assert_eq!(with("\"3\"").ok(), Some(Some(3)));
         assert_eq!(with("*").ok(), Some(None));
         assert_eq!(if_match(&HeaderMap::new()).ok(), Some(None));
-        for bad in ["3", "\"x\"", "\"-1\"", "W/\"3\"", "\""] {
+        for bad in ["3", "\"x\"", "\"-1\"", "\"+3\"", "\"\"", "W/\"3\"", "\""] {
             assert!(matches!(with(bad), Err(ApiError::InvalidHeader { .. })), "{bad}");
         }
     }

@@ -130,10 +130,11 @@ impl Relay {
 
         let mut checkpoint = self.store.checkpoint(CHECKPOINT).await?;
         while !stop.is_cancelled() {
+            // The lock lives as long as this connection: if it is gone,
+            // another relay may lead now, so this one stops here.
+            leader.ping().await?;
             let batch = self.store.read_committed(checkpoint, BATCH).await?;
             let Some(&(last, _)) = batch.last() else {
-                // Also notices a lost leader connection.
-                leader.ping().await?;
                 tokio::select! {
                     () = stop.cancelled() => {}
                     () = self.appended.notified() => {}
@@ -142,7 +143,8 @@ impl Relay {
                 continue;
             };
             self.publish(&batch).await?;
-            self.store.save_checkpoint(CHECKPOINT, last).await?;
+            // On the leader connection: written only while holding the lock.
+            EventStore::save_checkpoint_in(&mut leader, CHECKPOINT, last).await?;
             checkpoint = last;
         }
         leader.close().await?;

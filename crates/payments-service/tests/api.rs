@@ -441,6 +441,29 @@ async fn a_snapshot_plus_tail_gives_the_same_state_as_every_event() {
         .expect("load");
     assert_eq!(with_snapshot, from_events);
     assert_eq!((with_snapshot.version, with_snapshot.refunded), (25, 24 * 7));
+
+    // Loading really starts from the snapshot: tamper with it, and the
+    // loaded state (not the one replayed from every event) shows it.
+    let mut tampered = snapshot.state.clone();
+    tampered["refunded"] = json!(1);
+    sqlx::query("UPDATE snapshots SET state = $1 WHERE stream_id = $2")
+        .bind(sqlx::types::Json(&tampered))
+        .bind(&stream)
+        .execute(harness.payments.store().pool())
+        .await
+        .expect("tamper");
+    let loaded = harness.payments.load(payment_id).await.expect("load");
+    assert_eq!(
+        loaded.refunded,
+        1 + 5 * 7,
+        "snapshot (1) plus the 5 refunds after it"
+    );
+    let replayed = harness
+        .payments
+        .load_without_snapshot(payment_id)
+        .await
+        .expect("load");
+    assert_eq!(replayed, from_events);
 }
 
 #[tokio::test]
