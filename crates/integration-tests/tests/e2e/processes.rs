@@ -106,6 +106,15 @@ impl Process {
     }
 }
 
+/// The environment that points a service at this test's broker and topics.
+fn kafka_env(kafka: &service_kit::config::KafkaConfig) -> [(&'static str, &str); 3] {
+    [
+        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.as_str()),
+        ("TOPIC_NOTIFICATIONS", kafka.topics.notifications.as_str()),
+        ("TOPIC_STATE", kafka.topics.state.as_str()),
+    ]
+}
+
 #[tokio::test]
 async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
     let broker = Broker::get().await;
@@ -113,11 +122,7 @@ async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
     let database = TestDatabase::create().await;
     let http = reqwest::Client::new();
     let (group_a, group_b) = (unique("service-a"), unique("service-b"));
-    let common = [
-        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.as_str()),
-        ("TOPIC_NOTIFICATIONS", kafka.topics.notifications.as_str()),
-        ("TOPIC_STATE", kafka.topics.state.as_str()),
-    ];
+    let common = kafka_env(&kafka);
 
     let payments_env = [&common[..], &[("DATABASE_URL", database.url.as_str())]].concat();
     let mut payments = Process::start("payments-service", &payments_env);
@@ -206,12 +211,7 @@ async fn events_committed_before_a_sigkill_are_published_after_the_restart() {
     let kafka = kafka_config(&broker).await;
     let database = TestDatabase::create().await;
     let http = reqwest::Client::new();
-    let env = [
-        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.as_str()),
-        ("TOPIC_NOTIFICATIONS", kafka.topics.notifications.as_str()),
-        ("TOPIC_STATE", kafka.topics.state.as_str()),
-        ("DATABASE_URL", database.url.as_str()),
-    ];
+    let env = [&kafka_env(&kafka)[..], &[("DATABASE_URL", database.url.as_str())]].concat();
 
     // An instance that commits but never gets to publish.
     let mut payments = Process::start(
@@ -262,12 +262,7 @@ async fn a_sigkill_while_publishing_under_load_loses_nothing() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let database = TestDatabase::create().await;
-    let env = [
-        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.as_str()),
-        ("TOPIC_NOTIFICATIONS", kafka.topics.notifications.as_str()),
-        ("TOPIC_STATE", kafka.topics.state.as_str()),
-        ("DATABASE_URL", database.url.as_str()),
-    ];
+    let env = [&kafka_env(&kafka)[..], &[("DATABASE_URL", database.url.as_str())]].concat();
     let mut payments = Process::start("payments-service", &env);
     let url = format!("http://{}", payments.address().await);
 
