@@ -105,10 +105,7 @@ fn spawn(root: &Path, service: &'static str) -> Result<Child> {
             "KAFKA_BOOTSTRAP_SERVERS",
             crate::env_set("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|| broker::BOOTSTRAP.to_owned()),
         )
-        .env(
-            "DATABASE_URL",
-            crate::env_set("DATABASE_URL").unwrap_or_else(|| postgres::DATABASE_URL.to_owned()),
-        )
+        .env("DATABASE_URL", database_url(service))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -122,6 +119,24 @@ fn spawn(root: &Path, service: &'static str) -> Result<Child> {
         tokio::spawn(prefix_lines(service, err));
     }
     Ok(child)
+}
+
+/// Each service's own database: Payments' event store in `DATABASE_URL`
+/// (default: the local server's `postgres`), ServiceB's records in
+/// `SERVICE_B_DATABASE_URL` (default: the local server's `service_b`, which
+/// `pg up` creates). ServiceA keeps nothing in a database.
+fn database_url(service: &str) -> String {
+    let (var, local) = match service {
+        "service-b" => (
+            "SERVICE_B_DATABASE_URL",
+            format!(
+                "postgres://postgres@127.0.0.1:5432/{}",
+                postgres::SERVICE_B_DATABASE
+            ),
+        ),
+        _ => ("DATABASE_URL", postgres::DATABASE_URL.to_owned()),
+    };
+    crate::env_set(var).unwrap_or(local)
 }
 
 /// Copies `stream` to stderr line by line, each line prefixed by `name`.

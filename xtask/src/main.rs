@@ -9,10 +9,15 @@
 //! cargo xtask pg status      is it running?
 //! cargo xtask up             the whole demo without Docker: broker + PostgreSQL + three services
 //! cargo xtask test [ARGS]    the test suite against a real broker and PostgreSQL (ARGS go to cargo test)
+//! cargo xtask offsets GROUP [TOPIC]       a consumer group's offsets and lag
+//! cargo xtask reset GROUP TOPIC TO        move them (earliest, latest or a time)
+//! cargo xtask dlt list TOPIC              the dead letters of TOPIC
+//! cargo xtask dlt redrive TOPIC           publish them back to TOPIC
 //! ```
 
 mod broker;
 mod demo;
+mod ops;
 mod postgres;
 mod test;
 
@@ -36,7 +41,21 @@ usage: cargo xtask <task>
   test [ARGS]    run the workspace tests against a real broker and PostgreSQL:
                  KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else Docker
                  (testcontainers) if available, else the local ones; ARGS are
-                 passed to `cargo test`";
+                 passed to `cargo test`
+
+  offsets GROUP [TOPIC]
+                 a consumer group's committed offsets, partition ends, lag and
+                 active members (TOPIC defaults to the notifications topic)
+  reset GROUP TOPIC TO
+                 move the group's offsets to TO: earliest, latest, an RFC 3339
+                 time or milliseconds since the epoch; refused while the group
+                 has members
+  dlt list TOPIC
+                 the dead letters of TOPIC (in TOPIC.dlt), with why they failed
+  dlt redrive TOPIC
+                 publish the dead letters not redriven before back to TOPIC
+
+  The Kafka tasks use KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092).";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -86,6 +105,11 @@ async fn main() -> Result<()> {
         }
         ["up"] => demo::run(&root).await,
         ["test", rest @ ..] => test::run(&root, rest).await,
+        ["offsets", group] => ops::offsets(group, None).await,
+        ["offsets", group, topic] => ops::offsets(group, Some(topic)).await,
+        ["reset", group, topic, to] => ops::reset(group, topic, to).await,
+        ["dlt", "list", topic] => ops::dlt_list(topic).await,
+        ["dlt", "redrive", topic] => ops::dlt_redrive(topic).await,
         [] | ["help" | "-h" | "--help"] => {
             eprintln!("{USAGE}");
             Ok(())

@@ -25,6 +25,8 @@ use crate::broker::is_alive;
 pub const PG_PORT: u16 = 5432;
 /// How clients reach the local server (trust authentication: no password).
 pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// ServiceB's own database on the local server, created by `pg up`.
+pub const SERVICE_B_DATABASE: &str = "service_b";
 /// Where Debian installs each major version's server programs.
 const INSTALL_ROOT: &str = "/usr/lib/postgresql";
 /// The OS user the server runs as when xtask runs as root.
@@ -77,6 +79,7 @@ impl LocalPostgres {
         let bin = bin_dir()?;
         if let Some(pid) = self.running_pid() {
             wait_until_ready(&bin, pid, &self.log_path()).await?;
+            create_database(&bin, SERVICE_B_DATABASE)?;
             return Ok(false);
         }
         if matches!(pg_isready(&bin)?, READY | REJECTING) {
@@ -115,6 +118,7 @@ impl LocalPostgres {
             )
         })?;
         wait_until_ready(&bin, pid, &self.log_path()).await?;
+        create_database(&bin, SERVICE_B_DATABASE)?;
         Ok(true)
     }
 
@@ -279,6 +283,28 @@ fn pg_isready(bin: &Path) -> Result<i32> {
     status
         .code()
         .with_context(|| format!("pg_isready was killed ({status})"))
+}
+
+/// Creates database `name` on the local server unless it exists.
+fn create_database(bin: &Path, name: &str) -> Result<()> {
+    let output = Command::new(bin.join("createdb"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &PG_PORT.to_string(),
+            "-U",
+            "postgres",
+            name,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run createdb")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() && !stderr.contains("already exists") {
+        bail!("createdb {name} failed ({}): {stderr}", output.status);
+    }
+    Ok(())
 }
 
 /// Waits until the server accepts connections, failing early if it dies.

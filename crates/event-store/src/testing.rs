@@ -29,10 +29,24 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// A fresh database with the event store's schema.
+    ///
     /// # Panics
     ///
     /// When there is no PostgreSQL to use, with instructions.
     pub async fn create() -> Self {
+        let database = Self::empty().await;
+        database.store.migrate().await.expect("migrate");
+        database
+    }
+
+    /// A fresh database with nothing in it, for a service with a schema of
+    /// its own (`store` is connected to it, but not migrated).
+    ///
+    /// # Panics
+    ///
+    /// When there is no PostgreSQL to use, with instructions.
+    pub async fn empty() -> Self {
         let (server_url, container) = match std::env::var("DATABASE_URL") {
             Ok(url) if !url.trim().is_empty() => (url.trim().to_owned(), None),
             _ => {
@@ -71,7 +85,6 @@ impl TestDatabase {
         let store = EventStore::connect(options, 24)
             .await
             .expect("connect to test database");
-        store.migrate().await.expect("migrate");
         Self {
             url,
             store,

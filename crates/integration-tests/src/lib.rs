@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use service_kit::config::KafkaConfig;
+use service_kit::config::{ConsumerConfig, KafkaConfig};
 use shared_events::Topics;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -111,11 +111,31 @@ pub async fn spawn_payments(kafka: &KafkaConfig, database_url: &str) -> TestApp 
     .await
 }
 
+/// Consumer settings for tests: quick retries, lag figures every 200 ms, and
+/// a crashed member noticed after 6 s (the broker's minimum).
+pub fn test_consumer() -> ConsumerConfig {
+    ConsumerConfig {
+        retry: service_kit::consumer::Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+        session_timeout: Duration::from_secs(6),
+        statistics_interval: Duration::from_millis(200),
+        ..ConsumerConfig::default()
+    }
+}
+
 /// ServiceA with `kafka`, in consumer group `group_id`.
 pub async fn spawn_service_a(kafka: &KafkaConfig, group_id: &str) -> TestApp {
+    spawn_service_a_with(kafka, group_id, test_consumer()).await
+}
+
+/// ServiceA with `kafka`, in consumer group `group_id`, consumer settings `consumer`.
+pub async fn spawn_service_a_with(kafka: &KafkaConfig, group_id: &str, consumer: ConsumerConfig) -> TestApp {
     let config = service_a::Config {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         kafka: kafka.clone(),
+        consumer,
         group_id: group_id.to_owned(),
     };
     TestApp::spawn(
@@ -124,20 +144,36 @@ pub async fn spawn_service_a(kafka: &KafkaConfig, group_id: &str) -> TestApp {
     .await
 }
 
-/// ServiceB with `kafka`, in consumer group `group_id`, calling Payments at
-/// `payments_url` with quick retries.
-pub async fn spawn_service_b(kafka: &KafkaConfig, group_id: &str, payments_url: &str) -> TestApp {
+/// ServiceB with `kafka`, in consumer group `group_id`, keeping its records
+/// in the database at `database_url`, calling Payments at `payments_url`
+/// with quick retries.
+pub async fn spawn_service_b(
+    kafka: &KafkaConfig,
+    group_id: &str,
+    payments_url: &str,
+    database_url: &str,
+) -> TestApp {
+    spawn_service_b_with(kafka, group_id, payments_url, database_url, test_consumer()).await
+}
+
+/// [`spawn_service_b`] with consumer settings `consumer`.
+pub async fn spawn_service_b_with(
+    kafka: &KafkaConfig,
+    group_id: &str,
+    payments_url: &str,
+    database_url: &str,
+    consumer: ConsumerConfig,
+) -> TestApp {
     let config = service_b::Config {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         kafka: kafka.clone(),
+        consumer,
         group_id: group_id.to_owned(),
+        database: database_url.parse().expect("database URL"),
+        database_connections: 5,
         payments_url: payments_url.to_owned(),
         callback_timeout: Duration::from_secs(2),
         not_found_grace: Duration::from_secs(30),
-        retry: service_kit::consumer::Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        },
     };
     TestApp::spawn(
         |listener, stopped| async move { Ok(service_b::run(config, listener, signal(stopped)).await?) },
@@ -151,6 +187,8 @@ pub async fn spawn_service_b(kafka: &KafkaConfig, group_id: &str, payments_url: 
 pub struct System {
     pub kafka: KafkaConfig,
     pub database: TestDatabase,
+    /// ServiceB's own database.
+    pub service_b_database: TestDatabase,
     pub payments: TestApp,
     pub service_a: TestApp,
     pub service_b: TestApp,
@@ -162,10 +200,18 @@ impl System {
         let database = TestDatabase::create().await;
         let payments = spawn_payments(&kafka, &database.url).await;
         let service_a = spawn_service_a(&kafka, &unique("service-a")).await;
-        let service_b = spawn_service_b(&kafka, &unique("service-b"), &payments.url("")).await;
+        let service_b_database = TestDatabase::empty().await;
+        let service_b = spawn_service_b(
+            &kafka,
+            &unique("service-b"),
+            &payments.url(""),
+            &service_b_database.url,
+        )
+        .await;
         Self {
             kafka,
             database,
+            service_b_database,
             payments,
             service_a,
             service_b,
@@ -235,6 +281,19 @@ pub async fn create_payment(
     response.json().await.expect("payment JSON")
 }
 
+/// A raw reader of every partition of `topic` from the beginning.
+pub async fn reader(kafka: &KafkaConfig, topic: &str) -> service_kit::kafka::GroupConsumer {
+    service_kit::kafka::replica(
+        kafka,
+        &ConsumerConfig::default(),
+        "test-reader",
+        topic,
+        &service_kit::metrics::Metrics::default(),
+    )
+    .await
+    .expect("reader")
+}
+
 /// The first `count` records of `topic`, read from the beginning of every
 /// partition by a raw client (no group, no decoding).
 pub async fn read_records(
@@ -242,9 +301,7 @@ pub async fn read_records(
     topic: &str,
     count: usize,
 ) -> Vec<rdkafka::message::OwnedMessage> {
-    let consumer = service_kit::kafka::replica(kafka, "test-reader", topic)
-        .await
-        .expect("reader");
+    let consumer = reader(kafka, topic).await;
     let mut records = Vec::with_capacity(count);
     while records.len() < count {
         let record = tokio::time::timeout(PATIENCE, consumer.recv())
@@ -274,9 +331,7 @@ pub async fn all_records(
     topic: &str,
     quiet: Duration,
 ) -> Vec<rdkafka::message::OwnedMessage> {
-    let consumer = service_kit::kafka::replica(kafka, "test-reader", topic)
-        .await
-        .expect("reader");
+    let consumer = reader(kafka, topic).await;
     let mut records = Vec::new();
     while let Ok(received) = tokio::time::timeout(quiet, consumer.recv()).await {
         records.push(received.expect("record").detach());
@@ -284,15 +339,20 @@ pub async fn all_records(
     records
 }
 
-/// Publishes `event` through the contract's encoder, as Payments would.
-pub async fn produce_event<E: shared_events::Event>(kafka: &KafkaConfig, event: &shared_events::Envelope<E>) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-
-    let record = shared_events::encode(event).expect("encodes");
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
+/// A plain producer, as any client could make.
+pub fn test_producer(kafka: &KafkaConfig) -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &kafka.bootstrap_servers)
         .create()
-        .expect("producer");
+        .expect("producer")
+}
+
+/// Publishes `event` through the contract's encoder, as Payments would.
+pub async fn produce_event<E: shared_events::Event>(kafka: &KafkaConfig, event: &shared_events::Envelope<E>) {
+    use rdkafka::producer::FutureRecord;
+
+    let record = shared_events::encode(event).expect("encodes");
+    let producer = test_producer(kafka);
     let topic = kafka.topics.name(record.topic);
     producer
         .send(
@@ -316,12 +376,9 @@ pub async fn produce_raw(
     payload: Option<&[u8]>,
 ) {
     use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::producer::FutureRecord;
 
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        .create()
-        .expect("raw producer");
+    let producer = test_producer(kafka);
     let headers = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
         h.insert(Header {
             key,

@@ -1,10 +1,9 @@
 //! Payments' settings, read once from the environment.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
-use service_kit::config::{KafkaConfig, millis, var};
+use service_kit::config::{KafkaConfig, millis, secret, var};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::error::Result;
@@ -35,15 +34,10 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self> {
-        let url: String = var("DATABASE_URL", LOCAL_DATABASE_URL.to_owned())?;
         Ok(Self {
             http_addr: var("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             kafka: KafkaConfig::from_env()?,
-            database: PgConnectOptions::from_str(&url).map_err(|e| service_kit::Error::Config {
-                var: "DATABASE_URL",
-                value: "(not shown: may hold a password)".to_owned(),
-                reason: e.to_string(),
-            })?,
+            database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
             database_connections: var("DATABASE_CONNECTIONS", 10)?,
             snapshot_every: var("SNAPSHOT_EVERY", 10)?,
             relay: var("OUTBOX_RELAY", true)?,

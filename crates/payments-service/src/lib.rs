@@ -30,6 +30,7 @@ use event_store::EventStore;
 use service_kit::http::{health_router, serve};
 use service_kit::kafka::{self, Admin};
 use service_kit::lifecycle::{Task, stop_token, supervise, task};
+use service_kit::metrics::{Metrics, metrics_router};
 use tokio::net::TcpListener;
 
 pub use api::{AppState, app};
@@ -56,7 +57,11 @@ pub async fn run(
     payments.migrate().await?;
     let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
     let appended = payments.appended();
-    let router = app(AppState { payments }).merge(health_router(admin));
+    // No consumers, so no series yet: the same endpoint as the other
+    // services, for one scrape configuration.
+    let router = app(AppState { payments })
+        .merge(health_router(admin))
+        .merge(metrics_router(Metrics::default()));
 
     let stop = stop_token(shutdown);
     let mut tasks: Vec<Task> = vec![task("http", serve(listener, router, stop.clone()))];

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use service_kit::Result;
-use service_kit::config::{KafkaConfig, var};
+use service_kit::config::{ConsumerConfig, KafkaConfig, var};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -11,6 +11,9 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Broker and topics (`KAFKA_BOOTSTRAP_SERVERS`, `TOPIC_*`).
     pub kafka: KafkaConfig,
+    /// Start position, retries, group timeouts (`START_FROM`, `RETRY_*`, ...).
+    /// The state topic is always read from the beginning.
+    pub consumer: ConsumerConfig,
     /// `GROUP_ID`: the consumer group. Default `service-a`.
     pub group_id: String,
 }
@@ -20,6 +23,7 @@ impl Config {
         Ok(Self {
             http_addr: var("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
             kafka: KafkaConfig::from_env()?,
+            consumer: ConsumerConfig::from_env()?,
             group_id: var("GROUP_ID", crate::SERVICE.to_owned())?,
         })
     }

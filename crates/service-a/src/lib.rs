@@ -27,10 +27,12 @@ pub mod handler;
 
 use std::future::Future;
 
-use service_kit::consumer::{self, Backoff, Offsets};
+use service_kit::consumer;
+use service_kit::dead_letter::DeadLetters;
 use service_kit::http::{health_router, serve};
 use service_kit::kafka::{self, Admin};
 use service_kit::lifecycle::{stop_token, supervise, task};
+use service_kit::metrics::{Metrics, metrics_router};
 use tokio::net::TcpListener;
 
 pub use api::app;
@@ -48,26 +50,45 @@ pub async fn run(
 ) -> service_kit::Result<()> {
     let topics = config.kafka.topics.clone();
     let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
-    let notifications = kafka::consumer(&config.kafka, SERVICE, &config.group_id, &[&topics.notifications])?;
-    let state_topic = kafka::replica(&config.kafka, SERVICE, &topics.state).await?;
+    let metrics = Metrics::default();
+    let notifications = kafka::consumer(
+        &config.kafka,
+        &config.consumer,
+        SERVICE,
+        &config.group_id,
+        &[&topics.notifications],
+        &metrics,
+    )?;
+    let state_topic =
+        kafka::replica(&config.kafka, &config.consumer, SERVICE, &topics.state, &metrics).await?;
+    let dead_letters = DeadLetters::new(&config.kafka, SERVICE)?;
 
     let state = State::default();
-    let router = app(state.clone()).merge(health_router(admin));
+    let router = app(state.clone())
+        .merge(health_router(admin))
+        .merge(metrics_router(metrics));
     let audit = PaymentEvents::new(topics.clone(), state.clone());
     let copy = PaymentEvents::new(topics, state);
 
     let stop = stop_token(shutdown);
-    let backoff = Backoff::default();
     supervise(
         stop.clone(),
         [
             task(
                 "notifications",
-                consumer::run(notifications, Offsets::Commit, audit, backoff, stop.clone()),
+                consumer::run(
+                    notifications,
+                    audit,
+                    config.consumer.clone(),
+                    Some(dead_letters),
+                    stop.clone(),
+                ),
             ),
             task(
                 "state",
-                consumer::run(state_topic, Offsets::Forget, copy, backoff, stop.clone()),
+                // The copy is rebuilt from the beginning on every start:
+                // see `consumer::run` on replica readers and dead letters.
+                consumer::run(state_topic, copy, config.consumer, None, stop.clone()),
             ),
             task("http", serve(listener, router, stop)),
         ],

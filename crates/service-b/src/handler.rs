@@ -1,42 +1,20 @@
 //! What ServiceB does with each notification.
 
-use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use rdkafka::message::OwnedMessage;
-use serde::Serialize;
 use service_kit::consumer::{HandleError, Handler};
-use service_kit::memory::ById;
-use shared_events::{EventId, Notification, PaymentState};
+use shared_events::Notification;
 
 use crate::payments::{CallbackError, PaymentsClient};
-
-/// What ServiceB learnt about a payment by calling Payments back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CallbackRecord {
-    /// The payment as GetPaymentInfo last returned it.
-    pub payment: PaymentState,
-    /// The notification that triggered that callback.
-    pub notification_id: EventId,
-    /// When the callback succeeded.
-    pub fetched_at: DateTime<Utc>,
-    /// How many GetPaymentInfo calls it took.
-    pub attempts: u32,
-}
-
-/// ServiceB's records by payment id.
-pub type Records = ById<CallbackRecord>;
+use crate::store::{CallbackRecord, Records};
 
 /// Handles `PaymentReceived` and `PaymentRefunded` notifications.
 #[derive(Debug)]
 pub struct Notifications {
     payments: PaymentsClient,
     records: Records,
-    /// Notifications already handled: a redelivered one is not called back
-    /// for again.
-    handled: Mutex<HashSet<EventId>>,
     not_found_grace: Duration,
 }
 
@@ -48,13 +26,8 @@ impl Notifications {
         Self {
             payments,
             records,
-            handled: Mutex::default(),
             not_found_grace,
         }
-    }
-
-    fn handled(&self) -> std::sync::MutexGuard<'_, HashSet<EventId>> {
-        self.handled.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -63,8 +36,15 @@ impl Handler for Notifications {
         let notification = Notification::decode(record)?;
         let id = notification.payment_id();
         let event_id = notification.metadata().id;
-        // Redelivered (at-least-once): handled already.
-        if self.handled().contains(&event_id) {
+        // Delivered again (at-least-once, replay, redrive): no second
+        // callback. The transaction in `Records::record` is what guarantees
+        // it is not recorded twice; this only saves the call.
+        if self
+            .records
+            .handled(event_id)
+            .await
+            .map_err(HandleError::transient)?
+        {
             tracing::info!(payment_id = %id, "notification handled before, skipping callback");
             return Ok(());
         }
@@ -76,8 +56,8 @@ impl Handler for Notifications {
             Ok(payment) => payment,
             // A 404 shortly after the change may be a read racing the write;
             // long after, Payments does not know the payment (it was never
-            // accepted, or its store was lost). Retrying that forever would
-            // stall every partition this instance reads, so it is skipped.
+            // accepted, or its store was lost). Retrying that for ever would
+            // stall the partition, so it becomes a dead letter.
             Err(CallbackError::NotFound) => {
                 let age = (Utc::now() - notification.occurred_at())
                     .to_std()
@@ -95,25 +75,19 @@ impl Handler for Notifications {
             // Unreachable, timing out or failing: Payments will be back.
             Err(e) => return Err(HandleError::transient(e)),
         };
-        tracing::info!(payment_id = %id, version = payment.version, attempts = attempt, "payment info fetched");
-        // Callbacks for two notifications of one payment can answer out of
-        // order only across restarts; the newer state wins either way.
-        if self
+        let version = payment.version;
+        let new = self
             .records
-            .get(id)
-            .is_none_or(|r| r.payment.version <= payment.version)
-        {
-            self.records.upsert(
-                id,
-                CallbackRecord {
-                    payment,
-                    notification_id: event_id,
-                    fetched_at: Utc::now(),
-                    attempts: attempt,
-                },
-            );
-        }
-        self.handled().insert(event_id);
+            .record(&CallbackRecord {
+                payment,
+                notification_id: event_id,
+                fetched_at: Utc::now(),
+                attempts: attempt,
+                notifications: 1,
+            })
+            .await
+            .map_err(HandleError::transient)?;
+        tracing::info!(payment_id = %id, version, attempts = attempt, new, "payment info recorded");
         Ok(())
     }
 }
@@ -124,83 +98,36 @@ mod tests {
     use shared_events::testing::{delivered, payment, state};
     use uuid::Uuid;
 
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
 
-    const GRACE: Duration = Duration::from_secs(30);
-
-    /// A client for a Payments that is down: nothing listens on port 1.
-    fn payments_down() -> PaymentsClient {
-        PaymentsClient::new("http://127.0.0.1:1", Duration::from_secs(1))
-    }
-
-    #[tokio::test]
-    async fn a_failed_callback_is_transient_so_it_is_retried() {
-        let handler = Notifications::new(payments_down(), Records::default(), GRACE);
-        let notification = Envelope::new("/test", payment().notification(), Uuid::now_v7(), None);
-        let outcome = handler.handle(&delivered("n", 0, &notification), 1).await;
-        assert!(matches!(outcome, Err(HandleError::Transient(_))), "{outcome:?}");
-    }
-
-    /// A Payments that knows one payment, `known` (or none), and counts calls.
-    async fn payments_knowing(known: Option<PaymentState>) -> (PaymentsClient, Arc<AtomicUsize>) {
-        use axum::routing::get;
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&calls);
-        let router = axum::Router::new().route(
-            "/payments/{id}",
-            get(move || {
-                let known = known.clone();
-                counter.fetch_add(1, Ordering::SeqCst);
-                async move { known.map(axum::Json).ok_or(axum::http::StatusCode::NOT_FOUND) }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        (PaymentsClient::new(&url, Duration::from_secs(1)), calls)
-    }
-
-    #[tokio::test]
-    async fn a_redelivered_notification_does_not_call_back_again() {
-        let known = state();
-        let (client, calls) = payments_knowing(Some(known.clone())).await;
-        let records = Records::default();
-        let handler = Notifications::new(client, records.clone(), GRACE);
-        let received = shared_events::PaymentReceivedNotification {
-            payment_id: known.payment_id,
-            received_at: known.received_at,
-        };
-        let record = delivered("n", 0, &Envelope::new("/test", received, Uuid::now_v7(), None));
-        for _ in 0..3 {
-            handler.handle(&record, 1).await.expect("handled");
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert_eq!(records.get(known.payment_id).map(|r| r.payment), Some(known));
+    /// Records in a database nothing listens for: only for handler paths
+    /// that fail before they get to the store.
+    async fn unreachable_records() -> Records {
+        // Connecting is lazy; the options are valid but nobody answers.
+        Records::lazy("postgres://nobody@127.0.0.1:1/none".parse().expect("url"))
     }
 
     #[tokio::test]
     async fn an_undecodable_notification_is_permanent() {
-        let handler = Notifications::new(payments_down(), Records::default(), GRACE);
+        let handler = Notifications::new(
+            PaymentsClient::new("http://127.0.0.1:1", Duration::from_secs(1)),
+            unreachable_records().await,
+            Duration::from_secs(30),
+        );
         let wrong = Envelope::new("/test", state(), Uuid::now_v7(), None);
         let outcome = handler.handle(&delivered("n", 0, &wrong), 1).await;
         assert!(matches!(outcome, Err(HandleError::Permanent(_))), "{outcome:?}");
     }
 
     #[tokio::test]
-    async fn not_found_is_retried_at_first_then_skipped() {
-        let (client, _) = payments_knowing(None).await;
-        let handler = Notifications::new(client, Records::default(), GRACE);
-        let mut notification = payment().notification();
-        let fresh = Envelope::new("/test", notification.clone(), Uuid::now_v7(), None);
-        let outcome = handler.handle(&delivered("n", 0, &fresh), 1).await;
+    async fn a_database_that_is_down_is_transient() {
+        let handler = Notifications::new(
+            PaymentsClient::new("http://127.0.0.1:1", Duration::from_secs(1)),
+            unreachable_records().await,
+            Duration::from_secs(30),
+        );
+        let notification = Envelope::new("/test", payment().notification(), Uuid::now_v7(), None);
+        let outcome = handler.handle(&delivered("n", 0, &notification), 1).await;
         assert!(matches!(outcome, Err(HandleError::Transient(_))), "{outcome:?}");
-
-        notification.received_at = Utc::now() - chrono::Duration::hours(1);
-        let old = Envelope::new("/test", notification, Uuid::now_v7(), None);
-        let outcome = handler.handle(&delivered("n", 1, &old), 1).await;
-        assert!(matches!(outcome, Err(HandleError::Permanent(_))), "{outcome:?}");
     }
 }

@@ -4,35 +4,43 @@
 //!
 //! A failed callback (Payments down, slow, or not knowing the payment yet) is
 //! retried with exponential backoff; the record's offset does not move until
-//! the callback succeeded, so no notification is dropped.
+//! the callback succeeded or the notification went to the dead-letter topic,
+//! so no notification is dropped. What it learnt is kept in its own
+//! PostgreSQL database together with the ids of the notifications it
+//! handled, so a notification delivered twice is recorded once.
 //!
 //! # Layout
 //!
 //! - [`config`]: settings from the environment.
 //! - [`payments`]: the HTTP client for Payments' GetPaymentInfo.
-//! - [`handler`]: what happens to each notification, and the records it keeps.
+//! - [`handler`]: what happens to each notification.
+//! - [`store`]: the records and handled notifications, in PostgreSQL.
 //! - [`api`]: the HTTP routes.
-//!
-//! Its failures are all runtime ones ([`service_kit::Error`]): it has no
-//! error type of its own.
+//! - [`error`]: the crate's error type.
 
 pub mod api;
 pub mod config;
+pub mod error;
 pub mod handler;
 pub mod payments;
+pub mod store;
 
 use std::future::Future;
 
-use service_kit::consumer::{self, Offsets};
+use service_kit::consumer;
+use service_kit::dead_letter::DeadLetters;
 use service_kit::http::{health_router, serve};
 use service_kit::kafka::{self, Admin};
 use service_kit::lifecycle::{stop_token, supervise, task};
+use service_kit::metrics::{Metrics, metrics_router};
 use tokio::net::TcpListener;
 
 pub use api::app;
 pub use config::Config;
-pub use handler::{CallbackRecord, Notifications, Records};
+pub use error::{Error, Result};
+pub use handler::Notifications;
 pub use payments::PaymentsClient;
+pub use store::{CallbackRecord, Records};
 
 /// The service's name: its Kafka client id and HTTP user agent.
 pub const SERVICE: &str = "service-b";
@@ -42,15 +50,26 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> service_kit::Result<()> {
+) -> Result<()> {
     let topics = config.kafka.topics.clone();
+    let records = Records::connect(config.database.clone(), config.database_connections).await?;
     let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
-    let consumer = kafka::consumer(&config.kafka, SERVICE, &config.group_id, &[&topics.notifications])?;
+    let metrics = Metrics::default();
+    let consumer = kafka::consumer(
+        &config.kafka,
+        &config.consumer,
+        SERVICE,
+        &config.group_id,
+        &[&topics.notifications],
+        &metrics,
+    )?;
+    let dead_letters = DeadLetters::new(&config.kafka, SERVICE)?;
 
-    let records = Records::default();
     let payments = PaymentsClient::new(&config.payments_url, config.callback_timeout);
     let handler = Notifications::new(payments, records.clone(), config.not_found_grace);
-    let router = app(records).merge(health_router(admin));
+    let router = app(records)
+        .merge(health_router(admin))
+        .merge(metrics_router(metrics));
 
     let stop = stop_token(shutdown);
     supervise(
@@ -58,10 +77,17 @@ pub async fn run(
         [
             task(
                 "consumer",
-                consumer::run(consumer, Offsets::Commit, handler, config.retry, stop.clone()),
+                consumer::run(
+                    consumer,
+                    handler,
+                    config.consumer,
+                    Some(dead_letters),
+                    stop.clone(),
+                ),
             ),
             task("http", serve(listener, router, stop)),
         ],
     )
-    .await
+    .await?;
+    Ok(())
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use shared_events::Topics;
 
+use crate::consumer::Backoff;
 use crate::error::{Error, Result};
+use crate::kafka::StartFrom;
 
 /// Reads `name` and parses it, or returns `default` when it is unset or empty.
 pub fn var<T>(name: &'static str, default: T) -> Result<T>
@@ -39,6 +41,21 @@ where
             reason: "not valid UTF-8".to_owned(),
         }),
     }
+}
+
+/// Like [`var`], for a value that may hold a password (a database URL): an
+/// error names the variable but does not repeat the value.
+pub fn secret<T>(name: &'static str, default: &str) -> Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let raw: String = var(name, default.to_owned())?;
+    raw.parse().map_err(|e: T::Err| Error::Config {
+        var: name,
+        value: "(not shown: may hold a password)".to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Reads a duration given in milliseconds.
@@ -89,6 +106,64 @@ impl KafkaConfig {
     }
 }
 
+/// How a service's consumers behave. The same settings for all of a
+/// service's consumers.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// `START_FROM`: where a group member starts reading each partition the
+    /// first time this process gets it: `committed` (default), `earliest`,
+    /// `latest`, or a time (RFC 3339, or milliseconds since the epoch).
+    pub start_from: StartFrom,
+    /// `RETRY_INITIAL_MS` / `RETRY_MAX_MS`: backoff between attempts at a
+    /// record whose handling failed for a reason that may pass (default
+    /// 100 ms doubling up to 10 s, with jitter).
+    pub retry: Backoff,
+    /// `RETRY_MAX_ATTEMPTS`: attempts at such a record before it goes to the
+    /// dead-letter topic. Default 20 (about a minute and a half of retrying);
+    /// 0 retries for ever.
+    pub max_attempts: u32,
+    /// `KAFKA_SESSION_TIMEOUT_MS`: how soon the group notices a member that
+    /// died without leaving and gives its partitions away. Default 10 s.
+    pub session_timeout: Duration,
+    /// `KAFKA_MAX_POLL_INTERVAL_MS`: how long a member may go without polling
+    /// before it is dropped from the group. Default 300 s.
+    pub max_poll_interval: Duration,
+    /// `KAFKA_STATISTICS_INTERVAL_MS`: how often the lag metrics are
+    /// refreshed. Default 5 s.
+    pub statistics_interval: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            start_from: StartFrom::Committed,
+            retry: Backoff::default(),
+            max_attempts: 20,
+            session_timeout: Duration::from_secs(10),
+            max_poll_interval: Duration::from_secs(300),
+            statistics_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// Reads the settings above, defaulting to [`ConsumerConfig::default`].
+    pub fn from_env() -> Result<Self> {
+        let default = Self::default();
+        Ok(Self {
+            start_from: var("START_FROM", default.start_from)?,
+            retry: Backoff {
+                initial: millis("RETRY_INITIAL_MS", default.retry.initial)?,
+                max: millis("RETRY_MAX_MS", default.retry.max)?,
+            },
+            max_attempts: var("RETRY_MAX_ATTEMPTS", default.max_attempts)?,
+            session_timeout: millis("KAFKA_SESSION_TIMEOUT_MS", default.session_timeout)?,
+            max_poll_interval: millis("KAFKA_MAX_POLL_INTERVAL_MS", default.max_poll_interval)?,
+            statistics_interval: millis("KAFKA_STATISTICS_INTERVAL_MS", default.statistics_interval)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +189,22 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert_eq!(KafkaConfig::local().bootstrap_servers, "127.0.0.1:9092");
+    }
+
+    #[test]
+    fn start_positions_parse() {
+        let at = |s: &str| parse("START_FROM", Ok(s.to_owned()), StartFrom::Committed).ok();
+        assert_eq!(at("earliest"), Some(StartFrom::Earliest));
+        assert_eq!(at("latest"), Some(StartFrom::Latest));
+        assert_eq!(at("committed"), Some(StartFrom::Committed));
+        let time = chrono::DateTime::parse_from_rfc3339("2026-11-27T10:00:00Z")
+            .expect("time")
+            .to_utc();
+        assert_eq!(at("2026-11-27T11:00:00+01:00"), Some(StartFrom::At(time)));
+        assert_eq!(
+            at(&time.timestamp_millis().to_string()),
+            Some(StartFrom::At(time))
+        );
+        assert_eq!(at("yesterday"), None);
     }
 }

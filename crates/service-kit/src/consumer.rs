@@ -6,21 +6,35 @@
 //! be idempotent (dedupe by event id, or upsert).
 //!
 //! - A [`HandleError::Transient`] failure (a dependency is down) is retried
-//!   with exponential backoff and jitter until it succeeds or the service
-//!   stops; the offset does not move past the record in the meantime.
+//!   with exponential backoff and jitter; the offset does not move past the
+//!   record in the meantime. While it waits, the loop pauses its partitions
+//!   and keeps polling, so the broker does not drop it from the group for
+//!   exceeding `max.poll.interval.ms` and a rebalance is served at once.
 //! - A [`HandleError::Permanent`] failure (the record can never be handled,
-//!   such as an undecodable value) is logged and skipped, so one bad record
-//!   cannot stall its partition.
+//!   such as an undecodable value), or a transient one that lasted
+//!   `max_attempts` attempts, sends the record to its dead-letter topic
+//!   ([`crate::dead_letter`]); once the broker has it, the loop moves on.
+//!   (A replica reader, which re-reads everything on each start, logs and
+//!   skips it instead of dead-lettering it again on every start.)
+//! - A record whose partition was revoked while it waited is dropped
+//!   unhandled: its new owner reads it again from the committed offset.
 //!
-//! On shutdown the loop finishes the record in hand, commits the stored
-//! offsets and leaves the group.
+//! Records of one partition are handled one at a time, in order, so the
+//! events of one payment (one key, one partition) are too.
+//!
+//! On shutdown the loop finishes the record in hand (or leaves it to the next
+//! owner if it is still retrying), commits the stored offsets and leaves the
+//! group.
 
+use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::types::RDKafkaErrorCode;
@@ -29,7 +43,10 @@ use shared_events::envelope::event_id_of;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::config::ConsumerConfig;
+use crate::dead_letter::{DeadLetters, Failure, Reason};
 use crate::error::Result;
+use crate::kafka::{GroupConsumer, GroupContext, Offsets};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -100,42 +117,25 @@ impl Backoff {
     }
 }
 
-/// What the loop does with the offsets of handled records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offsets {
-    /// A group member ([`crate::kafka::consumer`]): store each offset after
-    /// handling, commit in the background and once more on shutdown.
-    Commit,
-    /// A replica reader ([`crate::kafka::replica`]): nothing to remember, it
-    /// reads from the beginning on every start.
-    Forget,
-}
-
 /// Runs `handler` over every record of `consumer` until `stop` is cancelled.
 pub async fn run<H: Handler>(
-    consumer: StreamConsumer,
-    offsets: Offsets,
+    consumer: GroupConsumer,
     handler: H,
-    backoff: Backoff,
+    settings: ConsumerConfig,
+    dead_letters: Option<DeadLetters>,
     stop: CancellationToken,
 ) -> Result<()> {
-    loop {
-        let record = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            received = consumer.recv() => match received {
-                Ok(record) => record.detach(),
-                // librdkafka reports broker and partition trouble here and
-                // recovers by itself; the pause keeps a persistent error
-                // from spinning the loop.
-                Err(e) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-
+    let context = Arc::clone(consumer.context());
+    let mut run = Loop {
+        consumer,
+        context,
+        handler,
+        settings,
+        dead_letters,
+        stop,
+        waiting: VecDeque::new(),
+    };
+    while let Some((record, epoch)) = run.next().await {
         let span = tracing::info_span!(
             "record",
             topic = record.topic(),
@@ -143,67 +143,232 @@ pub async fn run<H: Handler>(
             offset = record.offset(),
             event_id = event_id_of(&record).unwrap_or_default(),
         );
-        if !handle(&handler, &record, backoff, &stop).instrument(span).await {
+        match run.process(&record, epoch).instrument(span).await {
+            Outcome::Done => run.done(&record),
+            Outcome::Revoked => {
+                tracing::info!(
+                    topic = record.topic(),
+                    partition = record.partition(),
+                    offset = record.offset(),
+                    "partition revoked; record left to its new owner"
+                );
+            }
             // Stopped while retrying: the offset stays put, so the record is
             // handled again after the restart.
-            break;
+            Outcome::Stopped => break,
         }
-        if offsets == Offsets::Forget {
-            continue;
+    }
+    run.close().await
+}
+
+/// How the loop finished with one record.
+enum Outcome {
+    /// Handled, or moved to the dead-letter topic: the offset may move on.
+    Done,
+    /// Its partition went to another consumer meanwhile.
+    Revoked,
+    /// The service is stopping.
+    Stopped,
+}
+
+struct Loop<H> {
+    consumer: GroupConsumer,
+    context: Arc<GroupContext>,
+    handler: H,
+    settings: ConsumerConfig,
+    /// `None` for a replica reader: it reads everything again on each start,
+    /// so it would dead-letter the same record again each time; it logs and
+    /// skips it instead.
+    dead_letters: Option<DeadLetters>,
+    stop: CancellationToken,
+    /// Records that arrived while the loop held its partitions paused
+    /// (fetched just before the pause), with their epoch: handled next, in
+    /// arrival order, which is offset order within each partition.
+    waiting: VecDeque<(OwnedMessage, u64)>,
+}
+
+impl<H: Handler> Loop<H> {
+    /// The next record, with the revocation epoch it arrived in; `None` once
+    /// the service stops.
+    async fn next(&mut self) -> Option<(OwnedMessage, u64)> {
+        if let Some(waiting) = self.waiting.pop_front() {
+            return Some(waiting);
         }
-        if let Err(e) = consumer.store_offset(record.topic(), record.partition(), record.offset()) {
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return None,
+                received = self.consumer.recv() => match received {
+                    Ok(record) => return Some((record.detach(), self.context.epoch())),
+                    // librdkafka reports broker and partition trouble here and
+                    // recovers by itself; the pause keeps a persistent error
+                    // from spinning the loop.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Sleeps for `delay` while polling the consumer, which serves rebalances
+    /// and keeps the member in its group. Returns `false` if the service
+    /// stopped meanwhile.
+    async fn wait(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return false,
+                () = &mut sleep => return true,
+                received = self.consumer.recv() => match received {
+                    Ok(record) => self.waiting.push_back((record.detach(), self.context.epoch())),
+                    Err(e) => tracing::warn!(error = %e, "consumer error"),
+                },
+            }
+        }
+    }
+
+    /// Handles `record`, retrying transient failures and dead-lettering what
+    /// cannot be handled.
+    async fn process(&mut self, record: &OwnedMessage, epoch: u64) -> Outcome {
+        let mut attempt = 1;
+        let mut first_failure = None;
+        let mut held = false;
+        let outcome = loop {
+            if self
+                .context
+                .revoked_since(record.topic(), record.partition(), epoch)
+            {
+                break Outcome::Revoked;
+            }
+            let (error, reason) = match self.handler.handle(record, attempt).await {
+                Ok(()) => break Outcome::Done,
+                Err(HandleError::Permanent(e)) => (e, Reason::Permanent),
+                Err(HandleError::Transient(e)) => {
+                    let max = self.settings.max_attempts;
+                    if max != 0 && attempt >= max {
+                        (e, Reason::Exhausted)
+                    } else {
+                        first_failure.get_or_insert_with(Utc::now);
+                        let delay = self.settings.retry.delay(attempt);
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis(), "handling failed, will retry");
+                        self.context
+                            .metrics()
+                            .retried(&self.context.group, record.topic());
+                        if !held {
+                            self.context.hold(&self.consumer, true);
+                            held = true;
+                        }
+                        if !self.wait(delay).await {
+                            break Outcome::Stopped;
+                        }
+                        continue;
+                    }
+                }
+            };
+            let failure = Failure {
+                error: error.to_string(),
+                reason,
+                attempts: attempt,
+                first_failure: first_failure.unwrap_or_else(Utc::now),
+            };
+            tracing::error!(error = %failure.error, reason = ?reason, attempts = attempt, "giving up on the record: to the dead-letter topic");
+            break self.dead_letter(record, epoch, &failure, &mut held).await;
+        };
+        if held {
+            self.context.hold(&self.consumer, false);
+        }
+        outcome
+    }
+
+    /// Publishes `record` to its dead-letter topic, retrying until the broker
+    /// has it: moving past a record that is in neither topic would lose it.
+    async fn dead_letter(
+        &mut self,
+        record: &OwnedMessage,
+        epoch: u64,
+        failure: &Failure,
+        held: &mut bool,
+    ) -> Outcome {
+        let Some(dead_letters) = self.dead_letters.clone() else {
+            tracing::error!(error = %failure.error, "skipping a record that cannot be handled");
+            return Outcome::Done;
+        };
+        let mut attempt = 1;
+        loop {
+            match dead_letters.send(record, &self.context.group, failure).await {
+                Ok(()) => {
+                    self.context
+                        .metrics()
+                        .dead_lettered(&self.context.group, record.topic());
+                    return Outcome::Done;
+                }
+                Err(e) => {
+                    let delay = self.settings.retry.delay(attempt);
+                    attempt += 1;
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "cannot publish the dead letter, will retry");
+                    if !*held {
+                        self.context.hold(&self.consumer, true);
+                        *held = true;
+                    }
+                    if !self.wait(delay).await {
+                        return Outcome::Stopped;
+                    }
+                    if self
+                        .context
+                        .revoked_since(record.topic(), record.partition(), epoch)
+                    {
+                        return Outcome::Revoked;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets the offset move past `record`.
+    fn done(&self, record: &OwnedMessage) {
+        self.context
+            .metrics()
+            .handled(&self.context.group, record.topic());
+        if self.context.offsets == Offsets::Forget {
+            return;
+        }
+        if let Err(e) = self
+            .consumer
+            .store_offset(record.topic(), record.partition(), record.offset())
+        {
             // The partition was revoked in a rebalance meanwhile; its new
             // owner resumes from the last committed offset.
             tracing::warn!(error = %e, topic = record.topic(), partition = record.partition(), "cannot store offset");
         }
     }
 
-    // Both calls block on the broker, so they run off the async threads.
-    let closed = tokio::task::spawn_blocking(move || {
-        // Closing commits stored offsets too (auto-commit is on); committing
-        // synchronously first makes the outcome visible in the log.
-        if offsets == Offsets::Commit {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
-            }
-        }
-        // Dropping closes the consumer: it leaves the group, so its
-        // partitions move on now rather than after the session timeout.
-        drop(consumer);
-    });
-    closed.await.map_err(|source| crate::Error::Task {
-        task: "consumer close",
-        source,
-    })
-}
-
-/// Handles one record, retrying transient failures. Returns `false` if the
-/// service stopped before the record was handled.
-async fn handle<H: Handler>(
-    handler: &H,
-    record: &OwnedMessage,
-    backoff: Backoff,
-    stop: &CancellationToken,
-) -> bool {
-    let mut attempt = 1;
-    loop {
-        match handler.handle(record, attempt).await {
-            Ok(()) => return true,
-            Err(HandleError::Permanent(e)) => {
-                tracing::error!(error = %e, "skipping record that cannot be handled");
-                return true;
-            }
-            Err(HandleError::Transient(e)) => {
-                let delay = backoff.delay(attempt);
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis(), "handling failed, will retry");
-                tokio::select! {
-                    () = stop.cancelled() => return false,
-                    () = tokio::time::sleep(delay) => {}
+    /// Commits the stored offsets and leaves the group.
+    async fn close(self) -> Result<()> {
+        let consumer = self.consumer;
+        let offsets = self.context.offsets;
+        // Both calls block on the broker, so they run off the async threads.
+        let closed = tokio::task::spawn_blocking(move || {
+            // Closing commits stored offsets too (auto-commit is on);
+            // committing synchronously first makes the outcome visible in the log.
+            if offsets == Offsets::Commit {
+                match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
                 }
             }
-        }
+            // Dropping closes the consumer: it leaves the group, so its
+            // partitions move on now rather than after the session timeout.
+            drop(consumer);
+        });
+        closed.await.map_err(|source| crate::Error::Task {
+            task: "consumer close",
+            source,
+        })
     }
 }
 

@@ -25,6 +25,12 @@ pub enum Error {
     /// A topic a service reads does not exist.
     #[error("topic `{0}` does not exist")]
     MissingTopic(String),
+    /// A topic could not be read to its end in time.
+    #[error("could not read topic `{0}` to its end in time")]
+    ReadTimeout(String),
+    /// A group's offsets cannot be moved while it has members.
+    #[error("group `{group}` has {members} active member(s); stop them first")]
+    GroupActive { group: String, members: usize },
     /// The HTTP address cannot be listened on (in use, or not this host's).
     #[error("cannot listen on {addr}: {source}")]
     Bind {

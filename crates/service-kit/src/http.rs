@@ -106,6 +106,9 @@ pub enum LookupError {
     /// 404: no payment with that id (here, or not yet).
     #[error("payment not found")]
     NotFound,
+    /// 503: the store to look in is unreachable.
+    #[error("store unavailable")]
+    Unavailable,
 }
 
 impl IntoResponse for LookupError {
@@ -116,6 +119,8 @@ impl IntoResponse for LookupError {
             Self::NotFound => {
                 ErrorBody::new("not_found", "no payment with that id").into_response(StatusCode::NOT_FOUND)
             }
+            Self::Unavailable => ErrorBody::new("unavailable", "the store is unreachable; try again")
+                .into_response(StatusCode::SERVICE_UNAVAILABLE),
         }
     }
 }

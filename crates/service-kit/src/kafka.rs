@@ -5,25 +5,40 @@
 //!   acknowledged once, in order, and only after it is durable.
 //! - Consumers store an offset only after the record was handled, and the
 //!   background auto-commit commits only stored offsets: at-least-once.
+//! - Every consumer carries a [`GroupContext`]: it commits before giving
+//!   partitions away in a rebalance, tells the consumer loop which partitions
+//!   were revoked, applies the configured start position ([`StartFrom`]), and
+//!   feeds the lag metrics.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use shared_events::Topics;
 
-use crate::config::KafkaConfig;
+use crate::config::{ConsumerConfig, KafkaConfig};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 
 /// How long a metadata request may take before the broker counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn base(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+/// How long a lookup of start offsets (by time or end of partition) may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) fn base(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap_servers)
         // Shows up in broker logs and metrics, to tell the services apart.
@@ -48,15 +63,330 @@ pub fn producer(config: &KafkaConfig, client_id: &str, message_timeout: Duration
         .create()?)
 }
 
+/// Where a consumer starts reading a partition (`START_FROM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// `committed`: where the group left off; from the beginning if the group
+    /// never committed for the partition.
+    #[default]
+    Committed,
+    /// `earliest`: the oldest record the topic retains.
+    Earliest,
+    /// `latest`: only records published after the consumer started.
+    Latest,
+    /// An RFC 3339 time or milliseconds since the epoch: the first record
+    /// with a timestamp at or after it.
+    At(DateTime<Utc>),
+}
+
+impl FromStr for StartFrom {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "committed" => Ok(Self::Committed),
+            "earliest" => Ok(Self::Earliest),
+            "latest" => Ok(Self::Latest),
+            _ => {
+                if let Ok(ms) = s.parse::<i64>() {
+                    return DateTime::from_timestamp_millis(ms)
+                        .map(Self::At)
+                        .ok_or_else(|| format!("{ms} ms is out of range"));
+                }
+                DateTime::parse_from_rfc3339(s)
+                    .map(|t| Self::At(t.to_utc()))
+                    .map_err(|_| {
+                        "expected committed, earliest, latest, an RFC 3339 time or milliseconds since the epoch"
+                            .to_owned()
+                    })
+            }
+        }
+    }
+}
+
+impl StartFrom {
+    /// The offset of each partition of `partitions` (topic, partition) to
+    /// start at, looked up on the broker; `None` for [`StartFrom::Committed`].
+    ///
+    /// The end of a partition is looked up here rather than left to
+    /// librdkafka's `Offset::End`, which it resolves only once fetching
+    /// starts: a record published in between would be skipped.
+    pub fn offsets<C: ConsumerContext>(
+        self,
+        consumer: &BaseConsumer<C>,
+        partitions: &[(String, i32)],
+    ) -> Result<Option<TopicPartitionList>> {
+        let mut tpl = TopicPartitionList::new();
+        match self {
+            Self::Committed => return Ok(None),
+            Self::Earliest => {
+                for (topic, partition) in partitions {
+                    tpl.add_partition_offset(topic, *partition, Offset::Beginning)?;
+                }
+            }
+            Self::Latest => {
+                for (topic, partition) in partitions {
+                    let (_, high) = consumer.fetch_watermarks(topic, *partition, LOOKUP_TIMEOUT)?;
+                    tpl.add_partition_offset(topic, *partition, Offset::Offset(high))?;
+                }
+            }
+            Self::At(time) => {
+                let mut query = TopicPartitionList::new();
+                for (topic, partition) in partitions {
+                    query.add_partition_offset(topic, *partition, Offset::Offset(time.timestamp_millis()))?;
+                }
+                // For each partition: the first offset whose timestamp is at
+                // or after `time`, or the end if there is none.
+                tpl = consumer.offsets_for_times(query, LOOKUP_TIMEOUT)?;
+            }
+        }
+        Ok(Some(tpl))
+    }
+}
+
+/// A consumer of the services: a group member ([`consumer`]) or a replica
+/// reader ([`replica`]).
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// What the consumer loop does with the offsets of handled records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offsets {
+    /// A group member ([`consumer`]): store each offset after handling,
+    /// commit in the background, before a rebalance and on shutdown.
+    Commit,
+    /// A replica reader ([`replica`]): nothing to remember, it reads from the
+    /// beginning on every start.
+    Forget,
+}
+
+type Partition = (String, i32);
+
+/// The consumer's side of rebalances and statistics, shared with the
+/// consumer loop (through [`Consumer::context`]).
+#[derive(Debug)]
+pub struct GroupContext {
+    /// The group, as named in metrics and logs.
+    pub group: String,
+    pub offsets: Offsets,
+    start_from: StartFrom,
+    metrics: Metrics,
+    partitions: Mutex<Partitions>,
+}
+
+#[derive(Debug, Default)]
+struct Partitions {
+    assigned: HashSet<Partition>,
+    /// Counts revocations; [`GroupContext::epoch`].
+    epoch: u64,
+    /// The epoch at which each partition was last revoked.
+    revoked_at: HashMap<Partition, u64>,
+    /// Partitions whose start position was applied in this process.
+    started: HashSet<Partition>,
+    /// Whether the loop holds everything paused (while retrying a record).
+    held: bool,
+}
+
+impl GroupContext {
+    fn new(group: String, offsets: Offsets, start_from: StartFrom, metrics: Metrics) -> Self {
+        Self {
+            group,
+            offsets,
+            start_from,
+            metrics,
+            partitions: Mutex::default(),
+        }
+    }
+
+    fn partitions(&self) -> MutexGuard<'_, Partitions> {
+        self.partitions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A number that changes whenever partitions are revoked: the consumer
+    /// loop notes it when a record arrives, to ask [`Self::revoked_since`]
+    /// before handling it.
+    pub fn epoch(&self) -> u64 {
+        self.partitions().epoch
+    }
+
+    /// Whether the partition of a record that arrived at `epoch` was revoked
+    /// since. Its new owner (maybe this very consumer, after an eager
+    /// rebalance) reads it again from the committed offset, so handling it
+    /// here would handle it twice.
+    pub fn revoked_since(&self, topic: &str, partition: i32, epoch: u64) -> bool {
+        self.partitions()
+            .revoked_at
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|revoked| *revoked > epoch)
+    }
+
+    /// Pauses (`true`) or resumes every partition the consumer holds,
+    /// including those a rebalance assigns while held. The loop holds them
+    /// while it retries a record: it keeps polling, which keeps it in the
+    /// group, without fetching records it could not handle yet.
+    pub fn hold(&self, consumer: &GroupConsumer, held: bool) {
+        let mut partitions = self.partitions();
+        partitions.held = held;
+        let tpl = match consumer.assignment() {
+            Ok(tpl) => tpl,
+            Err(e) => return tracing::warn!(error = %e, "cannot read the assignment"),
+        };
+        let result = if held {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, held, "cannot pause or resume partitions");
+        }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let incoming: Vec<Partition> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let fresh: Vec<Partition> = {
+            let partitions = self.partitions();
+            incoming
+                .iter()
+                .filter(|p| !partitions.started.contains(*p))
+                .cloned()
+                .collect()
+        };
+        // The configured start position applies to a partition the first
+        // time this process gets it; afterwards, to pick up where the last
+        // owner left off, the committed offset.
+        if !fresh.is_empty() {
+            match self.start_from.offsets(consumer, &fresh) {
+                Ok(Some(offsets)) => {
+                    for e in offsets.elements() {
+                        if let Err(e) = tpl.set_partition_offset(e.topic(), e.partition(), e.offset()) {
+                            tracing::error!(error = %e, "cannot set a start offset");
+                        }
+                    }
+                    tracing::info!(group = %self.group, start_from = ?self.start_from, partitions = ?fresh, "start position applied");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot look up start offsets; starting from the committed ones")
+                }
+            }
+        }
+        let assigned = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(e) = assigned {
+            return tracing::error!(error = %e, "cannot take the assigned partitions");
+        }
+        let mut partitions = self.partitions();
+        if partitions.held
+            && let Err(e) = consumer.pause(tpl)
+        {
+            tracing::warn!(error = %e, "cannot pause newly assigned partitions");
+        }
+        partitions.started.extend(fresh);
+        partitions.assigned.extend(incoming);
+        self.metrics.rebalanced(&self.group, partitions.assigned.len());
+        tracing::info!(group = %self.group, partitions = partitions.assigned.len(), "partitions assigned");
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        // Commit what was handled before the partitions go, so their new
+        // owner starts right after it rather than at the last auto-commit.
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "commit before revocation failed"),
+        }
+        {
+            let mut partitions = self.partitions();
+            partitions.epoch += 1;
+            let epoch = partitions.epoch;
+            for e in tpl.elements() {
+                let partition = (e.topic().to_owned(), e.partition());
+                partitions.assigned.remove(&partition);
+                partitions.revoked_at.insert(partition, epoch);
+            }
+        }
+        let unassigned = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = unassigned {
+            tracing::error!(error = %e, "cannot give up the revoked partitions");
+        }
+        tracing::info!(group = %self.group, revoked = tpl.count(), "partitions revoked");
+    }
+}
+
+impl ClientContext for GroupContext {
+    /// Feeds the lag metrics, for the partitions this consumer holds.
+    fn stats(&self, statistics: Statistics) {
+        let assigned = self.partitions().assigned.clone();
+        let lags = statistics.topics.into_iter().flat_map(|(topic, t)| {
+            let assigned = &assigned;
+            t.partitions.into_values().filter_map(move |p| {
+                if !assigned.contains(&(topic.clone(), p.partition)) {
+                    return None;
+                }
+                // Behind the committed offset if the group committed for the
+                // partition, else behind what this consumer read (a replica
+                // reader never commits).
+                let lag = if p.consumer_lag >= 0 {
+                    p.consumer_lag
+                } else if p.hi_offset >= 0 && p.app_offset >= 0 {
+                    p.hi_offset - p.app_offset
+                } else {
+                    return None;
+                };
+                Some((topic.clone(), p.partition, lag.max(0)))
+            })
+        });
+        self.metrics.set_lag(&self.group, lags.collect::<Vec<_>>());
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    /// The default rebalance, plus: commit before giving partitions away,
+    /// note what was revoked, and apply the start position to partitions
+    /// this process gets for the first time.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            other => {
+                // What librdkafka asks for on a rebalance error: drop the
+                // assignment; the group assigns again.
+                tracing::error!(error = ?other, "rebalance failed");
+                self.revoke(consumer, tpl);
+            }
+        }
+    }
+}
+
 /// A consumer in `group_id` subscribed to `topics`: the group's members
-/// share the partitions, and each resumes where the group left off.
+/// share the partitions, and each resumes where the group left off (or
+/// where `settings.start_from` says).
 pub fn consumer(
     config: &KafkaConfig,
+    settings: &ConsumerConfig,
     client_id: &str,
     group_id: &str,
     topics: &[&str],
-) -> Result<StreamConsumer> {
-    let consumer: StreamConsumer = base(config, client_id)
+    metrics: &Metrics,
+) -> Result<GroupConsumer> {
+    let context = GroupContext::new(
+        group_id.to_owned(),
+        Offsets::Commit,
+        settings.start_from,
+        metrics.clone(),
+    );
+    let consumer: GroupConsumer = base(config, client_id)
         .set("group.id", group_id)
         // A group without a committed offset starts at the beginning of what
         // the topic retains: a new group sees the notifications of the last
@@ -71,7 +401,24 @@ pub fn consumer(
             "auto.commit.interval.ms",
             config.commit_interval.as_millis().to_string(),
         )
-        .create()?;
+        // How long the broker waits for a silent member (a crashed process)
+        // before giving its partitions to the others.
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout.as_millis().to_string(),
+        )
+        // How long the loop may go without polling before the member is
+        // dropped from the group. The loop keeps polling while it retries
+        // a record, so slow dependencies do not hit this.
+        .set(
+            "max.poll.interval.ms",
+            settings.max_poll_interval.as_millis().to_string(),
+        )
+        .set(
+            "statistics.interval.ms",
+            settings.statistics_interval.as_millis().to_string(),
+        )
+        .create_with_context(context)?;
     consumer.subscribe(topics)?;
     Ok(consumer)
 }
@@ -81,40 +428,47 @@ pub fn consumer(
 /// memory and so must rebuild it on each start. Nothing is committed.
 ///
 /// Partitions added to the topic later are not picked up until a restart.
-pub async fn replica(config: &KafkaConfig, client_id: &str, topic: &str) -> Result<StreamConsumer> {
-    let consumer: StreamConsumer = base(config, client_id)
-        // librdkafka needs a group id to `assign()`. With `assign()` (not
-        // `subscribe()`) the consumer never joins the group.
-        .set("group.id", format!("{client_id}.replica"))
+pub async fn replica(
+    config: &KafkaConfig,
+    settings: &ConsumerConfig,
+    client_id: &str,
+    topic: &str,
+    metrics: &Metrics,
+) -> Result<GroupConsumer> {
+    // librdkafka needs a group id to `assign()`. With `assign()` (not
+    // `subscribe()`) the consumer never joins the group.
+    let group = format!("{client_id}.replica");
+    let context = GroupContext::new(
+        group.clone(),
+        Offsets::Forget,
+        StartFrom::Earliest,
+        metrics.clone(),
+    );
+    let consumer: GroupConsumer = base(config, client_id)
+        .set("group.id", &group)
         // Offsets are neither stored nor committed: every start reads it all.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .create()?;
+        .set(
+            "statistics.interval.ms",
+            settings.statistics_interval.as_millis().to_string(),
+        )
+        .create_with_context(context)?;
     let topic = topic.to_owned();
     // librdkafka's metadata call blocks its thread.
     tokio::task::spawn_blocking(move || {
-        // A topic created a moment ago may not be in the metadata yet.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let partitions = loop {
-            let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
-            let found = metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none())
-                .map_or(0, |t| t.partitions().len());
-            if found > 0 {
-                break found;
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(Error::MissingTopic(topic));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let partitions = partition_count(&consumer, &topic)?;
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
+        for partition in 0..partitions {
             assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
         }
         consumer.assign(&assignment)?;
+        let context = consumer.context();
+        let mut held = context.partitions();
+        held.assigned
+            .extend((0..partitions).map(|partition| (topic.clone(), partition)));
+        context.metrics.rebalanced(&context.group, held.assigned.len());
+        drop(held);
         Ok(consumer)
     })
     .await
@@ -122,6 +476,27 @@ pub async fn replica(config: &KafkaConfig, client_id: &str, topic: &str) -> Resu
         task: "replica assignment",
         source,
     })?
+}
+
+/// The number of partitions of `topic`, waiting a little for a topic created
+/// a moment ago to show up in the metadata. Blocks.
+pub fn partition_count<C: ConsumerContext>(consumer: &impl Consumer<C>, topic: &str) -> Result<i32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if found > 0 {
+            return Ok(i32::try_from(found).unwrap_or(i32::MAX));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::MissingTopic(topic.to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Topic administration and the broker health probe.

@@ -8,8 +8,12 @@
 //!   librdkafka setting is explained there. Also topic creation and the
 //!   broker health probe.
 //! - [`consumer`]: the consumer loop: handle a record, *then* store its offset
-//!   (at-least-once); retry transient failures with backoff; skip records that
-//!   can never be handled.
+//!   (at-least-once); retry transient failures with backoff while staying in
+//!   the group; dead-letter records that can never be handled.
+//! - [`dead_letter`]: publishing records that cannot be handled to
+//!   `<topic>.dlt`, listing and redriving them.
+//! - [`groups`]: a consumer group's offsets and lag, and moving them.
+//! - [`metrics`]: consumer lag, retries and dead letters at `GET /metrics`.
 //! - [`http`]: serving axum with graceful shutdown, `GET /health`, and the JSON
 //!   error body all services answer with.
 //! - [`memory`]: an in-memory map by payment id (the services' stores for now).
@@ -20,11 +24,14 @@
 
 pub mod config;
 pub mod consumer;
+pub mod dead_letter;
 pub mod error;
+pub mod groups;
 pub mod http;
 pub mod kafka;
 pub mod lifecycle;
 pub mod memory;
+pub mod metrics;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -73,6 +73,12 @@ impl From<Uuid> for EventId {
     }
 }
 
+impl From<EventId> for Uuid {
+    fn from(id: EventId) -> Self {
+        id.0
+    }
+}
+
 /// The CloudEvents attributes of an event, apart from its type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Metadata {

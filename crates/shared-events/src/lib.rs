@@ -33,4 +33,4 @@ pub use events::{
     PaymentRefundedNotification, PaymentState,
 };
 pub use payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
-pub use topics::{TopicKind, TopicSpec, Topics};
+pub use topics::{TopicKind, TopicSpec, Topics, dead_letter_topic};

@@ -7,6 +7,10 @@
 //! - **state** is a record of every payment: log-compacted, keyed by payment
 //!   id, so Kafka keeps at least the latest event of each payment forever and a
 //!   new consumer rebuilds every payment's state by reading from the beginning.
+//!
+//! Each has a **dead-letter topic**, `<topic>.dlt` ([`dead_letter_topic`]):
+//! where a consumer puts a record it can never handle, so the record is kept
+//! for a person to look at and redrive while the consumer moves on.
 
 /// Which of the two topics an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +27,14 @@ pub const STATE: &str = "payments.state";
 pub const PARTITIONS: i32 = 3;
 /// How long notifications are kept: 7 days.
 pub const NOTIFICATION_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+
+/// How long dead letters are kept: 30 days, time for someone to look at them.
+pub const DEAD_LETTER_RETENTION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
+
+/// The dead-letter topic of `topic`.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlt")
+}
 
 /// The topic names in use. Tests give every run its own names; services read
 /// them from the environment (`TOPIC_NOTIFICATIONS`, `TOPIC_STATE`).
@@ -50,9 +62,10 @@ impl Topics {
         }
     }
 
-    /// What to create when the topics are missing.
-    pub fn specs(&self) -> [TopicSpec; 2] {
-        [
+    /// What to create when the topics are missing: both topics and their
+    /// dead-letter topics.
+    pub fn specs(&self) -> Vec<TopicSpec> {
+        let main = [
             TopicSpec {
                 name: self.notifications.clone(),
                 partitions: PARTITIONS,
@@ -72,7 +85,18 @@ impl Topics {
                     ("min.compaction.lag.ms", "60000".to_owned()),
                 ],
             },
-        ]
+        ];
+        // Dead letters are never compacted, even those of the state topic:
+        // each one is a separate failure to look at.
+        let dead_letters = main.clone().map(|spec| TopicSpec {
+            name: dead_letter_topic(&spec.name),
+            partitions: spec.partitions,
+            config: vec![
+                ("cleanup.policy", "delete".to_owned()),
+                ("retention.ms", DEAD_LETTER_RETENTION_MS.to_string()),
+            ],
+        });
+        main.into_iter().chain(dead_letters).collect()
     }
 }
 
@@ -91,7 +115,10 @@ mod tests {
 
     #[test]
     fn notifications_expire_and_state_is_compacted() {
-        let [notifications, state] = Topics::default().specs();
+        let specs = Topics::default().specs();
+        let [notifications, state, notifications_dlt, state_dlt] = specs.as_slice() else {
+            panic!("four topics: {specs:?}");
+        };
         let policy = |spec: &TopicSpec| {
             spec.config
                 .iter()
@@ -99,9 +126,12 @@ mod tests {
                 .map(|(_, v)| v.clone())
         };
         assert_eq!(notifications.name, NOTIFICATIONS);
-        assert_eq!(policy(&notifications).as_deref(), Some("delete"));
+        assert_eq!(policy(notifications).as_deref(), Some("delete"));
         assert_eq!(state.name, STATE);
-        assert_eq!(policy(&state).as_deref(), Some("compact"));
+        assert_eq!(policy(state).as_deref(), Some("compact"));
+        assert_eq!(notifications_dlt.name, "payments.notifications.dlt");
+        assert_eq!(state_dlt.name, "payments.state.dlt");
+        assert_eq!(policy(state_dlt).as_deref(), Some("delete"));
         assert!(notifications.partitions >= 3 && state.partitions >= 3);
     }
 }

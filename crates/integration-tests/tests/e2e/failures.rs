@@ -16,7 +16,8 @@ async fn service_b_retries_the_callback_until_payments_answers() {
     let database = TestDatabase::create().await;
     let payments = spawn_payments(&kafka, &database.url).await;
     let gate = GatedProxy::start(payments.addr).await;
-    let service_b = spawn_service_b(&kafka, &unique("service-b"), &gate.url()).await;
+    let records = TestDatabase::empty().await;
+    let service_b = spawn_service_b(&kafka, &unique("service-b"), &gate.url(), &records.url).await;
 
     let payment = create_payment(&http, &payments, &payment_request("c-4", 700)).await;
     let record_url = service_b.url(&format!(
@@ -62,7 +63,8 @@ async fn offsets_are_committed_on_shutdown_and_only_for_handled_records() {
     let gate = GatedProxy::start(payments.addr).await;
     gate.open();
 
-    let first_b = spawn_service_b(&kafka, &group, &gate.url()).await;
+    let first_records = TestDatabase::empty().await;
+    let first_b = spawn_service_b(&kafka, &group, &gate.url(), &first_records.url).await;
     let handled = create_payment(&http, &payments, &payment_request("c-5", 100)).await;
     let handled_id = handled["payment_id"].as_str().expect("id");
     eventually("the first payment is recorded", || {
@@ -81,8 +83,10 @@ async fn offsets_are_committed_on_shutdown_and_only_for_handled_records() {
     first_b.stop().await;
 
     // The same group, restarted: it resumes after the handled notification
-    // and gets the pending one again.
-    let second_b = spawn_service_b(&kafka, &group, &gate.url()).await;
+    // and gets the pending one again. It keeps its records in a new
+    // database, so what it records is exactly what was delivered to it.
+    let second_records = TestDatabase::empty().await;
+    let second_b = spawn_service_b(&kafka, &group, &gate.url(), &second_records.url).await;
     gate.open();
     let record = eventually("the pending payment is recorded after the restart", || {
         get_json(&http, second_b.url(&format!("/payments/{pending_id}")))
@@ -105,7 +109,7 @@ async fn offsets_are_committed_on_shutdown_and_only_for_handled_records() {
 }
 
 #[tokio::test]
-async fn malformed_records_are_skipped_and_the_services_keep_going() {
+async fn poison_records_go_to_the_dead_letter_topic_once_and_the_services_keep_going() {
     let broker = Broker::get().await;
     let http = reqwest::Client::new();
     let system = System::start(&broker).await;
@@ -113,6 +117,7 @@ async fn malformed_records_are_skipped_and_the_services_keep_going() {
         kafka,
         payments,
         database: _,
+        service_b_database: _,
         service_a,
         service_b,
     } = &system;
@@ -203,6 +208,82 @@ async fn malformed_records_are_skipped_and_the_services_keep_going() {
         let health: Value = get_json(&http, app.url("/health")).await.expect("healthy");
         assert_eq!(health["broker"], "reachable");
     }
+
+    // Both groups read the notifications, so each poison record is there
+    // once per group, with the reasons; the good records are not there.
+    let per_group = poison.len() * 3;
+    let letters = eventually("both groups dead-lettered every poison record", || async {
+        let letters = service_kit::dead_letter::list(kafka, &kafka.topics.notifications)
+            .await
+            .expect("list");
+        (letters.len() >= 2 * per_group).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters.len(), 2 * per_group, "exactly once per group");
+    let mut seen = std::collections::HashSet::new();
+    for letter in &letters {
+        let h = |name| {
+            letter
+                .header(name)
+                .unwrap_or_else(|| panic!("{name} on {letter:?}"))
+        };
+        use service_kit::dead_letter::header;
+        assert!(seen.insert((
+            h(header::GROUP).to_owned(),
+            h(header::SOURCE_PARTITION).to_owned(),
+            h(header::SOURCE_OFFSET).to_owned()
+        )));
+        assert_eq!(h(header::SOURCE_TOPIC), kafka.topics.notifications);
+        assert_eq!(h(header::REASON), "permanent");
+        assert_eq!(h(header::ATTEMPTS), "1");
+        assert!(!h(header::ERROR).is_empty());
+        chrono::DateTime::parse_from_rfc3339(h(header::FIRST_FAILURE)).expect("a time");
+        assert_eq!(letter.key.as_deref(), Some("poison"), "the original key");
+        let original: Vec<(&str, &str)> = letter
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with(header::PREFIX))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert!(
+            poison.iter().any(|(headers, payload)| {
+                payload.map_or(0, <[u8]>::len) == letter.value_bytes
+                    && headers.len() == original.len()
+                    && headers.iter().all(|h| original.contains(h))
+            }),
+            "the original value and headers: {letter:?}"
+        );
+    }
+    // The state topic is read by ServiceA's replica only, which skips
+    // poison rather than dead-letter it again on every start.
+    let state_letters = service_kit::dead_letter::list(kafka, &kafka.topics.state)
+        .await
+        .expect("list");
+    assert!(state_letters.is_empty(), "{state_letters:?}");
+
+    for app in [service_a, service_b] {
+        let metrics = http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("text");
+        let total: i64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("dead_letters_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .sum();
+        assert_eq!(total, i64::try_from(per_group).expect("small"), "{metrics}");
+    }
+    println!(
+        "poison test: {} poison records per group, {} dead letters in {}.dlt ({} groups)",
+        per_group,
+        letters.len(),
+        kafka.topics.notifications,
+        2
+    );
     system.stop().await;
 }
 

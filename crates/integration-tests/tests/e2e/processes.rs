@@ -131,11 +131,13 @@ async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
         "service-a",
         &[&common[..], &[("GROUP_ID", group_a.as_str())]].concat(),
     );
+    let records = TestDatabase::empty().await;
     let service_b_env = [
         &common[..],
         &[
             ("GROUP_ID", group_b.as_str()),
             ("PAYMENTS_URL", payments_url.as_str()),
+            ("DATABASE_URL", records.url.as_str()),
         ],
     ]
     .concat();

@@ -1,0 +1,136 @@
+//! ServiceB's records, in its own PostgreSQL database.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use shared_events::{EventId, PaymentId, PaymentState};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{PgPool, Row};
+
+use crate::error::Result;
+
+/// The schema, embedded at compile time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// What ServiceB learnt about a payment by calling Payments back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallbackRecord {
+    /// The payment as GetPaymentInfo last returned it.
+    pub payment: PaymentState,
+    /// The notification that triggered that callback.
+    pub notification_id: EventId,
+    /// When the callback succeeded.
+    pub fetched_at: DateTime<Utc>,
+    /// How many GetPaymentInfo calls it took.
+    pub attempts: u32,
+    /// How many notifications of the payment were handled (one per event).
+    pub notifications: u32,
+}
+
+/// ServiceB's records by payment id, and the notifications it handled.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Records {
+    pool: PgPool,
+}
+
+impl Records {
+    /// Connects with up to `max_connections` connections and brings the
+    /// schema up to date.
+    pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Records on a pool that connects on first use, without migrating.
+    #[cfg(test)]
+    pub(crate) fn lazy(options: PgConnectOptions) -> Self {
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_secs(1))
+            .connect_lazy_with(options);
+        Self { pool }
+    }
+
+    /// Whether the notification `event_id` was handled already.
+    pub async fn handled(&self, event_id: EventId) -> Result<bool> {
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM processed_notifications WHERE event_id = $1")
+                .bind(uuid::Uuid::from(event_id))
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    /// Records what the callback for notification `record.notification_id`
+    /// returned, and marks the notification handled, in one transaction.
+    /// Returns `false`, changing nothing, if it was handled before.
+    ///
+    /// The record keeps the newest state: callbacks for two notifications of
+    /// one payment can finish out of order across a rebalance.
+    pub async fn record(&self, record: &CallbackRecord) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let first = sqlx::query(
+            "INSERT INTO processed_notifications (event_id, payment_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(uuid::Uuid::from(record.notification_id))
+        .bind(uuid::Uuid::from(record.payment.payment_id))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !first {
+            // Another delivery of it got here first; nothing to write.
+            return Ok(false);
+        }
+        sqlx::query(
+            r"
+INSERT INTO payment_records AS r
+    (payment_id, payment, version, notification_id, fetched_at, attempts, notifications)
+VALUES ($1, $2, $3, $4, $5, $6, 1)
+ON CONFLICT (payment_id) DO UPDATE SET
+    notifications   = r.notifications + 1,
+    payment         = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.payment ELSE r.payment END,
+    notification_id = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.notification_id ELSE r.notification_id END,
+    fetched_at      = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.fetched_at ELSE r.fetched_at END,
+    attempts        = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.attempts ELSE r.attempts END,
+    version         = GREATEST(EXCLUDED.version, r.version)
+",
+        )
+        .bind(uuid::Uuid::from(record.payment.payment_id))
+        .bind(Json(&record.payment))
+        .bind(i64::try_from(record.payment.version).unwrap_or(i64::MAX))
+        .bind(uuid::Uuid::from(record.notification_id))
+        .bind(record.fetched_at)
+        .bind(i32::try_from(record.attempts).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The record of payment `id`, if a callback for it succeeded.
+    pub async fn get(&self, id: PaymentId) -> Result<Option<CallbackRecord>> {
+        let row = sqlx::query(
+            "SELECT payment, notification_id, fetched_at, attempts, notifications FROM payment_records WHERE payment_id = $1",
+        )
+        .bind(uuid::Uuid::from(id))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let Json(payment): Json<PaymentState> = row.try_get("payment")?;
+        let notification_id: uuid::Uuid = row.try_get("notification_id")?;
+        let attempts: i32 = row.try_get("attempts")?;
+        let notifications: i32 = row.try_get("notifications")?;
+        Ok(Some(CallbackRecord {
+            payment,
+            notification_id: notification_id.into(),
+            fetched_at: row.try_get("fetched_at")?,
+            attempts: u32::try_from(attempts).unwrap_or_default(),
+            notifications: u32::try_from(notifications).unwrap_or_default(),
+        }))
+    }
+}

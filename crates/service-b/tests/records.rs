@@ -1,0 +1,124 @@
+//! ServiceB's handler against a real PostgreSQL (its own database) and a
+//! stand-in for Payments' GetPaymentInfo.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use event_store::testing::TestDatabase;
+use service_b::{CallbackRecord, Notifications, PaymentsClient, Records};
+use service_kit::consumer::{HandleError, Handler};
+use shared_events::testing::{delivered, payment, state};
+use shared_events::{Envelope, PaymentReceivedNotification, PaymentState};
+use uuid::Uuid;
+
+const GRACE: Duration = Duration::from_secs(30);
+
+async fn records() -> Records {
+    let database = TestDatabase::empty().await;
+    Records::connect(database.url.parse().expect("url"), 2)
+        .await
+        .expect("connect and migrate")
+}
+
+/// A Payments that knows one payment, `known` (or none), and counts calls.
+async fn payments_knowing(known: Option<PaymentState>) -> (PaymentsClient, Arc<AtomicUsize>) {
+    use axum::routing::get;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let router = axum::Router::new().route(
+        "/payments/{id}",
+        get(move || {
+            let known = known.clone();
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { known.map(axum::Json).ok_or(axum::http::StatusCode::NOT_FOUND) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (PaymentsClient::new(&url, Duration::from_secs(1)), calls)
+}
+
+fn received(p: &PaymentState) -> Envelope<PaymentReceivedNotification> {
+    let notification = PaymentReceivedNotification {
+        payment_id: p.payment_id,
+        received_at: p.received_at,
+    };
+    Envelope::new("/test", notification, Uuid::now_v7(), None)
+}
+
+#[tokio::test]
+async fn a_redelivered_notification_is_recorded_once_even_by_a_restarted_service() {
+    let known = state();
+    let (client, calls) = payments_knowing(Some(known.clone())).await;
+    let database = TestDatabase::empty().await;
+    let connect = || async {
+        Records::connect(database.url.parse().expect("url"), 2)
+            .await
+            .expect("connect")
+    };
+    let record = delivered("n", 0, &received(&known));
+
+    let records = connect().await;
+    let handler = Notifications::new(client.clone(), records.clone(), GRACE);
+    for _ in 0..3 {
+        handler.handle(&record, 1).await.expect("handled");
+    }
+    // A new instance on the same database: the notification is known.
+    let restarted = Notifications::new(client, connect().await, GRACE);
+    restarted.handle(&record, 1).await.expect("handled");
+
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one callback");
+    let stored = records
+        .get(known.payment_id)
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(stored.payment, known);
+    assert_eq!(stored.notifications, 1);
+}
+
+#[tokio::test]
+async fn the_newest_state_wins_and_every_notification_counts_once() {
+    let records = records().await;
+    let older = state();
+    let mut newer = older.clone();
+    newer.version = 2;
+    newer.refunded = 10;
+    let record = |payment: &PaymentState| CallbackRecord {
+        payment: payment.clone(),
+        notification_id: shared_events::EventId::new(),
+        fetched_at: Utc::now(),
+        attempts: 1,
+        notifications: 1,
+    };
+    let (first, second) = (record(&newer), record(&older));
+    assert!(records.record(&first).await.expect("recorded"));
+    assert!(records.record(&second).await.expect("recorded"));
+    assert!(!records.record(&second).await.expect("recorded"), "twice is once");
+    let stored = records
+        .get(older.payment_id)
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(stored.payment, newer, "an older state arriving late does not win");
+    assert_eq!(stored.notification_id, first.notification_id);
+    assert_eq!(stored.notifications, 2);
+}
+
+#[tokio::test]
+async fn not_found_is_retried_at_first_then_given_up_on() {
+    let (client, _) = payments_knowing(None).await;
+    let handler = Notifications::new(client, records().await, GRACE);
+    let mut notification = payment().notification();
+    let fresh = Envelope::new("/test", notification.clone(), Uuid::now_v7(), None);
+    let outcome = handler.handle(&delivered("n", 0, &fresh), 1).await;
+    assert!(matches!(outcome, Err(HandleError::Transient(_))), "{outcome:?}");
+
+    notification.received_at = Utc::now() - chrono::Duration::hours(1);
+    let old = Envelope::new("/test", notification, Uuid::now_v7(), None);
+    let outcome = handler.handle(&delivered("n", 1, &old), 1).await;
+    assert!(matches!(outcome, Err(HandleError::Permanent(_))), "{outcome:?}");
+}

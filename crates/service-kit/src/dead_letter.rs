@@ -1,0 +1,311 @@
+//! Dead-letter topics: where a consumer puts a record it can never handle.
+//!
+//! A dead letter is the original record (key, value and headers, unchanged)
+//! published to `<topic>.dlt` with these headers added:
+//!
+//! | header | value |
+//! |---|---|
+//! | `dlt.error` | why the record could not be handled |
+//! | `dlt.reason` | `permanent` (can never succeed) or `exhausted` (retried `RETRY_MAX_ATTEMPTS` times) |
+//! | `dlt.source.topic`, `dlt.source.partition`, `dlt.source.offset` | where the record was read |
+//! | `dlt.attempts` | how many times it was tried |
+//! | `dlt.first.failure` | when the first attempt failed (RFC 3339) |
+//! | `dlt.group` | the consumer group that gave up on it |
+//!
+//! [`list`] reads them back; [`redrive`] publishes them to their source topic
+//! again, for instance after a fix, and remembers (as consumer group
+//! `<topic>.dlt.redrive`) how far it got, so nothing is redriven twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use shared_events::dead_letter_topic;
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::kafka::{base, partition_count, producer};
+
+/// The names of the headers a dead letter carries besides its own.
+pub mod header {
+    pub const ERROR: &str = "dlt.error";
+    pub const REASON: &str = "dlt.reason";
+    pub const SOURCE_TOPIC: &str = "dlt.source.topic";
+    pub const SOURCE_PARTITION: &str = "dlt.source.partition";
+    pub const SOURCE_OFFSET: &str = "dlt.source.offset";
+    pub const ATTEMPTS: &str = "dlt.attempts";
+    pub const FIRST_FAILURE: &str = "dlt.first.failure";
+    pub const GROUP: &str = "dlt.group";
+    /// Every dead-letter header starts with this; a redriven record has none.
+    pub const PREFIX: &str = "dlt.";
+}
+
+/// Why a record was given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Handling can never succeed (undecodable, unknown type, ...).
+    Permanent,
+    /// Handling kept failing for a reason that might have passed.
+    Exhausted,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// What is known about a failed record when it is given up on.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub error: String,
+    pub reason: Reason,
+    pub attempts: u32,
+    pub first_failure: DateTime<Utc>,
+}
+
+/// Publishes dead letters. Cheap to clone.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters").finish_non_exhaustive()
+    }
+}
+
+/// How long one dead letter may wait for the broker's acknowledgement
+/// before the send fails and is tried again.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl DeadLetters {
+    pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self> {
+        Ok(Self {
+            producer: producer(config, &format!("{client_id}.dlt"), SEND_TIMEOUT)?,
+        })
+    }
+
+    /// Publishes `record` to its dead-letter topic and waits until the broker
+    /// has it: only then may the consumer move past the record.
+    pub async fn send(&self, record: &OwnedMessage, group: &str, failure: &Failure) -> Result<()> {
+        let partition = record.partition().to_string();
+        let offset = record.offset().to_string();
+        let attempts = failure.attempts.to_string();
+        let first_failure = failure.first_failure.to_rfc3339();
+        let added = [
+            (header::ERROR, failure.error.as_str()),
+            (header::REASON, failure.reason.as_str()),
+            (header::SOURCE_TOPIC, record.topic()),
+            (header::SOURCE_PARTITION, partition.as_str()),
+            (header::SOURCE_OFFSET, offset.as_str()),
+            (header::ATTEMPTS, attempts.as_str()),
+            (header::FIRST_FAILURE, first_failure.as_str()),
+            (header::GROUP, group),
+        ];
+        let headers = added
+            .iter()
+            .fold(original_headers(record, |_| true), |h, (key, value)| {
+                h.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            });
+        let topic = dead_letter_topic(record.topic());
+        let mut out = FutureRecord::<[u8], [u8]>::to(&topic).headers(headers);
+        if let Some(key) = record.key() {
+            out = out.key(key);
+        }
+        if let Some(value) = record.payload() {
+            out = out.payload(value);
+        }
+        self.producer
+            .send(out, SEND_TIMEOUT)
+            .await
+            .map_err(|(e, _)| Error::Kafka(e))?;
+        Ok(())
+    }
+}
+
+/// The headers of `record` that `keep` accepts, in order.
+fn original_headers(record: &OwnedMessage, keep: impl Fn(&str) -> bool) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = record.headers() {
+        for h in original.iter().filter(|h| keep(h.key)) {
+            headers = headers.insert(h);
+        }
+    }
+    headers
+}
+
+/// A dead letter as read back.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    /// Every header, the dead-letter ones included (`dlt.*`).
+    pub headers: HashMap<String, String>,
+    pub value_bytes: usize,
+    pub record: OwnedMessage,
+}
+
+impl DeadLetter {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+fn reader(config: &KafkaConfig, group: &str) -> Result<BaseConsumer> {
+    Ok(base(config, "dlt-tool")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?)
+}
+
+/// Reads every record of `topic` from `start` (per partition) up to the end
+/// it had when the read began. Blocks.
+fn read_to_end(consumer: &BaseConsumer, topic: &str, start: Offset) -> Result<Vec<OwnedMessage>> {
+    let partitions = partition_count(consumer, topic)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for partition in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        ends.insert(partition, high);
+        assignment.add_partition_offset(topic, partition, start)?;
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut records = Vec::new();
+    let mut positions: HashMap<i32, i64> = HashMap::new();
+    loop {
+        // Done once every partition is at its end (positions are known only
+        // after the first record or once librdkafka resolved the start).
+        let position = consumer.position()?;
+        let done = ends.iter().all(|(partition, end)| {
+            let at = positions.get(partition).copied().or_else(|| {
+                position
+                    .find_partition(topic, *partition)
+                    .and_then(|e| e.offset().to_raw())
+                    .filter(|o| *o >= 0)
+            });
+            *end == 0 || at.is_some_and(|at| at >= *end)
+        });
+        if done {
+            return Ok(records);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::ReadTimeout(topic.to_owned()));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(record)) => {
+                positions.insert(record.partition(), record.offset() + 1);
+                if record.offset() < ends[&record.partition()] {
+                    records.push(record.detach());
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
+}
+
+fn text(bytes: Option<&[u8]>) -> String {
+    String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned()
+}
+
+fn dead_letter(record: OwnedMessage) -> DeadLetter {
+    let headers = record
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_owned(), text(h.value))).collect())
+        .unwrap_or_default();
+    DeadLetter {
+        partition: record.partition(),
+        offset: record.offset(),
+        key: record.key().map(|k| text(Some(k))),
+        headers,
+        value_bytes: record.payload().map_or(0, <[u8]>::len),
+        record,
+    }
+}
+
+/// Runs a blocking Kafka call off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| Error::Task {
+            task: "dead-letter tool",
+            source,
+        })?
+}
+
+/// Every dead letter of `topic` (the source topic, not `<topic>.dlt`).
+pub async fn list(config: &KafkaConfig, topic: &str) -> Result<Vec<DeadLetter>> {
+    let consumer = reader(config, &format!("{}.list", dead_letter_topic(topic)))?;
+    let dlt = dead_letter_topic(topic);
+    let records = blocking(move || read_to_end(&consumer, &dlt, Offset::Beginning)).await?;
+    Ok(records.into_iter().map(dead_letter).collect())
+}
+
+/// Publishes the dead letters of `topic` not redriven before back to their
+/// source topic, without the `dlt.*` headers, and returns how many.
+///
+/// A redriven record that fails again becomes a new dead letter.
+pub async fn redrive(config: &KafkaConfig, topic: &str) -> Result<usize> {
+    let dlt = dead_letter_topic(topic);
+    let consumer = reader(config, &format!("{dlt}.redrive"))?;
+    // `Stored`: from the group's committed offset, the beginning the first time.
+    let (consumer, records) = blocking({
+        let dlt = dlt.clone();
+        move || {
+            let records = read_to_end(&consumer, &dlt, Offset::Stored)?;
+            Ok((consumer, records))
+        }
+    })
+    .await?;
+    let producer = producer(config, "dlt-tool", SEND_TIMEOUT)?;
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for record in &records {
+        let source = record
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == header::SOURCE_TOPIC)
+                    .map(|h| text(h.value))
+            })
+            .unwrap_or_else(|| topic.to_owned());
+        let headers = original_headers(record, |key| !key.starts_with(header::PREFIX));
+        let mut out = FutureRecord::<[u8], [u8]>::to(&source).headers(headers);
+        if let Some(key) = record.key() {
+            out = out.key(key);
+        }
+        if let Some(value) = record.payload() {
+            out = out.payload(value);
+        }
+        producer
+            .send(out, SEND_TIMEOUT)
+            .await
+            .map_err(|(e, _)| Error::Kafka(e))?;
+        next.insert(record.partition(), record.offset() + 1);
+    }
+    let mut done = TopicPartitionList::new();
+    for (partition, offset) in next {
+        done.add_partition_offset(&dlt, partition, Offset::Offset(offset))?;
+    }
+    if done.count() > 0 {
+        // The consumer only ever assigned partitions, so this commits as a
+        // group with no members: allowed, and where the next redrive starts.
+        blocking(move || Ok(consumer.commit(&done, CommitMode::Sync)?)).await?;
+    }
+    Ok(records.len())
+}

@@ -1,0 +1,110 @@
+//! A consumer group's offsets, seen and moved from outside the group: what
+//! `cargo xtask offsets` and `cargo xtask reset` do.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::kafka::{StartFrom, base, partition_count};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a group stands in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub partition: i32,
+    /// The next offset the group will read; `None` if it never committed.
+    pub committed: Option<i64>,
+    /// The oldest offset the partition retains.
+    pub low: i64,
+    /// The offset the next record published to the partition will get.
+    pub high: i64,
+}
+
+impl PartitionOffsets {
+    /// Records the group has yet to read (all retained ones if it never committed).
+    pub fn lag(&self) -> i64 {
+        self.high - self.committed.unwrap_or(self.low).max(self.low)
+    }
+}
+
+/// A client acting for `group` without joining it.
+fn outsider(config: &KafkaConfig, group: &str) -> Result<BaseConsumer> {
+    Ok(base(config, "offsets-tool")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?)
+}
+
+/// The group's committed offsets and the partitions' ends. Blocks.
+pub fn offsets(config: &KafkaConfig, group: &str, topic: &str) -> Result<Vec<PartitionOffsets>> {
+    let consumer = outsider(config, group)?;
+    let partitions = partition_count(&consumer, topic)?;
+    let mut query = TopicPartitionList::new();
+    for partition in 0..partitions {
+        query.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(query, TIMEOUT)?;
+    (0..partitions)
+        .map(|partition| {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+            let committed = committed
+                .find_partition(topic, partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            Ok(PartitionOffsets {
+                partition,
+                committed,
+                low,
+                high,
+            })
+        })
+        .collect()
+}
+
+/// How many members the group has now. Blocks.
+pub fn members(config: &KafkaConfig, group: &str) -> Result<usize> {
+    let consumer = outsider(config, group)?;
+    let list = consumer.fetch_group_list(Some(group), TIMEOUT)?;
+    Ok(list.groups().iter().map(|g| g.members().len()).sum())
+}
+
+/// Moves the group's committed offsets for `topic` to `to`, and returns
+/// where it now stands. Refused while the group has members: they would
+/// overwrite the new offsets with their next commit. Blocks.
+pub fn reset(config: &KafkaConfig, group: &str, topic: &str, to: StartFrom) -> Result<Vec<PartitionOffsets>> {
+    let active = members(config, group)?;
+    if active > 0 {
+        return Err(Error::GroupActive {
+            group: group.to_owned(),
+            members: active,
+        });
+    }
+    let consumer = outsider(config, group)?;
+    let partitions: Vec<(String, i32)> = (0..partition_count(&consumer, topic)?)
+        .map(|p| (topic.to_owned(), p))
+        .collect();
+    let Some(targets) = to.offsets(&consumer, &partitions)? else {
+        // "Committed" is where it is already.
+        return offsets(config, group, topic);
+    };
+    // Commits need concrete offsets: resolve "beginning" and "end (no
+    // record after that time)" to numbers.
+    let mut commit = TopicPartitionList::new();
+    for e in targets.elements() {
+        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), TIMEOUT)?;
+        let offset = match e.offset() {
+            Offset::Offset(o) => o,
+            Offset::Beginning => low,
+            _ => high,
+        };
+        commit.add_partition_offset(topic, e.partition(), Offset::Offset(offset))?;
+    }
+    consumer.commit(&commit, CommitMode::Sync)?;
+    offsets(config, group, topic)
+}
