@@ -226,6 +226,53 @@ impl System {
     }
 }
 
+/// The value of the series `name{labels}` at `app`'s `GET /metrics`.
+pub async fn metric(client: &reqwest::Client, app: &TestApp, name: &str, labels: &str) -> Option<i64> {
+    let text = client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    service_kit::metrics::sample(&text, name, labels)
+}
+
+/// The sum of every series of `name` at `app`'s `GET /metrics` whose labels
+/// contain `labels` (such as `group="g"`).
+pub async fn metric_sum(client: &reqwest::Client, app: &TestApp, name: &str, labels: &str) -> Option<i64> {
+    let text = client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("{name}{{");
+    let values: Vec<i64> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Publishes `count` `PaymentReceived` notifications of new payments, as
+/// Payments would, and returns the payment ids.
+pub async fn publish_notifications(kafka: &KafkaConfig, count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let payment = shared_events::testing::payment();
+        ids.push(payment.payment_id.to_string());
+        let envelope =
+            shared_events::Envelope::new("/test", payment.notification(), uuid::Uuid::now_v7(), None);
+        produce_event(kafka, &envelope).await;
+    }
+    ids
+}
+
 /// Polls `check` until it returns `Some`, or panics after [`PATIENCE`]
 /// naming `what` was awaited.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T

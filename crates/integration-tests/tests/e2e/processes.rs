@@ -87,6 +87,22 @@ impl Process {
         self.signal("TERM").await
     }
 
+    /// SIGTERM, then the exit status and every line logged since
+    /// [`Process::address`].
+    async fn terminate_collecting_lines(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.try_recv() {
+            lines.push(line);
+        }
+        let mut rest = std::mem::replace(&mut self.lines, mpsc::unbounded_channel().1);
+        let status = self.terminate().await;
+        // The forwarding tasks end when the process's pipes close.
+        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), rest.recv()).await {
+            lines.push(line);
+        }
+        (status, lines)
+    }
+
     /// SIGKILL: no shutdown code runs at all.
     async fn kill(self) -> std::process::ExitStatus {
         self.signal("KILL").await
@@ -311,4 +327,152 @@ async fn a_sigkill_while_publishing_under_load_loses_nothing() {
     assert!(stored.len() >= accepted, "every 201 was committed");
     assert_eq!(missing, 0);
     assert!(restarted.terminate().await.success());
+}
+
+/// What a stop-one-of-two-instances run counted.
+#[derive(Debug)]
+struct Tally {
+    sent: usize,
+    recorded: usize,
+    lost: usize,
+    twice: usize,
+    /// Notifications the surviving instance received again and recognised.
+    redelivered: usize,
+}
+
+/// Sends 2,000 payments while two ServiceB processes share the group, and
+/// stops one of them with `signal` halfway.
+async fn stop_one_of_two_service_b(signal: &str) -> Tally {
+    const PAYMENTS: usize = 2000;
+    const CONCURRENCY: usize = 16;
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::create().await;
+    let records = TestDatabase::empty().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
+    let payments_url = payments.url("");
+    let group = unique("service-b");
+    let env = [
+        &kafka_env(&kafka)[..],
+        &[
+            ("GROUP_ID", group.as_str()),
+            ("PAYMENTS_URL", payments_url.as_str()),
+            ("DATABASE_URL", records.url.as_str()),
+            // A killed member is noticed after 6 s, the broker's minimum.
+            ("KAFKA_SESSION_TIMEOUT_MS", "6000"),
+            ("RETRY_INITIAL_MS", "50"),
+            ("RETRY_MAX_MS", "500"),
+        ],
+    ]
+    .concat();
+    let mut first = Process::start("service-b", &env);
+    let mut second = Process::start("service-b", &env);
+    first.address().await;
+    second.address().await;
+    let mut first = Some(first);
+    let (k, g) = (kafka.clone(), group.clone());
+    eventually("both instances joined the group", || {
+        let (k, g) = (k.clone(), g.clone());
+        async move {
+            let members = tokio::task::spawn_blocking(move || service_kit::groups::members(&k, &g))
+                .await
+                .ok()?
+                .ok()?;
+            (members == 2).then_some(())
+        }
+    })
+    .await;
+
+    let http = reqwest::Client::new();
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut sends = tokio::task::JoinSet::new();
+    let mut stopped = None;
+    for n in 0..PAYMENTS {
+        if n == PAYMENTS / 2
+            && let Some(first) = first.take()
+        {
+            // Stopped while the rest is sent.
+            let signal = signal.to_owned();
+            stopped = Some(tokio::spawn(async move { first.signal(&signal).await }));
+        }
+        let permit = std::sync::Arc::clone(&semaphore)
+            .acquire_owned()
+            .await
+            .expect("permit");
+        let (http, url) = (http.clone(), payments.url("/payments"));
+        sends.spawn(async move {
+            let response = http
+                .post(url)
+                .json(&payment_request("c-load", 100 + i64::try_from(n).expect("small")))
+                .send()
+                .await
+                .expect("POST");
+            assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+            drop(permit);
+            let payment: serde_json::Value = response.json().await.expect("json");
+            payment["payment_id"].as_str().expect("id").to_owned()
+        });
+    }
+    let mut sent = BTreeSet::new();
+    while let Some(id) = sends.join_next().await {
+        sent.insert(id.expect("send task"));
+    }
+    let status = stopped.expect("stopped halfway").await.expect("signal task");
+    if signal == "TERM" {
+        assert!(status.success(), "SIGTERM: clean exit, got {status}");
+    }
+
+    let pool = records.store.pool().clone();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.expect("count");
+            usize::try_from(n).expect("count")
+        }
+    };
+    let deadline = tokio::time::Instant::now() + 3 * PATIENCE;
+    while count("SELECT count(*) FROM payment_records").await < sent.len()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let recorded_ids: BTreeSet<String> =
+        sqlx::query_scalar::<_, uuid::Uuid>("SELECT payment_id FROM payment_records")
+            .fetch_all(&pool)
+            .await
+            .expect("ids")
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect();
+    let twice = count("SELECT count(*) FROM payment_records WHERE notifications <> 1").await;
+    let (status, lines) = second.terminate_collecting_lines().await;
+    assert!(status.success(), "{status}");
+    let tally = Tally {
+        sent: sent.len(),
+        recorded: recorded_ids.len(),
+        lost: sent.difference(&recorded_ids).count(),
+        twice,
+        redelivered: lines.iter().filter(|l| l.contains("handled before")).count(),
+    };
+    payments.stop().await;
+    println!(
+        "SIG{signal} one of two ServiceB instances midway: sent {}, recorded {}, lost {}, recorded twice {}, \
+         delivered again and recognised {}",
+        tally.sent, tally.recorded, tally.lost, tally.twice, tally.redelivered
+    );
+    tally
+}
+
+#[tokio::test]
+async fn stopping_one_of_two_service_b_with_sigterm_records_every_payment_once() {
+    let tally = stop_one_of_two_service_b("TERM").await;
+    assert_eq!((tally.sent, tally.lost, tally.twice), (2000, 0, 0), "{tally:?}");
+    assert_eq!(tally.recorded, tally.sent);
+}
+
+#[tokio::test]
+async fn killing_one_of_two_service_b_with_sigkill_records_every_payment_once() {
+    let tally = stop_one_of_two_service_b("KILL").await;
+    assert_eq!((tally.sent, tally.lost, tally.twice), (2000, 0, 0), "{tally:?}");
+    assert_eq!(tally.recorded, tally.sent);
 }

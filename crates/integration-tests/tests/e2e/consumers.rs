@@ -1,0 +1,461 @@
+//! Consumer groups: where a consumer starts, moving a group's offsets,
+//! replay, order per key across a rebalance, and a dependency outage longer
+//! than `max.poll.interval.ms`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use integration_tests::proxy::GatedProxy;
+use integration_tests::*;
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use serde_json::Value;
+use service_kit::config::ConsumerConfig;
+use service_kit::consumer::{self, HandleError, Handler};
+use service_kit::groups;
+use service_kit::kafka::StartFrom;
+use service_kit::metrics::Metrics;
+
+/// The payment ids in `app`'s (a ServiceA) audit log.
+async fn audited(http: &reqwest::Client, app: &TestApp) -> Option<BTreeSet<String>> {
+    let audit = get_json(http, app.url("/audit")).await?;
+    Some(
+        audit
+            .as_array()?
+            .iter()
+            .filter_map(|e| Some(e["payment_id"].as_str()?.to_owned()))
+            .collect(),
+    )
+}
+
+/// Starts ServiceA in `group` from `start_from`, waits until its audit log
+/// holds exactly `expected`, and stops it.
+async fn audit_of(
+    kafka: &service_kit::config::KafkaConfig,
+    group: &str,
+    start_from: StartFrom,
+    expected: &[&[String]],
+) {
+    let http = reqwest::Client::new();
+    let expected: BTreeSet<String> = expected.iter().flat_map(|ids| ids.iter().cloned()).collect();
+    let consumer = ConsumerConfig {
+        start_from,
+        ..test_consumer()
+    };
+    let app = spawn_service_a_with(kafka, group, consumer).await;
+    eventually(
+        &format!("{group} from {start_from:?} audits exactly what it should"),
+        || async { (audited(&http, &app).await? == expected).then_some(()) },
+    )
+    .await;
+    app.stop().await;
+}
+
+/// Blocking calls of the offsets tool, off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("tool task")
+}
+
+#[tokio::test]
+async fn each_start_position_and_the_offset_reset_decide_what_a_consumer_reads() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let http = reqwest::Client::new();
+    let topic = kafka.topics.notifications.clone();
+    let group = unique("service-a");
+
+    let first = publish_notifications(&kafka, 3).await;
+    // A group that never committed reads from the beginning.
+    audit_of(&kafka, &group, StartFrom::Committed, &[&first]).await;
+
+    // Everything after `since`, and nothing before, has a later timestamp.
+    let since = Utc::now() + chrono::Duration::milliseconds(2);
+    eventually("the clock passed `since`", || async {
+        (Utc::now() > since).then_some(())
+    })
+    .await;
+    let second = publish_notifications(&kafka, 3).await;
+
+    // The group resumes where it left off.
+    audit_of(&kafka, &group, StartFrom::Committed, &[&second]).await;
+    audit_of(
+        &kafka,
+        &unique("service-a"),
+        StartFrom::Earliest,
+        &[&first, &second],
+    )
+    .await;
+
+    // From now: nothing already there.
+    let latest_group = unique("service-a");
+    let latest = spawn_service_a_with(
+        &kafka,
+        &latest_group,
+        ConsumerConfig {
+            start_from: StartFrom::Latest,
+            ..test_consumer()
+        },
+    )
+    .await;
+    let assigned = format!("group=\"{latest_group}\"");
+    eventually("the latest-reader holds every partition", || async {
+        (metric(&http, &latest, "kafka_consumer_assigned_partitions", &assigned).await? == 3).then_some(())
+    })
+    .await;
+    let third = publish_notifications(&kafka, 2).await;
+    let third_set: BTreeSet<String> = third.iter().cloned().collect();
+    eventually("the latest-reader audits only what came after it", || async {
+        (audited(&http, &latest).await? == third_set).then_some(())
+    })
+    .await;
+    latest.stop().await;
+
+    audit_of(
+        &kafka,
+        &unique("service-a"),
+        StartFrom::At(since),
+        &[&second, &third],
+    )
+    .await;
+
+    // The group is up to date; its offsets cannot move while it runs.
+    let running = spawn_service_a(&kafka, &group).await;
+    let third_set2 = third_set.clone();
+    eventually("the group catches up", || async {
+        (audited(&http, &running).await? == third_set2).then_some(())
+    })
+    .await;
+    let (k, g, t) = (kafka.clone(), group.clone(), topic.clone());
+    let refused = blocking(move || groups::reset(&k, &g, &t, StartFrom::Earliest)).await;
+    assert!(
+        matches!(refused, Err(service_kit::Error::GroupActive { members: 1, .. })),
+        "{refused:?}"
+    );
+    running.stop().await;
+    let (k, g, t) = (kafka.clone(), group.clone(), topic.clone());
+    let offsets = blocking(move || groups::offsets(&k, &g, &t))
+        .await
+        .expect("offsets");
+    assert_eq!(
+        offsets.iter().map(groups::PartitionOffsets::lag).sum::<i64>(),
+        0,
+        "{offsets:?}"
+    );
+    assert_eq!(offsets.iter().map(|p| p.high).sum::<i64>(), 8);
+
+    // Reset to the beginning: the group reads everything again.
+    let (k, g, t) = (kafka.clone(), group.clone(), topic.clone());
+    let reset = blocking(move || groups::reset(&k, &g, &t, StartFrom::Earliest))
+        .await
+        .expect("reset");
+    assert!(reset.iter().all(|p| p.committed == Some(p.low)), "{reset:?}");
+    assert_eq!(reset.iter().map(groups::PartitionOffsets::lag).sum::<i64>(), 8);
+    audit_of(&kafka, &group, StartFrom::Committed, &[&first, &second, &third]).await;
+
+    // Reset to a time: from the first record at or after it.
+    let (k, g, t) = (kafka.clone(), group.clone(), topic.clone());
+    blocking(move || groups::reset(&k, &g, &t, StartFrom::At(since)))
+        .await
+        .expect("reset");
+    audit_of(&kafka, &group, StartFrom::Committed, &[&second, &third]).await;
+}
+
+#[tokio::test]
+async fn a_fresh_service_a_serves_the_same_as_one_that_saw_everything_live() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let http = reqwest::Client::new();
+    let database = TestDatabase::create().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
+    let live = spawn_service_a(&kafka, &unique("service-a")).await;
+
+    let mut ids = Vec::new();
+    for amount in 1..=12 {
+        let payment = create_payment(&http, &payments, &payment_request("c-replay", amount * 100)).await;
+        ids.push(payment["payment_id"].as_str().expect("id").to_owned());
+    }
+    for id in ids.iter().step_by(3) {
+        let response = http
+            .post(payments.url(&format!("/payments/{id}/refunds")))
+            .json(&serde_json::json!({"amount": 50, "reason": "damaged"}))
+            .send()
+            .await
+            .expect("refund");
+        assert_eq!(response.status(), reqwest::StatusCode::CREATED, "refund {id}");
+    }
+    // Every payment at its final version in the live copy.
+    let finals: HashMap<String, Value> = {
+        let mut finals = HashMap::new();
+        for id in &ids {
+            let current = get_json(&http, payments.url(&format!("/payments/{id}")))
+                .await
+                .expect("payment");
+            finals.insert(id.clone(), current);
+        }
+        finals
+    };
+    for (id, expected) in &finals {
+        eventually("the live ServiceA has the final state", || async {
+            (get_json(&http, live.url(&format!("/payments/{id}")))
+                .await
+                .as_ref()
+                == Some(expected))
+            .then_some(())
+        })
+        .await;
+    }
+    let audit_len = ids.len() + ids.iter().step_by(3).count();
+    let live_audit = eventually("the live ServiceA audited everything", || async {
+        let audit = get_json(&http, live.url("/audit")).await?;
+        (audit.as_array()?.len() == audit_len).then_some(audit)
+    })
+    .await;
+    payments.stop().await;
+
+    // A fresh instance with a fresh group, started after the fact with
+    // Payments gone: it rebuilds from the topics alone.
+    let replayed = spawn_service_a(&kafka, &unique("service-a")).await;
+    for (id, expected) in &finals {
+        eventually("the fresh ServiceA rebuilt the payment", || async {
+            (get_json(&http, replayed.url(&format!("/payments/{id}")))
+                .await
+                .as_ref()
+                == Some(expected))
+            .then_some(())
+        })
+        .await;
+    }
+    let replayed_audit = eventually("the fresh ServiceA audited everything", || async {
+        let audit = get_json(&http, replayed.url("/audit")).await?;
+        (audit.as_array()?.len() == audit_len).then_some(audit)
+    })
+    .await;
+    // The same entries, apart from when each instance recorded them.
+    let comparable = |audit: &Value| -> Vec<Value> {
+        audit
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e.as_object_mut().expect("object").remove("recorded_at");
+                e
+            })
+            .collect()
+    };
+    assert_eq!(comparable(&live_audit), comparable(&replayed_audit));
+    live.stop().await;
+    replayed.stop().await;
+}
+
+/// Notes which consumer handled which (key, sequence number), slowly enough
+/// for a rebalance to land in the middle.
+#[derive(Debug, Clone)]
+struct Recorder {
+    name: &'static str,
+    handled: Arc<Mutex<Vec<(String, u32, &'static str)>>>,
+}
+
+impl Handler for Recorder {
+    async fn handle(&self, record: &OwnedMessage, _attempt: u32) -> Result<(), HandleError> {
+        let key = String::from_utf8_lossy(record.key().unwrap_or_default()).into_owned();
+        let seq: u32 = std::str::from_utf8(record.payload().unwrap_or_default())
+            .map_err(HandleError::permanent)?
+            .parse()
+            .map_err(HandleError::permanent)?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.handled.lock().expect("lock").push((key, seq, self.name));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn events_of_one_key_are_handled_in_order_and_once_across_a_rebalance() {
+    use rdkafka::producer::FutureRecord;
+
+    const KEYS: u32 = 30;
+    const PER_KEY: u32 = 20;
+    let broker = Broker::get().await;
+    let mut kafka = kafka_config(&broker).await;
+    // No background commit: only the commit at the revocation (ours, and
+    // librdkafka's own with auto-commit on) saves the new owner from
+    // handling again what the old one handled.
+    kafka.commit_interval = Duration::from_secs(600);
+    let topic = kafka.topics.notifications.clone();
+    let group = unique("ordered");
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let stop = service_kit::CancellationToken::new();
+    let start = |name: &'static str| {
+        let consumer = service_kit::kafka::consumer(
+            &kafka,
+            &test_consumer(),
+            name,
+            &group,
+            &[&topic],
+            &Metrics::default(),
+        )
+        .expect("consumer");
+        let recorder = Recorder {
+            name,
+            handled: Arc::clone(&handled),
+        };
+        tokio::spawn(consumer::run(
+            consumer,
+            recorder,
+            test_consumer(),
+            None,
+            stop.clone(),
+        ))
+    };
+    let producer = test_producer(&kafka);
+    let publish = |range: std::ops::Range<u32>| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            // Interleaved: every key's n-th event before any key's (n+1)-th.
+            for seq in range {
+                for key in 0..KEYS {
+                    let (key, value) = (format!("key-{key}"), seq.to_string());
+                    producer
+                        .send(
+                            FutureRecord::to(&topic).key(&key).payload(&value),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .map_err(|(e, _)| e)
+                        .expect("sent");
+                }
+            }
+        }
+    };
+
+    let first = start("first");
+    publish(0..PER_KEY / 2).await;
+    eventually("the first consumer is handling", || async {
+        (handled.lock().expect("lock").len() > 20).then_some(())
+    })
+    .await;
+    // A second member joins: the group rebalances mid-stream.
+    let second = start("second");
+    publish(PER_KEY / 2..PER_KEY).await;
+    let total = usize::try_from(KEYS * PER_KEY).expect("small");
+    eventually("every event handled", || async {
+        (handled.lock().expect("lock").len() >= total).then_some(())
+    })
+    .await;
+    stop.cancel();
+    first.await.expect("join").expect("first consumer");
+    second.await.expect("join").expect("second consumer");
+
+    let handled = handled.lock().expect("lock").clone();
+    let mut per_key: HashMap<String, Vec<u32>> = HashMap::new();
+    for (key, seq, _) in &handled {
+        per_key.entry(key.clone()).or_default().push(*seq);
+    }
+    for (key, seqs) in &per_key {
+        assert_eq!(
+            seqs,
+            &(0..PER_KEY).collect::<Vec<_>>(),
+            "{key}: in order, each once"
+        );
+    }
+    assert_eq!(per_key.len(), usize::try_from(KEYS).expect("small"));
+    let by_second = handled.iter().filter(|(_, _, name)| *name == "second").count();
+    assert!(by_second > 0, "the second member took partitions over");
+    println!(
+        "order test: {} events of {KEYS} keys, {} handled by the member that joined, {} handled twice",
+        handled.len(),
+        by_second,
+        handled.len() - total
+    );
+}
+
+#[tokio::test]
+async fn service_b_waits_out_a_payments_outage_in_its_group_and_catches_up() {
+    let broker = Broker::get().await;
+    let mut kafka = kafka_config(&broker).await;
+    kafka.commit_interval = Duration::from_millis(500);
+    let http = reqwest::Client::new();
+    let database = TestDatabase::create().await;
+    let records = TestDatabase::empty().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
+    let gate = GatedProxy::start(payments.addr).await;
+    let group = unique("service-b");
+    // Dropped from the group after 6 s without a poll, unless the loop
+    // keeps polling while it retries; never dead-letter for this test.
+    let max_poll_interval = Duration::from_secs(6);
+    let consumer = ConsumerConfig {
+        max_poll_interval,
+        max_attempts: 0,
+        ..test_consumer()
+    };
+    let service_b = spawn_service_b_with(&kafka, &group, &gate.url(), &records.url, consumer).await;
+    let in_group = format!("group=\"{group}\"");
+    eventually("service-b holds every partition", || async {
+        (metric(&http, &service_b, "kafka_consumer_assigned_partitions", &in_group).await? == 3).then_some(())
+    })
+    .await;
+
+    let outage = tokio::time::Instant::now();
+    let mut ids = Vec::new();
+    for amount in 1..=20 {
+        let payment = create_payment(&http, &payments, &payment_request("c-outage", amount)).await;
+        ids.push(payment["payment_id"].as_str().expect("id").to_owned());
+    }
+    eventually("service-b is retrying", || async {
+        (gate.refused() >= 3).then_some(())
+    })
+    .await;
+    eventually("the lag shows what waits", || async {
+        (metric_sum(&http, &service_b, "kafka_consumer_lag", &in_group).await? > 0).then_some(())
+    })
+    .await;
+    // The point of the test is time: the outage outlasts the poll interval
+    // twice over.
+    tokio::time::sleep_until(outage + 2 * max_poll_interval).await;
+    gate.open();
+
+    let pool = records.store.pool().clone();
+    eventually("every payment recorded", || async {
+        let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_records")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (recorded == 20).then_some(())
+    })
+    .await;
+    let twice: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_records WHERE notifications <> 1")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(twice, 0);
+    for id in &ids {
+        let record = get_json(&http, service_b.url(&format!("/payments/{id}")))
+            .await
+            .expect("recorded");
+        assert_eq!(record["payment"]["payment_id"], id.as_str());
+    }
+    assert_eq!(
+        metric(&http, &service_b, "kafka_consumer_rebalances_total", &in_group).await,
+        Some(1),
+        "never dropped from the group, never rejoined"
+    );
+    assert!(
+        metric_sum(&http, &service_b, "consumer_retries_total", &in_group)
+            .await
+            .unwrap_or(0)
+            > 0
+    );
+    assert_eq!(
+        metric_sum(&http, &service_b, "dead_letters_total", &in_group).await,
+        None
+    );
+    eventually("the lag is back to zero", || async {
+        (metric_sum(&http, &service_b, "kafka_consumer_lag", &in_group).await? == 0).then_some(())
+    })
+    .await;
+    service_b.stop().await;
+    payments.stop().await;
+}
