@@ -173,51 +173,56 @@ fn reader(config: &KafkaConfig, group: &str) -> Result<BaseConsumer> {
         .create()?)
 }
 
-/// Reads every record of `topic` from `start` (per partition) up to the end
-/// it had when the read began. Blocks.
-fn read_to_end(consumer: &BaseConsumer, topic: &str, start: Offset) -> Result<Vec<OwnedMessage>> {
+/// Reads every record of `topic` from the beginning, or (`from_committed`)
+/// from where the consumer's group left off, up to the end each partition
+/// had when the read began. Blocks.
+fn read_to_end(consumer: &BaseConsumer, topic: &str, from_committed: bool) -> Result<Vec<OwnedMessage>> {
     let partitions = partition_count(consumer, topic)?;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = HashMap::new();
+    let mut all = TopicPartitionList::new();
     for partition in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        ends.insert(partition, high);
-        assignment.add_partition_offset(topic, partition, start)?;
+        all.add_partition(topic, partition);
+    }
+    let committed = if from_committed {
+        Some(consumer.committed_offsets(all, Duration::from_secs(10))?)
+    } else {
+        None
+    };
+    // Per partition: the next offset to read, and the end to read up to.
+    let mut next_and_end = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        let start = committed
+            .as_ref()
+            .and_then(|c| c.find_partition(topic, partition))
+            .and_then(|e| e.offset().to_raw())
+            .filter(|o| *o >= 0)
+            .unwrap_or(low)
+            .max(low);
+        next_and_end.insert(partition, (start, high));
+        assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
     }
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut records = Vec::new();
-    let mut positions: HashMap<i32, i64> = HashMap::new();
-    loop {
-        // Done once every partition is at its end (positions are known only
-        // after the first record or once librdkafka resolved the start).
-        let position = consumer.position()?;
-        let done = ends.iter().all(|(partition, end)| {
-            let at = positions.get(partition).copied().or_else(|| {
-                position
-                    .find_partition(topic, *partition)
-                    .and_then(|e| e.offset().to_raw())
-                    .filter(|o| *o >= 0)
-            });
-            *end == 0 || at.is_some_and(|at| at >= *end)
-        });
-        if done {
-            return Ok(records);
-        }
+    while next_and_end.values().any(|(next, end)| next < end) {
         if std::time::Instant::now() > deadline {
             return Err(Error::ReadTimeout(topic.to_owned()));
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(record)) => {
-                positions.insert(record.partition(), record.offset() + 1);
-                if record.offset() < ends[&record.partition()] {
-                    records.push(record.detach());
+                if let Some((next, end)) = next_and_end.get_mut(&record.partition()) {
+                    *next = record.offset() + 1;
+                    if record.offset() < *end {
+                        records.push(record.detach());
+                    }
                 }
             }
             Some(Err(e)) => return Err(e.into()),
             None => {}
         }
     }
+    Ok(records)
 }
 
 fn text(bytes: Option<&[u8]>) -> String {
@@ -253,7 +258,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 pub async fn list(config: &KafkaConfig, topic: &str) -> Result<Vec<DeadLetter>> {
     let consumer = reader(config, &format!("{}.list", dead_letter_topic(topic)))?;
     let dlt = dead_letter_topic(topic);
-    let records = blocking(move || read_to_end(&consumer, &dlt, Offset::Beginning)).await?;
+    let records = blocking(move || read_to_end(&consumer, &dlt, false)).await?;
     Ok(records.into_iter().map(dead_letter).collect())
 }
 
@@ -264,11 +269,11 @@ pub async fn list(config: &KafkaConfig, topic: &str) -> Result<Vec<DeadLetter>> 
 pub async fn redrive(config: &KafkaConfig, topic: &str) -> Result<usize> {
     let dlt = dead_letter_topic(topic);
     let consumer = reader(config, &format!("{dlt}.redrive"))?;
-    // `Stored`: from the group's committed offset, the beginning the first time.
+    // From where the last redrive stopped; the beginning the first time.
     let (consumer, records) = blocking({
         let dlt = dlt.clone();
         move || {
-            let records = read_to_end(&consumer, &dlt, Offset::Stored)?;
+            let records = read_to_end(&consumer, &dlt, true)?;
             Ok((consumer, records))
         }
     })

@@ -459,3 +459,94 @@ async fn service_b_waits_out_a_payments_outage_in_its_group_and_catches_up() {
     service_b.stop().await;
     payments.stop().await;
 }
+
+#[tokio::test]
+async fn a_notification_retried_too_often_is_dead_lettered_and_redriven_once_payments_is_back() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let http = reqwest::Client::new();
+    let database = TestDatabase::create().await;
+    let records = TestDatabase::empty().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
+    let gate = GatedProxy::start(payments.addr).await;
+    let group = unique("service-b");
+    let consumer = ConsumerConfig {
+        max_attempts: 3,
+        ..test_consumer()
+    };
+    let service_b = spawn_service_b_with(&kafka, &group, &gate.url(), &records.url, consumer).await;
+
+    let mut ids = BTreeSet::new();
+    for amount in [100, 200] {
+        let payment = create_payment(&http, &payments, &payment_request("c-dlt", amount)).await;
+        ids.insert(payment["payment_id"].as_str().expect("id").to_owned());
+    }
+    let topic = kafka.topics.notifications.clone();
+    let letters = eventually("both notifications dead-lettered after 3 attempts", || async {
+        let letters = service_kit::dead_letter::list(&kafka, &topic).await.ok()?;
+        (letters.len() >= 2).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters.len(), 2);
+    use service_kit::dead_letter::header;
+    for letter in &letters {
+        assert_eq!(letter.header(header::REASON), Some("exhausted"), "{letter:?}");
+        assert_eq!(letter.header(header::ATTEMPTS), Some("3"));
+        assert_eq!(letter.header(header::GROUP), Some(group.as_str()));
+        assert!(
+            ids.contains(letter.key.as_deref().expect("key")),
+            "keyed by payment id"
+        );
+    }
+    let in_group = format!("group=\"{group}\"");
+    assert_eq!(
+        metric_sum(&http, &service_b, "dead_letters_total", &in_group).await,
+        Some(2)
+    );
+
+    // Fixed: redrive. Each dead letter goes back once, however often
+    // redrive runs.
+    gate.open();
+    let redriven = service_kit::dead_letter::redrive(&kafka, &topic)
+        .await
+        .expect("redrive");
+    assert_eq!(redriven, 2);
+    assert_eq!(
+        service_kit::dead_letter::redrive(&kafka, &topic)
+            .await
+            .expect("redrive"),
+        0
+    );
+    for id in &ids {
+        let record = eventually("service-b records the redriven notification", || {
+            get_json(&http, service_b.url(&format!("/payments/{id}")))
+        })
+        .await;
+        assert_eq!(record["notifications"], 1);
+    }
+    // On the source topic: the originals, then the redriven copies, which
+    // carry the same event id and no dead-letter headers.
+    let on_topic = read_records(&kafka, &topic, 4).await;
+    let redriven: Vec<_> = on_topic
+        .iter()
+        .filter(|r| header(r, "ce_id").is_some())
+        .filter(|r| {
+            r.headers().is_some_and(|h| {
+                use rdkafka::message::Headers;
+                h.iter().all(|h| !h.key.starts_with(header::PREFIX))
+            })
+        })
+        .collect();
+    assert_eq!(redriven.len(), 4);
+    let event_ids: BTreeSet<_> = on_topic.iter().filter_map(|r| header(r, "ce_id")).collect();
+    assert_eq!(event_ids.len(), 2, "a redriven record is the same event");
+    assert_eq!(
+        service_kit::dead_letter::list(&kafka, &topic)
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+    service_b.stop().await;
+    payments.stop().await;
+}
