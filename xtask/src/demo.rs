@@ -1,7 +1,8 @@
 //! `cargo xtask up`: the whole demo without Docker.
 //!
 //! Starts the local broker and the local PostgreSQL (unless
-//! `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` point elsewhere), builds and
+//! `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` point elsewhere; then set
+//! `SERVICE_B_DATABASE_URL` to ServiceB's own database too), builds and
 //! starts the three services with their default addresses, and prefixes each
 //! line they log with the service's name. Ctrl-c (or any service exiting)
 //! stops the services with SIGTERM, waits for them to shut down cleanly, then

@@ -250,12 +250,15 @@ async fn a_fresh_service_a_serves_the_same_as_one_that_saw_everything_live() {
     replayed.stop().await;
 }
 
+/// (key, sequence number, consumer) in the order handled.
+type Handled = Arc<Mutex<Vec<(String, u32, &'static str)>>>;
+
 /// Notes which consumer handled which (key, sequence number), slowly enough
 /// for a rebalance to land in the middle.
 #[derive(Debug, Clone)]
 struct Recorder {
     name: &'static str,
-    handled: Arc<Mutex<Vec<(String, u32, &'static str)>>>,
+    handled: Handled,
 }
 
 impl Handler for Recorder {
