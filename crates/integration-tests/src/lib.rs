@@ -226,30 +226,27 @@ impl System {
     }
 }
 
-/// The value of the series `name{labels}` at `app`'s `GET /metrics`.
-pub async fn metric(client: &reqwest::Client, app: &TestApp, name: &str, labels: &str) -> Option<i64> {
-    let text = client
+/// `app`'s `GET /metrics`, if it answers.
+pub async fn metrics_text(client: &reqwest::Client, app: &TestApp) -> Option<String> {
+    client
         .get(app.url("/metrics"))
         .send()
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
-    service_kit::metrics::sample(&text, name, labels)
+        .ok()
+}
+
+/// The value of the series `name{labels}` at `app`'s `GET /metrics`.
+pub async fn metric(client: &reqwest::Client, app: &TestApp, name: &str, labels: &str) -> Option<i64> {
+    service_kit::metrics::sample(&metrics_text(client, app).await?, name, labels)
 }
 
 /// The sum of every series of `name` at `app`'s `GET /metrics` whose labels
 /// contain `labels` (such as `group="g"`).
 pub async fn metric_sum(client: &reqwest::Client, app: &TestApp, name: &str, labels: &str) -> Option<i64> {
-    let text = client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = metrics_text(client, app).await?;
     let prefix = format!("{name}{{");
     let values: Vec<i64> = text
         .lines()

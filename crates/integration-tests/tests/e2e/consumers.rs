@@ -162,6 +162,17 @@ async fn each_start_position_and_the_offset_reset_decide_what_a_consumer_reads()
     audit_of(&kafka, &group, StartFrom::Committed, &[&second, &third]).await;
 }
 
+/// Waits until ServiceA `app` serves each payment of `expected` as given.
+async fn serves(http: &reqwest::Client, app: &TestApp, expected: &HashMap<String, Value>) {
+    for (id, payment) in expected {
+        eventually("ServiceA serves the payment's final state", || async {
+            (get_json(http, app.url(&format!("/payments/{id}"))).await.as_ref() == Some(payment))
+                .then_some(())
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn a_fresh_service_a_serves_the_same_as_one_that_saw_everything_live() {
     let broker = Broker::get().await;
@@ -196,16 +207,7 @@ async fn a_fresh_service_a_serves_the_same_as_one_that_saw_everything_live() {
         }
         finals
     };
-    for (id, expected) in &finals {
-        eventually("the live ServiceA has the final state", || async {
-            (get_json(&http, live.url(&format!("/payments/{id}")))
-                .await
-                .as_ref()
-                == Some(expected))
-            .then_some(())
-        })
-        .await;
-    }
+    serves(&http, &live, &finals).await;
     let audit_len = ids.len() + ids.iter().step_by(3).count();
     let live_audit = eventually("the live ServiceA audited everything", || async {
         let audit = get_json(&http, live.url("/audit")).await?;
@@ -217,16 +219,7 @@ async fn a_fresh_service_a_serves_the_same_as_one_that_saw_everything_live() {
     // A fresh instance with a fresh group, started after the fact with
     // Payments gone: it rebuilds from the topics alone.
     let replayed = spawn_service_a(&kafka, &unique("service-a")).await;
-    for (id, expected) in &finals {
-        eventually("the fresh ServiceA rebuilt the payment", || async {
-            (get_json(&http, replayed.url(&format!("/payments/{id}")))
-                .await
-                .as_ref()
-                == Some(expected))
-            .then_some(())
-        })
-        .await;
-    }
+    serves(&http, &replayed, &finals).await;
     let replayed_audit = eventually("the fresh ServiceA audited everything", || async {
         let audit = get_json(&http, replayed.url("/audit")).await?;
         (audit.as_array()?.len() == audit_len).then_some(audit)
