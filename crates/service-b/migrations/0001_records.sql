@@ -18,7 +18,7 @@ CREATE TABLE payment_records (
     -- The notification whose callback returned `payment`.
     notification_id uuid        NOT NULL,
     fetched_at      timestamptz NOT NULL,
-    -- GetPaymentInfo calls that took.
+    -- The consumer's attempt at the notification that succeeded.
     attempts        integer     NOT NULL,
     -- How many notifications of this payment were handled: one per event
     -- Payments published for it, never more.

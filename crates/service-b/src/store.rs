@@ -21,7 +21,9 @@ pub struct CallbackRecord {
     pub notification_id: EventId,
     /// When the callback succeeded.
     pub fetched_at: DateTime<Utc>,
-    /// How many GetPaymentInfo calls it took.
+    /// The consumer's attempt at the notification that succeeded: 1 if the
+    /// first callback and write went through (counted afresh if the
+    /// notification is delivered again after a rebalance or restart).
     pub attempts: u32,
     /// How many notifications of the payment were handled (one per event).
     pub notifications: u32,

@@ -110,9 +110,10 @@ impl KafkaConfig {
 /// service's consumers.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    /// `START_FROM`: where a group member starts reading each partition the
-    /// first time this process gets it: `committed` (default), `earliest`,
-    /// `latest`, or a time (RFC 3339, or milliseconds since the epoch).
+    /// `START_FROM`: where a group member starts reading a partition its
+    /// group has no committed offset for: `committed` (default: the
+    /// beginning), `earliest`, `latest`, or a time (RFC 3339, or milliseconds
+    /// since the epoch). See [`StartFrom`].
     pub start_from: StartFrom,
     /// `RETRY_INITIAL_MS` / `RETRY_MAX_MS`: backoff between attempts at a
     /// record whose handling failed for a reason that may pass (default

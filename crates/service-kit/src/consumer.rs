@@ -144,7 +144,11 @@ pub async fn run<H: Handler>(
             event_id = event_id_of(&record).unwrap_or_default(),
         );
         match run.process(&record, epoch).instrument(span).await {
-            Outcome::Done => run.done(&record),
+            Outcome::Handled => {
+                run.context.metrics().handled(&run.context.group, record.topic());
+                run.move_past(&record);
+            }
+            Outcome::DeadLettered => run.move_past(&record),
             Outcome::Revoked => {
                 tracing::info!(
                     topic = record.topic(),
@@ -163,8 +167,11 @@ pub async fn run<H: Handler>(
 
 /// How the loop finished with one record.
 enum Outcome {
-    /// Handled, or moved to the dead-letter topic: the offset may move on.
-    Done,
+    /// Handled: the offset may move on.
+    Handled,
+    /// Moved to the dead-letter topic (or, for a replica reader, skipped):
+    /// the offset may move on.
+    DeadLettered,
     /// Its partition went to another consumer meanwhile.
     Revoked,
     /// The service is stopping.
@@ -245,7 +252,7 @@ impl<H: Handler> Loop<H> {
                 break Outcome::Revoked;
             }
             let (error, reason) = match self.handler.handle(record, attempt).await {
-                Ok(()) => break Outcome::Done,
+                Ok(()) => break Outcome::Handled,
                 Err(HandleError::Permanent(e)) => (e, Reason::Permanent),
                 Err(HandleError::Transient(e)) => {
                     let max = self.settings.max_attempts;
@@ -296,7 +303,7 @@ impl<H: Handler> Loop<H> {
     ) -> Outcome {
         let Some(dead_letters) = self.dead_letters.clone() else {
             tracing::error!(error = %failure.error, "skipping a record that cannot be handled");
-            return Outcome::Done;
+            return Outcome::DeadLettered;
         };
         let mut attempt = 1;
         loop {
@@ -305,7 +312,7 @@ impl<H: Handler> Loop<H> {
                     self.context
                         .metrics()
                         .dead_lettered(&self.context.group, record.topic());
-                    return Outcome::Done;
+                    return Outcome::DeadLettered;
                 }
                 Err(e) => {
                     let delay = self.settings.retry.delay(attempt);
@@ -330,10 +337,7 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Lets the offset move past `record`.
-    fn done(&self, record: &OwnedMessage) {
-        self.context
-            .metrics()
-            .handled(&self.context.group, record.topic());
+    fn move_past(&self, record: &OwnedMessage) {
         if self.context.offsets == Offsets::Forget {
             return;
         }

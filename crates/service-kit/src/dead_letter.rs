@@ -14,7 +14,9 @@
 //!
 //! [`list`] reads them back; [`redrive`] publishes them to their source topic
 //! again, for instance after a fix, and remembers (as consumer group
-//! `<topic>.dlt.redrive`) how far it got, so nothing is redriven twice.
+//! `<topic>.dlt.redrive`, committed after each record) how far it got, so a
+//! dead letter is redriven once. (Run one redrive of a topic at a time: two
+//! at once would both start from the same offset.)
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -83,6 +85,9 @@ impl std::fmt::Debug for DeadLetters {
     }
 }
 
+/// The longest `dlt.error` text kept.
+const MAX_ERROR_CHARS: usize = 2000;
+
 /// How long one dead letter may wait for the broker's acknowledgement
 /// before the send fails and is tried again.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,12 +102,15 @@ impl DeadLetters {
     /// Publishes `record` to its dead-letter topic and waits until the broker
     /// has it: only then may the consumer move past the record.
     pub async fn send(&self, record: &OwnedMessage, group: &str, failure: &Failure) -> Result<()> {
+        // Bounded, so that a long error text cannot make the dead letter
+        // too large for the broker (which would stall the consumer).
+        let error: String = failure.error.chars().take(MAX_ERROR_CHARS).collect();
         let partition = record.partition().to_string();
         let offset = record.offset().to_string();
         let attempts = failure.attempts.to_string();
         let first_failure = failure.first_failure.to_rfc3339();
         let added = [
-            (header::ERROR, failure.error.as_str()),
+            (header::ERROR, error.as_str()),
             (header::REASON, failure.reason.as_str()),
             (header::SOURCE_TOPIC, record.topic()),
             (header::SOURCE_PARTITION, partition.as_str()),
@@ -281,6 +289,8 @@ pub async fn redrive(config: &KafkaConfig, topic: &str) -> Result<usize> {
     let producer = producer(config, "dlt-tool", SEND_TIMEOUT)?;
     let mut next: HashMap<i32, i64> = HashMap::new();
     for record in &records {
+        let mut done = TopicPartitionList::new();
+        done.add_partition_offset(&dlt, record.partition(), Offset::Offset(record.offset() + 1))?;
         let source = record
             .headers()
             .and_then(|h| {
@@ -301,6 +311,10 @@ pub async fn redrive(config: &KafkaConfig, topic: &str) -> Result<usize> {
             .send(out, SEND_TIMEOUT)
             .await
             .map_err(|(e, _)| Error::Kafka(e))?;
+        // Remembered as soon as the broker has the copy (without waiting:
+        // the synchronous commit below confirms the last ones), so a redrive
+        // that fails half-way resumes after what it already published.
+        consumer.commit(&done, CommitMode::Async)?;
         next.insert(record.partition(), record.offset() + 1);
     }
     let mut done = TopicPartitionList::new();

@@ -93,15 +93,18 @@ pub fn reset(config: &KafkaConfig, group: &str, topic: &str, to: StartFrom) -> R
         // "Committed" is where it is already.
         return offsets(config, group, topic);
     };
-    // Commits need concrete offsets: resolve "beginning" and "end (no
-    // record after that time)" to numbers.
+    // Commits need numbers: "the beginning" is the oldest retained offset.
     let mut commit = TopicPartitionList::new();
     for e in targets.elements() {
-        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), TIMEOUT)?;
         let offset = match e.offset() {
             Offset::Offset(o) => o,
-            Offset::Beginning => low,
-            _ => high,
+            Offset::Beginning => consumer.fetch_watermarks(topic, e.partition(), TIMEOUT)?.0,
+            _ => {
+                return Err(Error::NoOffset {
+                    topic: topic.to_owned(),
+                    partition: e.partition(),
+                });
+            }
         };
         commit.add_partition_offset(topic, e.partition(), Offset::Offset(offset))?;
     }

@@ -7,7 +7,8 @@
 //!   background auto-commit commits only stored offsets: at-least-once.
 //! - Every consumer carries a [`GroupContext`]: it commits before giving
 //!   partitions away in a rebalance, tells the consumer loop which partitions
-//!   were revoked, applies the configured start position ([`StartFrom`]), and
+//!   were revoked, applies the configured start position to partitions the
+//!   group never read ([`StartFrom`]), and
 //!   feeds the lag metrics.
 
 use std::collections::{HashMap, HashSet};
@@ -63,16 +64,19 @@ pub fn producer(config: &KafkaConfig, client_id: &str, message_timeout: Duration
         .create()?)
 }
 
-/// Where a consumer starts reading a partition (`START_FROM`).
+/// Where a group member starts reading a partition its group has no
+/// committed offset for (`START_FROM`): a new group, or one whose offsets
+/// were reset away. Partitions the group has read always resume where it
+/// left off; to move those, stop the group and reset its offsets
+/// ([`crate::groups::reset`], `cargo xtask reset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartFrom {
-    /// `committed`: where the group left off; from the beginning if the group
-    /// never committed for the partition.
+    /// `committed`: the beginning (`auto.offset.reset=earliest`).
     #[default]
     Committed,
     /// `earliest`: the oldest record the topic retains.
     Earliest,
-    /// `latest`: only records published after the consumer started.
+    /// `latest`: only records published after the consumer got the partition.
     Latest,
     /// An RFC 3339 time or milliseconds since the epoch: the first record
     /// with a timestamp at or after it.
@@ -107,8 +111,9 @@ impl FromStr for StartFrom {
 impl StartFrom {
     /// The offset of each partition of `partitions` (topic, partition) to
     /// start at, looked up on the broker; `None` for [`StartFrom::Committed`].
+    /// Blocks.
     ///
-    /// The end of a partition is looked up here rather than left to
+    /// Ends of partitions are resolved to numbers here rather than left to
     /// librdkafka's `Offset::End`, which it resolves only once fetching
     /// starts: a record published in between would be skipped.
     pub fn offsets<C: ConsumerContext>(
@@ -117,6 +122,10 @@ impl StartFrom {
         partitions: &[(String, i32)],
     ) -> Result<Option<TopicPartitionList>> {
         let mut tpl = TopicPartitionList::new();
+        let end = |topic: &str, partition: i32| -> Result<Offset> {
+            let (_, high) = consumer.fetch_watermarks(topic, partition, LOOKUP_TIMEOUT)?;
+            Ok(Offset::Offset(high))
+        };
         match self {
             Self::Committed => return Ok(None),
             Self::Earliest => {
@@ -126,8 +135,7 @@ impl StartFrom {
             }
             Self::Latest => {
                 for (topic, partition) in partitions {
-                    let (_, high) = consumer.fetch_watermarks(topic, *partition, LOOKUP_TIMEOUT)?;
-                    tpl.add_partition_offset(topic, *partition, Offset::Offset(high))?;
+                    tpl.add_partition_offset(topic, *partition, end(topic, *partition)?)?;
                 }
             }
             Self::At(time) => {
@@ -137,7 +145,14 @@ impl StartFrom {
                 }
                 // For each partition: the first offset whose timestamp is at
                 // or after `time`, or the end if there is none.
-                tpl = consumer.offsets_for_times(query, LOOKUP_TIMEOUT)?;
+                for e in consumer.offsets_for_times(query, LOOKUP_TIMEOUT)?.elements() {
+                    e.error()?;
+                    let offset = match e.offset() {
+                        Offset::Offset(o) => Offset::Offset(o),
+                        _ => end(e.topic(), e.partition())?,
+                    };
+                    tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
+                }
             }
         }
         Ok(Some(tpl))
@@ -180,8 +195,6 @@ struct Partitions {
     epoch: u64,
     /// The epoch at which each partition was last revoked.
     revoked_at: HashMap<Partition, u64>,
-    /// Partitions whose start position was applied in this process.
-    started: HashSet<Partition>,
     /// Whether the loop holds everything paused (while retrying a record).
     held: bool,
 }
@@ -250,33 +263,7 @@ impl GroupContext {
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
-        let fresh: Vec<Partition> = {
-            let partitions = self.partitions();
-            incoming
-                .iter()
-                .filter(|p| !partitions.started.contains(*p))
-                .cloned()
-                .collect()
-        };
-        // The configured start position applies to a partition the first
-        // time this process gets it; afterwards, to pick up where the last
-        // owner left off, the committed offset.
-        if !fresh.is_empty() {
-            match self.start_from.offsets(consumer, &fresh) {
-                Ok(Some(offsets)) => {
-                    for e in offsets.elements() {
-                        if let Err(e) = tpl.set_partition_offset(e.topic(), e.partition(), e.offset()) {
-                            tracing::error!(error = %e, "cannot set a start offset");
-                        }
-                    }
-                    tracing::info!(group = %self.group, start_from = ?self.start_from, partitions = ?fresh, "start position applied");
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot look up start offsets; starting from the committed ones")
-                }
-            }
-        }
+        let started = self.start_new_partitions(consumer, tpl);
         let assigned = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
             _ => consumer.assign(tpl),
@@ -284,16 +271,83 @@ impl GroupContext {
         if let Err(e) = assigned {
             return tracing::error!(error = %e, "cannot take the assigned partitions");
         }
-        let mut partitions = self.partitions();
-        if partitions.held
-            && let Err(e) = consumer.pause(tpl)
-        {
-            tracing::warn!(error = %e, "cannot pause newly assigned partitions");
+        if let Some(started) = started {
+            // Committed at once: should the partition move on before its
+            // first record is handled, its next owner starts there too.
+            if let Err(e) = consumer.commit(&started, CommitMode::Sync) {
+                tracing::error!(error = %e, "cannot commit the start positions");
+            }
         }
-        partitions.started.extend(fresh);
+        let mut partitions = self.partitions();
+        // A partition keeps librdkafka's pause flag across a revocation, so
+        // each assigned partition is explicitly paused or resumed.
+        let paused = if partitions.held {
+            consumer.pause(tpl)
+        } else {
+            consumer.resume(tpl)
+        };
+        if let Err(e) = paused {
+            tracing::warn!(error = %e, "cannot pause or resume newly assigned partitions");
+        }
         partitions.assigned.extend(incoming);
         self.metrics.rebalanced(&self.group, partitions.assigned.len());
         tracing::info!(group = %self.group, partitions = partitions.assigned.len(), "partitions assigned");
+    }
+
+    /// Applies the start position to the partitions of `tpl` the group has
+    /// no committed offset for (it never read them, or a reset cleared
+    /// them), and returns those partitions with their start offsets.
+    /// Partitions the group has read resume where it left off, whatever
+    /// `START_FROM` says: an instance restarted or added with `latest` set
+    /// must not skip what the group has not handled yet.
+    fn start_new_partitions(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+    ) -> Option<TopicPartitionList> {
+        if self.start_from == StartFrom::Committed || tpl.count() == 0 {
+            return None;
+        }
+        let new: Vec<Partition> = match consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT) {
+            Ok(committed) => committed
+                .elements()
+                .iter()
+                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the committed offsets; not applying START_FROM");
+                return None;
+            }
+        };
+        if new.is_empty() {
+            return None;
+        }
+        match self.start_from.offsets(consumer, &new) {
+            Ok(Some(offsets)) => {
+                for e in offsets.elements() {
+                    if let Err(e) = tpl.set_partition_offset(e.topic(), e.partition(), e.offset()) {
+                        tracing::error!(error = %e, "cannot set a start offset");
+                    }
+                }
+                tracing::info!(group = %self.group, start_from = ?self.start_from, partitions = ?new, "start position applied");
+                // `Beginning` cannot be committed; the rest are numbers.
+                let mut commit = TopicPartitionList::new();
+                for e in offsets.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        let _ = commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
+                    }
+                }
+                (commit.count() > 0).then_some(commit)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                // Without a committed offset the consumer starts at the
+                // beginning (`auto.offset.reset`): a replay, never a gap.
+                tracing::error!(error = %e, "cannot look up the start offsets; starting from the beginning");
+                None
+            }
+        }
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
@@ -312,6 +366,11 @@ impl GroupContext {
                 partitions.assigned.remove(&partition);
                 partitions.revoked_at.insert(partition, epoch);
             }
+        }
+        // A paused partition stays paused in librdkafka after it is revoked;
+        // whoever gets it next decides afresh.
+        if let Err(e) = consumer.resume(tpl) {
+            tracing::warn!(error = %e, "cannot resume revoked partitions");
         }
         let unassigned = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
@@ -370,8 +429,8 @@ impl ConsumerContext for GroupContext {
 }
 
 /// A consumer in `group_id` subscribed to `topics`: the group's members
-/// share the partitions, and each resumes where the group left off (or
-/// where `settings.start_from` says).
+/// share the partitions, and each resumes where the group left off (in a
+/// partition the group never read, where `settings.start_from` says).
 pub fn consumer(
     config: &KafkaConfig,
     settings: &ConsumerConfig,

@@ -127,7 +127,7 @@ impl Metrics {
             (
                 "consumer_records_handled_total",
                 "counter",
-                "Records handled (or found already handled).",
+                "Records handled (dead letters not included).",
                 &values.handled,
             ),
             (

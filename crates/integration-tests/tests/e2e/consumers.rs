@@ -78,8 +78,9 @@ async fn each_start_position_and_the_offset_reset_decide_what_a_consumer_reads()
     .await;
     let second = publish_notifications(&kafka, 3).await;
 
-    // The group resumes where it left off.
-    audit_of(&kafka, &group, StartFrom::Committed, &[&second]).await;
+    // The group resumes where it left off, whatever START_FROM says: it
+    // applies only where the group never committed.
+    audit_of(&kafka, &group, StartFrom::Latest, &[&second]).await;
     audit_of(
         &kafka,
         &unique("service-a"),
@@ -545,4 +546,106 @@ async fn a_notification_retried_too_often_is_dead_lettered_and_redriven_once_pay
     );
     service_b.stop().await;
     payments.stop().await;
+}
+
+#[tokio::test]
+async fn partitions_paused_for_a_retry_are_fetched_again_after_a_rebalance() {
+    use rdkafka::producer::FutureRecord;
+
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let topic = kafka.topics.notifications.clone();
+    let group = unique("paused");
+    let producer = test_producer(&kafka);
+    let mut sent = BTreeSet::new();
+    for partition in 0..3 {
+        for seq in 0..10 {
+            // A number, as the recorder of the second consumer reads it.
+            let value = (partition * 100 + seq).to_string();
+            producer
+                .send(
+                    FutureRecord::<str, str>::to(&topic)
+                        .partition(partition)
+                        .key("k")
+                        .payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("sent");
+            sent.insert(value);
+        }
+    }
+    let metrics = Metrics::default();
+    let first = service_kit::kafka::consumer(&kafka, &test_consumer(), "first", &group, &[&topic], &metrics)
+        .expect("consumer");
+    let context = Arc::clone(rdkafka::consumer::Consumer::context(&first));
+    let mut seen = BTreeSet::new();
+    let value = |r: &rdkafka::message::BorrowedMessage<'_>| {
+        String::from_utf8_lossy(r.payload().unwrap_or_default()).into_owned()
+    };
+    let first_record = tokio::time::timeout(PATIENCE, first.recv())
+        .await
+        .expect("a record")
+        .expect("record");
+    seen.insert(value(&first_record));
+    drop(first_record);
+
+    // As the consumer loop does while it retries: everything paused, polling on.
+    context.hold(&first, true);
+    let epoch = context.epoch();
+    let stop = service_kit::CancellationToken::new();
+    let handled: Handled = Arc::default();
+    let second = service_kit::kafka::consumer(
+        &kafka,
+        &test_consumer(),
+        "second",
+        &group,
+        &[&topic],
+        &Metrics::default(),
+    )
+    .expect("consumer");
+    let recorder = Recorder {
+        name: "second",
+        handled: Arc::clone(&handled),
+    };
+    let second = tokio::spawn(consumer::run(
+        second,
+        recorder,
+        test_consumer(),
+        None,
+        stop.clone(),
+    ));
+    // Poll until the rebalance took the partitions away...
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while context.epoch() == epoch {
+        assert!(tokio::time::Instant::now() < deadline, "no rebalance");
+        if let Ok(Ok(record)) = tokio::time::timeout(Duration::from_millis(50), first.recv()).await {
+            seen.insert(value(&record));
+        }
+    }
+    // ...and the retry ends: the loop lets go of what it holds. (librdkafka
+    // may have served the new assignment in the same poll, or not yet; the
+    // partitions must be fetched again either way.)
+    context.hold(&first, false);
+    let all_seen = |seen: &BTreeSet<String>| {
+        let by_second: BTreeSet<String> = handled
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, seq, _)| seq.to_string())
+            .collect();
+        sent.iter().all(|v| seen.contains(v) || by_second.contains(v))
+    };
+    while !all_seen(&seen) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "records left unread: first saw {seen:?}"
+        );
+        if let Ok(Ok(record)) = tokio::time::timeout(Duration::from_millis(50), first.recv()).await {
+            seen.insert(value(&record));
+        }
+    }
+    stop.cancel();
+    second.await.expect("join").expect("second consumer");
 }
