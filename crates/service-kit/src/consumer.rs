@@ -53,10 +53,11 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// Why a record was not handled.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    /// Handling can never succeed; the record is skipped.
+    /// Handling can never succeed; the record goes to the dead-letter topic.
     #[error("permanent: {0}")]
     Permanent(BoxError),
-    /// Handling may succeed later; the record is retried.
+    /// Handling may succeed later; the record is retried (up to
+    /// `max_attempts`, then dead-lettered).
     #[error("transient: {0}")]
     Transient(BoxError),
 }

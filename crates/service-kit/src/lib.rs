@@ -16,7 +16,7 @@
 //! - [`metrics`]: consumer lag, retries and dead letters at `GET /metrics`.
 //! - [`http`]: serving axum with graceful shutdown, `GET /health`, and the JSON
 //!   error body all services answer with.
-//! - [`memory`]: an in-memory map by payment id (the services' stores for now).
+//! - [`memory`]: an in-memory map by payment id (ServiceA's copy of payments).
 //! - [`lifecycle`]: the shutdown signal and the supervisor that runs a
 //!   service's tasks and reports how each ended.
 //! - [`telemetry`]: `tracing` setup.
