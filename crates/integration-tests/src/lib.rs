@@ -96,13 +96,18 @@ async fn signal(stopped: oneshot::Receiver<()>) {
 
 /// Payments with `kafka`, storing in the database at `database_url`.
 pub async fn spawn_payments(kafka: &KafkaConfig, database_url: &str) -> TestApp {
+    spawn_payments_with(kafka, database_url, true).await
+}
+
+/// [`spawn_payments`], running the outbox relay or not.
+pub async fn spawn_payments_with(kafka: &KafkaConfig, database_url: &str, relay: bool) -> TestApp {
     let config = payments_service::Config {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         kafka: kafka.clone(),
         database: database_url.parse().expect("database URL"),
         database_connections: 10,
         snapshot_every: 10,
-        relay: true,
+        relay,
         publish_timeout: Duration::from_secs(10),
     };
     TestApp::spawn(|listener, stopped| async move {

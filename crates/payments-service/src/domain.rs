@@ -85,6 +85,14 @@ impl PaymentEvent {
             Self::Refunded(_) => "payments.payment-refunded",
         }
     }
+
+    /// The payment it happened to.
+    pub fn payment_id(&self) -> PaymentId {
+        match self {
+            Self::Received(e) => e.payment_id,
+            Self::Refunded(e) => e.payment_id,
+        }
+    }
 }
 
 /// A payment's current state.

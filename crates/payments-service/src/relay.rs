@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::SERVICE;
 use crate::domain::{Payment, PaymentEvent};
-use crate::repository::decode;
+use crate::repository::{RepositoryError, decode, load_at};
 
 /// The relay's name for its checkpoint.
 const CHECKPOINT: &str = "payments-outbox-relay";
@@ -57,6 +57,8 @@ enum RelayError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("stored event {0} is invalid: {1}")]
     Corrupt(Uuid, String),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
     #[error(transparent)]
     Encode(#[from] shared_events::EncodeError),
 }
@@ -219,19 +221,9 @@ impl Relay {
     ) -> Result<Payment, RelayError> {
         let previous = match self.states.remove(&stored.stream_id) {
             Some(state) if state.version + 1 == stored.version => Some(state),
-            // Not seen before (or the relay restarted): replay up to here.
-            _ if stored.version > 1 => {
-                let earlier: Vec<PaymentEvent> = self
-                    .store
-                    .read_stream(&stored.stream_id, 1)
-                    .await?
-                    .iter()
-                    .take_while(|e| e.version < stored.version)
-                    .map(|e| decode(e).map_err(|reason| RelayError::Corrupt(e.event_id, reason)))
-                    .collect::<Result<_, _>>()?;
-                Payment::replay(None, &earlier)
-                    .map_err(|e| RelayError::Corrupt(stored.event_id, e.to_string()))?
-            }
+            // Not seen before (or the relay restarted): load it as it was
+            // before this event, from its snapshot when there is one.
+            _ if stored.version > 1 => load_at(&self.store, event.payment_id(), stored.version - 1).await?,
             _ => None,
         };
         let state = Payment::apply(previous, event)

@@ -162,23 +162,8 @@ impl Payments {
     }
 
     async fn load_from(&self, id: PaymentId, use_snapshot: bool) -> Result<Payment> {
-        let stream = stream_id(id);
-        let snapshot = if use_snapshot {
-            self.store.load_snapshot(&stream).await?
-        } else {
-            None
-        };
-        let (state, from) = match snapshot {
-            Some(s) => {
-                let state: Payment = serde_json::from_value(s.state)
-                    .map_err(|e| RepositoryError::Corrupt(id, e.to_string()))?;
-                (Some(state), s.version + 1)
-            }
-            None => (None, 1),
-        };
-        let events = decode_all(id, &self.store.read_stream(&stream, from).await?)?;
-        Payment::replay(state, &events)
-            .map_err(|e: InvalidHistory| RepositoryError::Corrupt(id, e.to_string()))?
+        state_at(&self.store, id, use_snapshot, None)
+            .await?
             .ok_or(RepositoryError::NotFound)
     }
 
@@ -284,6 +269,43 @@ pub fn decode(event: &RecordedEvent) -> Result<PaymentEvent, String> {
         other => return Err(format!("unknown stored event type `{other}`")),
     }
     .map_err(|e| e.to_string())
+}
+
+/// Payment `id` as it was right after its event `version` (`None` for
+/// version 0): from its snapshot when that is not newer, then the events
+/// after it. What the outbox relay publishes as the state after an event it
+/// has no state cached for.
+pub async fn load_at(store: &EventStore, id: PaymentId, version: u64) -> Result<Option<Payment>> {
+    state_at(store, id, true, Some(version)).await
+}
+
+/// The fold of payment `id`'s events up to `up_to` (all when `None`),
+/// starting from its snapshot if `use_snapshot` and the snapshot is not
+/// past `up_to`.
+async fn state_at(
+    store: &EventStore,
+    id: PaymentId,
+    use_snapshot: bool,
+    up_to: Option<u64>,
+) -> Result<Option<Payment>> {
+    let stream = stream_id(id);
+    let snapshot = if use_snapshot {
+        store.load_snapshot(&stream).await?
+    } else {
+        None
+    };
+    let (state, from) = match snapshot.filter(|s| up_to.is_none_or(|v| s.version <= v)) {
+        Some(s) => {
+            let state: Payment =
+                serde_json::from_value(s.state).map_err(|e| RepositoryError::Corrupt(id, e.to_string()))?;
+            (Some(state), s.version + 1)
+        }
+        None => (None, 1),
+    };
+    let mut events = store.read_stream(&stream, from).await?;
+    events.retain(|e| up_to.is_none_or(|v| e.version <= v));
+    Payment::replay(state, &decode_all(id, &events)?)
+        .map_err(|e: InvalidHistory| RepositoryError::Corrupt(id, e.to_string()))
 }
 
 fn decode_all(id: PaymentId, events: &[RecordedEvent]) -> Result<Vec<PaymentEvent>> {

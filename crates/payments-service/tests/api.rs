@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use event_store::EventStore;
 use event_store::testing::TestDatabase;
+use payments_service::domain::Payment;
 use payments_service::{AppState, Payments, app};
 use serde_json::{Value, json};
 use shared_events::PaymentId;
@@ -464,6 +465,34 @@ async fn a_snapshot_plus_tail_gives_the_same_state_as_every_event() {
         .await
         .expect("load");
     assert_eq!(replayed, from_events);
+
+    // As of an earlier version (what the outbox relay publishes after a
+    // restart): the fold of the events up to it, from the snapshot only
+    // when the snapshot is not newer.
+    let store = harness.payments.store();
+    let stored = store.read_stream(&stream, 1).await.expect("events");
+    let events: Vec<_> = stored
+        .iter()
+        .map(|e| payments_service::repository::decode(e).expect("decodes"))
+        .collect();
+    for version in [0_u64, 1, 19, 20, 21, 25] {
+        let at = payments_service::repository::load_at(store, payment_id, version)
+            .await
+            .expect("load_at");
+        let upto = usize::try_from(version).expect("small");
+        let folded = Payment::replay(None, &events[..upto]).expect("valid history");
+        if version < 20 {
+            assert_eq!(at, folded, "version {version}: from the events alone");
+        } else {
+            let at = at.expect("a state");
+            let expected = 1 + i64::try_from(version - 20).expect("small") * 7;
+            assert_eq!(
+                (at.version, at.refunded),
+                (version, expected),
+                "from the (tampered) snapshot"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -112,3 +112,48 @@ async fn two_payments_instances_publish_every_event_once_and_in_order() {
     first.stop().await;
     second.stop().await;
 }
+
+#[tokio::test]
+async fn a_restarted_relay_publishes_the_state_after_events_it_never_saw() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let http = reqwest::Client::new();
+    let database = TestDatabase::create().await;
+
+    let payments = spawn_payments(&kafka, &database.url).await;
+    let mut ids = Vec::new();
+    for amount in [100, 200, 300] {
+        let payment = create_payment(&http, &payments, &payment_request("c-relay", amount)).await;
+        ids.push(payment["payment_id"].as_str().expect("id").to_owned());
+    }
+    read_records(&kafka, &kafka.topics.state, ids.len()).await;
+    payments.stop().await;
+
+    // Refunded while no relay runs; the relay that publishes them has never
+    // seen these payments, so it loads each as it was before the refund.
+    let writer = spawn_payments_with(&kafka, &database.url, false).await;
+    for id in &ids {
+        refund(&http, &writer, id, 50).await;
+    }
+    writer.stop().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
+    let states = read_records(&kafka, &kafka.topics.state, 2 * ids.len()).await;
+    for id in &ids {
+        let current = get_json(&http, payments.url(&format!("/payments/{id}")))
+            .await
+            .expect("payment");
+        let published = states
+            .iter()
+            .map(|r| {
+                shared_events::decode::<shared_events::PaymentState>(r)
+                    .expect("a state")
+                    .data
+            })
+            .filter(|s| s.payment_id.to_string() == *id)
+            .max_by_key(|s| s.version)
+            .expect("published");
+        assert_eq!((published.version, published.refunded), (2, 50));
+        assert_eq!(serde_json::to_value(&published).expect("json"), current);
+    }
+    payments.stop().await;
+}
