@@ -31,9 +31,6 @@ pub enum Error {
     /// A group's offsets cannot be moved while it has members.
     #[error("group `{group}` has {members} active member(s); stop them first")]
     GroupActive { group: String, members: usize },
-    /// The broker named no offset for a partition.
-    #[error("no offset found for `{topic}` partition {partition}")]
-    NoOffset { topic: String, partition: i32 },
     /// The HTTP address cannot be listened on (in use, or not this host's).
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -93,21 +93,6 @@ pub fn reset(config: &KafkaConfig, group: &str, topic: &str, to: StartFrom) -> R
         // "Committed" is where it is already.
         return offsets(config, group, topic);
     };
-    // Commits need numbers: "the beginning" is the oldest retained offset.
-    let mut commit = TopicPartitionList::new();
-    for e in targets.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) => o,
-            Offset::Beginning => consumer.fetch_watermarks(topic, e.partition(), TIMEOUT)?.0,
-            _ => {
-                return Err(Error::NoOffset {
-                    topic: topic.to_owned(),
-                    partition: e.partition(),
-                });
-            }
-        };
-        commit.add_partition_offset(topic, e.partition(), Offset::Offset(offset))?;
-    }
-    consumer.commit(&commit, CommitMode::Sync)?;
+    consumer.commit(&targets, CommitMode::Sync)?;
     offsets(config, group, topic)
 }

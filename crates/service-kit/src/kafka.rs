@@ -113,9 +113,10 @@ impl StartFrom {
     /// start at, looked up on the broker; `None` for [`StartFrom::Committed`].
     /// Blocks.
     ///
-    /// Ends of partitions are resolved to numbers here rather than left to
-    /// librdkafka's `Offset::End`, which it resolves only once fetching
-    /// starts: a record published in between would be skipped.
+    /// Every offset is a number, to be committed. In particular the end of a
+    /// partition is looked up here rather than left to librdkafka's
+    /// `Offset::End`, which it resolves only once fetching starts: a record
+    /// published in between would be skipped.
     pub fn offsets<C: ConsumerContext>(
         self,
         consumer: &BaseConsumer<C>,
@@ -130,7 +131,8 @@ impl StartFrom {
             Self::Committed => return Ok(None),
             Self::Earliest => {
                 for (topic, partition) in partitions {
-                    tpl.add_partition_offset(topic, *partition, Offset::Beginning)?;
+                    let (low, _) = consumer.fetch_watermarks(topic, *partition, LOOKUP_TIMEOUT)?;
+                    tpl.add_partition_offset(topic, *partition, Offset::Offset(low))?;
                 }
             }
             Self::Latest => {
@@ -296,16 +298,20 @@ impl GroupContext {
 
     /// Applies the start position to the partitions of `tpl` the group has
     /// no committed offset for (it never read them, or a reset cleared
-    /// them), and returns those partitions with their start offsets.
+    /// them), and returns those partitions with their start offsets, to be
+    /// committed at once.
+    ///
     /// Partitions the group has read resume where it left off, whatever
     /// `START_FROM` says: an instance restarted or added with `latest` set
-    /// must not skip what the group has not handled yet.
+    /// must not skip what the group has not handled yet. Committing the start
+    /// offset of a partition right away, even an empty one, is what makes
+    /// "has read" hold from the first assignment on.
     fn start_new_partitions(
         &self,
         consumer: &BaseConsumer<Self>,
         tpl: &mut TopicPartitionList,
     ) -> Option<TopicPartitionList> {
-        if self.start_from == StartFrom::Committed || tpl.count() == 0 {
+        if tpl.count() == 0 {
             return None;
         }
         let new: Vec<Partition> = match consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT) {
@@ -316,6 +322,8 @@ impl GroupContext {
                 .map(|e| (e.topic().to_owned(), e.partition()))
                 .collect(),
             Err(e) => {
+                // Without a committed offset the consumer starts at the
+                // beginning (`auto.offset.reset`): a replay, never a gap.
                 tracing::error!(error = %e, "cannot read the committed offsets; not applying START_FROM");
                 return None;
             }
@@ -323,7 +331,12 @@ impl GroupContext {
         if new.is_empty() {
             return None;
         }
-        match self.start_from.offsets(consumer, &new) {
+        // A new group's `committed` position is the beginning.
+        let start_from = match self.start_from {
+            StartFrom::Committed => StartFrom::Earliest,
+            other => other,
+        };
+        match start_from.offsets(consumer, &new) {
             Ok(Some(offsets)) => {
                 for e in offsets.elements() {
                     if let Err(e) = tpl.set_partition_offset(e.topic(), e.partition(), e.offset()) {
@@ -331,19 +344,10 @@ impl GroupContext {
                     }
                 }
                 tracing::info!(group = %self.group, start_from = ?self.start_from, partitions = ?new, "start position applied");
-                // `Beginning` cannot be committed; the rest are numbers.
-                let mut commit = TopicPartitionList::new();
-                for e in offsets.elements() {
-                    if let Offset::Offset(o) = e.offset() {
-                        let _ = commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
-                    }
-                }
-                (commit.count() > 0).then_some(commit)
+                Some(offsets)
             }
             Ok(None) => None,
             Err(e) => {
-                // Without a committed offset the consumer starts at the
-                // beginning (`auto.offset.reset`): a replay, never a gap.
                 tracing::error!(error = %e, "cannot look up the start offsets; starting from the beginning");
                 None
             }
