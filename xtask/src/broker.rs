@@ -254,8 +254,19 @@ async fn wait_until_ready(pid: u32, log: &Path) -> Result<()> {
     }
 }
 
-/// A KRaft cluster id: 16 random bytes, base64url without padding.
+/// A KRaft cluster id: 16 random bytes, base64url without padding, never
+/// starting with `-`: `kafka-storage` would read such an id as an option
+/// (Kafka's own `Uuid.randomUuid` draws again in that case, and so does this).
 fn cluster_id() -> Result<String> {
+    loop {
+        let id = random_base64url_id()?;
+        if !id.starts_with('-') {
+            return Ok(id);
+        }
+    }
+}
+
+fn random_base64url_id() -> Result<String> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut bytes = [0u8; 16];
     std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut bytes)?;
@@ -327,6 +338,16 @@ mod tests {
             id.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
+    }
+
+    #[test]
+    fn cluster_ids_never_look_like_an_option() {
+        // One raw id in 64 starts with `-`: 2,000 draws all but surely
+        // include some.
+        for _ in 0..2000 {
+            let id = cluster_id().expect("random bytes");
+            assert!(!id.starts_with('-'), "{id}");
+        }
     }
 
     #[test]
