@@ -261,22 +261,18 @@ max_connections = 200
 const READY: i32 = 0;
 const REJECTING: i32 = 1;
 
+/// Client program `program` of `bin`, pointed at the local server as the
+/// `postgres` role (a role that does not exist would be logged as an error).
+fn client(bin: &Path, program: &str) -> Command {
+    let mut command = Command::new(bin.join(program));
+    command.args(["-h", "127.0.0.1", "-p", &PG_PORT.to_string(), "-U", "postgres"]);
+    command
+}
+
 /// What `pg_isready` says of 127.0.0.1:[`PG_PORT`].
 fn pg_isready(bin: &Path) -> Result<i32> {
-    let status = Command::new(bin.join("pg_isready"))
-        // As `postgres`: a role that does not exist would be logged as an error.
-        .args([
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &PG_PORT.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .args(["-t", "1"])
+    let status = client(bin, "pg_isready")
+        .args(["-q", "-d", "postgres", "-t", "1"])
         .stdin(Stdio::null())
         .status()
         .context("cannot run pg_isready")?;
@@ -287,16 +283,8 @@ fn pg_isready(bin: &Path) -> Result<i32> {
 
 /// Creates database `name` on the local server unless it exists.
 fn create_database(bin: &Path, name: &str) -> Result<()> {
-    let output = Command::new(bin.join("createdb"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &PG_PORT.to_string(),
-            "-U",
-            "postgres",
-            name,
-        ])
+    let output = client(bin, "createdb")
+        .arg(name)
         .stdin(Stdio::null())
         .output()
         .context("cannot run createdb")?;

@@ -220,10 +220,14 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    /// Sleeps for `delay` while polling the consumer, which serves rebalances
-    /// and keeps the member in its group. Returns `false` if the service
-    /// stopped meanwhile.
+    /// Sleeps for `delay` with every partition paused, while polling the
+    /// consumer, which serves rebalances and keeps the member in its group.
+    /// The partitions stay paused until [`Loop::process`] is done with the
+    /// record. Returns `false` if the service stopped meanwhile.
     async fn wait(&mut self, delay: Duration) -> bool {
+        if !self.context.held() {
+            self.context.hold(&self.consumer, true);
+        }
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
@@ -244,7 +248,6 @@ impl<H: Handler> Loop<H> {
     async fn process(&mut self, record: &OwnedMessage, epoch: u64) -> Outcome {
         let mut attempt = 1;
         let mut first_failure = None;
-        let mut held = false;
         let outcome = loop {
             if self
                 .context
@@ -267,10 +270,6 @@ impl<H: Handler> Loop<H> {
                         self.context
                             .metrics()
                             .retried(&self.context.group, record.topic());
-                        if !held {
-                            self.context.hold(&self.consumer, true);
-                            held = true;
-                        }
                         if !self.wait(delay).await {
                             break Outcome::Stopped;
                         }
@@ -285,9 +284,9 @@ impl<H: Handler> Loop<H> {
                 first_failure: first_failure.unwrap_or_else(Utc::now),
             };
             tracing::error!(error = %failure.error, reason = ?reason, attempts = attempt, "giving up on the record: to the dead-letter topic");
-            break self.dead_letter(record, epoch, &failure, &mut held).await;
+            break self.dead_letter(record, epoch, &failure).await;
         };
-        if held {
+        if self.context.held() {
             self.context.hold(&self.consumer, false);
         }
         outcome
@@ -295,13 +294,7 @@ impl<H: Handler> Loop<H> {
 
     /// Publishes `record` to its dead-letter topic, retrying until the broker
     /// has it: moving past a record that is in neither topic would lose it.
-    async fn dead_letter(
-        &mut self,
-        record: &OwnedMessage,
-        epoch: u64,
-        failure: &Failure,
-        held: &mut bool,
-    ) -> Outcome {
+    async fn dead_letter(&mut self, record: &OwnedMessage, epoch: u64, failure: &Failure) -> Outcome {
         let Some(dead_letters) = self.dead_letters.clone() else {
             tracing::error!(error = %failure.error, "skipping a record that cannot be handled");
             return Outcome::DeadLettered;
@@ -319,10 +312,6 @@ impl<H: Handler> Loop<H> {
                     let delay = self.settings.retry.delay(attempt);
                     attempt += 1;
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "cannot publish the dead letter, will retry");
-                    if !*held {
-                        self.context.hold(&self.consumer, true);
-                        *held = true;
-                    }
                     if !self.wait(delay).await {
                         return Outcome::Stopped;
                     }

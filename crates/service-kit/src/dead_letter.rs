@@ -30,7 +30,8 @@ use shared_events::dead_letter_topic;
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use crate::kafka::{base, partition_count, producer};
+use crate::groups::{outsider, partition_offsets};
+use crate::kafka::producer;
 
 /// The names of the headers a dead letter carries besides its own.
 pub mod header {
@@ -128,19 +129,28 @@ impl DeadLetters {
                 })
             });
         let topic = dead_letter_topic(record.topic());
-        let mut out = FutureRecord::<[u8], [u8]>::to(&topic).headers(headers);
-        if let Some(key) = record.key() {
-            out = out.key(key);
-        }
-        if let Some(value) = record.payload() {
-            out = out.payload(value);
-        }
         self.producer
-            .send(out, SEND_TIMEOUT)
+            .send(copy_to(&topic, record, headers), SEND_TIMEOUT)
             .await
             .map_err(|(e, _)| Error::Kafka(e))?;
         Ok(())
     }
+}
+
+/// `record`'s key and value, with `headers`, for `topic`.
+fn copy_to<'a>(
+    topic: &'a str,
+    record: &'a OwnedMessage,
+    headers: OwnedHeaders,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut out = FutureRecord::to(topic).headers(headers);
+    if let Some(key) = record.key() {
+        out = out.key(key);
+    }
+    if let Some(value) = record.payload() {
+        out = out.payload(value);
+    }
+    out
 }
 
 /// The headers of `record` that `keep` accepts, in order.
@@ -172,43 +182,17 @@ impl DeadLetter {
     }
 }
 
-fn reader(config: &KafkaConfig, group: &str) -> Result<BaseConsumer> {
-    Ok(base(config, "dlt-tool")
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?)
-}
-
 /// Reads every record of `topic` from the beginning, or (`from_committed`)
 /// from where the consumer's group left off, up to the end each partition
 /// had when the read began. Blocks.
 fn read_to_end(consumer: &BaseConsumer, topic: &str, from_committed: bool) -> Result<Vec<OwnedMessage>> {
-    let partitions = partition_count(consumer, topic)?;
-    let mut all = TopicPartitionList::new();
-    for partition in 0..partitions {
-        all.add_partition(topic, partition);
-    }
-    let committed = if from_committed {
-        Some(consumer.committed_offsets(all, Duration::from_secs(10))?)
-    } else {
-        None
-    };
     // Per partition: the next offset to read, and the end to read up to.
     let mut next_and_end = HashMap::new();
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        let start = committed
-            .as_ref()
-            .and_then(|c| c.find_partition(topic, partition))
-            .and_then(|e| e.offset().to_raw())
-            .filter(|o| *o >= 0)
-            .unwrap_or(low)
-            .max(low);
-        next_and_end.insert(partition, (start, high));
-        assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+    for p in partition_offsets(consumer, topic)? {
+        let start = if from_committed { p.next() } else { p.low };
+        next_and_end.insert(p.partition, (start, p.high));
+        assignment.add_partition_offset(topic, p.partition, Offset::Offset(start))?;
     }
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -264,7 +248,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 /// Every dead letter of `topic` (the source topic, not `<topic>.dlt`).
 pub async fn list(config: &KafkaConfig, topic: &str) -> Result<Vec<DeadLetter>> {
-    let consumer = reader(config, &format!("{}.list", dead_letter_topic(topic)))?;
+    let consumer = outsider(config, "dlt-tool", &format!("{}.list", dead_letter_topic(topic)))?;
     let dlt = dead_letter_topic(topic);
     let records = blocking(move || read_to_end(&consumer, &dlt, false)).await?;
     Ok(records.into_iter().map(dead_letter).collect())
@@ -276,7 +260,7 @@ pub async fn list(config: &KafkaConfig, topic: &str) -> Result<Vec<DeadLetter>> 
 /// A redriven record that fails again becomes a new dead letter.
 pub async fn redrive(config: &KafkaConfig, topic: &str) -> Result<usize> {
     let dlt = dead_letter_topic(topic);
-    let consumer = reader(config, &format!("{dlt}.redrive"))?;
+    let consumer = outsider(config, "dlt-tool", &format!("{dlt}.redrive"))?;
     // From where the last redrive stopped; the beginning the first time.
     let (consumer, records) = blocking({
         let dlt = dlt.clone();
@@ -300,15 +284,8 @@ pub async fn redrive(config: &KafkaConfig, topic: &str) -> Result<usize> {
             })
             .unwrap_or_else(|| topic.to_owned());
         let headers = original_headers(record, |key| !key.starts_with(header::PREFIX));
-        let mut out = FutureRecord::<[u8], [u8]>::to(&source).headers(headers);
-        if let Some(key) = record.key() {
-            out = out.key(key);
-        }
-        if let Some(value) = record.payload() {
-            out = out.payload(value);
-        }
         producer
-            .send(out, SEND_TIMEOUT)
+            .send(copy_to(&source, record, headers), SEND_TIMEOUT)
             .await
             .map_err(|(e, _)| Error::Kafka(e))?;
         // Remembered as soon as the broker has the copy (without waiting:

@@ -25,24 +25,38 @@ pub struct PartitionOffsets {
 }
 
 impl PartitionOffsets {
+    /// Where the group reads next: its committed offset, or the oldest
+    /// retained one if it never committed or retention passed it.
+    pub fn next(&self) -> i64 {
+        self.committed.unwrap_or(self.low).max(self.low)
+    }
+
     /// Records the group has yet to read (all retained ones if it never committed).
     pub fn lag(&self) -> i64 {
-        self.high - self.committed.unwrap_or(self.low).max(self.low)
+        self.high - self.next()
     }
 }
 
-/// A client acting for `group` without joining it.
-fn outsider(config: &KafkaConfig, group: &str) -> Result<BaseConsumer> {
-    Ok(base(config, "offsets-tool")
+/// A client acting for `group` without joining it: it only assigns
+/// partitions to itself, and commits only when told to.
+pub(crate) fn outsider(config: &KafkaConfig, client_id: &str, group: &str) -> Result<BaseConsumer> {
+    Ok(base(config, client_id)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
+        // An assigned offset that retention removed meanwhile: read from
+        // the oldest one left rather than skip to the end.
+        .set("auto.offset.reset", "earliest")
         .create()?)
 }
 
 /// The group's committed offsets and the partitions' ends. Blocks.
 pub fn offsets(config: &KafkaConfig, group: &str, topic: &str) -> Result<Vec<PartitionOffsets>> {
-    let consumer = outsider(config, group)?;
-    let partitions = partition_count(&consumer, topic)?;
+    partition_offsets(&outsider(config, "offsets-tool", group)?, topic)
+}
+
+/// [`offsets`] for the group of `consumer`. Blocks.
+pub(crate) fn partition_offsets(consumer: &BaseConsumer, topic: &str) -> Result<Vec<PartitionOffsets>> {
+    let partitions = partition_count(consumer, topic)?;
     let mut query = TopicPartitionList::new();
     for partition in 0..partitions {
         query.add_partition(topic, partition);
@@ -69,7 +83,7 @@ pub fn offsets(config: &KafkaConfig, group: &str, topic: &str) -> Result<Vec<Par
 
 /// How many members the group has now. Blocks.
 pub fn members(config: &KafkaConfig, group: &str) -> Result<usize> {
-    let consumer = outsider(config, group)?;
+    let consumer = outsider(config, "offsets-tool", group)?;
     let list = consumer.fetch_group_list(Some(group), TIMEOUT)?;
     Ok(list.groups().iter().map(|g| g.members().len()).sum())
 }
@@ -85,7 +99,7 @@ pub fn reset(config: &KafkaConfig, group: &str, topic: &str, to: StartFrom) -> R
             members: active,
         });
     }
-    let consumer = outsider(config, group)?;
+    let consumer = outsider(config, "offsets-tool", group)?;
     let partitions: Vec<(String, i32)> = (0..partition_count(&consumer, topic)?)
         .map(|p| (topic.to_owned(), p))
         .collect();

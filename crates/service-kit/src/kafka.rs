@@ -238,6 +238,11 @@ impl GroupContext {
             .is_some_and(|revoked| *revoked > epoch)
     }
 
+    /// Whether [`Self::hold`] holds the partitions paused.
+    pub fn held(&self) -> bool {
+        self.partitions().held
+    }
+
     /// Pauses (`true`) or resumes every partition the consumer holds,
     /// including those a rebalance assigns while held. The loop holds them
     /// while it retries a record: it keeps polling, which keeps it in the
@@ -280,10 +285,9 @@ impl GroupContext {
                 tracing::error!(error = %e, "cannot commit the start positions");
             }
         }
-        let mut partitions = self.partitions();
         // A partition keeps librdkafka's pause flag across a revocation, so
         // each assigned partition is explicitly paused or resumed.
-        let paused = if partitions.held {
+        let paused = if self.held() {
             consumer.pause(tpl)
         } else {
             consumer.resume(tpl)
@@ -291,9 +295,15 @@ impl GroupContext {
         if let Err(e) = paused {
             tracing::warn!(error = %e, "cannot pause or resume newly assigned partitions");
         }
-        partitions.assigned.extend(incoming);
-        self.metrics.rebalanced(&self.group, partitions.assigned.len());
-        tracing::info!(group = %self.group, partitions = partitions.assigned.len(), "partitions assigned");
+        self.assigned(incoming);
+    }
+
+    /// Notes that the consumer now also holds `partitions`.
+    fn assigned(&self, partitions: impl IntoIterator<Item = Partition>) {
+        let mut held = self.partitions();
+        held.assigned.extend(partitions);
+        self.metrics.rebalanced(&self.group, held.assigned.len());
+        tracing::info!(group = %self.group, partitions = held.assigned.len(), "partitions assigned");
     }
 
     /// Applies the start position to the partitions of `tpl` the group has
@@ -526,12 +536,9 @@ pub async fn replica(
             assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
         }
         consumer.assign(&assignment)?;
-        let context = consumer.context();
-        let mut held = context.partitions();
-        held.assigned
-            .extend((0..partitions).map(|partition| (topic.clone(), partition)));
-        context.metrics.rebalanced(&context.group, held.assigned.len());
-        drop(held);
+        consumer
+            .context()
+            .assigned((0..partitions).map(|partition| (topic.clone(), partition)));
         Ok(consumer)
     })
     .await

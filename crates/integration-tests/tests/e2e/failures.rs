@@ -262,20 +262,11 @@ async fn poison_records_go_to_the_dead_letter_topic_once_and_the_services_keep_g
     assert!(state_letters.is_empty(), "{state_letters:?}");
 
     for app in [service_a, service_b] {
-        let metrics = http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("text");
-        let total: i64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("dead_letters_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
-            .sum();
-        assert_eq!(total, i64::try_from(per_group).expect("small"), "{metrics}");
+        assert_eq!(
+            metric_sum(&http, app, "dead_letters_total", "").await,
+            Some(i64::try_from(per_group).expect("small")),
+            "every poison record counted once by each service"
+        );
     }
     println!(
         "poison test: {} poison records per group, {} dead letters in {}.dlt ({} groups)",
