@@ -127,7 +127,7 @@ impl LocalBroker {
     }
 
     /// The broker's classpath, resolved by Maven when missing or older than the pom.
-    fn classpath(&self) -> Result<String> {
+    pub fn classpath(&self) -> Result<String> {
         let pom = self.source.join("pom.xml");
         let cached = self.dir.join("classpath.txt");
         let fresh = match (fs::metadata(&cached), fs::metadata(&pom)) {
@@ -364,10 +364,9 @@ mod tests {
             compose.contains(&format!("image: apache/kafka:{version}")),
             "docker-compose.yml must run apache/kafka:{version}"
         );
-        let tests =
-            fs::read_to_string(root.join("crates/integration-tests/src/broker.rs")).expect("test helper");
+        let tests = fs::read_to_string(root.join("crates/testkit/src/lib.rs")).expect("testkit");
         assert!(
-            tests.contains(&format!("\"{version}\"")),
+            tests.contains(&format!("KAFKA_TAG: &str = \"{version}\"")),
             "the testcontainers broker must be apache/kafka:{version}"
         );
     }

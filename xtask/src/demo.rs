@@ -19,7 +19,8 @@ use tokio::process::{Child, Command};
 use crate::broker::{self, LocalBroker};
 use crate::postgres::{self, LocalPostgres};
 
-const SERVICES: [&str; 3] = ["payments-service", "service-a", "service-b"];
+/// The service packages, each with a binary of the same name.
+pub const SERVICES: [&str; 3] = ["payments-service", "service-a", "service-b"];
 
 pub async fn run(root: &Path) -> Result<()> {
     let broker = LocalBroker::new(root);
@@ -42,7 +43,7 @@ pub async fn run(root: &Path) -> Result<()> {
             }
             let mut build = vec!["build", "--quiet"];
             for service in SERVICES {
-                build.extend(["-p", service]);
+                build.extend(["--package", service]);
             }
             crate::cargo(root, &build, &[]).await
         })

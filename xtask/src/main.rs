@@ -9,6 +9,9 @@
 //! cargo xtask pg status      is it running?
 //! cargo xtask up             the whole demo without Docker: broker + PostgreSQL + three services
 //! cargo xtask test [ARGS]    the test suite against a real broker and PostgreSQL (ARGS go to cargo test)
+//! cargo xtask engine up       a container engine serving the Docker API (podman, where none runs)
+//! cargo xtask images          build the images compose and the tests use, where no registry is reachable
+//! cargo xtask compose-check   `docker compose up`, the README's curl session against it, `down -v`
 //! cargo xtask offsets GROUP [TOPIC]       a consumer group's offsets and lag
 //! cargo xtask reset GROUP TOPIC TO        move them (earliest, latest or a time)
 //! cargo xtask dlt list TOPIC              the dead letters of TOPIC
@@ -16,7 +19,10 @@
 //! ```
 
 mod broker;
+mod compose;
 mod demo;
+mod engine;
+mod images;
 mod ops;
 mod postgres;
 mod test;
@@ -38,10 +44,24 @@ usage: cargo xtask <task>
   pg status      tell whether the local PostgreSQL is running
   up             run the demo without Docker: local broker, local PostgreSQL,
                  payments-service, service-a and service-b; ctrl-c stops everything
-  test [ARGS]    run the workspace tests against a real broker and PostgreSQL:
-                 KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else Docker
-                 (testcontainers) if available, else the local ones; ARGS are
-                 passed to `cargo test`
+  test [--local] [ARGS]
+                 run the workspace tests against a real broker and PostgreSQL:
+                 KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else containers
+                 (testcontainers) if an engine answers and --local is not given,
+                 else the local ones; ARGS are passed to `cargo test`
+
+  engine up      make sure a container engine answers on /var/run/docker.sock: where
+                 none does, install podman (apt), configure it, and serve its Docker
+                 API and run its containers' health checks in the background
+  engine down    stop that background service
+  engine status  tell which engine answers
+  images         build the images docker-compose.yml, the Dockerfile and the tests
+                 name (debian, rust, apache/kafka, postgres) from Debian's packages,
+                 Maven Central and this machine's Rust toolchain, for machines that
+                 reach no image registry; cached
+  compose-check  build the Dockerfile, run docker-compose.yml, wait until every
+                 container is healthy, run the README's curl session against it,
+                 then take it down with its volumes
 
   offsets GROUP [TOPIC]
                  a consumer group's committed offsets, partition ends, lag and
@@ -103,8 +123,26 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
+        ["engine", "up"] => engine::Engine::ensure(&root).await.map(|_| ()),
+        ["engine", "down"] => engine::Service::new(&root).stop(),
+        ["engine", "status"] => {
+            match engine::Engine::running().await {
+                Some(engine) => eprintln!(
+                    "xtask: an engine answers on {} ({})",
+                    engine::DOCKER_SOCKET,
+                    engine.cli
+                ),
+                None => eprintln!("xtask: no engine answers on {}", engine::DOCKER_SOCKET),
+            }
+            Ok(())
+        }
+        // The background process `engine up` starts; not for people.
+        ["engine", "serve"] => engine::serve().await,
+        ["images"] => images::build(&root).await.map(|_| ()),
+        ["compose-check"] => compose::check(&root).await,
         ["up"] => demo::run(&root).await,
-        ["test", rest @ ..] => test::run(&root, rest).await,
+        ["test", "--local", rest @ ..] => test::run(&root, true, rest).await,
+        ["test", rest @ ..] => test::run(&root, false, rest).await,
         ["offsets", group] => ops::offsets(group, None).await,
         ["offsets", group, topic] => ops::offsets(group, Some(topic)).await,
         ["reset", group, topic, to] => ops::reset(group, topic, to).await,

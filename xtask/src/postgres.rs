@@ -368,7 +368,7 @@ fn log_tail(log: &Path) -> String {
 }
 
 /// The effective uid, from `/proc/self/status` ("Uid: real effective saved fs").
-fn effective_uid() -> Option<u32> {
+pub fn effective_uid() -> Option<u32> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let uids = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
     uids.split_whitespace().nth(1)?.parse().ok()

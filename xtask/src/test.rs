@@ -4,22 +4,25 @@
 //! in order of preference:
 //!
 //! 1. `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL`, when set: that server.
-//! 2. A Docker engine: the tests start `apache/kafka` / `postgres` through
-//!    testcontainers.
+//! 2. A container engine on the Docker socket (`cargo xtask engine up`), unless
+//!    `--local` is given: each test binary starts one `apache/kafka` and one
+//!    `postgres` through testcontainers (see `testkit`).
 //! 3. Otherwise the local one (`cargo xtask kafka up` / `cargo xtask pg up`),
 //!    started for the run and stopped after it unless it was already running.
 //!
-//! It builds the service binaries first (one test runs them as separate
-//! processes), then runs `cargo test --workspace`.
+//! It builds the service binaries first, with the command the process tests
+//! use, so that they find them up to date, then runs `cargo test --workspace`.
 
 use std::path::Path;
 
 use anyhow::Result;
 
 use crate::broker::{self, LocalBroker};
+use crate::engine::Engine;
 use crate::postgres::{self, LocalPostgres};
 
-pub async fn run(root: &Path, args: &[&str]) -> Result<()> {
+/// `local`: the local servers even when a container engine answers.
+pub async fn run(root: &Path, local: bool, args: &[&str]) -> Result<()> {
     let broker = LocalBroker::new(root);
     let postgres = LocalPostgres::new(root);
     let mut started_broker = false;
@@ -29,14 +32,14 @@ pub async fn run(root: &Path, args: &[&str]) -> Result<()> {
         let mut envs = Vec::new();
         let servers = crate::env_set("KAFKA_BOOTSTRAP_SERVERS");
         let database = crate::env_set("DATABASE_URL");
-        let docker = (servers.is_none() || database.is_none()) && docker_available().await;
+        let docker = !local && (servers.is_none() || database.is_none()) && Engine::running().await.is_some();
 
         if let Some(servers) = servers {
             eprintln!("xtask: testing against the broker at {servers}");
         } else if docker {
-            eprintln!("xtask: testing against apache/kafka in Docker (testcontainers)");
+            eprintln!("xtask: testing against apache/kafka in a container (testcontainers)");
         } else {
-            eprintln!("xtask: no Docker engine; testing against the local broker");
+            eprintln!("xtask: testing against the local broker");
             started_broker = broker.start().await?;
             envs.push(("KAFKA_BOOTSTRAP_SERVERS", broker::BOOTSTRAP));
         }
@@ -44,14 +47,18 @@ pub async fn run(root: &Path, args: &[&str]) -> Result<()> {
         if database.is_some() {
             eprintln!("xtask: testing against the PostgreSQL in DATABASE_URL");
         } else if docker {
-            eprintln!("xtask: testing against postgres in Docker (testcontainers)");
+            eprintln!("xtask: testing against postgres in a container (testcontainers)");
         } else {
-            eprintln!("xtask: no Docker engine; testing against the local PostgreSQL");
+            eprintln!("xtask: testing against the local PostgreSQL");
             started_postgres = postgres.start().await?;
             envs.push(("DATABASE_URL", postgres::DATABASE_URL));
         }
 
-        crate::cargo(root, &["build", "--locked", "--workspace", "--bins"], &[]).await?;
+        let mut build = vec!["build", "--locked"];
+        for service in crate::demo::SERVICES {
+            build.extend(["--package", service]);
+        }
+        crate::cargo(root, &build, &[]).await?;
         let mut test = vec!["test", "--locked", "--workspace"];
         test.extend(args);
         crate::cargo(root, &test, &envs).await
@@ -62,15 +69,4 @@ pub async fn run(root: &Path, args: &[&str]) -> Result<()> {
     let stopped_postgres = if started_postgres { postgres.stop() } else { Ok(()) };
     let stopped_broker = if started_broker { broker.stop() } else { Ok(()) };
     result.and(stopped_postgres).and(stopped_broker)
-}
-
-/// Whether a Docker engine answers (the client alone is not enough).
-async fn docker_available() -> bool {
-    tokio::process::Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success())
 }

@@ -1,31 +1,23 @@
 //! A database of its own for each test (feature `test-util`).
 //!
 //! The server is the one `DATABASE_URL` names (`cargo xtask test` sets it to
-//! a local PostgreSQL on machines without Docker), or else a `postgres`
-//! container started through testcontainers. With neither, tests fail and say
-//! how to get one.
+//! a local PostgreSQL on machines without a container engine), or else one
+//! `postgres` container shared by the tests of the test binary (see
+//! `testkit`). With neither, tests fail and say how to get one.
 
 use std::str::FromStr;
 
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use testcontainers_modules::postgres::Postgres;
-use testcontainers_modules::testcontainers::runners::AsyncRunner;
-use testcontainers_modules::testcontainers::{ContainerAsync, ImageExt};
 
 use crate::store::EventStore;
 
-/// The `postgres` image tag: the major version Debian's packages run locally
-/// and `docker-compose.yml` pins.
-pub const POSTGRES_VERSION: &str = "15";
-
-/// A fresh, migrated database; a container is removed when this is dropped.
+/// A fresh, migrated database of its own on the tests' server.
 #[derive(Debug)]
 pub struct TestDatabase {
     /// Connection URL of this database.
     pub url: String,
     pub store: EventStore,
-    _container: Option<ContainerAsync<Postgres>>,
 }
 
 impl TestDatabase {
@@ -47,29 +39,7 @@ impl TestDatabase {
     ///
     /// When there is no PostgreSQL to use, with instructions.
     pub async fn empty() -> Self {
-        let (server_url, container) = match std::env::var("DATABASE_URL") {
-            Ok(url) if !url.trim().is_empty() => (url.trim().to_owned(), None),
-            _ => {
-                let container = Postgres::default()
-                    .with_tag(POSTGRES_VERSION)
-                    .start()
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "these tests need PostgreSQL, and none was found:\n\
-                             DATABASE_URL is not set and Docker could not start postgres:{POSTGRES_VERSION} ({e}).\n\
-                             Run the tests with `cargo xtask test` (starts a local PostgreSQL when there is no Docker),\n\
-                             or start one with `cargo xtask pg up` and set DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres."
-                        )
-                    });
-                let port = container.get_host_port_ipv4(5432).await.expect("postgres port");
-                (
-                    format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"),
-                    Some(container),
-                )
-            }
-        };
-
+        let server_url = testkit::postgres_url().await;
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&server_url)
             .await
@@ -85,11 +55,7 @@ impl TestDatabase {
         let store = EventStore::connect(options, 24)
             .await
             .expect("connect to test database");
-        Self {
-            url,
-            store,
-            _container: container,
-        }
+        Self { url, store }
     }
 }
 

@@ -15,11 +15,14 @@ use uuid::Uuid;
 
 const GRACE: Duration = Duration::from_secs(30);
 
-async fn records() -> Records {
+/// ServiceB's records in a database of their own, with that database, which
+/// the test must keep for as long as it uses the records.
+async fn records() -> (TestDatabase, Records) {
     let database = TestDatabase::empty().await;
-    Records::connect(database.url.parse().expect("url"), 2)
+    let records = Records::connect(database.url.parse().expect("url"), 2)
         .await
-        .expect("connect and migrate")
+        .expect("connect and migrate");
+    (database, records)
 }
 
 /// A Payments that knows one payment, `known` (or none), and counts calls.
@@ -82,7 +85,7 @@ async fn a_redelivered_notification_is_recorded_once_even_by_a_restarted_service
 
 #[tokio::test]
 async fn the_newest_state_wins_and_every_notification_counts_once() {
-    let records = records().await;
+    let (_database, records) = records().await;
     let older = state();
     let mut newer = older.clone();
     newer.version = 2;
@@ -111,7 +114,8 @@ async fn the_newest_state_wins_and_every_notification_counts_once() {
 #[tokio::test]
 async fn not_found_is_retried_at_first_then_given_up_on() {
     let (client, _) = payments_knowing(None).await;
-    let handler = Notifications::new(client, records().await, GRACE);
+    let (_database, records) = records().await;
+    let handler = Notifications::new(client, records, GRACE);
     let mut notification = payment().notification();
     let fresh = Envelope::new("/test", notification.clone(), Uuid::now_v7(), None);
     let outcome = handler.handle(&delivered("n", 0, &fresh), 1).await;

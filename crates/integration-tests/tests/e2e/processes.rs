@@ -1,8 +1,9 @@
 //! The three real binaries as separate processes, as docker compose runs them.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use integration_tests::*;
@@ -10,19 +11,41 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-/// `target/<profile>/`, where `cargo build --bins` (and so `cargo xtask test`)
-/// puts the service binaries: the parent of this test's `deps/` directory.
+/// The service binary `name`, as cargo builds it for this test's profile in
+/// `target/<profile>/` (the parent of this test's `deps/` directory).
+///
+/// The first call builds the three services, so a plain `cargo test` runs
+/// the binaries of the code under test, never stale ones: cargo builds a
+/// test's own package's binaries for it, but not other packages'. When they
+/// are up to date (`cargo xtask test` builds them first, with the same
+/// command) that takes a second.
 fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    BUILT.get_or_init(|| {
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(other) => other,
+            None => panic!("no profile directory above {}", exe.display()),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let status = std::process::Command::new(&cargo)
+            .current_dir(&workspace)
+            .args(["build", "--profile", profile])
+            .args(SERVICES.iter().flat_map(|service| ["--package", service]))
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+        assert!(status.success(), "building the services failed ({status})");
+    });
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the services first (`cargo build --bins`; `cargo xtask test` does)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing after building it", path.display());
     path
 }
+
+/// The service packages, each with a binary of the same name.
+const SERVICES: [&str; 3] = ["payments-service", "service-a", "service-b"];
 
 /// A service process with its stderr and stdout lines forwarded to a channel.
 struct Process {

@@ -1,0 +1,354 @@
+//! `cargo xtask compose-check`: `docker compose up` as a new user runs it,
+//! checked end to end.
+//!
+//! Builds the images compose needs where they are missing
+//! ([`crate::images`]), builds the project's `Dockerfile` and runs
+//! `docker-compose.yml` as they are (under a project name of its own), waits
+//! until every container is healthy, runs the README's curl session against
+//! the published ports, and takes everything down again with its volumes.
+//! Any failure ends it with a non-zero exit naming the step, after the
+//! containers' last log lines.
+
+use std::future::Future;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::engine;
+
+/// Compose's project name: containers, network and volumes of their own.
+const PROJECT: &str = "eda-compose-check";
+/// How long the stack may take to become healthy (the Kafka JVM on 2 cores).
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an event may take to reach ServiceA and ServiceB.
+const EVENTUAL: Duration = Duration::from_secs(60);
+
+const PAYMENTS: &str = "http://127.0.0.1:8080";
+const SERVICE_A: &str = "http://127.0.0.1:8081";
+const SERVICE_B: &str = "http://127.0.0.1:8082";
+
+pub async fn check(root: &Path) -> Result<()> {
+    crate::images::build(root).await?;
+    engine::ensure_packages(&[("docker-compose", "docker-compose")])?;
+    let compose = Compose { root };
+
+    let started = Instant::now();
+    let result = async {
+        step("build the Dockerfile", compose.run(&["build"])).await?;
+        step("start the stack", compose.run(&["up", "--detach"])).await?;
+        step("every container healthy", compose.all_healthy()).await?;
+        session().await
+    }
+    .await;
+    if result.is_err() {
+        let _ = compose.run(&["ps"]).await;
+        let _ = compose.run(&["logs", "--no-color", "--tail=60"]).await;
+    }
+    let down = step("take the stack down", compose.run(&["down", "--volumes"])).await;
+    result.and(down)?;
+    eprintln!(
+        "xtask: compose-check passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs `work`, naming it before, and in the error if it fails.
+async fn step<T>(name: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    eprintln!("\nxtask: compose-check: {name}");
+    let started = Instant::now();
+    let value = work
+        .await
+        .with_context(|| format!("compose-check failed at: {name}"))?;
+    eprintln!(
+        "xtask: compose-check: {name}: ok ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(value)
+}
+
+struct Compose<'a> {
+    root: &'a Path,
+}
+
+impl Compose<'_> {
+    fn command(&self) -> Command {
+        let mut command = Command::new("docker-compose");
+        command
+            .current_dir(self.root)
+            .args(["--project-name", PROJECT, "--file", "docker-compose.yml"])
+            .stdin(Stdio::null());
+        command
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<()> {
+        let status = self
+            .command()
+            .args(args)
+            .status()
+            .await
+            .context("cannot run docker-compose")?;
+        if !status.success() {
+            bail!("`docker-compose {}` failed ({status})", args.join(" "));
+        }
+        Ok(())
+    }
+
+    /// Waits until every container of the project reports itself healthy,
+    /// failing if one was restarted: the restart policy would hide a service
+    /// that started before what it needs was ready, and crashed.
+    async fn all_healthy(&self) -> Result<()> {
+        let output = self.command().args(["ps", "--quiet"]).output().await?;
+        let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if ids.is_empty() {
+            bail!("no containers are running");
+        }
+        let deadline = Instant::now() + HEALTHY_TIMEOUT;
+        loop {
+            let output = Command::new("docker")
+                .args([
+                    "inspect",
+                    "--format",
+                    "{{.Name}} restarted {{.RestartCount}} times, {{.State.Status}} \
+                     {{if .State.Health}}{{.State.Health.Status}}{{else}}no-health-check{{end}}",
+                ])
+                .args(&ids)
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .context("cannot run docker inspect")?;
+            let states = String::from_utf8_lossy(&output.stdout).into_owned();
+            let failed = |line: &&str| {
+                !line.contains(" restarted 0 times,")
+                    || line.ends_with(" unhealthy")
+                    || line.contains(" exited ")
+            };
+            if let Some(failed) = states.lines().find(failed) {
+                bail!("{failed}");
+            }
+            let not_healthy: Vec<&str> = states
+                .lines()
+                .filter(|line| !line.ends_with(" running healthy"))
+                .collect();
+            if output.status.success() && not_healthy.is_empty() {
+                eprintln!("{}", states.trim_end());
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "not healthy after {HEALTHY_TIMEOUT:?}:\n{}",
+                    not_healthy.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// The README's curl session, each answer checked.
+async fn session() -> Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+
+    step("pay: POST /payments", async {
+        let (status, _, body) = post(&http, "/payments", &payment("c-1", "o-1", 1999, "EUR"), None).await?;
+        expect(status == 201, "201 Created", status, &body)
+    })
+    .await?;
+
+    let id = step("pay again, keeping the id", async {
+        let (status, headers, body) =
+            post(&http, "/payments", &payment("c-2", "o-2", 500, "JPY"), None).await?;
+        expect(status == 201, "201 Created", status, &body)?;
+        let id = body["payment_id"].as_str().context("no payment_id")?.to_owned();
+        let location = headers
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default();
+        expect(
+            location == format!("/payments/{id}"),
+            "Location: /payments/{id}",
+            status,
+            &json!(location),
+        )?;
+        Ok(id)
+    })
+    .await?;
+
+    step("Payments: GET /payments/{id} (GetPaymentInfo)", async {
+        let body = get_ok(&http, &format!("{PAYMENTS}/payments/{id}")).await?;
+        expect(
+            body["amount"] == 500 && body["currency"] == "JPY",
+            "the payment",
+            200,
+            &body,
+        )
+    })
+    .await?;
+
+    step("ServiceA: the notification in GET /audit", async {
+        eventually("ServiceA's audit to list the payment", || async {
+            let body = get_ok(&http, &format!("{SERVICE_A}/audit")).await.ok()?;
+            body.to_string().contains(&id).then_some(())
+        })
+        .await
+    })
+    .await?;
+
+    step("ServiceA: its copy, from the state topic", async {
+        eventually("ServiceA's copy of the payment", || async {
+            let body = get_ok(&http, &format!("{SERVICE_A}/payments/{id}")).await.ok()?;
+            (body["amount"] == 500).then_some(())
+        })
+        .await
+    })
+    .await?;
+
+    step("ServiceB: what its callback to Payments returned", async {
+        eventually("ServiceB's record of the payment", || async {
+            let body = get_ok(&http, &format!("{SERVICE_B}/payments/{id}")).await.ok()?;
+            (body["payment"]["amount"] == 500).then_some(())
+        })
+        .await
+    })
+    .await?;
+
+    step("GET /health and /metrics of every service", async {
+        for service in [PAYMENTS, SERVICE_A, SERVICE_B] {
+            let health = get_ok(&http, &format!("{service}/health")).await?;
+            expect(health["status"] == "ok", "status ok", 200, &health)?;
+            let response = http.get(format!("{service}/metrics")).send().await?;
+            let status = response.status().as_u16();
+            let text = response.text().await?;
+            expect(
+                status == 200 && text.contains("# TYPE"),
+                "Prometheus text",
+                status,
+                &json!(text),
+            )?;
+        }
+        Ok(())
+    })
+    .await?;
+
+    step("refund 200 of it, deciding on version 1", async {
+        let refund = json!({"amount": 200, "reason": "damaged"});
+        let (status, headers, body) =
+            post(&http, &format!("/payments/{id}/refunds"), &refund, Some("\"1\"")).await?;
+        expect(status == 201, "201 Created", status, &body)?;
+        let etag = headers
+            .get("etag")
+            .and_then(|e| e.to_str().ok())
+            .unwrap_or_default();
+        expect(
+            etag == "\"2\"" && body["refunded"] == 200,
+            "ETag \"2\", refunded 200",
+            status,
+            &body,
+        )
+    })
+    .await?;
+
+    step("Payments: the payment's event stream", async {
+        let body = get_ok(&http, &format!("{PAYMENTS}/payments/{id}/events")).await?;
+        let count = body
+            .as_array()
+            .or_else(|| body["events"].as_array())
+            .map_or(0, Vec::len);
+        expect(count == 2, "two events: received, refunded", 200, &body)
+    })
+    .await?;
+
+    step("ServiceA: its copy refunded 200, version 2", async {
+        eventually("ServiceA's copy to show the refund", || async {
+            let body = get_ok(&http, &format!("{SERVICE_A}/payments/{id}")).await.ok()?;
+            (body["refunded"] == 200 && body["version"] == 2).then_some(())
+        })
+        .await
+    })
+    .await?;
+
+    step("ServiceB: the refund recorded", async {
+        eventually("ServiceB's record to show the refund", || async {
+            let body = get_ok(&http, &format!("{SERVICE_B}/payments/{id}")).await.ok()?;
+            (body["payment"]["refunded"] == 200 && body["notifications"] == 2).then_some(())
+        })
+        .await
+    })
+    .await?;
+
+    step("bad input is refused with a reason", async {
+        let (status, _, body) = post(&http, "/payments", &payment("c-1", "o-1", 0, "EURO"), None).await?;
+        let details = body["details"].to_string();
+        expect(
+            status == 422 && details.contains("amount") && details.contains("currency"),
+            "422 naming amount and currency",
+            status,
+            &body,
+        )
+    })
+    .await
+}
+
+fn payment(customer: &str, order: &str, amount: i64, currency: &str) -> Value {
+    json!({"customer_id": customer, "order_id": order, "amount": amount, "currency": currency})
+}
+
+/// POSTs `body` to Payments' `path`, with `If-Match: if_match` when given.
+async fn post(
+    http: &reqwest::Client,
+    path: &str,
+    body: &Value,
+    if_match: Option<&str>,
+) -> Result<(u16, reqwest::header::HeaderMap, Value)> {
+    let mut request = http.post(format!("{PAYMENTS}{path}")).json(body);
+    if let Some(version) = if_match {
+        request = request.header("if-match", version);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    Ok((status, headers, response.json().await.unwrap_or(Value::Null)))
+}
+
+/// GETs `url`, failing unless the answer is 200 with JSON.
+async fn get_ok(http: &reqwest::Client, url: &str) -> Result<Value> {
+    let response = http.get(url).send().await?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    expect(status == 200, "200 OK", status, &body)?;
+    Ok(body)
+}
+
+fn expect(ok: bool, wanted: &str, status: u16, body: &Value) -> Result<()> {
+    if !ok {
+        bail!("expected {wanted}, got {status}: {body}");
+    }
+    Ok(())
+}
+
+/// Polls `check` until it returns `Some`, failing after [`EVENTUAL`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + EVENTUAL;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {EVENTUAL:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
