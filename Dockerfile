@@ -1,6 +1,7 @@
 # One image with the three service binaries; docker-compose.yml picks one per
-# container with `command:`. Needs BuildKit (Docker Compose v2 uses it) for
-# the cache mounts.
+# container with `command:`. The cache mounts need BuildKit (Docker Compose
+# v2 uses it) or podman's builder (what `docker-compose` 1.29 reaches on a
+# machine set up by `cargo xtask engine up`).
 
 # librdkafka is compiled from source by rdkafka-sys (configure + make, which
 # the rust image has).

@@ -38,6 +38,7 @@ pub async fn check(root: &Path) -> Result<()> {
 
     let started = Instant::now();
     let result = async {
+        step("remove what an interrupted run left", compose.down()).await?;
         step("build the Dockerfile", compose.run(&["build"])).await?;
         step("start the stack", compose.run(&["up", "--detach"])).await?;
         step("every container healthy", compose.all_healthy()).await?;
@@ -48,7 +49,7 @@ pub async fn check(root: &Path) -> Result<()> {
         let _ = compose.run(&["ps"]).await;
         let _ = compose.run(&["logs", "--no-color", "--tail=60"]).await;
     }
-    let down = step("take the stack down", compose.run(&["down", "--volumes"])).await;
+    let down = step("take the stack down", compose.down()).await;
     result.and(down)?;
     eprintln!(
         "xtask: compose-check passed in {:.0} s",
@@ -96,6 +97,41 @@ impl Compose<'_> {
             bail!("`docker-compose {}` failed ({status})", args.join(" "));
         }
         Ok(())
+    }
+
+    /// `down --volumes`, made sure of: a container that its restart policy
+    /// was restarting at that moment survives `down`, and keeps the network
+    /// and volumes in use; it is removed, then `down` runs again.
+    async fn down(&self) -> Result<()> {
+        let first = self.run(&["down", "--volumes", "--remove-orphans"]).await;
+        let output = Command::new("docker")
+            .args(["ps", "--all", "--quiet", "--filter"])
+            .arg(format!("label=com.docker.compose.project={PROJECT}"))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("cannot run docker ps")?;
+        let left: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if left.is_empty() {
+            return first;
+        }
+        eprintln!(
+            "xtask: {} container(s) outlived `down`; removing them",
+            left.len()
+        );
+        let status = Command::new("docker")
+            .args(["rm", "--force", "--volumes"])
+            .args(&left)
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("cannot remove containers {}", left.join(" "));
+        }
+        self.run(&["down", "--volumes", "--remove-orphans"]).await
     }
 
     /// Waits until every container of the project reports itself healthy,

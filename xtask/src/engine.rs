@@ -89,7 +89,16 @@ impl Engine {
             return Ok(engine);
         }
         eprintln!("xtask: no container engine answers on {DOCKER_SOCKET}; setting up podman");
-        ensure_packages(&[("podman", "podman"), ("runc", "runc")])?;
+        ensure_packages(&[
+            ("podman", "podman"),
+            ("runc", "runc"),
+            // Containers on a compose network find each other by service
+            // name through this CNI plugin (it runs dnsmasq).
+            (
+                "/usr/lib/cni/dnsname",
+                "golang-github-containernetworking-plugin-dnsname",
+            ),
+        ])?;
         configure()?;
         Service::new(root).start().await?;
         Self::running().await.with_context(|| {
@@ -128,12 +137,18 @@ impl Engine {
     }
 }
 
-/// Installs with apt each package whose command is missing (`(command,
-/// package)` pairs). Needs root.
+/// Installs with apt each package whose command (or file, given as an
+/// absolute path) is missing: `(command or file, package)` pairs. Needs root.
 pub fn ensure_packages(needed: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = needed
         .iter()
-        .filter(|(command, _)| !on_path(command))
+        .filter(|(probe, _)| {
+            if probe.starts_with('/') {
+                !Path::new(probe).exists()
+            } else {
+                !on_path(probe)
+            }
+        })
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
