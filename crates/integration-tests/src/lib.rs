@@ -231,6 +231,46 @@ impl System {
     }
 }
 
+/// The PostgreSQL `url`, pointing at `addr` instead of its server (to go
+/// through a [`proxy::GatedProxy`]).
+pub fn via(url: &str, addr: SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let user = authority
+        .rsplit_once('@')
+        .map(|(user, _)| format!("{user}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{user}{addr}/{path}")
+}
+
+/// The address of the server of the PostgreSQL `url`.
+pub async fn server_of(url: &str) -> SocketAddr {
+    let authority = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .expect("a URL");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, server)| server);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    tokio::net::lookup_host(&host_port)
+        .await
+        .expect("resolve the database server")
+        .find(SocketAddr::is_ipv4)
+        .expect("an IPv4 address")
+}
+
+/// Whether `topic` holds a record with key `key` (read from the beginning).
+pub async fn has_key(kafka: &KafkaConfig, topic: &str, key: &str) -> bool {
+    use rdkafka::Message;
+    all_records(kafka, topic, Duration::from_millis(300))
+        .await
+        .iter()
+        .any(|r| r.key() == Some(key.as_bytes()))
+}
+
 /// `app`'s `GET /metrics`, if it answers.
 pub async fn metrics_text(client: &reqwest::Client, app: &TestApp) -> Option<String> {
     client

@@ -1,8 +1,14 @@
 //! A TCP proxy with a gate, to make a dependency unreachable on demand.
 //!
-//! While the gate is closed, new connections are accepted and dropped at once
-//! and open ones are cut (the client sees the connection closed, as when a
-//! service restarts); while open, connections are forwarded to the target.
+//! - Open: connections are forwarded to the target.
+//! - Closed: new connections are accepted and dropped at once and open ones
+//!   are cut (the client sees the connection closed, as when a service
+//!   restarts).
+//! - Frozen: nothing passes and nothing is closed, as in a network partition:
+//!   open connections stay open but silent, and new ones are accepted and
+//!   left unanswered. A client notices only through its own timeouts. Leaving
+//!   this state cuts the connections it froze, as a partition that lasted
+//!   long enough would have.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +17,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Open,
+    Closed,
+    Frozen,
+}
+
 #[derive(Debug)]
 pub struct GatedProxy {
     pub addr: SocketAddr,
-    open: watch::Sender<bool>,
+    gate: watch::Sender<Gate>,
     refused: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -24,44 +37,40 @@ impl GatedProxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let (open, gate) = watch::channel(false);
+        let (gate, watched) = watch::channel(Gate::Closed);
         let refused = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
             let refused = Arc::clone(&refused);
             async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    if !*gate.borrow() {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    if *watched.borrow() == Gate::Closed {
                         refused.fetch_add(1, Ordering::SeqCst);
                         continue;
                     }
-                    let mut gate = gate.clone();
-                    tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(target).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = gate.wait_for(|open| !open) => {}
-                        }
-                    });
+                    tokio::spawn(forward(inbound, target, watched.clone()));
                 }
             }
         });
         Self {
             addr,
-            open,
+            gate,
             refused,
             task,
         }
     }
 
     pub fn open(&self) {
-        self.open.send_replace(true);
+        self.gate.send_replace(Gate::Open);
     }
 
     /// Closes the gate and cuts the connections through it.
     pub fn close(&self) {
-        self.open.send_replace(false);
+        self.gate.send_replace(Gate::Closed);
+    }
+
+    /// Lets nothing through and closes nothing: a network partition.
+    pub fn freeze(&self) {
+        self.gate.send_replace(Gate::Frozen);
     }
 
     /// Connections dropped while the gate was closed.
@@ -71,6 +80,26 @@ impl GatedProxy {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+}
+
+/// Forwards `inbound` to `target` while the gate is open.
+async fn forward(mut inbound: TcpStream, target: SocketAddr, mut gate: watch::Receiver<Gate>) {
+    // Accepted while frozen: unanswered until the partition ends, then cut.
+    if *gate.borrow() == Gate::Frozen {
+        let _ = gate.wait_for(|g| *g != Gate::Frozen).await;
+        return;
+    }
+    let Ok(mut outbound) = TcpStream::connect(target).await else {
+        return;
+    };
+    let frozen = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+        changed = gate.wait_for(|g| *g != Gate::Open) => changed.is_ok_and(|g| *g == Gate::Frozen),
+    };
+    if frozen {
+        // Both sockets stay open, and silent, until the partition ends.
+        let _ = gate.wait_for(|g| *g != Gate::Frozen).await;
     }
 }
 

@@ -28,7 +28,7 @@ use std::future::Future;
 
 use event_store::EventStore;
 use service_kit::http::{health_router, serve};
-use service_kit::kafka::{self, Admin};
+use service_kit::kafka::Admin;
 use service_kit::lifecycle::{Task, stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
 use tokio::net::TcpListener;
@@ -66,8 +66,7 @@ pub async fn run(
     let stop = stop_token(shutdown);
     let mut tasks: Vec<Task> = vec![task("http", serve(listener, router, stop.clone()))];
     if config.relay {
-        let producer = kafka::producer(&config.kafka, SERVICE, config.publish_timeout)?;
-        let relay = Relay::new(store, appended, producer, config.kafka.topics.clone());
+        let relay = Relay::new(store, appended, config.kafka.clone(), config.publish_timeout);
         tasks.push(task("outbox relay", relay.run(stop.clone())));
     }
     Ok(supervise(stop, tasks).await?)

@@ -13,17 +13,34 @@
 //! - a notification (`PaymentReceived` or `PaymentRefunded`).
 //!
 //! Only one relay publishes at a time, whatever the number of Payments
-//! instances: each holds a PostgreSQL advisory lock while it publishes, on a
-//! connection of its own, so the lock goes when the process does.
+//! instances:
+//!
+//! - The leader holds a PostgreSQL advisory lock on a connection of its own,
+//!   and writes its checkpoint through it. The lock goes with the session:
+//!   when the process dies, and also when it stops talking to the database
+//!   for [`LEASE`] (frozen, or cut off by the network), because the session
+//!   is set to end when idle that long. The leader keeps it busy while it
+//!   publishes, and its queries time out after [`QUERY_TIMEOUT`]. So a
+//!   leader that stopped answering loses the lead within [`LEASE`], and the
+//!   next one takes over within [`RETRY`] after that.
+//! - It publishes each batch in one Kafka transaction, with a transactional
+//!   id that every relay of these topics shares. A new leader's first act is
+//!   to start its producer with that id, which fences off the previous
+//!   leader's: the broker aborts its open transaction and refuses whatever it
+//!   sends later. Consumers read committed records only, so a deposed leader
+//!   that wakes up cannot publish an older state after a newer one (on the
+//!   compacted state topic, the last record of a key wins, whatever its
+//!   version).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use event_store::{Checkpoint, EventStore, RecordedEvent};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use service_kit::config::KafkaConfig;
 use shared_events::{Envelope, Event, PaymentRefundedNotification, Topics, encode};
-use sqlx::Connection;
+use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -44,8 +61,16 @@ const BATCH: i64 = 200;
 const IDLE: Duration = Duration::from_millis(20);
 /// Most payment states kept between batches.
 const MAX_CACHED_STATES: usize = 10_000;
-/// Pause after a failure (broker or database unreachable) before retrying.
+/// Pause after a failure (broker or database unreachable) before retrying,
+/// and between attempts at the lead.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long the leader's database session may stay idle before the server
+/// ends it, releasing the lock.
+pub const LEASE: Duration = Duration::from_secs(5);
+/// How often the leader shows it is alive while it waits on Kafka.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// The longest a query on the leader's session may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -57,6 +82,12 @@ enum RelayError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("stored event {0} is invalid: {1}")]
     Corrupt(Uuid, String),
+    #[error("the leader's database session did not answer within {QUERY_TIMEOUT:?}")]
+    LeaderTimeout,
+    #[error(transparent)]
+    Runtime(#[from] service_kit::Error),
+    #[error("a blocking Kafka call panicked: {0}")]
+    Blocking(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
     #[error(transparent)]
@@ -67,7 +98,9 @@ pub struct Relay {
     store: EventStore,
     /// Wakes the relay when this instance commits (see [`IDLE`]).
     appended: Arc<Notify>,
-    producer: FutureProducer,
+    kafka: KafkaConfig,
+    /// How long a send may wait for the broker's acknowledgement.
+    publish_timeout: Duration,
     topics: Topics,
     /// The latest state the relay saw of each payment, so publishing the
     /// state after an event rarely needs a replay.
@@ -85,14 +118,26 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// `appended` is signalled by this instance's writes
     /// ([`crate::Payments::appended`]).
-    pub fn new(store: EventStore, appended: Arc<Notify>, producer: FutureProducer, topics: Topics) -> Self {
+    pub fn new(
+        store: EventStore,
+        appended: Arc<Notify>,
+        kafka: KafkaConfig,
+        publish_timeout: Duration,
+    ) -> Self {
         Self {
             store,
             appended,
-            producer,
-            topics,
+            topics: kafka.topics.clone(),
+            kafka,
+            publish_timeout,
             states: HashMap::new(),
         }
+    }
+
+    /// The transactional id every relay publishing to these topics shares,
+    /// so that each new leader fences off the one before.
+    pub fn transactional_id(topics: &Topics) -> String {
+        format!("{SERVICE}.outbox-relay.{}.{}", topics.notifications, topics.state)
     }
 
     /// Publishes until `stop` is cancelled. Failures are logged and retried:
@@ -115,26 +160,48 @@ impl Relay {
         // Detached from the pool: closing it (or the process dying) releases
         // the lock, and a pooled connection would keep it for whoever is next.
         let mut leader = self.store.pool().acquire().await?.detach();
+        // The session ends (and the lock with it) once idle for LEASE: a
+        // leader that froze or was cut off loses the lead, without waiting
+        // for TCP to notice. Statements on it end after QUERY_TIMEOUT.
+        for setting in [
+            format!("SET idle_session_timeout = {}", LEASE.as_millis()),
+            format!("SET statement_timeout = {}", QUERY_TIMEOUT.as_millis()),
+        ] {
+            on_leader(sqlx::query(&setting).execute(&mut leader)).await?;
+        }
         loop {
-            let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(LEADER_LOCK)
-                .fetch_one(&mut leader)
-                .await?;
+            let won: bool = on_leader(
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(LEADER_LOCK)
+                    .fetch_one(&mut leader),
+            )
+            .await?;
             if won {
                 break;
             }
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
-                () = tokio::time::sleep(RETRY) => {}
+                () = tokio::time::sleep(RETRY) => on_leader(leader.ping()).await?,
             }
         }
+
+        // Before anything is published: fence off the previous leader's
+        // producer (its open transaction is aborted, its writes refused).
+        let producer = service_kit::kafka::transactional_producer(
+            &self.kafka,
+            SERVICE,
+            &Self::transactional_id(&self.topics),
+            self.publish_timeout,
+        )?;
+        let timeout = self.publish_timeout;
+        blocking_keeping_lease(&mut leader, &producer, move |p| p.init_transactions(timeout)).await??;
         tracing::info!("outbox relay publishing");
 
         let mut checkpoint = self.store.checkpoint(CHECKPOINT).await?;
         while !stop.is_cancelled() {
             // The lock lives as long as this connection: if it is gone,
             // another relay may lead now, so this one stops here.
-            leader.ping().await?;
+            on_leader(leader.ping()).await?;
             let batch = self.store.read_committed(checkpoint, BATCH).await?;
             let Some(&(last, _)) = batch.last() else {
                 tokio::select! {
@@ -144,18 +211,46 @@ impl Relay {
                 }
                 continue;
             };
-            self.publish(&batch).await?;
+            self.publish(&producer, &mut leader, &batch).await?;
             // On the leader connection: written only while holding the lock.
-            EventStore::save_checkpoint_in(&mut leader, CHECKPOINT, last).await?;
+            on_leader(EventStore::save_checkpoint_in(&mut leader, CHECKPOINT, last)).await?;
             checkpoint = last;
         }
-        leader.close().await?;
+        on_leader(leader.close()).await?;
         Ok(())
     }
 
-    /// Publishes every event of `batch` and waits for all acknowledgements.
-    async fn publish(&mut self, batch: &[(Checkpoint, RecordedEvent)]) -> Result<(), RelayError> {
-        let mut deliveries = Vec::with_capacity(batch.len() * 2);
+    /// Publishes every event of `batch` in one transaction, and commits it.
+    /// On any failure the transaction is aborted, so none of it is seen.
+    async fn publish(
+        &mut self,
+        producer: &FutureProducer,
+        leader: &mut PgConnection,
+        batch: &[(Checkpoint, RecordedEvent)],
+    ) -> Result<(), RelayError> {
+        producer.begin_transaction()?;
+        let sent = self.send_batch(producer, batch).await;
+        let timeout = self.publish_timeout;
+        let committed = match sent {
+            Ok(()) => blocking_keeping_lease(leader, producer, move |p| p.commit_transaction(timeout)).await,
+            Err(e) => Err(e),
+        };
+        match committed {
+            Ok(Ok(())) => {
+                tracing::debug!(events = batch.len(), "published");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(abort(leader, producer, timeout, e.into()).await),
+            Err(e) => Err(abort(leader, producer, timeout, e).await),
+        }
+    }
+
+    /// Queues the records of every event of `batch` in the open transaction.
+    async fn send_batch(
+        &mut self,
+        producer: &FutureProducer,
+        batch: &[(Checkpoint, RecordedEvent)],
+    ) -> Result<(), RelayError> {
         for (_, stored) in batch {
             let event = decode(stored).map_err(|e| RelayError::Corrupt(stored.event_id, e))?;
             let state = self.state_after(stored, &event).await?;
@@ -168,14 +263,14 @@ impl Relay {
             let mut state_message = Envelope::new(&source, state.to_state(), correlation_id, cause)
                 .occurred_at(stored.recorded_at);
             state_message.metadata.id = Uuid::new_v5(&stored.event_id, b"state").into();
-            deliveries.push(self.send(&state_message)?);
+            self.send(producer, &state_message)?;
 
             match &event {
                 PaymentEvent::Received(received) => {
                     let mut n = Envelope::new(&source, received.notification(), correlation_id, cause)
                         .occurred_at(received.received_at);
                     n.metadata.id = stored.event_id.into();
-                    deliveries.push(self.send(&n)?);
+                    self.send(producer, &n)?;
                 }
                 PaymentEvent::Refunded(refund) => {
                     let data = PaymentRefundedNotification {
@@ -186,30 +281,25 @@ impl Relay {
                     let mut n =
                         Envelope::new(&source, data, correlation_id, cause).occurred_at(refund.refunded_at);
                     n.metadata.id = stored.event_id.into();
-                    deliveries.push(self.send(&n)?);
+                    self.send(producer, &n)?;
                 }
             }
         }
-        for delivery in deliveries {
-            // `Canceled`: the producer went away before answering.
-            let delivered = delivery.await.map_err(|_| rdkafka::error::KafkaError::Canceled)?;
-            delivered.map_err(|(e, _)| e)?;
-        }
-        tracing::debug!(events = batch.len(), "published");
         Ok(())
     }
 
-    /// Queues `event` in the producer; the returned future resolves on the
-    /// broker's acknowledgement. The producer keeps the order per partition.
-    fn send<E: Event>(&self, event: &Envelope<E>) -> Result<rdkafka::producer::DeliveryFuture, RelayError> {
+    /// Queues `event` in the producer's open transaction. Its delivery is
+    /// settled by the transaction's commit, which fails if any send failed.
+    fn send<E: Event>(&self, producer: &FutureProducer, event: &Envelope<E>) -> Result<(), RelayError> {
         let record = encode(event)?;
         let topic = self.topics.name(record.topic);
         let future_record = FutureRecord::to(topic)
             .key(&record.key)
             .payload(&record.payload)
             .headers(record.headers);
-        self.producer
+        producer
             .send_result(future_record)
+            .map(drop)
             .map_err(|(e, _)| RelayError::Kafka(e))
     }
 
@@ -235,4 +325,53 @@ impl Relay {
         self.states.insert(stored.stream_id.clone(), state.clone());
         Ok(state)
     }
+}
+
+/// `query` on the leader's session, bounded by [`QUERY_TIMEOUT`] (the
+/// server's `statement_timeout` does not cover a connection that stopped
+/// answering).
+async fn on_leader<T, E: Into<RelayError>>(
+    query: impl Future<Output = Result<T, E>>,
+) -> Result<T, RelayError> {
+    tokio::time::timeout(QUERY_TIMEOUT, query)
+        .await
+        .map_err(|_| RelayError::LeaderTimeout)?
+        .map_err(Into::into)
+}
+
+/// Runs the blocking producer call `call` on a thread of its own while
+/// keeping the leader's session busy, so that waiting on Kafka does not end
+/// the lease. Fails if the session does not answer: the lock may be gone.
+async fn blocking_keeping_lease<T: Send + 'static>(
+    leader: &mut PgConnection,
+    producer: &FutureProducer,
+    call: impl FnOnce(&FutureProducer) -> T + Send + 'static,
+) -> Result<T, RelayError> {
+    let producer = producer.clone();
+    let work = tokio::task::spawn_blocking(move || call(&producer));
+    tokio::pin!(work);
+    let mut alive = tokio::time::interval(KEEP_ALIVE);
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(done?),
+            _ = alive.tick() => on_leader(leader.ping()).await?,
+        }
+    }
+}
+
+/// Aborts the open transaction after `cause`, and returns `cause`. A
+/// producer that was fenced off cannot abort; its transaction is the
+/// broker's to abort then.
+async fn abort(
+    leader: &mut PgConnection,
+    producer: &FutureProducer,
+    timeout: Duration,
+    cause: RelayError,
+) -> RelayError {
+    match blocking_keeping_lease(leader, producer, move |p| p.abort_transaction(timeout)).await {
+        Ok(Ok(())) => tracing::warn!(error = %cause, "batch not published; its transaction was aborted"),
+        Ok(Err(e)) => tracing::warn!(error = %cause, abort = %e, "batch not published; aborting failed"),
+        Err(e) => tracing::warn!(error = %cause, abort = %e, "batch not published; aborting failed"),
+    }
+    cause
 }

@@ -22,6 +22,12 @@
 //! Records of one partition are handled one at a time, in order, so the
 //! events of one payment (one key, one partition) are too.
 //!
+//! When the loop has handled everything up to the end of a partition, it
+//! stores the end offset rather than the last record's offset + 1: a
+//! producer writing in transactions (the outbox relay) leaves a commit
+//! marker after its records, which no consumer is handed, and without this
+//! the group would stay one offset behind, its lag never zero.
+//!
 //! On shutdown the loop finishes the record in hand (or leaves it to the next
 //! owner if it is still retrying), commits the stored offsets and leaves the
 //! group.
@@ -38,6 +44,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 use shared_events::DecodeError;
 use shared_events::envelope::event_id_of;
 use tokio_util::sync::CancellationToken;
@@ -136,7 +143,14 @@ pub async fn run<H: Handler>(
         stop,
         waiting: VecDeque::new(),
     };
-    while let Some((record, epoch)) = run.next().await {
+    while let Some((delivery, epoch)) = run.next().await {
+        let record = match delivery {
+            Delivery::Record(record) => record,
+            Delivery::End(end) => {
+                run.move_to_end(&end, epoch);
+                continue;
+            }
+        };
         let span = tracing::info_span!(
             "record",
             topic = record.topic(),
@@ -166,6 +180,20 @@ pub async fn run<H: Handler>(
     run.close().await
 }
 
+/// What the consumer hands the loop.
+enum Delivery {
+    Record(OwnedMessage),
+    /// The end of a partition: every record before `offset` was handed to
+    /// the loop (commit markers, which are not, included).
+    End(End),
+}
+
+struct End {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
 /// How the loop finished with one record.
 enum Outcome {
     /// Handled: the offset may move on.
@@ -189,16 +217,17 @@ struct Loop<H> {
     /// skips it instead.
     dead_letters: Option<DeadLetters>,
     stop: CancellationToken,
-    /// Records that arrived while the loop held its partitions paused
-    /// (fetched just before the pause), with their epoch: handled next, in
-    /// arrival order, which is offset order within each partition.
-    waiting: VecDeque<(OwnedMessage, u64)>,
+    /// Records (and ends of partitions) that arrived while the loop held its
+    /// partitions paused (fetched just before the pause), with their epoch:
+    /// handled next, in arrival order, which is offset order within each
+    /// partition.
+    waiting: VecDeque<(Delivery, u64)>,
 }
 
 impl<H: Handler> Loop<H> {
-    /// The next record, with the revocation epoch it arrived in; `None` once
-    /// the service stops.
-    async fn next(&mut self) -> Option<(OwnedMessage, u64)> {
+    /// The next record or end of partition, with the revocation epoch it
+    /// arrived in; `None` once the service stops.
+    async fn next(&mut self) -> Option<(Delivery, u64)> {
         if let Some(waiting) = self.waiting.pop_front() {
             return Some(waiting);
         }
@@ -207,7 +236,12 @@ impl<H: Handler> Loop<H> {
                 biased;
                 () = self.stop.cancelled() => return None,
                 received = self.consumer.recv() => match received {
-                    Ok(record) => return Some((record.detach(), self.context.epoch())),
+                    Ok(record) => return Some((Delivery::Record(record.detach()), self.context.epoch())),
+                    Err(KafkaError::PartitionEOF(partition)) => {
+                        if let Some(end) = self.end_of(partition) {
+                            return Some((Delivery::End(end), self.context.epoch()));
+                        }
+                    }
                     // librdkafka reports broker and partition trouble here and
                     // recovers by itself; the pause keeps a persistent error
                     // from spinning the loop.
@@ -217,6 +251,38 @@ impl<H: Handler> Loop<H> {
                     }
                 },
             }
+        }
+    }
+
+    /// The end of `partition`, which the consumer just reported reaching:
+    /// its position there, which is past every record it handed out and any
+    /// commit marker after them. Read at once, before anything else is
+    /// received, so it is not past a record the loop has not seen.
+    fn end_of(&self, partition: i32) -> Option<End> {
+        let position = match self.consumer.position() {
+            Ok(position) => position,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the consumer's position");
+                return None;
+            }
+        };
+        // The end is reported by partition number only: with several topics
+        // it is not known which one's (the offset then stays on the last
+        // record handled, one short of a commit marker).
+        let mut ends = position
+            .elements()
+            .into_iter()
+            .filter(|e| e.partition() == partition);
+        let (Some(end), None) = (ends.next(), ends.next()) else {
+            return None;
+        };
+        match end.offset() {
+            Offset::Offset(offset) => Some(End {
+                topic: end.topic().to_owned(),
+                partition,
+                offset,
+            }),
+            _ => None,
         }
     }
 
@@ -236,7 +302,12 @@ impl<H: Handler> Loop<H> {
                 () = self.stop.cancelled() => return false,
                 () = &mut sleep => return true,
                 received = self.consumer.recv() => match received {
-                    Ok(record) => self.waiting.push_back((record.detach(), self.context.epoch())),
+                    Ok(record) => self.waiting.push_back((Delivery::Record(record.detach()), self.context.epoch())),
+                    Err(KafkaError::PartitionEOF(partition)) => {
+                        if let Some(end) = self.end_of(partition) {
+                            self.waiting.push_back((Delivery::End(end), self.context.epoch()));
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "consumer error"),
                 },
             }
@@ -338,6 +409,24 @@ impl<H: Handler> Loop<H> {
             // The partition was revoked in a rebalance meanwhile; its new
             // owner resumes from the last committed offset.
             tracing::warn!(error = %e, topic = record.topic(), partition = record.partition(), "cannot store offset");
+        }
+    }
+
+    /// Lets the offset move to the end of a partition, every record before it
+    /// having been handled (they came first, and records are handled in
+    /// order), unless the partition was revoked since.
+    fn move_to_end(&self, end: &End, epoch: u64) {
+        if self.context.offsets == Offsets::Forget
+            || self.context.revoked_since(&end.topic, end.partition, epoch)
+        {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let stored = tpl
+            .add_partition_offset(&end.topic, end.partition, Offset::Offset(end.offset))
+            .and_then(|()| self.consumer.store_offsets(&tpl));
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, topic = end.topic, partition = end.partition, "cannot store the end offset");
         }
     }
 

@@ -2,7 +2,10 @@
 //! guarantees are decided in one place.
 //!
 //! - Producers are idempotent and wait for all in-sync replicas: an event is
-//!   acknowledged once, in order, and only after it is durable.
+//!   acknowledged once, in order, and only after it is durable. The outbox
+//!   relay's producer also writes in transactions, so that a relay that lost
+//!   the lead is fenced off ([`transactional_producer`]); consumers read
+//!   committed records only.
 //! - Consumers store an offset only after the record was handled, and the
 //!   background auto-commit commits only stored offsets: at-least-once.
 //! - Every consumer carries a [`GroupContext`]: it commits before giving
@@ -61,6 +64,37 @@ pub fn producer(config: &KafkaConfig, client_id: &str, message_timeout: Duration
         // idempotence; stated because it is the point).
         .set("acks", "all")
         .set("message.timeout.ms", message_timeout.as_millis().to_string())
+        .create()?)
+}
+
+/// A producer that writes in transactions as `transactional_id`: what it
+/// sends is seen by consumers (which read committed records only, see
+/// [`consumer`]) once its transaction commits, or never.
+///
+/// Starting a producer with the same `transactional_id`
+/// ([`rdkafka::producer::Producer::init_transactions`]) fences off every
+/// earlier one: the broker aborts its open transaction and refuses its
+/// writes from then on. So a writer that lost its turn (frozen, cut off,
+/// or just slow to notice) cannot write after the next one started.
+pub fn transactional_producer(
+    config: &KafkaConfig,
+    client_id: &str,
+    transactional_id: &str,
+    message_timeout: Duration,
+) -> Result<FutureProducer> {
+    Ok(base(config, client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("transactional.id", transactional_id)
+        .set("message.timeout.ms", message_timeout.as_millis().to_string())
+        // A transaction left open by a producer that died is aborted by the
+        // broker after this long (a successor aborts it at once). Until then,
+        // consumers wait at its first record: they read committed records
+        // only. It must be at least the message timeout.
+        .set(
+            "transaction.timeout.ms",
+            (message_timeout * 3).as_millis().to_string(),
+        )
         .create()?)
 }
 
@@ -409,11 +443,17 @@ impl ClientContext for GroupContext {
                 }
                 // Behind the committed offset if the group committed for the
                 // partition, else behind what this consumer read (a replica
-                // reader never commits).
+                // reader never commits). The end is the last stable offset:
+                // records of open transactions cannot be read yet.
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
                 let lag = if p.consumer_lag >= 0 {
                     p.consumer_lag
-                } else if p.hi_offset >= 0 && p.app_offset >= 0 {
-                    p.hi_offset - p.app_offset
+                } else if end >= 0 && p.app_offset >= 0 {
+                    end - p.app_offset
                 } else {
                     return None;
                 };
@@ -461,10 +501,17 @@ pub fn consumer(
     );
     let consumer: GroupConsumer = base(config, client_id)
         .set("group.id", group_id)
+        // Records of transactions that were aborted (a relay fenced off
+        // mid-batch) or are still open are never handed out (librdkafka's
+        // default, stated because the relay's guarantees rest on it).
+        .set("isolation.level", "read_committed")
         // A group without a committed offset starts at the beginning of what
         // the topic retains: a new group sees the notifications of the last
         // 7 days rather than only those published after it started.
         .set("auto.offset.reset", "earliest")
+        // The loop hears when it reaches the end of a partition, to store the
+        // end offset, past any transaction marker (see `consumer`).
+        .set("enable.partition.eof", "true")
         // The consumer loop stores a record's offset only after handling it...
         .set("enable.auto.offset.store", "false")
         // ...and the periodic auto-commit commits only stored offsets, so a
@@ -519,6 +566,8 @@ pub async fn replica(
     );
     let consumer: GroupConsumer = base(config, client_id)
         .set("group.id", &group)
+        // Committed records only, as every consumer (see `consumer`).
+        .set("isolation.level", "read_committed")
         // Offsets are neither stored nor committed: every start reads it all.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -1,6 +1,7 @@
 //! Event sourcing through the outbox: refunds reach the consumers, nothing
-//! committed is lost when Payments dies before publishing, and two Payments
-//! instances never publish the same events twice or out of order.
+//! committed is lost when Payments dies before publishing, two Payments
+//! instances never publish the same events twice or out of order, and a
+//! leader cut off from the database gives the lead up.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -156,4 +157,48 @@ async fn a_restarted_relay_publishes_the_state_after_events_it_never_saw() {
         assert_eq!(serde_json::to_value(&published).expect("json"), current);
     }
     payments.stop().await;
+}
+
+/// The relay that leads is cut off from the database (a partition: its
+/// connections stay open and silent). The other instance's relay takes over
+/// and publishes what is written after, instead of waiting for TCP to notice.
+#[tokio::test]
+async fn a_relay_cut_off_from_the_database_gives_up_the_lead_within_seconds() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::create().await;
+    let http = reqwest::Client::new();
+    let proxy = proxy::GatedProxy::start(server_of(&database.url).await).await;
+    proxy.open();
+
+    let cut_off = spawn_payments(&kafka, &via(&database.url, proxy.addr)).await;
+    let first = create_payment(&http, &cut_off, &payment_request("c-lease", 100)).await;
+    let first = first["payment_id"].as_str().expect("id").to_owned();
+    eventually("the first instance's relay publishes", || async {
+        has_key(&kafka, &kafka.topics.notifications, &first)
+            .await
+            .then_some(())
+    })
+    .await;
+    let other = spawn_payments(&kafka, &database.url).await;
+
+    proxy.freeze();
+    let frozen_at = tokio::time::Instant::now();
+    let second = create_payment(&http, &other, &payment_request("c-lease", 200)).await;
+    let second = second["payment_id"].as_str().expect("id").to_owned();
+    eventually("the other instance's relay takes over and publishes", || async {
+        has_key(&kafka, &kafka.topics.notifications, &second)
+            .await
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "relay takeover after the leader was cut off from the database: {:.1} s (lease {:?})",
+        frozen_at.elapsed().as_secs_f64(),
+        payments_service::relay::LEASE
+    );
+
+    proxy.close();
+    other.stop().await;
+    cut_off.stop().await;
 }

@@ -1,12 +1,13 @@
 //! The three real binaries as separate processes, as docker compose runs them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use integration_tests::*;
+use rdkafka::Message;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -103,6 +104,34 @@ impl Process {
                 return rest.split_whitespace().next().expect("address").to_owned();
             }
         }
+    }
+
+    /// Waits until the service logs a line containing `needle`.
+    async fn wait_for_line(&mut self, needle: &str) {
+        loop {
+            let line = tokio::time::timeout(PATIENCE, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no log line with {needle:?} within {PATIENCE:?}"))
+                .expect("service is running");
+            if line.contains(needle) {
+                return;
+            }
+        }
+    }
+
+    /// Every line logged since the last read, without waiting.
+    fn lines_so_far(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.lines.try_recv().ok()).collect()
+    }
+
+    /// Sends SIGSTOP or SIGCONT (or any signal) and returns at once.
+    fn send(&self, signal: &str) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     /// SIGTERM, then the exit status.
@@ -498,4 +527,136 @@ async fn killing_one_of_two_service_b_with_sigkill_records_every_payment_once() 
     let tally = stop_one_of_two_service_b("KILL").await;
     assert_eq!((tally.sent, tally.lost, tally.twice), (2000, 0, 0), "{tally:?}");
     assert_eq!(tally.recorded, tally.sent);
+}
+
+/// Two relays. The leader is frozen (SIGSTOP) while it publishes under load;
+/// the other takes over and publishes newer states; then the frozen one
+/// wakes up (SIGCONT) with its batch in hand. It was fenced off when the
+/// other started leading, so the last state of every payment on the
+/// compacted topic is its newest.
+#[tokio::test]
+async fn a_frozen_relay_woken_after_another_took_over_cannot_publish_an_older_state() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::create().await;
+    let http = reqwest::Client::new();
+    let env = [&kafka_env(&kafka)[..], &[("DATABASE_URL", database.url.as_str())]].concat();
+
+    let mut frozen = Process::start("payments-service", &env);
+    frozen.address().await;
+    frozen.wait_for_line("outbox relay publishing").await;
+    let mut other = Process::start("payments-service", &env);
+    let url = format!("http://{}", other.address().await);
+
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let response = http
+            .post(format!("{url}/payments"))
+            .json(&payment_request("c-fence", 100_000))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+        let payment: serde_json::Value = response.json().await.expect("json");
+        ids.push(payment["payment_id"].as_str().expect("id").to_owned());
+    }
+    // Four clients refund 1 at a time, round the payments, until stopped:
+    // every refund is a newer state of its payment.
+    let refunds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = service_kit::CancellationToken::new();
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (url, ids, refunds, stop) = (url.clone(), ids.clone(), refunds.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for id in ids.iter().cycle().skip(c * 5) {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    let response = http
+                        .post(format!("{url}/payments/{id}/refunds"))
+                        .json(&serde_json::json!({"amount": 1, "reason": "damaged"}))
+                        .send()
+                        .await
+                        .expect("POST refund");
+                    // 409: another client refunded the same payment first.
+                    if response.status() == reqwest::StatusCode::CREATED {
+                        refunds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    let refunded = |n: usize| {
+        let refunds = refunds.clone();
+        async move {
+            eventually(&format!("{n} refunds"), || async {
+                (refunds.load(std::sync::atomic::Ordering::SeqCst) >= n).then_some(())
+            })
+            .await;
+        }
+    };
+
+    refunded(150).await;
+    frozen.send("STOP");
+    other.wait_for_line("outbox relay publishing").await;
+    let taken_over = refunds.load(std::sync::atomic::Ordering::SeqCst);
+    refunded(taken_over + 150).await;
+    frozen.send("CONT");
+    refunded(refunds.load(std::sync::atomic::Ordering::SeqCst) + 100).await;
+    stop.cancel();
+    for client in clients {
+        client.await.expect("client");
+    }
+
+    let mut newest = HashMap::new();
+    for id in &ids {
+        let payment = get_json(&http, format!("{url}/payments/{id}"))
+            .await
+            .expect("payment");
+        newest.insert(id.clone(), payment["version"].as_u64().expect("version"));
+    }
+    // Until every payment's last published state is its newest, or PATIENCE
+    // is up: a stale state published last stays last.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let stale = loop {
+        let mut last = HashMap::new();
+        for record in all_records(&kafka, &kafka.topics.state, Duration::from_millis(500)).await {
+            let (Some(key), Some(payload)) = (record.key(), record.payload()) else {
+                continue;
+            };
+            let state: serde_json::Value = serde_json::from_slice(payload).expect("state JSON");
+            last.insert(
+                String::from_utf8_lossy(key).into_owned(),
+                state["version"].as_u64(),
+            );
+        }
+        let stale: Vec<String> = newest
+            .iter()
+            .filter(|(id, version)| last.get(*id).copied().flatten() != Some(**version))
+            .map(|(id, version)| format!("{id}: last published {:?}, newest {version}", last.get(id)))
+            .collect();
+        if stale.is_empty() || tokio::time::Instant::now() > deadline {
+            break stale;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let fenced = frozen
+        .lines_so_far()
+        .into_iter()
+        .filter(|l| l.contains("batch not published") || l.contains("enced"))
+        .count();
+    eprintln!(
+        "fencing: {} refunds; the frozen relay logged {fenced} refused or aborted batches after waking; {} stale",
+        refunds.load(std::sync::atomic::Ordering::SeqCst),
+        stale.len()
+    );
+    assert!(
+        stale.is_empty(),
+        "older states published last:\n{}",
+        stale.join("\n")
+    );
+
+    assert!(other.terminate().await.success());
+    assert!(frozen.terminate().await.success());
 }
