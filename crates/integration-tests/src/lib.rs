@@ -109,6 +109,7 @@ pub async fn spawn_payments_with(kafka: &KafkaConfig, database_url: &str, relay:
         snapshot_every: 10,
         relay,
         publish_timeout: Duration::from_secs(10),
+        idempotency_key_ttl: payments_service::repository::DEFAULT_KEY_TTL,
     };
     TestApp::spawn(|listener, stopped| async move {
         Ok(payments_service::run(config, listener, signal(stopped)).await?)

@@ -4,7 +4,8 @@
 //! - `GET /payments/{id}`: GetPaymentInfo, the call ServiceB makes back;
 //!   the current state, with `ETag: "<version>"`.
 //! - `GET /payments/{id}/events?from_version=n`: the payment's event stream.
-//! - `POST /payments/{id}/refunds`: refund part of it (honours `If-Match`).
+//! - `POST /payments/{id}/refunds`: refund part of it (honours `If-Match`
+//!   and `Idempotency-Key`).
 //!
 //! Writes answer once the events are committed to the event store; the
 //! outbox relay publishes them to Kafka right after.
@@ -22,7 +23,7 @@ use shared_events::{Amount, Currency, CustomerId, InvalidValue, OrderId, Payment
 use uuid::Uuid;
 
 use crate::domain::{Payment, RefundReason, RefundRefused};
-use crate::repository::{Payments, RepositoryError};
+use crate::repository::{IdempotencyKey, Payments, RepositoryError, Written};
 
 /// Largest accepted request body. A payment is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -31,7 +32,8 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// events and copied into `ce_correlationid`. A new id is made when absent or
 /// not a UUID.
 pub const CORRELATION_ID: &str = "x-correlation-id";
-/// Header making `POST /payments` safe to retry.
+/// Header making a write safe to retry: the same request with the same key,
+/// from the same customer, within the keys' lifetime, is done once.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Longest accepted idempotency key.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -105,26 +107,35 @@ async fn create_payment(
     ApiJson(request): ApiJson<NewPayment>,
 ) -> Result<Response, ApiError> {
     let received = request.validate().map_err(ApiError::Validation)?;
-    let key = idempotency_key(&headers)?;
     let canonical = serde_json::to_value(&request).unwrap_or_default();
+    let key = idempotency_key(&headers)?.map(|key| IdempotencyKey {
+        key,
+        request: &canonical,
+    });
     let created = state
         .payments
-        .create(received, key.map(|k| (k, &canonical)), correlation_id(&headers))
+        .create(received, key, correlation_id(&headers))
         .await?;
-    let payment = created.payment;
-    tracing::Span::current().record("payment_id", tracing::field::display(payment.received.payment_id));
+    let id = created.payment.received.payment_id;
+    tracing::Span::current().record("payment_id", tracing::field::display(id));
     tracing::info!(new = created.new, "payment accepted");
-    let location = format!("/payments/{}", payment.received.payment_id);
-    let mut response = with_etag(StatusCode::CREATED, &payment);
+    Ok(written(&created, id))
+}
+
+/// `201` with the payment after a write, its `ETag` and `Location`, and
+/// `Idempotent-Replayed: true` when an earlier request with the same key
+/// made the write.
+fn written(written: &Written, id: PaymentId) -> Response {
+    let mut response = with_etag(StatusCode::CREATED, &written.payment);
     response
         .headers_mut()
-        .insert(header::LOCATION, header_value(&location));
-    if !created.new {
+        .insert(header::LOCATION, header_value(&format!("/payments/{id}")));
+    if !written.new {
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(response)
+    response
 }
 
 #[tracing::instrument(skip(state))]
@@ -202,20 +213,29 @@ async fn refund(
             ));
         }
     };
-    let payment = state
+    // What makes a retry the same request: the payment, the body and the
+    // version it was decided on.
+    let canonical = serde_json::json!({
+        "payment_id": id,
+        "amount": request.amount,
+        "reason": request.reason,
+        "if_match": expected,
+    });
+    let key = idempotency_key(&headers)?.map(|key| IdempotencyKey {
+        key,
+        request: &canonical,
+    });
+    let refunded = state
         .payments
-        .refund(id, expected, amount, reason, correlation_id(&headers))
+        .refund(id, expected, amount, reason, key, correlation_id(&headers))
         .await?;
     tracing::info!(
-        version = payment.version,
-        refunded = payment.refunded,
+        version = refunded.payment.version,
+        refunded = refunded.payment.refunded,
+        new = refunded.new,
         "refund accepted"
     );
-    let mut response = with_etag(StatusCode::CREATED, &payment);
-    response
-        .headers_mut()
-        .insert(header::LOCATION, header_value(&format!("/payments/{id}")));
-    Ok(response)
+    Ok(written(&refunded, id))
 }
 
 /// The payment's state as JSON, with its version as the ETag.
@@ -315,7 +335,8 @@ pub enum ApiError {
     KeyReused,
     /// 503: the database could not be reached. Whether the write happened is
     /// unknown only if the connection broke mid-commit; retrying with the
-    /// same `Idempotency-Key` or `If-Match` is safe either way.
+    /// same `Idempotency-Key` (or, for a refund, the same `If-Match`) is safe
+    /// either way, and retrying without either may do it twice.
     #[error("storage unavailable: {0}")]
     Unavailable(event_store::Error),
     /// 500: stored data that makes no sense.
@@ -409,7 +430,9 @@ impl IntoResponse for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     ErrorBody::new(
                         "unavailable",
-                        "the database could not be reached; retry later (with the same Idempotency-Key)",
+                        "the database could not be reached, and the request may or may not have been \
+                         applied; retrying it with the same Idempotency-Key (or, for a refund, the same \
+                         If-Match) applies it once; retrying without either may apply it twice",
                     ),
                 )
             }

@@ -30,6 +30,9 @@ pub struct Config {
     /// `PUBLISH_TIMEOUT_MS`: how long the relay waits for the broker to
     /// acknowledge before retrying. Default 10 s.
     pub publish_timeout: Duration,
+    /// `IDEMPOTENCY_KEY_TTL_HOURS`: how long an `Idempotency-Key` is
+    /// remembered; a retry after that is a new request. Default 24.
+    pub idempotency_key_ttl: Duration,
 }
 
 impl Config {
@@ -42,6 +45,7 @@ impl Config {
             snapshot_every: var("SNAPSHOT_EVERY", 10)?,
             relay: var("OUTBOX_RELAY", true)?,
             publish_timeout: millis("PUBLISH_TIMEOUT_MS", Duration::from_secs(10))?,
+            idempotency_key_ttl: Duration::from_secs(3600 * var::<u64>("IDEMPOTENCY_KEY_TTL_HOURS", 24)?),
         })
     }
 }

@@ -25,8 +25,10 @@ pub mod relay;
 pub mod repository;
 
 use std::future::Future;
+use std::time::Duration;
 
 use event_store::EventStore;
+use service_kit::CancellationToken;
 use service_kit::http::{health_router, serve};
 use service_kit::kafka::Admin;
 use service_kit::lifecycle::{Task, stop_token, supervise, task};
@@ -53,10 +55,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let store = EventStore::connect(config.database.clone(), config.database_connections).await?;
-    let payments = Payments::new(store.clone(), config.snapshot_every);
+    let payments =
+        Payments::new(store.clone(), config.snapshot_every).with_key_ttl(config.idempotency_key_ttl);
     payments.migrate().await?;
     let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
     let appended = payments.appended();
+    let payments_for_purge = payments.clone();
     // No consumers, so no series yet: the same endpoint as the other
     // services, for one scrape configuration.
     let router = app(AppState { payments })
@@ -64,10 +68,36 @@ pub async fn run(
         .merge(metrics_router(Metrics::default()));
 
     let stop = stop_token(shutdown);
-    let mut tasks: Vec<Task> = vec![task("http", serve(listener, router, stop.clone()))];
+    let mut tasks: Vec<Task> = vec![
+        task("http", serve(listener, router, stop.clone())),
+        task(
+            "idempotency key purge",
+            purge_expired_keys(payments_for_purge, stop.clone()),
+        ),
+    ];
     if config.relay {
         let relay = Relay::new(store, appended, config.kafka.clone(), config.publish_timeout);
         tasks.push(task("outbox relay", relay.run(stop.clone())));
     }
     Ok(supervise(stop, tasks).await?)
+}
+
+/// How often expired idempotency keys are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Deletes expired idempotency keys every [`PURGE_EVERY`] until `stop`. A
+/// failure is logged and tried again next time: an expired key is never
+/// honoured anyway, it only takes room.
+async fn purge_expired_keys(payments: Payments, stop: CancellationToken) -> service_kit::Result<()> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(PURGE_EVERY) => {}
+        }
+        match payments.purge_expired_keys().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired idempotency keys deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete expired idempotency keys"),
+        }
+    }
 }

@@ -4,8 +4,14 @@
 //! snapshot and replays the events after it; every `snapshot_every` events a
 //! new snapshot is saved. Writes append with optimistic concurrency, and the
 //! outbox relay publishes what was appended, so nothing here talks to Kafka.
+//!
+//! Writes take an [`IdempotencyKey`]: a retried request with the same key
+//! gets the first one's outcome and appends nothing. A key belongs to one
+//! customer and one operation, and is forgotten after a while (default
+//! [`DEFAULT_KEY_TTL`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use event_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
@@ -21,6 +27,35 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Schema version of the stored events' data.
 const SCHEMA_VERSION: i32 = 1;
+
+/// How long an idempotency key is remembered, unless configured otherwise:
+/// long enough for any client's retries, short enough for the table to stay
+/// small.
+pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A request made safe to retry: the client's key and the request itself,
+/// to tell a retry (the same request) from a reuse of the key (another one).
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyKey<'a> {
+    pub key: &'a str,
+    pub request: &'a Value,
+}
+
+/// What a key is claimed for.
+#[derive(Debug, Clone, Copy)]
+enum Operation {
+    Payment,
+    Refund,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Payment => "payment",
+            Self::Refund => "refund",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
@@ -51,11 +86,12 @@ impl From<sqlx::Error> for RepositoryError {
 
 type Result<T, E = RepositoryError> = std::result::Result<T, E>;
 
-/// A payment just created, or found by its idempotency key.
+/// The outcome of a write: the payment after it, and whether this request
+/// made it (`false`: an earlier request with the same idempotency key did,
+/// and the payment is as it is now).
 #[derive(Debug)]
-pub struct Created {
+pub struct Written {
     pub payment: Payment,
-    /// False when an earlier request with the same idempotency key created it.
     pub new: bool,
 }
 
@@ -64,6 +100,8 @@ pub struct Created {
 pub struct Payments {
     store: EventStore,
     snapshot_every: u64,
+    /// How long idempotency keys are remembered.
+    key_ttl: Duration,
     /// Signalled after every commit, so this instance's outbox relay
     /// publishes at once instead of at its next poll.
     appended: Arc<Notify>,
@@ -79,8 +117,15 @@ impl Payments {
         Self {
             store,
             snapshot_every: snapshot_every.max(1),
+            key_ttl: DEFAULT_KEY_TTL,
             appended: Arc::default(),
         }
+    }
+
+    /// Remembers idempotency keys for `ttl` instead of [`DEFAULT_KEY_TTL`].
+    pub fn with_key_ttl(mut self, ttl: Duration) -> Self {
+        self.key_ttl = ttl;
+        self
     }
 
     /// Signalled after every append this instance commits.
@@ -100,40 +145,26 @@ impl Payments {
     }
 
     /// Records a received payment. With an idempotency `key`, a second
-    /// request with the same key and the same `request` body returns the
-    /// first one's payment and appends nothing.
+    /// request with the same key and the same request from the same customer
+    /// returns the first one's payment and appends nothing.
     pub async fn create(
         &self,
         received: PaymentReceived,
-        key: Option<(&str, &Value)>,
+        key: Option<IdempotencyKey<'_>>,
         correlation_id: Uuid,
-    ) -> Result<Created> {
+    ) -> Result<Written> {
         let id = received.payment_id;
+        let scope = received.customer_id.as_str().to_owned();
         let event = PaymentEvent::Received(received);
         let mut tx = self.store.pool().begin().await?;
-        if let Some((key, request)) = key {
-            let claimed: Option<String> = sqlx::query_scalar(
-                "INSERT INTO idempotency_keys (key, request, payment_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT (key) DO NOTHING RETURNING key",
-            )
-            .bind(key)
-            .bind(sqlx::types::Json(request))
-            .bind(Uuid::from(id))
-            .fetch_optional(&mut *tx)
-            .await?;
-            if claimed.is_none() {
-                let (first_request, first_id): (sqlx::types::Json<Value>, Uuid) =
-                    sqlx::query_as("SELECT request, payment_id FROM idempotency_keys WHERE key = $1")
-                        .bind(key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                tx.commit().await?;
-                if first_request.0 != *request {
-                    return Err(RepositoryError::KeyReused);
-                }
-                let payment = self.load(PaymentId::from(first_id)).await?;
-                return Ok(Created { payment, new: false });
-            }
+        if let Some(key) = key
+            && let Some(first) = self.claim(&mut tx, &scope, Operation::Payment, key, id).await?
+        {
+            tx.commit().await?;
+            return Ok(Written {
+                payment: self.load(first).await?,
+                new: false,
+            });
         }
         let stored = EventStore::append_in(
             &mut tx,
@@ -148,7 +179,66 @@ impl Payments {
             .map_err(|e| RepositoryError::Corrupt(id, e.to_string()))?
             .ok_or(RepositoryError::NotFound)?;
         debug_assert_eq!(stored.len(), 1);
-        Ok(Created { payment, new: true })
+        Ok(Written { payment, new: true })
+    }
+
+    /// Claims `key` for this request, on `payment`, in `tx`: `None` if it is
+    /// new (or its earlier claim expired), so the request goes ahead; the
+    /// payment of the earlier request if that was the same request.
+    ///
+    /// A concurrent claim of the same key waits on the first one's
+    /// transaction: it sees the key once that commits, and claims it if that
+    /// rolls back.
+    async fn claim(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        scope: &str,
+        operation: Operation,
+        key: IdempotencyKey<'_>,
+        payment: PaymentId,
+    ) -> Result<Option<PaymentId>> {
+        let claimed: Option<String> = sqlx::query_scalar(
+            "INSERT INTO idempotency_keys (scope, operation, key, request, payment_id, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) \
+             ON CONFLICT (scope, operation, key) DO UPDATE \
+                 SET request = EXCLUDED.request, payment_id = EXCLUDED.payment_id, \
+                     created_at = now(), expires_at = EXCLUDED.expires_at \
+                 WHERE idempotency_keys.expires_at <= now() \
+             RETURNING key",
+        )
+        .bind(scope)
+        .bind(operation.as_str())
+        .bind(key.key)
+        .bind(sqlx::types::Json(key.request))
+        .bind(Uuid::from(payment))
+        .bind(self.key_ttl.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if claimed.is_some() {
+            return Ok(None);
+        }
+        let (first_request, first_payment): (sqlx::types::Json<Value>, Uuid) = sqlx::query_as(
+            "SELECT request, payment_id FROM idempotency_keys WHERE scope = $1 AND operation = $2 AND key = $3",
+        )
+        .bind(scope)
+        .bind(operation.as_str())
+        .bind(key.key)
+        .fetch_one(&mut *tx)
+        .await?;
+        if first_request.0 != *key.request {
+            return Err(RepositoryError::KeyReused);
+        }
+        Ok(Some(PaymentId::from(first_payment)))
+    }
+
+    /// Forgets the idempotency keys that expired; returns how many.
+    pub async fn purge_expired_keys(&self) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= now()")
+                .execute(self.store.pool())
+                .await?
+                .rows_affected(),
+        )
     }
 
     /// The payment's current state: the latest snapshot plus the events after it.
@@ -168,16 +258,37 @@ impl Payments {
     }
 
     /// Refunds `amount` if the payment is at `expected` (when given) and
-    /// the rules allow it. Returns the payment after the refund.
+    /// the rules allow it. Returns the payment after the refund. With an
+    /// idempotency `key`, a second request with the same key and the same
+    /// request returns the payment as it is now and refunds nothing more,
+    /// whatever version it is at by then.
     pub async fn refund(
         &self,
         id: PaymentId,
         expected: Option<u64>,
         amount: Amount,
         reason: RefundReason,
+        key: Option<IdempotencyKey<'_>>,
         correlation_id: Uuid,
-    ) -> Result<Payment> {
+    ) -> Result<Written> {
         let payment = self.load(id).await?;
+        // The key first: a retry of a refund that was made finds the payment
+        // moved on, and must get that refund's outcome, not a conflict.
+        let mut tx = self.store.pool().begin().await?;
+        if let Some(key) = key {
+            let scope = payment.received.customer_id.as_str().to_owned();
+            if self
+                .claim(&mut tx, &scope, Operation::Refund, key, id)
+                .await?
+                .is_some()
+            {
+                tx.commit().await?;
+                return Ok(Written {
+                    payment: self.load(id).await?,
+                    new: false,
+                });
+            }
+        }
         if let Some(expected) = expected
             && expected != payment.version
         {
@@ -189,17 +300,20 @@ impl Payments {
         let event = payment.refund(amount, reason, Utc::now())?;
         let version = payment.version;
         // The decision was made on `version`: appending expects exactly it, so
-        // a concurrent refund decided on the same state loses.
-        match self
-            .store
-            .append(
-                &stream_id(id),
-                ExpectedVersion::Exact(version),
-                &[new_event(&event, correlation_id)],
-            )
-            .await
-        {
-            Ok(_) => self.appended.notify_one(),
+        // a concurrent refund decided on the same state loses. The key's
+        // claim commits with the refund, or not at all.
+        let appended = EventStore::append_in(
+            &mut tx,
+            &stream_id(id),
+            ExpectedVersion::Exact(version),
+            &[new_event(&event, correlation_id)],
+        )
+        .await;
+        match appended {
+            Ok(_) => {
+                tx.commit().await?;
+                self.appended.notify_one();
+            }
             Err(event_store::Error::Conflict { actual, .. }) => {
                 return Err(RepositoryError::VersionMismatch {
                     expected: expected.unwrap_or(version),
@@ -213,7 +327,10 @@ impl Payments {
         if after.version % self.snapshot_every == 0 {
             self.snapshot(&after).await;
         }
-        Ok(after)
+        Ok(Written {
+            payment: after,
+            new: true,
+        })
     }
 
     /// Saves `payment` as its stream's snapshot. A failure only costs speed

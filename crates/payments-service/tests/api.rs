@@ -312,6 +312,122 @@ async fn an_idempotency_key_makes_a_retry_return_the_same_payment() {
     assert_eq!(empty_key.status, StatusCode::BAD_REQUEST);
 }
 
+/// The number of events stored in `harness`'s database.
+async fn stored_events(harness: &Harness) -> usize {
+    harness
+        .payments
+        .store()
+        .read_all(0, 1000)
+        .await
+        .expect("read")
+        .len()
+}
+
+#[tokio::test]
+async fn a_refund_retried_with_its_idempotency_key_is_applied_once() {
+    let harness = Harness::new().await;
+    let id = id_of(&harness.create().await);
+    let path = format!("/payments/{id}/refunds");
+    let body = json!({"amount": 300, "reason": "damaged"}).to_string();
+    let key = [("idempotency-key", "refund-1")];
+
+    // The response was lost; the client sends the same request again.
+    let first = harness.post(&path, body.clone(), &key).await;
+    let retry = harness.post(&path, body.clone(), &key).await;
+    assert_eq!(
+        (first.status, retry.status),
+        (StatusCode::CREATED, StatusCode::CREATED),
+        "{} {}",
+        first.body,
+        retry.body
+    );
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(retry.body["refunded"], 300, "refunded once: {}", retry.body);
+    assert_eq!(retry.body["version"], 2);
+    assert_eq!(stored_events(&harness).await, 2, "received, refunded once");
+
+    // Decided on version 1 and retried after it succeeded: still the same
+    // refund, not a conflict.
+    let decided = [("idempotency-key", "refund-2"), ("if-match", "\"2\"")];
+    let second = harness.post(&path, body.clone(), &decided).await;
+    let second_retry = harness.post(&path, body.clone(), &decided).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.body);
+    assert_eq!(second_retry.status, StatusCode::CREATED, "{}", second_retry.body);
+    assert_eq!(second_retry.body["refunded"], 600);
+    assert_eq!(stored_events(&harness).await, 3);
+
+    // The same key with another request is refused, and refunds nothing.
+    let other = json!({"amount": 1, "reason": "damaged"}).to_string();
+    let reused = harness.post(&path, other, &key).await;
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reused.body["error"], "idempotency_key_reused");
+    assert_eq!(stored_events(&harness).await, 3);
+
+    // A refund that is refused leaves its key free for a corrected retry.
+    let too_much = json!({"amount": 5000, "reason": "damaged"}).to_string();
+    let fix = [("idempotency-key", "refund-3")];
+    assert_eq!(
+        harness.post(&path, too_much, &fix).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(harness.post(&path, body, &fix).await.status, StatusCode::CREATED);
+    assert_eq!(stored_events(&harness).await, 4);
+}
+
+#[tokio::test]
+async fn idempotency_keys_belong_to_one_customer_and_one_operation() {
+    let harness = Harness::new().await;
+    let key = [("idempotency-key", "attempt-1")];
+    let first = harness.post("/payments", valid().to_string(), &key).await;
+    let other_customer = harness
+        .post("/payments", with("customer_id", json!("c-2")), &key)
+        .await;
+    assert_eq!(
+        (first.status, other_customer.status),
+        (StatusCode::CREATED, StatusCode::CREATED),
+        "{}",
+        other_customer.body
+    );
+    assert!(other_customer.headers.get("idempotent-replayed").is_none());
+    assert_ne!(id_of(&first.body), id_of(&other_customer.body));
+
+    // The same key on a refund of the first customer's payment: another operation.
+    let id = id_of(&first.body);
+    let refund = json!({"amount": 100, "reason": "damaged"}).to_string();
+    let refunded = harness
+        .post(&format!("/payments/{id}/refunds"), refund, &key)
+        .await;
+    assert_eq!(refunded.status, StatusCode::CREATED, "{}", refunded.body);
+    assert!(refunded.headers.get("idempotent-replayed").is_none());
+    assert_eq!(stored_events(&harness).await, 3);
+}
+
+#[tokio::test]
+async fn an_expired_idempotency_key_is_a_new_request() {
+    let harness = Harness::new().await;
+    let key = [("idempotency-key", "order-o-1")];
+    let first = harness.post("/payments", valid().to_string(), &key).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    // A day later (the default lifetime).
+    sqlx::query("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
+        .execute(harness.payments.store().pool())
+        .await
+        .expect("age the key");
+
+    let later = harness.post("/payments", with("amount", json!(5)), &key).await;
+    assert_eq!(later.status, StatusCode::CREATED, "{}", later.body);
+    assert_ne!(id_of(&later.body), id_of(&first.body));
+    let retry = harness.post("/payments", with("amount", json!(5)), &key).await;
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(id_of(&retry.body), id_of(&later.body));
+
+    sqlx::query("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
+        .execute(harness.payments.store().pool())
+        .await
+        .expect("age the key");
+    assert_eq!(harness.payments.purge_expired_keys().await.expect("purge"), 1);
+}
+
 #[tokio::test]
 async fn refunds_move_the_version_and_check_if_match() {
     let harness = Harness::new().await;
