@@ -2,7 +2,8 @@
 //!
 //! Starts the local broker and the local PostgreSQL (unless
 //! `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` point elsewhere; then set
-//! `SERVICE_B_DATABASE_URL` to ServiceB's own database too), builds and
+//! `SERVICE_A_DATABASE_URL` and `SERVICE_B_DATABASE_URL` to their own
+//! databases too), builds and
 //! starts the three services with their default addresses, and prefixes each
 //! line they log with the service's name. Ctrl-c (or any service exiting)
 //! stops the services with SIGTERM, waits for them to shut down cleanly, then
@@ -124,21 +125,19 @@ fn spawn(root: &Path, service: &'static str) -> Result<Child> {
 }
 
 /// Each service's own database: Payments' event store in `DATABASE_URL`
-/// (default: the local server's `postgres`), ServiceB's records in
-/// `SERVICE_B_DATABASE_URL` (default: the local server's `service_b`, which
-/// `pg up` creates). ServiceA keeps nothing in a database.
+/// (default: the local server's `postgres`), ServiceA's audit log and
+/// ServiceB's records in `SERVICE_A_DATABASE_URL` and
+/// `SERVICE_B_DATABASE_URL` (default: the local server's `service_a` and
+/// `service_b`, which `pg up` creates).
 fn database_url(service: &str) -> String {
-    let (var, local) = match service {
-        "service-b" => (
-            "SERVICE_B_DATABASE_URL",
-            format!(
-                "postgres://postgres@127.0.0.1:5432/{}",
-                postgres::SERVICE_B_DATABASE
-            ),
-        ),
-        _ => ("DATABASE_URL", postgres::DATABASE_URL.to_owned()),
+    let own = |var: &str, database: &str| {
+        crate::env_set(var).unwrap_or_else(|| format!("postgres://postgres@127.0.0.1:5432/{database}"))
     };
-    crate::env_set(var).unwrap_or(local)
+    match service {
+        "service-a" => own("SERVICE_A_DATABASE_URL", "service_a"),
+        "service-b" => own("SERVICE_B_DATABASE_URL", "service_b"),
+        _ => crate::env_set("DATABASE_URL").unwrap_or_else(|| postgres::DATABASE_URL.to_owned()),
+    }
 }
 
 /// Copies `stream` to stderr line by line, each line prefixed by `name`.

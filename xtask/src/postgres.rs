@@ -25,8 +25,9 @@ use crate::broker::is_alive;
 pub const PG_PORT: u16 = 5432;
 /// How clients reach the local server (trust authentication: no password).
 pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-/// ServiceB's own database on the local server, created by `pg up`.
-pub const SERVICE_B_DATABASE: &str = "service_b";
+/// ServiceA's and ServiceB's own databases on the local server, created by
+/// `pg up`.
+pub const SERVICE_DATABASES: [&str; 2] = ["service_a", "service_b"];
 /// Where Debian installs each major version's server programs.
 const INSTALL_ROOT: &str = "/usr/lib/postgresql";
 /// The OS user the server runs as when xtask runs as root.
@@ -79,7 +80,9 @@ impl LocalPostgres {
         let bin = bin_dir()?;
         if let Some(pid) = self.running_pid() {
             wait_until_ready(&bin, pid, &self.log_path()).await?;
-            create_database(&bin, SERVICE_B_DATABASE)?;
+            for database in SERVICE_DATABASES {
+                create_database(&bin, database)?;
+            }
             return Ok(false);
         }
         if matches!(pg_isready(&bin)?, READY | REJECTING) {
@@ -118,7 +121,9 @@ impl LocalPostgres {
             )
         })?;
         wait_until_ready(&bin, pid, &self.log_path()).await?;
-        create_database(&bin, SERVICE_B_DATABASE)?;
+        for database in SERVICE_DATABASES {
+            create_database(&bin, database)?;
+        }
         Ok(true)
     }
 

@@ -268,11 +268,17 @@ impl EventStore {
 
     /// The stream's events from version `from` on (1 for all), in order.
     pub async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>> {
+        self.read_stream_page(stream, from, u64::MAX).await
+    }
+
+    /// Up to `limit` events of `stream` from version `from` on, in order.
+    pub async fn read_stream_page(&self, stream: &str, from: u64, limit: u64) -> Result<Vec<RecordedEvent>> {
         let rows = sqlx::query(&format!(
-            "{SELECT_EVENTS} WHERE stream_id = $1 AND version >= $2 ORDER BY version"
+            "{SELECT_EVENTS} WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
         ))
         .bind(stream)
         .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(recorded).collect()

@@ -50,6 +50,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
+    /// A database made for this app alone, kept as long as the app.
+    _database: Option<TestDatabase>,
 }
 
 impl TestApp {
@@ -67,6 +69,7 @@ impl TestApp {
             addr,
             shutdown: Some(shutdown),
             task,
+            _database: None,
         }
     }
 
@@ -131,18 +134,34 @@ pub fn test_consumer() -> ConsumerConfig {
     }
 }
 
-/// ServiceA with `kafka`, in consumer group `group_id`.
+/// ServiceA with `kafka`, in consumer group `group_id`, its audit log in a
+/// database of its own.
 pub async fn spawn_service_a(kafka: &KafkaConfig, group_id: &str) -> TestApp {
     spawn_service_a_with(kafka, group_id, test_consumer()).await
 }
 
-/// ServiceA with `kafka`, in consumer group `group_id`, consumer settings `consumer`.
+/// [`spawn_service_a`] with consumer settings `consumer`.
 pub async fn spawn_service_a_with(kafka: &KafkaConfig, group_id: &str, consumer: ConsumerConfig) -> TestApp {
+    let database = TestDatabase::empty().await;
+    let mut app = spawn_service_a_in(kafka, group_id, consumer, &database.url).await;
+    app._database = Some(database);
+    app
+}
+
+/// [`spawn_service_a_with`], its audit log in the database at `database_url`.
+pub async fn spawn_service_a_in(
+    kafka: &KafkaConfig,
+    group_id: &str,
+    consumer: ConsumerConfig,
+    database_url: &str,
+) -> TestApp {
     let config = service_a::Config {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         kafka: kafka.clone(),
         consumer,
         group_id: group_id.to_owned(),
+        database: database_url.parse().expect("database URL"),
+        database_connections: 5,
     };
     TestApp::spawn(
         |listener, stopped| async move { Ok(service_a::run(config, listener, signal(stopped)).await?) },

@@ -3,7 +3,8 @@
 //! - `POST /payments`: accept a payment (honours `Idempotency-Key`).
 //! - `GET /payments/{id}`: GetPaymentInfo, the call ServiceB makes back;
 //!   the current state, with `ETag: "<version>"`.
-//! - `GET /payments/{id}/events?from_version=n`: the payment's event stream.
+//! - `GET /payments/{id}/events?from_version=n&limit=m`: the payment's event
+//!   stream, a page at a time (`Link: <...>; rel="next"` while there is more).
 //! - `POST /payments/{id}/refunds`: refund part of it (honours `If-Match`
 //!   and `Idempotency-Key`).
 //!
@@ -18,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::http::{ErrorBody, FieldProblem, LookupError};
+use service_kit::http::{ErrorBody, FieldProblem, LookupError, next_page, page_size};
 use shared_events::{Amount, Currency, CustomerId, InvalidValue, OrderId, PaymentId, PaymentReceived};
 use uuid::Uuid;
 
@@ -150,6 +151,7 @@ async fn get_payment(State(state): State<AppState>, Path(id): Path<String>) -> R
 #[derive(Debug, Deserialize)]
 struct EventsQuery {
     from_version: Option<u64>,
+    limit: Option<usize>,
 }
 
 /// A stored event as the API shows it.
@@ -172,10 +174,17 @@ async fn payment_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<EventsQuery>,
-) -> Result<Json<Vec<StoredEvent>>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = PaymentId::parse(&id).map_err(LookupError::from)?;
-    let events = state.payments.events(id, query.from_version.unwrap_or(1)).await?;
-    Ok(Json(
+    let limit = page_size(query.limit).map_err(ApiError::InvalidQuery)?;
+    // One more than asked: whether there is a next page.
+    let mut events = state
+        .payments
+        .events(id, query.from_version.unwrap_or(1), limit + 1)
+        .await?;
+    let next = (events.len() > limit).then(|| events[limit].version);
+    events.truncate(limit);
+    let mut response = Json(
         events
             .into_iter()
             .map(|e| StoredEvent {
@@ -189,8 +198,16 @@ async fn payment_events(
                 causation_id: e.metadata.causation_id,
                 recorded_at: e.recorded_at,
             })
-            .collect(),
-    ))
+            .collect::<Vec<_>>(),
+    )
+    .into_response();
+    if let Some(next) = next {
+        let (name, value) = next_page(&format!(
+            "/payments/{id}/events?from_version={next}&limit={limit}"
+        ));
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
 }
 
 #[tracing::instrument(skip(state, headers, request))]
@@ -312,6 +329,9 @@ pub enum ApiError {
     /// 400: the query string does not parse.
     #[error("invalid query: {0}")]
     Query(#[from] QueryRejection),
+    /// 400: the query parses, but a value is out of range.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
     /// 422: well-formed, but the values break the rules.
     #[error("invalid request")]
     Validation(Vec<InvalidValue>),
@@ -401,6 +421,9 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST,
                 ErrorBody::new("invalid_query", rejection.body_text()),
             ),
+            Self::InvalidQuery(message) => {
+                (StatusCode::BAD_REQUEST, ErrorBody::new("invalid_query", message))
+            }
             Self::Lookup(lookup) => return lookup.into_response(),
             Self::InvalidHeader { name, expected } => (
                 StatusCode::BAD_REQUEST,

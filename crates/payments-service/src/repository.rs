@@ -349,13 +349,14 @@ impl Payments {
         }
     }
 
-    /// The payment's stored events from version `from` on.
-    pub async fn events(&self, id: PaymentId, from: u64) -> Result<Vec<RecordedEvent>> {
+    /// Up to `limit` of the payment's stored events, from version `from` on.
+    pub async fn events(&self, id: PaymentId, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
         let stream = stream_id(id);
         if self.store.version(&stream).await?.is_none() {
             return Err(RepositoryError::NotFound);
         }
-        Ok(self.store.read_stream(&stream, from.max(1)).await?)
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        Ok(self.store.read_stream_page(&stream, from.max(1), limit).await?)
     }
 }
 

@@ -429,6 +429,49 @@ async fn an_expired_idempotency_key_is_a_new_request() {
 }
 
 #[tokio::test]
+async fn the_event_stream_is_read_a_page_at_a_time() {
+    let harness = Harness::new().await;
+    let id = id_of(&harness.create().await);
+    for _ in 0..4 {
+        assert_eq!(harness.refund(&id, 10, None).await.status, StatusCode::CREATED);
+    }
+
+    let mut versions = Vec::new();
+    let mut next = Some(format!("/payments/{id}/events?limit=2"));
+    while let Some(uri) = next {
+        let reply = harness.get(&uri).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}: {}", reply.body);
+        versions.extend(
+            reply
+                .body
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|e| e["version"].clone()),
+        );
+        next = reply.headers.get(header::LINK).map(|link| {
+            let link = link.to_str().expect("ascii");
+            let (target, _) = link
+                .strip_prefix('<')
+                .and_then(|l| l.split_once(">; rel=\"next\""))
+                .expect("a next link");
+            target.to_owned()
+        });
+    }
+    assert_eq!(versions, [json!(1), json!(2), json!(3), json!(4), json!(5)]);
+
+    let all = harness
+        .get(&format!("/payments/{id}/events?from_version=4"))
+        .await;
+    assert_eq!(all.body.as_array().map(Vec::len), Some(2));
+    assert!(all.headers.get(header::LINK).is_none());
+    for bad in ["limit=0", "limit=1001", "from_version=x"] {
+        let reply = harness.get(&format!("/payments/{id}/events?{bad}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}: {}", reply.body);
+    }
+}
+
+#[tokio::test]
 async fn refunds_move_the_version_and_check_if_match() {
     let harness = Harness::new().await;
     let id = id_of(&harness.create().await);

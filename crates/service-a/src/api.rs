@@ -1,33 +1,108 @@
 //! ServiceA's HTTP API.
 //!
-//! - `GET /audit`: the notifications received, oldest first.
+//! - `GET /audit?limit=n&after=seq`: the notifications handled, in the order
+//!   they were recorded, a page at a time; `Link: <...>; rel="next"` names
+//!   the next page while there is one.
 //! - `GET /payments/{id}`: the local copy of a payment (404 until its state
 //!   event arrived).
 
-use axum::extract::{Path, State as Extract};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Path, Query, State as Extract};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use service_kit::http::{LookupError, lookup};
+use serde::Deserialize;
+use service_kit::http::{ErrorBody, LookupError, lookup, next_page, page_size};
 use shared_events::PaymentState;
 
-use crate::handler::{AuditEntry, State};
+use crate::audit::Audit;
+use crate::handler::State;
 
-pub fn app(state: State) -> Router {
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub state: State,
+    pub audit: Audit,
+}
+
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/audit", get(audit))
         .route("/payments/{id}", get(payment))
         .with_state(state)
 }
 
-#[tracing::instrument(skip_all)]
-async fn audit(Extract(state): Extract<State>) -> Json<Vec<AuditEntry>> {
-    Json(state.audit_log())
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+    /// The `seq` of the last entry of the previous page.
+    after: Option<i64>,
 }
 
-#[tracing::instrument(skip(state))]
+#[tracing::instrument(skip_all)]
+async fn audit(
+    Extract(app): Extract<AppState>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let limit = page_size(query.limit).map_err(ApiError::InvalidQuery)?;
+    // One more than asked: whether there is a next page.
+    let mut entries = app.audit.page(query.after, limit + 1).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot read the audit log");
+        ApiError::Unavailable
+    })?;
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let mut response = Json(&entries).into_response();
+    if more && let Some(last) = entries.last() {
+        let (name, value) = next_page(&format!("/audit?after={}&limit={limit}", last.seq));
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
+}
+
+#[tracing::instrument(skip(app))]
 async fn payment(
-    Extract(state): Extract<State>,
+    Extract(app): Extract<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<PaymentState>, LookupError> {
-    lookup(&id, |id| state.payments.get(id))
+) -> Result<Json<PaymentState>, ApiError> {
+    Ok(lookup(&id, |id| app.state.payments.get(id))?)
+}
+
+/// `axum::extract::Query`, but rejections become [`ApiError`]s with a JSON body.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(Query), rejection(ApiError))]
+struct ApiQuery<T>(T);
+
+/// Every way a request can fail, and the status each gets.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the query string does not parse.
+    #[error("invalid query: {0}")]
+    Query(#[from] QueryRejection),
+    /// 400: the query parses, but a value is out of range.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// 400 or 404: the payment in the path.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// 503: the audit log's database is unreachable.
+    #[error("audit log unavailable")]
+    Unavailable,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Query(rejection) => {
+                ErrorBody::new("invalid_query", rejection.body_text()).into_response(StatusCode::BAD_REQUEST)
+            }
+            Self::InvalidQuery(message) => {
+                ErrorBody::new("invalid_query", message).into_response(StatusCode::BAD_REQUEST)
+            }
+            Self::Lookup(lookup) => lookup.into_response(),
+            Self::Unavailable => ErrorBody::new("unavailable", "the audit log is unreachable; try again")
+                .into_response(StatusCode::SERVICE_UNAVAILABLE),
+        }
+    }
 }

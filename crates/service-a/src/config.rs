@@ -3,7 +3,12 @@
 use std::net::SocketAddr;
 
 use service_kit::Result;
-use service_kit::config::{ConsumerConfig, KafkaConfig, var};
+use service_kit::config::{ConsumerConfig, KafkaConfig, secret, var};
+use sqlx::postgres::PgConnectOptions;
+
+/// ServiceA's own database on the local PostgreSQL of `cargo xtask pg up`
+/// (which creates it).
+pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/service_a";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -16,6 +21,11 @@ pub struct Config {
     pub consumer: ConsumerConfig,
     /// `GROUP_ID`: the consumer group. Default `service-a`.
     pub group_id: String,
+    /// `DATABASE_URL`: ServiceA's own PostgreSQL database, for its audit
+    /// log. Default: `service_a` on the local one.
+    pub database: PgConnectOptions,
+    /// `DATABASE_CONNECTIONS`: connection pool size. Default 5.
+    pub database_connections: u32,
 }
 
 impl Config {
@@ -25,6 +35,8 @@ impl Config {
             kafka: KafkaConfig::from_env()?,
             consumer: ConsumerConfig::from_env()?,
             group_id: var("GROUP_ID", crate::SERVICE.to_owned())?,
+            database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
+            database_connections: var("DATABASE_CONNECTIONS", 5)?,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! ServiceA: reacts to payments without ever calling Payments.
 //!
-//! - From the **notifications** topic it keeps an audit log: every
-//!   `PaymentReceived` notification, oldest first (`GET /audit`).
+//! - From the **notifications** topic it keeps an audit log of every
+//!   notification, in its own PostgreSQL database, so it survives restarts
+//!   (`GET /audit`, a page at a time).
 //! - From the compacted **state** topic it keeps its own copy of every payment
 //!   (event-carried state transfer), served at `GET /payments/{id}` even while
 //!   Payments is down.
@@ -16,13 +17,14 @@
 //!
 //! - [`config`]: settings from the environment.
 //! - [`handler`]: what happens to each record, and the state it builds.
-//! - [`api`]: the HTTP routes.
-//!
-//! Its failures are all runtime ones ([`service_kit::Error`]): it has no
-//! error type of its own.
+//! - [`audit`]: the audit log, in PostgreSQL (schema in `migrations/`).
+//! - [`api`]: the HTTP routes and the one HTTP error type, [`api::ApiError`].
+//! - [`error`]: this crate's error type.
 
 pub mod api;
+pub mod audit;
 pub mod config;
+pub mod error;
 pub mod handler;
 
 use std::future::Future;
@@ -35,9 +37,11 @@ use service_kit::lifecycle::{stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
 use tokio::net::TcpListener;
 
-pub use api::app;
+pub use api::{AppState, app};
+pub use audit::{Audit, AuditEntry};
 pub use config::Config;
-pub use handler::{AuditEntry, PaymentEvents, State};
+pub use error::{Error, Result};
+pub use handler::{PaymentEvents, State};
 
 /// The service's name: its Kafka client id.
 pub const SERVICE: &str = "service-a";
@@ -47,7 +51,8 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> service_kit::Result<()> {
+) -> Result<()> {
+    let audit_log = Audit::connect(config.database.clone(), config.database_connections).await?;
     let topics = config.kafka.topics.clone();
     let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
     let metrics = Metrics::default();
@@ -64,11 +69,14 @@ pub async fn run(
     let dead_letters = DeadLetters::new(&config.kafka, SERVICE)?;
 
     let state = State::default();
-    let router = app(state.clone())
-        .merge(health_router(admin))
-        .merge(metrics_router(metrics));
-    let audit = PaymentEvents::new(topics.clone(), state.clone());
-    let copy = PaymentEvents::new(topics, state);
+    let router = app(AppState {
+        state: state.clone(),
+        audit: audit_log.clone(),
+    })
+    .merge(health_router(admin))
+    .merge(metrics_router(metrics));
+    let audit = PaymentEvents::new(topics.clone(), state.clone(), audit_log.clone());
+    let copy = PaymentEvents::new(topics, state, audit_log);
 
     let stop = stop_token(shutdown);
     supervise(
@@ -93,5 +101,6 @@ pub async fn run(
             task("http", serve(listener, router, stop)),
         ],
     )
-    .await
+    .await?;
+    Ok(())
 }

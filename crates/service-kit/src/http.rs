@@ -125,6 +125,32 @@ impl IntoResponse for LookupError {
     }
 }
 
+/// Entries per page of a list when the request does not say.
+pub const DEFAULT_PAGE: usize = 100;
+/// The most entries a request may ask for at once.
+pub const MAX_PAGE: usize = 1000;
+
+/// `?limit=n`: how many entries a page holds, checked.
+///
+/// # Errors
+///
+/// A message for the client when `limit` is 0 or over [`MAX_PAGE`].
+pub fn page_size(limit: Option<usize>) -> Result<usize, String> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(format!("limit must be 1 to {MAX_PAGE}, not {n}")),
+    }
+}
+
+/// The `Link` header pointing at the next page (RFC 8288): `<target>;
+/// rel="next"`, `target` being a path with its query.
+pub fn next_page(target: &str) -> (axum::http::HeaderName, axum::http::HeaderValue) {
+    let value = axum::http::HeaderValue::from_str(&format!("<{target}>; rel=\"next\""))
+        .unwrap_or_else(|_| axum::http::HeaderValue::from_static(""));
+    (axum::http::header::LINK, value)
+}
+
 /// Looks up the payment whose id is the path segment `id`.
 pub fn lookup<T: Serialize>(
     id: &str,

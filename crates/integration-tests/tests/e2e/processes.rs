@@ -660,3 +660,78 @@ async fn a_frozen_relay_woken_after_another_took_over_cannot_publish_an_older_st
     assert!(other.terminate().await.success());
     assert!(frozen.terminate().await.success());
 }
+
+/// ServiceA is killed after it audited some notifications; its group resumes
+/// after them, so they are never handed to it again. Restarted on the same
+/// database, it still lists every notification it ever handled.
+#[tokio::test]
+async fn service_a_lists_every_notification_it_handled_after_a_sigkill() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::empty().await;
+    let http = reqwest::Client::new();
+    let group = unique("service-a");
+    let env = [
+        &kafka_env(&kafka)[..],
+        &[
+            ("GROUP_ID", group.as_str()),
+            ("DATABASE_URL", database.url.as_str()),
+        ],
+    ]
+    .concat();
+
+    let mut service_a = Process::start("service-a", &env);
+    let url = format!("http://{}", service_a.address().await);
+    let mut ids = publish_notifications(&kafka, 30).await;
+    let audited = |url: String, count: usize| {
+        let http = http.clone();
+        async move {
+            eventually(&format!("{count} notifications in the audit"), || async {
+                let mut ids = Vec::new();
+                let mut next = Some(format!("{url}/audit?limit=7"));
+                while let Some(page) = next {
+                    let response = http.get(&page).send().await.ok()?;
+                    next = response
+                        .headers()
+                        .get("link")
+                        .and_then(|l| l.to_str().ok())
+                        .and_then(|l| l.strip_prefix('<')?.split_once('>'))
+                        .map(|(target, _)| format!("{url}{target}"));
+                    let entries: serde_json::Value = response.json().await.ok()?;
+                    ids.extend(
+                        entries
+                            .as_array()?
+                            .iter()
+                            .filter_map(|e| Some(e["payment_id"].as_str()?.to_owned())),
+                    );
+                }
+                (ids.len() >= count).then_some(ids)
+            })
+            .await
+        }
+    };
+    audited(url.clone(), 30).await;
+    // The group has committed past them (the background commit runs every
+    // 5 s by default; the kill comes after it).
+    eventually("the group committed what it audited", || async {
+        let offsets = service_kit::groups::offsets(&kafka, &group, &kafka.topics.notifications).ok()?;
+        (offsets.iter().map(|p| p.lag()).sum::<i64>() == 0).then_some(())
+    })
+    .await;
+    assert!(!service_a.kill().await.success());
+
+    let mut restarted = Process::start("service-a", &env);
+    let url = format!("http://{}", restarted.address().await);
+    ids.extend(publish_notifications(&kafka, 10).await);
+    let listed = audited(url, 40).await;
+    let mut listed_sorted = listed.clone();
+    listed_sorted.sort();
+    listed_sorted.dedup();
+    ids.sort();
+    assert_eq!(listed.len(), 40, "each notification once");
+    assert_eq!(
+        listed_sorted, ids,
+        "every notification handled, before and after the kill"
+    );
+    assert!(restarted.terminate().await.success());
+}

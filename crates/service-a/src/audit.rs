@@ -1,0 +1,126 @@
+//! ServiceA's audit log, in its own PostgreSQL database.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use shared_events::{EventId, PaymentId};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::error::Result;
+
+/// The schema, embedded at compile time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// One notification, as recorded in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// Its place in the log: the cursor to read on from.
+    pub seq: i64,
+    pub event_id: EventId,
+    pub payment_id: PaymentId,
+    /// `received` or `refunded`.
+    pub kind: String,
+    /// When it happened (from the event).
+    pub occurred_at: DateTime<Utc>,
+    /// When ServiceA recorded the notification.
+    pub recorded_at: DateTime<Utc>,
+    pub source: String,
+    pub correlation_id: Uuid,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A notification to record (the log gives it its `seq`).
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub event_id: EventId,
+    pub payment_id: PaymentId,
+    pub kind: &'static str,
+    pub occurred_at: DateTime<Utc>,
+    pub source: String,
+    pub correlation_id: Uuid,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The audit log. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pool: PgPool,
+}
+
+impl Audit {
+    /// Connects with up to `max_connections` connections and brings the
+    /// schema up to date.
+    pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// A log on a pool that connects on first use, without migrating: for
+    /// tests of what does not touch it.
+    pub fn lazy(options: PgConnectOptions) -> Self {
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_secs(1))
+            .connect_lazy_with(options);
+        Self { pool }
+    }
+
+    /// Records `entry` unless its notification was recorded before. Returns
+    /// whether it was new.
+    pub async fn record(&self, entry: &NewEntry) -> Result<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO audit_entries \
+                 (event_id, payment_id, kind, occurred_at, recorded_at, source, correlation_id, \
+                  topic_partition, topic_offset) \
+             VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(Uuid::from(entry.event_id))
+        .bind(Uuid::from(entry.payment_id))
+        .bind(entry.kind)
+        .bind(entry.occurred_at)
+        .bind(&entry.source)
+        .bind(entry.correlation_id)
+        .bind(entry.partition)
+        .bind(entry.offset)
+        .execute(&self.pool)
+        .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    /// Up to `limit` entries recorded after the entry `after` (from the
+    /// start when `None`), in the order they were recorded.
+    pub async fn page(&self, after: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, payment_id, kind, occurred_at, recorded_at, source, correlation_id, \
+                    topic_partition, topic_offset \
+             FROM audit_entries WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after.unwrap_or(0))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry).collect()
+    }
+}
+
+fn entry(row: &PgRow) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        seq: row.try_get("seq")?,
+        event_id: EventId::from(row.try_get::<Uuid, _>("event_id")?),
+        payment_id: PaymentId::from(row.try_get::<Uuid, _>("payment_id")?),
+        kind: row.try_get("kind")?,
+        occurred_at: row.try_get("occurred_at")?,
+        recorded_at: row.try_get("recorded_at")?,
+        source: row.try_get("source")?,
+        correlation_id: row.try_get("correlation_id")?,
+        partition: row.try_get("topic_partition")?,
+        offset: row.try_get("topic_offset")?,
+    })
+}
