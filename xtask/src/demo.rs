@@ -64,18 +64,23 @@ async fn run_services(root: &Path) -> Result<()> {
     for service in SERVICES {
         children.push((service, spawn(root, service)?));
     }
-    eprintln!(
-        "xtask: demo running: payments http://127.0.0.1:8080, service-a :8081, service-b :8082 (ctrl-c stops)"
-    );
-
-    // Until ctrl-c, or until any service exits on its own.
+    // Until ctrl-c, or until any service exits on its own; meanwhile, say
+    // when every service is ready (ServiceA first rebuilds its copy).
     let exited = async {
+        let http = reqwest::Client::new();
+        let mut ready = false;
         loop {
             for (name, child) in &mut children {
                 if let Ok(Some(status)) = child.try_wait() {
                     eprintln!("xtask: {name} exited ({status})");
                     return;
                 }
+            }
+            if !ready && all_ready(&http).await {
+                ready = true;
+                eprintln!(
+                    "xtask: demo ready: payments http://127.0.0.1:8080, service-a :8081, service-b :8082 (ctrl-c stops)"
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -100,6 +105,22 @@ async fn run_services(root: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether every service answers `GET /ready` with 200, at its default address.
+async fn all_ready(http: &reqwest::Client) -> bool {
+    for port in [8080, 8081, 8082] {
+        let ready = http
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if !ready {
+            return false;
+        }
+    }
+    true
 }
 
 fn spawn(root: &Path, service: &'static str) -> Result<Child> {

@@ -61,6 +61,7 @@ impl TestApp {
         F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
+        service_kit::telemetry::init_for_tests();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind test app");
         let addr = listener.local_addr().expect("test app address");
         let (shutdown, stopped) = oneshot::channel();
@@ -413,11 +414,15 @@ pub async fn read_records(
     let consumer = reader(kafka, topic).await;
     let mut records = Vec::with_capacity(count);
     while records.len() < count {
-        let record = tokio::time::timeout(PATIENCE, consumer.recv())
+        match tokio::time::timeout(PATIENCE, consumer.recv())
             .await
             .unwrap_or_else(|_| panic!("{topic} has fewer than {count} records"))
-            .expect("record");
-        records.push(record.detach());
+        {
+            Ok(record) => records.push(record.detach()),
+            // The reader tells when it reaches the end of a partition.
+            Err(rdkafka::error::KafkaError::PartitionEOF(_)) => {}
+            Err(e) => panic!("reading {topic}: {e}"),
+        }
     }
     records
 }
@@ -433,17 +438,39 @@ pub fn header(record: &rdkafka::message::OwnedMessage, name: &str) -> Option<Str
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-/// Every record of `topic`: read from the beginning until nothing more
-/// arrives for `quiet`.
+/// Every record of `topic`: read from the beginning to the end of every
+/// partition (however long a loaded broker takes), then for `quiet` longer,
+/// for records still on their way.
 pub async fn all_records(
     kafka: &KafkaConfig,
     topic: &str,
     quiet: Duration,
 ) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::error::KafkaError;
+
     let consumer = reader(kafka, topic).await;
+    let partitions = consumer.assignment().expect("the reader's partitions").count();
+    let mut ended = std::collections::HashSet::new();
     let mut records = Vec::new();
+    while ended.len() < partitions {
+        match tokio::time::timeout(PATIENCE, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("reading {topic}: not every partition's end within {PATIENCE:?}"))
+        {
+            Ok(record) => records.push(record.detach()),
+            Err(KafkaError::PartitionEOF(partition)) => {
+                ended.insert(partition);
+            }
+            Err(e) => panic!("reading {topic}: {e}"),
+        }
+    }
     while let Ok(received) = tokio::time::timeout(quiet, consumer.recv()).await {
-        records.push(received.expect("record").detach());
+        match received {
+            Ok(record) => records.push(record.detach()),
+            Err(KafkaError::PartitionEOF(_)) => {}
+            Err(e) => panic!("reading {topic}: {e}"),
+        }
     }
     records
 }

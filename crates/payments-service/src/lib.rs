@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use event_store::EventStore;
 use service_kit::CancellationToken;
-use service_kit::http::{health_router, serve};
+use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, serve};
 use service_kit::kafka::Admin;
 use service_kit::lifecycle::{Task, stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
@@ -61,15 +61,19 @@ pub async fn run(
     let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
     let appended = payments.appended();
     let payments_for_purge = payments.clone();
+    let stop = stop_token(shutdown);
+    let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
     // No consumers, so no series yet: the same endpoint as the other
-    // services, for one scrape configuration.
+    // services, for one scrape configuration. Nothing to rebuild: ready once
+    // it serves.
     let router = app(AppState { payments })
-        .merge(health_router(admin))
+        .merge(health_router(broker))
+        .merge(ready_router(Readiness::at_once()))
         .merge(metrics_router(Metrics::default()));
 
-    let stop = stop_token(shutdown);
     let mut tasks: Vec<Task> = vec![
         task("http", serve(listener, router, stop.clone())),
+        task("broker probe", probe),
         task(
             "idempotency key purge",
             purge_expired_keys(payments_for_purge, stop.clone()),

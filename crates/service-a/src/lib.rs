@@ -28,10 +28,13 @@ pub mod error;
 pub mod handler;
 
 use std::future::Future;
+use std::sync::Arc;
+
+use rdkafka::consumer::Consumer;
 
 use service_kit::consumer;
 use service_kit::dead_letter::DeadLetters;
-use service_kit::http::{health_router, serve};
+use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, serve};
 use service_kit::kafka::{self, Admin};
 use service_kit::lifecycle::{stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
@@ -68,20 +71,27 @@ pub async fn run(
         kafka::replica(&config.kafka, &config.consumer, SERVICE, &topics.state, &metrics).await?;
     let dead_letters = DeadLetters::new(&config.kafka, SERVICE)?;
 
+    let stop = stop_token(shutdown);
+    let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
+    // Ready once the copy has caught up with the state topic: before, a
+    // payment that exists could be answered with a 404.
+    let copy_progress = Arc::clone(state_topic.context());
+    let readiness = Readiness::new(move || copy_progress.caught_up());
     let state = State::default();
     let router = app(AppState {
         state: state.clone(),
         audit: audit_log.clone(),
     })
-    .merge(health_router(admin))
+    .merge(health_router(broker))
+    .merge(ready_router(readiness))
     .merge(metrics_router(metrics));
     let audit = PaymentEvents::new(topics.clone(), state.clone(), audit_log.clone());
     let copy = PaymentEvents::new(topics, state, audit_log);
 
-    let stop = stop_token(shutdown);
     supervise(
         stop.clone(),
         [
+            task("broker probe", probe),
             task(
                 "notifications",
                 consumer::run(

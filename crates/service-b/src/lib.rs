@@ -29,7 +29,7 @@ use std::future::Future;
 
 use service_kit::consumer;
 use service_kit::dead_letter::DeadLetters;
-use service_kit::http::{health_router, serve};
+use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, serve};
 use service_kit::kafka::{self, Admin};
 use service_kit::lifecycle::{stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
@@ -67,14 +67,18 @@ pub async fn run(
 
     let payments = PaymentsClient::new(&config.payments_url, config.callback_timeout);
     let handler = Notifications::new(payments, records.clone(), config.not_found_grace);
+    let stop = stop_token(shutdown);
+    let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
+    // Nothing to rebuild: ready once it serves.
     let router = app(records)
-        .merge(health_router(admin))
+        .merge(health_router(broker))
+        .merge(ready_router(Readiness::at_once()))
         .merge(metrics_router(metrics));
 
-    let stop = stop_token(shutdown);
     supervise(
         stop.clone(),
         [
+            task("broker probe", probe),
             task(
                 "consumer",
                 consumer::run(

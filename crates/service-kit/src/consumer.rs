@@ -184,14 +184,16 @@ pub async fn run<H: Handler>(
 enum Delivery {
     Record(OwnedMessage),
     /// The end of a partition: every record before `offset` was handed to
-    /// the loop (commit markers, which are not, included).
+    /// the loop (commit markers, which are not, included). No offset when
+    /// the loop was handed no record of it (it was empty from where it
+    /// started).
     End(End),
 }
 
 struct End {
     topic: String,
     partition: i32,
-    offset: i64,
+    offset: Option<i64>,
 }
 
 /// How the loop finished with one record.
@@ -276,14 +278,14 @@ impl<H: Handler> Loop<H> {
         let (Some(end), None) = (ends.next(), ends.next()) else {
             return None;
         };
-        match end.offset() {
-            Offset::Offset(offset) => Some(End {
-                topic: end.topic().to_owned(),
-                partition,
-                offset,
-            }),
-            _ => None,
-        }
+        Some(End {
+            topic: end.topic().to_owned(),
+            partition,
+            offset: match end.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            },
+        })
     }
 
     /// Sleeps for `delay` with every partition paused, while polling the
@@ -416,14 +418,16 @@ impl<H: Handler> Loop<H> {
     /// having been handled (they came first, and records are handled in
     /// order), unless the partition was revoked since.
     fn move_to_end(&self, end: &End, epoch: u64) {
-        if self.context.offsets == Offsets::Forget
-            || self.context.revoked_since(&end.topic, end.partition, epoch)
-        {
+        if self.context.revoked_since(&end.topic, end.partition, epoch) {
             return;
         }
+        self.context.reached_end(&end.topic, end.partition);
+        let Some(offset) = end.offset.filter(|_| self.context.offsets == Offsets::Commit) else {
+            return;
+        };
         let mut tpl = TopicPartitionList::new();
         let stored = tpl
-            .add_partition_offset(&end.topic, end.partition, Offset::Offset(end.offset))
+            .add_partition_offset(&end.topic, end.partition, Offset::Offset(offset))
             .and_then(|()| self.consumer.store_offsets(&tpl));
         if let Err(e) = stored {
             tracing::warn!(error = %e, topic = end.topic, partition = end.partition, "cannot store the end offset");

@@ -1,4 +1,12 @@
-//! HTTP pieces every service shares.
+//! HTTP pieces every service shares: serving with graceful shutdown,
+//! `GET /health` (the broker, as last probed), `GET /ready` (whether the
+//! service serves what it should yet), the JSON error body, lookups and
+//! pages.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -53,13 +61,74 @@ struct Health {
     broker: &'static str,
 }
 
-/// `GET /health`: 200 when the Kafka broker answers, 503 when it does not.
-pub fn health_router(admin: Admin) -> Router {
-    Router::new().route("/health", get(health)).with_state(admin)
+/// Whether the broker answered the last probe. A background task probes it
+/// every [`PROBE_EVERY`] ([`BrokerHealth::watch`]), so `GET /health` answers
+/// at once, without a broker call (and its timeout) per request. Cheap to
+/// clone; clones share the state.
+#[derive(Debug, Clone)]
+pub struct BrokerHealth {
+    reachable: Arc<AtomicBool>,
 }
 
-async fn health(State(admin): State<Admin>) -> (StatusCode, Json<Health>) {
-    if admin.broker_reachable().await {
+/// How often the broker is probed for `GET /health`.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+impl BrokerHealth {
+    /// The state, reachable to begin with (a service reached the broker to
+    /// create its topics before it serves), and the task that keeps it: it
+    /// probes with `admin` every [`PROBE_EVERY`] until `stop`.
+    pub fn watch(admin: Admin, stop: CancellationToken) -> (Self, impl Future<Output = Result<()>> + Send) {
+        Self::probing(
+            move || {
+                let admin = admin.clone();
+                async move { admin.broker_reachable().await }
+            },
+            PROBE_EVERY,
+            stop,
+        )
+    }
+
+    /// [`BrokerHealth::watch`] with any `probe`, run every `every`.
+    pub fn probing<F, Fut>(
+        probe: F,
+        every: Duration,
+        stop: CancellationToken,
+    ) -> (Self, impl Future<Output = Result<()>> + Send)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send,
+    {
+        let health = Self {
+            reachable: Arc::new(AtomicBool::new(true)),
+        };
+        let reachable = Arc::clone(&health.reachable);
+        let task = async move {
+            loop {
+                reachable.store(probe().await, Ordering::Relaxed);
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        };
+        (health, task)
+    }
+
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+}
+
+/// `GET /health`: 200 when the broker answered the last probe, 503 when it
+/// did not.
+pub fn health_router(health: BrokerHealth) -> Router {
+    Router::new()
+        .route("/health", get(health_check))
+        .with_state(health)
+}
+
+async fn health_check(State(health): State<BrokerHealth>) -> (StatusCode, Json<Health>) {
+    if health.reachable() {
         (
             StatusCode::OK,
             Json(Health {
@@ -74,6 +143,56 @@ async fn health(State(admin): State<Admin>) -> (StatusCode, Json<Health>) {
                 status: "degraded",
                 broker: "unreachable",
             }),
+        )
+    }
+}
+
+/// Whether a service serves what it should yet: a check the service
+/// provides (ServiceA: its copy has caught up with the state topic).
+#[derive(Clone)]
+pub struct Readiness(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl Readiness {
+    pub fn new(check: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(check))
+    }
+
+    /// Ready as soon as it serves: nothing to rebuild first.
+    pub fn at_once() -> Self {
+        Self::new(|| true)
+    }
+
+    pub fn ready(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Readiness").field(&self.ready()).finish()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Ready {
+    status: &'static str,
+}
+
+/// `GET /ready`: 503 `{"status":"starting"}` until `readiness` holds, then
+/// 200 `{"status":"ready"}`. What compose and `cargo xtask up` wait on.
+pub fn ready_router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/ready", get(ready_check))
+        .with_state(readiness)
+}
+
+async fn ready_check(State(readiness): State<Readiness>) -> (StatusCode, Json<Ready>) {
+    if readiness.ready() {
+        (StatusCode::OK, Json(Ready { status: "ready" }))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Ready { status: "starting" }),
         )
     }
 }

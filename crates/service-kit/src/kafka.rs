@@ -231,6 +231,8 @@ struct Partitions {
     epoch: u64,
     /// The epoch at which each partition was last revoked.
     revoked_at: HashMap<Partition, u64>,
+    /// Assigned partitions the loop has handled to the end of at least once.
+    reached_end: HashSet<Partition>,
     /// Whether the loop holds everything paused (while retrying a record).
     held: bool,
 }
@@ -270,6 +272,25 @@ impl GroupContext {
             .revoked_at
             .get(&(topic.to_owned(), partition))
             .is_some_and(|revoked| *revoked > epoch)
+    }
+
+    /// Notes that the loop handled every record of `partition` of `topic`
+    /// up to the end the broker reported.
+    pub fn reached_end(&self, topic: &str, partition: i32) {
+        let mut partitions = self.partitions();
+        let partition = (topic.to_owned(), partition);
+        if partitions.assigned.contains(&partition) {
+            partitions.reached_end.insert(partition);
+        }
+    }
+
+    /// Whether the loop has handled every record of every partition it holds
+    /// up to the end the broker reported at least once since it got them:
+    /// what a reader that rebuilds a copy from the beginning waits for
+    /// before it serves.
+    pub fn caught_up(&self) -> bool {
+        let partitions = self.partitions();
+        !partitions.assigned.is_empty() && partitions.assigned.is_subset(&partitions.reached_end)
     }
 
     /// Whether [`Self::hold`] holds the partitions paused.
@@ -412,6 +433,7 @@ impl GroupContext {
             for e in tpl.elements() {
                 let partition = (e.topic().to_owned(), e.partition());
                 partitions.assigned.remove(&partition);
+                partitions.reached_end.remove(&partition);
                 partitions.revoked_at.insert(partition, epoch);
             }
         }
@@ -432,6 +454,17 @@ impl GroupContext {
 }
 
 impl ClientContext for GroupContext {
+    /// Logs librdkafka's errors, but the end of a partition, which is news
+    /// for the consumer loop (it arrives there too), not an error.
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+                tracing::trace!(%reason, "end of partition");
+            }
+            other => tracing::error!("librdkafka: {other}: {reason}"),
+        }
+    }
+
     /// Feeds the lag metrics, for the partitions this consumer holds.
     fn stats(&self, statistics: Statistics) {
         let assigned = self.partitions().assigned.clone();
@@ -568,6 +601,9 @@ pub async fn replica(
         .set("group.id", &group)
         // Committed records only, as every consumer (see `consumer`).
         .set("isolation.level", "read_committed")
+        // The loop hears when it reaches the end of each partition: the
+        // service is ready once it has, for all of them.
+        .set("enable.partition.eof", "true")
         // Offsets are neither stored nor committed: every start reads it all.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
