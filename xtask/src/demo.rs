@@ -5,9 +5,10 @@
 //! `SERVICE_A_DATABASE_URL` and `SERVICE_B_DATABASE_URL` to their own
 //! databases too), builds and
 //! starts the three services with their default addresses, and prefixes each
-//! line they log with the service's name. Ctrl-c (or any service exiting)
-//! stops the services with SIGTERM, waits for them to shut down cleanly, then
-//! stops the broker and PostgreSQL if this command started them.
+//! line they log with the service's name, and says when all are ready
+//! (`GET /ready`). Ctrl-c or SIGTERM (or any service exiting) stops the
+//! services with SIGTERM, waits for them to shut down cleanly, then stops
+//! the broker and PostgreSQL if this command started them.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -85,8 +86,11 @@ async fn run_services(root: &Path) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
+    // SIGTERM like ctrl-c: stop the services before exiting, never leave
+    // them running.
+    let interrupted = crate::interrupted()?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => eprintln!("xtask: stopping the demo"),
+        () = interrupted => eprintln!("xtask: stopping the demo"),
         () = exited => {}
     }
 

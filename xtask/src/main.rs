@@ -188,11 +188,46 @@ async fn cargo(root: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<()> 
     Ok(())
 }
 
-/// Runs `work`, giving up on ctrl-c so that the caller's clean-up (stopping
-/// what it started) still runs.
+/// Runs `work`, giving up on ctrl-c or SIGTERM so that the caller's
+/// clean-up (stopping what it started) still runs.
 async fn unless_interrupted<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let interrupted = interrupted()?;
     tokio::select! {
         result = work => result,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        () = interrupted => bail!("interrupted"),
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM: either is a request to stop cleanly.
+/// Listening starts at once, before the future is first polled: a SIGTERM
+/// that arrives in between is not lost (and does not kill xtask, leaving
+/// what it started running).
+fn interrupted() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for ctrl-c")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sigterm_is_a_request_to_stop_like_ctrl_c() {
+        let stop = interrupted().expect("listening");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        tokio::time::timeout(std::time::Duration::from_secs(10), stop)
+            .await
+            .expect("SIGTERM heard");
     }
 }

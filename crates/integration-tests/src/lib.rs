@@ -114,6 +114,7 @@ pub async fn spawn_payments_with(kafka: &KafkaConfig, database_url: &str, relay:
         relay,
         publish_timeout: Duration::from_secs(10),
         idempotency_key_ttl: payments_service::repository::DEFAULT_KEY_TTL,
+        shutdown_timeout: service_kit::config::DEFAULT_SHUTDOWN_TIMEOUT,
     };
     TestApp::spawn(|listener, stopped| async move {
         Ok(payments_service::run(config, listener, signal(stopped)).await?)

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use service_kit::config::{KafkaConfig, millis, secret, var};
+use service_kit::config::{KafkaConfig, millis, secret, shutdown_timeout, var};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::error::Result;
@@ -33,6 +33,8 @@ pub struct Config {
     /// `IDEMPOTENCY_KEY_TTL_HOURS`: how long an `Idempotency-Key` is
     /// remembered; a retry after that is a new request. Default 24.
     pub idempotency_key_ttl: Duration,
+    /// `SHUTDOWN_TIMEOUT_MS`: see [`service_kit::config::shutdown_timeout`].
+    pub shutdown_timeout: Duration,
 }
 
 impl Config {
@@ -46,6 +48,7 @@ impl Config {
             relay: var("OUTBOX_RELAY", true)?,
             publish_timeout: millis("PUBLISH_TIMEOUT_MS", Duration::from_secs(10))?,
             idempotency_key_ttl: Duration::from_secs(3600 * var::<u64>("IDEMPOTENCY_KEY_TTL_HOURS", 24)?),
+            shutdown_timeout: shutdown_timeout()?,
         })
     }
 }

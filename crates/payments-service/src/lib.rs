@@ -83,7 +83,7 @@ pub async fn run(
         let relay = Relay::new(store, appended, config.kafka.clone(), config.publish_timeout);
         tasks.push(task("outbox relay", relay.run(stop.clone())));
     }
-    Ok(supervise(stop, tasks).await?)
+    Ok(supervise(stop, tasks, config.shutdown_timeout).await?)
 }
 
 /// How often expired idempotency keys are deleted.

@@ -72,6 +72,7 @@ pub async fn run(
     let dead_letters = DeadLetters::new(&config.kafka, SERVICE)?;
 
     let stop = stop_token(shutdown);
+    let shutdown_timeout = config.consumer.shutdown_timeout;
     let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
     // Ready once the copy has caught up with the state topic: before, a
     // payment that exists could be answered with a 404.
@@ -110,6 +111,7 @@ pub async fn run(
             ),
             task("http", serve(listener, router, stop)),
         ],
+        shutdown_timeout,
     )
     .await?;
     Ok(())

@@ -68,6 +68,7 @@ pub async fn run(
     let payments = PaymentsClient::new(&config.payments_url, config.callback_timeout);
     let handler = Notifications::new(payments, records.clone(), config.not_found_grace);
     let stop = stop_token(shutdown);
+    let shutdown_timeout = config.consumer.shutdown_timeout;
     let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
     // Nothing to rebuild: ready once it serves.
     let router = app(records)
@@ -91,6 +92,7 @@ pub async fn run(
             ),
             task("http", serve(listener, router, stop)),
         ],
+        shutdown_timeout,
     )
     .await?;
     Ok(())

@@ -1,12 +1,13 @@
 use service_b::{Config, SERVICE, run};
-use service_kit::lifecycle::{listen, shutdown_signal};
+use service_kit::lifecycle::{block_on, listen, shutdown_signal};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     service_kit::telemetry::init();
     let config = Config::from_env()?;
-    let listener = listen(SERVICE, config.http_addr, &config.kafka).await?;
-    run(config, listener, shutdown_signal()).await?;
-    tracing::info!("{SERVICE} stopped");
-    Ok(())
+    block_on(async {
+        let listener = listen(SERVICE, config.http_addr, &config.kafka).await?;
+        run(config, listener, shutdown_signal()).await?;
+        tracing::info!("{SERVICE} stopped");
+        anyhow::Ok(())
+    })?
 }

@@ -132,6 +132,21 @@ pub struct ConsumerConfig {
     /// `KAFKA_STATISTICS_INTERVAL_MS`: how often the lag metrics are
     /// refreshed. Default 5 s.
     pub statistics_interval: Duration,
+    /// `SHUTDOWN_TIMEOUT_MS`: see [`shutdown_timeout`]. On shutdown the loop
+    /// gives the record in hand half of it, then commits what it handled.
+    pub shutdown_timeout: Duration,
+}
+
+/// How long a service may take to stop after SIGTERM unless
+/// `SHUTDOWN_TIMEOUT_MS` says otherwise. `docker-compose.yml` gives the
+/// services 15 s before it kills them.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `SHUTDOWN_TIMEOUT_MS`: how long a service may take to stop after SIGTERM
+/// or ctrl-c, whatever it is waiting on; tasks still running then are
+/// aborted. Default [`DEFAULT_SHUTDOWN_TIMEOUT`].
+pub fn shutdown_timeout() -> Result<Duration> {
+    millis("SHUTDOWN_TIMEOUT_MS", DEFAULT_SHUTDOWN_TIMEOUT)
 }
 
 impl Default for ConsumerConfig {
@@ -143,6 +158,7 @@ impl Default for ConsumerConfig {
             session_timeout: Duration::from_secs(10),
             max_poll_interval: Duration::from_secs(300),
             statistics_interval: Duration::from_secs(5),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -161,6 +177,7 @@ impl ConsumerConfig {
             session_timeout: millis("KAFKA_SESSION_TIMEOUT_MS", default.session_timeout)?,
             max_poll_interval: millis("KAFKA_MAX_POLL_INTERVAL_MS", default.max_poll_interval)?,
             statistics_interval: millis("KAFKA_STATISTICS_INTERVAL_MS", default.statistics_interval)?,
+            shutdown_timeout: shutdown_timeout()?,
         })
     }
 }

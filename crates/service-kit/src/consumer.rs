@@ -158,7 +158,24 @@ pub async fn run<H: Handler>(
             offset = record.offset(),
             event_id = event_id_of(&record).unwrap_or_default(),
         );
-        match run.process(&record, epoch).instrument(span).await {
+        // Once the service stops, the record in hand gets half the shutdown
+        // time; then it is dropped unhandled (its offset not stored, so it is
+        // handled again after the restart) and what was handled is committed.
+        let stop = run.stop.clone();
+        let grace = run.settings.shutdown_timeout / 2;
+        let processed = tokio::select! {
+            outcome = run.process(&record, epoch).instrument(span) => outcome,
+            () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(
+                    topic = record.topic(),
+                    partition = record.partition(),
+                    offset = record.offset(),
+                    "stopping: the record in hand was not handled in time; it is left for the next start"
+                );
+                Outcome::Stopped
+            }
+        };
+        match processed {
             Outcome::Handled => {
                 run.context.metrics().handled(&run.context.group, record.topic());
                 run.move_past(&record);
@@ -401,6 +418,8 @@ impl<H: Handler> Loop<H> {
 
     /// Lets the offset move past `record`.
     fn move_past(&self, record: &OwnedMessage) {
+        self.context
+            .done_with(record.topic(), record.partition(), record.offset());
         if self.context.offsets == Offsets::Forget {
             return;
         }
@@ -434,10 +453,14 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    /// Commits the stored offsets and leaves the group.
+    /// Commits the stored offsets and leaves the group, within half the
+    /// shutdown time: a broker that does not answer does not hold the
+    /// service up (what was not committed is handled again after the
+    /// restart).
     async fn close(self) -> Result<()> {
         let consumer = self.consumer;
         let offsets = self.context.offsets;
+        let deadline = self.settings.shutdown_timeout / 2;
         // Both calls block on the broker, so they run off the async threads.
         let closed = tokio::task::spawn_blocking(move || {
             // Closing commits stored offsets too (auto-commit is on);
@@ -452,10 +475,16 @@ impl<H: Handler> Loop<H> {
             // partitions move on now rather than after the session timeout.
             drop(consumer);
         });
-        closed.await.map_err(|source| crate::Error::Task {
-            task: "consumer close",
-            source,
-        })
+        match tokio::time::timeout(deadline, closed).await {
+            Ok(closed) => closed.map_err(|source| crate::Error::Task {
+                task: "consumer close",
+                source,
+            }),
+            Err(_) => {
+                tracing::warn!(?deadline, "the consumer did not close in time; leaving it");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -40,6 +40,13 @@ pub enum Error {
     /// Serving a socket failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// Tasks still running when the shutdown deadline passed; they were
+    /// aborted.
+    #[error("did not stop within {timeout:?} (SHUTDOWN_TIMEOUT_MS): aborted {tasks}")]
+    ShutdownTimeout {
+        timeout: std::time::Duration,
+        tasks: String,
+    },
     /// A task of the service panicked or was aborted.
     #[error("task `{task}` failed: {source}")]
     Task {

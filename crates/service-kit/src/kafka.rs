@@ -233,6 +233,10 @@ struct Partitions {
     revoked_at: HashMap<Partition, u64>,
     /// Assigned partitions the loop has handled to the end of at least once.
     reached_end: HashSet<Partition>,
+    /// For a replica reader, each partition's end offset when it started:
+    /// handling the record before it is reaching the end too (the end of a
+    /// partition that keeps being written to is never reported).
+    ends_at_start: HashMap<Partition, i64>,
     /// Whether the loop holds everything paused (while retrying a record).
     held: bool,
 }
@@ -274,6 +278,22 @@ impl GroupContext {
             .is_some_and(|revoked| *revoked > epoch)
     }
 
+    /// Notes that the loop is done with the record at `offset` of
+    /// `partition` of `topic`: if it is the last one before the partition's
+    /// end when the reader started, the loop has reached that end.
+    pub fn done_with(&self, topic: &str, partition: i32, offset: i64) {
+        let mut partitions = self.partitions();
+        let partition = (topic.to_owned(), partition);
+        if partitions
+            .ends_at_start
+            .get(&partition)
+            .is_some_and(|end| offset + 1 >= *end)
+            && partitions.assigned.contains(&partition)
+        {
+            partitions.reached_end.insert(partition);
+        }
+    }
+
     /// Notes that the loop handled every record of `partition` of `topic`
     /// up to the end the broker reported.
     pub fn reached_end(&self, topic: &str, partition: i32) {
@@ -285,7 +305,8 @@ impl GroupContext {
     }
 
     /// Whether the loop has handled every record of every partition it holds
-    /// up to the end the broker reported at least once since it got them:
+    /// up to the end the broker reported (or, for a replica reader, up to
+    /// the end each had when it started) at least once since it got them:
     /// what a reader that rebuilds a copy from the beginning waits for
     /// before it serves.
     pub fn caught_up(&self) -> bool {
@@ -617,13 +638,28 @@ pub async fn replica(
     tokio::task::spawn_blocking(move || {
         let partitions = partition_count(&consumer, &topic)?;
         let mut assignment = TopicPartitionList::new();
+        let mut ends = HashMap::new();
         for partition in 0..partitions {
             assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
+            let (low, high) = consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT)?;
+            // An empty partition is at its end from the start.
+            if high > low {
+                ends.insert((topic.clone(), partition), high);
+            }
         }
         consumer.assign(&assignment)?;
-        consumer
-            .context()
-            .assigned((0..partitions).map(|partition| (topic.clone(), partition)));
+        let context = consumer.context();
+        context.assigned((0..partitions).map(|partition| (topic.clone(), partition)));
+        {
+            let mut held = context.partitions();
+            for partition in 0..partitions {
+                let partition = (topic.clone(), partition);
+                if !ends.contains_key(&partition) {
+                    held.reached_end.insert(partition);
+                }
+            }
+            held.ends_at_start = ends;
+        }
         Ok(consumer)
     })
     .await

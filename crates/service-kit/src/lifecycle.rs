@@ -3,12 +3,15 @@
 //! A service is a few long-running tasks (the HTTP server, one consumer loop
 //! or more) sharing one [`CancellationToken`]. [`supervise`] runs them; when
 //! any of them ends, for whatever reason, it cancels the token so the others
-//! wind down too, and it logs how each one ended.
+//! wind down too, and it logs how each one ended. Once the token is
+//! cancelled, the tasks have `SHUTDOWN_TIMEOUT_MS` to end; what still runs
+//! then is aborted, so a service always stops.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -78,29 +81,77 @@ pub fn task(name: &'static str, fut: impl Future<Output = Result<()>> + Send + '
 }
 
 /// Runs `tasks` until all have ended. The first to end cancels `stop`; the
-/// first error is returned once every task has finished.
-pub async fn supervise(stop: CancellationToken, tasks: impl IntoIterator<Item = Task>) -> Result<()> {
+/// first error is returned once every task has finished. Once `stop` is
+/// cancelled, tasks still running after `shutdown_timeout` are aborted, and
+/// that is an error naming them.
+pub async fn supervise(
+    stop: CancellationToken,
+    tasks: impl IntoIterator<Item = Task>,
+    shutdown_timeout: Duration,
+) -> Result<()> {
     let mut set = JoinSet::new();
-    let mut names = HashMap::new();
+    let mut running = HashMap::new();
     for (name, fut) in tasks {
-        names.insert(set.spawn(fut).id(), name);
+        running.insert(set.spawn(fut).id(), name);
     }
     let mut first_error = None;
-    while let Some(joined) = set.join_next_with_id().await {
+    let mut deadline = None;
+    loop {
+        let joined = match deadline {
+            None => tokio::select! {
+                joined = set.join_next_with_id() => joined,
+                () = stop.cancelled() => {
+                    deadline = Some(tokio::time::Instant::now() + shutdown_timeout);
+                    continue;
+                }
+            },
+            Some(at) => match tokio::time::timeout_at(at, set.join_next_with_id()).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    let tasks = running.values().copied().collect::<Vec<_>>().join(", ");
+                    tracing::error!(tasks, timeout = ?shutdown_timeout, "tasks did not stop in time; aborting them");
+                    set.shutdown().await;
+                    first_error.get_or_insert(Error::ShutdownTimeout {
+                        timeout: shutdown_timeout,
+                        tasks,
+                    });
+                    break;
+                }
+            },
+        };
+        let Some(joined) = joined else { break };
         stop.cancel();
-        let name = |id| names.get(&id).copied().unwrap_or("unnamed");
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(source) => source.id(),
+        };
+        let task = running.remove(&id).unwrap_or("unnamed");
         match joined {
-            Ok((id, Ok(()))) => tracing::info!(task = name(id), "task stopped"),
-            Ok((id, Err(e))) => {
-                tracing::error!(task = name(id), error = %e, "task failed");
+            Ok((_, Ok(()))) => tracing::info!(task, "task stopped"),
+            Ok((_, Err(e))) => {
+                tracing::error!(task, error = %e, "task failed");
                 first_error.get_or_insert(e);
             }
             Err(source) => {
-                let task = name(source.id());
                 tracing::error!(task, error = %source, "task panicked");
                 first_error.get_or_insert(Error::Task { task, source });
             }
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Runs `service` to completion on a multi-threaded runtime, then gives the
+/// runtime's blocking threads a second to finish: a client call stuck on an
+/// unreachable broker or database must not keep the process from exiting
+/// once its tasks have stopped. A service's `main` in one call.
+///
+/// # Errors
+///
+/// When the runtime cannot be built.
+pub fn block_on<T>(service: impl Future<Output = T>) -> std::io::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let outcome = runtime.block_on(service);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(outcome)
 }

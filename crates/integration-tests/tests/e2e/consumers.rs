@@ -304,6 +304,23 @@ async fn service_a_is_ready_only_once_its_copy_has_caught_up() {
             .expect("acknowledged");
     }
 
+    // And more keep coming while it starts: the end of a partition that
+    // keeps being written to is never reported, and must not be waited for.
+    let busy = service_kit::CancellationToken::new();
+    let more = tokio::spawn({
+        let (busy, kafka) = (busy.clone(), kafka.clone());
+        async move {
+            while !busy.is_cancelled() {
+                let envelope = shared_events::Envelope::new(
+                    "/test",
+                    shared_events::testing::state(),
+                    uuid::Uuid::now_v7(),
+                    None,
+                );
+                produce_event(&kafka, &envelope).await;
+            }
+        }
+    });
     let service_a = spawn_service_a(&kafka, &unique("service-a")).await;
     let starting = std::sync::atomic::AtomicUsize::new(0);
     eventually("ServiceA says it is ready", || async {
@@ -315,6 +332,8 @@ async fn service_a_is_ready_only_once_its_copy_has_caught_up() {
     })
     .await;
     let starting = starting.into_inner();
+    busy.cancel();
+    more.await.expect("producer");
     let mut missing = 0;
     for id in &ids {
         let response = http

@@ -735,3 +735,102 @@ async fn service_a_lists_every_notification_it_handled_after_a_sigkill() {
     );
     assert!(restarted.terminate().await.success());
 }
+
+/// ServiceB's database stops answering (a partition) while it handles a
+/// notification. SIGTERM: it stops within its shutdown timeout anyway, and
+/// has committed the offsets of what it did handle, so only the stuck
+/// notification is handled again after a restart.
+#[tokio::test]
+async fn service_b_stops_within_its_shutdown_timeout_while_its_database_hangs() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::create().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
+    let http = reqwest::Client::new();
+    let records = TestDatabase::empty().await;
+    let proxy = integration_tests::proxy::GatedProxy::start(server_of(&records.url).await).await;
+    proxy.open();
+    let group = unique("service-b");
+    let (payments_url, records_url) = (payments.url(""), via(&records.url, proxy.addr));
+    let env = [
+        &kafka_env(&kafka)[..],
+        &[
+            ("GROUP_ID", group.as_str()),
+            ("PAYMENTS_URL", payments_url.as_str()),
+            ("DATABASE_URL", records_url.as_str()),
+            ("SHUTDOWN_TIMEOUT_MS", "3000"),
+            // Only the shutdown commits: nothing in the background meanwhile.
+            ("KAFKA_COMMIT_INTERVAL_MS", "600000"),
+        ],
+    ]
+    .concat();
+    let mut service_b = Process::start("service-b", &env);
+    service_b.address().await;
+
+    for amount in 1..=10 {
+        create_payment(&http, &payments, &payment_request("c-stop", amount)).await;
+    }
+    let pool = records.store.pool().clone();
+    eventually("ServiceB recorded the first ten", || async {
+        let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_records")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (recorded == 10).then_some(())
+    })
+    .await;
+    proxy.freeze();
+    let stuck = create_payment(&http, &payments, &payment_request("c-stop", 11)).await;
+    let stuck = stuck["payment_id"].as_str().expect("id").to_owned();
+    eventually("the eleventh is published", || async {
+        has_key(&kafka, &kafka.topics.notifications, &stuck)
+            .await
+            .then_some(())
+    })
+    .await;
+    // Time to fetch it and hang on the database in its handler (the
+    // checks below hold whether or not it got that far).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let signalled = tokio::time::Instant::now();
+    let status = service_b.terminate().await;
+    eprintln!(
+        "shutdown with its database partitioned: {:.1} s after SIGTERM (SHUTDOWN_TIMEOUT_MS=3000), {status}",
+        signalled.elapsed().as_secs_f64()
+    );
+    assert!(status.success(), "{status}");
+
+    // Restarted, with its database back: handed only what it had not handled.
+    proxy.open();
+    let mut restarted = Process::start("service-b", &env);
+    let url = format!("http://{}", restarted.address().await);
+    eventually("ServiceB recorded the eleventh", || async {
+        let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_records")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (recorded == 11).then_some(())
+    })
+    .await;
+    let in_group = format!("group=\"{group}\"");
+    let handled_again = eventually("the restarted instance's metrics", || async {
+        let text = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with("consumer_records_handled_total{") && l.contains(&in_group))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+    })
+    .await;
+    assert_eq!(
+        handled_again, 1,
+        "only the notification it was stuck on is handled again"
+    );
+    assert!(restarted.terminate().await.success());
+    payments.stop().await;
+}
