@@ -24,15 +24,21 @@ use shared_events::{Amount, Currency, CustomerId, InvalidValue, OrderId, Payment
 use uuid::Uuid;
 
 use crate::domain::{Payment, RefundReason, RefundRefused};
-use crate::repository::{IdempotencyKey, Payments, RepositoryError, Written};
+use crate::repository::{Cause, IdempotencyKey, Payments, RepositoryError, Written};
 
 /// Largest accepted request body. A payment is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// Header carrying the id of the flow a request belongs to; stored with the
-/// events and copied into `ce_correlationid`. A new id is made when absent or
-/// not a UUID.
+/// events and copied into `ce_correlationid`. When absent or not a UUID, the
+/// request starts a flow: its own id is the correlation id.
 pub const CORRELATION_ID: &str = "x-correlation-id";
+/// Response header with the id given to the request: the cause
+/// (`ce_causationid`) of the events it leads to.
+pub const REQUEST_ID: &str = "x-request-id";
+/// Header a caller sets to name the event that led to its request (ServiceB
+/// names the notification it calls back for); logged.
+pub const CAUSATION_ID: &str = "x-causation-id";
 /// Header making a write safe to retry: the same request with the same key,
 /// from the same customer, within the keys' lifetime, is done once.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -113,34 +119,37 @@ async fn create_payment(
         key,
         request: &canonical,
     });
-    let created = state
-        .payments
-        .create(received, key, correlation_id(&headers))
-        .await?;
+    let cause = cause(&headers);
+    let created = state.payments.create(received, key, cause).await?;
     let id = created.payment.received.payment_id;
     tracing::Span::current().record("payment_id", tracing::field::display(id));
-    tracing::info!(new = created.new, "payment accepted");
-    Ok(written(&created, id))
+    tracing::info!(new = created.new, request_id = %cause.request_id, "payment accepted");
+    Ok(written(&created, id, cause))
 }
 
-/// `201` with the payment after a write, its `ETag` and `Location`, and
-/// `Idempotent-Replayed: true` when an earlier request with the same key
-/// made the write.
-fn written(written: &Written, id: PaymentId) -> Response {
+/// `201` with the payment after a write, its `ETag`, `Location` and
+/// `X-Request-Id`, and `Idempotent-Replayed: true` when an earlier request
+/// with the same key made the write.
+fn written(written: &Written, id: PaymentId, cause: Cause) -> Response {
     let mut response = with_etag(StatusCode::CREATED, &written.payment);
-    response
-        .headers_mut()
-        .insert(header::LOCATION, header_value(&format!("/payments/{id}")));
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, header_value(&format!("/payments/{id}")));
+    headers.insert(REQUEST_ID, header_value(&cause.request_id.to_string()));
     if !written.new {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
 }
 
-#[tracing::instrument(skip(state))]
-async fn get_payment(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+#[tracing::instrument(skip(state, headers), fields(
+    correlation_id = uuid_header(&headers, CORRELATION_ID).map(tracing::field::display),
+    causation_id = uuid_header(&headers, CAUSATION_ID).map(tracing::field::display),
+))]
+async fn get_payment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let payment = state
         .payments
         .load(PaymentId::parse(&id).map_err(LookupError::from)?)
@@ -242,17 +251,19 @@ async fn refund(
         key,
         request: &canonical,
     });
+    let cause = cause(&headers);
     let refunded = state
         .payments
-        .refund(id, expected, amount, reason, key, correlation_id(&headers))
+        .refund(id, expected, amount, reason, key, cause)
         .await?;
     tracing::info!(
         version = refunded.payment.version,
         refunded = refunded.payment.refunded,
         new = refunded.new,
+        request_id = %cause.request_id,
         "refund accepted"
     );
-    Ok(written(&refunded, id))
+    Ok(written(&refunded, id, cause))
 }
 
 /// The payment's state as JSON, with its version as the ETag.
@@ -266,12 +277,21 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn correlation_id(headers: &HeaderMap) -> Uuid {
+/// The request's own id, and its flow's: the caller's `X-Correlation-Id`,
+/// or the request's id when it starts a flow.
+fn cause(headers: &HeaderMap) -> Cause {
+    let request_id = Uuid::now_v7();
+    Cause {
+        correlation_id: uuid_header(headers, CORRELATION_ID).unwrap_or(request_id),
+        request_id,
+    }
+}
+
+fn uuid_header(headers: &HeaderMap, name: &str) -> Option<Uuid> {
     headers
-        .get(CORRELATION_ID)
+        .get(name)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| Uuid::try_parse(v).ok())
-        .unwrap_or_else(Uuid::now_v7)
+        .and_then(|v| Uuid::try_parse(v.trim()).ok())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {

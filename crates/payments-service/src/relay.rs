@@ -256,18 +256,22 @@ impl Relay {
             let state = self.state_after(stored, &event).await?;
             let source = format!("/{SERVICE}");
             let correlation_id = stored.metadata.correlation_id;
-            let cause = Some(stored.event_id);
+            // The notification *is* the stored event (its id is the event's):
+            // its cause is what caused the event, the request. The state is
+            // caused by the event.
+            let request = stored.metadata.causation_id;
+            let event_cause = Some(stored.event_id);
 
             // Ids derived from the stored event: publishing it again after a
             // crash produces the same ids, which consumers dedupe.
-            let mut state_message = Envelope::new(&source, state.to_state(), correlation_id, cause)
+            let mut state_message = Envelope::new(&source, state.to_state(), correlation_id, event_cause)
                 .occurred_at(stored.recorded_at);
             state_message.metadata.id = Uuid::new_v5(&stored.event_id, b"state").into();
             self.send(producer, &state_message)?;
 
             match &event {
                 PaymentEvent::Received(received) => {
-                    let mut n = Envelope::new(&source, received.notification(), correlation_id, cause)
+                    let mut n = Envelope::new(&source, received.notification(), correlation_id, request)
                         .occurred_at(received.received_at);
                     n.metadata.id = stored.event_id.into();
                     self.send(producer, &n)?;
@@ -279,7 +283,7 @@ impl Relay {
                         refunded_at: refund.refunded_at,
                     };
                     let mut n =
-                        Envelope::new(&source, data, correlation_id, cause).occurred_at(refund.refunded_at);
+                        Envelope::new(&source, data, correlation_id, request).occurred_at(refund.refunded_at);
                     n.metadata.id = stored.event_id.into();
                     self.send(producer, &n)?;
                 }

@@ -33,6 +33,18 @@ const SCHEMA_VERSION: i32 = 1;
 /// small.
 pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// What caused a write: the request, and the flow it belongs to. Stored with
+/// every event the write appends (`causation_id` is the request's id), and
+/// carried on into the published events' `ce_correlationid` and
+/// `ce_causationid`.
+#[derive(Debug, Clone, Copy)]
+pub struct Cause {
+    /// The flow: the client's `X-Correlation-Id`, or the first request's id.
+    pub correlation_id: Uuid,
+    /// The request that made the write (`X-Request-Id` of its response).
+    pub request_id: Uuid,
+}
+
 /// A request made safe to retry: the client's key and the request itself,
 /// to tell a retry (the same request) from a reuse of the key (another one).
 #[derive(Debug, Clone, Copy)]
@@ -151,7 +163,7 @@ impl Payments {
         &self,
         received: PaymentReceived,
         key: Option<IdempotencyKey<'_>>,
-        correlation_id: Uuid,
+        cause: Cause,
     ) -> Result<Written> {
         let id = received.payment_id;
         let scope = received.customer_id.as_str().to_owned();
@@ -170,7 +182,7 @@ impl Payments {
             &mut tx,
             &stream_id(id),
             ExpectedVersion::NoStream,
-            &[new_event(&event, correlation_id)],
+            &[new_event(&event, cause)],
         )
         .await?;
         tx.commit().await?;
@@ -269,7 +281,7 @@ impl Payments {
         amount: Amount,
         reason: RefundReason,
         key: Option<IdempotencyKey<'_>>,
-        correlation_id: Uuid,
+        cause: Cause,
     ) -> Result<Written> {
         let payment = self.load(id).await?;
         // The key first: a retry of a refund that was made finds the payment
@@ -306,7 +318,7 @@ impl Payments {
             &mut tx,
             &stream_id(id),
             ExpectedVersion::Exact(version),
-            &[new_event(&event, correlation_id)],
+            &[new_event(&event, cause)],
         )
         .await;
         match appended {
@@ -360,7 +372,7 @@ impl Payments {
     }
 }
 
-fn new_event(event: &PaymentEvent, correlation_id: Uuid) -> NewEvent {
+fn new_event(event: &PaymentEvent, cause: Cause) -> NewEvent {
     let data = match event {
         PaymentEvent::Received(e) => serde_json::to_value(e),
         PaymentEvent::Refunded(e) => serde_json::to_value(e),
@@ -372,8 +384,8 @@ fn new_event(event: &PaymentEvent, correlation_id: Uuid) -> NewEvent {
         // Plain data structs of strings and numbers always serialise.
         data: data.unwrap_or(Value::Null),
         metadata: EventMetadata {
-            correlation_id,
-            causation_id: None,
+            correlation_id: cause.correlation_id,
+            causation_id: Some(cause.request_id),
         },
     }
 }

@@ -50,7 +50,11 @@ impl Handler for Notifications {
         }
         let payment = match self
             .payments
-            .payment(id, notification.metadata().correlation_id)
+            .payment(
+                id,
+                notification.metadata().correlation_id,
+                notification.metadata().id.into(),
+            )
             .await
         {
             Ok(payment) => payment,

@@ -43,12 +43,19 @@ impl PaymentsClient {
         }
     }
 
-    /// GetPaymentInfo.
-    pub async fn payment(&self, id: PaymentId, correlation_id: Uuid) -> Result<PaymentState, CallbackError> {
+    /// GetPaymentInfo, for the notification `cause`, in the flow
+    /// `correlation_id`: both go with the request, for Payments' logs.
+    pub async fn payment(
+        &self,
+        id: PaymentId,
+        correlation_id: Uuid,
+        cause: Uuid,
+    ) -> Result<PaymentState, CallbackError> {
         let response = self
             .http
             .get(format!("{}/payments/{id}", self.base_url))
             .header("x-correlation-id", correlation_id.to_string())
+            .header("x-causation-id", cause.to_string())
             .send()
             .await
             .map_err(CallbackError::Unreachable)?;

@@ -25,23 +25,41 @@ async fn records() -> (TestDatabase, Records) {
     (database, records)
 }
 
+/// The correlation and causation ids of the last call a stand-in Payments got.
+type Seen = Arc<std::sync::Mutex<Option<(String, String)>>>;
+
 /// A Payments that knows one payment, `known` (or none), and counts calls.
 async fn payments_knowing(known: Option<PaymentState>) -> (PaymentsClient, Arc<AtomicUsize>) {
+    let (client, calls, _) = payments_seeing(known).await;
+    (client, calls)
+}
+
+/// [`payments_knowing`], noting the ids each call carries.
+async fn payments_seeing(known: Option<PaymentState>) -> (PaymentsClient, Arc<AtomicUsize>, Seen) {
     use axum::routing::get;
     let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
+    let seen = Seen::default();
+    let (counter, noted) = (Arc::clone(&calls), Arc::clone(&seen));
     let router = axum::Router::new().route(
         "/payments/{id}",
-        get(move || {
+        get(move |headers: axum::http::HeaderMap| {
             let known = known.clone();
             counter.fetch_add(1, Ordering::SeqCst);
+            let id = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            *noted.lock().expect("lock") = Some((id("x-correlation-id"), id("x-causation-id")));
             async move { known.map(axum::Json).ok_or(axum::http::StatusCode::NOT_FOUND) }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(async move { axum::serve(listener, router).await });
-    (PaymentsClient::new(&url, Duration::from_secs(1)), calls)
+    (PaymentsClient::new(&url, Duration::from_secs(1)), calls, seen)
 }
 
 fn received(p: &PaymentState) -> Envelope<PaymentReceivedNotification> {
@@ -81,6 +99,21 @@ async fn a_redelivered_notification_is_recorded_once_even_by_a_restarted_service
         .expect("recorded");
     assert_eq!(stored.payment, known);
     assert_eq!(stored.notifications, 1);
+}
+
+#[tokio::test]
+async fn the_callback_names_the_flow_and_the_notification_that_caused_it() {
+    let known = state();
+    let (client, _, seen) = payments_seeing(Some(known.clone())).await;
+    let (_database, records) = records().await;
+    let notification = received(&known);
+    Notifications::new(client, records, GRACE)
+        .handle(&delivered("n", 0, &notification), 1)
+        .await
+        .expect("handled");
+    let (correlation, causation) = seen.lock().expect("lock").clone().expect("called back");
+    assert_eq!(correlation, notification.metadata.correlation_id.to_string());
+    assert_eq!(causation, notification.metadata.id.to_string());
 }
 
 #[tokio::test]

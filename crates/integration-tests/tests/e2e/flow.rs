@@ -81,7 +81,20 @@ async fn the_notification_carries_only_the_id_and_the_state_event_the_whole_paym
     let database = TestDatabase::create().await;
     let payments = spawn_payments(&kafka, &database.url).await;
 
-    let payment = create_payment(&http, &payments, &payment_request("c-2", 500)).await;
+    let flow = uuid::Uuid::now_v7().to_string();
+    let response = http
+        .post(payments.url("/payments"))
+        .header("x-correlation-id", &flow)
+        .json(&payment_request("c-2", 500))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let request = response.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let payment: Value = response.json().await.expect("json");
     let id = payment["payment_id"].as_str().expect("id");
 
     let [notification] = read_records(&kafka, &kafka.topics.notifications, 1)
@@ -114,10 +127,28 @@ async fn the_notification_carries_only_the_id_and_the_state_event_the_whole_paym
         "one id per event"
     );
     assert_eq!(
-        header(&notification, "ce_correlationid"),
-        header(&state, "ce_correlationid"),
-        "both events belong to the same request"
+        header(&notification, "ce_correlationid").as_deref(),
+        Some(flow.as_str()),
+        "the flow the client named"
     );
+    assert_eq!(header(&state, "ce_correlationid").as_deref(), Some(flow.as_str()));
+    // The notification is the stored event: the request caused it. The
+    // state was caused by that event. Nothing is its own cause.
+    let event_id = header(&notification, "ce_id").expect("ce_id");
+    assert_eq!(
+        header(&notification, "ce_causationid").as_deref(),
+        Some(request.as_str())
+    );
+    assert_eq!(
+        header(&state, "ce_causationid").as_deref(),
+        Some(event_id.as_str())
+    );
+    let stored = get_json(&http, payments.url(&format!("/payments/{id}/events")))
+        .await
+        .expect("events");
+    assert_eq!(stored[0]["event_id"], event_id.as_str());
+    assert_eq!(stored[0]["causation_id"], request.as_str());
+    assert_eq!(stored[0]["correlation_id"], flow.as_str());
 
     let notification: Value = serde_json::from_slice(notification.payload().expect("value")).expect("json");
     assert_eq!(
