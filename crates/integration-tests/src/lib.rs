@@ -38,7 +38,7 @@ pub async fn kafka_config(broker: &Broker) -> KafkaConfig {
         },
         ..KafkaConfig::local()
     };
-    service_kit::kafka::Admin::with_topics(&kafka, "test-setup")
+    service_kit::kafka::Admin::with_topics(&kafka, "test-setup", PATIENCE)
         .await
         .expect("create the test's topics");
     kafka
@@ -115,6 +115,7 @@ pub async fn spawn_payments_with(kafka: &KafkaConfig, database_url: &str, relay:
         publish_timeout: Duration::from_secs(10),
         idempotency_key_ttl: payments_service::repository::DEFAULT_KEY_TTL,
         shutdown_timeout: service_kit::config::DEFAULT_SHUTDOWN_TIMEOUT,
+        startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
     };
     TestApp::spawn(|listener, stopped| async move {
         Ok(payments_service::run(config, listener, signal(stopped)).await?)
@@ -164,6 +165,7 @@ pub async fn spawn_service_a_in(
         group_id: group_id.to_owned(),
         database: database_url.parse().expect("database URL"),
         database_connections: 5,
+        startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
     };
     TestApp::spawn(
         |listener, stopped| async move { Ok(service_a::run(config, listener, signal(stopped)).await?) },
@@ -198,6 +200,7 @@ pub async fn spawn_service_b_with(
         group_id: group_id.to_owned(),
         database: database_url.parse().expect("database URL"),
         database_connections: 5,
+        startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
         payments_url: payments_url.to_owned(),
         callback_timeout: Duration::from_secs(2),
         not_found_grace: Duration::from_secs(30),

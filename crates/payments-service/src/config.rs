@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use service_kit::config::{KafkaConfig, millis, secret, shutdown_timeout, var};
+use service_kit::config::{KafkaConfig, millis, secret, shutdown_timeout, startup_timeout, var};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::error::Result;
@@ -35,6 +35,8 @@ pub struct Config {
     pub idempotency_key_ttl: Duration,
     /// `SHUTDOWN_TIMEOUT_MS`: see [`service_kit::config::shutdown_timeout`].
     pub shutdown_timeout: Duration,
+    /// `STARTUP_TIMEOUT_MS`: see [`service_kit::config::startup_timeout`].
+    pub startup_timeout: Duration,
 }
 
 impl Config {
@@ -49,6 +51,7 @@ impl Config {
             publish_timeout: millis("PUBLISH_TIMEOUT_MS", Duration::from_secs(10))?,
             idempotency_key_ttl: Duration::from_secs(3600 * var::<u64>("IDEMPOTENCY_KEY_TTL_HOURS", 24)?),
             shutdown_timeout: shutdown_timeout()?,
+            startup_timeout: startup_timeout()?,
         })
     }
 }

@@ -33,6 +33,7 @@ use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, se
 use service_kit::kafka::Admin;
 use service_kit::lifecycle::{Task, stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
+use service_kit::startup::wait_for_database;
 use tokio::net::TcpListener;
 
 pub use api::{AppState, app};
@@ -54,11 +55,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    wait_for_database(&config.database, config.startup_timeout).await?;
     let store = EventStore::connect(config.database.clone(), config.database_connections).await?;
     let payments =
         Payments::new(store.clone(), config.snapshot_every).with_key_ttl(config.idempotency_key_ttl);
     payments.migrate().await?;
-    let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
+    let admin = Admin::with_topics(&config.kafka, SERVICE, config.startup_timeout).await?;
     let appended = payments.appended();
     let payments_for_purge = payments.clone();
     let stop = stop_token(shutdown);

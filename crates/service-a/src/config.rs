@@ -26,6 +26,8 @@ pub struct Config {
     pub database: PgConnectOptions,
     /// `DATABASE_CONNECTIONS`: connection pool size. Default 5.
     pub database_connections: u32,
+    /// `STARTUP_TIMEOUT_MS`: see [`service_kit::config::startup_timeout`].
+    pub startup_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -37,6 +39,7 @@ impl Config {
             group_id: var("GROUP_ID", crate::SERVICE.to_owned())?,
             database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
             database_connections: var("DATABASE_CONNECTIONS", 5)?,
+            startup_timeout: service_kit::config::startup_timeout()?,
         })
     }
 }

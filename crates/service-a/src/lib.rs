@@ -38,6 +38,7 @@ use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, se
 use service_kit::kafka::{self, Admin};
 use service_kit::lifecycle::{stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
+use service_kit::startup::wait_for_database;
 use tokio::net::TcpListener;
 
 pub use api::{AppState, app};
@@ -55,9 +56,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    wait_for_database(&config.database, config.startup_timeout).await?;
     let audit_log = Audit::connect(config.database.clone(), config.database_connections).await?;
     let topics = config.kafka.topics.clone();
-    let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
+    let admin = Admin::with_topics(&config.kafka, SERVICE, config.startup_timeout).await?;
     let metrics = Metrics::default();
     let notifications = kafka::consumer(
         &config.kafka,

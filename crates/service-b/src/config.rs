@@ -26,6 +26,8 @@ pub struct Config {
     pub database: PgConnectOptions,
     /// `DATABASE_CONNECTIONS`: connection pool size. Default 5.
     pub database_connections: u32,
+    /// `STARTUP_TIMEOUT_MS`: see [`service_kit::config::startup_timeout`].
+    pub startup_timeout: std::time::Duration,
     /// `PAYMENTS_URL`: base URL of Payments. Default `http://127.0.0.1:8080`.
     pub payments_url: String,
     /// `CALLBACK_TIMEOUT_MS`: how long one GetPaymentInfo call may take. Default 5 s.
@@ -45,6 +47,7 @@ impl Config {
             group_id: var("GROUP_ID", crate::SERVICE.to_owned())?,
             database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
             database_connections: var("DATABASE_CONNECTIONS", 5)?,
+            startup_timeout: service_kit::config::startup_timeout()?,
             payments_url: var("PAYMENTS_URL", "http://127.0.0.1:8080".to_owned())?,
             callback_timeout: millis("CALLBACK_TIMEOUT_MS", Duration::from_secs(5))?,
             not_found_grace: millis("CALLBACK_NOT_FOUND_GRACE_MS", Duration::from_secs(30))?,

@@ -33,6 +33,7 @@ use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, se
 use service_kit::kafka::{self, Admin};
 use service_kit::lifecycle::{stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
+use service_kit::startup::wait_for_database;
 use tokio::net::TcpListener;
 
 pub use api::app;
@@ -52,8 +53,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let topics = config.kafka.topics.clone();
+    wait_for_database(&config.database, config.startup_timeout).await?;
     let records = Records::connect(config.database.clone(), config.database_connections).await?;
-    let admin = Admin::with_topics(&config.kafka, SERVICE).await?;
+    let admin = Admin::with_topics(&config.kafka, SERVICE, config.startup_timeout).await?;
     let metrics = Metrics::default();
     let consumer = kafka::consumer(
         &config.kafka,

@@ -137,6 +137,18 @@ pub struct ConsumerConfig {
     pub shutdown_timeout: Duration,
 }
 
+/// How long a service waits at start for the broker and its database unless
+/// `STARTUP_TIMEOUT_MS` says otherwise.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `STARTUP_TIMEOUT_MS`: how long a service waits at start for the broker
+/// and its database (they may be starting too) before it gives up, saying
+/// which it could not reach and how to start it. Default
+/// [`DEFAULT_STARTUP_TIMEOUT`].
+pub fn startup_timeout() -> Result<Duration> {
+    millis("STARTUP_TIMEOUT_MS", DEFAULT_STARTUP_TIMEOUT)
+}
+
 /// How long a service may take to stop after SIGTERM unless
 /// `SHUTDOWN_TIMEOUT_MS` says otherwise. `docker-compose.yml` gives the
 /// services 15 s before it kills them.

@@ -16,6 +16,41 @@ pub enum Error {
         value: String,
         reason: String,
     },
+    /// No broker answered at start.
+    #[error(
+        "cannot reach the Kafka broker at {servers} (waited {waited:?}): start one with \
+         `cargo xtask kafka up` (or the whole stack with `docker compose up`), or point \
+         KAFKA_BOOTSTRAP_SERVERS at one"
+    )]
+    BrokerUnreachable {
+        servers: String,
+        waited: std::time::Duration,
+    },
+    /// The database server did not answer at start.
+    #[error(
+        "cannot reach PostgreSQL at {server} for database `{database}` (waited {waited:?}: {reason}): \
+         start one with `cargo xtask pg up` (or the whole stack with `docker compose up`), or point \
+         DATABASE_URL at one"
+    )]
+    DatabaseUnreachable {
+        server: String,
+        database: String,
+        waited: std::time::Duration,
+        reason: String,
+    },
+    /// The database server answered, without the service's database.
+    #[error(
+        "PostgreSQL at {server} has no database `{database}`: `cargo xtask pg up` creates it \
+         (compose does on a new volume), or create it, or point DATABASE_URL at another"
+    )]
+    DatabaseMissing { server: String, database: String },
+    /// The database server refused the connection (a wrong password, say).
+    #[error("PostgreSQL at {server} refused a connection to `{database}`: {reason}; check DATABASE_URL")]
+    DatabaseRefused {
+        server: String,
+        database: String,
+        reason: String,
+    },
     /// A Kafka client call failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),

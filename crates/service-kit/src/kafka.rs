@@ -704,10 +704,12 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    /// An admin client for the broker, after making sure the topics exist:
-    /// what every service does first.
-    pub async fn with_topics(config: &KafkaConfig, client_id: &str) -> Result<Self> {
+    /// An admin client for the broker, after waiting up to `wait` for it to
+    /// answer ([`crate::startup::wait_for_broker`]) and making sure the
+    /// topics exist: what every service does first.
+    pub async fn with_topics(config: &KafkaConfig, client_id: &str, wait: Duration) -> Result<Self> {
         let admin = Self::new(config, client_id)?;
+        crate::startup::wait_for_broker(&admin, config, wait).await?;
         admin.ensure_topics(&config.topics).await?;
         Ok(admin)
     }

@@ -19,6 +19,8 @@
 //! - [`memory`]: an in-memory map by payment id (ServiceA's copy of payments).
 //! - [`lifecycle`]: the shutdown signal and the supervisor that runs a
 //!   service's tasks and reports how each ended.
+//! - [`startup`]: waiting for the broker and the database at start, and
+//!   saying what to do when they do not answer.
 //! - [`telemetry`]: `tracing` setup.
 //! - [`error`]: this crate's error type.
 
@@ -32,6 +34,7 @@ pub mod kafka;
 pub mod lifecycle;
 pub mod memory;
 pub mod metrics;
+pub mod startup;
 pub mod telemetry;
 
 pub use error::{Error, Result};

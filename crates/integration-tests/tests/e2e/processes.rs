@@ -134,6 +134,20 @@ impl Process {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
+    /// Waits for the process to exit by itself; its status and every line it
+    /// logged.
+    async fn finish(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("exits in time")
+            .expect("exit status");
+        let mut lines = Vec::new();
+        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), self.lines.recv()).await {
+            lines.push(line);
+        }
+        (status, lines)
+    }
+
     /// SIGTERM, then the exit status.
     async fn terminate(self) -> std::process::ExitStatus {
         self.signal("TERM").await
@@ -833,4 +847,70 @@ async fn service_b_stops_within_its_shutdown_timeout_while_its_database_hangs() 
     );
     assert!(restarted.terminate().await.success());
     payments.stop().await;
+}
+
+/// A service started without its broker or its database gives up after
+/// STARTUP_TIMEOUT_MS, saying which it could not reach, where, and how to
+/// start it.
+#[tokio::test]
+async fn a_service_without_its_broker_or_database_says_what_to_start() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::create().await;
+    let (server, _) = database.url.rsplit_once('/').expect("a database in the URL");
+    let missing = format!("{server}/no_such_database");
+    let nowhere = "postgres://postgres@127.0.0.1:1/postgres";
+    let quick = ("STARTUP_TIMEOUT_MS", "1500");
+    // ServiceA's own: Payments' database holds Payments' schema.
+    let service_a_database = TestDatabase::empty().await;
+
+    let good_kafka = kafka_env(&kafka);
+    let no_broker = [
+        ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1"),
+        ("TOPIC_NOTIFICATIONS", kafka.topics.notifications.as_str()),
+        ("TOPIC_STATE", kafka.topics.state.as_str()),
+    ];
+    // (service, its broker settings, its DATABASE_URL, what it must say)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a [&'a str]);
+    let cases: [Case<'_>; 4] = [
+        (
+            "payments-service",
+            &good_kafka,
+            nowhere,
+            &["cannot reach PostgreSQL at 127.0.0.1:1", "cargo xtask pg up"],
+        ),
+        (
+            "service-b",
+            &good_kafka,
+            &missing,
+            &["has no database `no_such_database`", "cargo xtask pg up"],
+        ),
+        (
+            "payments-service",
+            &no_broker,
+            &database.url,
+            &[
+                "cannot reach the Kafka broker at 127.0.0.1:1",
+                "cargo xtask kafka up",
+            ],
+        ),
+        (
+            "service-a",
+            &no_broker,
+            &service_a_database.url,
+            &[
+                "cannot reach the Kafka broker at 127.0.0.1:1",
+                "docker compose up",
+            ],
+        ),
+    ];
+    for (service, kafka_env, database_url, says) in cases {
+        let env = [kafka_env, &[("DATABASE_URL", database_url), quick]].concat();
+        let (status, lines) = Process::start(service, &env).finish().await;
+        assert!(!status.success(), "{service} without what it needs: {status}");
+        let output = lines.join("\n");
+        for said in says {
+            assert!(output.contains(said), "{service} should say {said:?}:\n{output}");
+        }
+    }
 }

@@ -1,0 +1,95 @@
+//! Reaching what a service needs before it starts: the broker and its
+//! database. Each is waited for a while (it may be starting too, as in
+//! `docker compose up`), with a line logged now and then; if it does not
+//! answer, the error names what could not be reached, where, and how to
+//! start it.
+
+use std::time::Duration;
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::kafka::Admin;
+
+/// How often a failed attempt is logged while waiting.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+/// Pause between attempts.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Waits up to `wait` for a broker of `config` to answer.
+///
+/// # Errors
+///
+/// [`Error::BrokerUnreachable`] when none did.
+pub async fn wait_for_broker(admin: &Admin, config: &KafkaConfig, wait: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut logged = tokio::time::Instant::now();
+    loop {
+        if admin.broker_reachable().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::BrokerUnreachable {
+                servers: config.bootstrap_servers.clone(),
+                waited: wait,
+            });
+        }
+        if logged.elapsed() >= LOG_EVERY {
+            tracing::warn!(servers = %config.bootstrap_servers, "waiting for the Kafka broker");
+            logged = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Waits up to `wait` for the PostgreSQL server of `options` to accept a
+/// connection to its database.
+///
+/// # Errors
+///
+/// [`Error::DatabaseMissing`] at once if the server answers without that
+/// database, [`Error::DatabaseRefused`] if it refuses the connection for
+/// another reason (a password, say), [`Error::DatabaseUnreachable`] when it
+/// did not answer in time.
+pub async fn wait_for_database(options: &PgConnectOptions, wait: Duration) -> Result<()> {
+    let server = format!("{}:{}", options.get_host(), options.get_port());
+    let database = options.get_database().unwrap_or("postgres").to_owned();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut logged = tokio::time::Instant::now();
+    loop {
+        let attempt = tokio::time::timeout(wait, PgConnection::connect_with(options)).await;
+        let reason = match attempt {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() == Some("3D000") => {
+                return Err(Error::DatabaseMissing { server, database });
+            }
+            Ok(Err(sqlx::Error::Database(e))) => {
+                return Err(Error::DatabaseRefused {
+                    server,
+                    database,
+                    reason: e.message().to_owned(),
+                });
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::DatabaseUnreachable {
+                server,
+                database,
+                waited: wait,
+                reason,
+            });
+        }
+        if logged.elapsed() >= LOG_EVERY {
+            tracing::warn!(%server, %database, %reason, "waiting for PostgreSQL");
+            logged = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
