@@ -364,7 +364,7 @@ mod tests {
             compose.contains(&format!("image: apache/kafka:{version}")),
             "docker-compose.yml must run apache/kafka:{version}"
         );
-        let tests = fs::read_to_string(root.join("crates/testkit/src/lib.rs")).expect("testkit");
+        let tests = fs::read_to_string(root.join("libs/testkit/src/lib.rs")).expect("testkit");
         assert!(
             tests.contains(&format!("KAFKA_TAG: &str = \"{version}\"")),
             "the testcontainers broker must be apache/kafka:{version}"

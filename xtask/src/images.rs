@@ -404,7 +404,7 @@ mod tests {
                 short(image)
             );
         }
-        let testkit = read("crates/testkit/src/lib.rs");
+        let testkit = read("libs/testkit/src/lib.rs");
         for (name, tag) in [KAFKA, POSTGRES].map(|image| {
             let image = short(image);
             let (name, tag) = image.split_once(':').expect("a tag");

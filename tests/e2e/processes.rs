@@ -31,7 +31,8 @@ fn binary(name: &str) -> PathBuf {
             None => panic!("no profile directory above {}", exe.display()),
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        // This package is at the top of the workspace.
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let status = std::process::Command::new(&cargo)
             .current_dir(&workspace)
             .args(["build", "--profile", profile])
