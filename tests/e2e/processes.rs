@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use integration_tests::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use rdkafka::Message;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -125,14 +127,11 @@ impl Process {
         std::iter::from_fn(|| self.lines.try_recv().ok()).collect()
     }
 
-    /// Sends SIGSTOP or SIGCONT (or any signal) and returns at once.
-    fn send(&self, signal: &str) {
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) and returns at once.
+    fn send(&self, signal: Signal) {
         let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} {pid}");
+        let pid = Pid::from_raw(i32::try_from(pid).expect("a pid"));
+        kill(pid, signal).unwrap_or_else(|e| panic!("{signal} to {pid}: {e}"));
     }
 
     /// Waits for the process to exit by itself; its status and every line it
@@ -151,7 +150,7 @@ impl Process {
 
     /// SIGTERM, then the exit status.
     async fn terminate(self) -> std::process::ExitStatus {
-        self.signal("TERM").await
+        self.signal(Signal::SIGTERM).await
     }
 
     /// SIGTERM, then the exit status and every line logged since
@@ -172,16 +171,11 @@ impl Process {
 
     /// SIGKILL: no shutdown code runs at all.
     async fn kill(self) -> std::process::ExitStatus {
-        self.signal("KILL").await
+        self.signal(Signal::SIGKILL).await
     }
 
-    async fn signal(mut self, name: &str) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+    async fn signal(mut self, signal: Signal) -> std::process::ExitStatus {
+        self.send(signal);
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("exits within 30 s of the signal")
@@ -409,7 +403,7 @@ struct Tally {
 
 /// Sends 2,000 payments while two ServiceB processes share the group, and
 /// stops one of them with `signal` halfway.
-async fn stop_one_of_two_service_b(signal: &str) -> Tally {
+async fn stop_one_of_two_service_b(signal: Signal) -> Tally {
     const PAYMENTS: usize = 2000;
     const CONCURRENCY: usize = 16;
     let broker = Broker::get().await;
@@ -459,8 +453,7 @@ async fn stop_one_of_two_service_b(signal: &str) -> Tally {
             && let Some(first) = first.take()
         {
             // Stopped while the rest is sent.
-            let signal = signal.to_owned();
-            stopped = Some(tokio::spawn(async move { first.signal(&signal).await }));
+            stopped = Some(tokio::spawn(async move { first.signal(signal).await }));
         }
         let permit = std::sync::Arc::clone(&semaphore)
             .acquire_owned()
@@ -485,7 +478,7 @@ async fn stop_one_of_two_service_b(signal: &str) -> Tally {
         sent.insert(id.expect("send task"));
     }
     let status = stopped.expect("stopped halfway").await.expect("signal task");
-    if signal == "TERM" {
+    if signal == Signal::SIGTERM {
         assert!(status.success(), "SIGTERM: clean exit, got {status}");
     }
 
@@ -532,14 +525,14 @@ async fn stop_one_of_two_service_b(signal: &str) -> Tally {
 
 #[tokio::test]
 async fn stopping_one_of_two_service_b_with_sigterm_records_every_payment_once() {
-    let tally = stop_one_of_two_service_b("TERM").await;
+    let tally = stop_one_of_two_service_b(Signal::SIGTERM).await;
     assert_eq!((tally.sent, tally.lost, tally.twice), (2000, 0, 0), "{tally:?}");
     assert_eq!(tally.recorded, tally.sent);
 }
 
 #[tokio::test]
 async fn killing_one_of_two_service_b_with_sigkill_records_every_payment_once() {
-    let tally = stop_one_of_two_service_b("KILL").await;
+    let tally = stop_one_of_two_service_b(Signal::SIGKILL).await;
     assert_eq!((tally.sent, tally.lost, tally.twice), (2000, 0, 0), "{tally:?}");
     assert_eq!(tally.recorded, tally.sent);
 }
@@ -613,11 +606,11 @@ async fn a_frozen_relay_woken_after_another_took_over_cannot_publish_an_older_st
     };
 
     refunded(150).await;
-    frozen.send("STOP");
+    frozen.send(Signal::SIGSTOP);
     other.wait_for_line("outbox relay publishing").await;
     let taken_over = refunds.load(std::sync::atomic::Ordering::SeqCst);
     refunded(taken_over + 150).await;
-    frozen.send("CONT");
+    frozen.send(Signal::SIGCONT);
     refunded(refunds.load(std::sync::atomic::Ordering::SeqCst) + 100).await;
     stop.cancel();
     for client in clients {

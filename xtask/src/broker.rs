@@ -19,6 +19,8 @@ use anyhow::{Context, Result, bail};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 
+use crate::process::{is_alive, runs, terminate};
+
 /// Where clients reach the local broker.
 pub const BOOTSTRAP: &str = "127.0.0.1:9092";
 /// The controller's listener (KRaft), also on loopback only.
@@ -112,16 +114,7 @@ impl LocalBroker {
             return Ok(());
         };
         eprintln!("xtask: stopping broker (pid {pid})");
-        signal(pid, "TERM")?;
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while is_alive(pid) {
-            if Instant::now() > deadline {
-                eprintln!("xtask: broker did not stop in {STOP_TIMEOUT:?}, killing it");
-                signal(pid, "KILL")?;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        terminate(pid, STOP_TIMEOUT)?;
         let _ = fs::remove_file(self.pid_path());
         Ok(())
     }
@@ -292,37 +285,24 @@ fn java() -> PathBuf {
         .map_or_else(|| PathBuf::from("java"), |home| Path::new(&home).join("bin/java"))
 }
 
-/// Whether `pid` is a live process (a zombie counts as gone).
-pub fn is_alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
+impl crate::LocalServer for LocalBroker {
+    const NAME: &'static str = "broker";
 
-/// Whether `pid`'s command line contains `needle`.
-pub fn runs(pid: u32, needle: &str) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == needle.as_bytes()))
-}
-
-/// Whether `pid` runs a program called `name` (the file name of its `argv[0]`).
-pub fn runs_program(pid: u32, name: &str) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-        let program = cmdline.split(|&b| b == 0).next().unwrap_or_default();
-        program.rsplit(|&b| b == b'/').next() == Some(name.as_bytes())
-    })
-}
-
-pub fn signal(pid: u32, name: &str) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()?;
-    if !status.success() && is_alive(pid) {
-        bail!("cannot send SIG{name} to {pid}");
+    async fn start(&self) -> Result<bool> {
+        LocalBroker::start(self).await
     }
-    Ok(())
+
+    fn stop(&self) -> Result<()> {
+        LocalBroker::stop(self)
+    }
+
+    fn running_pid(&self) -> Option<u32> {
+        LocalBroker::running_pid(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("{BOOTSTRAP} (logs: {})", self.log_path().display())
+    }
 }
 
 #[cfg(test)]
@@ -369,13 +349,5 @@ mod tests {
             tests.contains(&format!("KAFKA_TAG: &str = \"{version}\"")),
             "the testcontainers broker must be apache/kafka:{version}"
         );
-    }
-
-    #[test]
-    fn a_pid_that_does_not_exist_is_not_alive() {
-        assert!(is_alive(std::process::id()));
-        assert!(!is_alive(u32::MAX));
-        assert!(!runs(std::process::id(), "kafka.Kafka"));
-        assert!(!runs(u32::MAX, "kafka.Kafka"));
     }
 }

@@ -98,7 +98,7 @@ async fn run_services(root: &Path) -> Result<()> {
         if let Some(pid) = child.id() {
             // They may have had SIGINT from the terminal already; SIGTERM is
             // the same request to shut down cleanly.
-            let _ = broker::signal(pid, "TERM");
+            let _ = crate::process::signal(pid, nix::sys::signal::Signal::SIGTERM);
         }
         match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
             Ok(Ok(status)) => eprintln!("xtask: {name} stopped ({status})"),

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 
-use crate::broker::{is_alive, runs, runs_program, signal};
+use crate::process::{is_alive, runs, runs_program, terminate};
 
 /// Where podman serves the Docker API.
 pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
@@ -268,14 +268,7 @@ impl Service {
             return Ok(());
         };
         eprintln!("xtask: stopping the engine service (pid {pid})");
-        signal(pid, "TERM")?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        while is_alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if is_alive(pid) {
-            signal(pid, "KILL")?;
-        }
+        terminate(pid, START_TIMEOUT)?;
         let _ = fs::remove_file(self.pid_path());
         Ok(())
     }
@@ -336,7 +329,7 @@ pub async fn serve() -> Result<()> {
         }
     };
     if let Some(pid) = api.id() {
-        let _ = crate::broker::signal(pid, "TERM");
+        let _ = crate::process::signal(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = tokio::time::timeout(Duration::from_secs(10), api.wait()).await;
     }
     eprintln!("engine: stopped");

@@ -1,22 +1,5 @@
 //! `cargo xtask`: developer tasks, in Rust so they run wherever cargo does.
-//!
-//! ```text
-//! cargo xtask kafka up       start a local Apache Kafka broker on 127.0.0.1:9092
-//! cargo xtask kafka down     stop it
-//! cargo xtask kafka status   is it running?
-//! cargo xtask pg up          start a local PostgreSQL on 127.0.0.1:5432
-//! cargo xtask pg down        stop it
-//! cargo xtask pg status      is it running?
-//! cargo xtask up             the whole demo without Docker: broker + PostgreSQL + three services
-//! cargo xtask test [ARGS]    the test suite against a real broker and PostgreSQL (ARGS go to cargo test)
-//! cargo xtask engine up       a container engine serving the Docker API (podman, where none runs)
-//! cargo xtask images          build the images compose and the tests use, where no registry is reachable
-//! cargo xtask compose-check   `docker compose up`, the README's curl session against it, `down -v`
-//! cargo xtask offsets GROUP [TOPIC]       a consumer group's offsets and lag
-//! cargo xtask reset GROUP TOPIC TO        move them (earliest, latest or a time)
-//! cargo xtask dlt list TOPIC              the dead letters of TOPIC
-//! cargo xtask dlt redrive TOPIC           publish them back to TOPIC
-//! ```
+//! `cargo xtask --help` lists them; each has its own `--help`.
 
 mod broker;
 mod compose;
@@ -25,135 +8,185 @@ mod engine;
 mod images;
 mod ops;
 mod postgres;
+mod process;
 mod test;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
 
-const USAGE: &str = "\
-usage: cargo xtask <task>
+/// Developer tasks for this workspace: local servers, the demo, the tests,
+/// the container path, and operating consumer groups.
+#[derive(Debug, Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
 
-  kafka up       start a local Apache Kafka broker (KRaft, 127.0.0.1:9092),
-                 fetched from Maven Central on first use
-  kafka down     stop the local broker
-  kafka status   tell whether the local broker is running
-  pg up          start a local throwaway PostgreSQL (Debian's packages, 127.0.0.1:5432,
-                 trust authentication), initialised under target/xtask/postgres on first use
-  pg down        stop the local PostgreSQL
-  pg status      tell whether the local PostgreSQL is running
-  up             run the demo without Docker: local broker, local PostgreSQL,
-                 payments-service, service-a and service-b; ctrl-c stops everything
-  test [--local] [ARGS]
-                 run the workspace tests against a real broker and PostgreSQL:
-                 KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else containers
-                 (testcontainers) if an engine answers and --local is not given,
-                 else the local ones; ARGS are passed to `cargo test`
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// The local Apache Kafka broker (KRaft, 127.0.0.1:9092), fetched from
+    /// Maven Central on first use.
+    Kafka {
+        #[command(subcommand)]
+        action: Local,
+    },
+    /// The local throwaway PostgreSQL (Debian's packages, 127.0.0.1:5432,
+    /// trust authentication), under target/xtask/postgres.
+    Pg {
+        #[command(subcommand)]
+        action: Local,
+    },
+    /// Run the demo without Docker: the local broker and PostgreSQL, then
+    /// payments-service, service-a and service-b; ctrl-c or SIGTERM stops
+    /// everything.
+    Up,
+    /// Run the workspace tests against a real broker and PostgreSQL:
+    /// KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else containers
+    /// (testcontainers) if an engine answers, else the local ones.
+    Test {
+        /// The local broker and PostgreSQL even when a container engine answers.
+        #[arg(long)]
+        local: bool,
+        /// Passed to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// A container engine serving the Docker API on /var/run/docker.sock
+    /// (podman, set up where none answers).
+    Engine {
+        #[command(subcommand)]
+        action: EngineAction,
+    },
+    /// Build the images docker-compose.yml, the Dockerfile and the tests name
+    /// (debian, rust, apache/kafka, postgres), for machines that reach no
+    /// image registry; cached.
+    Images,
+    /// Build the Dockerfile, run docker-compose.yml, wait until every
+    /// container is healthy, run the README's curl session against it, then
+    /// take it down with its volumes.
+    ComposeCheck,
+    /// A consumer group's committed offsets, partition ends, lag and active
+    /// members (on the broker in KAFKA_BOOTSTRAP_SERVERS).
+    Offsets {
+        group: String,
+        /// Default: the notifications topic.
+        topic: Option<String>,
+    },
+    /// Move a stopped group's offsets (refused while it has members).
+    Reset {
+        group: String,
+        topic: String,
+        /// earliest, latest, an RFC 3339 time or milliseconds since the epoch.
+        to: String,
+    },
+    /// Dead letters: list them, or publish them back.
+    Dlt {
+        #[command(subcommand)]
+        action: DltAction,
+    },
+}
 
-  engine up      make sure a container engine answers on /var/run/docker.sock: where
-                 none does, install podman (apt), configure it, and serve its Docker
-                 API and run its containers' health checks in the background
-  engine down    stop that background service
-  engine status  tell which engine answers
-  images         build the images docker-compose.yml, the Dockerfile and the tests
-                 name (debian, rust, apache/kafka, postgres) from Debian's packages,
-                 Maven Central and this machine's Rust toolchain, for machines that
-                 reach no image registry; cached
-  compose-check  build the Dockerfile, run docker-compose.yml, wait until every
-                 container is healthy, run the README's curl session against it,
-                 then take it down with its volumes
+/// What to do with a local server.
+#[derive(Debug, Subcommand)]
+enum Local {
+    /// Start it (unless it runs) and wait until it answers.
+    Up,
+    /// Stop it.
+    Down,
+    /// Tell whether it runs.
+    Status,
+}
 
-  offsets GROUP [TOPIC]
-                 a consumer group's committed offsets, partition ends, lag and
-                 active members (TOPIC defaults to the notifications topic)
-  reset GROUP TOPIC TO
-                 move the group's offsets to TO: earliest, latest, an RFC 3339
-                 time or milliseconds since the epoch; refused while the group
-                 has members
-  dlt list TOPIC
-                 the dead letters of TOPIC (in TOPIC.dlt), with why they failed
-  dlt redrive TOPIC
-                 publish the dead letters not redriven before back to TOPIC
+#[derive(Debug, Subcommand)]
+enum EngineAction {
+    /// Make sure an engine answers: where none does, install podman (apt),
+    /// configure it, and serve its Docker API and run its containers'
+    /// health checks in the background.
+    Up,
+    /// Stop that background service.
+    Down,
+    /// Tell which engine answers.
+    Status,
+    /// The background service itself, which `engine up` starts.
+    #[command(hide = true)]
+    Serve,
+}
 
-  The Kafka tasks use KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092).";
+#[derive(Debug, Subcommand)]
+enum DltAction {
+    /// The dead letters of TOPIC (in TOPIC.dlt), with why they failed.
+    List { topic: String },
+    /// Publish the dead letters of TOPIC not redriven before back to TOPIC.
+    Redrive { topic: String },
+}
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let root = workspace_root();
-    match args.as_slice() {
-        ["kafka", "up"] => {
-            let broker = broker::LocalBroker::new(&root);
-            broker.start().await?;
-            eprintln!(
-                "xtask: broker ready on {} (logs: {})",
-                broker::BOOTSTRAP,
-                broker.log_path().display()
-            );
-            Ok(())
+    match Cli::parse().task {
+        Task::Kafka { action } => local(&broker::LocalBroker::new(&root), action).await,
+        Task::Pg { action } => local(&postgres::LocalPostgres::new(&root), action).await,
+        Task::Up => demo::run(&root).await,
+        Task::Test { local, args } => {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            test::run(&root, local, &args).await
         }
-        ["kafka", "down"] => broker::LocalBroker::new(&root).stop(),
-        ["kafka", "status"] => {
-            let broker = broker::LocalBroker::new(&root);
-            match broker.running_pid() {
-                Some(pid) => eprintln!("xtask: broker running (pid {pid}) on {}", broker::BOOTSTRAP),
-                None => eprintln!("xtask: broker not running"),
+        Task::Engine { action } => match action {
+            EngineAction::Up => engine::Engine::ensure(&root).await.map(drop),
+            EngineAction::Down => engine::Service::new(&root).stop(),
+            EngineAction::Status => {
+                match engine::Engine::running().await {
+                    Some(engine) => eprintln!(
+                        "xtask: an engine answers on {} ({})",
+                        engine::DOCKER_SOCKET,
+                        engine.cli
+                    ),
+                    None => eprintln!("xtask: no engine answers on {}", engine::DOCKER_SOCKET),
+                }
+                Ok(())
             }
-            Ok(())
-        }
-        ["pg", "up"] => {
-            let postgres = postgres::LocalPostgres::new(&root);
-            postgres.start().await?;
-            eprintln!(
-                "xtask: PostgreSQL ready: DATABASE_URL={} (logs: {})",
-                postgres::DATABASE_URL,
-                postgres.log_path().display()
-            );
-            Ok(())
-        }
-        ["pg", "down"] => postgres::LocalPostgres::new(&root).stop(),
-        ["pg", "status"] => {
-            match postgres::LocalPostgres::new(&root).running_pid() {
-                Some(pid) => eprintln!(
-                    "xtask: PostgreSQL running (pid {pid}): DATABASE_URL={}",
-                    postgres::DATABASE_URL
-                ),
-                None => eprintln!("xtask: PostgreSQL not running"),
-            }
-            Ok(())
-        }
-        ["engine", "up"] => engine::Engine::ensure(&root).await.map(|_| ()),
-        ["engine", "down"] => engine::Service::new(&root).stop(),
-        ["engine", "status"] => {
-            match engine::Engine::running().await {
-                Some(engine) => eprintln!(
-                    "xtask: an engine answers on {} ({})",
-                    engine::DOCKER_SOCKET,
-                    engine.cli
-                ),
-                None => eprintln!("xtask: no engine answers on {}", engine::DOCKER_SOCKET),
-            }
-            Ok(())
-        }
-        // The background process `engine up` starts; not for people.
-        ["engine", "serve"] => engine::serve().await,
-        ["images"] => images::build(&root).await.map(|_| ()),
-        ["compose-check"] => compose::check(&root).await,
-        ["up"] => demo::run(&root).await,
-        ["test", "--local", rest @ ..] => test::run(&root, true, rest).await,
-        ["test", rest @ ..] => test::run(&root, false, rest).await,
-        ["offsets", group] => ops::offsets(group, None).await,
-        ["offsets", group, topic] => ops::offsets(group, Some(topic)).await,
-        ["reset", group, topic, to] => ops::reset(group, topic, to).await,
-        ["dlt", "list", topic] => ops::dlt_list(topic).await,
-        ["dlt", "redrive", topic] => ops::dlt_redrive(topic).await,
-        [] | ["help" | "-h" | "--help"] => {
-            eprintln!("{USAGE}");
-            Ok(())
-        }
-        _ => bail!("unknown task `{}`\n\n{USAGE}", args.join(" ")),
+            EngineAction::Serve => engine::serve().await,
+        },
+        Task::Images => images::build(&root).await.map(drop),
+        Task::ComposeCheck => compose::check(&root).await,
+        Task::Offsets { group, topic } => ops::offsets(&group, topic.as_deref()).await,
+        Task::Reset { group, topic, to } => ops::reset(&group, &topic, &to).await,
+        Task::Dlt { action } => match action {
+            DltAction::List { topic } => ops::dlt_list(&topic).await,
+            DltAction::Redrive { topic } => ops::dlt_redrive(&topic).await,
+        },
     }
+}
+
+/// A server xtask runs on this machine for the demo and the tests.
+trait LocalServer {
+    /// What it is, for people.
+    const NAME: &'static str;
+    /// Starts it unless it runs; returns whether this call started it.
+    async fn start(&self) -> Result<bool>;
+    fn stop(&self) -> Result<()>;
+    fn running_pid(&self) -> Option<u32>;
+    /// Where clients reach it, and where it logs.
+    fn describe(&self) -> String;
+}
+
+async fn local<S: LocalServer>(server: &S, action: Local) -> Result<()> {
+    let name = S::NAME;
+    match action {
+        Local::Up => {
+            server.start().await?;
+            eprintln!("xtask: {name} ready: {}", server.describe());
+        }
+        Local::Down => server.stop()?,
+        Local::Status => match server.running_pid() {
+            Some(pid) => eprintln!("xtask: {name} running (pid {pid}): {}", server.describe()),
+            None => eprintln!("xtask: {name} not running"),
+        },
+    }
+    Ok(())
 }
 
 /// The workspace root: xtask lives one level below it.
@@ -221,11 +254,7 @@ mod tests {
     #[tokio::test]
     async fn sigterm_is_a_request_to_stop_like_ctrl_c() {
         let stop = interrupted().expect("listening");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &std::process::id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        process::signal(std::process::id(), nix::sys::signal::Signal::SIGTERM).expect("kill");
         tokio::time::timeout(std::time::Duration::from_secs(10), stop)
             .await
             .expect("SIGTERM heard");

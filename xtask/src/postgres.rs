@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::broker::is_alive;
+use crate::process::{is_alive, runs_program};
 
 /// The port the local server listens on, on 127.0.0.1.
 pub const PG_PORT: u16 = 5432;
@@ -70,7 +70,7 @@ impl LocalPostgres {
         let pid_file = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
         let pid = pid_file.lines().next()?.trim().parse().ok()?;
         // A stale pid file (after a reboot) may name an unrelated process.
-        (is_alive(pid) && crate::broker::runs_program(pid, "postgres")).then_some(pid)
+        (is_alive(pid) && runs_program(pid, "postgres")).then_some(pid)
     }
 
     /// Starts the server unless it is running (initialising the cluster on
@@ -372,25 +372,40 @@ fn log_tail(log: &Path) -> String {
     )
 }
 
-/// The effective uid, from `/proc/self/status` ("Uid: real effective saved fs").
+/// The effective uid.
 pub fn effective_uid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let uids = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
-    uids.split_whitespace().nth(1)?.parse().ok()
+    Some(nix::unistd::geteuid().as_raw())
 }
 
 /// The uid and gid of the OS user `name`.
 fn os_user_ids(name: &str) -> Result<(u32, u32)> {
-    let output = Command::new("getent")
-        .args(["passwd", name])
-        .output()
-        .context("cannot run getent")?;
-    // name:password:uid:gid:...
-    let entry = String::from_utf8_lossy(&output.stdout);
-    let mut fields = entry.split(':').skip(2);
-    match (fields.next().map(str::parse), fields.next().map(str::parse)) {
-        (Some(Ok(uid)), Some(Ok(gid))) if output.status.success() => Ok((uid, gid)),
-        _ => bail!("no `{name}` user (it comes with Debian's postgresql package)"),
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => Ok((user.uid.as_raw(), user.gid.as_raw())),
+        Ok(None) => bail!("no `{name}` user (it comes with Debian's postgresql package)"),
+        Err(e) => Err(e).with_context(|| format!("cannot look up the `{name}` user")),
+    }
+}
+
+impl crate::LocalServer for LocalPostgres {
+    const NAME: &'static str = "PostgreSQL";
+
+    async fn start(&self) -> Result<bool> {
+        LocalPostgres::start(self).await
+    }
+
+    fn stop(&self) -> Result<()> {
+        LocalPostgres::stop(self)
+    }
+
+    fn running_pid(&self) -> Option<u32> {
+        LocalPostgres::running_pid(self)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "DATABASE_URL={DATABASE_URL} (logs: {})",
+            self.log_path().display()
+        )
     }
 }
 
