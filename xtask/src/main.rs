@@ -131,6 +131,7 @@ async fn main() -> Result<()> {
         Task::Pg { action } => local(&postgres::LocalPostgres::new(&root), action).await,
         Task::Up => demo::run(&root).await,
         Task::Test { local, args } => {
+            let args = cargo_test_args(std::env::args(), args);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             test::run(&root, local, &args).await
         }
@@ -158,6 +159,24 @@ async fn main() -> Result<()> {
             DltAction::List { topic } => ops::dlt_list(&topic).await,
             DltAction::Redrive { topic } => ops::dlt_redrive(&topic).await,
         },
+    }
+}
+
+/// What `cargo xtask test` passes to `cargo test`: what clap parsed, with
+/// the `--` that clap takes for the end of xtask's own options when it comes
+/// first (`cargo xtask test -- --nocapture`), which `cargo test` needs to
+/// hand what follows to the test binaries.
+fn cargo_test_args(raw: impl IntoIterator<Item = String>, parsed: Vec<String>) -> Vec<String> {
+    let raw: Vec<String> = raw.into_iter().collect();
+    let after_test = raw
+        .iter()
+        .position(|arg| arg == "test")
+        .map_or(&[][..], |i| &raw[i + 1..]);
+    let first = after_test.iter().find(|arg| *arg != "--local");
+    if first.is_some_and(|arg| arg == "--") && parsed.first().is_none_or(|arg| arg != "--") {
+        std::iter::once("--".to_owned()).chain(parsed).collect()
+    } else {
+        parsed
     }
 }
 
@@ -250,6 +269,26 @@ fn interrupted() -> Result<impl std::future::Future<Output = ()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_follows_test_goes_to_cargo_test_as_typed() {
+        let pass = |line: &str| {
+            let raw: Vec<String> = line.split(' ').map(str::to_owned).collect();
+            let cli = Cli::try_parse_from(&raw).expect("parses");
+            let Task::Test { args, .. } = cli.task else {
+                panic!("a test task");
+            };
+            cargo_test_args(raw, args).join(" ")
+        };
+        assert_eq!(pass("xtask test -- --nocapture"), "-- --nocapture");
+        assert_eq!(pass("xtask test --local -- --nocapture"), "-- --nocapture");
+        assert_eq!(
+            pass("xtask test -p service-a -- --nocapture"),
+            "-p service-a -- --nocapture"
+        );
+        assert_eq!(pass("xtask test e2e"), "e2e");
+        assert_eq!(pass("xtask test --local"), "");
+    }
 
     #[tokio::test]
     async fn sigterm_is_a_request_to_stop_like_ctrl_c() {
