@@ -3,10 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use service_kit::config::{KafkaConfig, millis, secret, shutdown_timeout, startup_timeout, var};
+use service_kit::config::{ConfigError, KafkaConfig, millis, secret, shutdown_timeout, startup_timeout, var};
 use sqlx::postgres::PgConnectOptions;
-
-use crate::error::Result;
 
 /// Where the local PostgreSQL of `cargo xtask pg up` listens.
 pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -40,7 +38,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             http_addr: var("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             kafka: KafkaConfig::from_env()?,

@@ -2,8 +2,7 @@
 
 use std::net::SocketAddr;
 
-use service_kit::Result;
-use service_kit::config::{ConsumerConfig, KafkaConfig, secret, var};
+use service_kit::config::{ConfigError, ConsumerConfig, KafkaConfig, secret, var};
 use sqlx::postgres::PgConnectOptions;
 
 /// ServiceA's own database on the local PostgreSQL of `cargo xtask pg up`
@@ -31,7 +30,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             http_addr: var("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
             kafka: KafkaConfig::from_env()?,

@@ -3,8 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use service_kit::Result;
-use service_kit::config::{ConsumerConfig, KafkaConfig, millis, secret, var};
+use service_kit::config::{ConfigError, ConsumerConfig, KafkaConfig, millis, secret, var};
 use sqlx::postgres::PgConnectOptions;
 
 /// ServiceB's own database on the local PostgreSQL of `cargo xtask pg up`
@@ -39,7 +38,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             http_addr: var("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
             kafka: KafkaConfig::from_env()?,

@@ -9,13 +9,13 @@ use std::time::Duration;
 use chrono::Utc;
 use integration_tests::proxy::GatedProxy;
 use integration_tests::*;
+use kafka_ops::groups;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use serde_json::Value;
 use service_kit::config::ConsumerConfig;
+use service_kit::config::StartFrom;
 use service_kit::consumer::{self, HandleError, Handler};
-use service_kit::groups;
-use service_kit::kafka::StartFrom;
 use service_kit::metrics::Metrics;
 
 /// The payment ids in `app`'s (a ServiceA) audit log.
@@ -131,7 +131,7 @@ async fn each_start_position_and_the_offset_reset_decide_what_a_consumer_reads()
     let (k, g, t) = (kafka.clone(), group.clone(), topic.clone());
     let refused = blocking(move || groups::reset(&k, &g, &t, StartFrom::Earliest)).await;
     assert!(
-        matches!(refused, Err(service_kit::Error::GroupActive { members: 1, .. })),
+        matches!(refused, Err(kafka_ops::Error::GroupActive { members: 1, .. })),
         "{refused:?}"
     );
     running.stop().await;
@@ -588,7 +588,7 @@ async fn a_notification_retried_too_often_is_dead_lettered_and_redriven_once_pay
     }
     let topic = kafka.topics.notifications.clone();
     let letters = eventually("both notifications dead-lettered after 3 attempts", || async {
-        let letters = service_kit::dead_letter::list(&kafka, &topic).await.ok()?;
+        let letters = kafka_ops::dead_letters::list(&kafka, &topic).await.ok()?;
         (letters.len() >= 2).then_some(letters)
     })
     .await;
@@ -612,12 +612,12 @@ async fn a_notification_retried_too_often_is_dead_lettered_and_redriven_once_pay
     // Fixed: redrive. Each dead letter goes back once, however often
     // redrive runs.
     gate.open();
-    let redriven = service_kit::dead_letter::redrive(&kafka, &topic)
+    let redriven = kafka_ops::dead_letters::redrive(&kafka, &topic)
         .await
         .expect("redrive");
     assert_eq!(redriven, 2);
     assert_eq!(
-        service_kit::dead_letter::redrive(&kafka, &topic)
+        kafka_ops::dead_letters::redrive(&kafka, &topic)
             .await
             .expect("redrive"),
         0
@@ -646,7 +646,7 @@ async fn a_notification_retried_too_often_is_dead_lettered_and_redriven_once_pay
     let event_ids: BTreeSet<_> = on_topic.iter().filter_map(|r| header(r, "ce_id")).collect();
     assert_eq!(event_ids.len(), 2, "a redriven record is the same event");
     assert_eq!(
-        service_kit::dead_letter::list(&kafka, &topic)
+        kafka_ops::dead_letters::list(&kafka, &topic)
             .await
             .expect("list")
             .len(),

@@ -213,7 +213,7 @@ async fn poison_records_go_to_the_dead_letter_topic_once_and_the_services_keep_g
     // once per group, with the reasons; the good records are not there.
     let per_group = poison.len() * 3;
     let letters = eventually("both groups dead-lettered every poison record", || async {
-        let letters = service_kit::dead_letter::list(kafka, &kafka.topics.notifications)
+        let letters = kafka_ops::dead_letters::list(kafka, &kafka.topics.notifications)
             .await
             .expect("list");
         (letters.len() >= 2 * per_group).then_some(letters)
@@ -256,7 +256,7 @@ async fn poison_records_go_to_the_dead_letter_topic_once_and_the_services_keep_g
     }
     // The state topic is read by ServiceA's replica only, which skips
     // poison rather than dead-letter it again on every start.
-    let state_letters = service_kit::dead_letter::list(kafka, &kafka.topics.state)
+    let state_letters = kafka_ops::dead_letters::list(kafka, &kafka.topics.state)
         .await
         .expect("list");
     assert!(state_letters.is_empty(), "{state_letters:?}");

@@ -435,7 +435,7 @@ async fn stop_one_of_two_service_b(signal: Signal) -> Tally {
     eventually("both instances joined the group", || {
         let (k, g) = (k.clone(), g.clone());
         async move {
-            let members = tokio::task::spawn_blocking(move || service_kit::groups::members(&k, &g))
+            let members = tokio::task::spawn_blocking(move || kafka_ops::groups::members(&k, &g))
                 .await
                 .ok()?
                 .ok()?;
@@ -722,7 +722,7 @@ async fn service_a_lists_every_notification_it_handled_after_a_sigkill() {
     // The group has committed past them (the background commit runs every
     // 5 s by default; the kill comes after it).
     eventually("the group committed what it audited", || async {
-        let offsets = service_kit::groups::offsets(&kafka, &group, &kafka.topics.notifications).ok()?;
+        let offsets = kafka_ops::groups::offsets(&kafka, &group, &kafka.topics.notifications).ok()?;
         (offsets.iter().map(|p| p.lag()).sum::<i64>() == 0).then_some(())
     })
     .await;

@@ -127,7 +127,7 @@ pub async fn spawn_payments_with(kafka: &KafkaConfig, database_url: &str, relay:
 /// a crashed member noticed after 6 s (the broker's minimum).
 pub fn test_consumer() -> ConsumerConfig {
     ConsumerConfig {
-        retry: service_kit::consumer::Backoff {
+        retry: service_kit::config::Backoff {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(500),
         },

@@ -1,13 +1,14 @@
 //! Operating consumers: a group's offsets and lag, moving them, and the
 //! dead-letter topics. The broker is `KAFKA_BOOTSTRAP_SERVERS` (default the
-//! local one); the logic lives in `service_kit::{groups, dead_letter}`, which
+//! local one); the logic lives in the `kafka-ops` crate, which
 //! the integration tests exercise.
 
 use anyhow::{Context, Result};
+use kafka_ops::dead_letters;
+use kafka_ops::groups::{self, PartitionOffsets};
 use service_kit::config::KafkaConfig;
-use service_kit::dead_letter::{self, header};
-use service_kit::groups::{self, PartitionOffsets};
-use service_kit::kafka::StartFrom;
+use service_kit::config::StartFrom;
+use service_kit::dead_letter::header;
 
 fn kafka() -> Result<KafkaConfig> {
     KafkaConfig::from_env().context("reading the Kafka settings")
@@ -47,7 +48,7 @@ pub async fn offsets(group: &str, topic: Option<&str>) -> Result<()> {
     let topic = topic_or_default(&kafka, topic);
     let (group_owned, topic_owned) = (group.to_owned(), topic.clone());
     let (offsets, members) = tokio::task::spawn_blocking(move || {
-        Ok::<_, service_kit::Error>((
+        Ok::<_, kafka_ops::Error>((
             groups::offsets(&kafka, &group_owned, &topic_owned)?,
             groups::members(&kafka, &group_owned)?,
         ))
@@ -74,7 +75,7 @@ pub async fn reset(group: &str, topic: &str, to: &str) -> Result<()> {
 
 /// `cargo xtask dlt list TOPIC`.
 pub async fn dlt_list(topic: &str) -> Result<()> {
-    let letters = dead_letter::list(&kafka()?, topic).await?;
+    let letters = dead_letters::list(&kafka()?, topic).await?;
     for letter in &letters {
         let h = |name| letter.header(name).unwrap_or("-");
         println!(
@@ -103,7 +104,7 @@ pub async fn dlt_list(topic: &str) -> Result<()> {
 
 /// `cargo xtask dlt redrive TOPIC`.
 pub async fn dlt_redrive(topic: &str) -> Result<()> {
-    let redriven = dead_letter::redrive(&kafka()?, topic).await?;
+    let redriven = dead_letters::redrive(&kafka()?, topic).await?;
     println!("redrove {redriven} dead letter(s) to their source topic");
     Ok(())
 }

@@ -3,16 +3,28 @@
 //! Every service reads its settings once, at start, through [`var`], so a
 //! typo in a value stops the service with a message naming the variable
 //! instead of surfacing later. Every default runs the demo locally.
+//!
+//! Plain values only, with their parsing: this module depends on nothing
+//! else in the crate, so the settings can be read (and printed, and
+//! checked) without the Kafka clients that use them.
 
 use std::env::VarError;
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use shared_events::Topics;
 
-use crate::consumer::Backoff;
-use crate::error::{Error, Result};
-use crate::kafka::StartFrom;
+/// An environment variable set to something unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 /// Reads `name` and parses it, or returns `default` when it is unset or empty.
 pub fn var<T>(name: &'static str, default: T) -> Result<T>
@@ -29,13 +41,13 @@ where
     T::Err: std::fmt::Display,
 {
     match raw {
-        Ok(value) if !value.trim().is_empty() => value.trim().parse().map_err(|e: T::Err| Error::Config {
+        Ok(value) if !value.trim().is_empty() => value.trim().parse().map_err(|e: T::Err| ConfigError {
             var: name,
             value,
             reason: e.to_string(),
         }),
         Ok(_) | Err(VarError::NotPresent) => Ok(default),
-        Err(VarError::NotUnicode(value)) => Err(Error::Config {
+        Err(VarError::NotUnicode(value)) => Err(ConfigError {
             var: name,
             value: value.to_string_lossy().into_owned(),
             reason: "not valid UTF-8".to_owned(),
@@ -51,7 +63,7 @@ where
     T::Err: std::fmt::Display,
 {
     let raw: String = var(name, default.to_owned())?;
-    raw.parse().map_err(|e: T::Err| Error::Config {
+    raw.parse().map_err(|e: T::Err| ConfigError {
         var: name,
         value: "(not shown: may hold a password)".to_owned(),
         reason: e.to_string(),
@@ -191,6 +203,79 @@ impl ConsumerConfig {
             statistics_interval: millis("KAFKA_STATISTICS_INTERVAL_MS", default.statistics_interval)?,
             shutdown_timeout: shutdown_timeout()?,
         })
+    }
+}
+
+/// Where a group member starts reading a partition its group has no
+/// committed offset for (`START_FROM`): a new group, or one whose offsets
+/// were reset away. Partitions the group has read always resume where it
+/// left off; to move those, stop the group and reset its offsets
+/// (`kafka_ops::groups::reset`, `cargo xtask reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// `committed`: the beginning (`auto.offset.reset=earliest`).
+    #[default]
+    Committed,
+    /// `earliest`: the oldest record the topic retains.
+    Earliest,
+    /// `latest`: only records published after the consumer got the partition.
+    Latest,
+    /// An RFC 3339 time or milliseconds since the epoch: the first record
+    /// with a timestamp at or after it.
+    At(DateTime<Utc>),
+}
+
+impl FromStr for StartFrom {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "committed" => Ok(Self::Committed),
+            "earliest" => Ok(Self::Earliest),
+            "latest" => Ok(Self::Latest),
+            _ => {
+                if let Ok(ms) = s.parse::<i64>() {
+                    return DateTime::from_timestamp_millis(ms)
+                        .map(Self::At)
+                        .ok_or_else(|| format!("{ms} ms is out of range"));
+                }
+                DateTime::parse_from_rfc3339(s)
+                    .map(|t| Self::At(t.to_utc()))
+                    .map_err(|_| {
+                        "expected committed, earliest, latest, an RFC 3339 time or milliseconds since the epoch"
+                            .to_owned()
+                    })
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: attempt `n` waits a random time
+/// between zero and `min(max, initial * 2^(n-1))`, so retrying instances do
+/// not hammer a recovering dependency in lockstep.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.max);
+        ceiling.mul_f64(fastrand::f64())
     }
 }
 

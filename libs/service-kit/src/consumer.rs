@@ -96,35 +96,6 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandleError>> + Send;
 }
 
-/// Exponential backoff with full jitter: attempt `n` waits a random time
-/// between zero and `min(max, initial * 2^(n-1))`, so retrying instances do
-/// not hammer a recovering dependency in lockstep.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(10),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before retry number `attempt` (1-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .initial
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(self.max);
-        ceiling.mul_f64(fastrand::f64())
-    }
-}
-
 /// Runs `handler` over every record of `consumer` until `stop` is cancelled.
 pub async fn run<H: Handler>(
     consumer: GroupConsumer,
@@ -494,6 +465,8 @@ mod tests {
 
     #[test]
     fn backoff_grows_exponentially_up_to_the_cap() {
+        use crate::config::Backoff;
+
         let backoff = Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),

@@ -12,25 +12,19 @@
 //! | `dlt.first.failure` | when the first attempt failed (RFC 3339) |
 //! | `dlt.group` | the consumer group that gave up on it |
 //!
-//! [`list`] reads them back; [`redrive`] publishes them to their source topic
-//! again, for instance after a fix, and remembers (as consumer group
-//! `<topic>.dlt.redrive`, committed after each record) how far it got, so a
-//! dead letter is redriven once. (Run one redrive of a topic at a time: two
-//! at once would both start from the same offset.)
+//! Listing and redriving them is for people, not services: see the
+//! `kafka-ops` crate (`cargo xtask dlt list|redrive`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use shared_events::dead_letter_topic;
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use crate::groups::{outsider, partition_offsets};
 use crate::kafka::producer;
 
 /// The names of the headers a dead letter carries besides its own.
@@ -91,7 +85,7 @@ const MAX_ERROR_CHARS: usize = 2000;
 
 /// How long one dead letter may wait for the broker's acknowledgement
 /// before the send fails and is tried again.
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl DeadLetters {
     pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self> {
@@ -137,8 +131,9 @@ impl DeadLetters {
     }
 }
 
-/// `record`'s key and value, with `headers`, for `topic`.
-fn copy_to<'a>(
+/// `record`'s key and value, with `headers`, for `topic`: how a record is
+/// dead-lettered, and redriven.
+pub fn copy_to<'a>(
     topic: &'a str,
     record: &'a OwnedMessage,
     headers: OwnedHeaders,
@@ -154,7 +149,7 @@ fn copy_to<'a>(
 }
 
 /// The headers of `record` that `keep` accepts, in order.
-fn original_headers(record: &OwnedMessage, keep: impl Fn(&str) -> bool) -> OwnedHeaders {
+pub fn original_headers(record: &OwnedMessage, keep: impl Fn(&str) -> bool) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new();
     if let Some(original) = record.headers() {
         for h in original.iter().filter(|h| keep(h.key)) {
@@ -162,146 +157,4 @@ fn original_headers(record: &OwnedMessage, keep: impl Fn(&str) -> bool) -> Owned
         }
     }
     headers
-}
-
-/// A dead letter as read back.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<String>,
-    /// Every header, the dead-letter ones included (`dlt.*`).
-    pub headers: HashMap<String, String>,
-    pub value_bytes: usize,
-    pub record: OwnedMessage,
-}
-
-impl DeadLetter {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-}
-
-/// Reads every record of `topic` from the beginning, or (`from_committed`)
-/// from where the consumer's group left off, up to the end each partition
-/// had when the read began. Blocks.
-fn read_to_end(consumer: &BaseConsumer, topic: &str, from_committed: bool) -> Result<Vec<OwnedMessage>> {
-    // Per partition: the next offset to read, and the end to read up to.
-    let mut next_and_end = HashMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for p in partition_offsets(consumer, topic)? {
-        let start = if from_committed { p.next() } else { p.low };
-        next_and_end.insert(p.partition, (start, p.high));
-        assignment.add_partition_offset(topic, p.partition, Offset::Offset(start))?;
-    }
-    consumer.assign(&assignment)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut records = Vec::new();
-    while next_and_end.values().any(|(next, end)| next < end) {
-        if std::time::Instant::now() > deadline {
-            return Err(Error::ReadTimeout(topic.to_owned()));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(record)) => {
-                if let Some((next, end)) = next_and_end.get_mut(&record.partition()) {
-                    *next = record.offset() + 1;
-                    if record.offset() < *end {
-                        records.push(record.detach());
-                    }
-                }
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None => {}
-        }
-    }
-    Ok(records)
-}
-
-fn text(bytes: Option<&[u8]>) -> String {
-    String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned()
-}
-
-fn dead_letter(record: OwnedMessage) -> DeadLetter {
-    let headers = record
-        .headers()
-        .map(|h| h.iter().map(|h| (h.key.to_owned(), text(h.value))).collect())
-        .unwrap_or_default();
-    DeadLetter {
-        partition: record.partition(),
-        offset: record.offset(),
-        key: record.key().map(|k| text(Some(k))),
-        headers,
-        value_bytes: record.payload().map_or(0, <[u8]>::len),
-        record,
-    }
-}
-
-/// Runs a blocking Kafka call off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|source| Error::Task {
-            task: "dead-letter tool",
-            source,
-        })?
-}
-
-/// Every dead letter of `topic` (the source topic, not `<topic>.dlt`).
-pub async fn list(config: &KafkaConfig, topic: &str) -> Result<Vec<DeadLetter>> {
-    let consumer = outsider(config, "dlt-tool", &format!("{}.list", dead_letter_topic(topic)))?;
-    let dlt = dead_letter_topic(topic);
-    let records = blocking(move || read_to_end(&consumer, &dlt, false)).await?;
-    Ok(records.into_iter().map(dead_letter).collect())
-}
-
-/// Publishes the dead letters of `topic` not redriven before back to their
-/// source topic, without the `dlt.*` headers, and returns how many.
-///
-/// A redriven record that fails again becomes a new dead letter.
-pub async fn redrive(config: &KafkaConfig, topic: &str) -> Result<usize> {
-    let dlt = dead_letter_topic(topic);
-    let consumer = outsider(config, "dlt-tool", &format!("{dlt}.redrive"))?;
-    // From where the last redrive stopped; the beginning the first time.
-    let (consumer, records) = blocking({
-        let dlt = dlt.clone();
-        move || {
-            let records = read_to_end(&consumer, &dlt, true)?;
-            Ok((consumer, records))
-        }
-    })
-    .await?;
-    let producer = producer(config, "dlt-tool", SEND_TIMEOUT)?;
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    for record in &records {
-        let mut done = TopicPartitionList::new();
-        done.add_partition_offset(&dlt, record.partition(), Offset::Offset(record.offset() + 1))?;
-        let source = record
-            .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == header::SOURCE_TOPIC)
-                    .map(|h| text(h.value))
-            })
-            .unwrap_or_else(|| topic.to_owned());
-        let headers = original_headers(record, |key| !key.starts_with(header::PREFIX));
-        producer
-            .send(copy_to(&source, record, headers), SEND_TIMEOUT)
-            .await
-            .map_err(|(e, _)| Error::Kafka(e))?;
-        // Remembered as soon as the broker has the copy (without waiting:
-        // the synchronous commit below confirms the last ones), so a redrive
-        // that fails half-way resumes after what it already published.
-        consumer.commit(&done, CommitMode::Async)?;
-        next.insert(record.partition(), record.offset() + 1);
-    }
-    let mut done = TopicPartitionList::new();
-    for (partition, offset) in next {
-        done.add_partition_offset(&dlt, partition, Offset::Offset(offset))?;
-    }
-    if done.count() > 0 {
-        // The consumer only ever assigned partitions, so this commits as a
-        // group with no members: allowed, and where the next redrive starts.
-        blocking(move || Ok(consumer.commit(&done, CommitMode::Sync)?)).await?;
-    }
-    Ok(records.len())
 }

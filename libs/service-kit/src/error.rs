@@ -10,12 +10,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An environment variable is set to something unusable.
-    #[error("invalid configuration: {var}={value:?}: {reason}")]
-    Config {
-        var: &'static str,
-        value: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// No broker answered at start.
     #[error(
         "cannot reach the Kafka broker at {servers} (waited {waited:?}): start one with \
@@ -60,12 +56,6 @@ pub enum Error {
     /// A topic a service reads does not exist.
     #[error("topic `{0}` does not exist")]
     MissingTopic(String),
-    /// A topic could not be read to its end in time.
-    #[error("could not read topic `{0}` to its end in time")]
-    ReadTimeout(String),
-    /// A group's offsets cannot be moved while it has members.
-    #[error("group `{group}` has {members} active member(s); stop them first")]
-    GroupActive { group: String, members: usize },
     /// The HTTP address cannot be listened on (in use, or not this host's).
     #[error("cannot listen on {addr}: {source}")]
     Bind {

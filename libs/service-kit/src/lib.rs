@@ -3,16 +3,19 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: typed configuration from the environment, with local defaults.
+//! - [`config`]: typed configuration from the environment, with local
+//!   defaults; plain values (start positions, backoff), depending on
+//!   nothing else here.
 //! - [`kafka`]: the one place Kafka clients are built; every non-obvious
-//!   librdkafka setting is explained there. Also topic creation and the
-//!   broker health probe.
+//!   librdkafka setting is explained there. [`kafka::group`]: rebalances,
+//!   start positions, lag; [`kafka::admin`]: topic creation and the broker
+//!   health probe.
 //! - [`consumer`]: the consumer loop: handle a record, *then* store its offset
 //!   (at-least-once); retry transient failures with backoff while staying in
 //!   the group; dead-letter records that can never be handled.
 //! - [`dead_letter`]: publishing records that cannot be handled to
-//!   `<topic>.dlt`, listing and redriving them.
-//! - [`groups`]: a consumer group's offsets and lag, and moving them.
+//!   `<topic>.dlt`. (Listing and redriving them, and a group's offsets, are
+//!   for operators: the `kafka-ops` crate, which no service links.)
 //! - [`metrics`]: consumer lag, retries and dead letters at `GET /metrics`.
 //! - [`http`]: serving axum with graceful shutdown, `GET /health`, and the JSON
 //!   error body all services answer with.
@@ -28,7 +31,6 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod error;
-pub mod groups;
 pub mod http;
 pub mod kafka;
 pub mod lifecycle;

@@ -15,182 +15,207 @@
 //! group's committed offset, for the partitions this instance holds. It is
 //! what `cargo xtask offsets` shows for the whole group.
 //!
-//! Written by hand rather than with a metrics crate: six series do not need
-//! a registry, and the format is a few lines of text.
+//! Kept in a `prometheus-client` registry, and served in the OpenMetrics
+//! text format (which Prometheus scrapes; counters appear with `_total`).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-/// A service's metrics. Cheap to clone; clones share the values.
-#[derive(Debug, Clone, Default)]
-pub struct Metrics {
-    inner: Arc<Mutex<Values>>,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
 }
 
-type GroupTopic = (String, String);
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    group: String,
+    topic: String,
+}
 
-#[derive(Debug, Default)]
-struct Values {
-    /// (group, topic, partition) → lag.
-    lag: BTreeMap<(String, String, i32), i64>,
-    assigned: BTreeMap<String, usize>,
-    rebalances: BTreeMap<String, u64>,
-    handled: BTreeMap<GroupTopic, u64>,
-    retries: BTreeMap<GroupTopic, u64>,
-    dead_letters: BTreeMap<GroupTopic, u64>,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    group: String,
+    topic: String,
+    partition: String,
+}
+
+/// A service's metrics. Cheap to clone; clones share the values.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    lag: Family<PartitionLabels, Gauge>,
+    assigned: Family<GroupLabels, Gauge>,
+    rebalances: Family<GroupLabels, Counter>,
+    handled: Family<TopicLabels, Counter>,
+    retries: Family<TopicLabels, Counter>,
+    dead_letters: Family<TopicLabels, Counter>,
+    /// The lag series each group has now, to drop those of partitions it
+    /// no longer holds.
+    lag_series: Mutex<HashMap<String, Vec<PartitionLabels>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let lag = Family::default();
+        registry.register(
+            "kafka_consumer_lag",
+            "Records after the group's committed offset, per partition this instance holds",
+            lag.clone(),
+        );
+        let assigned = Family::default();
+        registry.register(
+            "kafka_consumer_assigned_partitions",
+            "Partitions this instance holds",
+            assigned.clone(),
+        );
+        let rebalances = Family::default();
+        registry.register(
+            "kafka_consumer_rebalances",
+            "Partition assignments this instance received",
+            rebalances.clone(),
+        );
+        let handled = Family::default();
+        registry.register(
+            "consumer_records_handled",
+            "Records handled (dead letters not included)",
+            handled.clone(),
+        );
+        let retries = Family::default();
+        registry.register(
+            "consumer_retries",
+            "Handling attempts that failed and were retried",
+            retries.clone(),
+        );
+        let dead_letters = Family::default();
+        registry.register(
+            "dead_letters",
+            "Records moved to the topic's dead-letter topic",
+            dead_letters.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                lag,
+                assigned,
+                rebalances,
+                handled,
+                retries,
+                dead_letters,
+                lag_series: Mutex::default(),
+            }),
+        }
+    }
+}
+
+fn topic_labels(group: &str, topic: &str) -> TopicLabels {
+    TopicLabels {
+        group: escaped(group),
+        topic: escaped(topic),
+    }
+}
+
+fn group_labels(group: &str) -> GroupLabels {
+    GroupLabels {
+        group: escaped(group),
+    }
+}
+
+/// `value` escaped as a label value must be: `prometheus-client` writes
+/// label values as they are, so a `"` in a group name would break the line.
+fn escaped(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
 }
 
 impl Metrics {
-    fn values(&self) -> MutexGuard<'_, Values> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Replaces `group`'s lag figures with `lags` (topic, partition, lag):
     /// partitions it no longer holds disappear.
     pub fn set_lag(&self, group: &str, lags: impl IntoIterator<Item = (String, i32, i64)>) {
-        let mut values = self.values();
-        values.lag.retain(|(g, _, _), _| g != group);
-        for (topic, partition, lag) in lags {
-            values.lag.insert((group.to_owned(), topic, partition), lag);
+        let mut series = self
+            .inner
+            .lag_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now: Vec<PartitionLabels> = lags
+            .into_iter()
+            .map(|(topic, partition, lag)| {
+                let labels = PartitionLabels {
+                    group: escaped(group),
+                    topic: escaped(&topic),
+                    partition: partition.to_string(),
+                };
+                self.inner.lag.get_or_create(&labels).set(lag);
+                labels
+            })
+            .collect();
+        for gone in series
+            .get(group)
+            .into_iter()
+            .flatten()
+            .filter(|labels| !now.contains(labels))
+        {
+            self.inner.lag.remove(gone);
         }
+        series.insert(group.to_owned(), now);
     }
 
     /// After a rebalance: `group` now holds `partitions` partitions.
     pub fn rebalanced(&self, group: &str, partitions: usize) {
-        let mut values = self.values();
-        values.assigned.insert(group.to_owned(), partitions);
-        *values.rebalances.entry(group.to_owned()).or_default() += 1;
+        let labels = group_labels(group);
+        self.inner
+            .assigned
+            .get_or_create(&labels)
+            .set(i64::try_from(partitions).unwrap_or(i64::MAX));
+        self.inner.rebalances.get_or_create(&labels).inc();
     }
 
     pub fn handled(&self, group: &str, topic: &str) {
-        *self
-            .values()
+        self.inner
             .handled
-            .entry((group.to_owned(), topic.to_owned()))
-            .or_default() += 1;
+            .get_or_create(&topic_labels(group, topic))
+            .inc();
     }
 
     pub fn retried(&self, group: &str, topic: &str) {
-        *self
-            .values()
+        self.inner
             .retries
-            .entry((group.to_owned(), topic.to_owned()))
-            .or_default() += 1;
+            .get_or_create(&topic_labels(group, topic))
+            .inc();
     }
 
     pub fn dead_lettered(&self, group: &str, topic: &str) {
-        *self
-            .values()
+        self.inner
             .dead_letters
-            .entry((group.to_owned(), topic.to_owned()))
-            .or_default() += 1;
+            .get_or_create(&topic_labels(group, topic))
+            .inc();
     }
 
-    /// The Prometheus text exposition of every value.
+    /// The OpenMetrics text exposition of every value.
     pub fn render(&self) -> String {
-        let values = self.values();
         let mut out = String::new();
-        family(
-            &mut out,
-            "kafka_consumer_lag",
-            "gauge",
-            "Records after the group's committed offset, per partition this instance holds.",
-            values.lag.iter().map(|((group, topic, partition), lag)| {
-                (
-                    labels(&[
-                        ("group", group),
-                        ("topic", topic),
-                        ("partition", &partition.to_string()),
-                    ]),
-                    *lag,
-                )
-            }),
-        );
-        family(
-            &mut out,
-            "kafka_consumer_assigned_partitions",
-            "gauge",
-            "Partitions this instance holds.",
-            values
-                .assigned
-                .iter()
-                .map(|(group, n)| (labels(&[("group", group)]), i64::try_from(*n).unwrap_or(i64::MAX))),
-        );
-        for (name, kind, help, map) in [
-            (
-                "consumer_records_handled_total",
-                "counter",
-                "Records handled (dead letters not included).",
-                &values.handled,
-            ),
-            (
-                "consumer_retries_total",
-                "counter",
-                "Handling attempts that failed and were retried.",
-                &values.retries,
-            ),
-            (
-                "dead_letters_total",
-                "counter",
-                "Records moved to the topic's dead-letter topic.",
-                &values.dead_letters,
-            ),
-        ] {
-            family(
-                &mut out,
-                name,
-                kind,
-                help,
-                map.iter().map(|((group, topic), n)| {
-                    (
-                        labels(&[("group", group), ("topic", topic)]),
-                        i64::try_from(*n).unwrap_or(i64::MAX),
-                    )
-                }),
-            );
-        }
-        family(
-            &mut out,
-            "kafka_consumer_rebalances_total",
-            "counter",
-            "Partition assignments this instance received.",
-            values
-                .rebalances
-                .iter()
-                .map(|(group, n)| (labels(&[("group", group)]), i64::try_from(*n).unwrap_or(i64::MAX))),
-        );
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
         out
     }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str, series: impl Iterator<Item = (String, i64)>) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in series {
-        let _ = writeln!(out, "{name}{{{labels}}} {value}");
-    }
-}
-
-/// `a="x",b="y"`, with values escaped as the format requires.
-fn labels(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(name, value)| {
-            let escaped = value
-                .replace('\\', r"\\")
-                .replace('"', "\\\"")
-                .replace('\n', r"\n");
-            format!("{name}=\"{escaped}\"")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// `GET /metrics`.
@@ -200,7 +225,10 @@ pub fn metrics_router(metrics: Metrics) -> Router {
 
 async fn render(State(metrics): State<Metrics>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         metrics.render(),
     )
 }
@@ -260,7 +288,8 @@ mod tests {
             ),
             Some(1)
         );
-        assert!(text.contains("# TYPE dead_letters_total counter"));
+        assert!(text.contains("# TYPE dead_letters counter"));
+        assert!(text.ends_with("# EOF\n"));
     }
 
     #[test]

@@ -6,9 +6,10 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::KafkaConfig;
+use service_kit::config::{KafkaConfig, StartFrom};
+use service_kit::kafka::{outsider, partition_count, start_offsets};
+
 use crate::error::{Error, Result};
-use crate::kafka::{StartFrom, base, partition_count};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,18 +36,6 @@ impl PartitionOffsets {
     pub fn lag(&self) -> i64 {
         self.high - self.next()
     }
-}
-
-/// A client acting for `group` without joining it: it only assigns
-/// partitions to itself, and commits only when told to.
-pub(crate) fn outsider(config: &KafkaConfig, client_id: &str, group: &str) -> Result<BaseConsumer> {
-    Ok(base(config, client_id)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        // An assigned offset that retention removed meanwhile: read from
-        // the oldest one left rather than skip to the end.
-        .set("auto.offset.reset", "earliest")
-        .create()?)
 }
 
 /// The group's committed offsets and the partitions' ends. Blocks.
@@ -103,7 +92,7 @@ pub fn reset(config: &KafkaConfig, group: &str, topic: &str, to: StartFrom) -> R
     let partitions: Vec<(String, i32)> = (0..partition_count(&consumer, topic)?)
         .map(|p| (topic.to_owned(), p))
         .collect();
-    let Some(targets) = to.offsets(&consumer, &partitions)? else {
+    let Some(targets) = start_offsets(to, &consumer, &partitions)? else {
         // "Committed" is where it is already.
         return offsets(config, group, topic);
     };

@@ -1,0 +1,89 @@
+//! Topic administration and the broker health probe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use shared_events::Topics;
+
+use super::base;
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+
+/// How long a metadata request may take before the broker counts as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Topic administration and the broker health probe.
+#[derive(Clone)]
+pub struct Admin {
+    client: Arc<AdminClient<DefaultClientContext>>,
+    replication_factor: i32,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    /// An admin client for the broker, after waiting up to `wait` for it to
+    /// answer ([`crate::startup::wait_for_broker`]) and making sure the
+    /// topics exist: what every service does first.
+    pub async fn with_topics(config: &KafkaConfig, client_id: &str, wait: Duration) -> Result<Self> {
+        let admin = Self::new(config, client_id)?;
+        crate::startup::wait_for_broker(&admin, config, wait).await?;
+        admin.ensure_topics(&config.topics).await?;
+        Ok(admin)
+    }
+
+    pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self> {
+        Ok(Self {
+            client: Arc::new(base(config, client_id).create()?),
+            replication_factor: config.replication_factor,
+        })
+    }
+
+    /// Creates the topics that do not exist yet, with their settings
+    /// (partitions, retention or compaction). Existing topics are left alone.
+    pub async fn ensure_topics(&self, topics: &Topics) -> Result<()> {
+        let specs = topics.specs();
+        // With acks=all, an acknowledged write is on every *in-sync* replica;
+        // this keeps "in sync" from shrinking to the leader alone.
+        let min_insync = self.replication_factor.clamp(1, 2).to_string();
+        let new_topics: Vec<NewTopic<'_>> = specs
+            .iter()
+            .map(|spec| {
+                spec.config.iter().fold(
+                    NewTopic::new(
+                        &spec.name,
+                        spec.partitions,
+                        TopicReplication::Fixed(self.replication_factor),
+                    )
+                    .set("min.insync.replicas", &min_insync),
+                    |topic, (key, value)| topic.set(key, value),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in self.client.create_topics(&new_topics, &options).await? {
+            match result {
+                Ok(topic) => tracing::info!(topic, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(Error::CreateTopic { topic, code }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a broker answers a metadata request within a few seconds.
+    pub async fn broker_reachable(&self) -> bool {
+        let client = Arc::clone(&self.client);
+        // librdkafka's metadata call blocks its thread.
+        tokio::task::spawn_blocking(move || client.inner().fetch_metadata(None, PROBE_TIMEOUT))
+            .await
+            .is_ok_and(|metadata| metadata.is_ok_and(|m| !m.brokers().is_empty()))
+    }
+}

@@ -1,0 +1,430 @@
+//! The consumer's side of rebalances and statistics ([`GroupContext`],
+//! shared with the consumer loop), and where a group starts the partitions
+//! it never read ([`start_offsets`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::LOOKUP_TIMEOUT;
+use crate::config::StartFrom;
+use crate::error::Result;
+use crate::metrics::Metrics;
+
+/// The offset of each partition of `partitions` (topic, partition) to
+/// start at from `start_from`, looked up on the broker; `None` for
+/// [`StartFrom::Committed`].
+/// Blocks.
+///
+/// Every offset is a number, to be committed. In particular the end of a
+/// partition is looked up here rather than left to librdkafka's
+/// `Offset::End`, which it resolves only once fetching starts: a record
+/// published in between would be skipped.
+pub fn start_offsets<C: ConsumerContext>(
+    start_from: StartFrom,
+    consumer: &BaseConsumer<C>,
+    partitions: &[(String, i32)],
+) -> Result<Option<TopicPartitionList>> {
+    let mut tpl = TopicPartitionList::new();
+    let end = |topic: &str, partition: i32| -> Result<Offset> {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, LOOKUP_TIMEOUT)?;
+        Ok(Offset::Offset(high))
+    };
+    match start_from {
+        StartFrom::Committed => return Ok(None),
+        StartFrom::Earliest => {
+            for (topic, partition) in partitions {
+                let (low, _) = consumer.fetch_watermarks(topic, *partition, LOOKUP_TIMEOUT)?;
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(low))?;
+            }
+        }
+        StartFrom::Latest => {
+            for (topic, partition) in partitions {
+                tpl.add_partition_offset(topic, *partition, end(topic, *partition)?)?;
+            }
+        }
+        StartFrom::At(time) => {
+            let mut query = TopicPartitionList::new();
+            for (topic, partition) in partitions {
+                query.add_partition_offset(topic, *partition, Offset::Offset(time.timestamp_millis()))?;
+            }
+            // For each partition: the first offset whose timestamp is at
+            // or after `time`, or the end if there is none.
+            for e in consumer.offsets_for_times(query, LOOKUP_TIMEOUT)?.elements() {
+                e.error()?;
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => end(e.topic(), e.partition())?,
+                };
+                tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
+            }
+        }
+    }
+    Ok(Some(tpl))
+}
+
+/// A consumer of the services: a group member ([`consumer`]) or a replica
+/// reader ([`replica`]).
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// What the consumer loop does with the offsets of handled records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offsets {
+    /// A group member ([`consumer`]): store each offset after handling,
+    /// commit in the background, before a rebalance and on shutdown.
+    Commit,
+    /// A replica reader ([`replica`]): nothing to remember, it reads from the
+    /// beginning on every start.
+    Forget,
+}
+
+pub(super) type Partition = (String, i32);
+
+/// The consumer's side of rebalances and statistics, shared with the
+/// consumer loop (through [`Consumer::context`]).
+#[derive(Debug)]
+pub struct GroupContext {
+    /// The group, as named in metrics and logs.
+    pub group: String,
+    pub offsets: Offsets,
+    start_from: StartFrom,
+    metrics: Metrics,
+    partitions: Mutex<Partitions>,
+}
+
+#[derive(Debug, Default)]
+struct Partitions {
+    assigned: HashSet<Partition>,
+    /// Counts revocations; [`GroupContext::epoch`].
+    epoch: u64,
+    /// The epoch at which each partition was last revoked.
+    revoked_at: HashMap<Partition, u64>,
+    /// Assigned partitions the loop has handled to the end of at least once.
+    reached_end: HashSet<Partition>,
+    /// For a replica reader, each partition's end offset when it started:
+    /// handling the record before it is reaching the end too (the end of a
+    /// partition that keeps being written to is never reported).
+    ends_at_start: HashMap<Partition, i64>,
+    /// Whether the loop holds everything paused (while retrying a record).
+    held: bool,
+}
+
+impl GroupContext {
+    pub(super) fn new(group: String, offsets: Offsets, start_from: StartFrom, metrics: Metrics) -> Self {
+        Self {
+            group,
+            offsets,
+            start_from,
+            metrics,
+            partitions: Mutex::default(),
+        }
+    }
+
+    fn partitions(&self) -> MutexGuard<'_, Partitions> {
+        self.partitions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A number that changes whenever partitions are revoked: the consumer
+    /// loop notes it when a record arrives, to ask [`Self::revoked_since`]
+    /// before handling it.
+    pub fn epoch(&self) -> u64 {
+        self.partitions().epoch
+    }
+
+    /// Whether the partition of a record that arrived at `epoch` was revoked
+    /// since. Its new owner (maybe this very consumer, after an eager
+    /// rebalance) reads it again from the committed offset, so handling it
+    /// here would handle it twice.
+    pub fn revoked_since(&self, topic: &str, partition: i32, epoch: u64) -> bool {
+        self.partitions()
+            .revoked_at
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|revoked| *revoked > epoch)
+    }
+
+    /// For a replica reader: the end offset each partition had when it
+    /// started (`ends`, by partition); a partition without one was empty,
+    /// and so is at its end already.
+    pub(super) fn ends_at_start(
+        &self,
+        partitions: impl IntoIterator<Item = Partition>,
+        ends: HashMap<Partition, i64>,
+    ) {
+        let mut held = self.partitions();
+        for partition in partitions {
+            if !ends.contains_key(&partition) {
+                held.reached_end.insert(partition);
+            }
+        }
+        held.ends_at_start = ends;
+    }
+
+    /// Notes that the loop is done with the record at `offset` of
+    /// `partition` of `topic`: if it is the last one before the partition's
+    /// end when the reader started, the loop has reached that end.
+    pub fn done_with(&self, topic: &str, partition: i32, offset: i64) {
+        let mut partitions = self.partitions();
+        let partition = (topic.to_owned(), partition);
+        if partitions
+            .ends_at_start
+            .get(&partition)
+            .is_some_and(|end| offset + 1 >= *end)
+            && partitions.assigned.contains(&partition)
+        {
+            partitions.reached_end.insert(partition);
+        }
+    }
+
+    /// Notes that the loop handled every record of `partition` of `topic`
+    /// up to the end the broker reported.
+    pub fn reached_end(&self, topic: &str, partition: i32) {
+        let mut partitions = self.partitions();
+        let partition = (topic.to_owned(), partition);
+        if partitions.assigned.contains(&partition) {
+            partitions.reached_end.insert(partition);
+        }
+    }
+
+    /// Whether the loop has handled every record of every partition it holds
+    /// up to the end the broker reported (or, for a replica reader, up to
+    /// the end each had when it started) at least once since it got them:
+    /// what a reader that rebuilds a copy from the beginning waits for
+    /// before it serves.
+    pub fn caught_up(&self) -> bool {
+        let partitions = self.partitions();
+        !partitions.assigned.is_empty() && partitions.assigned.is_subset(&partitions.reached_end)
+    }
+
+    /// Whether [`Self::hold`] holds the partitions paused.
+    pub fn held(&self) -> bool {
+        self.partitions().held
+    }
+
+    /// Pauses (`true`) or resumes every partition the consumer holds,
+    /// including those a rebalance assigns while held. The loop holds them
+    /// while it retries a record: it keeps polling, which keeps it in the
+    /// group, without fetching records it could not handle yet.
+    pub fn hold(&self, consumer: &GroupConsumer, held: bool) {
+        let mut partitions = self.partitions();
+        partitions.held = held;
+        let tpl = match consumer.assignment() {
+            Ok(tpl) => tpl,
+            Err(e) => return tracing::warn!(error = %e, "cannot read the assignment"),
+        };
+        let result = if held {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, held, "cannot pause or resume partitions");
+        }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let incoming: Vec<Partition> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let started = self.start_new_partitions(consumer, tpl);
+        let assigned = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(e) = assigned {
+            return tracing::error!(error = %e, "cannot take the assigned partitions");
+        }
+        if let Some(started) = started {
+            // Committed at once: should the partition move on before its
+            // first record is handled, its next owner starts there too.
+            if let Err(e) = consumer.commit(&started, CommitMode::Sync) {
+                tracing::error!(error = %e, "cannot commit the start positions");
+            }
+        }
+        // A partition keeps librdkafka's pause flag across a revocation, so
+        // each assigned partition is explicitly paused or resumed.
+        let paused = if self.held() {
+            consumer.pause(tpl)
+        } else {
+            consumer.resume(tpl)
+        };
+        if let Err(e) = paused {
+            tracing::warn!(error = %e, "cannot pause or resume newly assigned partitions");
+        }
+        self.assigned(incoming);
+    }
+
+    /// Notes that the consumer now also holds `partitions`.
+    pub(super) fn assigned(&self, partitions: impl IntoIterator<Item = Partition>) {
+        let mut held = self.partitions();
+        held.assigned.extend(partitions);
+        self.metrics.rebalanced(&self.group, held.assigned.len());
+        tracing::info!(group = %self.group, partitions = held.assigned.len(), "partitions assigned");
+    }
+
+    /// Applies the start position to the partitions of `tpl` the group has
+    /// no committed offset for (it never read them, or a reset cleared
+    /// them), and returns those partitions with their start offsets, to be
+    /// committed at once.
+    ///
+    /// Partitions the group has read resume where it left off, whatever
+    /// `START_FROM` says: an instance restarted or added with `latest` set
+    /// must not skip what the group has not handled yet. Committing the start
+    /// offset of a partition right away, even an empty one, is what makes
+    /// "has read" hold from the first assignment on.
+    fn start_new_partitions(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+    ) -> Option<TopicPartitionList> {
+        if tpl.count() == 0 {
+            return None;
+        }
+        let new: Vec<Partition> = match consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT) {
+            Ok(committed) => committed
+                .elements()
+                .iter()
+                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect(),
+            Err(e) => {
+                // Without a committed offset the consumer starts at the
+                // beginning (`auto.offset.reset`): a replay, never a gap.
+                tracing::error!(error = %e, "cannot read the committed offsets; not applying START_FROM");
+                return None;
+            }
+        };
+        if new.is_empty() {
+            return None;
+        }
+        // A new group's `committed` position is the beginning.
+        let start_from = match self.start_from {
+            StartFrom::Committed => StartFrom::Earliest,
+            other => other,
+        };
+        match start_offsets(start_from, consumer, &new) {
+            Ok(Some(offsets)) => {
+                for e in offsets.elements() {
+                    if let Err(e) = tpl.set_partition_offset(e.topic(), e.partition(), e.offset()) {
+                        tracing::error!(error = %e, "cannot set a start offset");
+                    }
+                }
+                tracing::info!(group = %self.group, start_from = ?self.start_from, partitions = ?new, "start position applied");
+                Some(offsets)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look up the start offsets; starting from the beginning");
+                None
+            }
+        }
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        // Commit what was handled before the partitions go, so their new
+        // owner starts right after it rather than at the last auto-commit.
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "commit before revocation failed"),
+        }
+        {
+            let mut partitions = self.partitions();
+            partitions.epoch += 1;
+            let epoch = partitions.epoch;
+            for e in tpl.elements() {
+                let partition = (e.topic().to_owned(), e.partition());
+                partitions.assigned.remove(&partition);
+                partitions.reached_end.remove(&partition);
+                partitions.revoked_at.insert(partition, epoch);
+            }
+        }
+        // A paused partition stays paused in librdkafka after it is revoked;
+        // whoever gets it next decides afresh.
+        if let Err(e) = consumer.resume(tpl) {
+            tracing::warn!(error = %e, "cannot resume revoked partitions");
+        }
+        let unassigned = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = unassigned {
+            tracing::error!(error = %e, "cannot give up the revoked partitions");
+        }
+        tracing::info!(group = %self.group, revoked = tpl.count(), "partitions revoked");
+    }
+}
+
+impl ClientContext for GroupContext {
+    /// Logs librdkafka's errors, but the end of a partition, which is news
+    /// for the consumer loop (it arrives there too), not an error.
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+                tracing::trace!(%reason, "end of partition");
+            }
+            other => tracing::error!("librdkafka: {other}: {reason}"),
+        }
+    }
+
+    /// Feeds the lag metrics, for the partitions this consumer holds.
+    fn stats(&self, statistics: Statistics) {
+        let assigned = self.partitions().assigned.clone();
+        let lags = statistics.topics.into_iter().flat_map(|(topic, t)| {
+            let assigned = &assigned;
+            t.partitions.into_values().filter_map(move |p| {
+                if !assigned.contains(&(topic.clone(), p.partition)) {
+                    return None;
+                }
+                // Behind the committed offset if the group committed for the
+                // partition, else behind what this consumer read (a replica
+                // reader never commits). The end is the last stable offset:
+                // records of open transactions cannot be read yet.
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                let lag = if p.consumer_lag >= 0 {
+                    p.consumer_lag
+                } else if end >= 0 && p.app_offset >= 0 {
+                    end - p.app_offset
+                } else {
+                    return None;
+                };
+                Some((topic.clone(), p.partition, lag.max(0)))
+            })
+        });
+        self.metrics.set_lag(&self.group, lags.collect::<Vec<_>>());
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    /// The default rebalance, plus: commit before giving partitions away,
+    /// note what was revoked, and apply the start position to partitions
+    /// this process gets for the first time.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            other => {
+                // What librdkafka asks for on a rebalance error: drop the
+                // assignment; the group assigns again.
+                tracing::error!(error = ?other, "rebalance failed");
+                self.revoke(consumer, tpl);
+            }
+        }
+    }
+}
