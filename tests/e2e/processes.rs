@@ -204,9 +204,17 @@ async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
     let payments_env = [&common[..], &[("DATABASE_URL", database.url.as_str())]].concat();
     let mut payments = Process::start("payments-service", &payments_env);
     let payments_url = format!("http://{}", payments.address().await);
+    let audit = TestDatabase::empty().await;
     let mut service_a = Process::start(
         "service-a",
-        &[&common[..], &[("GROUP_ID", group_a.as_str())]].concat(),
+        &[
+            &common[..],
+            &[
+                ("GROUP_ID", group_a.as_str()),
+                ("DATABASE_URL", audit.url.as_str()),
+            ],
+        ]
+        .concat(),
     );
     let records = TestDatabase::empty().await;
     let service_b_env = [
