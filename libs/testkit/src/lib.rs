@@ -359,6 +359,18 @@ mod reaper {
     fn start(id: &str) {
         static REAPER: OnceLock<Option<Child>> = OnceLock::new();
         REAPER.get_or_init(|| {
+            let docker = Command::new("docker")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !docker.is_ok_and(|s| s.success()) {
+                eprintln!(
+                    "testkit: no docker client to remove this run's containers when it ends; remove them with \
+                     `docker rm -f $(docker ps -aq --filter label={RUN_LABEL}={id})`"
+                );
+                return None;
+            }
             let script = format!(
                 "cat > /dev/null; \
                  ids=$(docker ps --all --quiet --filter label={RUN_LABEL}=\"$1\"); \
