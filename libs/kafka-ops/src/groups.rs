@@ -7,7 +7,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use service_kit::config::{KafkaConfig, StartFrom};
-use service_kit::kafka::{outsider, partition_count, start_offsets};
+use service_kit::kafka::{outsider, partition_count, start_offsets, watermarks};
 
 use crate::error::{Error, Result};
 
@@ -53,7 +53,7 @@ pub(crate) fn partition_offsets(consumer: &BaseConsumer, topic: &str) -> Result<
     let committed = consumer.committed_offsets(query, TIMEOUT)?;
     (0..partitions)
         .map(|partition| {
-            let (low, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+            let (low, high) = watermarks(consumer, topic, partition)?;
             let committed = committed
                 .find_partition(topic, partition)
                 .and_then(|e| match e.offset() {

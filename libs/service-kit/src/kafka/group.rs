@@ -14,7 +14,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::LOOKUP_TIMEOUT;
+use super::{LOOKUP_TIMEOUT, watermarks};
 use crate::config::StartFrom;
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -35,14 +35,14 @@ pub fn start_offsets<C: ConsumerContext>(
 ) -> Result<Option<TopicPartitionList>> {
     let mut tpl = TopicPartitionList::new();
     let end = |topic: &str, partition: i32| -> Result<Offset> {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, LOOKUP_TIMEOUT)?;
+        let (_, high) = watermarks(consumer, topic, partition)?;
         Ok(Offset::Offset(high))
     };
     match start_from {
         StartFrom::Committed => return Ok(None),
         StartFrom::Earliest => {
             for (topic, partition) in partitions {
-                let (low, _) = consumer.fetch_watermarks(topic, *partition, LOOKUP_TIMEOUT)?;
+                let (low, _) = watermarks(consumer, topic, *partition)?;
                 tpl.add_partition_offset(topic, *partition, Offset::Offset(low))?;
             }
         }

@@ -204,7 +204,7 @@ pub async fn replica(
         let mut ends = HashMap::new();
         for partition in 0..partitions {
             assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
-            let (low, high) = consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT)?;
+            let (low, high) = watermarks(&consumer, &topic, partition)?;
             // An empty partition is at its end from the start.
             if high > low {
                 ends.insert((topic.clone(), partition), high);
@@ -242,6 +242,27 @@ pub fn partition_count<C: ConsumerContext>(consumer: &impl Consumer<C>, topic: &
             return Err(Error::MissingTopic(topic.to_owned()));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The low and high watermarks of `partition` of `topic`, asking again for
+/// up to [`LOOKUP_TIMEOUT`] while the broker cannot say yet: a topic created a
+/// moment ago has no leaders for a little while. Blocks.
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64)> {
+    let deadline = std::time::Instant::now() + LOOKUP_TIMEOUT;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, LOOKUP_TIMEOUT) {
+            Ok(marks) => return Ok(marks),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e.into()),
+            Err(e) => {
+                tracing::debug!(error = %e, topic, partition, "watermarks not known yet");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 }
 
