@@ -376,7 +376,9 @@ impl Handler for Recorder {
     }
 }
 
-#[tokio::test]
+// Several threads: a rebalance waits for the records of the revoked
+// partitions being handled, which run on the other threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_one_key_are_handled_in_order_and_once_across_a_rebalance() {
     use rdkafka::producer::FutureRecord;
 
@@ -657,7 +659,7 @@ async fn a_notification_retried_too_often_is_dead_lettered_and_redriven_once_pay
 }
 
 #[tokio::test]
-async fn partitions_paused_for_a_retry_are_fetched_again_after_a_rebalance() {
+async fn partitions_paused_at_the_in_flight_bound_are_fetched_again_after_a_rebalance() {
     use rdkafka::producer::FutureRecord;
 
     let broker = Broker::get().await;
@@ -708,7 +710,8 @@ async fn partitions_paused_for_a_retry_are_fetched_again_after_a_rebalance() {
         }
     }
 
-    // As the consumer loop does while it retries: everything paused, polling on.
+    // As the consumer loop does at its bound of records in flight:
+    // everything paused, polling on.
     context.hold(&first, true);
     let epoch = context.epoch();
     let stop = service_kit::CancellationToken::new();
@@ -741,7 +744,7 @@ async fn partitions_paused_for_a_retry_are_fetched_again_after_a_rebalance() {
             seen.insert(value(&record));
         }
     }
-    // ...and the retry ends: the loop lets go of what it holds. (librdkafka
+    // ...and records in flight are done: the loop lets go of what it holds. (librdkafka
     // may have served the new assignment in the same poll, or not yet; the
     // partitions must be fetched again either way.)
     context.hold(&first, false);
@@ -765,4 +768,253 @@ async fn partitions_paused_for_a_retry_are_fetched_again_after_a_rebalance() {
     }
     stop.cancel();
     second.await.expect("join").expect("second consumer");
+}
+
+/// Publishes `(key, value)` pairs, in order, to `partition` of `topic`;
+/// returns their offsets.
+async fn publish_to(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: i32,
+    records: &[(String, String)],
+) -> Vec<i64> {
+    use rdkafka::producer::FutureRecord;
+
+    let mut offsets = Vec::new();
+    for (key, value) in records {
+        let delivery = producer
+            .send(
+                FutureRecord::to(topic)
+                    .partition(partition)
+                    .key(key)
+                    .payload(value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("sent");
+        offsets.push(delivery.offset);
+    }
+    offsets
+}
+
+/// Fails every record of key `stuck` (transiently) until `released`;
+/// records everything else as [`Recorder`] does.
+#[derive(Debug, Clone)]
+struct StuckKey {
+    released: Arc<std::sync::atomic::AtomicBool>,
+    recorder: Recorder,
+}
+
+impl Handler for StuckKey {
+    async fn handle(&self, record: &OwnedMessage, attempt: u32) -> Result<(), HandleError> {
+        if record.key() == Some(b"stuck".as_slice())
+            && !self.released.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(HandleError::transient(format!("stuck, attempt {attempt}")));
+        }
+        self.recorder.handle(record, attempt).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_being_retried_holds_back_only_its_own_key_and_the_commit() {
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let topic = kafka.topics.notifications.clone();
+    let group = unique("stuck");
+    let producer = test_producer(&kafka);
+    // One partition: a record handled before the stuck key, two of the
+    // stuck key, then ten other keys behind them.
+    let mut records = vec![("first".to_owned(), "0".to_owned())];
+    records.extend((0..2).map(|seq| ("stuck".to_owned(), seq.to_string())));
+    records.extend((0..10).map(|key| (format!("key-{key}"), "0".to_owned())));
+    let offsets = publish_to(&producer, &topic, 0, &records).await;
+    let stuck_at = offsets[1];
+
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handled: Handled = Arc::default();
+    let settings = ConsumerConfig {
+        max_attempts: 0,
+        ..test_consumer()
+    };
+    let start = |name: &'static str| {
+        let consumer =
+            service_kit::kafka::consumer(&kafka, &settings, name, &group, &[&topic], &Metrics::default())
+                .expect("consumer");
+        let handler = StuckKey {
+            released: Arc::clone(&released),
+            recorder: Recorder {
+                name,
+                handled: Arc::clone(&handled),
+            },
+        };
+        let stop = service_kit::CancellationToken::new();
+        let task = tokio::spawn(consumer::run(
+            consumer,
+            handler,
+            settings.clone(),
+            None,
+            stop.clone(),
+        ));
+        (stop, task)
+    };
+    let keys_handled = |handled: &Handled| -> BTreeSet<String> {
+        handled
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(key, _, _)| key.clone())
+            .collect()
+    };
+
+    let (stop, first) = start("first");
+    eventually("every other key handled while `stuck` retries", || async {
+        (keys_handled(&handled).len() == 11).then_some(())
+    })
+    .await;
+    assert!(!keys_handled(&handled).contains("stuck"));
+    // Stopped while `stuck` still fails: the group commits up to it, and
+    // not past it, although all behind it were handled.
+    stop.cancel();
+    first.await.expect("join").expect("first consumer");
+    let committed = blocking({
+        let (kafka, group, topic) = (kafka.clone(), group.clone(), topic.clone());
+        move || groups::offsets(&kafka, &group, &topic)
+    })
+    .await
+    .expect("offsets");
+    let partition0 = committed.iter().find(|p| p.partition == 0).expect("partition 0");
+    assert_eq!(
+        partition0.committed,
+        Some(stuck_at),
+        "committed up to the lowest record not handled"
+    );
+
+    // Restarted with the dependency back: the stuck key is handled, in
+    // order, and nothing is missing (what came after it may come twice).
+    released.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (stop, second) = start("second");
+    eventually("the stuck key handled after the restart", || async {
+        keys_handled(&handled).contains("stuck").then_some(())
+    })
+    .await;
+    eventually("both records of the stuck key handled", || async {
+        let stuck: Vec<u32> = handled
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(key, _, _)| key == "stuck")
+            .map(|(_, seq, _)| *seq)
+            .collect();
+        (stuck.len() == 2).then_some(())
+    })
+    .await;
+    stop.cancel();
+    second.await.expect("join").expect("second consumer");
+    let handled = handled.lock().expect("lock").clone();
+    let stuck: Vec<u32> = handled
+        .iter()
+        .filter(|(key, _, _)| key == "stuck")
+        .map(|(_, seq, _)| *seq)
+        .collect();
+    assert_eq!(stuck, vec![0, 1], "in order, each once");
+    let first_handled = handled.iter().filter(|(key, _, _)| key == "first").count();
+    assert_eq!(first_handled, 1, "before the committed offset: not handled again");
+    println!(
+        "stuck key: {} records handled in all, {} of them again after the restart",
+        handled.len(),
+        handled.len() - records.len()
+    );
+}
+
+/// Notes how many records are being handled at once, at most.
+#[derive(Debug, Clone, Default)]
+struct Concurrency {
+    now: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+    handled: Handled,
+}
+
+impl Handler for Concurrency {
+    async fn handle(&self, record: &OwnedMessage, attempt: u32) -> Result<(), HandleError> {
+        use std::sync::atomic::Ordering::SeqCst;
+
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.now.fetch_sub(1, SeqCst);
+        Recorder {
+            name: "only",
+            handled: Arc::clone(&self.handled),
+        }
+        .handle(record, attempt)
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_different_keys_are_handled_concurrently_within_the_bound() {
+    const KEYS: u32 = 20;
+    const PER_KEY: u32 = 5;
+    const BOUND: usize = 8;
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let topic = kafka.topics.notifications.clone();
+    let producer = test_producer(&kafka);
+    // Every key's n-th record before any key's (n+1)-th, all in one
+    // partition, so only keys tell them apart.
+    let records: Vec<(String, String)> = (0..PER_KEY)
+        .flat_map(|seq| (0..KEYS).map(move |key| (format!("key-{key}"), seq.to_string())))
+        .collect();
+    publish_to(&producer, &topic, 0, &records).await;
+
+    let settings = ConsumerConfig {
+        max_in_flight: BOUND,
+        ..test_consumer()
+    };
+    let consumer = service_kit::kafka::consumer(
+        &kafka,
+        &settings,
+        "concurrent",
+        &unique("concurrent"),
+        &[&topic],
+        &Metrics::default(),
+    )
+    .expect("consumer");
+    let handler = Concurrency::default();
+    let stop = service_kit::CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        consumer,
+        handler.clone(),
+        settings,
+        None,
+        stop.clone(),
+    ));
+    eventually("every record handled", || async {
+        (handler.handled.lock().expect("lock").len() >= records.len()).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("join").expect("consumer");
+
+    let mut per_key: HashMap<String, Vec<u32>> = HashMap::new();
+    for (key, seq, _) in handler.handled.lock().expect("lock").iter() {
+        per_key.entry(key.clone()).or_default().push(*seq);
+    }
+    assert_eq!(per_key.len(), usize::try_from(KEYS).expect("small"));
+    for (key, seqs) in &per_key {
+        assert_eq!(
+            seqs,
+            &(0..PER_KEY).collect::<Vec<_>>(),
+            "{key}: in order, each once"
+        );
+    }
+    let most = handler.most.load(std::sync::atomic::Ordering::SeqCst);
+    println!("concurrency: at most {most} records handled at once, bound {BOUND}");
+    assert!(most > 1, "records of different keys were handled one at a time");
+    assert!(
+        most <= BOUND,
+        "{most} records handled at once, over the bound of {BOUND}"
+    );
 }

@@ -145,8 +145,16 @@ pub struct ConsumerConfig {
     /// refreshed. Default 5 s.
     pub statistics_interval: Duration,
     /// `SHUTDOWN_TIMEOUT_MS`: see [`shutdown_timeout`]. On shutdown the loop
-    /// gives the record in hand half of it, then commits what it handled.
+    /// gives the records in hand half of it, then commits what it handled;
+    /// a rebalance waits as long for the records of the partitions it takes
+    /// away.
     pub shutdown_timeout: Duration,
+    /// `CONSUMER_MAX_IN_FLIGHT`: how many records a consumer may have
+    /// received and not yet handled, across all its partitions (those being
+    /// handled, and those waiting behind an earlier record of their key).
+    /// At the bound it stops fetching until half of them are done.
+    /// Default 64.
+    pub max_in_flight: usize,
 }
 
 /// How long a service waits at start for the broker and its database unless
@@ -183,6 +191,7 @@ impl Default for ConsumerConfig {
             max_poll_interval: Duration::from_secs(300),
             statistics_interval: Duration::from_secs(5),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            max_in_flight: 64,
         }
     }
 }
@@ -202,6 +211,7 @@ impl ConsumerConfig {
             max_poll_interval: millis("KAFKA_MAX_POLL_INTERVAL_MS", default.max_poll_interval)?,
             statistics_interval: millis("KAFKA_STATISTICS_INTERVAL_MS", default.statistics_interval)?,
             shutdown_timeout: shutdown_timeout()?,
+            max_in_flight: var("CONSUMER_MAX_IN_FLIGHT", default.max_in_flight)?,
         })
     }
 }

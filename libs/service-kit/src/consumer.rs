@@ -1,26 +1,34 @@
 //! The consumer loop every service runs.
 //!
-//! For each record: hand it to the [`Handler`], and only once the handler is
-//! done store its offset for the next commit. That gives *at-least-once*
-//! delivery: a crash before the store re-delivers the record, so handlers must
-//! be idempotent (dedupe by event id, or upsert).
+//! Records of different keys are handled concurrently; records of one key
+//! (one payment) are handled one at a time, in offset order (key-ordered
+//! concurrency, as Confluent's Parallel Consumer does). A record waits only
+//! for the earlier records of its own key.
+//!
+//! Only once a record is handled does its offset count as done, and the
+//! offset stored for the next commit is that of the *lowest record not yet
+//! done* in its partition ([`crate::kafka::group`]): a crash re-delivers
+//! every record not handled, and some that were (those after it), never
+//! loses one. That is *at-least-once* delivery: handlers must be idempotent
+//! (dedupe by event id, or upsert).
 //!
 //! - A [`HandleError::Transient`] failure (a dependency is down) is retried
-//!   with exponential backoff and jitter; the offset does not move past the
-//!   record in the meantime. While it waits, the loop pauses its partitions
-//!   and keeps polling, so the broker does not drop it from the group for
-//!   exceeding `max.poll.interval.ms` and a rebalance is served at once.
+//!   with exponential backoff and jitter. Only the record's own key waits
+//!   meanwhile; the other keys go on, and the partition's committed offset
+//!   stays at the retried record.
 //! - A [`HandleError::Permanent`] failure (the record can never be handled,
 //!   such as an undecodable value), or a transient one that lasted
 //!   `max_attempts` attempts, sends the record to its dead-letter topic
-//!   ([`crate::dead_letter`]); once the broker has it, the loop moves on.
+//!   ([`crate::dead_letter`]); once the broker has it, its key moves on.
 //!   (A replica reader, which re-reads everything on each start, logs and
 //!   skips it instead of dead-lettering it again on every start.)
-//! - A record whose partition was revoked while it waited is dropped
-//!   unhandled: its new owner reads it again from the committed offset.
-//!
-//! Records of one partition are handled one at a time, in order, so the
-//! events of one payment (one key, one partition) are too.
+//! - At most `max_in_flight` records are received and not yet done: at the
+//!   bound the loop pauses its partitions, and keeps polling (which keeps it
+//!   in the group and serves rebalances) until half of them are done.
+//! - When partitions are revoked, the rebalance waits (up to half the
+//!   shutdown time) for the records of theirs being handled, and commits
+//!   them; records of theirs still waiting behind their key are dropped
+//!   unhandled: the new owner reads them from the committed offset.
 //!
 //! When the loop has handled everything up to the end of a partition, it
 //! stores the end offset rather than the last record's offset + 1: a
@@ -28,11 +36,11 @@
 //! marker after its records, which no consumer is handed, and without this
 //! the group would stay one offset behind, its lag never zero.
 //!
-//! On shutdown the loop finishes the record in hand (or leaves it to the next
-//! owner if it is still retrying), commits the stored offsets and leaves the
-//! group.
+//! On shutdown the loop stops fetching, gives the records being handled
+//! half the shutdown time (records being retried are left at once), commits
+//! the stored offsets and leaves the group.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::Arc;
@@ -40,13 +48,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rdkafka::Message;
+use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
 use shared_events::DecodeError;
 use shared_events::envelope::event_id_of;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -86,7 +95,8 @@ impl From<DecodeError> for HandleError {
     }
 }
 
-/// What a service does with each record.
+/// What a service does with each record. Called concurrently for records of
+/// different keys, one at a time for the records of one key.
 pub trait Handler: Send + Sync + 'static {
     /// Handles `record`; `attempt` is 1 the first time, 2 on the first retry, ...
     fn handle(
@@ -105,86 +115,85 @@ pub async fn run<H: Handler>(
     stop: CancellationToken,
 ) -> Result<()> {
     let context = Arc::clone(consumer.context());
+    let max_in_flight = settings.max_in_flight.max(1);
     let mut run = Loop {
-        consumer,
-        context,
-        handler,
-        settings,
-        dead_letters,
-        stop,
-        waiting: VecDeque::new(),
+        worker: Arc::new(Worker {
+            consumer,
+            context,
+            handler,
+            settings,
+            dead_letters,
+            stop,
+        }),
+        lanes: HashMap::new(),
+        handlers: JoinSet::new(),
+        in_flight: 0,
+        max_in_flight,
     };
-    while let Some((delivery, epoch)) = run.next().await {
-        let record = match delivery {
-            Delivery::Record(record) => record,
-            Delivery::End(end) => {
-                run.move_to_end(&end, epoch);
-                continue;
-            }
-        };
-        let span = tracing::info_span!(
-            "record",
-            topic = record.topic(),
-            partition = record.partition(),
-            offset = record.offset(),
-            event_id = event_id_of(&record).unwrap_or_default(),
-        );
-        // Once the service stops, the record in hand gets half the shutdown
-        // time; then it is dropped unhandled (its offset not stored, so it is
-        // handled again after the restart) and what was handled is committed.
-        let stop = run.stop.clone();
-        let grace = run.settings.shutdown_timeout / 2;
-        let processed = tokio::select! {
-            outcome = run.process(&record, epoch).instrument(span) => outcome,
-            () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(
-                    topic = record.topic(),
-                    partition = record.partition(),
-                    offset = record.offset(),
-                    "stopping: the record in hand was not handled in time; it is left for the next start"
-                );
-                Outcome::Stopped
-            }
-        };
-        match processed {
-            Outcome::Handled => {
-                run.context.metrics().handled(&run.context.group, record.topic());
-                run.move_past(&record);
-            }
-            Outcome::DeadLettered => run.move_past(&record),
-            Outcome::Revoked => {
-                tracing::info!(
-                    topic = record.topic(),
-                    partition = record.partition(),
-                    offset = record.offset(),
-                    "partition revoked; record left to its new owner"
-                );
-            }
-            // Stopped while retrying: the offset stays put, so the record is
-            // handled again after the restart.
-            Outcome::Stopped => break,
+    loop {
+        tokio::select! {
+            biased;
+            () = run.worker.stop.cancelled() => break,
+            Some(finished) = run.handlers.join_next() => match finished {
+                Ok(lane) => run.finished(lane),
+                Err(e) => return Err(crate::Error::Task { task: "record handler", source: e }),
+            },
+            received = run.worker.consumer.recv() => match received {
+                Ok(record) => {
+                    let epoch = run.worker.context.epoch();
+                    run.accept(record.detach(), epoch);
+                }
+                Err(KafkaError::PartitionEOF(partition)) => run.worker.end_of(partition),
+                // librdkafka reports broker and partition trouble here and
+                // recovers by itself; the pause keeps a persistent error
+                // from spinning the loop.
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
         }
     }
     run.close().await
 }
 
-/// What the consumer hands the loop.
-enum Delivery {
-    Record(OwnedMessage),
-    /// The end of a partition: every record before `offset` was handed to
-    /// the loop (commit markers, which are not, included). No offset when
-    /// the loop was handed no record of it (it was empty from where it
-    /// started).
-    End(End),
+/// Records of one key of one partition: handled one at a time, in order.
+type Lane = (String, i32, Option<Vec<u8>>);
+
+/// A record received, with the revocation epoch it arrived in.
+struct Received {
+    record: OwnedMessage,
+    epoch: u64,
 }
 
-struct End {
-    topic: String,
-    partition: i32,
-    offset: Option<i64>,
+/// The loop's own state: which keys have a record being handled, and what
+/// waits behind it.
+struct Loop<H> {
+    worker: Arc<Worker<H>>,
+    /// A lane is here while one of its records is being handled; the queue
+    /// holds the records that wait for it, in offset order.
+    lanes: HashMap<Lane, VecDeque<Received>>,
+    /// One task per record being handled; each returns its lane.
+    handlers: JoinSet<Lane>,
+    /// Received and not yet done (being handled or waiting in a lane).
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
-/// How the loop finished with one record.
+/// What each record's task needs, shared.
+struct Worker<H> {
+    consumer: GroupConsumer,
+    context: Arc<GroupContext>,
+    handler: H,
+    settings: ConsumerConfig,
+    /// `None` for a replica reader: it reads everything again on each start,
+    /// so it would dead-letter the same record again each time; it logs and
+    /// skips it instead.
+    dead_letters: Option<DeadLetters>,
+    stop: CancellationToken,
+}
+
+/// How a record's task finished with it.
 enum Outcome {
     /// Handled: the offset may move on.
     Handled,
@@ -197,64 +206,155 @@ enum Outcome {
     Stopped,
 }
 
-struct Loop<H> {
-    consumer: GroupConsumer,
-    context: Arc<GroupContext>,
-    handler: H,
-    settings: ConsumerConfig,
-    /// `None` for a replica reader: it reads everything again on each start,
-    /// so it would dead-letter the same record again each time; it logs and
-    /// skips it instead.
-    dead_letters: Option<DeadLetters>,
-    stop: CancellationToken,
-    /// Records (and ends of partitions) that arrived while the loop held its
-    /// partitions paused (fetched just before the pause), with their epoch:
-    /// handled next, in arrival order, which is offset order within each
-    /// partition.
-    waiting: VecDeque<(Delivery, u64)>,
-}
-
 impl<H: Handler> Loop<H> {
-    /// The next record or end of partition, with the revocation epoch it
-    /// arrived in; `None` once the service stops.
-    async fn next(&mut self) -> Option<(Delivery, u64)> {
-        if let Some(waiting) = self.waiting.pop_front() {
-            return Some(waiting);
+    /// Takes a record the consumer handed out: handled now if its key is
+    /// free, else queued behind the key's earlier records.
+    fn accept(&mut self, record: OwnedMessage, epoch: u64) {
+        let context = &self.worker.context;
+        context.received(record.topic(), record.partition(), record.offset(), epoch);
+        self.in_flight += 1;
+        if self.in_flight >= self.max_in_flight && !context.held() {
+            context.hold(&self.worker.consumer, true);
         }
-        loop {
-            tokio::select! {
-                biased;
-                () = self.stop.cancelled() => return None,
-                received = self.consumer.recv() => match received {
-                    Ok(record) => return Some((Delivery::Record(record.detach()), self.context.epoch())),
-                    Err(KafkaError::PartitionEOF(partition)) => {
-                        if let Some(end) = self.end_of(partition) {
-                            return Some((Delivery::End(end), self.context.epoch()));
-                        }
-                    }
-                    // librdkafka reports broker and partition trouble here and
-                    // recovers by itself; the pause keeps a persistent error
-                    // from spinning the loop.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+        let lane = (
+            record.topic().to_owned(),
+            record.partition(),
+            record.key().map(<[u8]>::to_vec),
+        );
+        let received = Received { record, epoch };
+        match self.lanes.get_mut(&lane) {
+            Some(waiting) => waiting.push_back(received),
+            None => {
+                self.lanes.insert(lane.clone(), VecDeque::new());
+                self.start(lane, received);
             }
         }
     }
 
-    /// The end of `partition`, which the consumer just reported reaching:
-    /// its position there, which is past every record it handed out and any
-    /// commit marker after them. Read at once, before anything else is
+    /// A record of `lane` is done: the next one waiting in it starts.
+    fn finished(&mut self, lane: Lane) {
+        self.in_flight -= 1;
+        let context = Arc::clone(&self.worker.context);
+        let next = loop {
+            let Some(waiting) = self.lanes.get_mut(&lane).and_then(VecDeque::pop_front) else {
+                break None;
+            };
+            let record = &waiting.record;
+            if !context.revoked_since(record.topic(), record.partition(), waiting.epoch) {
+                break Some(waiting);
+            }
+            // Its partition is gone: the new owner reads it again.
+            self.in_flight -= 1;
+        };
+        match next {
+            Some(next) => self.start(lane, next),
+            None => {
+                self.lanes.remove(&lane);
+            }
+        }
+        if context.held() && self.in_flight <= self.max_in_flight / 2 {
+            context.hold(&self.worker.consumer, false);
+        }
+    }
+
+    fn start(&mut self, lane: Lane, received: Received) {
+        let worker = Arc::clone(&self.worker);
+        let Received { record, epoch } = received;
+        worker.context.started(record.topic(), record.partition(), epoch);
+        let span = tracing::info_span!(
+            "record",
+            topic = record.topic(),
+            partition = record.partition(),
+            offset = record.offset(),
+            event_id = event_id_of(&record).unwrap_or_default(),
+        );
+        self.handlers.spawn(
+            async move {
+                // Whatever ends this task (its outcome, or an abort at
+                // shutdown) tells the group context it finished.
+                let mut finish = Finish {
+                    worker: &worker,
+                    record: &record,
+                    epoch,
+                    done: false,
+                };
+                finish.done = match worker.process(&record, epoch).await {
+                    Outcome::Handled => {
+                        worker
+                            .context
+                            .metrics()
+                            .handled(&worker.context.group, record.topic());
+                        true
+                    }
+                    Outcome::DeadLettered => true,
+                    Outcome::Revoked => {
+                        tracing::info!("partition revoked; record left to its new owner");
+                        false
+                    }
+                    // The offset stays put: handled again after the restart.
+                    Outcome::Stopped => false,
+                };
+                drop(finish);
+                lane
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Stops: the records being handled get half the shutdown time; then
+    /// those not done are dropped unhandled (their offsets not stored, so they
+    /// are handled again after the restart), and the consumer commits and
+    /// leaves the group, within the other half.
+    async fn close(mut self) -> Result<()> {
+        let grace = self.worker.settings.shutdown_timeout / 2;
+        let drained = tokio::time::timeout(grace, async {
+            while self.handlers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = self.handlers.len(),
+                "stopping: records in hand were not handled in time; they are left for the next start"
+            );
+            self.handlers.shutdown().await;
+        }
+        let Ok(worker) = Arc::try_unwrap(self.worker) else {
+            unreachable!("every record's task has ended");
+        };
+        worker.close().await
+    }
+}
+
+/// Tells the group context that a record's task finished, when dropped.
+struct Finish<'a, H> {
+    worker: &'a Worker<H>,
+    record: &'a OwnedMessage,
+    epoch: u64,
+    /// Whether the offset may move past the record.
+    done: bool,
+}
+
+impl<H> Drop for Finish<'_, H> {
+    fn drop(&mut self) {
+        let record = self.record;
+        self.worker.context.finished(
+            &self.worker.consumer,
+            (record.topic(), record.partition(), record.offset()),
+            self.epoch,
+            self.done,
+        );
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    /// Notes the end of `partition`, which the consumer just reported
+    /// reaching, at its position there: past every record it handed out and
+    /// any commit marker after them. Read at once, before anything else is
     /// received, so it is not past a record the loop has not seen.
-    fn end_of(&self, partition: i32) -> Option<End> {
+    fn end_of(&self, partition: i32) {
         let position = match self.consumer.position() {
             Ok(position) => position,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the consumer's position");
-                return None;
-            }
+            Err(e) => return tracing::warn!(error = %e, "cannot read the consumer's position"),
         };
         // The end is reported by partition number only: with several topics
         // it is not known which one's (the offset then stays on the last
@@ -264,60 +364,39 @@ impl<H: Handler> Loop<H> {
             .into_iter()
             .filter(|e| e.partition() == partition);
         let (Some(end), None) = (ends.next(), ends.next()) else {
-            return None;
+            return;
         };
-        Some(End {
-            topic: end.topic().to_owned(),
-            partition,
-            offset: match end.offset() {
-                Offset::Offset(offset) => Some(offset),
-                _ => None,
-            },
-        })
+        let offset = match end.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        };
+        let epoch = self.context.epoch();
+        self.context
+            .reached_end(&self.consumer, end.topic(), partition, offset, epoch);
     }
 
-    /// Sleeps for `delay` with every partition paused, while polling the
-    /// consumer, which serves rebalances and keeps the member in its group.
-    /// The partitions stay paused until [`Loop::process`] is done with the
-    /// record. Returns `false` if the service stopped meanwhile.
-    async fn wait(&mut self, delay: Duration) -> bool {
-        if !self.context.held() {
-            self.context.hold(&self.consumer, true);
-        }
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                biased;
-                () = self.stop.cancelled() => return false,
-                () = &mut sleep => return true,
-                received = self.consumer.recv() => match received {
-                    Ok(record) => self.waiting.push_back((Delivery::Record(record.detach()), self.context.epoch())),
-                    Err(KafkaError::PartitionEOF(partition)) => {
-                        if let Some(end) = self.end_of(partition) {
-                            self.waiting.push_back((Delivery::End(end), self.context.epoch()));
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "consumer error"),
-                },
-            }
+    /// Sleeps for `delay`; `false` if the service stopped meanwhile.
+    async fn wait(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
         }
     }
 
     /// Handles `record`, retrying transient failures and dead-lettering what
     /// cannot be handled.
-    async fn process(&mut self, record: &OwnedMessage, epoch: u64) -> Outcome {
+    async fn process(&self, record: &OwnedMessage, epoch: u64) -> Outcome {
         let mut attempt = 1;
         let mut first_failure = None;
-        let outcome = loop {
+        loop {
             if self
                 .context
                 .revoked_since(record.topic(), record.partition(), epoch)
             {
-                break Outcome::Revoked;
+                return Outcome::Revoked;
             }
             let (error, reason) = match self.handler.handle(record, attempt).await {
-                Ok(()) => break Outcome::Handled,
+                Ok(()) => return Outcome::Handled,
                 Err(HandleError::Permanent(e)) => (e, Reason::Permanent),
                 Err(HandleError::Transient(e)) => {
                     let max = self.settings.max_attempts;
@@ -332,7 +411,7 @@ impl<H: Handler> Loop<H> {
                             .metrics()
                             .retried(&self.context.group, record.topic());
                         if !self.wait(delay).await {
-                            break Outcome::Stopped;
+                            return Outcome::Stopped;
                         }
                         continue;
                     }
@@ -345,18 +424,14 @@ impl<H: Handler> Loop<H> {
                 first_failure: first_failure.unwrap_or_else(Utc::now),
             };
             tracing::error!(error = %failure.error, reason = ?reason, attempts = attempt, "giving up on the record: to the dead-letter topic");
-            break self.dead_letter(record, epoch, &failure).await;
-        };
-        if self.context.held() {
-            self.context.hold(&self.consumer, false);
+            return self.dead_letter(record, epoch, &failure).await;
         }
-        outcome
     }
 
     /// Publishes `record` to its dead-letter topic, retrying until the broker
     /// has it: moving past a record that is in neither topic would lose it.
-    async fn dead_letter(&mut self, record: &OwnedMessage, epoch: u64, failure: &Failure) -> Outcome {
-        let Some(dead_letters) = self.dead_letters.clone() else {
+    async fn dead_letter(&self, record: &OwnedMessage, epoch: u64, failure: &Failure) -> Outcome {
+        let Some(dead_letters) = &self.dead_letters else {
             tracing::error!(error = %failure.error, "skipping a record that cannot be handled");
             return Outcome::DeadLettered;
         };
@@ -384,43 +459,6 @@ impl<H: Handler> Loop<H> {
                     }
                 }
             }
-        }
-    }
-
-    /// Lets the offset move past `record`.
-    fn move_past(&self, record: &OwnedMessage) {
-        self.context
-            .done_with(record.topic(), record.partition(), record.offset());
-        if self.context.offsets == Offsets::Forget {
-            return;
-        }
-        if let Err(e) = self
-            .consumer
-            .store_offset(record.topic(), record.partition(), record.offset())
-        {
-            // The partition was revoked in a rebalance meanwhile; its new
-            // owner resumes from the last committed offset.
-            tracing::warn!(error = %e, topic = record.topic(), partition = record.partition(), "cannot store offset");
-        }
-    }
-
-    /// Lets the offset move to the end of a partition, every record before it
-    /// having been handled (they came first, and records are handled in
-    /// order), unless the partition was revoked since.
-    fn move_to_end(&self, end: &End, epoch: u64) {
-        if self.context.revoked_since(&end.topic, end.partition, epoch) {
-            return;
-        }
-        self.context.reached_end(&end.topic, end.partition);
-        let Some(offset) = end.offset.filter(|_| self.context.offsets == Offsets::Commit) else {
-            return;
-        };
-        let mut tpl = TopicPartitionList::new();
-        let stored = tpl
-            .add_partition_offset(&end.topic, end.partition, Offset::Offset(offset))
-            .and_then(|()| self.consumer.store_offsets(&tpl));
-        if let Err(e) = stored {
-            tracing::warn!(error = %e, topic = end.topic, partition = end.partition, "cannot store the end offset");
         }
     }
 

@@ -3,7 +3,8 @@
 //! it never read ([`start_offsets`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
@@ -14,6 +15,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::progress::Progress;
 use super::{LOOKUP_TIMEOUT, watermarks};
 use crate::config::StartFrom;
 use crate::error::Result;
@@ -97,7 +99,12 @@ pub struct GroupContext {
     pub offsets: Offsets,
     start_from: StartFrom,
     metrics: Metrics,
+    /// How long a revocation waits for the handlers still working on
+    /// records of the revoked partitions.
+    drain_timeout: Duration,
     partitions: Mutex<Partitions>,
+    /// Signalled whenever a handler finishes a record.
+    finished: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -113,18 +120,47 @@ struct Partitions {
     /// handling the record before it is reaching the end too (the end of a
     /// partition that keeps being written to is never reported).
     ends_at_start: HashMap<Partition, i64>,
-    /// Whether the loop holds everything paused (while retrying a record).
+    /// Whether the loop holds everything paused (records in flight at
+    /// their bound).
     held: bool,
+    /// For each assigned partition the loop received records of: what it
+    /// is not done with, and how far it may be committed.
+    progress: HashMap<Partition, Progress>,
+}
+
+impl Partitions {
+    fn revoked_since(&self, topic: &str, partition: i32, epoch: u64) -> bool {
+        self.revoked_at
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|revoked| *revoked > epoch)
+    }
+
+    /// How many records of `revoked` handlers are working on.
+    fn running(&self, revoked: &[Partition]) -> usize {
+        revoked
+            .iter()
+            .filter_map(|partition| self.progress.get(partition))
+            .map(|progress| progress.running)
+            .sum()
+    }
 }
 
 impl GroupContext {
-    pub(super) fn new(group: String, offsets: Offsets, start_from: StartFrom, metrics: Metrics) -> Self {
+    pub(super) fn new(
+        group: String,
+        offsets: Offsets,
+        start_from: StartFrom,
+        metrics: Metrics,
+        drain_timeout: Duration,
+    ) -> Self {
         Self {
             group,
             offsets,
             start_from,
             metrics,
+            drain_timeout,
             partitions: Mutex::default(),
+            finished: Condvar::new(),
         }
     }
 
@@ -148,10 +184,7 @@ impl GroupContext {
     /// rebalance) reads it again from the committed offset, so handling it
     /// here would handle it twice.
     pub fn revoked_since(&self, topic: &str, partition: i32, epoch: u64) -> bool {
-        self.partitions()
-            .revoked_at
-            .get(&(topic.to_owned(), partition))
-            .is_some_and(|revoked| *revoked > epoch)
+        self.partitions().revoked_since(topic, partition, epoch)
     }
 
     /// For a replica reader: the end offset each partition had when it
@@ -171,29 +204,111 @@ impl GroupContext {
         held.ends_at_start = ends;
     }
 
-    /// Notes that the loop is done with the record at `offset` of
-    /// `partition` of `topic`: if it is the last one before the partition's
-    /// end when the reader started, the loop has reached that end.
-    pub fn done_with(&self, topic: &str, partition: i32, offset: i64) {
+    /// Notes that the loop received the record at `offset` of `partition`
+    /// of `topic` at `epoch`.
+    pub fn received(&self, topic: &str, partition: i32, offset: i64, epoch: u64) {
         let mut partitions = self.partitions();
-        let partition = (topic.to_owned(), partition);
-        if partitions
-            .ends_at_start
-            .get(&partition)
-            .is_some_and(|end| offset + 1 >= *end)
-            && partitions.assigned.contains(&partition)
-        {
-            partitions.reached_end.insert(partition);
+        if partitions.revoked_since(topic, partition, epoch) {
+            return;
+        }
+        partitions
+            .progress
+            .entry((topic.to_owned(), partition))
+            .or_default()
+            .received(offset);
+    }
+
+    /// Notes that a handler started on a record of `partition` of `topic`
+    /// received at `epoch`.
+    pub fn started(&self, topic: &str, partition: i32, epoch: u64) {
+        let mut partitions = self.partitions();
+        if partitions.revoked_since(topic, partition, epoch) {
+            return;
+        }
+        if let Some(progress) = partitions.progress.get_mut(&(topic.to_owned(), partition)) {
+            progress.running += 1;
         }
     }
 
-    /// Notes that the loop handled every record of `partition` of `topic`
-    /// up to the end the broker reported.
-    pub fn reached_end(&self, topic: &str, partition: i32) {
+    /// Notes that the handler of the record at `offset` of `partition` of
+    /// `topic`, received at `epoch`, finished: `done` if the offset may move
+    /// past it (handled or dead-lettered), not if it was left for later (the
+    /// service stopped). Stores the offset the group may now commit: the
+    /// lowest record not yet done.
+    pub fn finished<C: Consumer<Self>>(
+        &self,
+        consumer: &C,
+        (topic, partition, offset): (&str, i32, i64),
+        epoch: u64,
+        done: bool,
+    ) {
         let mut partitions = self.partitions();
-        let partition = (topic.to_owned(), partition);
-        if partitions.assigned.contains(&partition) {
-            partitions.reached_end.insert(partition);
+        if !partitions.revoked_since(topic, partition, epoch) {
+            let key = (topic.to_owned(), partition);
+            if let Some(progress) = partitions.progress.get_mut(&key) {
+                progress.running = progress.running.saturating_sub(1);
+                if done {
+                    progress.done(offset);
+                }
+                self.advance(&mut partitions, consumer, &key);
+            }
+        }
+        drop(partitions);
+        self.finished.notify_all();
+    }
+
+    /// Notes that the consumer reported the end of `partition` of `topic`
+    /// at `end` (see [`Progress::reached`]), at `epoch`.
+    pub fn reached_end<C: Consumer<Self>>(
+        &self,
+        consumer: &C,
+        topic: &str,
+        partition: i32,
+        end: Option<i64>,
+        epoch: u64,
+    ) {
+        let mut partitions = self.partitions();
+        if partitions.revoked_since(topic, partition, epoch) {
+            return;
+        }
+        let key = (topic.to_owned(), partition);
+        partitions
+            .progress
+            .entry(key.clone())
+            .or_default()
+            .reached(end);
+        self.advance(&mut partitions, consumer, &key);
+    }
+
+    /// Stores the offset `partition` may be committed at if it moved, and
+    /// notes whether the loop reached its end.
+    fn advance<C: Consumer<Self>>(&self, partitions: &mut Partitions, consumer: &C, partition: &Partition) {
+        let Some(progress) = partitions.progress.get_mut(partition) else {
+            return;
+        };
+        let at_end = progress.at_end();
+        let watermark = progress.advance();
+        if let Some(watermark) = watermark
+            && self.offsets == Offsets::Commit
+        {
+            let mut tpl = TopicPartitionList::new();
+            let stored = tpl
+                .add_partition_offset(&partition.0, partition.1, Offset::Offset(watermark))
+                .and_then(|()| consumer.store_offsets(&tpl));
+            if let Err(e) = stored {
+                // Revoked meanwhile: its new owner resumes from the last
+                // committed offset.
+                tracing::warn!(error = %e, topic = partition.0, partition = partition.1, "cannot store offset");
+            }
+        }
+        let passed_start_end = watermark.is_some_and(|watermark| {
+            partitions
+                .ends_at_start
+                .get(partition)
+                .is_some_and(|end| watermark >= *end)
+        });
+        if (at_end || passed_start_end) && partitions.assigned.contains(partition) {
+            partitions.reached_end.insert(partition.clone());
         }
     }
 
@@ -333,7 +448,56 @@ impl GroupContext {
         }
     }
 
+    /// Waits, up to the drain timeout, until no handler works on a record of
+    /// `revoked`: what they finish is stored, and so committed before the
+    /// partitions go, rather than handled again by their next owner.
+    fn drain(&self, revoked: &[Partition]) {
+        let wait = || {
+            let deadline = Instant::now() + self.drain_timeout;
+            let mut partitions = self.partitions();
+            loop {
+                let running = partitions.running(revoked);
+                if running == 0 {
+                    return;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    tracing::warn!(
+                        running,
+                        "revoked partitions still being handled; their next owner handles those records again"
+                    );
+                    return;
+                }
+                partitions = self
+                    .finished
+                    .wait_timeout(partitions, deadline - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        };
+        // The rebalance is served inside the consumer loop's poll, on one of
+        // the runtime's threads; the handlers run on the others. On a
+        // single-threaded runtime they could not run while this waits.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {
+                if self.partitions().running(revoked) > 0 {
+                    tracing::debug!(
+                        "single-threaded runtime: not waiting for the handlers of revoked partitions"
+                    );
+                }
+            }
+            Ok(_) => tokio::task::block_in_place(wait),
+            Err(_) => wait(),
+        }
+    }
+
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let revoked: Vec<Partition> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        self.drain(&revoked);
         // Commit what was handled before the partitions go, so their new
         // owner starts right after it rather than at the last auto-commit.
         match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -348,6 +512,7 @@ impl GroupContext {
                 let partition = (e.topic().to_owned(), e.partition());
                 partitions.assigned.remove(&partition);
                 partitions.reached_end.remove(&partition);
+                partitions.progress.remove(&partition);
                 partitions.revoked_at.insert(partition, epoch);
             }
         }

@@ -19,10 +19,13 @@
 //! - this module: the clients, each with its settings explained;
 //! - [`group`]: what a consumer does on a rebalance, its start position and
 //!   its lag figures;
+//! - `progress`: how far a partition may be committed while its records are
+//!   handled out of order;
 //! - [`admin`]: topic creation and the broker health probe.
 
 pub mod admin;
 pub mod group;
+mod progress;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -115,6 +118,7 @@ pub fn consumer(
         Offsets::Commit,
         settings.start_from,
         metrics.clone(),
+        settings.shutdown_timeout / 2,
     );
     let consumer: GroupConsumer = base(config, client_id)
         .set("group.id", group_id)
@@ -180,6 +184,7 @@ pub async fn replica(
         Offsets::Forget,
         StartFrom::Earliest,
         metrics.clone(),
+        settings.shutdown_timeout / 2,
     );
     let consumer: GroupConsumer = base(config, client_id)
         .set("group.id", &group)
