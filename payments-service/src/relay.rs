@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use event_store::{Checkpoint, EventStore, RecordedEvent};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use service_kit::config::KafkaConfig;
 use shared_events::{Envelope, Event, PaymentRefundedNotification, Topics, encode};
 use sqlx::{Connection, PgConnection};
@@ -229,10 +229,21 @@ impl Relay {
         batch: &[(Checkpoint, RecordedEvent)],
     ) -> Result<(), RelayError> {
         producer.begin_transaction()?;
-        let sent = self.send_batch(producer, batch).await;
+        let mut deliveries = Vec::with_capacity(batch.len() * 2);
+        let sent = self.send_batch(producer, batch, &mut deliveries).await;
         let timeout = self.publish_timeout;
         let committed = match sent {
-            Ok(()) => blocking_keeping_lease(leader, producer, move |p| p.commit_transaction(timeout)).await,
+            Ok(()) => match keeping_lease(leader, delivered(deliveries)).await {
+                // Every record acknowledged: nothing left for the commit to
+                // flush. (rdkafka's flush before a commit polls in steps of
+                // 100 ms while records are in flight: committing with
+                // deliveries outstanding costs 100 ms per transaction.)
+                Ok(Ok(())) => {
+                    blocking_keeping_lease(leader, producer, move |p| p.commit_transaction(timeout)).await
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match committed {
@@ -250,6 +261,7 @@ impl Relay {
         &mut self,
         producer: &FutureProducer,
         batch: &[(Checkpoint, RecordedEvent)],
+        deliveries: &mut Vec<DeliveryFuture>,
     ) -> Result<(), RelayError> {
         for (_, stored) in batch {
             let event = decode(stored).map_err(|e| RelayError::Corrupt(stored.event_id, e))?;
@@ -267,14 +279,14 @@ impl Relay {
             let mut state_message = Envelope::new(&source, state.to_state(), correlation_id, event_cause)
                 .occurred_at(stored.recorded_at);
             state_message.metadata.id = Uuid::new_v5(&stored.event_id, b"state").into();
-            self.send(producer, &state_message)?;
+            deliveries.push(self.send(producer, &state_message)?);
 
             match &event {
                 PaymentEvent::Received(received) => {
                     let mut n = Envelope::new(&source, received.notification(), correlation_id, request)
                         .occurred_at(received.received_at);
                     n.metadata.id = stored.event_id.into();
-                    self.send(producer, &n)?;
+                    deliveries.push(self.send(producer, &n)?);
                 }
                 PaymentEvent::Refunded(refund) => {
                     let data = PaymentRefundedNotification {
@@ -285,16 +297,20 @@ impl Relay {
                     let mut n =
                         Envelope::new(&source, data, correlation_id, request).occurred_at(refund.refunded_at);
                     n.metadata.id = stored.event_id.into();
-                    self.send(producer, &n)?;
+                    deliveries.push(self.send(producer, &n)?);
                 }
             }
         }
         Ok(())
     }
 
-    /// Queues `event` in the producer's open transaction. Its delivery is
-    /// settled by the transaction's commit, which fails if any send failed.
-    fn send<E: Event>(&self, producer: &FutureProducer, event: &Envelope<E>) -> Result<(), RelayError> {
+    /// Queues `event` in the producer's open transaction; the future settles
+    /// once the broker acknowledged it (or refused it).
+    fn send<E: Event>(
+        &self,
+        producer: &FutureProducer,
+        event: &Envelope<E>,
+    ) -> Result<DeliveryFuture, RelayError> {
         let record = encode(event)?;
         let topic = self.topics.name(record.topic);
         let future_record = FutureRecord::to(topic)
@@ -303,7 +319,6 @@ impl Relay {
             .headers(record.headers);
         producer
             .send_result(future_record)
-            .map(drop)
             .map_err(|(e, _)| RelayError::Kafka(e))
     }
 
@@ -343,24 +358,45 @@ async fn on_leader<T, E: Into<RelayError>>(
         .map_err(Into::into)
 }
 
-/// Runs the blocking producer call `call` on a thread of its own while
-/// keeping the leader's session busy, so that waiting on Kafka does not end
-/// the lease. Fails if the session does not answer: the lock may be gone.
+/// Waits for `work` while keeping the leader's session busy, so that
+/// waiting on Kafka does not end the lease. Fails if the session does not
+/// answer: the lock may be gone.
+async fn keeping_lease<T>(leader: &mut PgConnection, work: impl Future<Output = T>) -> Result<T, RelayError> {
+    tokio::pin!(work);
+    let mut alive = tokio::time::interval(KEEP_ALIVE);
+    // The first tick is at once: a batch that is done sooner costs no ping.
+    alive.reset();
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(done),
+            _ = alive.tick() => on_leader(leader.ping()).await?,
+        }
+    }
+}
+
+/// Runs the blocking producer call `call` on a thread of its own, keeping
+/// the lease (see [`keeping_lease`]).
 async fn blocking_keeping_lease<T: Send + 'static>(
     leader: &mut PgConnection,
     producer: &FutureProducer,
     call: impl FnOnce(&FutureProducer) -> T + Send + 'static,
 ) -> Result<T, RelayError> {
     let producer = producer.clone();
-    let work = tokio::task::spawn_blocking(move || call(&producer));
-    tokio::pin!(work);
-    let mut alive = tokio::time::interval(KEEP_ALIVE);
-    loop {
-        tokio::select! {
-            done = &mut work => return Ok(done?),
-            _ = alive.tick() => on_leader(leader.ping()).await?,
+    Ok(keeping_lease(leader, tokio::task::spawn_blocking(move || call(&producer))).await??)
+}
+
+/// Waits until the broker acknowledged every record of `deliveries`; the
+/// first refusal fails it (the transaction is then aborted).
+async fn delivered(deliveries: Vec<DeliveryFuture>) -> Result<(), RelayError> {
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(RelayError::Kafka(e)),
+            // The producer is gone (it was dropped): the commit cannot happen.
+            Err(_) => return Err(RelayError::Kafka(rdkafka::error::KafkaError::Canceled)),
         }
     }
+    Ok(())
 }
 
 /// Aborts the open transaction after `cause`, and returns `cause`. A

@@ -4,7 +4,7 @@
 //!   they were recorded, a page at a time; `Link: <...>; rel="next"` names
 //!   the next page while there is one.
 //! - `GET /payments/{id}`: the local copy of a payment (404 until its state
-//!   event arrived).
+//!   event arrived), with `Copied-At`: when the copy last changed here.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State as Extract};
@@ -62,12 +62,25 @@ async fn audit(
 }
 
 #[tracing::instrument(skip(app))]
-async fn payment(
-    Extract(app): Extract<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<PaymentState>, ApiError> {
-    Ok(lookup(&id, |id| app.state.payments.get(id))?)
+async fn payment(Extract(app): Extract<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let Json((payment, copied_at)) = lookup(&id, |id| {
+        let payment = app.state.payments.get(id)?;
+        Some((payment, app.state.copied_at.get(id)))
+    })?;
+    let mut response = Json::<PaymentState>(payment).into_response();
+    if let Some(copied_at) = copied_at
+        && let Ok(value) = copied_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            .parse()
+    {
+        response.headers_mut().insert(COPIED_AT, value);
+    }
+    Ok(response)
 }
+
+/// When the copy of a payment last changed in this instance (RFC 3339):
+/// with the payment's `recorded_at`, how long the copy took to follow.
+pub const COPIED_AT: &str = "copied-at";
 
 /// `axum::extract::Query`, but rejections become [`ApiError`]s with a JSON body.
 #[derive(Debug, FromRequestParts)]

@@ -1,5 +1,6 @@
 //! What ServiceA does with each record.
 
+use chrono::{DateTime, Utc};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use service_kit::consumer::{HandleError, Handler};
@@ -14,6 +15,9 @@ use crate::audit::{Audit, NewEntry};
 pub struct State {
     /// The local copy of every payment, from the state topic.
     pub payments: ById<PaymentState>,
+    /// When each payment's copy last changed here: how far the copy lags
+    /// behind Payments, per payment (served as `Copied-At`).
+    pub copied_at: ById<DateTime<Utc>>,
 }
 
 /// Handles both payment topics.
@@ -58,6 +62,7 @@ impl Handler for PaymentEvents {
                     .unwrap_or_default();
                 let id = PaymentId::parse(key).map_err(HandleError::permanent)?;
                 self.state.payments.remove(id);
+                self.state.copied_at.remove(id);
                 tracing::info!(payment_id = %id, "payment copy deleted (tombstone)");
                 return Ok(());
             }
@@ -75,6 +80,7 @@ impl Handler for PaymentEvents {
                 return Ok(());
             }
             self.state.payments.upsert(id, event.data);
+            self.state.copied_at.upsert(id, Utc::now());
             tracing::info!(payment_id = %id, version, "payment copy updated");
         } else {
             return Err(HandleError::permanent(format!(

@@ -1,6 +1,7 @@
 //! `cargo xtask`: developer tasks, in Rust so they run wherever cargo does.
 //! `cargo xtask --help` lists them; each has its own `--help`.
 
+mod bench;
 mod broker;
 mod compose;
 mod demo;
@@ -82,6 +83,10 @@ enum Task {
         /// earliest, latest, an RFC 3339 time or milliseconds since the epoch.
         to: String,
     },
+    /// The pipeline benchmark in release builds, beside the raw ceilings of
+    /// Kafka and PostgreSQL measured in the same run (pgbench, Kafka's
+    /// ProducerPerformance and EndToEndLatency); writes docs/bench.
+    Bench(bench::Options),
     /// Dead letters: list them, or publish them back.
     Dlt {
         #[command(subcommand)]
@@ -155,6 +160,7 @@ async fn main() -> Result<()> {
         Task::ComposeCheck => compose::check(&root).await,
         Task::Offsets { group, topic } => ops::offsets(&group, topic.as_deref()).await,
         Task::Reset { group, topic, to } => ops::reset(&group, &topic, &to).await,
+        Task::Bench(options) => bench::run(&root, &options).await,
         Task::Dlt { action } => match action {
             DltAction::List { topic } => ops::dlt_list(&topic).await,
             DltAction::Redrive { topic } => ops::dlt_redrive(&topic).await,

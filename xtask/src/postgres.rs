@@ -409,6 +409,12 @@ impl crate::LocalServer for LocalPostgres {
     }
 }
 
+/// Client program `program` (psql, pgbench, ...) of the installed
+/// PostgreSQL, pointed at the local server as the `postgres` role.
+pub fn client_program(program: &str) -> Result<Command> {
+    Ok(client(&bin_dir()?, program))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

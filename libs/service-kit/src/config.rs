@@ -152,8 +152,8 @@ pub struct ConsumerConfig {
     /// `CONSUMER_MAX_IN_FLIGHT`: how many records a consumer may have
     /// received and not yet handled, across all its partitions (those being
     /// handled, and those waiting behind an earlier record of their key).
-    /// At the bound it stops fetching until half of them are done.
-    /// Default 64.
+    /// At the bound it takes no more until one is done (see
+    /// [`crate::consumer`]). Default 64.
     pub max_in_flight: usize,
 }
 

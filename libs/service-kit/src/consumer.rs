@@ -22,9 +22,15 @@
 //!   ([`crate::dead_letter`]); once the broker has it, its key moves on.
 //!   (A replica reader, which re-reads everything on each start, logs and
 //!   skips it instead of dead-lettering it again on every start.)
-//! - At most `max_in_flight` records are received and not yet done: at the
-//!   bound the loop pauses its partitions, and keeps polling (which keeps it
-//!   in the group and serves rebalances) until half of them are done.
+//! - At most `max_in_flight` records are received and not yet done. At the
+//!   bound the loop stops taking records until one is done (librdkafka keeps
+//!   prefetching, up to `queued.max.messages.kbytes`). Should it stay at the
+//!   bound for [`HOLD_AFTER`] (records stuck behind keys being retried), it
+//!   pauses its partitions and polls again, which keeps it in the group and
+//!   serves rebalances, until half of them are done. (Pausing is not the
+//!   first resort: librdkafka drops what it prefetched for a paused
+//!   partition and fetches again on resume, which costs hundreds of
+//!   milliseconds each time.)
 //! - When partitions are revoked, the rebalance waits (up to half the
 //!   shutdown time) for the records of theirs being handled, and commits
 //!   them; records of theirs still waiting behind their key are dropped
@@ -44,7 +50,7 @@ use std::collections::{HashMap, VecDeque};
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::Message;
@@ -65,6 +71,10 @@ use crate::error::Result;
 use crate::kafka::{GroupConsumer, GroupContext, Offsets};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// How long the loop may stop polling at its bound of records in flight
+/// before it pauses its partitions and polls again.
+pub const HOLD_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a record was not handled.
 #[derive(Debug, thiserror::Error)]
@@ -129,8 +139,11 @@ pub async fn run<H: Handler>(
         handlers: JoinSet::new(),
         in_flight: 0,
         max_in_flight,
+        full_since: None,
     };
     loop {
+        let held = run.worker.context.held();
+        let full_since = run.full_since;
         tokio::select! {
             biased;
             () = run.worker.stop.cancelled() => break,
@@ -138,7 +151,13 @@ pub async fn run<H: Handler>(
                 Ok(lane) => run.finished(lane),
                 Err(e) => return Err(crate::Error::Task { task: "record handler", source: e }),
             },
-            received = run.worker.consumer.recv() => match received {
+            // At the bound for too long: pause, to poll without taking more.
+            () = async { tokio::time::sleep_until((full_since.unwrap_or_else(Instant::now) + HOLD_AFTER).into()).await },
+                if full_since.is_some() && !held =>
+            {
+                run.worker.context.hold(&run.worker.consumer, true);
+            }
+            received = run.worker.consumer.recv(), if full_since.is_none() || held => match received {
                 Ok(record) => {
                     let epoch = run.worker.context.epoch();
                     run.accept(record.detach(), epoch);
@@ -178,6 +197,8 @@ struct Loop<H> {
     /// Received and not yet done (being handled or waiting in a lane).
     in_flight: usize,
     max_in_flight: usize,
+    /// Since when `in_flight` is at the bound.
+    full_since: Option<Instant>,
 }
 
 /// What each record's task needs, shared.
@@ -213,8 +234,8 @@ impl<H: Handler> Loop<H> {
         let context = &self.worker.context;
         context.received(record.topic(), record.partition(), record.offset(), epoch);
         self.in_flight += 1;
-        if self.in_flight >= self.max_in_flight && !context.held() {
-            context.hold(&self.worker.consumer, true);
+        if self.in_flight >= self.max_in_flight && self.full_since.is_none() {
+            self.full_since = Some(Instant::now());
         }
         let lane = (
             record.topic().to_owned(),
@@ -251,6 +272,9 @@ impl<H: Handler> Loop<H> {
             None => {
                 self.lanes.remove(&lane);
             }
+        }
+        if self.in_flight < self.max_in_flight {
+            self.full_since = None;
         }
         if context.held() && self.in_flight <= self.max_in_flight / 2 {
             context.hold(&self.worker.consumer, false);

@@ -272,11 +272,7 @@ impl GroupContext {
             return;
         }
         let key = (topic.to_owned(), partition);
-        partitions
-            .progress
-            .entry(key.clone())
-            .or_default()
-            .reached(end);
+        partitions.progress.entry(key.clone()).or_default().reached(end);
         self.advance(&mut partitions, consumer, &key);
     }
 
@@ -553,16 +549,19 @@ impl ClientContext for GroupContext {
                 if !assigned.contains(&(topic.clone(), p.partition)) {
                     return None;
                 }
-                // Behind the committed offset if the group committed for the
-                // partition, else behind what this consumer read (a replica
-                // reader never commits). The end is the last stable offset:
-                // records of open transactions cannot be read yet.
+                // Behind the offset stored for the next commit (the lowest
+                // record not yet handled) if there is one, else behind the
+                // committed offset, else behind what this consumer read (a
+                // replica reader never commits). The end is the last stable
+                // offset: records of open transactions cannot be read yet.
                 let end = if p.ls_offset >= 0 {
                     p.ls_offset
                 } else {
                     p.hi_offset
                 };
-                let lag = if p.consumer_lag >= 0 {
+                let lag = if p.consumer_lag_stored >= 0 {
+                    p.consumer_lag_stored
+                } else if p.consumer_lag >= 0 {
                     p.consumer_lag
                 } else if end >= 0 && p.app_offset >= 0 {
                     end - p.app_offset

@@ -42,6 +42,9 @@ use crate::config::{ConsumerConfig, KafkaConfig, StartFrom};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
+/// The most a consumer prefetches, in KiB (see [`consumer`]).
+const QUEUED_MAX_KBYTES: &str = "8192";
+
 /// How long a lookup of offsets (start positions, ends of partitions) may take.
 pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -133,6 +136,9 @@ pub fn consumer(
         // The loop hears when it reaches the end of a partition, to store the
         // end offset, past any transaction marker (see `consumer`).
         .set("enable.partition.eof", "true")
+        // What librdkafka prefetches while the loop is busy: bounded at
+        // 8 MiB (default 64 MiB), so that a backlog does not become memory.
+        .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES)
         // The consumer loop stores a record's offset only after handling it...
         .set("enable.auto.offset.store", "false")
         // ...and the periodic auto-commit commits only stored offsets, so a
@@ -193,6 +199,7 @@ pub async fn replica(
         // The loop hears when it reaches the end of each partition: the
         // service is ready once it has, for all of them.
         .set("enable.partition.eof", "true")
+        .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES)
         // Offsets are neither stored nor committed: every start reads it all.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -1,0 +1,457 @@
+//! `bench`: the pipeline benchmark. `cargo xtask bench` builds it in
+//! release mode, measures the raw ceilings of Kafka and PostgreSQL first,
+//! and runs it with them:
+//!
+//! ```sh
+//! bench --ceilings target/xtask/bench/ceilings.json --out docs/bench \
+//!       --bin-dir target/release [--seconds 10] [--backlog 100000] [--connections 32]
+//! ```
+//!
+//! It starts the three services (release binaries of `--bin-dir`) on topics
+//! and databases of its own, and measures, all from timestamps the
+//! services keep (on the same host, so one clock):
+//!
+//! 1. the highest rate the pipeline sustains: `--connections` clients
+//!    sending payments as fast as Payments answers (closed loop), then the
+//!    lowest of that rate and the rates at which ServiceA's copy and
+//!    ServiceB's records followed;
+//! 2. at 25, 50, 75 and 100% of it, an open loop (a payment every 1/rate
+//!    seconds, however slow the answers): throughput, and latency
+//!    percentiles from the moment each `POST /payments` was due to its
+//!    `201`, to ServiceA's copy (its `Copied-At`) and to ServiceB's record
+//!    (`processed_at`), the consumers' lag, and each process's CPU and RSS;
+//! 3. a backlog: ServiceA and ServiceB stopped while `--backlog` payments
+//!    are accepted, then started: how long they take to drain it, and their
+//!    memory meanwhile.
+//!
+//! It writes `results.md` (every figure beside its raw ceiling) and
+//! `latency.svg` to `--out`.
+
+mod load;
+mod report;
+mod stack;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use load::{Accepted, Outcome};
+use report::{Backlog, Ceilings, Report, Step, Summary, Usage};
+use stack::{PAYMENTS, SERVICE_A, SERVICE_B, Service, Stack};
+
+/// How long the consumers get to catch up after a load step.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Options {
+    ceilings: PathBuf,
+    out: PathBuf,
+    bin_dir: PathBuf,
+    seconds: u64,
+    backlog: usize,
+    connections: usize,
+}
+
+impl Options {
+    fn parse() -> Result<Self> {
+        let mut options = Self {
+            ceilings: PathBuf::from("target/xtask/bench/ceilings.json"),
+            out: PathBuf::from("docs/bench"),
+            bin_dir: PathBuf::from("target/release"),
+            seconds: 10,
+            backlog: 100_000,
+            connections: 32,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--ceilings" => options.ceilings = value()?.into(),
+                "--out" => options.out = value()?.into(),
+                "--bin-dir" => options.bin_dir = value()?.into(),
+                "--seconds" => options.seconds = value()?.parse()?,
+                "--backlog" => options.backlog = value()?.parse()?,
+                "--connections" => options.connections = value()?.parse()?,
+                other => bail!("unknown option {other}; see the top of tests/src/bin/bench/main.rs"),
+            }
+        }
+        Ok(options)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let options = Options::parse()?;
+    let ceilings: Ceilings = serde_json::from_str(
+        &std::fs::read_to_string(&options.ceilings)
+            .with_context(|| format!("cannot read {}", options.ceilings.display()))?,
+    )?;
+    let env = |name: &str, default: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let stack = Stack::new(
+        env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+        options.bin_dir.clone(),
+        PathBuf::from("target/xtask/bench/logs"),
+    )?;
+    stack.create_databases().await?;
+    let outcome = tokio::select! {
+        outcome = run(&stack, &options, ceilings) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    // The services are gone by now (killed on drop if not stopped).
+    let dropped = stack.drop_databases().await;
+    let report = outcome?;
+    dropped?;
+    std::fs::create_dir_all(&options.out)?;
+    std::fs::write(options.out.join("results.md"), report.markdown())?;
+    std::fs::write(options.out.join("latency.svg"), report.svg())?;
+    println!("{}", report.markdown());
+    eprintln!(
+        "bench: wrote {}/results.md and latency.svg",
+        options.out.display()
+    );
+    Ok(())
+}
+
+async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Report> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(MAX_CONNECTIONS)
+        .build()?;
+    let payments = stack.start(PAYMENTS, &http).await?;
+    let mut service_a = stack.start(SERVICE_A, &http).await?;
+    let mut service_b = stack.start(SERVICE_B, &http).await?;
+    let url = payments.url("/payments");
+    let databases = Databases {
+        a: PgPool::connect(&stack.database_url(SERVICE_A)).await?,
+        b: PgPool::connect(&stack.database_url(SERVICE_B)).await?,
+    };
+
+    // Idle: after start, nothing sent yet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss: Vec<(&str, u64)> = [&payments, &service_a, &service_b]
+        .iter()
+        .map(|s| (s.name, s.rss().unwrap_or(0)))
+        .collect();
+    eprintln!("bench: idle RSS {idle_rss:?}");
+
+    // Warm-up: connections, group joins, the first batches.
+    let warm = load::closed(&http, &url, 4, Duration::from_secs(2), None).await;
+    drained(&databases, &http, &service_a, &warm.accepted).await?;
+
+    // The highest rate: Payments as fast as it answers, then how fast the
+    // consumers followed.
+    let seconds = Duration::from_secs(options.seconds);
+    eprintln!(
+        "bench: closed loop, {} connections, {seconds:?}",
+        options.connections
+    );
+    let (probe, probe_usage) = sampled(
+        [&payments, &service_a, &service_b],
+        &http,
+        load::closed(&http, &url, options.connections, seconds, None),
+    )
+    .await;
+    let probe_step = measure(&databases, &http, &service_a, &probe, None, probe_usage).await?;
+    let sustained = probe_step
+        .accepted_rate
+        .min(probe_step.copy_rate)
+        .min(probe_step.record_rate);
+    eprintln!(
+        "bench: accepted {:.0}/s, copied {:.0}/s, recorded {:.0}/s: sustained {sustained:.0}/s",
+        probe_step.accepted_rate, probe_step.copy_rate, probe_step.record_rate
+    );
+
+    let mut steps = Vec::new();
+    for percent in [25, 50, 75, 100] {
+        let rate = sustained * f64::from(percent) / 100.0;
+        eprintln!("bench: open loop at {rate:.0}/s ({percent}%) for {seconds:?}");
+        let (outcome, usage) = sampled(
+            [&payments, &service_a, &service_b],
+            &http,
+            load::open(&http, &url, rate, seconds),
+        )
+        .await;
+        steps.push(
+            measure(
+                &databases,
+                &http,
+                &service_a,
+                &outcome,
+                Some((percent, rate)),
+                usage,
+            )
+            .await?,
+        );
+    }
+
+    // The backlog: the consumers stopped while it piles up.
+    eprintln!(
+        "bench: backlog of {} payments, consumers stopped",
+        options.backlog
+    );
+    service_a.stop().await?;
+    service_b.stop().await?;
+    let backlog = load::closed(
+        &http,
+        &url,
+        options.connections,
+        Duration::from_secs(3600),
+        Some(options.backlog),
+    )
+    .await;
+    let started = Instant::now();
+    service_a = stack.start(SERVICE_A, &http).await?;
+    service_b = stack.start(SERVICE_B, &http).await?;
+    let (drain, usage) = sampled([&payments, &service_a, &service_b], &http, async {
+        let ids: Vec<Uuid> = backlog.accepted.iter().map(|a| a.payment_id).collect();
+        let (mut b_done, mut a_done) = (None, None);
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while (a_done.is_none() || b_done.is_none()) && Instant::now() < deadline {
+            if b_done.is_none() && databases.recorded(&ids).await? == ids.len() {
+                b_done = Some(started.elapsed());
+            }
+            if a_done.is_none() && databases.audited(&ids).await? == ids.len() {
+                a_done = Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        anyhow::Ok((a_done, b_done))
+    })
+    .await;
+    let (a_done, b_done) = drain?;
+    let backlog = Backlog {
+        payments: backlog.accepted.len(),
+        accepted_rate: backlog.accepted.len() as f64 / backlog.elapsed.as_secs_f64(),
+        service_a: a_done,
+        service_b: b_done,
+        usage,
+    };
+
+    let idle_rss = idle_rss
+        .into_iter()
+        .map(|(name, rss)| (name.to_owned(), rss))
+        .collect();
+    service_a.stop().await?;
+    service_b.stop().await?;
+    payments.stop().await?;
+    Ok(Report {
+        ceilings,
+        connections: options.connections,
+        seconds: options.seconds,
+        idle_rss,
+        probe: probe_step,
+        sustained,
+        steps,
+        backlog,
+    })
+}
+
+/// How many connections the HTTP client keeps: the load's and the lookups'.
+const MAX_CONNECTIONS: usize = 1100;
+
+/// The consumers' databases, read for their timestamps.
+struct Databases {
+    a: PgPool,
+    b: PgPool,
+}
+
+impl Databases {
+    /// How many of `ids` ServiceB recorded.
+    async fn recorded(&self, ids: &[Uuid]) -> Result<usize> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT count(DISTINCT payment_id) FROM processed_notifications WHERE payment_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_one(&self.b)
+        .await?;
+        Ok(usize::try_from(count)?)
+    }
+
+    /// How many of `ids` ServiceA audited.
+    async fn audited(&self, ids: &[Uuid]) -> Result<usize> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT count(DISTINCT payment_id) FROM audit_entries WHERE payment_id = ANY($1)")
+                .bind(ids)
+                .fetch_one(&self.a)
+                .await?;
+        Ok(usize::try_from(count)?)
+    }
+
+    /// When ServiceB recorded each of `ids`.
+    async fn recorded_at(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+        let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT payment_id, min(processed_at) FROM processed_notifications WHERE payment_id = ANY($1) GROUP BY payment_id",
+        )
+        .bind(ids)
+        .fetch_all(&self.b)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+}
+
+/// Waits until ServiceB recorded and ServiceA audited every payment of
+/// `accepted`.
+async fn drained(
+    databases: &Databases,
+    http: &reqwest::Client,
+    service_a: &Service,
+    accepted: &[Accepted],
+) -> Result<()> {
+    let ids: Vec<Uuid> = accepted.iter().map(|a| a.payment_id).collect();
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while databases.recorded(&ids).await? < ids.len() || databases.audited(&ids).await? < ids.len() {
+        if Instant::now() > deadline {
+            bail!("the consumers did not catch up within {DRAIN_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    copied_at(http, service_a, &ids).await.map(|_| ())
+}
+
+/// When ServiceA's copy of each of `ids` last changed (`Copied-At`), asking
+/// again for those it does not have yet.
+async fn copied_at(
+    http: &reqwest::Client,
+    service_a: &Service,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+    let mut found = HashMap::new();
+    let mut missing: Vec<Uuid> = ids.to_vec();
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while !missing.is_empty() {
+        if Instant::now() > deadline {
+            bail!("ServiceA has no copy of {} payments", missing.len());
+        }
+        let mut lookups = JoinSet::new();
+        for chunk in missing.chunks(missing.len().div_ceil(32)) {
+            let (http, chunk) = (http.clone(), chunk.to_vec());
+            let base = service_a.url("/payments/");
+            lookups.spawn(async move {
+                let mut found = Vec::new();
+                for id in chunk {
+                    let copied = async {
+                        let response = http.get(format!("{base}{id}")).send().await.ok()?;
+                        let value = response.headers().get("copied-at")?.to_str().ok()?;
+                        DateTime::parse_from_rfc3339(value).ok()
+                    };
+                    if let Some(at) = copied.await {
+                        found.push((id, at.with_timezone(&Utc)));
+                    }
+                }
+                found
+            });
+        }
+        while let Some(chunk) = lookups.join_next().await {
+            found.extend(chunk?);
+        }
+        missing.retain(|id| !found.contains_key(id));
+        if !missing.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(found)
+}
+
+/// Runs `load` while sampling the services' memory, lag and CPU time.
+async fn sampled<T>(
+    services: [&Service; 3],
+    http: &reqwest::Client,
+    load: impl Future<Output = T>,
+) -> (T, Vec<Usage>) {
+    let started = Instant::now();
+    let cpu_before: Vec<_> = services.iter().map(|s| s.cpu().unwrap_or_default()).collect();
+    let mut usage: Vec<Usage> = services
+        .iter()
+        .map(|s| Usage {
+            service: s.name.to_owned(),
+            ..Usage::default()
+        })
+        .collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tokio::pin!(load);
+    let output = loop {
+        tokio::select! {
+            output = &mut load => break output,
+            _ = tick.tick() => {
+                for (service, usage) in services.iter().zip(&mut usage) {
+                    usage.max_rss = usage.max_rss.max(service.rss().unwrap_or(0));
+                    if service.name != PAYMENTS && let Some(lag) = service.lag(http).await {
+                        usage.max_lag = usage.max_lag.max(lag);
+                    }
+                }
+            }
+        }
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    for ((service, usage), before) in services.iter().zip(&mut usage).zip(cpu_before) {
+        let used = service.cpu().unwrap_or_default().saturating_sub(before);
+        usage.cpu_percent = 100.0 * used.as_secs_f64() / elapsed;
+    }
+    (output, usage)
+}
+
+/// Waits for the consumers to catch up with `outcome`, then reads when each
+/// payment reached ServiceA's copy and ServiceB's records.
+async fn measure(
+    databases: &Databases,
+    http: &reqwest::Client,
+    service_a: &Service,
+    outcome: &Outcome,
+    offered: Option<(u32, f64)>,
+    usage: Vec<Usage>,
+) -> Result<Step> {
+    drained(databases, http, service_a, &outcome.accepted).await?;
+    let ids: Vec<Uuid> = outcome.accepted.iter().map(|a| a.payment_id).collect();
+    let recorded = databases.recorded_at(&ids).await?;
+    let copied = copied_at(http, service_a, &ids).await?;
+    let since_sent = |at: &HashMap<Uuid, DateTime<Utc>>| -> Vec<f64> {
+        outcome
+            .accepted
+            .iter()
+            .filter_map(|a| Some((*at.get(&a.payment_id)? - a.sent_at).num_microseconds()? as f64 / 1000.0))
+            .collect()
+    };
+    let first_sent = outcome
+        .accepted
+        .iter()
+        .map(|a| a.sent_at)
+        .min()
+        .context("nothing accepted")?;
+    // How fast each followed: payments over the time from the first sent
+    // to the last it had.
+    let rate = |at: &HashMap<Uuid, DateTime<Utc>>| -> f64 {
+        let last = at.values().max().copied().unwrap_or(first_sent);
+        let seconds = (last - first_sent).num_milliseconds() as f64 / 1000.0;
+        at.len() as f64 / seconds.max(outcome.elapsed.as_secs_f64())
+    };
+    Ok(Step {
+        offered,
+        accepted: outcome.accepted.len(),
+        failed: outcome.failed,
+        skipped: outcome.skipped,
+        accepted_rate: outcome.accepted.len() as f64 / outcome.elapsed.as_secs_f64(),
+        copy_rate: rate(&copied),
+        record_rate: rate(&recorded),
+        to_201: Summary::of(
+            outcome
+                .accepted
+                .iter()
+                .map(|a| a.latency.as_secs_f64() * 1000.0)
+                .collect(),
+        ),
+        to_copy: Summary::of(since_sent(&copied)),
+        to_record: Summary::of(since_sent(&recorded)),
+        usage,
+    })
+}

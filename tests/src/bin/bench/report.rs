@@ -1,0 +1,501 @@
+//! What the benchmark found, as Markdown (every figure beside its raw
+//! ceiling) and as an SVG chart of the latencies.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The raw ceilings, measured by Kafka's and PostgreSQL's own tools in the
+/// same run (`cargo xtask bench` writes them).
+#[derive(Debug, Deserialize)]
+pub struct Ceilings {
+    pub machine: String,
+    pub pgbench: Pgbench,
+    pub kafka_producer: KafkaProducer,
+    pub kafka_e2e: KafkaEndToEnd,
+    pub append: Append,
+}
+
+/// `pgbench`: one-row INSERT+COMMIT transactions.
+#[derive(Debug, Deserialize)]
+pub struct Pgbench {
+    pub clients: usize,
+    pub tps: f64,
+    pub latency_ms: f64,
+}
+
+/// Kafka's `ProducerPerformance` (idempotent, acks=all).
+#[derive(Debug, Deserialize)]
+pub struct KafkaProducer {
+    pub record_size: usize,
+    pub records_per_sec: f64,
+}
+
+/// Kafka's `EndToEndLatency` (acks=all): produce, then consume, one
+/// record at a time.
+#[derive(Debug, Deserialize)]
+pub struct KafkaEndToEnd {
+    pub record_size: usize,
+    pub avg_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
+
+/// The event store's append benchmark, release build.
+#[derive(Debug, Deserialize)]
+pub struct Append {
+    pub writers: usize,
+    pub raw_per_sec: f64,
+    pub store_per_sec: f64,
+}
+
+/// A line of the chart: its name, colour, and (rate, ms) points.
+type Series = (&'static str, &'static str, Vec<(f64, f64)>);
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    /// Nearest-rank percentiles of `samples`.
+    pub fn of(mut samples: Vec<f64>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |p: usize| samples[(p * samples.len()).div_ceil(100).max(1) - 1];
+        Self {
+            p50: at(50),
+            p90: at(90),
+            p99: at(99),
+            max: samples[samples.len() - 1],
+        }
+    }
+}
+
+/// One process's use of the machine during a step.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub service: String,
+    /// CPU time over wall time: 100% is one core.
+    pub cpu_percent: f64,
+    pub max_rss: u64,
+    /// The most records its consumers had yet to handle, summed over
+    /// partitions (sampled every 500 ms).
+    pub max_lag: i64,
+}
+
+/// One load step.
+#[derive(Debug)]
+pub struct Step {
+    /// For an open loop: the percentage of the sustained rate, and the rate.
+    pub offered: Option<(u32, f64)>,
+    pub accepted: usize,
+    pub failed: u64,
+    pub skipped: u64,
+    pub accepted_rate: f64,
+    /// How fast ServiceA's copy and ServiceB's records followed.
+    pub copy_rate: f64,
+    pub record_rate: f64,
+    pub to_201: Summary,
+    pub to_copy: Summary,
+    pub to_record: Summary,
+    pub usage: Vec<Usage>,
+}
+
+/// The consumers draining a backlog.
+#[derive(Debug)]
+pub struct Backlog {
+    pub payments: usize,
+    /// How fast Payments accepted the backlog (closed loop).
+    pub accepted_rate: f64,
+    /// From the consumers' start until each had handled every payment;
+    /// `None`: not within the drain timeout.
+    pub service_a: Option<Duration>,
+    pub service_b: Option<Duration>,
+    pub usage: Vec<Usage>,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub ceilings: Ceilings,
+    pub connections: usize,
+    pub seconds: u64,
+    pub idle_rss: Vec<(String, u64)>,
+    pub probe: Step,
+    pub sustained: f64,
+    pub steps: Vec<Step>,
+    pub backlog: Backlog,
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1_048_576.0
+}
+
+fn percent(part: f64, whole: f64) -> String {
+    if whole > 0.0 {
+        format!("{:.0}%", 100.0 * part / whole)
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+fn latency(s: &Summary) -> String {
+    format!("{:.1} / {:.1} / {:.1} / {:.1}", s.p50, s.p90, s.p99, s.max)
+}
+
+fn usage_of<'a>(usage: &'a [Usage], service: &str) -> Option<&'a Usage> {
+    usage.iter().find(|u| u.service == service)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "missed" }
+}
+
+impl Report {
+    /// The step at `percent` of the sustained rate.
+    fn step(&self, percent: u32) -> Option<&Step> {
+        self.steps
+            .iter()
+            .find(|s| s.offered.is_some_and(|(p, _)| p == percent))
+    }
+
+    fn drain_rate(&self, took: Option<Duration>) -> Option<f64> {
+        Some(self.backlog.payments as f64 / took?.as_secs_f64())
+    }
+
+    pub fn markdown(&self) -> String {
+        let c = &self.ceilings;
+        let mut md = String::new();
+        let _ = writeln!(md, "# Pipeline benchmark\n");
+        let _ = writeln!(
+            md,
+            "Written by `cargo xtask bench` ({}). Release builds; the local Apache Kafka broker and PostgreSQL; \
+             every figure measured in the same run as the ceilings beside it.\n",
+            c.machine
+        );
+        let _ = writeln!(md, "## Raw ceilings\n");
+        let _ = writeln!(md, "| tool | what | figure |");
+        let _ = writeln!(md, "|---|---|---:|");
+        let _ = writeln!(
+            md,
+            "| pgbench | one-row INSERT+COMMIT, {} clients | {:.0}/s (mean latency {:.2} ms) |",
+            c.pgbench.clients, c.pgbench.tps, c.pgbench.latency_ms
+        );
+        let _ = writeln!(
+            md,
+            "| Kafka ProducerPerformance | idempotent, acks=all, {} B | {:.0} records/s |",
+            c.kafka_producer.record_size, c.kafka_producer.records_per_sec
+        );
+        let _ = writeln!(
+            md,
+            "| Kafka EndToEndLatency | acks=all, {} B, one at a time | p50 {:.0} ms, p99 {:.0} ms, p99.9 {:.0} ms (mean {:.2} ms) |",
+            c.kafka_e2e.record_size,
+            c.kafka_e2e.p50_ms,
+            c.kafka_e2e.p99_ms,
+            c.kafka_e2e.p999_ms,
+            c.kafka_e2e.avg_ms
+        );
+        let _ = writeln!(
+            md,
+            "| event store `append_bench` | {} writers, one event per append | {:.0}/s = {} of pgbench (its own raw INSERT: {:.0}/s = {}) |",
+            c.append.writers,
+            c.append.store_per_sec,
+            percent(c.append.store_per_sec, c.pgbench.tps),
+            c.append.raw_per_sec,
+            percent(c.append.raw_per_sec, c.pgbench.tps),
+        );
+
+        let p = &self.probe;
+        let _ = writeln!(md, "\n## The highest sustained rate\n");
+        let _ = writeln!(
+            md,
+            "{} clients sending payments as fast as Payments answers, for {} s: Payments accepted **{:.0}/s** \
+             ({} of pgbench), ServiceA's copy followed at {:.0}/s and ServiceB's records at {:.0}/s. \
+             The pipeline sustains the lowest of the three: **{:.0} payments/s**, {} of pgbench's INSERT+COMMIT rate \
+             (a payment costs about three commits across the services). \
+             201 latency at that load: p50 / p90 / p99 / max {} ms.\n",
+            self.connections,
+            self.seconds,
+            p.accepted_rate,
+            percent(p.accepted_rate, c.pgbench.tps),
+            p.copy_rate,
+            p.record_rate,
+            self.sustained,
+            percent(self.sustained, c.pgbench.tps),
+            latency(&p.to_201),
+        );
+
+        let _ = writeln!(md, "## Open loop at fixed rates\n");
+        let _ = writeln!(
+            md,
+            "A payment every 1/rate seconds for {} s, each timed from when it was due. Latencies in ms, \
+             p50 / p90 / p99 / max, from that moment to: the `201`; ServiceA's copy (its `Copied-At`); \
+             ServiceB's record (its `processed_at`). Kafka's own end-to-end p50 / p99 in this run: {:.0} / {:.0} ms.\n",
+            self.seconds, c.kafka_e2e.p50_ms, c.kafka_e2e.p99_ms
+        );
+        let _ = writeln!(
+            md,
+            "| offered | accepted | to 201 | to ServiceA copy | to ServiceB record | B p50 − Kafka p50 | B p99 − Kafka p99 | max lag A / B | CPU % P / A / B | max RSS MB P / A / B |"
+        );
+        let _ = writeln!(md, "|---|---:|---|---|---|---:|---:|---|---|---|");
+        for step in &self.steps {
+            let (pct, rate) = step.offered.unwrap_or((0, 0.0));
+            let u = |name: &str| usage_of(&step.usage, name).cloned().unwrap_or_default();
+            let (up, ua, ub) = (u("payments-service"), u("service-a"), u("service-b"));
+            let _ = writeln!(
+                md,
+                "| {pct}%: {rate:.0}/s | {:.0}/s ({} payments{}) | {} | {} | {} | {:+.1} | {:+.1} | {} / {} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} |",
+                step.accepted_rate,
+                step.accepted,
+                if step.failed + step.skipped > 0 {
+                    format!(", {} failed, {} skipped", step.failed, step.skipped)
+                } else {
+                    String::new()
+                },
+                latency(&step.to_201),
+                latency(&step.to_copy),
+                latency(&step.to_record),
+                step.to_record.p50 - c.kafka_e2e.p50_ms,
+                step.to_record.p99 - c.kafka_e2e.p99_ms,
+                ua.max_lag,
+                ub.max_lag,
+                up.cpu_percent,
+                ua.cpu_percent,
+                ub.cpu_percent,
+                mb(up.max_rss),
+                mb(ua.max_rss),
+                mb(ub.max_rss),
+            );
+        }
+
+        let b = &self.backlog;
+        let secs = |d: Option<Duration>| {
+            d.map_or("not within the timeout".to_owned(), |d| {
+                format!("{:.1} s", d.as_secs_f64())
+            })
+        };
+        let rate = |d: Option<Duration>| {
+            self.drain_rate(d).map_or("n/a".to_owned(), |r| {
+                format!(
+                    "{r:.0}/s = {} of Payments' rate",
+                    percent(r, self.probe.accepted_rate)
+                )
+            })
+        };
+        let _ = writeln!(md, "\n## Draining a backlog\n");
+        let _ = writeln!(
+            md,
+            "ServiceA and ServiceB stopped while Payments accepted {} payments ({:.0}/s), then started: \
+             the time from their start until each had handled every notification.\n",
+            b.payments, b.accepted_rate
+        );
+        let _ = writeln!(
+            md,
+            "| service | drained in | rate | max RSS while draining | CPU % |"
+        );
+        let _ = writeln!(md, "|---|---:|---|---:|---:|");
+        for (name, took) in [("service-a", b.service_a), ("service-b", b.service_b)] {
+            let usage = usage_of(&b.usage, name).cloned().unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {:.1} MB | {:.0} |",
+                secs(took),
+                rate(took),
+                mb(usage.max_rss),
+                usage.cpu_percent
+            );
+        }
+
+        let _ = writeln!(md, "\n## Targets\n");
+        let _ = writeln!(md, "| target | measured | |");
+        let _ = writeln!(md, "|---|---|---|");
+        for (name, took) in [("ServiceA", b.service_a), ("ServiceB", b.service_b)] {
+            let drain = self.drain_rate(took).unwrap_or(0.0);
+            let _ = writeln!(
+                md,
+                "| {name} drains at least as fast as Payments accepts | {drain:.0}/s vs {:.0}/s ({}) | {} |",
+                self.probe.accepted_rate,
+                percent(drain, self.probe.accepted_rate),
+                met(drain >= self.probe.accepted_rate)
+            );
+        }
+        let floor = 0.33 * c.pgbench.tps;
+        let _ = writeln!(
+            md,
+            "| sustained rate ≥ 33% of pgbench | {:.0}/s = {} of {:.0}/s | {} |",
+            self.sustained,
+            percent(self.sustained, c.pgbench.tps),
+            c.pgbench.tps,
+            met(self.sustained >= floor)
+        );
+        if let Some(half) = self.step(50) {
+            let (d50, d99) = (
+                half.to_record.p50 - c.kafka_e2e.p50_ms,
+                half.to_record.p99 - c.kafka_e2e.p99_ms,
+            );
+            let _ = writeln!(
+                md,
+                "| at 50%: POST-to-ServiceB p50 within 3 ms of Kafka's | {:.1} ms vs {:.0} ms: {d50:+.1} ms | {} |",
+                half.to_record.p50,
+                c.kafka_e2e.p50_ms,
+                met(d50 <= 3.0)
+            );
+            let _ = writeln!(
+                md,
+                "| at 50%: POST-to-ServiceB p99 within 10 ms of Kafka's | {:.1} ms vs {:.0} ms: {d99:+.1} ms | {} |",
+                half.to_record.p99,
+                c.kafka_e2e.p99_ms,
+                met(d99 <= 10.0)
+            );
+        }
+        for (name, rss) in &self.idle_rss {
+            let _ = writeln!(
+                md,
+                "| idle RSS of {name} < 30 MB | {:.1} MB | {} |",
+                mb(*rss),
+                met(mb(*rss) < 30.0)
+            );
+        }
+        let _ = writeln!(md, "\n![latency by offered rate](latency.svg)");
+        md
+    }
+
+    /// Latency percentiles by offered rate: one line per (stage,
+    /// percentile), Kafka's own end-to-end p50 and p99 as dashed lines.
+    pub fn svg(&self) -> String {
+        let c = &self.ceilings;
+        let (width, height) = (720.0, 420.0);
+        let (left, right, top, bottom) = (60.0, 190.0, 30.0, 50.0);
+        let series: Vec<Series> = [
+            (
+                "201 p50",
+                "#1f77b4",
+                (|s: &Step| s.to_201.p50) as fn(&Step) -> f64,
+            ),
+            ("201 p99", "#aec7e8", |s: &Step| s.to_201.p99),
+            ("ServiceA copy p50", "#2ca02c", |s: &Step| s.to_copy.p50),
+            ("ServiceA copy p99", "#98df8a", |s: &Step| s.to_copy.p99),
+            ("ServiceB record p50", "#d62728", |s: &Step| s.to_record.p50),
+            ("ServiceB record p99", "#ff9896", |s: &Step| s.to_record.p99),
+        ]
+        .into_iter()
+        .map(|(name, colour, value)| {
+            let points = self
+                .steps
+                .iter()
+                .filter_map(|s| Some((s.offered?.1, value(s))))
+                .collect();
+            (name, colour, points)
+        })
+        .collect();
+        let x_max = self
+            .steps
+            .iter()
+            .filter_map(|s| s.offered.map(|o| o.1))
+            .fold(1.0, f64::max);
+        let y_max = series
+            .iter()
+            .flat_map(|(_, _, points)| points.iter().map(|p| p.1))
+            .chain([c.kafka_e2e.p99_ms])
+            .fold(1.0, f64::max)
+            * 1.1;
+        let x = |v: f64| left + (width - left - right) * v / x_max;
+        let y = |v: f64| height - bottom - (height - top - bottom) * v / y_max;
+        let mut svg = String::new();
+        let _ = writeln!(
+            svg,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{left}" y="18" font-size="14">Latency from POST /payments, by offered rate (open loop)</text>"#
+        );
+        // Axes, with five ticks each.
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>"#,
+            height - bottom,
+            width - right,
+            height - bottom,
+            height - bottom
+        );
+        for i in 0..=4 {
+            let (xv, yv) = (x_max * f64::from(i) / 4.0, y_max * f64::from(i) / 4.0);
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle">{xv:.0}</text><text x="{}" y="{:.1}" text-anchor="end">{yv:.0}</text>"#,
+                x(xv),
+                height - bottom + 16.0,
+                left - 6.0,
+                y(yv) + 4.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">payments/s offered</text><text x="14" y="{:.1}" transform="rotate(-90 14 {:.1})" text-anchor="middle">ms</text>"#,
+            (left + width - right) / 2.0,
+            height - 12.0,
+            (top + height - bottom) / 2.0,
+            (top + height - bottom) / 2.0
+        );
+        for (value, label) in [
+            (c.kafka_e2e.p50_ms, "Kafka e2e p50"),
+            (c.kafka_e2e.p99_ms, "Kafka e2e p99"),
+        ] {
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{left}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="grey" stroke-dasharray="4 3"/><text x="{}" y="{:.1}" fill="grey">{label}</text>"#,
+                y(value),
+                width - right,
+                y(value),
+                width - right + 4.0,
+                y(value) + 4.0
+            );
+        }
+        for (i, (name, colour, points)) in series.iter().enumerate() {
+            let path: Vec<String> = points
+                .iter()
+                .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
+                .collect();
+            let _ = writeln!(
+                svg,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+                path.join(" ")
+            );
+            let ly = top + 40.0 + 18.0 * i as f64;
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{colour}" stroke-width="2"/><text x="{}" y="{:.1}">{name}</text>"#,
+                width - right + 4.0,
+                width - right + 24.0,
+                width - right + 28.0,
+                ly + 4.0
+            );
+        }
+        let _ = writeln!(svg, "</svg>");
+        svg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let s = Summary::of((1..=100).map(f64::from).rev().collect());
+        assert_eq!((s.p50, s.p90, s.p99, s.max), (50.0, 90.0, 99.0, 100.0));
+        let one = Summary::of(vec![7.0]);
+        assert_eq!((one.p50, one.p99, one.max), (7.0, 7.0, 7.0));
+        assert_eq!(Summary::of(Vec::new()).max, 0.0);
+    }
+}

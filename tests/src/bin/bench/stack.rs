@@ -1,0 +1,218 @@
+//! The three services as release processes on their own topics and
+//! databases, and what the benchmark reads of them: readiness, consumer
+//! lag, memory and CPU time.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sqlx::{Connection, PgConnection};
+use tokio::process::{Child, Command};
+
+/// What every service of one run shares: the broker, the topics, the
+/// databases (one each, created for the run) and the log directory.
+pub struct Stack {
+    pub bootstrap: String,
+    pub server_url: String,
+    pub run_id: String,
+    pub bin_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub payments_port: u16,
+}
+
+/// A service process.
+pub struct Service {
+    pub name: &'static str,
+    pub port: u16,
+    child: Child,
+}
+
+pub const PAYMENTS: &str = "payments-service";
+pub const SERVICE_A: &str = "service-a";
+pub const SERVICE_B: &str = "service-b";
+
+impl Stack {
+    pub fn new(bootstrap: String, server_url: String, bin_dir: PathBuf, log_dir: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&log_dir)?;
+        Ok(Self {
+            bootstrap,
+            server_url,
+            run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            bin_dir,
+            log_dir,
+            payments_port: free_port()?,
+        })
+    }
+
+    /// The database of `service` for this run.
+    pub fn database(&self, service: &str) -> String {
+        format!("bench_{}_{}", self.run_id, service.replace('-', "_"))
+    }
+
+    pub fn database_url(&self, service: &str) -> String {
+        let base = self
+            .server_url
+            .rsplit_once('/')
+            .map_or(self.server_url.as_str(), |(base, _)| base);
+        format!("{base}/{}", self.database(service))
+    }
+
+    /// Creates the run's databases.
+    pub async fn create_databases(&self) -> Result<()> {
+        let mut admin = PgConnection::connect(&self.server_url).await?;
+        for service in [PAYMENTS, SERVICE_A, SERVICE_B] {
+            sqlx::query(&format!("CREATE DATABASE {}", self.database(service)))
+                .execute(&mut admin)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Drops the run's databases.
+    pub async fn drop_databases(&self) -> Result<()> {
+        let mut admin = PgConnection::connect(&self.server_url).await?;
+        for service in [PAYMENTS, SERVICE_A, SERVICE_B] {
+            sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database(service)
+            ))
+            .execute(&mut admin)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts `name` (a binary of `bin_dir`), waits until it answers `/ready`.
+    pub async fn start(&self, name: &'static str, http: &reqwest::Client) -> Result<Service> {
+        let port = if name == PAYMENTS {
+            self.payments_port
+        } else {
+            free_port()?
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("{name}.log")))?;
+        let mut command = Command::new(self.bin_dir.join(name));
+        command
+            .env("KAFKA_BOOTSTRAP_SERVERS", &self.bootstrap)
+            .env("DATABASE_URL", self.database_url(name))
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "TOPIC_NOTIFICATIONS",
+                format!("bench-{}.notifications", self.run_id),
+            )
+            .env("TOPIC_STATE", format!("bench-{}.state", self.run_id))
+            .env("GROUP_ID", format!("bench-{}-{name}", self.run_id))
+            .env("PAYMENTS_URL", format!("http://127.0.0.1:{}", self.payments_port))
+            // The lag figures the benchmark samples.
+            .env("KAFKA_STATISTICS_INTERVAL_MS", "500")
+            // Warnings only: logging every record would be what is measured.
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = command.spawn().with_context(|| format!("cannot start {name}"))?;
+        let service = Service { name, port, child };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready = http
+                .get(service.url("/ready"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(service);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} not ready after 120 s; see {}",
+                    self.log_dir.join(format!("{name}.log")).display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Service {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGTERM, and waits for it to exit.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => self.child.kill().await?,
+        }
+        Ok(())
+    }
+
+    /// Resident memory, in bytes.
+    pub fn rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// CPU time used so far (user and system).
+    pub fn cpu(&self) -> Option<Duration> {
+        cpu_time(Path::new(&format!("/proc/{}/stat", self.pid()?)))
+    }
+
+    /// The sum of the `kafka_consumer_lag` series it serves.
+    pub async fn lag(&self, http: &reqwest::Client) -> Option<i64> {
+        let text = http
+            .get(self.url("/metrics"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|line| line.starts_with("kafka_consumer_lag{"))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .map(|lag| lag as i64)
+                .sum(),
+        )
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat`.
+fn cpu_time(stat: &Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(stat).ok()?;
+    // The command name (field 2) may hold spaces; the rest follows its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// A port nothing listens on right now, on loopback.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
