@@ -119,3 +119,44 @@ impl IntoResponse for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use chrono::{DateTime, Utc};
+    use shared_events::testing::state;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_copy_is_served_with_when_it_last_changed() {
+        let app_state = AppState {
+            state: State::default(),
+            // Never connected to: this test reads no audit.
+            audit: Audit::lazy("postgres://nobody@127.0.0.1:1/none".parse().expect("url")),
+        };
+        let payment = state();
+        let copied_at = Utc::now();
+        app_state
+            .state
+            .payments
+            .upsert(payment.payment_id, payment.clone());
+        app_state.state.copied_at.upsert(payment.payment_id, copied_at);
+
+        let response = app(app_state)
+            .oneshot(
+                Request::get(format!("/payments/{}", payment.payment_id))
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        let header = response.headers()[COPIED_AT].to_str().expect("ascii");
+        let served: DateTime<Utc> = DateTime::parse_from_rfc3339(header).expect("RFC 3339").into();
+        // Microseconds: what the header carries.
+        assert_eq!(served.timestamp_micros(), copied_at.timestamp_micros());
+    }
+}

@@ -119,6 +119,7 @@ mod tests {
             .await
             .expect("handled");
         assert_eq!(app.payments.get(payment.payment_id), Some(payment.clone()));
+        let first_copy = app.copied_at.get(payment.payment_id).expect("copied at");
 
         // A newer state replaces it; the older one, redelivered, does not.
         let mut refunded = payment.clone();
@@ -129,11 +130,18 @@ mod tests {
             .handle(&delivered(&topics.state, 1, &newer), 1)
             .await
             .expect("handled");
+        let second_copy = app.copied_at.get(payment.payment_id).expect("copied at");
+        assert!(second_copy >= first_copy);
         handler
             .handle(&delivered(&topics.state, 0, &first), 1)
             .await
             .expect("handled");
         assert_eq!(app.payments.get(payment.payment_id), Some(refunded));
+        assert_eq!(
+            app.copied_at.get(payment.payment_id),
+            Some(second_copy),
+            "a stale state changes nothing"
+        );
     }
 
     #[tokio::test]
@@ -159,6 +167,7 @@ mod tests {
         );
         handler.handle(&tombstone, 1).await.expect("handled");
         assert_eq!(app.payments.get(payment.payment_id), None);
+        assert_eq!(app.copied_at.get(payment.payment_id), None);
     }
 
     #[tokio::test]

@@ -1018,3 +1018,112 @@ async fn records_of_different_keys_are_handled_concurrently_within_the_bound() {
         "{most} records handled at once, over the bound of {BOUND}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_stuck_at_its_bound_still_serves_a_rebalance() {
+    const BOUND: usize = 4;
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let topic = kafka.topics.notifications.clone();
+    let group = unique("bound");
+    let producer = test_producer(&kafka);
+    for partition in 1..3 {
+        let others: Vec<(String, String)> = (0..5)
+            .map(|key| (format!("key-{partition}-{key}"), "0".to_owned()))
+            .collect();
+        publish_to(&producer, &topic, partition, &others).await;
+    }
+
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handled: Handled = Arc::default();
+    let settings = ConsumerConfig {
+        max_attempts: 0,
+        max_in_flight: BOUND,
+        ..test_consumer()
+    };
+    let stop = service_kit::CancellationToken::new();
+    let start = |name: &'static str| {
+        let consumer =
+            service_kit::kafka::consumer(&kafka, &settings, name, &group, &[&topic], &Metrics::default())
+                .expect("consumer");
+        let handler = StuckKey {
+            released: Arc::clone(&released),
+            recorder: Recorder {
+                name,
+                handled: Arc::clone(&handled),
+            },
+        };
+        tokio::spawn(consumer::run(
+            consumer,
+            handler,
+            settings.clone(),
+            None,
+            stop.clone(),
+        ))
+    };
+    let first = start("first");
+    eventually("the first consumer handled the other keys", || async {
+        (handled.lock().expect("lock").len() == 10).then_some(())
+    })
+    .await;
+    // More records of the stuck key than the bound: the first consumer ends
+    // up holding only records it cannot handle.
+    let stuck: Vec<(String, String)> = (0..6).map(|seq| ("stuck".to_owned(), seq.to_string())).collect();
+    publish_to(&producer, &topic, 0, &stuck).await;
+    // The first is now at its bound with the stuck key's records (and past
+    // `HOLD_AFTER`, so polling again). A second member joins: the group can
+    // only rebalance if the first still polls.
+    tokio::time::sleep(consumer::HOLD_AFTER * 2).await;
+    let second = start("second");
+    // New records on every partition: the second member handles some of
+    // them only once the group rebalanced, which needs the first to poll.
+    for partition in 0..3 {
+        let after: Vec<(String, String)> = (0..2)
+            .map(|key| (format!("after-{partition}-{key}"), "0".to_owned()))
+            .collect();
+        publish_to(&producer, &topic, partition, &after).await;
+    }
+    eventually(
+        "the second member handles records while the first is stuck",
+        || async {
+            handled
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|(_, _, name)| *name == "second")
+                .then_some(())
+        },
+    )
+    .await;
+    released.store(true, std::sync::atomic::Ordering::SeqCst);
+    let all_stuck = |handled: &Handled| -> BTreeSet<u32> {
+        handled
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(key, _, _)| key == "stuck")
+            .map(|(_, seq, _)| *seq)
+            .collect()
+    };
+    eventually("every record of the stuck key handled", || async {
+        (all_stuck(&handled).len() == 6).then_some(())
+    })
+    .await;
+    stop.cancel();
+    first.await.expect("join").expect("first consumer");
+    second.await.expect("join").expect("second consumer");
+    // In order by whichever member handled them (one handed over in the
+    // rebalance may be handled again by its new owner: at-least-once).
+    let handled = handled.lock().expect("lock").clone();
+    for member in ["first", "second"] {
+        let seqs: Vec<u32> = handled
+            .iter()
+            .filter(|(key, _, name)| key == "stuck" && *name == member)
+            .map(|(_, seq, _)| *seq)
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{member} handled the stuck key out of order: {seqs:?}"
+        );
+    }
+}

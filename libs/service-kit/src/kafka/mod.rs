@@ -93,6 +93,10 @@ pub fn transactional_producer(
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("transactional.id", transactional_id)
+        // The relay sends a whole batch, then waits for every record of it
+        // before committing: lingering for more records (librdkafka's
+        // default is 5 ms) would only delay the commit.
+        .set("linger.ms", "0")
         .set("message.timeout.ms", message_timeout.as_millis().to_string())
         // A transaction left open by a producer that died is aborted by the
         // broker after this long (a successor aborts it at once). Until then,

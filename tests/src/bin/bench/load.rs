@@ -66,8 +66,8 @@ async fn post(
 /// `connections` clients each sending the next payment once the last is
 /// answered, for `duration` or until `count` payments were accepted.
 pub async fn closed(
-    http: &reqwest::Client,
-    url: &str,
+    http: reqwest::Client,
+    url: String,
     connections: usize,
     duration: Duration,
     count: Option<usize>,
@@ -76,7 +76,7 @@ pub async fn closed(
     let sent = Arc::new(AtomicU64::new(0));
     let mut clients = JoinSet::new();
     for _ in 0..connections {
-        let (http, url, sent) = (http.clone(), url.to_owned(), Arc::clone(&sent));
+        let (http, url, sent) = (http.clone(), url.clone(), Arc::clone(&sent));
         clients.spawn(async move {
             let mut outcome = Outcome::default();
             while started.elapsed() < duration {
@@ -105,7 +105,7 @@ pub async fn closed(
 /// A payment every `1 / rate` seconds for `duration`, each timed from when
 /// it was due: a slow answer does not delay the next request (no
 /// coordinated omission).
-pub async fn open(http: &reqwest::Client, url: &str, rate: f64, duration: Duration) -> Outcome {
+pub async fn open(http: reqwest::Client, url: String, rate: f64, duration: Duration) -> Outcome {
     let started = Instant::now();
     let outstanding = Arc::new(Semaphore::new(MAX_OUTSTANDING));
     let mut requests = JoinSet::new();
@@ -119,7 +119,7 @@ pub async fn open(http: &reqwest::Client, url: &str, rate: f64, duration: Durati
             outcome.skipped += 1;
             continue;
         };
-        let (http, url) = (http.clone(), url.to_owned());
+        let (http, url) = (http.clone(), url.clone());
         requests.spawn(async move {
             let accepted = post(&http, &url, n, due, sent_at).await;
             drop(permit);

@@ -146,7 +146,7 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     eprintln!("bench: idle RSS {idle_rss:?}");
 
     // Warm-up: connections, group joins, the first batches.
-    let warm = load::closed(&http, &url, 4, Duration::from_secs(2), None).await;
+    let warm = load::closed(http.clone(), url.clone(), 4, Duration::from_secs(2), None).await;
     drained(&databases, &http, &service_a, &warm.accepted).await?;
 
     // The highest rate: Payments as fast as it answers, then how fast the
@@ -159,7 +159,13 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     let (probe, probe_usage) = sampled(
         [&payments, &service_a, &service_b],
         &http,
-        load::closed(&http, &url, options.connections, seconds, None),
+        spawned(load::closed(
+            http.clone(),
+            url.clone(),
+            options.connections,
+            seconds,
+            None,
+        )),
     )
     .await;
     let probe_step = measure(&databases, &http, &service_a, &probe, None, probe_usage).await?;
@@ -179,7 +185,7 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         let (outcome, usage) = sampled(
             [&payments, &service_a, &service_b],
             &http,
-            load::open(&http, &url, rate, seconds),
+            spawned(load::open(http.clone(), url.clone(), rate, seconds)),
         )
         .await;
         steps.push(
@@ -203,8 +209,8 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     service_a.stop().await?;
     service_b.stop().await?;
     let backlog = load::closed(
-        &http,
-        &url,
+        http.clone(),
+        url.clone(),
         options.connections,
         Duration::from_secs(3600),
         Some(options.backlog),
@@ -363,6 +369,11 @@ async fn copied_at(
     Ok(found)
 }
 
+/// `load` on a task of its own: sampling never holds it up.
+async fn spawned(load: impl Future<Output = Outcome> + Send + 'static) -> Outcome {
+    tokio::spawn(load).await.expect("load task")
+}
+
 /// Runs `load` while sampling the services' memory, lag and CPU time.
 async fn sampled<T>(
     services: [&Service; 3],
@@ -370,6 +381,8 @@ async fn sampled<T>(
     load: impl Future<Output = T>,
 ) -> (T, Vec<Usage>) {
     let started = Instant::now();
+    let machine_before = stack::machine_cpu();
+    let others_before = stack::others_cpu();
     let cpu_before: Vec<_> = services.iter().map(|s| s.cpu().unwrap_or_default()).collect();
     let mut usage: Vec<Usage> = services
         .iter()
@@ -397,6 +410,32 @@ async fn sampled<T>(
     for ((service, usage), before) in services.iter().zip(&mut usage).zip(cpu_before) {
         let used = service.cpu().unwrap_or_default().saturating_sub(before);
         usage.cpu_percent = 100.0 * used.as_secs_f64() / elapsed;
+    }
+    // The broker, PostgreSQL and the load generator: a process that
+    // started meanwhile counts whole, one that ended is missed.
+    let others_after = stack::others_cpu();
+    for name in stack::OTHERS {
+        let used: f64 = others_after
+            .iter()
+            .filter(|(_, (n, _))| *n == name)
+            .map(|(pid, (_, after))| {
+                let before = others_before.get(pid).map(|(_, b)| *b).unwrap_or_default();
+                after.saturating_sub(before).as_secs_f64()
+            })
+            .sum();
+        usage.push(Usage {
+            service: name.to_owned(),
+            cpu_percent: 100.0 * used / elapsed,
+            ..Usage::default()
+        });
+    }
+    // Every process on the machine.
+    if let (Some(before), Some(after)) = (machine_before, stack::machine_cpu()) {
+        usage.push(Usage {
+            service: report::MACHINE.to_owned(),
+            cpu_percent: 100.0 * (after.0 - before.0).as_secs_f64() / elapsed,
+            ..Usage::default()
+        });
     }
     (output, usage)
 }

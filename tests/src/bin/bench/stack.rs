@@ -2,6 +2,7 @@
 //! databases, and what the benchmark reads of them: readiness, consumer
 //! lag, memory and CPU time.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -210,6 +211,66 @@ fn cpu_time(stat: &Path) -> Option<Duration> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
     Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// The CPU time every core of the machine spent busy so far (all but idle
+/// and I/O wait, from `/proc/stat`), and the number of cores.
+pub fn machine_cpu() -> Option<(Duration, usize)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cores = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some((
+        Duration::from_secs_f64((total - idle) as f64 / per_second as f64),
+        cores,
+    ))
+}
+
+/// The processes a payment goes through besides the services, by name: the
+/// broker (the JVM running `kafka.Kafka`), PostgreSQL (every `postgres`
+/// process) and this benchmark (the load generator).
+pub const OTHERS: [&str; 3] = ["kafka broker", "postgresql", "load generator"];
+
+/// The CPU time used so far by each process of [`OTHERS`], by pid.
+pub fn others_cpu() -> HashMap<u32, (&'static str, Duration)> {
+    let me = std::process::id();
+    let mut found = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let name = match comm.trim() {
+            _ if pid == me => OTHERS[2],
+            "postgres" => OTHERS[1],
+            "java" => {
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                if !String::from_utf8_lossy(&cmdline).contains("kafka.Kafka") {
+                    continue;
+                }
+                OTHERS[0]
+            }
+            _ => continue,
+        };
+        if let Some(cpu) = cpu_time(&entry.path().join("stat")) {
+            found.insert(pid, (name, cpu));
+        }
+    }
+    found
 }
 
 /// A port nothing listens on right now, on loopback.
