@@ -232,18 +232,18 @@ impl Relay {
         let mut deliveries = Vec::with_capacity(batch.len() * 2);
         let sent = self.send_batch(producer, batch, &mut deliveries).await;
         let timeout = self.publish_timeout;
-        let committed = match sent {
-            Ok(()) => match keeping_lease(leader, delivered(deliveries)).await {
-                // Every record acknowledged: nothing left for the commit to
-                // flush. (rdkafka's flush before a commit polls in steps of
-                // 100 ms while records are in flight: committing with
-                // deliveries outstanding costs 100 ms per transaction.)
-                Ok(Ok(())) => {
-                    blocking_keeping_lease(leader, producer, move |p| p.commit_transaction(timeout)).await
-                }
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(e),
-            },
+        // Every record acknowledged before the commit, so it has nothing
+        // left to flush: rdkafka's flush before a commit polls in steps of
+        // 100 ms while records are in flight, which cost 100 ms per
+        // transaction.
+        let acknowledged = match sent {
+            Ok(()) => keeping_lease(leader, delivered(deliveries))
+                .await
+                .and_then(|acked| acked),
+            Err(e) => Err(e),
+        };
+        let committed = match acknowledged {
+            Ok(()) => blocking_keeping_lease(leader, producer, move |p| p.commit_transaction(timeout)).await,
             Err(e) => Err(e),
         };
         match committed {

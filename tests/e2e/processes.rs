@@ -829,18 +829,9 @@ async fn service_b_stops_within_its_shutdown_timeout_while_its_database_hangs() 
     })
     .await;
     let in_group = format!("group=\"{group}\"");
-    let handled_again = eventually("the restarted instance's metrics", || async {
-        let text = http
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find(|l| l.starts_with("consumer_records_handled_total{") && l.contains(&in_group))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+    let metrics_url = format!("{url}/metrics");
+    let handled_again = eventually("the restarted instance's metrics", || {
+        metric_sum_at(&http, &metrics_url, "consumer_records_handled_total", &in_group)
     })
     .await;
     assert_eq!(

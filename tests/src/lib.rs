@@ -298,14 +298,12 @@ pub async fn has_key(kafka: &KafkaConfig, topic: &str, key: &str) -> bool {
 
 /// `app`'s `GET /metrics`, if it answers.
 pub async fn metrics_text(client: &reqwest::Client, app: &TestApp) -> Option<String> {
-    client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()
+    metrics_text_at(client, &app.url("/metrics")).await
+}
+
+/// The metrics served at `url`, if it answers.
+async fn metrics_text_at(client: &reqwest::Client, url: &str) -> Option<String> {
+    client.get(url).send().await.ok()?.text().await.ok()
 }
 
 /// The value of the series `name{labels}` at `app`'s `GET /metrics`.
@@ -316,7 +314,13 @@ pub async fn metric(client: &reqwest::Client, app: &TestApp, name: &str, labels:
 /// The sum of every series of `name` at `app`'s `GET /metrics` whose labels
 /// contain `labels` (such as `group="g"`).
 pub async fn metric_sum(client: &reqwest::Client, app: &TestApp, name: &str, labels: &str) -> Option<i64> {
-    let text = metrics_text(client, app).await?;
+    metric_sum_at(client, &app.url("/metrics"), name, labels).await
+}
+
+/// [`metric_sum`] of the metrics served at `url` (a service running as a
+/// process of its own).
+pub async fn metric_sum_at(client: &reqwest::Client, url: &str, name: &str, labels: &str) -> Option<i64> {
+    let text = metrics_text_at(client, url).await?;
     let prefix = format!("{name}{{");
     let values: Vec<i64> = text
         .lines()

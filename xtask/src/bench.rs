@@ -220,14 +220,19 @@ fn kafka_tool(classpath: &str, class: &str) -> Command {
     command
 }
 
+/// An admin client of the local broker, for the tools' topics.
+fn admin() -> Result<AdminClient<DefaultClientContext>> {
+    Ok(rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", BOOTSTRAP)
+        .create()?)
+}
+
 /// Kafka's `ProducerPerformance`: as many records as one idempotent
 /// producer with acks=all gets acknowledged, on a topic of 3 partitions.
 async fn producer_performance(classpath: &str) -> Result<serde_json::Value> {
     let topic = format!("bench.perf.{}", std::process::id());
     eprintln!("xtask: Kafka ProducerPerformance, {PRODUCER_RECORDS} records of {RECORD_SIZE} B");
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        .create()?;
+    let admin = admin()?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     admin
         .create_topics(&[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))], &options)
@@ -279,10 +284,7 @@ async fn end_to_end_latency(classpath: &str) -> Result<serde_json::Value> {
         &RECORD_SIZE.to_string(),
     ]);
     let report = output(e2e, "EndToEndLatency").await?;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        .create()?;
-    admin.delete_topics(&[&topic], &AdminOptions::new()).await?;
+    admin()?.delete_topics(&[&topic], &AdminOptions::new()).await?;
     // "Avg latency: 2.4503 ms" and "Percentiles: 50th = 1, 99th = 13, 99.9th = 22".
     let field = |label: &str| {
         number_after(&report, label).with_context(|| format!("no `{label}` in EndToEndLatency's report"))

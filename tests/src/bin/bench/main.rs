@@ -306,14 +306,14 @@ impl Databases {
     }
 }
 
-/// Waits until ServiceB recorded and ServiceA audited every payment of
-/// `accepted`.
+/// Waits until ServiceB recorded and ServiceA audited and copied every
+/// payment of `accepted`; returns when ServiceA copied each.
 async fn drained(
     databases: &Databases,
     http: &reqwest::Client,
     service_a: &Service,
     accepted: &[Accepted],
-) -> Result<()> {
+) -> Result<HashMap<Uuid, DateTime<Utc>>> {
     let ids: Vec<Uuid> = accepted.iter().map(|a| a.payment_id).collect();
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while databases.recorded(&ids).await? < ids.len() || databases.audited(&ids).await? < ids.len() {
@@ -322,7 +322,7 @@ async fn drained(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    copied_at(http, service_a, &ids).await.map(|_| ())
+    copied_at(http, service_a, &ids).await
 }
 
 /// When ServiceA's copy of each of `ids` last changed (`Copied-At`), asking
@@ -450,10 +450,9 @@ async fn measure(
     offered: Option<(u32, f64)>,
     usage: Vec<Usage>,
 ) -> Result<Step> {
-    drained(databases, http, service_a, &outcome.accepted).await?;
+    let copied = drained(databases, http, service_a, &outcome.accepted).await?;
     let ids: Vec<Uuid> = outcome.accepted.iter().map(|a| a.payment_id).collect();
     let recorded = databases.recorded_at(&ids).await?;
-    let copied = copied_at(http, service_a, &ids).await?;
     let since_sent = |at: &HashMap<Uuid, DateTime<Utc>>| -> Vec<f64> {
         outcome
             .accepted

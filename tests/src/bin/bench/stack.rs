@@ -182,24 +182,12 @@ impl Service {
         cpu_time(Path::new(&format!("/proc/{}/stat", self.pid()?)))
     }
 
-    /// The sum of the `kafka_consumer_lag` series it serves.
+    /// The sum of the `kafka_consumer_lag` series it serves (waiting at most
+    /// a second: a sample, not worth holding the sampler up for).
     pub async fn lag(&self, http: &reqwest::Client) -> Option<i64> {
-        let text = http
-            .get(self.url("/metrics"))
-            .timeout(Duration::from_secs(1))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        Some(
-            text.lines()
-                .filter(|line| line.starts_with("kafka_consumer_lag{"))
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-                .map(|lag| lag as i64)
-                .sum(),
-        )
+        let url = self.url("/metrics");
+        let sum = integration_tests::metric_sum_at(http, &url, "kafka_consumer_lag", "");
+        tokio::time::timeout(Duration::from_secs(1), sum).await.ok()?
     }
 }
 
