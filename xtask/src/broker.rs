@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::process::{is_alive, runs, terminate};
@@ -117,6 +120,35 @@ impl LocalBroker {
         terminate(pid, STOP_TIMEOUT)?;
         let _ = fs::remove_file(self.pid_path());
         Ok(())
+    }
+
+    /// Deletes the topics earlier test runs left on the local broker (every
+    /// test creates its own `test.*` topics and leaves them for a look after
+    /// a failure); thousands of them slow the broker's start and fill the disk.
+    pub async fn delete_test_topics(&self) -> Result<usize> {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", BOOTSTRAP).create()?;
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .context("listing the broker's topics")?;
+        let names: Vec<&str> = metadata
+            .topics()
+            .iter()
+            .map(|topic| topic.name())
+            .filter(|name| name.starts_with("test."))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        // In slices: one request naming thousands of topics can outlast the timeout.
+        for slice in names.chunks(500) {
+            for result in admin.delete_topics(slice, &options).await? {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                    Err((topic, code)) => bail!("deleting topic {topic}: {code}"),
+                }
+            }
+        }
+        Ok(names.len())
     }
 
     /// The broker's classpath, resolved by Maven when missing or older than the pom.

@@ -9,6 +9,8 @@
 //!    `postgres` through testcontainers (see `testkit`).
 //! 3. Otherwise the local one (`cargo xtask kafka up` / `cargo xtask pg up`),
 //!    started for the run and stopped after it unless it was already running.
+//!    The `test.*` topics and `test_*` databases of earlier runs are removed
+//!    from it first; those of this run stay until the next, for a look.
 //!
 //! It builds the service binaries first, with the command the process tests
 //! use, so that they find them up to date, then runs `cargo test --workspace`.
@@ -41,6 +43,8 @@ pub async fn run(root: &Path, local: bool, args: &[&str]) -> Result<()> {
         } else {
             eprintln!("xtask: testing against the local broker");
             started_broker = broker.start().await?;
+            let deleted = broker.delete_test_topics().await?;
+            eprintln!("xtask: deleted {deleted} topics left by earlier runs");
             envs.push(("KAFKA_BOOTSTRAP_SERVERS", broker::BOOTSTRAP));
         }
         // Not echoed: the URL may hold a password.
@@ -51,6 +55,8 @@ pub async fn run(root: &Path, local: bool, args: &[&str]) -> Result<()> {
         } else {
             eprintln!("xtask: testing against the local PostgreSQL");
             started_postgres = postgres.start().await?;
+            let dropped = postgres::drop_test_databases()?;
+            eprintln!("xtask: dropped {dropped} databases left by earlier runs");
             envs.push(("DATABASE_URL", postgres::DATABASE_URL));
         }
 
