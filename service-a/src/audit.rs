@@ -54,8 +54,7 @@ impl Audit {
     /// Connects with up to `max_connections` connections and brings the
     /// schema up to date.
     pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
+        let pool = service_kit::startup::pool_options(max_connections)
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared_events::{EventId, PaymentId, PaymentState};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::types::Json;
 use sqlx::{PgPool, Row};
 
@@ -40,8 +40,7 @@ impl Records {
     /// Connects with up to `max_connections` connections and brings the
     /// schema up to date.
     pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
+        let pool = service_kit::startup::pool_options(max_connections)
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
@@ -51,7 +50,7 @@ impl Records {
     /// Records on a pool that connects on first use, without migrating.
     #[cfg(test)]
     pub(crate) fn lazy(options: PgConnectOptions) -> Self {
-        let pool = PgPoolOptions::new()
+        let pool = sqlx::postgres::PgPoolOptions::new()
             .acquire_timeout(std::time::Duration::from_secs(1))
             .connect_lazy_with(options);
         Self { pool }
@@ -68,38 +67,34 @@ impl Records {
     }
 
     /// Records what the callback for notification `record.notification_id`
-    /// returned, and marks the notification handled, in one transaction.
+    /// returned, and marks the notification handled, atomically.
     /// Returns `false`, changing nothing, if it was handled before.
     ///
     /// The record keeps the newest state: callbacks for two notifications of
     /// one payment can finish out of order across a rebalance.
     pub async fn record(&self, record: &CallbackRecord) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let first = sqlx::query(
-            "INSERT INTO processed_notifications (event_id, payment_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(uuid::Uuid::from(record.notification_id))
-        .bind(uuid::Uuid::from(record.payment.payment_id))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !first {
-            // Another delivery of it got here first; nothing to write.
-            return Ok(false);
-        }
-        sqlx::query(
+        // One statement, so one round trip and one commit: the record is
+        // written only when the notification's mark was (data-modifying CTEs
+        // all run, and see each other's rows through RETURNING).
+        let first: bool = sqlx::query_scalar(
             r"
-INSERT INTO payment_records AS r
-    (payment_id, payment, version, notification_id, fetched_at, attempts, notifications)
-VALUES ($1, $2, $3, $4, $5, $6, 1)
-ON CONFLICT (payment_id) DO UPDATE SET
-    notifications   = r.notifications + 1,
-    payment         = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.payment ELSE r.payment END,
-    notification_id = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.notification_id ELSE r.notification_id END,
-    fetched_at      = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.fetched_at ELSE r.fetched_at END,
-    attempts        = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.attempts ELSE r.attempts END,
-    version         = GREATEST(EXCLUDED.version, r.version)
+WITH first AS (
+    INSERT INTO processed_notifications (event_id, payment_id) VALUES ($4, $1)
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+), recorded AS (
+    INSERT INTO payment_records AS r
+        (payment_id, payment, version, notification_id, fetched_at, attempts, notifications)
+    SELECT $1, $2, $3, $4, $5, $6, 1 FROM first
+    ON CONFLICT (payment_id) DO UPDATE SET
+        notifications   = r.notifications + 1,
+        payment         = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.payment ELSE r.payment END,
+        notification_id = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.notification_id ELSE r.notification_id END,
+        fetched_at      = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.fetched_at ELSE r.fetched_at END,
+        attempts        = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.attempts ELSE r.attempts END,
+        version         = GREATEST(EXCLUDED.version, r.version)
+)
+SELECT EXISTS (SELECT 1 FROM first)
 ",
         )
         .bind(uuid::Uuid::from(record.payment.payment_id))
@@ -108,10 +103,9 @@ ON CONFLICT (payment_id) DO UPDATE SET
         .bind(uuid::Uuid::from(record.notification_id))
         .bind(record.fetched_at)
         .bind(i32::try_from(record.attempts).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
+        .fetch_one(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(first)
     }
 
     /// The record of payment `id`, if a callback for it succeeded.

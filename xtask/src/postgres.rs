@@ -257,6 +257,9 @@ port = {PG_PORT}
 unix_socket_directories = '{socket_dir}'
 # 32 concurrent writers in the benchmarks, plus tests running in parallel.
 max_connections = 200
+# Statement counts and times, for the profile of `cargo xtask bench`
+# (queries and resets need `CREATE EXTENSION pg_stat_statements`).
+shared_preload_libraries = 'pg_stat_statements'
 ",
         socket_dir = data.display().to_string().replace('\'', "''")
     )
@@ -515,6 +518,7 @@ mod tests {
                 "port = 5432",
                 "unix_socket_directories = '/w/it''s/data'",
                 "max_connections = 200",
+                "shared_preload_libraries = 'pg_stat_statements'",
             ]
         );
         assert!(

@@ -90,6 +90,10 @@ pub struct KafkaConfig {
     /// handled records in the background (on shutdown they commit at once).
     /// Default 5 s. A crash re-delivers at most this much.
     pub commit_interval: Duration,
+    /// `KAFKA_DEBUG`: librdkafka's debug contexts for every client (for
+    /// example `eos,protocol` to time each request of the relay's
+    /// transactions), logged at debug level through `tracing`. Default none.
+    pub debug: String,
 }
 
 impl KafkaConfig {
@@ -100,6 +104,7 @@ impl KafkaConfig {
             topics: Topics::default(),
             replication_factor: 1,
             commit_interval: Duration::from_secs(5),
+            debug: String::new(),
         }
     }
 
@@ -114,6 +119,7 @@ impl KafkaConfig {
             },
             replication_factor: var("KAFKA_REPLICATION_FACTOR", local.replication_factor)?,
             commit_interval: millis("KAFKA_COMMIT_INTERVAL_MS", local.commit_interval)?,
+            debug: var("KAFKA_DEBUG", local.debug)?,
         })
     }
 }

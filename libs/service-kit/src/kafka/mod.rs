@@ -54,6 +54,9 @@ pub(crate) fn base(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     c.set("bootstrap.servers", &config.bootstrap_servers)
         // Shows up in broker logs and metrics, to tell the services apart.
         .set("client.id", client_id);
+    if !config.debug.is_empty() {
+        c.set("debug", &config.debug);
+    }
     c
 }
 

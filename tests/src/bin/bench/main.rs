@@ -28,6 +28,7 @@
 //! `latency.svg` to `--out`.
 
 mod load;
+mod profile;
 mod report;
 mod stack;
 
@@ -43,6 +44,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use load::{Accepted, Outcome};
+use profile::{Perf, Profile, Statements};
 use report::{Backlog, Ceilings, Report, Step, Summary, Usage};
 use stack::{PAYMENTS, SERVICE_A, SERVICE_B, Service, Stack};
 
@@ -156,6 +158,9 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         "bench: closed loop, {} connections, {seconds:?}",
         options.connections
     );
+    // Profiled: the CPU while the load runs, the statements until drained.
+    let statements = Statements::reset(&stack.server_url).await;
+    let perf = Perf::start(&stack.log_dir.join("perf.data"));
     let (probe, probe_usage) = sampled(
         [&payments, &service_a, &service_b],
         &http,
@@ -168,7 +173,26 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         )),
     )
     .await;
+    let cpu = match perf {
+        Ok(perf) => {
+            perf.stop(&process_names([&payments, &service_a, &service_b]))
+                .await
+        }
+        Err(e) => Err(e),
+    };
     let probe_step = measure(&databases, &http, &service_a, &probe, None, probe_usage).await?;
+    let statements = match statements {
+        Ok(statements) => {
+            let databases = [PAYMENTS, SERVICE_A, SERVICE_B].map(|s| (s, stack.database(s)));
+            statements.read(&databases).await
+        }
+        Err(e) => Err(e),
+    };
+    let profile = Profile {
+        payments: probe.accepted.len(),
+        cpu: cpu.map_err(|e| format!("{e:#}")),
+        statements: statements.map_err(|e| format!("{e:#}")),
+    };
     let sustained = probe_step
         .accepted_rate
         .min(probe_step.copy_rate)
@@ -260,7 +284,22 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         sustained,
         steps,
         backlog,
+        profile,
     })
+}
+
+/// The name of every process of the pipeline by pid, for the CPU profile.
+fn process_names(services: [&Service; 3]) -> HashMap<u32, String> {
+    let mut names: HashMap<u32, String> = stack::others_cpu()
+        .into_iter()
+        .map(|(pid, (name, _))| (pid, name.to_owned()))
+        .collect();
+    for service in services {
+        if let Some(pid) = service.pid() {
+            names.insert(pid, service.name.to_owned());
+        }
+    }
+    names
 }
 
 /// How many connections the HTTP client keeps: the load's and the lookups'.

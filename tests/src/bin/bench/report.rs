@@ -136,6 +136,7 @@ pub struct Report {
     pub sustained: f64,
     pub steps: Vec<Step>,
     pub backlog: Backlog,
+    pub profile: crate::profile::Profile,
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -397,7 +398,8 @@ impl Report {
                 met(mb(*rss) < 30.0)
             );
         }
-        let _ = writeln!(md, "\n![latency by offered rate](latency.svg)");
+        let _ = writeln!(md, "\n![latency by offered rate](latency.svg)\n");
+        md.push_str(&self.profile.markdown());
         md
     }
 

@@ -110,7 +110,12 @@ impl Stack {
             // The lag figures the benchmark samples.
             .env("KAFKA_STATISTICS_INTERVAL_MS", "500")
             // Warnings only: logging every record would be what is measured.
-            .env("RUST_LOG", "warn")
+            // `BENCH_RUST_LOG` replaces it, with `KAFKA_DEBUG` (passed on like
+            // the rest of the environment) to see inside librdkafka.
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
