@@ -23,7 +23,8 @@ pub struct Config {
     /// `DATABASE_URL`: ServiceA's own PostgreSQL database, for its audit
     /// log. Default: `service_a` on the local one.
     pub database: PgConnectOptions,
-    /// `DATABASE_CONNECTIONS`: connection pool size. Default 5.
+    /// `DATABASE_CONNECTIONS`: connection pool size. Default 10, as for the
+    /// other services: up to `CONSUMER_MAX_IN_FLIGHT` handlers share it.
     pub database_connections: u32,
     /// `STARTUP_TIMEOUT_MS`: see [`service_kit::config::startup_timeout`].
     pub startup_timeout: std::time::Duration,
@@ -37,7 +38,7 @@ impl Config {
             consumer: ConsumerConfig::from_env()?,
             group_id: var("GROUP_ID", crate::SERVICE.to_owned())?,
             database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
-            database_connections: var("DATABASE_CONNECTIONS", 5)?,
+            database_connections: var("DATABASE_CONNECTIONS", 10)?,
             startup_timeout: service_kit::config::startup_timeout()?,
         })
     }
