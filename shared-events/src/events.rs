@@ -13,6 +13,7 @@
 //! and the payment's new [`PaymentState`].
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use rdkafka::Message;
@@ -40,7 +41,7 @@ impl EventType {
 }
 
 /// Something Payments publishes: its data is the JSON record value.
-pub trait Event: Serialize + DeserializeOwned {
+pub trait Event: Serialize + DeserializeOwned + JsonSchema {
     /// Name and schema version.
     const TYPE: EventType;
     /// Which topic it goes to.
@@ -52,7 +53,7 @@ pub trait Event: Serialize + DeserializeOwned {
 }
 
 /// A payment was received: only which payment, and when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentReceivedNotification {
     pub payment_id: PaymentId,
     pub received_at: DateTime<Utc>,
@@ -73,7 +74,7 @@ impl Event for PaymentReceivedNotification {
 /// A payment was received: the whole payment as it arrived. The event
 /// Payments stores; on Kafka it travels as a [`PaymentReceivedNotification`]
 /// and a [`PaymentState`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentReceived {
     pub payment_id: PaymentId,
     pub customer_id: CustomerId,
@@ -96,7 +97,7 @@ impl PaymentReceived {
 }
 
 /// Part of a payment was given back: which payment, which refund, when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentRefundedNotification {
     pub payment_id: PaymentId,
     pub refund_id: Uuid,
@@ -166,7 +167,7 @@ impl Notification {
 /// after every change, so a consumer keeps a complete copy of every payment
 /// (event-carried state transfer). A new payment's state is the payment as
 /// received, with nothing refunded, at version 1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentState {
     pub payment_id: PaymentId,
     pub customer_id: CustomerId,

@@ -15,8 +15,11 @@
 //!   Kafka protocol binding in binary content mode.
 //! - [`topics`]: topic names and their settings (retention vs. compaction).
 //! - [`error`]: what can go wrong when parsing, encoding or decoding.
+//! - [`contracts`]: the JSON Schemas and the AsyncAPI document generated
+//!   from all of the above, committed under `contracts/`.
 //! - `testing` (feature `test-util`): fixtures for consumers' tests.
 
+pub mod contracts;
 pub mod envelope;
 pub mod error;
 pub mod events;

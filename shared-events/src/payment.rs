@@ -5,6 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -57,6 +58,20 @@ impl FromStr for PaymentId {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
+    }
+}
+
+impl JsonSchema for PaymentId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PaymentId".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "format": "uuid",
+            "description": "Identifies a payment: a UUIDv7, so ids sort by creation.",
+        })
     }
 }
 
@@ -118,6 +133,22 @@ macro_rules! reference_type {
                 f.write_str(&self.0)
             }
         }
+
+        impl JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!({
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_REFERENCE_LEN,
+                    // Not only white space; no control characters (Unicode Cc).
+                    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+                })
+            }
+        }
     };
 }
 
@@ -153,6 +184,21 @@ impl Amount {
     /// The amount in minor units.
     pub fn minor_units(self) -> i64 {
         self.0
+    }
+}
+
+impl JsonSchema for Amount {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Amount".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "integer",
+            "format": "int64",
+            "minimum": 1,
+            "description": "A positive amount in the currency's minor unit (cents for EUR).",
+        })
     }
 }
 
@@ -192,6 +238,20 @@ impl Currency {
     /// The three-letter code.
     pub fn code(self) -> &'static str {
         self.0.code()
+    }
+}
+
+impl JsonSchema for Currency {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Currency".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^[A-Z]{3}$",
+            "description": "An active ISO 4217 code with a minor unit, e.g. EUR, USD, JPY.",
+        })
     }
 }
 

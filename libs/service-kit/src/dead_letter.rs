@@ -158,3 +158,34 @@ pub fn original_headers(record: &OwnedMessage, keep: impl Fn(&str) -> bool) -> O
     }
     headers
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+    use super::header::*;
+
+    #[test]
+    fn the_published_contract_names_every_dead_letter_header() {
+        let written = [
+            ERROR,
+            REASON,
+            SOURCE_TOPIC,
+            SOURCE_PARTITION,
+            SOURCE_OFFSET,
+            ATTEMPTS,
+            FIRST_FAILURE,
+            GROUP,
+        ];
+        let documented: Vec<&str> = shared_events::contracts::DEAD_LETTER_HEADERS
+            .iter()
+            .map(|(name, _)| *name)
+            .collect();
+        assert_eq!(written.as_slice(), documented.as_slice());
+        assert!(written.iter().all(|h| h.starts_with(PREFIX)));
+        assert_eq!(
+            [Reason::Permanent.as_str(), Reason::Exhausted.as_str()],
+            ["permanent", "exhausted"],
+            "as contracts/asyncapi.json describes dlt.reason"
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! The contract as documents: a JSON Schema for the data of every event
+//! Payments publishes, and an AsyncAPI 3.0 document for the topics (who
+//! sends and receives what, keys, CloudEvents headers, messages), generated
+//! from the types above so they cannot drift apart.
+//!
+//! They are committed under `contracts/` at the workspace root; the test
+//! `shared-events/tests/contracts.rs` fails when the committed files differ
+//! from what this module generates (`UPDATE_CONTRACTS=1` rewrites them), and
+//! CI validates the AsyncAPI document with the AsyncAPI project's parser.
+
+use chrono::{DateTime, Utc};
+use rdkafka::message::Headers;
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, encode, header};
+use crate::events::{Event, PaymentReceivedNotification, PaymentRefundedNotification, PaymentState};
+use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
+use crate::topics::{
+    DEAD_LETTER_RETENTION_MS, NOTIFICATION_RETENTION_MS, PARTITIONS, Topics, dead_letter_topic,
+};
+
+/// Headers a consumer adds to a record it dead-letters, besides the
+/// record's own (the names `service_kit::dead_letter::header` writes; a test
+/// there checks they agree).
+pub const DEAD_LETTER_HEADERS: [(&str, &str); 8] = [
+    ("dlt.error", "what failed, truncated to 2,000 characters"),
+    (
+        "dlt.reason",
+        "`permanent` (never retried) or `exhausted` (out of attempts)",
+    ),
+    ("dlt.source.topic", "the topic the record was read from"),
+    ("dlt.source.partition", "its partition"),
+    ("dlt.source.offset", "its offset"),
+    ("dlt.attempts", "how many times it was tried"),
+    ("dlt.first.failure", "when it first failed, RFC 3339"),
+    ("dlt.group", "the consumer group that gave up on it"),
+];
+
+/// One published event: its message name in the AsyncAPI document, its
+/// `ce_type`, a title, its data's schema, and an example record.
+struct Published {
+    name: &'static str,
+    ce_type: String,
+    title: &'static str,
+    schema: Schema,
+    example: Value,
+}
+
+fn published<E: Event>(name: &'static str, title: &'static str, data: E) -> Published {
+    Published {
+        name,
+        ce_type: E::TYPE.ce_type(),
+        title,
+        schema: schema_for::<E>(),
+        example: example(data),
+    }
+}
+
+/// `data` as the encoder puts it on Kafka (headers, key and value), with
+/// fixed ids and times so the documents only change when the contract does.
+/// The AsyncAPI parser checks each example against its message's schemas.
+fn example<E: Event>(data: E) -> Value {
+    let mut envelope = Envelope::new("/payments-service", data, uuid(0xc0), Some(uuid(0xca)))
+        .occurred_at(at("2026-11-27T10:00:00Z"));
+    envelope.metadata.id = uuid(0x1d).into();
+    let record = encode(&envelope).expect("the example encodes");
+    let headers: serde_json::Map<String, Value> = record
+        .headers
+        .iter()
+        .map(|h| {
+            let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+            (h.key.to_owned(), Value::String(value))
+        })
+        .collect();
+    json!({
+        "name": "example",
+        "summary": format!("key {}", record.key),
+        "headers": headers,
+        "payload": serde_json::from_slice::<Value>(&record.payload).expect("JSON value"),
+    })
+}
+
+fn uuid(byte: u8) -> Uuid {
+    Uuid::from_bytes([byte; 16])
+}
+
+fn at(rfc3339: &str) -> DateTime<Utc> {
+    rfc3339.parse().expect("a fixed time")
+}
+
+fn payment_state() -> PaymentState {
+    PaymentState {
+        payment_id: PaymentId::from(uuid(0x01)),
+        customer_id: CustomerId::parse("customer-42").expect("valid"),
+        order_id: OrderId::parse("order-7").expect("valid"),
+        amount: Amount::parse(1999).expect("valid"),
+        currency: Currency::parse("EUR").expect("valid"),
+        received_at: at("2026-11-27T10:00:00Z"),
+        refunded: 500,
+        version: 2,
+    }
+}
+
+/// Draft-07 (what AsyncAPI's schema format extends), every type inlined so
+/// each schema stands alone.
+fn schema_for<T: JsonSchema>() -> Schema {
+    SchemaSettings::draft07()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<T>()
+}
+
+fn events() -> [Published; 3] {
+    [
+        published(
+            "PaymentReceivedNotification",
+            "A payment was received: which one, and when (event notification)",
+            PaymentReceivedNotification {
+                payment_id: PaymentId::from(uuid(0x01)),
+                received_at: at("2026-11-27T10:00:00Z"),
+            },
+        ),
+        published(
+            "PaymentRefundedNotification",
+            "Part of a payment was given back: which payment, which refund, when",
+            PaymentRefundedNotification {
+                payment_id: PaymentId::from(uuid(0x01)),
+                refund_id: uuid(0x02),
+                refunded_at: at("2026-11-27T10:05:00Z"),
+            },
+        ),
+        published(
+            "PaymentState",
+            "A payment's whole state after a change (event-carried state transfer)",
+            payment_state(),
+        ),
+    ]
+}
+
+/// `(file name, JSON Schema)` of every published event's data, named after
+/// its `ce_type` (`payments.payment.state.v1.schema.json`).
+pub fn event_schemas() -> Vec<(String, Value)> {
+    events()
+        .into_iter()
+        .map(|e| (format!("{}.schema.json", e.ce_type), e.schema.to_value()))
+        .collect()
+}
+
+/// The AsyncAPI 3.0 document of the default topics.
+pub fn asyncapi() -> Value {
+    let topics = Topics::default();
+    let events = events();
+    let mut messages = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
+    for event in &events {
+        let mut payload = event.schema.clone().to_value();
+        if let Some(object) = payload.as_object_mut() {
+            // The document's own schema format applies inside it.
+            object.remove("$schema");
+        }
+        schemas.insert(event.name.to_owned(), payload);
+        messages.insert(
+            event.name.to_owned(),
+            json!({
+                "name": event.ce_type,
+                "title": event.title,
+                "contentType": "application/json",
+                "headers": cloud_events_headers(&event.ce_type),
+                "payload": { "$ref": format!("#/components/schemas/{}", event.name) },
+                "examples": [event.example],
+                "bindings": { "kafka": {
+                    "key": { "type": "string", "format": "uuid", "description": "The payment id: a payment's events share a partition, in order." },
+                    "bindingVersion": "0.5.0",
+                } },
+            }),
+        );
+    }
+    messages.insert(
+        "DeadLetter".to_owned(),
+        json!({
+            "name": "dead-letter",
+            "title": "A record a consumer gave up on",
+            "summary": "The record as it was read (key, value and headers), plus the dlt.* headers.",
+            "headers": dead_letter_headers(),
+            "bindings": { "kafka": { "bindingVersion": "0.5.0" } },
+        }),
+    );
+
+    let message_refs = |names: &[&str]| -> Value {
+        names
+            .iter()
+            .map(|name| {
+                (
+                    name.to_string(),
+                    json!({ "$ref": format!("#/components/messages/{name}") }),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let notifications = ["PaymentReceivedNotification", "PaymentRefundedNotification"];
+    let channel = |address: &str, description: &str, messages: Value, config: Value| {
+        json!({
+            "address": address,
+            "description": description,
+            "messages": messages,
+            "bindings": { "kafka": {
+                "topic": address,
+                "partitions": PARTITIONS,
+                "topicConfiguration": config,
+                "bindingVersion": "0.5.0",
+            } },
+        })
+    };
+    let dead_letters = json!({
+        "cleanup.policy": ["delete"],
+        "retention.ms": DEAD_LETTER_RETENTION_MS,
+    });
+    let operation = |action: &str, channel: &str, summary: &str, messages: &[&str]| {
+        json!({
+            "action": action,
+            "channel": { "$ref": format!("#/channels/{channel}") },
+            "summary": summary,
+            "messages": messages
+                .iter()
+                .map(|name| json!({ "$ref": format!("#/channels/{channel}/messages/{name}") }))
+                .collect::<Vec<_>>(),
+        })
+    };
+
+    json!({
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Payments events",
+            "version": "1.0.0",
+            "description": "What Payments publishes over Kafka, and who reads it. Generated from the \
+                Rust types of the shared-events crate. Records follow the CloudEvents 1.0 Kafka binding \
+                in binary content mode: the data is the value, its attributes are headers. Payments' \
+                outbox relay publishes every stored event in one Kafka transaction (consumers read \
+                committed records only): its state on the state topic and a notification.",
+        },
+        "defaultContentType": "application/json",
+        "channels": {
+            "notifications": channel(
+                &topics.notifications,
+                "Event notifications: which payment changed, and when. Kept 7 days.",
+                message_refs(&notifications),
+                json!({ "cleanup.policy": ["delete"], "retention.ms": NOTIFICATION_RETENTION_MS }),
+            ),
+            "state": channel(
+                &topics.state,
+                "Every payment's whole state after each change, keyed by payment id and compacted: \
+                 the newest state of every payment is kept forever.",
+                message_refs(&["PaymentState"]),
+                json!({ "cleanup.policy": ["compact"] }),
+            ),
+            "notificationsDeadLetters": channel(
+                &dead_letter_topic(&topics.notifications),
+                "Notifications a consumer group could not handle. Kept 30 days.",
+                message_refs(&["DeadLetter"]),
+                dead_letters.clone(),
+            ),
+            "stateDeadLetters": channel(
+                &dead_letter_topic(&topics.state),
+                "States a consumer could not handle. Kept 30 days.",
+                message_refs(&["DeadLetter"]),
+                dead_letters,
+            ),
+        },
+        "operations": {
+            "publishNotifications": operation("send", "notifications",
+                "Payments' outbox relay announces each stored event.", &notifications),
+            "publishState": operation("send", "state",
+                "Payments' outbox relay publishes the payment's state after each stored event.",
+                &["PaymentState"]),
+            "serviceBCallsBack": operation("receive", "notifications",
+                "ServiceB (group service-b) calls Payments' GET /payments/{id} for each notification \
+                 and records the answer.", &notifications),
+            "serviceAAudits": operation("receive", "notifications",
+                "ServiceA (group service-a) keeps an audit log of every notification.", &notifications),
+            "serviceACopiesState": operation("receive", "state",
+                "ServiceA reads the whole state topic, every partition, from the beginning (no group) \
+                 and keeps a copy of every payment.", &["PaymentState"]),
+            "deadLetterNotifications": operation("send", "notificationsDeadLetters",
+                "ServiceA or ServiceB gives up on a notification.", &["DeadLetter"]),
+            "deadLetterState": operation("send", "stateDeadLetters",
+                "ServiceA gives up on a state record.", &["DeadLetter"]),
+        },
+        "components": {
+            "messages": messages,
+            "schemas": schemas,
+        },
+    })
+}
+
+/// The CloudEvents attributes as Kafka headers, for events of `ce_type`.
+fn cloud_events_headers(ce_type: &str) -> Value {
+    json!({
+        "type": "object",
+        "required": [header::SPECVERSION, header::ID, header::SOURCE, header::TYPE, header::TIME,
+                     header::CONTENT_TYPE, header::CORRELATION_ID],
+        "properties": {
+            header::SPECVERSION: { "const": "1.0" },
+            header::ID: { "type": "string", "format": "uuid",
+                          "description": "Unique per event; consumers skip one they handled before." },
+            header::SOURCE: { "type": "string", "description": "The producing service, e.g. /payments-service." },
+            header::TYPE: { "const": ce_type, "description": "Event name and schema version, <name>.v<n>." },
+            header::TIME: { "type": "string", "format": "date-time", "description": "When it happened, RFC 3339." },
+            header::CONTENT_TYPE: { "const": "application/json" },
+            header::CORRELATION_ID: { "type": "string", "format": "uuid",
+                                      "description": "Extension: the request or flow this belongs to." },
+            header::CAUSATION_ID: { "type": "string", "format": "uuid",
+                                    "description": "Extension, optional: what caused this event." },
+        },
+    })
+}
+
+fn dead_letter_headers() -> Value {
+    let properties: serde_json::Map<String, Value> = DEAD_LETTER_HEADERS
+        .iter()
+        .map(|(name, description)| {
+            (
+                (*name).to_owned(),
+                json!({ "type": "string", "description": description }),
+            )
+        })
+        .collect();
+    json!({
+        "type": "object",
+        "description": "The original record's headers (CloudEvents attributes among them) are kept as they were.",
+        "properties": properties,
+    })
+}
