@@ -20,7 +20,10 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use service_kit::http::{ErrorBody, FieldProblem, LookupError, next_page, page_size};
-use shared_events::{Amount, Currency, CustomerId, InvalidValue, OrderId, PaymentId, PaymentReceived};
+use shared_events::{
+    Amount, Currency, CustomerId, InvalidValue, OrderId, PaymentId, PaymentReceived, PaymentState,
+};
+use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::domain::{Payment, RefundReason, RefundRefused};
@@ -51,9 +54,40 @@ pub struct AppState {
     pub payments: Payments,
 }
 
+service_kit::contract_schema!(
+    /// `shared_events::PaymentState`, what the payment routes answer.
+    PaymentStateSchema,
+    PaymentState
+);
+
+/// The OpenAPI 3.1 document of these routes, generated from the handlers
+/// below; served at `GET /openapi.json` and committed as
+/// `contracts/openapi/payments-service.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Payments",
+        description = "Accepts payments and refunds into its event store; its outbox relay publishes them to Kafka. \
+                       GET /payments/{id} is the GetPaymentInfo call ServiceB makes back.",
+        version = "1.0.0",
+    ),
+    paths(create_payment, get_payment, payment_events, refund),
+    components(schemas(
+        NewPayment,
+        NewRefund,
+        StoredEvent,
+        ErrorBody,
+        FieldProblem,
+        PaymentStateSchema
+    ))
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
 /// The payment routes (without `/health`, which needs a broker).
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .merge(service_kit::openapi::openapi_router(ApiDoc::openapi()))
         .route("/payments", post(create_payment))
         .route("/payments/{id}", get(get_payment))
         .route("/payments/{id}/events", get(payment_events))
@@ -63,12 +97,14 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// The body of `POST /payments`, before validation.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPayment {
+    /// 1 to 64 characters, no control characters.
     pub customer_id: String,
+    /// 1 to 64 characters, no control characters.
     pub order_id: String,
-    /// Minor units (cents for EUR).
+    /// Minor units (cents for EUR), greater than zero.
     pub amount: i64,
     /// ISO 4217 code.
     pub currency: String,
@@ -99,7 +135,7 @@ impl NewPayment {
 }
 
 /// The body of `POST /payments/{id}/refunds`, before validation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRefund {
     /// Minor units, in the payment's currency.
@@ -107,6 +143,24 @@ pub struct NewRefund {
     pub reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/payments",
+    request_body = NewPayment,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same request with the same key from the same customer stores one payment (1 to 255 visible ASCII characters)"),
+        ("X-Correlation-Id" = Option<Uuid>, Header, description = "The flow this request belongs to; without it the request starts one"),
+    ),
+    responses(
+        (status = 201, description = "Accepted and stored; `Idempotent-Replayed: true` when an earlier request with the same key stored it", body = PaymentStateSchema,
+         headers(("ETag" = String, description = "The payment's version, quoted"), ("Location" = String), ("X-Request-Id" = Uuid))),
+        (status = 400, description = "Malformed JSON or a malformed header", body = ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Wrong types or invalid values (each listed in `details`), or the key reused with another body", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retrying with the same Idempotency-Key is safe", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(payment_id))]
 async fn create_payment(
     State(state): State<AppState>,
@@ -141,6 +195,18 @@ fn written(written: &Written, id: PaymentId, cause: Cause) -> Response {
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/payments/{id}",
+    params(("id" = String, Path, description = "The payment id, a UUID")),
+    responses(
+        (status = 200, description = "The payment's current state", body = PaymentStateSchema,
+         headers(("ETag" = String, description = "The payment's version, quoted"))),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such payment", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip(state, headers), fields(
     correlation_id = uuid_header(&headers, CORRELATION_ID).map(tracing::field::display),
     causation_id = uuid_header(&headers, CAUSATION_ID).map(tracing::field::display),
@@ -157,14 +223,17 @@ async fn get_payment(
     Ok(with_etag(StatusCode::OK, &payment))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// The first version to return (default 1).
     from_version: Option<u64>,
+    /// Events per page: default 100, at most 1000.
     limit: Option<usize>,
 }
 
 /// A stored event as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct StoredEvent {
     version: u64,
     position: i64,
@@ -178,6 +247,17 @@ struct StoredEvent {
     recorded_at: DateTime<Utc>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/payments/{id}/events",
+    params(("id" = String, Path, description = "The payment id, a UUID"), EventsQuery),
+    responses(
+        (status = 200, description = "A page of the payment's stored events, in version order; `Link: <...>; rel=\"next\"` while there are more", body = [StoredEvent]),
+        (status = 400, description = "A bad id, from_version or limit", body = ErrorBody),
+        (status = 404, description = "No such payment", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip(state))]
 async fn payment_events(
     State(state): State<AppState>,
@@ -219,6 +299,28 @@ async fn payment_events(
     Ok(response)
 }
 
+#[utoipa::path(
+    post,
+    path = "/payments/{id}/refunds",
+    request_body = NewRefund,
+    params(
+        ("id" = String, Path, description = "The payment id, a UUID"),
+        ("If-Match" = Option<String>, Header, description = "The version the refund was decided on, quoted, as the ETag gave it"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same refund with the same key is done once"),
+        ("X-Correlation-Id" = Option<Uuid>, Header, description = "The flow this request belongs to"),
+    ),
+    responses(
+        (status = 201, description = "Refunded; the payment's new state", body = PaymentStateSchema,
+         headers(("ETag" = String), ("Location" = String), ("X-Request-Id" = Uuid))),
+        (status = 400, description = "Malformed JSON, id, If-Match or key", body = ErrorBody),
+        (status = 404, description = "No such payment", body = ErrorBody),
+        (status = 409, description = "The payment moved on from the If-Match version", body = ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "More than what is left, a bad amount or reason, or the key reused with another refund", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retrying with the same Idempotency-Key or If-Match is safe", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip(state, headers, request))]
 async fn refund(
     State(state): State<AppState>,

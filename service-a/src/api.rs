@@ -15,8 +15,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use service_kit::http::{ErrorBody, LookupError, lookup, next_page, page_size};
 use shared_events::PaymentState;
+use utoipa::OpenApi;
 
-use crate::audit::Audit;
+use crate::audit::{Audit, AuditEntry};
 use crate::handler::State;
 
 /// What the handlers share.
@@ -26,20 +27,60 @@ pub struct AppState {
     pub audit: Audit,
 }
 
+service_kit::contract_schema!(
+    /// `shared_events::PaymentState`: ServiceA's copy of a payment.
+    PaymentStateSchema,
+    PaymentState
+);
+service_kit::contract_schema!(
+    /// One entry of the audit log.
+    AuditEntrySchema,
+    AuditEntry
+);
+
+/// The OpenAPI 3.1 document of these routes, generated from the handlers
+/// below; served at `GET /openapi.json` and committed as
+/// `contracts/openapi/service-a.json`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "ServiceA",
+        description = "Keeps a copy of every payment from the state topic (event-carried state transfer) \
+                       and an audit log of the notifications it handled.",
+        version = "1.0.0",
+    ),
+    paths(audit, payment),
+    components(schemas(ErrorBody, PaymentStateSchema, AuditEntrySchema))
+)]
+pub struct ApiDoc;
+
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .merge(service_kit::openapi::openapi_router(ApiDoc::openapi()))
         .route("/audit", get(audit))
         .route("/payments/{id}", get(payment))
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Entries per page: default 100, at most 1000.
     limit: Option<usize>,
     /// The `seq` of the last entry of the previous page.
     after: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of the notifications handled, in the order recorded; `Link: <...>; rel=\"next\"` while there are more", body = [AuditEntrySchema]),
+        (status = 400, description = "A bad limit or after", body = ErrorBody),
+        (status = 503, description = "The audit log's database is unreachable", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 async fn audit(
     Extract(app): Extract<AppState>,
@@ -61,6 +102,17 @@ async fn audit(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/payments/{id}",
+    params(("id" = String, Path, description = "The payment id, a UUID")),
+    responses(
+        (status = 200, description = "The copy of the payment", body = PaymentStateSchema,
+         headers(("Copied-At" = String, description = "When the copy last changed here, RFC 3339"))),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No state of that payment arrived (yet)", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip(app))]
 async fn payment(Extract(app): Extract<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let Json((payment, copied_at)) = lookup(&id, |id| {

@@ -13,7 +13,7 @@ use crate::error::Result;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// One notification, as recorded in the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     /// Its place in the log: the cursor to read on from.
     pub seq: i64,

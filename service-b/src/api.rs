@@ -7,17 +7,51 @@
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use service_kit::http::LookupError;
+use service_kit::http::{ErrorBody, LookupError};
 use shared_events::PaymentId;
+use utoipa::OpenApi;
 
 use crate::store::{CallbackRecord, Records};
 
+service_kit::contract_schema!(
+    /// What the callback returned for a payment.
+    CallbackRecordSchema,
+    CallbackRecord
+);
+
+/// The OpenAPI 3.1 document of these routes, generated from the handlers
+/// below; served at `GET /openapi.json` and committed as
+/// `contracts/openapi/service-b.json`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "ServiceB",
+        description = "Calls Payments back (GetPaymentInfo) for each notification and records the answer.",
+        version = "1.0.0",
+    ),
+    paths(payment),
+    components(schemas(ErrorBody, CallbackRecordSchema))
+)]
+pub struct ApiDoc;
+
 pub fn app(records: Records) -> Router {
     Router::new()
+        .merge(service_kit::openapi::openapi_router(ApiDoc::openapi()))
         .route("/payments/{id}", get(payment))
         .with_state(records)
 }
 
+#[utoipa::path(
+    get,
+    path = "/payments/{id}",
+    params(("id" = String, Path, description = "The payment id, a UUID")),
+    responses(
+        (status = 200, description = "What the callback for the payment returned", body = CallbackRecordSchema),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No callback for that payment succeeded (yet)", body = ErrorBody),
+        (status = 503, description = "ServiceB's database is unreachable", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip(records))]
 async fn payment(
     State(records): State<Records>,

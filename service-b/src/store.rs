@@ -13,7 +13,7 @@ use crate::error::Result;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// What ServiceB learnt about a payment by calling Payments back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CallbackRecord {
     /// The payment as GetPaymentInfo last returned it.
     pub payment: PaymentState,

@@ -22,6 +22,39 @@ use crate::topics::{
     DEAD_LETTER_RETENTION_MS, NOTIFICATION_RETENTION_MS, PARTITIONS, Topics, dead_letter_topic,
 };
 
+/// `contracts/` at the workspace root, where the documents are committed.
+pub fn committed_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts")
+}
+
+/// Checks that the committed `contracts/<file>` is `generated`, for the
+/// tests that keep the documents and the code together; with
+/// `UPDATE_CONTRACTS` set, writes it instead (after a deliberate change, so
+/// that the diff shows it).
+///
+/// # Errors
+///
+/// What differs, and how to regenerate.
+pub fn check_committed(file: &str, generated: &Value) -> Result<(), String> {
+    let path = committed_dir().join(file);
+    let text = serde_json::to_string_pretty(generated).map_err(|e| e.to_string())? + "\n";
+    if std::env::var_os("UPDATE_CONTRACTS").is_some() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        return std::fs::write(&path, &text).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    if std::fs::read_to_string(&path).is_ok_and(|committed| committed == text) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} differs from what the code generates; review the change, then regenerate with \
+             UPDATE_CONTRACTS=1 cargo test --workspace contracts",
+            path.display()
+        ))
+    }
+}
+
 /// Headers a consumer adds to a record it dead-letters, besides the
 /// record's own (the names `service_kit::dead_letter::header` writes; a test
 /// there checks they agree).

@@ -44,7 +44,9 @@ const SPECVERSION: &str = "1.0";
 const JSON: &str = "application/json";
 
 /// Unique id of one event (`ce_id`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct EventId(Uuid);
 

@@ -24,7 +24,7 @@ use crate::kafka::Admin;
 
 /// The JSON body of every error response: a stable machine-readable `error`
 /// code and a `message` for humans. Never carries internal error text.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: &'static str,
     pub message: String,
@@ -34,7 +34,7 @@ pub struct ErrorBody {
 }
 
 /// What is wrong with one field of a request.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FieldProblem {
     pub field: &'static str,
     pub problem: String,

@@ -36,6 +36,7 @@ pub mod kafka;
 pub mod lifecycle;
 pub mod memory;
 pub mod metrics;
+pub mod openapi;
 pub mod startup;
 pub mod telemetry;
 

@@ -1,4 +1,4 @@
-//! `GET /health` and `GET /ready`.
+//! `GET /health`, `GET /ready` and `GET /openapi.json`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -91,4 +91,16 @@ async fn ready_is_503_until_the_service_says_it_is_ready() {
         get(&router, "/ready").await,
         (StatusCode::OK, serde_json::json!({"status": "ready"}))
     );
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_as_json() {
+    let document = utoipa::openapi::OpenApiBuilder::new()
+        .info(utoipa::openapi::Info::new("a service", "1.0.0"))
+        .build();
+    let router: Router = service_kit::openapi::openapi_router(document);
+    let (status, body) = get(&router, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["openapi"], "3.1.0");
+    assert_eq!(body["info"]["title"], "a service");
 }
