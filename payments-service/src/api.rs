@@ -84,10 +84,42 @@ service_kit::contract_schema!(
 #[derive(Debug)]
 pub struct ApiDoc;
 
+/// [`ApiDoc`] as JSON, with the links from a write's answer to the
+/// payment's other routes (its `payment_id` is their `{id}`): how a client,
+/// or a fuzzer following them, gets from a new payment to reading and
+/// refunding it. Written as JSON: utoipa 5.5 spells a link's `operationId`
+/// `operation_id`.
+pub fn openapi() -> serde_json::Value {
+    let mut document = service_kit::openapi::to_json(&ApiDoc::openapi());
+    let links: serde_json::Map<String, serde_json::Value> = [
+        ("GetPayment", "get_payment"),
+        ("PaymentEvents", "payment_events"),
+        ("Refund", "refund"),
+    ]
+    .into_iter()
+    .map(|(name, operation)| {
+        let link = serde_json::json!({
+            "operationId": operation,
+            "parameters": { "id": "$response.body#/payment_id" },
+        });
+        (name.to_owned(), link)
+    })
+    .collect();
+    for path in ["/payments", "/payments/{id}/refunds"] {
+        if let Some(created) = document
+            .pointer_mut(&format!("/paths/{}/post/responses/201", path.replace('/', "~1")))
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            created.insert("links".to_owned(), links.clone().into());
+        }
+    }
+    document
+}
+
 /// The payment routes (without `/health`, which needs a broker).
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .merge(service_kit::openapi::openapi_router(ApiDoc::openapi()))
+        .merge(service_kit::openapi::openapi_router(openapi()))
         .route("/payments", post(create_payment))
         .route("/payments/{id}", get(get_payment))
         .route("/payments/{id}/events", get(payment_events))
@@ -99,14 +131,19 @@ pub fn app(state: AppState) -> Router {
 /// The body of `POST /payments`, before validation.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"customer_id": "customer-42", "order_id": "order-7", "amount": 1999, "currency": "EUR"}))]
 pub struct NewPayment {
     /// 1 to 64 characters, no control characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub customer_id: String,
     /// 1 to 64 characters, no control characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub order_id: String,
     /// Minor units (cents for EUR), greater than zero.
+    #[schema(minimum = 1)]
     pub amount: i64,
-    /// ISO 4217 code.
+    /// ISO 4217 code, e.g. EUR.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
 }
 
@@ -137,9 +174,13 @@ impl NewPayment {
 /// The body of `POST /payments/{id}/refunds`, before validation.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"amount": 500, "reason": "damaged"}))]
 pub struct NewRefund {
-    /// Minor units, in the payment's currency.
+    /// Minor units, in the payment's currency, greater than zero.
+    #[schema(minimum = 1)]
     pub amount: i64,
+    /// Why, for people: 1 to 200 characters, no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub reason: String,
 }
 
@@ -198,7 +239,7 @@ fn written(written: &Written, id: PaymentId, cause: Cause) -> Response {
 #[utoipa::path(
     get,
     path = "/payments/{id}",
-    params(("id" = String, Path, description = "The payment id, a UUID")),
+    params(("id" = Uuid, Path, description = "The payment id")),
     responses(
         (status = 200, description = "The payment's current state", body = PaymentStateSchema,
          headers(("ETag" = String, description = "The payment's version, quoted"))),
@@ -227,8 +268,10 @@ async fn get_payment(
 #[into_params(parameter_in = Query)]
 struct EventsQuery {
     /// The first version to return (default 1).
+    #[param(minimum = 1)]
     from_version: Option<u64>,
     /// Events per page: default 100, at most 1000.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -250,7 +293,7 @@ struct StoredEvent {
 #[utoipa::path(
     get,
     path = "/payments/{id}/events",
-    params(("id" = String, Path, description = "The payment id, a UUID"), EventsQuery),
+    params(("id" = Uuid, Path, description = "The payment id"), EventsQuery),
     responses(
         (status = 200, description = "A page of the payment's stored events, in version order; `Link: <...>; rel=\"next\"` while there are more", body = [StoredEvent]),
         (status = 400, description = "A bad id, from_version or limit", body = ErrorBody),
@@ -304,7 +347,7 @@ async fn payment_events(
     path = "/payments/{id}/refunds",
     request_body = NewRefund,
     params(
-        ("id" = String, Path, description = "The payment id, a UUID"),
+        ("id" = Uuid, Path, description = "The payment id"),
         ("If-Match" = Option<String>, Header, description = "The version the refund was decided on, quoted, as the ETag gave it"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same refund with the same key is done once"),
         ("X-Correlation-Id" = Option<Uuid>, Header, description = "The flow this request belongs to"),

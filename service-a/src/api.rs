@@ -56,7 +56,9 @@ pub struct ApiDoc;
 
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .merge(service_kit::openapi::openapi_router(ApiDoc::openapi()))
+        .merge(service_kit::openapi::openapi_router(
+            service_kit::openapi::to_json(&ApiDoc::openapi()),
+        ))
         .route("/audit", get(audit))
         .route("/payments/{id}", get(payment))
         .with_state(state)
@@ -66,6 +68,7 @@ pub fn app(state: AppState) -> Router {
 #[into_params(parameter_in = Query)]
 struct AuditQuery {
     /// Entries per page: default 100, at most 1000.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// The `seq` of the last entry of the previous page.
     after: Option<i64>,
@@ -105,7 +108,7 @@ async fn audit(
 #[utoipa::path(
     get,
     path = "/payments/{id}",
-    params(("id" = String, Path, description = "The payment id, a UUID")),
+    params(("id" = uuid::Uuid, Path, description = "The payment id")),
     responses(
         (status = 200, description = "The copy of the payment", body = PaymentStateSchema,
          headers(("Copied-At" = String, description = "When the copy last changed here, RFC 3339"))),

@@ -36,7 +36,9 @@ pub struct ApiDoc;
 
 pub fn app(records: Records) -> Router {
     Router::new()
-        .merge(service_kit::openapi::openapi_router(ApiDoc::openapi()))
+        .merge(service_kit::openapi::openapi_router(
+            service_kit::openapi::to_json(&ApiDoc::openapi()),
+        ))
         .route("/payments/{id}", get(payment))
         .with_state(records)
 }
@@ -44,7 +46,7 @@ pub fn app(records: Records) -> Router {
 #[utoipa::path(
     get,
     path = "/payments/{id}",
-    params(("id" = String, Path, description = "The payment id, a UUID")),
+    params(("id" = uuid::Uuid, Path, description = "The payment id")),
     responses(
         (status = 200, description = "What the callback for the payment returned", body = CallbackRecordSchema),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),

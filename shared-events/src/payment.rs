@@ -75,6 +75,10 @@ impl JsonSchema for PaymentId {
     }
 }
 
+/// What a customer or order id (or a refund's reason) may hold, as a JSON
+/// Schema pattern: not only white space, no control characters (Unicode Cc).
+pub const REFERENCE_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
 /// Longest accepted customer or order id, in characters.
 pub const MAX_REFERENCE_LEN: usize = 64;
 
@@ -144,8 +148,7 @@ macro_rules! reference_type {
                     "type": "string",
                     "minLength": 1,
                     "maxLength": MAX_REFERENCE_LEN,
-                    // Not only white space; no control characters (Unicode Cc).
-                    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+                    "pattern": REFERENCE_PATTERN,
                 })
             }
         }

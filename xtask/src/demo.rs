@@ -10,6 +10,7 @@
 //! services with SIGTERM, waits for them to shut down cleanly, then stops
 //! the broker and PostgreSQL if this command started them.
 
+use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -25,6 +26,13 @@ use crate::postgres::{self, LocalPostgres};
 pub const SERVICES: [&str; 3] = ["payments-service", "service-a", "service-b"];
 
 pub async fn run(root: &Path) -> Result<()> {
+    with_stack(root, None::<std::future::Ready<Result<()>>>).await
+}
+
+/// The demo's stack, as `cargo xtask up` runs it; when `work` is given, it
+/// runs once every service is ready, and its end (or its error) stops the
+/// stack instead of ctrl-c.
+pub async fn with_stack(root: &Path, work: Option<impl Future<Output = Result<()>>>) -> Result<()> {
     let broker = LocalBroker::new(root);
     let postgres = LocalPostgres::new(root);
     let mut started_broker = false;
@@ -50,7 +58,7 @@ pub async fn run(root: &Path) -> Result<()> {
             crate::cargo(root, &build, &[]).await
         })
         .await?;
-        run_services(root).await
+        run_services(root, work).await
     }
     .await;
 
@@ -60,7 +68,7 @@ pub async fn run(root: &Path) -> Result<()> {
     result.and(stopped_postgres).and(stopped_broker)
 }
 
-async fn run_services(root: &Path) -> Result<()> {
+async fn run_services(root: &Path, work: Option<impl Future<Output = Result<()>>>) -> Result<()> {
     let mut children = Vec::new();
     for service in SERVICES {
         children.push((service, spawn(root, service)?));
@@ -89,10 +97,38 @@ async fn run_services(root: &Path) -> Result<()> {
     // SIGTERM like ctrl-c: stop the services before exiting, never leave
     // them running.
     let interrupted = crate::interrupted()?;
-    tokio::select! {
-        () = interrupted => eprintln!("xtask: stopping the demo"),
-        () = exited => {}
-    }
+    let has_work = work.is_some();
+    let worked = async {
+        match work {
+            Some(work) => {
+                let http = reqwest::Client::new();
+                let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+                while !all_ready(&http).await {
+                    if tokio::time::Instant::now() > deadline {
+                        anyhow::bail!("the services were not ready after {READY_TIMEOUT:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                work.await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        () = interrupted => {
+            eprintln!("xtask: stopping the demo");
+            Ok(())
+        }
+        // The demo ends with its services; a task cannot go on without them.
+        () = exited => {
+            if has_work {
+                Err(anyhow::anyhow!("a service exited before the task ended"))
+            } else {
+                Ok(())
+            }
+        }
+        outcome = worked => outcome,
+    };
 
     for (name, child) in &mut children {
         if let Some(pid) = child.id() {
@@ -108,8 +144,11 @@ async fn run_services(root: &Path) -> Result<()> {
             }
         }
     }
-    Ok(())
+    outcome
 }
+
+/// How long `with_stack` waits for every service to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Whether every service answers `GET /ready` with 200, at its default address.
 async fn all_ready(http: &reqwest::Client) -> bool {

@@ -6,6 +6,7 @@ mod broker;
 mod compose;
 mod demo;
 mod engine;
+mod fuzz_http;
 mod images;
 mod ops;
 mod postgres;
@@ -87,6 +88,14 @@ enum Task {
     /// Kafka and PostgreSQL measured in the same run (pgbench, Kafka's
     /// ProducerPerformance and EndToEndLatency); writes docs/bench.
     Bench(bench::Options),
+    /// Fuzz each service's HTTP API against its OpenAPI document with
+    /// schemathesis, on the demo's stack: no 5xx, every response as
+    /// documented.
+    FuzzHttp {
+        /// Generated requests per operation.
+        #[arg(long, default_value_t = 100)]
+        max_examples: u32,
+    },
     /// Dead letters: list them, or publish them back.
     Dlt {
         #[command(subcommand)]
@@ -161,6 +170,7 @@ async fn main() -> Result<()> {
         Task::Offsets { group, topic } => ops::offsets(&group, topic.as_deref()).await,
         Task::Reset { group, topic, to } => ops::reset(&group, &topic, &to).await,
         Task::Bench(options) => bench::run(&root, &options).await,
+        Task::FuzzHttp { max_examples } => fuzz_http::run(&root, max_examples).await,
         Task::Dlt { action } => match action {
             DltAction::List { topic } => ops::dlt_list(&topic).await,
             DltAction::Redrive { topic } => ops::dlt_redrive(&topic).await,

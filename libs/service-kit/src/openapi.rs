@@ -57,8 +57,17 @@ macro_rules! contract_schema {
     };
 }
 
+/// `document` as JSON.
+///
+/// # Panics
+///
+/// Never: utoipa's documents are plain data.
+pub fn to_json(document: &OpenApi) -> serde_json::Value {
+    serde_json::to_value(document).expect("an OpenAPI document serialises")
+}
+
 /// `GET /openapi.json`: the service's OpenAPI document.
-pub fn openapi_router<S: Clone + Send + Sync + 'static>(document: OpenApi) -> Router<S> {
+pub fn openapi_router<S: Clone + Send + Sync + 'static>(document: serde_json::Value) -> Router<S> {
     let json = Json(document);
     Router::new().route("/openapi.json", get(move || async move { json.clone() }))
 }
