@@ -117,7 +117,11 @@ async fn run_services(root: &Path, work: Option<impl Future<Output = Result<()>>
     let outcome = tokio::select! {
         () = interrupted => {
             eprintln!("xtask: stopping the demo");
-            Ok(())
+            if has_work {
+                Err(anyhow::anyhow!("interrupted before the task ended"))
+            } else {
+                Ok(())
+            }
         }
         // The demo ends with its services; a task cannot go on without them.
         () = exited => {
