@@ -90,7 +90,7 @@ pub struct ApiDoc;
 /// refunding it. Written as JSON: utoipa 5.5 spells a link's `operationId`
 /// `operation_id`.
 pub fn openapi() -> serde_json::Value {
-    let mut document = service_kit::openapi::to_json(&ApiDoc::openapi());
+    let mut document = service_kit::openapi::to_json(ApiDoc::openapi());
     let links: serde_json::Map<String, serde_json::Value> = [
         ("GetPayment", "get_payment"),
         ("PaymentEvents", "payment_events"),

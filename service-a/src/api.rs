@@ -54,10 +54,16 @@ service_kit::contract_schema!(
 )]
 pub struct ApiDoc;
 
+/// [`ApiDoc`] with the routes every service serves, as JSON: what
+/// `GET /openapi.json` answers.
+pub fn openapi() -> serde_json::Value {
+    service_kit::openapi::to_json(ApiDoc::openapi())
+}
+
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(service_kit::openapi::openapi_router(
-            service_kit::openapi::to_json(&ApiDoc::openapi()),
+            service_kit::openapi::to_json(ApiDoc::openapi()),
         ))
         .route("/audit", get(audit))
         .route("/payments/{id}", get(payment))

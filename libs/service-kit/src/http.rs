@@ -55,9 +55,11 @@ impl ErrorBody {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Health {
+    /// `ok` or `degraded`.
     status: &'static str,
+    /// `reachable` or `unreachable`, as last probed.
     broker: &'static str,
 }
 
@@ -127,6 +129,14 @@ pub fn health_router(health: BrokerHealth) -> Router {
         .with_state(health)
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    responses(
+        (status = 200, description = "The broker answered the last probe", body = Health),
+        (status = 503, description = "The broker did not answer the last probe", body = Health),
+    ),
+)]
 async fn health_check(State(health): State<BrokerHealth>) -> (StatusCode, Json<Health>) {
     if health.reachable() {
         (
@@ -173,8 +183,9 @@ impl std::fmt::Debug for Readiness {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Ready {
+    /// `ready` or `starting`.
     status: &'static str,
 }
 
@@ -186,6 +197,14 @@ pub fn ready_router(readiness: Readiness) -> Router {
         .with_state(readiness)
 }
 
+#[utoipa::path(
+    get,
+    path = "/ready",
+    responses(
+        (status = 200, description = "The service serves what it should", body = Ready),
+        (status = 503, description = "Still starting (ServiceA: its copy has not caught up yet)", body = Ready),
+    ),
+)]
 async fn ready_check(State(readiness): State<Readiness>) -> (StatusCode, Json<Ready>) {
     if readiness.ready() {
         (StatusCode::OK, Json(Ready { status: "ready" }))

@@ -223,6 +223,14 @@ pub fn metrics_router(metrics: Metrics) -> Router {
     Router::new().route("/metrics", get(render)).with_state(metrics)
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses(
+        (status = 200, description = "OpenMetrics text: consumer lag per partition, assigned partitions, rebalances, records handled, retries, dead letters",
+         body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    ),
+)]
 async fn render(State(metrics): State<Metrics>) -> impl IntoResponse {
     (
         [(

@@ -57,12 +57,19 @@ macro_rules! contract_schema {
     };
 }
 
-/// `document` as JSON.
+/// The routes every service serves besides its own (`/health`, `/ready`,
+/// `/metrics`), to merge into each service's document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(crate::http::health_check, crate::http::ready_check, crate::metrics::render))]
+pub struct SharedRoutes;
+
+/// `document` with [`SharedRoutes`], as JSON.
 ///
 /// # Panics
 ///
 /// Never: utoipa's documents are plain data.
-pub fn to_json(document: &OpenApi) -> serde_json::Value {
+pub fn to_json(document: OpenApi) -> serde_json::Value {
+    let document = document.merge_from(<SharedRoutes as utoipa::OpenApi>::openapi());
     serde_json::to_value(document).expect("an OpenAPI document serialises")
 }
 

@@ -98,7 +98,7 @@ async fn the_openapi_document_is_served_as_json() {
     let document = utoipa::openapi::OpenApiBuilder::new()
         .info(utoipa::openapi::Info::new("a service", "1.0.0"))
         .build();
-    let router: Router = service_kit::openapi::openapi_router(service_kit::openapi::to_json(&document));
+    let router: Router = service_kit::openapi::openapi_router(service_kit::openapi::to_json(document));
     let (status, body) = get(&router, "/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["openapi"], "3.1.0");
