@@ -817,6 +817,50 @@ impl Handler for StuckKey {
     }
 }
 
+/// Members of one group on one topic, each with a [`StuckKey`] handler:
+/// they share `released` and what they handled.
+struct StuckKeyGroup<'a> {
+    kafka: &'a service_kit::config::KafkaConfig,
+    settings: ConsumerConfig,
+    group: &'a str,
+    topic: &'a str,
+    released: Arc<std::sync::atomic::AtomicBool>,
+    handled: Handled,
+}
+
+impl StuckKeyGroup<'_> {
+    /// Starts member `name`, which runs until `stop` is cancelled.
+    fn start(
+        &self,
+        name: &'static str,
+        stop: service_kit::CancellationToken,
+    ) -> tokio::task::JoinHandle<service_kit::Result<()>> {
+        let consumer = service_kit::kafka::consumer(
+            self.kafka,
+            &self.settings,
+            name,
+            self.group,
+            &[self.topic],
+            &Metrics::default(),
+        )
+        .expect("consumer");
+        let handler = StuckKey {
+            released: Arc::clone(&self.released),
+            recorder: Recorder {
+                name,
+                handled: Arc::clone(&self.handled),
+            },
+        };
+        tokio::spawn(consumer::run(
+            consumer,
+            handler,
+            self.settings.clone(),
+            None,
+            stop,
+        ))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_being_retried_holds_back_only_its_own_key_and_the_commit() {
     let broker = Broker::get().await;
@@ -834,30 +878,20 @@ async fn a_record_being_retried_holds_back_only_its_own_key_and_the_commit() {
 
     let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handled: Handled = Arc::default();
-    let settings = ConsumerConfig {
-        max_attempts: 0,
-        ..test_consumer()
+    let members = StuckKeyGroup {
+        kafka: &kafka,
+        settings: ConsumerConfig {
+            max_attempts: 0,
+            ..test_consumer()
+        },
+        group: &group,
+        topic: &topic,
+        released: Arc::clone(&released),
+        handled: Arc::clone(&handled),
     };
     let start = |name: &'static str| {
-        let consumer =
-            service_kit::kafka::consumer(&kafka, &settings, name, &group, &[&topic], &Metrics::default())
-                .expect("consumer");
-        let handler = StuckKey {
-            released: Arc::clone(&released),
-            recorder: Recorder {
-                name,
-                handled: Arc::clone(&handled),
-            },
-        };
         let stop = service_kit::CancellationToken::new();
-        let task = tokio::spawn(consumer::run(
-            consumer,
-            handler,
-            settings.clone(),
-            None,
-            stop.clone(),
-        ));
-        (stop, task)
+        (stop.clone(), members.start(name, stop))
     };
     let keys_handled = |handled: &Handled| -> BTreeSet<String> {
         handled
@@ -1036,31 +1070,20 @@ async fn a_consumer_stuck_at_its_bound_still_serves_a_rebalance() {
 
     let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handled: Handled = Arc::default();
-    let settings = ConsumerConfig {
-        max_attempts: 0,
-        max_in_flight: BOUND,
-        ..test_consumer()
+    let members = StuckKeyGroup {
+        kafka: &kafka,
+        settings: ConsumerConfig {
+            max_attempts: 0,
+            max_in_flight: BOUND,
+            ..test_consumer()
+        },
+        group: &group,
+        topic: &topic,
+        released: Arc::clone(&released),
+        handled: Arc::clone(&handled),
     };
     let stop = service_kit::CancellationToken::new();
-    let start = |name: &'static str| {
-        let consumer =
-            service_kit::kafka::consumer(&kafka, &settings, name, &group, &[&topic], &Metrics::default())
-                .expect("consumer");
-        let handler = StuckKey {
-            released: Arc::clone(&released),
-            recorder: Recorder {
-                name,
-                handled: Arc::clone(&handled),
-            },
-        };
-        tokio::spawn(consumer::run(
-            consumer,
-            handler,
-            settings.clone(),
-            None,
-            stop.clone(),
-        ))
-    };
+    let start = |name: &'static str| members.start(name, stop.clone());
     let first = start("first");
     eventually("the first consumer handled the other keys", || async {
         (handled.lock().expect("lock").len() == 10).then_some(())

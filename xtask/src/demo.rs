@@ -24,6 +24,8 @@ use crate::postgres::{self, LocalPostgres};
 
 /// The service packages, each with a binary of the same name.
 pub const SERVICES: [&str; 3] = ["payments-service", "service-a", "service-b"];
+/// The port each of [`SERVICES`] listens on by default (its `HTTP_ADDR`).
+pub const PORTS: [u16; 3] = [8080, 8081, 8082];
 
 pub async fn run(root: &Path) -> Result<()> {
     with_stack(root, None::<std::future::Ready<Result<()>>>).await
@@ -156,7 +158,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Whether every service answers `GET /ready` with 200, at its default address.
 async fn all_ready(http: &reqwest::Client) -> bool {
-    for port in [8080, 8081, 8082] {
+    for port in PORTS {
         let ready = http
             .get(format!("http://127.0.0.1:{port}/ready"))
             .timeout(Duration::from_secs(1))

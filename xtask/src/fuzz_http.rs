@@ -21,13 +21,6 @@ const VERSION: &str = "4.32.5";
 const CHECKS: &str =
     "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance";
 
-/// The services and the ports `cargo xtask up` gives them.
-const SERVICES: [(&str, u16); 3] = [
-    ("payments-service", 8080),
-    ("service-a", 8081),
-    ("service-b", 8082),
-];
-
 pub async fn run(root: &Path, max_examples: u32) -> Result<()> {
     let st = install(root).await?;
     let work_dir = root.join("target/xtask/schemathesis");
@@ -36,7 +29,7 @@ pub async fn run(root: &Path, max_examples: u32) -> Result<()> {
         root,
         Some(async {
             let mut failed = Vec::new();
-            for (service, port) in SERVICES {
+            for (service, port) in crate::demo::SERVICES.into_iter().zip(crate::demo::PORTS) {
                 eprintln!(
                     "xtask: schemathesis against {service} (:{port}), {max_examples} examples per operation"
                 );
