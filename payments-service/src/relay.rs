@@ -39,10 +39,13 @@ use std::time::Duration;
 use event_store::{Checkpoint, EventStore, RecordedEvent};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use service_kit::config::KafkaConfig;
+use service_kit::telemetry;
 use shared_events::{Envelope, Event, PaymentRefundedNotification, Topics, encode};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
 use uuid::Uuid;
 
 use crate::SERVICE;
@@ -230,7 +233,11 @@ impl Relay {
     ) -> Result<(), RelayError> {
         producer.begin_transaction()?;
         let mut deliveries = Vec::with_capacity(batch.len() * 2);
-        let sent = self.send_batch(producer, batch, &mut deliveries).await;
+        // Each record's `send` span, to mark them failed if the transaction is.
+        let mut sends = Vec::with_capacity(batch.len() * 2);
+        let sent = self
+            .send_batch(producer, batch, &mut deliveries, &mut sends)
+            .await;
         let timeout = self.publish_timeout;
         // Every record acknowledged before the commit, so it has nothing
         // left to flush: rdkafka's flush before a commit polls in steps of
@@ -246,14 +253,18 @@ impl Relay {
             Ok(()) => blocking_keeping_lease(leader, producer, move |p| p.commit_transaction(timeout)).await,
             Err(e) => Err(e),
         };
-        match committed {
+        let failure = match committed {
             Ok(Ok(())) => {
                 tracing::debug!(events = batch.len(), "published");
-                Ok(())
+                return Ok(());
             }
-            Ok(Err(e)) => Err(abort(leader, producer, timeout, e.into()).await),
-            Err(e) => Err(abort(leader, producer, timeout, e).await),
+            Ok(Err(e)) => e.into(),
+            Err(e) => e,
+        };
+        for send in &sends {
+            send.record("otel.status_code", "ERROR");
         }
+        Err(abort(leader, producer, timeout, failure).await)
     }
 
     /// Queues the records of every event of `batch` in the open transaction.
@@ -261,7 +272,8 @@ impl Relay {
         &mut self,
         producer: &FutureProducer,
         batch: &[(Checkpoint, RecordedEvent)],
-        deliveries: &mut Vec<DeliveryFuture>,
+        deliveries: &mut Vec<Instrumented<DeliveryFuture>>,
+        sends: &mut Vec<tracing::Span>,
     ) -> Result<(), RelayError> {
         for (_, stored) in batch {
             let event = decode(stored).map_err(|e| RelayError::Corrupt(stored.event_id, e))?;
@@ -273,20 +285,25 @@ impl Relay {
             // caused by the event.
             let request = stored.metadata.causation_id;
             let event_cause = Some(stored.event_id);
+            // Both records were made where the event was stored: that
+            // context is their `ce_traceparent`, and the parent of their sends.
+            let (traceparent, tracestate) = (&stored.metadata.traceparent, &stored.metadata.tracestate);
 
             // Ids derived from the stored event: publishing it again after a
             // crash produces the same ids, which consumers dedupe.
             let mut state_message = Envelope::new(&source, state.to_state(), correlation_id, event_cause)
+                .traced(traceparent.clone(), tracestate.clone())
                 .occurred_at(stored.recorded_at);
             state_message.metadata.id = Uuid::new_v5(&stored.event_id, b"state").into();
-            deliveries.push(self.send(producer, &state_message)?);
+            deliveries.push(self.send(producer, &state_message, sends)?);
 
             match &event {
                 PaymentEvent::Received(received) => {
                     let mut n = Envelope::new(&source, received.notification(), correlation_id, request)
+                        .traced(traceparent.clone(), tracestate.clone())
                         .occurred_at(received.received_at);
                     n.metadata.id = stored.event_id.into();
-                    deliveries.push(self.send(producer, &n)?);
+                    deliveries.push(self.send(producer, &n, sends)?);
                 }
                 PaymentEvent::Refunded(refund) => {
                     let data = PaymentRefundedNotification {
@@ -294,10 +311,11 @@ impl Relay {
                         refund_id: refund.refund_id,
                         refunded_at: refund.refunded_at,
                     };
-                    let mut n =
-                        Envelope::new(&source, data, correlation_id, request).occurred_at(refund.refunded_at);
+                    let mut n = Envelope::new(&source, data, correlation_id, request)
+                        .traced(traceparent.clone(), tracestate.clone())
+                        .occurred_at(refund.refunded_at);
                     n.metadata.id = stored.event_id.into();
-                    deliveries.push(self.send(producer, &n)?);
+                    deliveries.push(self.send(producer, &n, sends)?);
                 }
             }
         }
@@ -305,20 +323,44 @@ impl Relay {
     }
 
     /// Queues `event` in the producer's open transaction; the future settles
-    /// once the broker acknowledged it (or refused it).
+    /// once the broker acknowledged it (or refused it). Its `send` span
+    /// (OpenTelemetry's messaging conventions, kind producer) goes into
+    /// `sends`, and its context into the record's `traceparent` header; the
+    /// span lasts until the future settles (a span ends when last left).
     fn send<E: Event>(
         &self,
         producer: &FutureProducer,
         event: &Envelope<E>,
-    ) -> Result<DeliveryFuture, RelayError> {
+        sends: &mut Vec<tracing::Span>,
+    ) -> Result<Instrumented<DeliveryFuture>, RelayError> {
         let record = encode(event)?;
         let topic = self.topics.name(record.topic);
+        let span = tracing::info_span!(
+            "send",
+            otel.name = format!("send {topic}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = topic,
+            messaging.kafka.message.key = record.key,
+            messaging.message.id = %event.metadata.id,
+        );
+        let made_in = telemetry::parent_from_strings(
+            event.metadata.traceparent.as_deref(),
+            event.metadata.tracestate.as_deref(),
+        );
+        telemetry::set_parent(&span, made_in);
+        let headers = span.in_scope(|| telemetry::inject_into_record(record.headers));
+        sends.push(span.clone());
         let future_record = FutureRecord::to(topic)
             .key(&record.key)
             .payload(&record.payload)
-            .headers(record.headers);
+            .headers(headers);
         producer
             .send_result(future_record)
+            .map(|delivery| delivery.instrument(span))
             .map_err(|(e, _)| RelayError::Kafka(e))
     }
 
@@ -387,7 +429,7 @@ async fn blocking_keeping_lease<T: Send + 'static>(
 
 /// Waits until the broker acknowledged every record of `deliveries`; the
 /// first refusal fails it (the transaction is then aborted).
-async fn delivered(deliveries: Vec<DeliveryFuture>) -> Result<(), RelayError> {
+async fn delivered(deliveries: Vec<Instrumented<DeliveryFuture>>) -> Result<(), RelayError> {
     for delivery in deliveries {
         match delivery.await {
             Ok(Ok(_)) => {}

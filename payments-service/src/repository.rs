@@ -386,6 +386,7 @@ fn new_event(event: &PaymentEvent, cause: Cause) -> NewEvent {
         PaymentEvent::Received(e) => serde_json::to_value(e),
         PaymentEvent::Refunded(e) => serde_json::to_value(e),
     };
+    let (traceparent, tracestate) = service_kit::telemetry::current_context().unzip();
     NewEvent {
         event_id: Uuid::now_v7(),
         event_type: event.name().to_owned(),
@@ -395,6 +396,9 @@ fn new_event(event: &PaymentEvent, cause: Cause) -> NewEvent {
         metadata: EventMetadata {
             correlation_id: cause.correlation_id,
             causation_id: Some(cause.request_id),
+            // The request's trace: the relay's publication continues it.
+            traceparent,
+            tracestate: tracestate.flatten(),
         },
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use shared_events::{PaymentId, PaymentState};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Why GetPaymentInfo did not return the payment.
@@ -51,20 +52,44 @@ impl PaymentsClient {
         correlation_id: Uuid,
         cause: Uuid,
     ) -> Result<PaymentState, CallbackError> {
-        let response = self
+        let url = format!("{}/payments/{id}", self.base_url);
+        // OpenTelemetry's HTTP client conventions: named by the method, a
+        // child of the record's span, and its context in the request's
+        // `traceparent`, which Payments' span continues.
+        let span = tracing::info_span!(
+            "callback",
+            otel.name = "GET",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "GET",
+            url.full = url,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let mut request = self
             .http
-            .get(format!("{}/payments/{id}", self.base_url))
+            .get(url)
             .header("x-correlation-id", correlation_id.to_string())
             .header("x-causation-id", cause.to_string())
-            .send()
-            .await
+            .build()
             .map_err(CallbackError::Unreachable)?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Err(CallbackError::NotFound);
+        span.in_scope(|| service_kit::telemetry::inject_into_http(request.headers_mut()));
+        async {
+            let response = self.http.execute(request).await.map_err(|e| {
+                tracing::Span::current().record("otel.status_code", "ERROR");
+                CallbackError::Unreachable(e)
+            })?;
+            let status = response.status();
+            tracing::Span::current().record("http.response.status_code", status.as_u16());
+            if status == StatusCode::NOT_FOUND {
+                return Err(CallbackError::NotFound);
+            }
+            if status != StatusCode::OK {
+                tracing::Span::current().record("otel.status_code", "ERROR");
+                return Err(CallbackError::Status(status));
+            }
+            response.json().await.map_err(CallbackError::Body)
         }
-        if response.status() != StatusCode::OK {
-            return Err(CallbackError::Status(response.status()));
-        }
-        response.json().await.map_err(CallbackError::Body)
+        .instrument(span)
+        .await
     }
 }

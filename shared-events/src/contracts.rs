@@ -329,7 +329,11 @@ pub fn asyncapi() -> Value {
     })
 }
 
-/// The CloudEvents attributes as Kafka headers, for events of `ce_type`.
+/// A W3C `traceparent`: version, trace id, parent span id, flags.
+const TRACEPARENT_PATTERN: &str = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$";
+
+/// The CloudEvents attributes as Kafka headers, for events of `ce_type`,
+/// and the W3C trace context of the send beside them.
 fn cloud_events_headers(ce_type: &str) -> Value {
     json!({
         "type": "object",
@@ -347,6 +351,16 @@ fn cloud_events_headers(ce_type: &str) -> Value {
                                       "description": "Extension: the request or flow this belongs to." },
             header::CAUSATION_ID: { "type": "string", "format": "uuid",
                                     "description": "Extension, optional: what caused this event." },
+            header::TRACEPARENT: { "type": "string", "pattern": TRACEPARENT_PATTERN,
+                                   "description": "Distributed-tracing extension, optional: the W3C \
+                                   traceparent where the event was made (the request that stored it). \
+                                   Set once, never changed on the way; ignored when malformed." },
+            header::TRACESTATE: { "type": "string",
+                                  "description": "Distributed-tracing extension, optional: its W3C tracestate." },
+            "traceparent": { "type": "string", "pattern": TRACEPARENT_PATTERN,
+                             "description": "Optional, W3C Trace Context: the span that sent this record \
+                             (the outbox relay's send). Each consumer's span is its child." },
+            "tracestate": { "type": "string", "description": "Optional, W3C Trace Context: the tracestate beside it." },
         },
     })
 }

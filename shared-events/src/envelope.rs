@@ -14,6 +14,17 @@
 //! | `content-type`      | `application/json`                                 |
 //! | `ce_correlationid`  | extension: the request or flow this belongs to     |
 //! | `ce_causationid`    | extension, optional: the event that caused this one|
+//! | `ce_traceparent`    | extension, optional: W3C trace context where the event was made |
+//! | `ce_tracestate`     | extension, optional: its W3C `tracestate`          |
+//!
+//! `ce_traceparent` and `ce_tracestate` are the CloudEvents
+//! distributed-tracing extension: the context in which the event was
+//! *created* (for Payments' events, the request that stored it), set once
+//! and never changed on the way. Each hop's own context travels beside them
+//! in the plain W3C `traceparent`/`tracestate` headers, which the producer's
+//! tracing adds (`service_kit::telemetry`), not this encoder. A malformed
+//! `ce_traceparent` is ignored, as W3C Trace Context says, and never fails
+//! a decode.
 //!
 //! The record key is the event's [`Event::key`] (the payment id).
 
@@ -38,6 +49,8 @@ pub mod header {
     pub const CONTENT_TYPE: &str = "content-type";
     pub const CORRELATION_ID: &str = "ce_correlationid";
     pub const CAUSATION_ID: &str = "ce_causationid";
+    pub const TRACEPARENT: &str = "ce_traceparent";
+    pub const TRACESTATE: &str = "ce_tracestate";
 }
 
 const SPECVERSION: &str = "1.0";
@@ -92,6 +105,12 @@ pub struct Metadata {
     pub correlation_id: Uuid,
     /// The event that caused this one, if any.
     pub causation_id: Option<Uuid>,
+    /// W3C `traceparent` of where the event was made, when that was traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` beside it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// An event with its metadata.
@@ -111,9 +130,20 @@ impl<E: Event> Envelope<E> {
                 time: Utc::now(),
                 correlation_id,
                 causation_id,
+                traceparent: None,
+                tracestate: None,
             },
             data,
         }
+    }
+
+    /// Sets the trace context where the event was made (`ce_traceparent`,
+    /// `ce_tracestate`).
+    #[must_use]
+    pub fn traced(mut self, traceparent: Option<String>, tracestate: Option<String>) -> Self {
+        self.metadata.traceparent = traceparent;
+        self.metadata.tracestate = tracestate;
+        self
     }
 
     /// Sets when the event happened (`ce_time`), when that was not now.
@@ -143,7 +173,7 @@ pub fn encode<E: Event>(event: &Envelope<E>) -> Result<KafkaRecord, EncodeError>
     let correlation_id = meta.correlation_id.to_string();
     let causation_id = meta.causation_id.map(|id| id.to_string());
 
-    let mut headers = OwnedHeaders::new_with_capacity(8);
+    let mut headers = OwnedHeaders::new_with_capacity(10);
     for (key, value) in [
         (header::SPECVERSION, Some(SPECVERSION)),
         (header::ID, Some(id.as_str())),
@@ -153,6 +183,8 @@ pub fn encode<E: Event>(event: &Envelope<E>) -> Result<KafkaRecord, EncodeError>
         (header::CONTENT_TYPE, Some(JSON)),
         (header::CORRELATION_ID, Some(correlation_id.as_str())),
         (header::CAUSATION_ID, causation_id.as_deref()),
+        (header::TRACEPARENT, meta.traceparent.as_deref()),
+        (header::TRACESTATE, meta.tracestate.as_deref()),
     ] {
         if let Some(value) = value {
             headers = headers.insert(Header {
@@ -211,6 +243,15 @@ pub fn decode<E: Event>(record: &impl Message) -> Result<Envelope<E>, DecodeErro
         .map(|s| uuid(header::CAUSATION_ID, s))
         .transpose()?;
 
+    // Tracing must never cost an event: a malformed context is dropped.
+    let traceparent = optional(record, header::TRACEPARENT)
+        .ok()
+        .flatten()
+        .filter(|s| is_traceparent(s));
+    let tracestate = traceparent
+        .and_then(|_| optional(record, header::TRACESTATE).ok().flatten())
+        .filter(|s| !s.is_empty());
+
     let payload = record.payload().ok_or(DecodeError::MissingData)?;
     let data = serde_json::from_slice(payload)?;
 
@@ -221,9 +262,38 @@ pub fn decode<E: Event>(record: &impl Message) -> Result<Envelope<E>, DecodeErro
             time,
             correlation_id,
             causation_id,
+            traceparent: traceparent.map(str::to_owned),
+            tracestate: tracestate.map(str::to_owned),
         },
         data,
     })
+}
+
+/// Whether `s` has the form of a W3C `traceparent`:
+/// `{version:2}-{trace-id:32}-{parent-id:16}-{flags:2}` in lowercase hex,
+/// with ids not all zeros. (Version `ff` is invalid; later versions may
+/// append fields, which this keeps.)
+fn is_traceparent(s: &str) -> bool {
+    let hex = |part: &str, len: usize| {
+        part.len() == len
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let mut parts = s.split('-');
+    let (Some(version), Some(trace_id), Some(parent_id), Some(flags)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(trace_id, 32)
+        && trace_id.bytes().any(|b| b != b'0')
+        && hex(parent_id, 16)
+        && parent_id.bytes().any(|b| b != b'0')
+        && hex(flags, 2)
 }
 
 /// The raw `ce_id` header, for logging a record before (or without) decoding it.
@@ -345,6 +415,52 @@ mod tests {
         // RFC 3339 with microseconds: sub-microsecond digits are dropped.
         let drift = (received.metadata.time - sent.metadata.time).num_microseconds();
         assert_eq!(drift, Some(0));
+    }
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_trace_context_where_the_event_was_made_travels_as_the_tracing_extension() {
+        let sent = Envelope::new("/payments-service", state(), Uuid::now_v7(), None)
+            .traced(Some(TRACEPARENT.to_owned()), Some("vendor=x".to_owned()));
+        let record = encode(&sent).expect("encodes");
+        let value = |name: &str| {
+            record
+                .headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+        };
+        assert_eq!(value("ce_traceparent"), Some(TRACEPARENT.as_bytes()));
+        assert_eq!(value("ce_tracestate"), Some(&b"vendor=x"[..]));
+        let received: Envelope<PaymentState> = decode(&delivered(record)).expect("decodes");
+        assert_eq!(received.metadata.traceparent, sent.metadata.traceparent);
+        assert_eq!(received.metadata.tracestate, sent.metadata.tracestate);
+
+        let untraced = encode(&Envelope::new("/t", state(), Uuid::now_v7(), None)).expect("encodes");
+        assert!(untraced.headers.iter().all(|h| !h.key.contains("trace")));
+    }
+
+    #[test]
+    fn a_malformed_trace_context_is_dropped_and_the_event_still_decodes() {
+        for bad in [
+            "",
+            "garbage",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            let event = decode_with(header::TRACEPARENT, Some(bad)).expect(bad);
+            assert_eq!(event.metadata.traceparent, None, "{bad}");
+        }
+        assert!(is_traceparent(TRACEPARENT));
+        // A later version may carry more fields.
+        assert!(is_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"
+        ));
     }
 
     #[test]

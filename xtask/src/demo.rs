@@ -28,13 +28,17 @@ pub const SERVICES: [&str; 3] = ["payments-service", "service-a", "service-b"];
 pub const PORTS: [u16; 3] = [8080, 8081, 8082];
 
 pub async fn run(root: &Path) -> Result<()> {
-    with_stack(root, None::<std::future::Ready<Result<()>>>).await
+    with_stack(root, &[], None::<std::future::Ready<Result<()>>>).await
 }
 
-/// The demo's stack, as `cargo xtask up` runs it; when `work` is given, it
-/// runs once every service is ready, and its end (or its error) stops the
-/// stack instead of ctrl-c.
-pub async fn with_stack(root: &Path, work: Option<impl Future<Output = Result<()>>>) -> Result<()> {
+/// The demo's stack, as `cargo xtask up` runs it, with `env` added to each
+/// service's environment; when `work` is given, it runs once every service
+/// is ready, and its end (or its error) stops the stack instead of ctrl-c.
+pub async fn with_stack(
+    root: &Path,
+    env: &[(&str, String)],
+    work: Option<impl Future<Output = Result<()>>>,
+) -> Result<()> {
     let broker = LocalBroker::new(root);
     let postgres = LocalPostgres::new(root);
     let mut started_broker = false;
@@ -60,7 +64,7 @@ pub async fn with_stack(root: &Path, work: Option<impl Future<Output = Result<()
             crate::cargo(root, &build, &[]).await
         })
         .await?;
-        run_services(root, work).await
+        run_services(root, env, work).await
     }
     .await;
 
@@ -70,10 +74,14 @@ pub async fn with_stack(root: &Path, work: Option<impl Future<Output = Result<()
     result.and(stopped_postgres).and(stopped_broker)
 }
 
-async fn run_services(root: &Path, work: Option<impl Future<Output = Result<()>>>) -> Result<()> {
+async fn run_services(
+    root: &Path,
+    env: &[(&str, String)],
+    work: Option<impl Future<Output = Result<()>>>,
+) -> Result<()> {
     let mut children = Vec::new();
     for service in SERVICES {
-        children.push((service, spawn(root, service)?));
+        children.push((service, spawn(root, service, env)?));
     }
     // Until ctrl-c, or until any service exits on its own; meanwhile, say
     // when every service is ready (ServiceA first rebuilds its copy).
@@ -172,8 +180,9 @@ async fn all_ready(http: &reqwest::Client) -> bool {
     true
 }
 
-fn spawn(root: &Path, service: &'static str) -> Result<Child> {
+fn spawn(root: &Path, service: &'static str, env: &[(&str, String)]) -> Result<Child> {
     let mut child = Command::new(root.join("target/debug").join(service))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env(
             "KAFKA_BOOTSTRAP_SERVERS",
             crate::env_set("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|| broker::BOOTSTRAP.to_owned()),

@@ -27,6 +27,7 @@ pub async fn run(root: &Path, max_examples: u32) -> Result<()> {
     let reports = work_dir.join("reports");
     crate::demo::with_stack(
         root,
+        &[],
         Some(async {
             let mut failed = Vec::new();
             for (service, port) in crate::demo::SERVICES.into_iter().zip(crate::demo::PORTS) {

@@ -6,6 +6,7 @@ mod broker;
 mod compose;
 mod demo;
 mod engine;
+mod flow;
 mod fuzz_http;
 mod images;
 mod ops;
@@ -96,6 +97,14 @@ enum Task {
         #[arg(long, default_value_t = 100)]
         max_examples: u32,
     },
+    /// One payment and one refund through the demo's stack, traced: prints
+    /// the sequence diagram (mermaid) of what each hop did and how long it
+    /// took, from the spans the services wrote under target/xtask/traces.
+    Flow {
+        /// Also draw the diagram to this SVG file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
     /// Dead letters: list them, or publish them back.
     Dlt {
         #[command(subcommand)]
@@ -171,6 +180,7 @@ async fn main() -> Result<()> {
         Task::Reset { group, topic, to } => ops::reset(&group, &topic, &to).await,
         Task::Bench(options) => bench::run(&root, &options).await,
         Task::FuzzHttp { max_examples } => fuzz_http::run(&root, max_examples).await,
+        Task::Flow { svg } => flow::run(&root, svg).await,
         Task::Dlt { action } => match action {
             DltAction::List { topic } => ops::dlt_list(&topic).await,
             DltAction::Redrive { topic } => ops::dlt_redrive(&topic).await,

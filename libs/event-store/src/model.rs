@@ -29,12 +29,20 @@ impl fmt::Display for ExpectedVersion {
 }
 
 /// Who asked for an event, and why: stored beside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct EventMetadata {
     /// The request or flow the event belongs to.
     pub correlation_id: Uuid,
     /// The event or command that caused it, if any.
     pub causation_id: Option<Uuid>,
+    /// The W3C trace context (`traceparent`) of the span that wrote the
+    /// event, when traced: whoever publishes the event later continues that
+    /// trace. Absent in events written untraced (and before traces existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Its `tracestate`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// An event to append.

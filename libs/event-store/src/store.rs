@@ -161,6 +161,21 @@ impl EventStore {
         }
     }
 
+    /// The span follows OpenTelemetry's database conventions: one
+    /// `INSERT events` per append, in the trace of the request that made it.
+    #[tracing::instrument(
+        name = "append",
+        skip_all,
+        fields(
+            otel.name = "INSERT events",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = "events",
+            event_store.stream = stream,
+            event_store.events = events.len(),
+        )
+    )]
     async fn insert(
         conn: &mut PgConnection,
         stream: &str,
@@ -190,13 +205,13 @@ impl EventStore {
                     .bind(&event.event_type)
                     .bind(event.schema_version)
                     .bind(Json(&event.data))
-                    .bind(Json(event.metadata)),
+                    .bind(Json(&event.metadata)),
                 _ => query
                     .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
                     .bind(events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
                     .bind(events.iter().map(|e| e.schema_version).collect::<Vec<_>>())
                     .bind(events.iter().map(|e| Json(&e.data)).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| Json(e.metadata)).collect::<Vec<_>>()),
+                    .bind(events.iter().map(|e| Json(&e.metadata)).collect::<Vec<_>>()),
             };
             match query.fetch_all(&mut *conn).await {
                 Ok(rows) => break rows,
@@ -244,7 +259,7 @@ impl EventStore {
                 event_type: event.event_type.clone(),
                 schema_version: event.schema_version,
                 data: event.data.clone(),
-                metadata: event.metadata,
+                metadata: event.metadata.clone(),
                 recorded_at: row.try_get("recorded_at")?,
             });
         }

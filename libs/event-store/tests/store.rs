@@ -16,6 +16,7 @@ fn event(n: u32) -> NewEvent {
         metadata: EventMetadata {
             correlation_id: Uuid::now_v7(),
             causation_id: None,
+            ..EventMetadata::default()
         },
     }
 }
@@ -60,6 +61,34 @@ async fn a_new_stream_starts_at_version_one_and_counts_without_gaps() {
 
     let tail = store.read_stream("s", 5).await.expect("read");
     assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), [5, 6]);
+}
+
+#[tokio::test]
+async fn metadata_is_stored_as_given_with_or_without_a_trace_context() {
+    let db = TestDatabase::create().await;
+    let traced = NewEvent {
+        metadata: EventMetadata {
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+            tracestate: Some("vendor=x".to_owned()),
+            ..event(1).metadata
+        },
+        ..event(1)
+    };
+    let stored = db
+        .store
+        .append("t", ExpectedVersion::NoStream, &[traced.clone(), event(2)])
+        .await
+        .expect("append");
+    let read = db.store.read_stream("t", 1).await.expect("read");
+    assert_eq!(read, stored);
+    assert_eq!(read[0].metadata, traced.metadata);
+    assert_eq!(
+        (
+            read[1].metadata.traceparent.as_ref(),
+            read[1].metadata.tracestate.as_ref()
+        ),
+        (None, None)
+    );
 }
 
 #[tokio::test]

@@ -116,6 +116,31 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandleError>> + Send;
 }
 
+/// The span of handling one record, after OpenTelemetry's messaging
+/// conventions (`process {topic}`, kind consumer): a child of the send that
+/// delivered it, so each consumer's handling joins the payment's trace.
+/// The log lines inside it show the record's place and event id.
+fn process_span(record: &OwnedMessage, group: &str) -> tracing::Span {
+    let key = record.key().and_then(|k| std::str::from_utf8(k).ok());
+    let span = tracing::info_span!(
+        "record",
+        otel.name = format!("process {}", record.topic()),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.consumer.group.name = group,
+        messaging.destination.name = record.topic(),
+        messaging.destination.partition.id = record.partition(),
+        messaging.kafka.offset = record.offset(),
+        messaging.kafka.message.key = key,
+        messaging.message.id = event_id_of(record).unwrap_or_default(),
+    );
+    crate::telemetry::set_parent(&span, crate::telemetry::parent_from_record(record.headers()));
+    span
+}
+
 /// Runs `handler` over every record of `consumer` until `stop` is cancelled.
 pub async fn run<H: Handler>(
     consumer: GroupConsumer,
@@ -285,13 +310,7 @@ impl<H: Handler> Loop<H> {
         let worker = Arc::clone(&self.worker);
         let Received { record, epoch } = received;
         worker.context.started(record.topic(), record.partition(), epoch);
-        let span = tracing::info_span!(
-            "record",
-            topic = record.topic(),
-            partition = record.partition(),
-            offset = record.offset(),
-            event_id = event_id_of(&record).unwrap_or_default(),
-        );
+        let span = process_span(&record, &worker.context.group);
         self.handlers.spawn(
             async move {
                 // Whatever ends this task (its outcome, or an abort at
@@ -310,7 +329,10 @@ impl<H: Handler> Loop<H> {
                             .handled(&worker.context.group, record.topic());
                         true
                     }
-                    Outcome::DeadLettered => true,
+                    Outcome::DeadLettered => {
+                        tracing::Span::current().record("otel.status_code", "ERROR");
+                        true
+                    }
                     Outcome::Revoked => {
                         tracing::info!("partition revoked; record left to its new owner");
                         false

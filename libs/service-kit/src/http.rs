@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{MatchedPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -227,11 +227,45 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
             ErrorBody::new("method_not_allowed", "this route does not take that method")
                 .into_response(StatusCode::METHOD_NOT_ALLOWED)
         })
-        .layer(TraceLayer::new_for_http());
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(record_response),
+        );
     axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// The span of one request, after OpenTelemetry's HTTP server conventions:
+/// named `{method} {route}`, a child of the caller's span when the request
+/// carries a `traceparent` (ServiceB's callback does).
+fn request_span(request: &axum::extract::Request) -> tracing::Span {
+    let method = request.method().as_str();
+    // The route template (`/payments/{id}`), not the path: one name for
+    // every payment. Unknown routes have none.
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = route.map_or_else(|| method.to_owned(), |route| format!("{method} {route}")),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::set_parent(&span, crate::telemetry::parent_from_http(request.headers()));
+    span
+}
+
+fn record_response(response: &Response, _latency: Duration, span: &tracing::Span) {
+    span.record("http.response.status_code", response.status().as_u16());
+    // A server span is an error for 5xx only: a 4xx is the client's.
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// The errors of looking a payment up by the id in the path, shared by every

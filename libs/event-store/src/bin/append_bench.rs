@@ -307,6 +307,7 @@ impl Writer {
                     metadata: EventMetadata {
                         correlation_id: Uuid::now_v7(),
                         causation_id: None,
+                        ..EventMetadata::default()
                     },
                 };
                 let stored = self.store.append(&self.stream, expected, &[event]).await?;
