@@ -21,7 +21,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use service_kit::http::{ErrorBody, FieldProblem, LookupError, next_page, page_size};
 use shared_events::{
-    Amount, Currency, CustomerId, InvalidValue, OrderId, PaymentId, PaymentReceived, PaymentState,
+    Amount, Currency, CustomerId, InvalidValue, OrderId, PaymentId, PaymentMethod, PaymentReceived,
+    PaymentState,
 };
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -60,6 +61,12 @@ service_kit::contract_schema!(
     PaymentState
 );
 
+service_kit::contract_schema!(
+    /// `shared_events::PaymentMethod`, how a payment was made.
+    PaymentMethodSchema,
+    PaymentMethod
+);
+
 /// The OpenAPI 3.1 document of these routes, generated from the handlers
 /// below; served at `GET /openapi.json` and committed as
 /// `contracts/openapi/payments-service.json`.
@@ -78,7 +85,8 @@ service_kit::contract_schema!(
         StoredEvent,
         ErrorBody,
         FieldProblem,
-        PaymentStateSchema
+        PaymentStateSchema,
+        PaymentMethodSchema
     ))
 )]
 #[derive(Debug)]
@@ -131,7 +139,7 @@ pub fn app(state: AppState) -> Router {
 /// The body of `POST /payments`, before validation.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"customer_id": "customer-42", "order_id": "order-7", "amount": 1999, "currency": "EUR"}))]
+#[schema(example = json!({"customer_id": "customer-42", "order_id": "order-7", "amount": 1999, "currency": "EUR", "payment_method": "card"}))]
 pub struct NewPayment {
     /// 1 to 64 characters, no control characters.
     #[schema(min_length = 1, max_length = 64)]
@@ -145,6 +153,11 @@ pub struct NewPayment {
     /// ISO 4217 code, e.g. EUR.
     #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    /// How the customer paid; `unknown` when not given (the API took no
+    /// method before `PaymentReceived` v2, and still need not).
+    #[serde(default)]
+    #[schema(value_type = Option<PaymentMethodSchema>)]
+    pub payment_method: Option<PaymentMethod>,
 }
 
 impl NewPayment {
@@ -162,6 +175,7 @@ impl NewPayment {
                 amount,
                 currency,
                 received_at: Utc::now(),
+                payment_method: self.payment_method.unwrap_or_default(),
             }),
             (c, o, a, cur) => Err([c.err(), o.err(), a.err(), cur.err()]
                 .into_iter()
@@ -646,6 +660,7 @@ mod tests {
             order_id: "o-1".to_owned(),
             amount,
             currency: currency.to_owned(),
+            payment_method: None,
         }
     }
 
@@ -655,6 +670,20 @@ mod tests {
         assert_eq!(payment.amount.minor_units(), 1999);
         assert_eq!(payment.currency.code(), "EUR");
         assert_eq!(payment.customer_id.as_str(), "c-1");
+        assert_eq!(payment.payment_method, PaymentMethod::Unknown, "not given");
+        let by_card = NewPayment {
+            payment_method: Some(PaymentMethod::Card),
+            ..request(1999, "EUR")
+        };
+        assert_eq!(
+            by_card.validate().expect("valid").payment_method,
+            PaymentMethod::Card
+        );
+        let json: NewPayment = serde_json::from_value(serde_json::json!({
+            "customer_id": "c", "order_id": "o", "amount": 1, "currency": "EUR", "payment_method": "bank_transfer"
+        }))
+        .expect("a method by name");
+        assert_eq!(json.payment_method, Some(PaymentMethod::BankTransfer));
     }
 
     #[test]

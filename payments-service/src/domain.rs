@@ -86,6 +86,16 @@ impl PaymentEvent {
         }
     }
 
+    /// The version of its data's schema, stored beside it. `PaymentReceived`
+    /// is at 2 (with `payment_method`); stored events of version 1 are
+    /// upcast when read ([`crate::repository::decode`]).
+    pub fn schema_version(&self) -> i32 {
+        match self {
+            Self::Received(_) => 2,
+            Self::Refunded(_) => 1,
+        }
+    }
+
     /// The payment it happened to.
     pub fn payment_id(&self) -> PaymentId {
         match self {
@@ -138,6 +148,7 @@ impl Payment {
             received_at: r.received_at,
             refunded: self.refunded,
             version: self.version,
+            payment_method: r.payment_method,
         }
     }
 

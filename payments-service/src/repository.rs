@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::Utc;
 use event_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
 use serde_json::Value;
-use shared_events::{Amount, PaymentId, PaymentReceived};
+use shared_events::{Amount, PaymentId, PaymentReceived, PaymentReceivedV1};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -24,9 +24,6 @@ use crate::domain::{InvalidHistory, Payment, PaymentEvent, RefundReason, RefundR
 
 /// Payments' own schema (idempotency keys), beside the event store's.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// Schema version of the stored events' data.
-const SCHEMA_VERSION: i32 = 1;
 
 /// How long an idempotency key is remembered, unless configured otherwise:
 /// long enough for any client's retries, short enough for the table to stay
@@ -390,7 +387,7 @@ fn new_event(event: &PaymentEvent, cause: Cause) -> NewEvent {
     NewEvent {
         event_id: Uuid::now_v7(),
         event_type: event.name().to_owned(),
-        schema_version: SCHEMA_VERSION,
+        schema_version: event.schema_version(),
         // Plain data structs of strings and numbers always serialise.
         data: data.unwrap_or(Value::Null),
         metadata: EventMetadata {
@@ -403,13 +400,23 @@ fn new_event(event: &PaymentEvent, cause: Cause) -> NewEvent {
     }
 }
 
-/// Turns a stored event back into a domain event.
+/// Turns a stored event back into a domain event, upcasting the versions
+/// this Payments no longer writes: a `PaymentReceived` of version 1 (before
+/// `payment_method`) reads as version 2 with the method `unknown`. The
+/// stored event itself never changes; every reader upcasts it the same way.
 pub fn decode(event: &RecordedEvent) -> Result<PaymentEvent, String> {
     let data = event.data.clone();
-    match event.event_type.as_str() {
-        "payments.payment-received" => serde_json::from_value(data).map(PaymentEvent::Received),
-        "payments.payment-refunded" => serde_json::from_value(data).map(PaymentEvent::Refunded),
-        other => return Err(format!("unknown stored event type `{other}`")),
+    match (event.event_type.as_str(), event.schema_version) {
+        ("payments.payment-received", 1) => serde_json::from_value::<PaymentReceivedV1>(data)
+            .map(|v1| PaymentEvent::Received(v1.into())),
+        ("payments.payment-received", 2) => serde_json::from_value(data).map(PaymentEvent::Received),
+        ("payments.payment-refunded", 1) => serde_json::from_value(data).map(PaymentEvent::Refunded),
+        (name @ ("payments.payment-received" | "payments.payment-refunded"), version) => {
+            return Err(format!(
+                "stored event `{name}` of version {version}, which this Payments does not read (a newer one wrote it)"
+            ));
+        }
+        (other, _) => return Err(format!("unknown stored event type `{other}`")),
     }
     .map_err(|e| e.to_string())
 }
@@ -437,12 +444,20 @@ async fn state_at(
     } else {
         None
     };
-    let (state, from) = match snapshot.filter(|s| up_to.is_none_or(|v| s.version <= v)) {
-        Some(s) => {
-            let state: Payment =
-                serde_json::from_value(s.state).map_err(|e| RepositoryError::Corrupt(id, e.to_string()))?;
-            (Some(state), s.version + 1)
-        }
+    // A snapshot is a cache of the events: one this Payments cannot read
+    // (an earlier one wrote it, before a field it now requires) is passed
+    // over, and the stream replayed from its events, upcast as they are read.
+    let snapshot = snapshot
+        .filter(|s| up_to.is_none_or(|v| s.version <= v))
+        .and_then(|s| match serde_json::from_value::<Payment>(s.state) {
+            Ok(state) => Some((state, s.version)),
+            Err(e) => {
+                tracing::info!(stream, error = %e, "snapshot not readable, replaying the events instead");
+                None
+            }
+        });
+    let (state, from) = match snapshot {
+        Some((state, version)) => (Some(state), version + 1),
         None => (None, 1),
     };
     let mut events = store.read_stream(&stream, from).await?;

@@ -734,3 +734,101 @@ fn rebuilding_from_the_events_gives_the_state_the_service_reports() {
         })
         .expect("the reported state is the fold of the events");
 }
+
+/// A payment as the release before `PaymentReceived` v2 stored it: a v1
+/// event (no `payment_method`), refunded, with a snapshot of that shape.
+#[tokio::test]
+async fn payments_stored_before_v2_are_upcast_when_loaded_and_old_snapshots_passed_over() {
+    use event_store::{EventMetadata, ExpectedVersion, NewEvent};
+
+    let harness = Harness::new().await;
+    let store = harness.payments.store();
+    let payment_id = PaymentId::new();
+    let stream = payments_service::repository::stream_id(payment_id);
+    let v1 = json!({
+        "payment_id": payment_id.to_string(), "customer_id": "c-1", "order_id": "o-1",
+        "amount": 1999, "currency": "EUR", "received_at": "2026-11-27T10:00:00Z",
+    });
+    let refund = json!({
+        "payment_id": payment_id.to_string(), "refund_id": uuid::Uuid::now_v7(), "amount": 100,
+        "reason": "damaged", "refunded_at": "2026-11-27T10:01:00Z",
+    });
+    let event = |event_type: &str, data: Value| NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        data,
+        metadata: EventMetadata::default(),
+    };
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[
+                event("payments.payment-received", v1.clone()),
+                event("payments.payment-refunded", refund),
+            ],
+        )
+        .await
+        .expect("append v1 events");
+
+    // Upcast: the method is unknown, everything else as stored.
+    let loaded = harness
+        .payments
+        .load(payment_id)
+        .await
+        .expect("a v1 stream loads");
+    assert_eq!(
+        loaded.received.payment_method,
+        shared_events::PaymentMethod::Unknown
+    );
+    assert_eq!((loaded.version, loaded.refunded), (2, 100));
+    let reply = harness.get(&format!("/payments/{payment_id}")).await;
+    assert_eq!(reply.body["payment_method"], "unknown");
+
+    // The old release's snapshot has no method either: it cannot be read
+    // as the current state, and the events are replayed instead.
+    let old_snapshot = json!({ "received": v1, "refunded": 100, "version": 2 });
+    assert!(serde_json::from_value::<Payment>(old_snapshot.clone()).is_err());
+    store
+        .save_snapshot(&stream, 2, &old_snapshot)
+        .await
+        .expect("snapshot");
+    assert_eq!(harness.payments.load(payment_id).await.expect("loads"), loaded);
+
+    // Written now, a refund of it is stored at the current versions, and a
+    // new payment as v2 with its method.
+    assert_eq!(
+        harness.refund(&payment_id.to_string(), 100, None).await.status,
+        StatusCode::CREATED
+    );
+    let reply = harness
+        .post("/payments", with("payment_method", json!("wallet")), &[])
+        .await;
+    assert_eq!(reply.body["payment_method"], "wallet");
+    let new_id = PaymentId::parse(&id_of(&reply.body)).expect("id");
+    let stored = store
+        .read_stream(&payments_service::repository::stream_id(new_id), 1)
+        .await
+        .expect("read");
+    assert_eq!(
+        (stored[0].schema_version, &stored[0].data["payment_method"]),
+        (2, &json!("wallet"))
+    );
+
+    // A version this Payments does not know is an error that says so, not
+    // a guess.
+    let future = PaymentId::new();
+    let mut v3 = event("payments.payment-received", v1);
+    v3.schema_version = 3;
+    store
+        .append(
+            &payments_service::repository::stream_id(future),
+            ExpectedVersion::NoStream,
+            &[v3],
+        )
+        .await
+        .expect("append");
+    let error = harness.payments.load(future).await.expect_err("not read");
+    assert!(error.to_string().contains("version 3"), "{error}");
+}

@@ -66,6 +66,7 @@ fn received(p: &PaymentState) -> Envelope<PaymentReceivedNotification> {
     let notification = PaymentReceivedNotification {
         payment_id: p.payment_id,
         received_at: p.received_at,
+        payment_method: p.payment_method,
     };
     Envelope::new("/test", notification, Uuid::now_v7(), None)
 }

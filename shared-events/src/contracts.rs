@@ -16,8 +16,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::envelope::{Envelope, encode, header};
-use crate::events::{Event, PaymentReceivedNotification, PaymentRefundedNotification, PaymentState};
-use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
+use crate::events::{
+    Event, PaymentReceivedNotification, PaymentReceivedNotificationV1, PaymentRefundedNotification,
+    PaymentState,
+};
+use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId, PaymentMethod};
 use crate::topics::{
     DEAD_LETTER_RETENTION_MS, NOTIFICATION_RETENTION_MS, PARTITIONS, Topics, dead_letter_topic,
 };
@@ -134,6 +137,7 @@ fn payment_state() -> PaymentState {
         received_at: at("2026-11-27T10:00:00Z"),
         refunded: 500,
         version: 2,
+        payment_method: PaymentMethod::Card,
     }
 }
 
@@ -146,12 +150,22 @@ fn schema_for<T: JsonSchema>() -> Schema {
         .into_root_schema_for::<T>()
 }
 
-fn events() -> [Published; 3] {
+fn events() -> [Published; 4] {
     [
         published(
             "PaymentReceivedNotification",
-            "A payment was received: which one, and when (event notification)",
+            "A payment was received: which one, when, and how it was paid (event notification)",
             PaymentReceivedNotification {
+                payment_id: PaymentId::from(uuid(0x01)),
+                received_at: at("2026-11-27T10:00:00Z"),
+                payment_method: PaymentMethod::Card,
+            },
+        ),
+        published(
+            "PaymentReceivedNotificationV1",
+            "A payment was received, as version 1 said it: which one, and when. No longer sent; \
+             still read, as a version 2 whose payment_method is unknown",
+            PaymentReceivedNotificationV1 {
                 payment_id: PaymentId::from(uuid(0x01)),
                 received_at: at("2026-11-27T10:00:00Z"),
             },
@@ -234,7 +248,13 @@ pub fn asyncapi() -> Value {
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
+    // What is sent, and what is read: readers still take version 1.
     let notifications = ["PaymentReceivedNotification", "PaymentRefundedNotification"];
+    let notifications_read = [
+        "PaymentReceivedNotification",
+        "PaymentReceivedNotificationV1",
+        "PaymentRefundedNotification",
+    ];
     let channel = |address: &str, description: &str, messages: Value, config: Value| {
         json!({
             "address": address,
@@ -280,7 +300,7 @@ pub fn asyncapi() -> Value {
             "notifications": channel(
                 &topics.notifications,
                 "Event notifications: which payment changed, and when. Kept 7 days.",
-                message_refs(&notifications),
+                message_refs(&notifications_read),
                 json!({ "cleanup.policy": ["delete"], "retention.ms": NOTIFICATION_RETENTION_MS }),
             ),
             "state": channel(
@@ -311,9 +331,9 @@ pub fn asyncapi() -> Value {
                 &["PaymentState"]),
             "serviceBCallsBack": operation("receive", "notifications",
                 "ServiceB (group service-b) calls Payments' GET /payments/{id} for each notification \
-                 and records the answer.", &notifications),
+                 and records the answer.", &notifications_read),
             "serviceAAudits": operation("receive", "notifications",
-                "ServiceA (group service-a) keeps an audit log of every notification.", &notifications),
+                "ServiceA (group service-a) keeps an audit log of every notification.", &notifications_read),
             "serviceACopiesState": operation("receive", "state",
                 "ServiceA reads the whole state topic, every partition, from the beginning (no group) \
                  and keeps a copy of every payment.", &["PaymentState"]),
@@ -380,4 +400,319 @@ fn dead_letter_headers() -> Value {
         "description": "The original record's headers (CloudEvents attributes among them) are kept as they were.",
         "properties": properties,
     })
+}
+
+/// What a reader built for the `old` schema of an event's data could not
+/// read in data valid under the `new` one: each entry names where
+/// (`/properties/amount`) and why. Empty when every `new` instance is also a
+/// valid `old` one, as far as this check can tell, with one allowance:
+/// readers ignore properties they do not know (no `deny_unknown_fields`),
+/// so properties may be added, required or not.
+///
+/// It compares the keywords these schemas use (types, required properties,
+/// properties, enumerated values, formats, patterns, bounds, items), with
+/// every subschema inlined; a keyword it does not understand that differs
+/// is reported too, rather than passed.
+pub fn breaking_changes(old: &Value, new: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    narrower_or_equal("", old, new, &mut found);
+    found
+}
+
+/// Keywords that describe and never constrain.
+const ANNOTATIONS: [&str; 7] = [
+    "$schema",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "deprecated",
+    "$comment",
+];
+
+fn narrower_or_equal(at: &str, old: &Value, new: &Value, found: &mut Vec<String>) {
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        // `true`/`false` schemas: only `false -> anything` or `x -> true` could
+        // matter, and these documents have none; differ means report.
+        if old != new && old != &Value::Bool(true) {
+            found.push(format!("{at}: the schema changed from {old} to {new}"));
+        }
+        return;
+    };
+    let at_root = if at.is_empty() { "/" } else { at };
+
+    // Enumerations: a value the old reader does not know fails it.
+    if let Some(old_values) = allowed_values(old) {
+        match allowed_values(new) {
+            Some(new_values) => {
+                let unknown: Vec<_> = new_values.difference(&old_values).collect();
+                if !unknown.is_empty() {
+                    found.push(format!(
+                        "{at_root}: new values an old reader does not know: {unknown:?}"
+                    ));
+                }
+            }
+            None => found.push(format!("{at_root}: was a fixed set of values, now open")),
+        }
+        return;
+    }
+
+    if let Some(old_types) = types(old) {
+        match types(new) {
+            Some(new_types) if new_types.is_subset(&old_types) => {}
+            Some(new_types) => found.push(format!(
+                "{at_root}: type {new_types:?} where an old reader takes {old_types:?}"
+            )),
+            None => found.push(format!(
+                "{at_root}: any type where an old reader takes {old_types:?}"
+            )),
+        }
+    }
+
+    let strings =
+        |schema: &serde_json::Map<String, Value>, key: &str| -> std::collections::BTreeSet<String> {
+            schema
+                .get(key)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+    let no_longer_required: Vec<_> = strings(old, "required")
+        .difference(&strings(new, "required"))
+        .cloned()
+        .collect();
+    if !no_longer_required.is_empty() {
+        found.push(format!(
+            "{at_root}: no longer always present: {no_longer_required:?}"
+        ));
+    }
+
+    for (key, old_value) in old {
+        let new_value = new.get(key);
+        match key.as_str() {
+            "type" | "required" | "enum" | "const" => {}
+            k if ANNOTATIONS.contains(&k) => {}
+            "properties" => {
+                let empty = serde_json::Map::new();
+                let new_properties = new_value.and_then(Value::as_object).unwrap_or(&empty);
+                for (name, old_property) in old_value.as_object().unwrap_or(&empty) {
+                    // A property no longer described may still come, of any
+                    // type: fine only if old readers took it as optional,
+                    // which `required` above checks.
+                    if let Some(new_property) = new_properties.get(name) {
+                        narrower_or_equal(
+                            &format!("{at}/properties/{name}"),
+                            old_property,
+                            new_property,
+                            found,
+                        );
+                    }
+                }
+            }
+            "items" => match new_value {
+                Some(new_items) => narrower_or_equal(&format!("{at}/items"), old_value, new_items, found),
+                None => found.push(format!("{at_root}: items no longer constrained")),
+            },
+            "additionalProperties" if old_value == &Value::Bool(false) => {
+                let old_names = old.get("properties").and_then(Value::as_object);
+                let added = new
+                    .get("properties")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flat_map(|p| p.keys())
+                    .filter(|name| !old_names.is_some_and(|o| o.contains_key(*name)))
+                    .count();
+                if new_value != Some(old_value) || added > 0 {
+                    found.push(format!(
+                        "{at_root}: properties added where an old reader takes none"
+                    ));
+                }
+            }
+            "minimum" | "exclusiveMinimum" | "minLength" | "minItems" => {
+                if !bound_holds(old_value, new_value, |o, n| n >= o) {
+                    found.push(format!(
+                        "{at_root}: {key} lowered or removed ({old_value} before)"
+                    ));
+                }
+            }
+            "maximum" | "exclusiveMaximum" | "maxLength" | "maxItems" => {
+                if !bound_holds(old_value, new_value, |o, n| n <= o) {
+                    found.push(format!("{at_root}: {key} raised or removed ({old_value} before)"));
+                }
+            }
+            // Formats and patterns cannot be compared for inclusion: they
+            // must stay as they were.
+            _ => {
+                if new_value != Some(old_value) {
+                    found.push(format!(
+                        "{at_root}: {key} changed from {old_value} to {}",
+                        new_value.map_or_else(|| "nothing".to_owned(), Value::to_string)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The values a schema allows, when it lists them (`enum`, `const`, or a
+/// `oneOf`/`anyOf` of such, as schemars writes an enum with documented
+/// variants).
+fn allowed_values(schema: &serde_json::Map<String, Value>) -> Option<std::collections::BTreeSet<String>> {
+    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+        return Some(values.iter().map(Value::to_string).collect());
+    }
+    if let Some(value) = schema.get("const") {
+        return Some(std::iter::once(value.to_string()).collect());
+    }
+    let branches = schema.get("oneOf").or_else(|| schema.get("anyOf"))?.as_array()?;
+    let mut all = std::collections::BTreeSet::new();
+    for branch in branches {
+        all.extend(allowed_values(branch.as_object()?)?);
+    }
+    Some(all)
+}
+
+fn types(schema: &serde_json::Map<String, Value>) -> Option<std::collections::BTreeSet<String>> {
+    match schema.get("type")? {
+        Value::String(t) => Some(std::iter::once(t.clone()).collect()),
+        Value::Array(ts) => Some(ts.iter().filter_map(Value::as_str).map(str::to_owned).collect()),
+        _ => None,
+    }
+}
+
+fn bound_holds(old: &Value, new: Option<&Value>, holds: impl Fn(f64, f64) -> bool) -> bool {
+    match (old.as_f64(), new.and_then(Value::as_f64)) {
+        (Some(old), Some(new)) => holds(old, new),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(old: Value, new: Value) -> Vec<String> {
+        breaking_changes(&old, &new)
+    }
+
+    fn object(properties: Value, required: &[&str]) -> Value {
+        json!({ "type": "object", "properties": properties, "required": required })
+    }
+
+    #[test]
+    fn adding_a_property_breaks_no_old_reader() {
+        let old = object(json!({ "id": { "type": "string" } }), &["id"]);
+        let optional = object(
+            json!({ "id": { "type": "string" }, "m": { "type": "string" } }),
+            &["id"],
+        );
+        let required = object(
+            json!({ "id": { "type": "string" }, "m": { "type": "string" } }),
+            &["id", "m"],
+        );
+        assert_eq!(check(old.clone(), optional), Vec::<String>::new());
+        assert_eq!(check(old.clone(), required), Vec::<String>::new());
+        let described = json!({ "description": "new words", "title": "T", "type": "object",
+            "properties": { "id": { "type": "string", "description": "x" } }, "required": ["id"] });
+        assert_eq!(check(old, described), Vec::<String>::new());
+    }
+
+    #[test]
+    fn what_an_old_reader_cannot_read_is_named() {
+        let old = object(
+            json!({
+                "id": { "type": "string", "format": "uuid" },
+                "amount": { "type": "integer", "minimum": 1 },
+                "method": { "enum": ["card", "wallet"] },
+                "note": { "type": ["string", "null"] },
+            }),
+            &["id", "amount"],
+        );
+        let cases = [
+            // Removed, or made optional.
+            (
+                object(
+                    json!({ "amount": { "type": "integer", "minimum": 1 } }),
+                    &["amount"],
+                ),
+                "no longer always present",
+            ),
+            // Retyped, or widened.
+            (
+                object(
+                    json!({ "id": { "type": "integer" }, "amount": { "type": "integer", "minimum": 1 } }),
+                    &["id", "amount"],
+                ),
+                "type",
+            ),
+            (
+                object(
+                    json!({ "id": { "type": "string", "format": "uuid" }, "amount": { "type": "integer", "minimum": 0 } }),
+                    &["id", "amount"],
+                ),
+                "minimum lowered",
+            ),
+            (
+                object(
+                    json!({ "id": { "type": "string" }, "amount": { "type": "integer", "minimum": 1 } }),
+                    &["id", "amount"],
+                ),
+                "format changed",
+            ),
+            // A value the old reader's enum lacks.
+            (
+                object(
+                    json!({ "id": { "type": "string", "format": "uuid" }, "amount": { "type": "integer", "minimum": 1 },
+                "method": { "oneOf": [{ "enum": ["card"] }, { "const": "crypto" }] } }),
+                    &["id", "amount"],
+                ),
+                "crypto",
+            ),
+            // Null no longer... allowed where it was not.
+            (
+                object(
+                    json!({ "id": { "type": ["string", "null"], "format": "uuid" }, "amount": { "type": "integer", "minimum": 1 } }),
+                    &["id", "amount"],
+                ),
+                "null",
+            ),
+        ];
+        for (new, expected) in cases {
+            let found = check(old.clone(), new.clone());
+            assert!(
+                found.iter().any(|f| f.contains(expected)),
+                "expected {expected:?} for {new}: {found:?}"
+            );
+        }
+        // Fewer values, a tighter bound, a non-null where null was allowed: fine.
+        let narrower = object(
+            json!({
+                "id": { "type": "string", "format": "uuid" },
+                "amount": { "type": "integer", "minimum": 5 },
+                "method": { "enum": ["card"] },
+                "note": { "type": "string" },
+            }),
+            &["id", "amount"],
+        );
+        assert_eq!(check(old, narrower), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_published_events_changed_compatibly_within_their_versions() {
+        // State v1 gained `payment_method` as optional data: no new version.
+        let before = json!({
+            "type": "object",
+            "properties": { "payment_id": { "type": "string", "format": "uuid" }, "version": { "type": "integer", "format": "uint64", "minimum": 0 } },
+            "required": ["payment_id", "version"],
+        });
+        let now = schema_for::<PaymentState>().to_value();
+        assert_eq!(breaking_changes(&before, &now), Vec::<String>::new());
+        // Notification v1 read as v2 would not be compatible the other way:
+        // v2 adds a required field, which a v1 reader ignores (compatible),
+        // but v1 data lacks it, which is why v2 readers upcast.
+        let v1 = schema_for::<PaymentReceivedNotificationV1>().to_value();
+        let v2 = schema_for::<PaymentReceivedNotification>().to_value();
+        assert_eq!(breaking_changes(&v1, &v2), Vec::<String>::new());
+        assert!(!breaking_changes(&v2, &v1).is_empty());
+    }
 }

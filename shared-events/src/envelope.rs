@@ -215,7 +215,7 @@ pub fn decode<E: Event>(record: &impl Message) -> Result<Envelope<E>, DecodeErro
         ));
     }
 
-    check_type::<E>(required(record, header::TYPE)?)?;
+    let version = check_type::<E>(required(record, header::TYPE)?)?;
 
     let content_type = required(record, header::CONTENT_TYPE)?;
     // `application/json; charset=utf-8` is the same thing.
@@ -253,7 +253,15 @@ pub fn decode<E: Event>(record: &impl Message) -> Result<Envelope<E>, DecodeErro
         .filter(|s| !s.is_empty());
 
     let payload = record.payload().ok_or(DecodeError::MissingData)?;
-    let data = serde_json::from_slice(payload)?;
+    let data = if version == E::TYPE.version {
+        serde_json::from_slice(payload)?
+    } else {
+        E::upcast(version, payload).ok_or(DecodeError::UnsupportedVersion {
+            event: E::TYPE.name,
+            found: version.to_string(),
+            supported: E::TYPE.version,
+        })??
+    };
 
     Ok(Envelope {
         metadata: Metadata {
@@ -301,7 +309,9 @@ pub fn event_id_of(record: &impl Message) -> Option<String> {
     optional(record, header::ID).ok().flatten().map(str::to_owned)
 }
 
-fn check_type<E: Event>(ce_type: &str) -> Result<(), DecodeError> {
+/// The version of `ce_type`, if it names `E`. Whether `E` reads that
+/// version (its own, or one it upcasts) is for the caller to find out.
+fn check_type<E: Event>(ce_type: &str) -> Result<u32, DecodeError> {
     let expected = E::TYPE;
     let Some((name, version)) = ce_type.rsplit_once(".v") else {
         return Err(DecodeError::UnknownType(ce_type.to_owned()));
@@ -309,14 +319,16 @@ fn check_type<E: Event>(ce_type: &str) -> Result<(), DecodeError> {
     if name != expected.name {
         return Err(DecodeError::UnknownType(ce_type.to_owned()));
     }
-    if version != expected.version.to_string() {
-        return Err(DecodeError::UnsupportedVersion {
-            event: expected.name,
-            found: version.to_owned(),
-            supported: expected.version,
-        });
+    let unsupported = || DecodeError::UnsupportedVersion {
+        event: expected.name,
+        found: version.to_owned(),
+        supported: expected.version,
+    };
+    // Digits only: `u32::from_str` would take `+2`.
+    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(unsupported());
     }
-    Ok(())
+    version.parse().map_err(|_| unsupported())
 }
 
 /// The value of the last header called `name`, as UTF-8.
@@ -485,7 +497,7 @@ mod tests {
         assert_eq!(value("ce_source").as_deref(), Some("/payments-service"));
         assert_eq!(
             value("ce_type").as_deref(),
-            Some("payments.payment-received.notification.v1")
+            Some("payments.payment-received.notification.v2")
         );
         assert_eq!(value("content-type").as_deref(), Some("application/json"));
         assert_eq!(
@@ -497,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn notification_carries_only_id_and_time() {
+    fn notification_carries_only_id_time_and_method() {
         let notification = payment().notification();
         let json: serde_json::Value = serde_json::from_slice(
             &encode(&Envelope::new("/t", notification, Uuid::now_v7(), None))
@@ -507,7 +519,76 @@ mod tests {
         .expect("json");
         let mut keys: Vec<_> = json.as_object().expect("object").keys().cloned().collect();
         keys.sort();
-        assert_eq!(keys, ["payment_id", "received_at"]);
+        assert_eq!(keys, ["payment_id", "payment_method", "received_at"]);
+    }
+
+    #[test]
+    fn a_v2_reader_reads_v1_upcast_and_refuses_what_it_does_not_know() {
+        use crate::events::{PaymentReceivedNotification, PaymentReceivedNotificationV1};
+        use crate::payment::PaymentMethod;
+
+        let v1 = PaymentReceivedNotificationV1 {
+            payment_id: payment().payment_id,
+            received_at: Utc::now(),
+        };
+        let sent = Envelope::new("/payments-service", v1.clone(), Uuid::now_v7(), None);
+        let record = encode(&sent).expect("encodes");
+        let value = |name: &str| {
+            record
+                .headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+        };
+        assert_eq!(
+            value(header::TYPE),
+            Some(&b"payments.payment-received.notification.v1"[..])
+        );
+        let read: Envelope<PaymentReceivedNotification> = decode(&delivered(record)).expect("v1 is read");
+        assert_eq!(read.data.payment_id, v1.payment_id);
+        assert_eq!(read.data.received_at, v1.received_at);
+        assert_eq!(read.data.payment_method, PaymentMethod::Unknown);
+        assert_eq!(read.metadata.id, sent.metadata.id);
+
+        // A v1 payload is not a valid v2: v2 requires the method.
+        let v1_json = serde_json::to_vec(&v1).expect("serialises");
+        assert!(serde_json::from_slice::<PaymentReceivedNotification>(&v1_json).is_err());
+
+        // A later version (or a malformed one) is not guessed at.
+        let v2 = encode(&Envelope::new(
+            "/t",
+            payment().notification(),
+            Uuid::now_v7(),
+            None,
+        ))
+        .expect("encodes");
+        for ce_type in [
+            "payments.payment-received.notification.v3",
+            "payments.payment-received.notification.v+2",
+            "payments.payment-received.notification.v",
+        ] {
+            let mut headers = OwnedHeaders::new();
+            for h in v2.headers.iter() {
+                let value = if h.key == header::TYPE {
+                    Some(ce_type.as_bytes())
+                } else {
+                    h.value
+                };
+                headers = headers.insert(Header { key: h.key, value });
+            }
+            let result: Result<Envelope<PaymentReceivedNotification>, _> =
+                decode(&message(Some(v2.payload.clone()), Some(headers)));
+            assert!(
+                matches!(&result, Err(DecodeError::UnsupportedVersion { supported: 2, .. })),
+                "{ce_type}: {result:?}"
+            );
+        }
+        // An old reader refuses v2 by name and version: it dead-letters it.
+        let old: Result<Envelope<PaymentReceivedNotificationV1>, _> = decode(&delivered(v2));
+        assert!(
+            matches!(old, Err(DecodeError::UnsupportedVersion { supported: 1, .. })),
+            "{old:?}"
+        );
     }
 
     #[test]

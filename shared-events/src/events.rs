@@ -11,6 +11,25 @@
 //!
 //! Refunds are announced the same two ways: a [`PaymentRefundedNotification`]
 //! and the payment's new [`PaymentState`].
+//!
+//! # How an event evolves
+//!
+//! Readers are tolerant: a field they do not know is ignored. So adding a
+//! field is not a breaking change, and keeps the version, as
+//! `payment_method` was added to [`PaymentState`] (optional there: a state
+//! without it reads as [`PaymentMethod::Unknown`]). A change an old reader
+//! could not read (a field removed, renamed or retyped, or a value it does
+//! not know) bumps the version in `ce_type`, and CI (`cargo xtask
+//! contracts-compat`) fails on such a change made without the bump.
+//!
+//! A bump is also how a writer promises more: `PaymentReceived` v2 always
+//! says how the customer paid. Readers of v2 read v1 too, upcasting it
+//! ([`Event::upcast`]): [`PaymentReceivedNotification`] reads
+//! [`PaymentReceivedNotificationV1`] as a v2 with [`PaymentMethod::Unknown`].
+//! The order of an upgrade follows: first every consumer (new consumers
+//! read both versions, old ones keep reading v1), then Payments. An old
+//! consumer handed a v2 would send it to its dead-letter topic, from where
+//! it is redriven once that consumer is upgraded.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -21,7 +40,7 @@ use uuid::Uuid;
 
 use crate::envelope::{Envelope, Metadata, decode};
 use crate::error::DecodeError;
-use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
+use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId, PaymentMethod};
 use crate::topics::TopicKind;
 
 /// The name and schema version of an event, carried in `ce_type` as
@@ -50,16 +69,52 @@ pub trait Event: Serialize + DeserializeOwned + JsonSchema {
     /// The record key. All events of one payment share it, so they land in
     /// one partition and keep their order.
     fn key(&self) -> String;
+
+    /// The data of an earlier `version` of this event, read as this one;
+    /// `None` for a version this reader does not read. Only the current
+    /// version is read unless an event says otherwise.
+    fn upcast(version: u32, data: &[u8]) -> Option<Result<Self, serde_json::Error>> {
+        let _ = (version, data);
+        None
+    }
 }
 
-/// A payment was received: only which payment, and when.
+/// A payment was received: which payment, when, and how it was paid (so a
+/// consumer can tell whether it cares before it calls back).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentReceivedNotification {
     pub payment_id: PaymentId,
     pub received_at: DateTime<Utc>,
+    pub payment_method: PaymentMethod,
 }
 
 impl Event for PaymentReceivedNotification {
+    const TYPE: EventType = EventType {
+        name: "payments.payment-received.notification",
+        version: 2,
+    };
+    const TOPIC: TopicKind = TopicKind::Notifications;
+
+    fn key(&self) -> String {
+        self.payment_id.to_string()
+    }
+
+    fn upcast(version: u32, data: &[u8]) -> Option<Result<Self, serde_json::Error>> {
+        (version == PaymentReceivedNotificationV1::TYPE.version)
+            .then(|| serde_json::from_slice::<PaymentReceivedNotificationV1>(data).map(Self::from))
+    }
+}
+
+/// A payment was received, as version 1 said it: only which payment, and
+/// when. What Payments published before v2; still read (as a v2 with
+/// [`PaymentMethod::Unknown`]), no longer written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentReceivedNotificationV1 {
+    pub payment_id: PaymentId,
+    pub received_at: DateTime<Utc>,
+}
+
+impl Event for PaymentReceivedNotificationV1 {
     const TYPE: EventType = EventType {
         name: "payments.payment-received.notification",
         version: 1,
@@ -71,9 +126,20 @@ impl Event for PaymentReceivedNotification {
     }
 }
 
+impl From<PaymentReceivedNotificationV1> for PaymentReceivedNotification {
+    fn from(v1: PaymentReceivedNotificationV1) -> Self {
+        Self {
+            payment_id: v1.payment_id,
+            received_at: v1.received_at,
+            payment_method: PaymentMethod::Unknown,
+        }
+    }
+}
+
 /// A payment was received: the whole payment as it arrived. The event
-/// Payments stores; on Kafka it travels as a [`PaymentReceivedNotification`]
-/// and a [`PaymentState`].
+/// Payments stores (version 2; version 1, without `payment_method`, is
+/// [`PaymentReceivedV1`]); on Kafka it travels as a
+/// [`PaymentReceivedNotification`] and a [`PaymentState`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentReceived {
     pub payment_id: PaymentId,
@@ -84,6 +150,7 @@ pub struct PaymentReceived {
     /// ISO 4217 code.
     pub currency: Currency,
     pub received_at: DateTime<Utc>,
+    pub payment_method: PaymentMethod,
 }
 
 impl PaymentReceived {
@@ -92,6 +159,34 @@ impl PaymentReceived {
         PaymentReceivedNotification {
             payment_id: self.payment_id,
             received_at: self.received_at,
+            payment_method: self.payment_method,
+        }
+    }
+}
+
+/// A payment was received, as Payments stored it before v2: without how it
+/// was paid. Events stored so are upcast to [`PaymentReceived`] when a
+/// stream is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentReceivedV1 {
+    pub payment_id: PaymentId,
+    pub customer_id: CustomerId,
+    pub order_id: OrderId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub received_at: DateTime<Utc>,
+}
+
+impl From<PaymentReceivedV1> for PaymentReceived {
+    fn from(v1: PaymentReceivedV1) -> Self {
+        Self {
+            payment_id: v1.payment_id,
+            customer_id: v1.customer_id,
+            order_id: v1.order_id,
+            amount: v1.amount,
+            currency: v1.currency,
+            received_at: v1.received_at,
+            payment_method: PaymentMethod::Unknown,
         }
     }
 }
@@ -181,6 +276,10 @@ pub struct PaymentState {
     pub refunded: i64,
     /// The payment's version: how many events it has been through.
     pub version: u64,
+    /// Added without a new version (readers ignore what they do not know):
+    /// a state published before it reads as `unknown`.
+    #[serde(default)]
+    pub payment_method: PaymentMethod,
 }
 
 impl Event for PaymentState {

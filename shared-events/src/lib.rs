@@ -33,7 +33,7 @@ pub use envelope::{Envelope, EventId, KafkaRecord, Metadata, decode, encode};
 pub use error::{DecodeError, EncodeError, InvalidValue};
 pub use events::{
     Event, EventType, Notification, PaymentReceived, PaymentReceivedNotification,
-    PaymentRefundedNotification, PaymentState,
+    PaymentReceivedNotificationV1, PaymentReceivedV1, PaymentRefundedNotification, PaymentState,
 };
-pub use payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
+pub use payment::{Amount, Currency, CustomerId, OrderId, PaymentId, PaymentMethod};
 pub use topics::{TopicKind, TopicSpec, Topics, dead_letter_topic};

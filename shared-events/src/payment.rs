@@ -336,3 +336,17 @@ mod tests {
         );
     }
 }
+
+/// How the customer paid. Recorded since `PaymentReceived` v2; a payment
+/// received before that (an event of version 1, upcast when read) is
+/// [`PaymentMethod::Unknown`], as is one whose request did not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentMethod {
+    Card,
+    BankTransfer,
+    Wallet,
+    /// Not recorded.
+    #[default]
+    Unknown,
+}

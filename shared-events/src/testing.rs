@@ -6,7 +6,7 @@ use rdkafka::message::OwnedMessage;
 
 use crate::envelope::{Envelope, encode};
 use crate::events::{Event, PaymentReceived, PaymentState};
-use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId};
+use crate::payment::{Amount, Currency, CustomerId, OrderId, PaymentId, PaymentMethod};
 
 /// A valid payment of 19.99 EUR, with a fresh id.
 pub fn payment() -> PaymentReceived {
@@ -17,6 +17,7 @@ pub fn payment() -> PaymentReceived {
         amount: Amount::parse(1999).expect("valid amount"),
         currency: Currency::parse("EUR").expect("valid currency"),
         received_at: Utc::now(),
+        payment_method: PaymentMethod::Card,
     }
 }
 
@@ -32,6 +33,7 @@ pub fn state() -> PaymentState {
         received_at: p.received_at,
         refunded: 0,
         version: 1,
+        payment_method: p.payment_method,
     }
 }
 

@@ -288,6 +288,7 @@ async fn a_notification_for_a_payment_payments_does_not_know_does_not_stall_serv
     let unknown = shared_events::PaymentReceivedNotification {
         payment_id: shared_events::PaymentId::new(),
         received_at: chrono::Utc::now() - chrono::Duration::hours(1),
+        payment_method: shared_events::PaymentMethod::Card,
     };
     let unknown_id = unknown.payment_id;
     produce_event(

@@ -6,3 +6,4 @@ mod failures;
 mod flow;
 mod outbox;
 mod processes;
+mod upgrade;

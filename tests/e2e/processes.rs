@@ -52,14 +52,19 @@ fn binary(name: &str) -> PathBuf {
 const SERVICES: [&str; 3] = ["payments-service", "service-a", "service-b"];
 
 /// A service process with its stderr and stdout lines forwarded to a channel.
-struct Process {
+pub(crate) struct Process {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
 }
 
 impl Process {
-    fn start(name: &str, envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(binary(name))
+    pub(crate) fn start(name: &str, envs: &[(&str, &str)]) -> Self {
+        Self::start_binary(&binary(name), name, envs)
+    }
+
+    /// The program at `path`, called `name` in the test's output.
+    pub(crate) fn start_binary(path: &Path, name: &str, envs: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(path)
             .envs(envs.iter().copied())
             .env("HTTP_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info")
@@ -97,7 +102,7 @@ impl Process {
     }
 
     /// The address the service logged it listens on (it was given port 0).
-    async fn address(&mut self) -> String {
+    pub(crate) async fn address(&mut self) -> String {
         loop {
             let line = tokio::time::timeout(PATIENCE, self.lines.recv())
                 .await
@@ -149,7 +154,7 @@ impl Process {
     }
 
     /// SIGTERM, then the exit status.
-    async fn terminate(self) -> std::process::ExitStatus {
+    pub(crate) async fn terminate(self) -> std::process::ExitStatus {
         self.signal(Signal::SIGTERM).await
     }
 
@@ -184,7 +189,7 @@ impl Process {
 }
 
 /// The environment that points a service at this test's broker and topics.
-fn kafka_env(kafka: &service_kit::config::KafkaConfig) -> [(&'static str, &str); 3] {
+pub(crate) fn kafka_env(kafka: &service_kit::config::KafkaConfig) -> [(&'static str, &str); 3] {
     [
         ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.as_str()),
         ("TOPIC_NOTIFICATIONS", kafka.topics.notifications.as_str()),

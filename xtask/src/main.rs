@@ -4,6 +4,7 @@
 mod bench;
 mod broker;
 mod compose;
+mod contracts;
 mod demo;
 mod engine;
 mod flow;
@@ -97,6 +98,9 @@ enum Task {
         #[arg(long, default_value_t = 100)]
         max_examples: u32,
     },
+    /// Fails when an event's committed schema changed in a way a reader of an
+    /// earlier revision of it (in git) could not read, without a new version.
+    ContractsCompat,
     /// One payment and one refund through the demo's stack, traced: prints
     /// the sequence diagram (mermaid) of what each hop did and how long it
     /// took, from the spans the services wrote under target/xtask/traces.
@@ -181,6 +185,7 @@ async fn main() -> Result<()> {
         Task::Bench(options) => bench::run(&root, &options).await,
         Task::FuzzHttp { max_examples } => fuzz_http::run(&root, max_examples).await,
         Task::Flow { svg } => flow::run(&root, svg).await,
+        Task::ContractsCompat => contracts::compat(&root).await,
         Task::Dlt { action } => match action {
             DltAction::List { topic } => ops::dlt_list(&topic).await,
             DltAction::Redrive { topic } => ops::dlt_redrive(&topic).await,
