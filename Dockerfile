@@ -1,4 +1,5 @@
-# One image with the three service binaries; docker-compose.yml picks one per
+# One image with the three service binaries (and the observability
+# profile's Kafka UI); docker-compose.yml picks one per
 # container with `command:`. The cache mounts need BuildKit (Docker Compose
 # v2 uses it) or podman's builder (what `docker-compose` 1.29 reaches on a
 # machine set up by `cargo xtask engine up`).
@@ -10,9 +11,10 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p payments-service -p service-a -p service-b \
+    cargo build --release --locked -p payments-service -p service-a -p service-b --bin kafka-ui \
     && mkdir -p /out \
-    && cp target/release/payments-service target/release/service-a target/release/service-b /out/
+    && cp target/release/payments-service target/release/service-a target/release/service-b \
+          target/release/kafka-ui /out/
 
 FROM debian:bookworm-slim
 # curl: for the compose health checks.

@@ -74,7 +74,7 @@ async fn a_payment_reaches_service_a_and_service_b() {
 }
 
 #[tokio::test]
-async fn the_notification_carries_only_the_id_and_the_state_event_the_whole_payment() {
+async fn the_notification_carries_only_the_id_time_and_method_and_the_state_event_the_whole_payment() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let http = reqwest::Client::new();
@@ -107,7 +107,7 @@ async fn the_notification_carries_only_the_id_and_the_state_event_the_whole_paym
         .expect("one");
 
     for (record, ce_type) in [
-        (&notification, "payments.payment-received.notification.v1"),
+        (&notification, "payments.payment-received.notification.v2"),
         (&state, "payments.payment.state.v1"),
     ] {
         assert_eq!(record.key(), Some(id.as_bytes()), "keyed by payment id");
@@ -153,7 +153,8 @@ async fn the_notification_carries_only_the_id_and_the_state_event_the_whole_paym
     let notification: Value = serde_json::from_slice(notification.payload().expect("value")).expect("json");
     assert_eq!(
         notification,
-        serde_json::json!({"payment_id": id, "received_at": payment["received_at"]})
+        serde_json::json!({"payment_id": id, "received_at": payment["received_at"], "payment_method": "unknown"}),
+        "which payment, when, and how paid (the request did not say)"
     );
     let state: Value = serde_json::from_slice(state.payload().expect("value")).expect("json");
     assert_eq!(state, payment);

@@ -128,7 +128,7 @@ impl Process {
     }
 
     /// Every line logged since the last read, without waiting.
-    fn lines_so_far(&mut self) -> Vec<String> {
+    pub(crate) fn lines_so_far(&mut self) -> Vec<String> {
         std::iter::from_fn(|| self.lines.try_recv().ok()).collect()
     }
 

@@ -139,6 +139,20 @@ async fn refund(http: &reqwest::Client, url: &str, id: &str) {
     );
 }
 
+/// Waits until ServiceB (at `url`) recorded each payment at its version.
+async fn all_recorded(http: &reqwest::Client, url: &str, versions: &[(String, u64)]) {
+    for (id, version) in versions {
+        eventually(
+            &format!("service-b recorded {id} at version {version}"),
+            || async {
+                let record = get_json(http, format!("{url}/payments/{id}")).await?;
+                (record["payment"]["version"].as_u64()? >= *version).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
     let (old_payments_bin, old_service_b_bin) = tokio::task::spawn_blocking(|| {
@@ -174,10 +188,12 @@ async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
     ]
     .concat();
     let mut old_service_b = Process::start_binary(&old_service_b_bin, "old service-b", &service_b_env);
-    old_service_b.address().await;
+    let old_service_b_url = format!("http://{}", old_service_b.address().await);
     for i in 0..10 {
         versions.push((pay(&http, &old_url, &payment_request("c-old", 1000 + i)).await, 1));
     }
+    // Published by the old relay, handled by the old ServiceB.
+    all_recorded(&http, &old_service_b_url, &versions).await;
     let mut new_service_b = Process::start("service-b", &service_b_env);
     let service_b_url = format!("http://{}", new_service_b.address().await);
     for i in 0..10 {
@@ -189,6 +205,17 @@ async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
             versions.push((id, 1));
         }
     }
+    // Both members handled them, sharing the partitions and the database.
+    all_recorded(&http, &service_b_url, &versions).await;
+    let handled_by_old = old_service_b
+        .lines_so_far()
+        .iter()
+        .filter(|line| line.contains("payment info recorded"))
+        .count();
+    assert!(
+        handled_by_old >= 10,
+        "the old ServiceB handled {handled_by_old} notifications"
+    );
     // The old member leaves; its partitions go to the new one.
     let status = old_service_b.terminate().await;
     assert!(status.success(), "old service-b stopped cleanly: {status}");
@@ -206,6 +233,9 @@ async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
         versions.push((old_made, 2));
         versions.push((new_made, 2));
     }
+    // Published by whichever relay leads (the old one, there first), handled
+    // by the new ServiceB.
+    all_recorded(&http, &service_b_url, &versions).await;
     // The new Payments upcasts the old one's v1 payments on load.
     let (v1_id, _) = &versions[0];
     let upcast = get_json(&http, format!("{new_url}/payments/{v1_id}"))
@@ -230,16 +260,7 @@ async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
     assert_eq!(card["payment_method"], "card", "{card}");
 
     // Nothing lost: ServiceB recorded every payment at its last version.
-    for (id, version) in &versions {
-        eventually(
-            &format!("service-b recorded {id} at version {version}"),
-            || async {
-                let record = get_json(&http, format!("{service_b_url}/payments/{id}")).await?;
-                (record["payment"]["version"].as_u64()? >= *version).then_some(())
-            },
-        )
-        .await;
-    }
+    all_recorded(&http, &service_b_url, &versions).await;
     // Both versions were published, and none was dead-lettered.
     let notifications = all_records(
         &kafka,

@@ -3,9 +3,11 @@
 //!
 //! Builds the images compose needs where they are missing
 //! ([`crate::images`]), builds the project's `Dockerfile` and runs
-//! `docker-compose.yml` as they are (under a project name of its own), waits
-//! until every container is healthy, runs the README's curl session against
-//! the published ports, and takes everything down again with its volumes.
+//! `docker-compose.yml` as they are (under a project name of its own, with
+//! the observability profile), waits until every container is healthy, runs
+//! the README's curl session against the published ports, checks what the
+//! README says to look at in Zipkin, Prometheus and the Kafka UI, and takes
+//! everything down again with its volumes.
 //! Any failure ends it with a non-zero exit naming the step, after the
 //! containers' last log lines.
 
@@ -30,6 +32,9 @@ const EVENTUAL: Duration = Duration::from_secs(60);
 const PAYMENTS: &str = "http://127.0.0.1:8080";
 const SERVICE_A: &str = "http://127.0.0.1:8081";
 const SERVICE_B: &str = "http://127.0.0.1:8082";
+const ZIPKIN: &str = "http://127.0.0.1:9411";
+const PROMETHEUS: &str = "http://127.0.0.1:9090";
+const KAFKA_UI: &str = "http://127.0.0.1:8090";
 
 pub async fn check(root: &Path) -> Result<()> {
     crate::images::build(root).await?;
@@ -42,7 +47,8 @@ pub async fn check(root: &Path) -> Result<()> {
         step("build the Dockerfile", compose.run(&["build"])).await?;
         step("start the stack", compose.run(&["up", "--detach"])).await?;
         step("every container healthy", compose.all_healthy()).await?;
-        session().await
+        session().await?;
+        observability().await
     }
     .await;
     if result.is_err() {
@@ -82,6 +88,7 @@ impl Compose<'_> {
         command
             .current_dir(self.root)
             .args(["--project-name", PROJECT, "--file", "docker-compose.yml"])
+            .args(["--profile", "observability"])
             .stdin(Stdio::null());
         command
     }
@@ -331,6 +338,76 @@ async fn session() -> Result<()> {
             &body,
         )
     })
+    .await
+}
+
+/// What the README says to look at with the observability profile.
+async fn observability() -> Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    step("Zipkin: a payment's trace spans the three services", async {
+        // The services export every 5 s (the batch processor's delay).
+        let services = eventually("a trace with spans of all three services", || async {
+            let traces = get_ok(
+                &http,
+                &format!("{ZIPKIN}/api/v2/traces?serviceName=service-b&limit=50"),
+            )
+            .await
+            .ok()?;
+            traces.as_array()?.iter().find_map(|trace| {
+                let services: std::collections::BTreeSet<&str> = trace
+                    .as_array()?
+                    .iter()
+                    .filter_map(|span| span["localEndpoint"]["serviceName"].as_str())
+                    .collect();
+                (services.len() == 3).then(|| format!("{services:?}"))
+            })
+        })
+        .await?;
+        eprintln!("xtask: one trace across {services}");
+        Ok(())
+    })
+    .await?;
+
+    step("Prometheus: every service scraped", async {
+        eventually("the three services up", || async {
+            let up = get_ok(&http, &format!("{PROMETHEUS}/api/v1/query?query=up"))
+                .await
+                .ok()?;
+            let up_jobs: Vec<&str> = up["data"]["result"]
+                .as_array()?
+                .iter()
+                .filter(|series| series["value"][1] == "1")
+                .filter_map(|series| series["metric"]["job"].as_str())
+                .collect();
+            ["payments-service", "service-a", "service-b"]
+                .iter()
+                .all(|job| up_jobs.contains(job))
+                .then_some(())
+        })
+        .await
+    })
+    .await?;
+
+    step(
+        "Kafka UI: topics, dead-letter topics and the groups' lag",
+        async {
+            let page = http.get(KAFKA_UI).send().await?.text().await?;
+            for shown in [
+                "payments.notifications",
+                "payments.state",
+                "payments.notifications.dlt",
+                "service-a",
+                "service-b",
+            ] {
+                if !page.contains(shown) {
+                    bail!("the Kafka UI page does not show {shown}");
+                }
+            }
+            Ok(())
+        },
+    )
     .await
 }
 

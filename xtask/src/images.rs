@@ -33,6 +33,11 @@ pub const DEBIAN: &str = "docker.io/library/debian:bookworm-slim";
 pub const RUST: &str = "docker.io/library/rust:1.95-bookworm";
 pub const KAFKA: &str = "docker.io/apache/kafka:4.1.1";
 pub const POSTGRES: &str = "docker.io/library/postgres:15-bookworm";
+/// Compose's observability profile: the trace viewer and the metrics server.
+pub const ZIPKIN: &str = "docker.io/openzipkin/zipkin:3.5.1";
+pub const PROMETHEUS: &str = "docker.io/prom/prometheus:v2.42.0";
+/// Zipkin's executable jar, of the version [`ZIPKIN`] names.
+const ZIPKIN_JAR: &str = "io.zipkin:zipkin-server:3.5.1:jar:exec";
 
 /// The Debian release of every stand-in, and where debootstrap fetches it.
 const SUITE: &str = "bookworm";
@@ -45,7 +50,7 @@ deb http://deb.debian.org/debian bookworm-updates main
 deb http://deb.debian.org/debian-security bookworm-security main
 ";
 
-/// Builds whichever of the four images is missing or out of date.
+/// Builds whichever of the six images is missing or out of date.
 pub async fn build(root: &Path) -> Result<Engine> {
     let engine = Engine::ensure(root).await?;
     let work = root.join("target/xtask/images");
@@ -109,6 +114,42 @@ pub async fn build(root: &Path) -> Result<Engine> {
     .await?;
 
     derived(&engine, root, &work, "postgres", POSTGRES, &base, "", |_| Ok(())).await?;
+
+    derived(
+        &engine,
+        root,
+        &work,
+        "zipkin",
+        ZIPKIN,
+        &base,
+        ZIPKIN_JAR,
+        |context| {
+            // From Maven Central, through the local Maven repository.
+            let status = std::process::Command::new("mvn")
+                .args([
+                    "-q",
+                    "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
+                ])
+                .arg(format!("-Dartifact={ZIPKIN_JAR}"))
+                .arg(format!("-DoutputDirectory={}", context.display()))
+                .arg("-Dmdep.stripVersion=true")
+                .arg("-Dmdep.stripClassifier=true")
+                .current_dir(context)
+                .status()
+                .context("cannot run mvn (is Maven installed?)")?;
+            if !status.success() {
+                bail!("mvn could not fetch {ZIPKIN_JAR} ({status})");
+            }
+            std::fs::rename(context.join("zipkin-server.jar"), context.join("zipkin.jar"))
+                .context("mvn did not leave zipkin-server.jar")?;
+            Ok(())
+        },
+    )
+    .await?;
+    derived(&engine, root, &work, "prometheus", PROMETHEUS, &base, "", |_| {
+        Ok(())
+    })
+    .await?;
     Ok(engine)
 }
 
@@ -389,7 +430,7 @@ mod tests {
                 .to_owned()
         };
         let compose = read("docker-compose.yml");
-        for image in [KAFKA, POSTGRES] {
+        for image in [KAFKA, POSTGRES, ZIPKIN, PROMETHEUS] {
             assert!(
                 compose.contains(&format!("image: {}", short(image))),
                 "docker-compose.yml runs {}",

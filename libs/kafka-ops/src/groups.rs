@@ -54,20 +54,25 @@ pub(crate) fn partition_offsets(consumer: &BaseConsumer, topic: &str) -> Result<
     (0..partitions)
         .map(|partition| {
             let (low, high) = watermarks(consumer, topic, partition)?;
-            let committed = committed
-                .find_partition(topic, partition)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                });
             Ok(PartitionOffsets {
                 partition,
-                committed,
+                committed: committed_offset(&committed, topic, partition),
                 low,
                 high,
             })
         })
         .collect()
+}
+
+/// The committed offset of `partition` of `topic` in an answer to
+/// [`Consumer::committed_offsets`]; `None` where the group never committed.
+pub(crate) fn committed_offset(committed: &TopicPartitionList, topic: &str, partition: i32) -> Option<i64> {
+    committed
+        .find_partition(topic, partition)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
 }
 
 /// How many members the group has now. Blocks.

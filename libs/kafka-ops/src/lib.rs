@@ -1,5 +1,6 @@
 //! Operating the services' consumers, from outside them: what an operator
-//! (through `cargo xtask`) and the tests do, and no service links.
+//! does (through `cargo xtask`, or the Kafka UI, the `kafka-ui` binary) and
+//! the tests check; no service links it.
 //!
 //! # Layout
 //!
@@ -7,10 +8,15 @@
 //!   and lag; moving a stopped group's offsets.
 //! - [`dead_letters`]: listing the dead letters of a topic, and redriving
 //!   them to it.
+//! - [`overview`]: every topic, dead-letter topic and consumer group of the
+//!   cluster, with records held and lag.
+//! - [`ui`]: the Kafka UI: the overview as a web page and as JSON.
 //! - [`error`]: this crate's error type.
 
 pub mod dead_letters;
 pub mod error;
 pub mod groups;
+pub mod overview;
+pub mod ui;
 
 pub use error::{Error, Result};

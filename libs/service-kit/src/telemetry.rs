@@ -9,6 +9,9 @@
 //! - over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (e.g.
 //!   `http://localhost:4318` for Jaeger; the exporter reads the other
 //!   standard `OTEL_EXPORTER_OTLP_*` variables itself), and/or
+//! - in Zipkin's format when `OTEL_EXPORTER_ZIPKIN_ENDPOINT` is set (e.g.
+//!   `http://localhost:9411/api/v2/spans`: what compose's observability
+//!   profile runs, since no registry here serves Jaeger's UI), and/or
 //! - as JSON lines, one [`SpanRecord`] per span, appended to
 //!   `$TRACES_DIR/<service>.jsonl` when `TRACES_DIR` is set: what
 //!   `cargo xtask flow` reads.
@@ -64,6 +67,8 @@ use crate::error::{Error, Result};
 pub const TRACES_DIR: &str = "TRACES_DIR";
 /// The variable naming the OTLP collector; the exporter reads it itself.
 pub const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The variable naming Zipkin's span endpoint; the exporter reads it itself.
+pub const ZIPKIN_ENDPOINT: &str = "OTEL_EXPORTER_ZIPKIN_ENDPOINT";
 
 /// Keeps the exporters running; dropping it sends what is left. Hold it in
 /// `main` until the service stopped.
@@ -92,8 +97,9 @@ impl Drop for Telemetry {
 }
 
 /// Installs the global subscriber for `service`: logs, and traces when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` or `TRACES_DIR` asks for them. Call once,
-/// from `main`.
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_ZIPKIN_ENDPOINT` or
+/// `TRACES_DIR` asks for them. Call once, from `main`, outside the async
+/// runtime (the exporters' HTTP clients run threads of their own).
 pub fn init(service: &'static str) -> Result<Telemetry> {
     let mut builder = None::<TracerProviderBuilder>;
     if std::env::var_os(OTLP_ENDPOINT).is_some_and(|v| !v.is_empty()) {
@@ -102,6 +108,15 @@ pub fn init(service: &'static str) -> Result<Telemetry> {
             .build()
             .map_err(|e| Error::Telemetry(format!("OTLP exporter ({OTLP_ENDPOINT}): {e}")))?;
         builder = Some(builder.unwrap_or_default().with_batch_exporter(otlp));
+    }
+    if std::env::var_os(ZIPKIN_ENDPOINT).is_some_and(|v| !v.is_empty()) {
+        // Deprecated upstream in favour of OTLP into Zipkin, which the
+        // Zipkin server Maven Central serves (3.5.1) does not take yet.
+        #[allow(deprecated)]
+        let zipkin = opentelemetry_zipkin::ZipkinExporter::builder()
+            .build()
+            .map_err(|e| Error::Telemetry(format!("Zipkin exporter ({ZIPKIN_ENDPOINT}): {e}")))?;
+        builder = Some(builder.unwrap_or_default().with_batch_exporter(zipkin));
     }
     if let Some(dir) = std::env::var_os(TRACES_DIR).filter(|v| !v.is_empty()) {
         let file = JsonLinesExporter::create(Path::new(&dir), service)?;
