@@ -11,7 +11,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p payments-service -p service-a -p service-b --bin kafka-ui \
+    cargo build --release --locked --bins -p payments-service -p service-a -p service-b -p kafka-ops \
     && mkdir -p /out \
     && cp target/release/payments-service target/release/service-a target/release/service-b \
           target/release/kafka-ui /out/

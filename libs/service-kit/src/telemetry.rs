@@ -67,7 +67,7 @@ use crate::error::{Error, Result};
 pub const TRACES_DIR: &str = "TRACES_DIR";
 /// The variable naming the OTLP collector; the exporter reads it itself.
 pub const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
-/// The variable naming Zipkin's span endpoint; the exporter reads it itself.
+/// The variable naming Zipkin's span endpoint (`.../api/v2/spans`).
 pub const ZIPKIN_ENDPOINT: &str = "OTEL_EXPORTER_ZIPKIN_ENDPOINT";
 
 /// Keeps the exporters running; dropping it sends what is left. Hold it in
@@ -109,13 +109,8 @@ pub fn init(service: &'static str) -> Result<Telemetry> {
             .map_err(|e| Error::Telemetry(format!("OTLP exporter ({OTLP_ENDPOINT}): {e}")))?;
         builder = Some(builder.unwrap_or_default().with_batch_exporter(otlp));
     }
-    if std::env::var_os(ZIPKIN_ENDPOINT).is_some_and(|v| !v.is_empty()) {
-        // Deprecated upstream in favour of OTLP into Zipkin, which the
-        // Zipkin server Maven Central serves (3.5.1) does not take yet.
-        #[allow(deprecated)]
-        let zipkin = opentelemetry_zipkin::ZipkinExporter::builder()
-            .build()
-            .map_err(|e| Error::Telemetry(format!("Zipkin exporter ({ZIPKIN_ENDPOINT}): {e}")))?;
+    if let Some(endpoint) = std::env::var(ZIPKIN_ENDPOINT).ok().filter(|v| !v.is_empty()) {
+        let zipkin = ZipkinExporter::new(service, endpoint)?;
         builder = Some(builder.unwrap_or_default().with_batch_exporter(zipkin));
     }
     if let Some(dir) = std::env::var_os(TRACES_DIR).filter(|v| !v.is_empty()) {
@@ -398,6 +393,97 @@ fn json_value(value: &Value) -> serde_json::Value {
     }
 }
 
+/// Posts spans to a Zipkin server in its v2 JSON format. Our own rather
+/// than `opentelemetry-zipkin`: that crate is deprecated in favour of OTLP
+/// into Zipkin, which the Zipkin Maven Central serves (3.5.1) does not take
+/// yet, and its 0.33 leaves out the service name, without which Zipkin's UI
+/// cannot tell the services apart.
+#[derive(Debug)]
+struct ZipkinExporter {
+    service: &'static str,
+    endpoint: String,
+    http: reqwest::blocking::Client,
+}
+
+impl ZipkinExporter {
+    fn new(service: &'static str, endpoint: String) -> Result<Self> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Telemetry(format!("Zipkin exporter ({ZIPKIN_ENDPOINT}): {e}")))?;
+        Ok(Self {
+            service,
+            endpoint,
+            http,
+        })
+    }
+}
+
+impl SpanExporter for ZipkinExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans: Vec<serde_json::Value> = batch
+            .iter()
+            .map(|span| zipkin_span(&SpanRecord::from_span(self.service, span)))
+            .collect();
+        // The SDK calls this on its exporter thread, outside any runtime:
+        // the blocking client is the one that works there.
+        let response = self
+            .http
+            .post(&self.endpoint)
+            .json(&spans)
+            .send()
+            .map_err(|e| OTelSdkError::InternalFailure(format!("{}: {e}", self.endpoint)))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(OTelSdkError::InternalFailure(format!(
+                "{} answered {}",
+                self.endpoint,
+                response.status()
+            )))
+        }
+    }
+}
+
+/// A span in Zipkin's v2 JSON: ids in hex, times in microseconds, the
+/// service as the local endpoint, attributes as string tags, and `error`
+/// for a failed one.
+fn zipkin_span(span: &SpanRecord) -> serde_json::Value {
+    let micros = |nanos: u128| u64::try_from(nanos / 1_000).unwrap_or(u64::MAX);
+    let mut tags: serde_json::Map<String, serde_json::Value> = span
+        .attributes
+        .iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (key.clone(), text.into())
+        })
+        .collect();
+    if span.status == "error" {
+        tags.insert("error".to_owned(), "true".into());
+    }
+    let mut zipkin = serde_json::json!({
+        "traceId": span.trace_id,
+        "id": span.span_id,
+        "name": span.name,
+        "timestamp": micros(span.start_unix_nanos),
+        // Zipkin drops a zero duration; a span took at least a microsecond.
+        "duration": micros(span.end_unix_nanos.saturating_sub(span.start_unix_nanos)).max(1),
+        "localEndpoint": { "serviceName": span.service },
+        "tags": tags,
+    });
+    if let Some(parent) = &span.parent_span_id {
+        zipkin["parentId"] = parent.clone().into();
+    }
+    // Zipkin has no kind for internal spans.
+    if span.kind != "internal" {
+        zipkin["kind"] = span.kind.to_uppercase().into();
+    }
+    zipkin
+}
+
 /// Appends each span as a [`SpanRecord`] line to `<dir>/<service>.jsonl`.
 #[derive(Debug)]
 struct JsonLinesExporter {
@@ -502,6 +588,52 @@ mod tests {
                 .span_context()
                 .is_valid()
         );
+    }
+
+    #[test]
+    fn a_span_in_zipkins_format_names_its_service_and_kind() {
+        let record = SpanRecord {
+            service: "service-b".to_owned(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+            span_id: "00f067aa0ba902b7".to_owned(),
+            parent_span_id: Some("00f067aa0ba902b6".to_owned()),
+            name: "GET".to_owned(),
+            kind: "client".to_owned(),
+            start_unix_nanos: 1_700_000_000_123_456_789,
+            end_unix_nanos: 1_700_000_000_125_456_789,
+            status: "error".to_owned(),
+            attributes: HashMap::from([
+                ("http.response.status_code".to_owned(), serde_json::json!(503)),
+                ("http.request.method".to_owned(), serde_json::json!("GET")),
+            ]),
+        };
+        assert_eq!(
+            zipkin_span(&record),
+            serde_json::json!({
+                "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "id": "00f067aa0ba902b7",
+                "parentId": "00f067aa0ba902b6",
+                "name": "GET",
+                "kind": "CLIENT",
+                "timestamp": 1_700_000_000_123_456_u64,
+                "duration": 2_000,
+                "localEndpoint": { "serviceName": "service-b" },
+                "tags": { "http.response.status_code": "503", "http.request.method": "GET", "error": "true" },
+            })
+        );
+        let root = SpanRecord {
+            parent_span_id: None,
+            kind: "internal".to_owned(),
+            end_unix_nanos: record.start_unix_nanos,
+            status: "unset".to_owned(),
+            ..record
+        };
+        let zipkin = zipkin_span(&root);
+        assert!(
+            zipkin.get("parentId").is_none() && zipkin.get("kind").is_none(),
+            "{zipkin}"
+        );
+        assert_eq!(zipkin["duration"], 1);
     }
 
     #[test]
