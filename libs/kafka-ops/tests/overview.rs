@@ -105,10 +105,24 @@ async fn the_overview_shows_records_dead_letters_and_lag() {
     position
         .add_partition_offset(&topic, 0, Offset::Offset(1))
         .expect("offset");
-    tokio::task::spawn_blocking(move || committer.commit(&position, CommitMode::Sync))
-        .await
-        .expect("commit task")
-        .expect("committed");
+    // On a new broker the group coordinator (and its offsets topic) comes
+    // up with the first group: until then a commit is refused with
+    // NotCoordinator or CoordinatorLoadInProgress, so it is tried again.
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match committer.commit(&position, CommitMode::Sync) {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("commit refused, trying again: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("committed within {PATIENCE:?}: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("commit task");
 
     // The broker lists a new topic and group a little after creating them.
     let seen: Overview = eventually("the overview shows the topics and the group", || async {
