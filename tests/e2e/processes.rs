@@ -268,6 +268,79 @@ async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
     }
 }
 
+/// The OTLP export path, against a collector that only records what it is
+/// sent: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, Payments posts its spans
+/// as OTLP/HTTP protobuf to `<endpoint>/v1/traces`, the last of them when it
+/// stops. (Without it, the tracing test shows that the spans link up.)
+#[tokio::test]
+async fn with_an_otlp_endpoint_payments_exports_its_spans() {
+    use axum::http::{HeaderMap, header};
+
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::create().await;
+    let (sent, mut received) = mpsc::unbounded_channel::<(Option<String>, Vec<u8>)>();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let _ = sent.send((content_type, body.to_vec()));
+            // An empty ExportTraceServiceResponse: everything accepted.
+            async {
+                (
+                    [(header::CONTENT_TYPE, "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let env = [
+        &kafka_env(&kafka)[..],
+        &[
+            ("DATABASE_URL", database.url.as_str()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ],
+    ]
+    .concat();
+    let mut payments = Process::start("payments-service", &env);
+    let url = format!("http://{}", payments.address().await);
+    let response = reqwest::Client::new()
+        .post(format!("{url}/payments"))
+        .json(&payment_request("c-otlp", 700))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let status = payments.terminate().await;
+    assert!(status.success(), "stopped cleanly: {status}");
+
+    // Every batch it posted, until the one with the request's spans.
+    let mut batches = 0;
+    loop {
+        let (content_type, body) = tokio::time::timeout(PATIENCE, received.recv())
+            .await
+            .expect("spans exported in time")
+            .expect("the collector runs");
+        batches += 1;
+        assert_eq!(content_type.as_deref(), Some("application/x-protobuf"));
+        // Protobuf keeps strings as they are: the resource's service name
+        // and the spans' names can be found in the bytes.
+        let has = |text: &str| body.windows(text.len()).any(|w| w == text.as_bytes());
+        assert!(has("payments-service"), "the resource names the service");
+        if has("POST /payments") && has("INSERT events") {
+            break;
+        }
+        assert!(batches < 100, "no batch with the request's spans");
+    }
+}
+
 /// Ids of the events stored in `database`, and of the notifications on the
 /// topic (each notification's `ce_id` is its stored event's id).
 async fn stored_and_published(
