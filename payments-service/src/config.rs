@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use service_kit::config::{ConfigError, KafkaConfig, millis, secret, shutdown_timeout, startup_timeout, var};
-use sqlx::postgres::PgConnectOptions;
+use service_kit::config::{
+    ConfigError, DatabaseUrl, KafkaConfig, millis, secret, shutdown_timeout, startup_timeout, var,
+};
 
 /// Where the local PostgreSQL of `cargo xtask pg up` listens.
 pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -16,7 +17,7 @@ pub struct Config {
     /// Broker and topics (`KAFKA_BOOTSTRAP_SERVERS`, `TOPIC_*`).
     pub kafka: KafkaConfig,
     /// `DATABASE_URL`: the event store's PostgreSQL. Default: the local one.
-    pub database: PgConnectOptions,
+    pub database: DatabaseUrl,
     /// `DATABASE_CONNECTIONS`: connection pool size. Default 10.
     pub database_connections: u32,
     /// `SNAPSHOT_EVERY`: save a payment's snapshot every this many events.

@@ -55,8 +55,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    wait_for_database(&config.database, config.startup_timeout).await?;
-    let store = EventStore::connect(config.database.clone(), config.database_connections).await?;
+    wait_for_database(config.database.options(), config.startup_timeout).await?;
+    let store = EventStore::connect(config.database.options().clone(), config.database_connections).await?;
     let payments =
         Payments::new(store.clone(), config.snapshot_every).with_key_ttl(config.idempotency_key_ttl);
     payments.migrate().await?;

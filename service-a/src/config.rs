@@ -2,8 +2,7 @@
 
 use std::net::SocketAddr;
 
-use service_kit::config::{ConfigError, ConsumerConfig, KafkaConfig, secret, var};
-use sqlx::postgres::PgConnectOptions;
+use service_kit::config::{ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, secret, var};
 
 /// ServiceA's own database on the local PostgreSQL of `cargo xtask pg up`
 /// (which creates it).
@@ -22,7 +21,7 @@ pub struct Config {
     pub group_id: String,
     /// `DATABASE_URL`: ServiceA's own PostgreSQL database, for its audit
     /// log. Default: `service_a` on the local one.
-    pub database: PgConnectOptions,
+    pub database: DatabaseUrl,
     /// `DATABASE_CONNECTIONS`: connection pool size. Default 10, as for the
     /// other services: up to `CONSUMER_MAX_IN_FLIGHT` handlers share it.
     pub database_connections: u32,

@@ -56,8 +56,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    wait_for_database(&config.database, config.startup_timeout).await?;
-    let audit_log = Audit::connect(config.database.clone(), config.database_connections).await?;
+    wait_for_database(config.database.options(), config.startup_timeout).await?;
+    let audit_log = Audit::connect(config.database.options().clone(), config.database_connections).await?;
     let topics = config.kafka.topics.clone();
     let admin = Admin::with_topics(&config.kafka, SERVICE, config.startup_timeout).await?;
     let metrics = Metrics::default();

@@ -3,8 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use service_kit::config::{ConfigError, ConsumerConfig, KafkaConfig, millis, secret, var};
-use sqlx::postgres::PgConnectOptions;
+use service_kit::config::{ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, millis, secret, var};
 
 /// ServiceB's own database on the local PostgreSQL of `cargo xtask pg up`
 /// (which creates it).
@@ -22,7 +21,7 @@ pub struct Config {
     pub group_id: String,
     /// `DATABASE_URL`: ServiceB's own PostgreSQL database (not Payments').
     /// Default: `service_b` on the local one.
-    pub database: PgConnectOptions,
+    pub database: DatabaseUrl,
     /// `DATABASE_CONNECTIONS`: connection pool size. Default 10: each of up
     /// to `CONSUMER_MAX_IN_FLIGHT` handlers runs two statements, and with 5
     /// they queued for a connection (`cargo xtask bench`: a backlog drained

@@ -53,8 +53,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let topics = config.kafka.topics.clone();
-    wait_for_database(&config.database, config.startup_timeout).await?;
-    let records = Records::connect(config.database.clone(), config.database_connections).await?;
+    wait_for_database(config.database.options(), config.startup_timeout).await?;
+    let records = Records::connect(config.database.options().clone(), config.database_connections).await?;
     let admin = Admin::with_topics(&config.kafka, SERVICE, config.startup_timeout).await?;
     let metrics = Metrics::default();
     let consumer = kafka::consumer(

@@ -70,6 +70,40 @@ where
     })
 }
 
+/// A database URL (`DATABASE_URL`), parsed: the options to connect with.
+/// Its `Debug` (and so every config's) shows where it points and never the
+/// password; `PgConnectOptions`' own `Debug` prints it.
+#[derive(Clone)]
+pub struct DatabaseUrl(sqlx::postgres::PgConnectOptions);
+
+impl DatabaseUrl {
+    pub fn options(&self) -> &sqlx::postgres::PgConnectOptions {
+        &self.0
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = sqlx::Error;
+
+    fn from_str(url: &str) -> std::result::Result<Self, Self::Err> {
+        url.parse().map(Self)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options = &self.0;
+        write!(
+            f,
+            "postgres://{}@{}:{}/{} (password not shown)",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("postgres"),
+        )
+    }
+}
+
 /// Reads a duration given in milliseconds.
 pub fn millis(name: &'static str, default: Duration) -> Result<Duration> {
     let default_ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
@@ -298,6 +332,19 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        let url: DatabaseUrl = "postgres://payments:s3cret-pw@db.internal:6543/events"
+            .parse()
+            .expect("a URL");
+        let shown = format!("{url:?}");
+        assert_eq!(
+            shown,
+            "postgres://payments@db.internal:6543/events (password not shown)"
+        );
+        assert!(!format!("{:?}", Some(url)).contains("s3cret"));
+    }
 
     #[test]
     fn unset_or_empty_uses_the_default() {
