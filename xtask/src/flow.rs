@@ -189,11 +189,6 @@ impl Diagram {
         for root in roots {
             let mut trace: Vec<&SpanRecord> = spans.iter().filter(|s| s.trace_id == root.trace_id).collect();
             trace.sort_by_key(|s| s.start_unix_nanos);
-            let since = |nanos: u128| {
-                Duration::from_nanos(
-                    u64::try_from(nanos.saturating_sub(root.start_unix_nanos)).unwrap_or(u64::MAX),
-                )
-            };
             diagram.rows.push(Row::Note(format!(
                 "{} (trace {}, {} spans)",
                 root.name,
@@ -204,11 +199,11 @@ impl Diagram {
                 let Some(service) = participant(&span.service) else {
                     continue;
                 };
-                let took = Duration::from_nanos(
-                    u64::try_from(span.end_unix_nanos.saturating_sub(span.start_unix_nanos))
-                        .unwrap_or(u64::MAX),
+                let timing = format!(
+                    "+{} · {}",
+                    millis(between(root.start_unix_nanos, span.start_unix_nanos)),
+                    millis(between(span.start_unix_nanos, span.end_unix_nanos))
                 );
-                let timing = format!("+{} · {}", millis(since(span.start_unix_nanos)), millis(took));
                 let status = span.attributes.get("http.response.status_code").map(|s| match s {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
@@ -346,6 +341,11 @@ impl Diagram {
         out.push_str("</svg>\n");
         out
     }
+}
+
+/// The time from `start` to `end`, both in nanoseconds since the epoch.
+fn between(start: u128, end: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(end.saturating_sub(start)).unwrap_or(u64::MAX))
 }
 
 /// `12.3 ms`, or `1.2 s`.

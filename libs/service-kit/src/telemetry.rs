@@ -203,12 +203,19 @@ fn propagator() -> TraceContextPropagator {
     TraceContextPropagator::new()
 }
 
+/// The current span's W3C trace context as the propagator writes it:
+/// `traceparent` (and `tracestate`), nothing when no span is exported.
+fn current_fields() -> HashMap<String, String> {
+    let mut fields = HashMap::new();
+    propagator().inject_context(&tracing::Span::current().context(), &mut fields);
+    fields
+}
+
 /// The current span's W3C trace context, as `(traceparent, tracestate)`
 /// strings; `None` when traces are off (or the span is not exported).
 /// Stored with an event, so that its publication joins the request's trace.
 pub fn current_context() -> Option<(String, Option<String>)> {
-    let mut fields = HashMap::new();
-    propagator().inject_context(&tracing::Span::current().context(), &mut fields);
+    let mut fields = current_fields();
     let traceparent = fields.remove("traceparent")?;
     let tracestate = fields.remove("tracestate").filter(|s| !s.is_empty());
     Some((traceparent, tracestate))
@@ -238,14 +245,14 @@ pub fn set_parent(span: &tracing::Span, parent: Context) {
 /// Adds the current span's context to a record's headers (`traceparent`,
 /// `tracestate`), so its consumer's span continues the trace.
 pub fn inject_into_record(headers: OwnedHeaders) -> OwnedHeaders {
-    let mut fields = HashMap::new();
-    propagator().inject_context(&tracing::Span::current().context(), &mut fields);
-    fields.into_iter().fold(headers, |headers, (key, value)| {
-        headers.insert(Header {
-            key: &key,
-            value: Some(&value),
+    current_fields()
+        .into_iter()
+        .fold(headers, |headers, (key, value)| {
+            headers.insert(Header {
+                key: &key,
+                value: Some(&value),
+            })
         })
-    })
 }
 
 /// The context a consumed record carries: its `traceparent` header (the
@@ -277,9 +284,7 @@ pub fn parent_from_http(headers: &axum::http::HeaderMap) -> Context {
 
 /// Adds the current span's context to an outgoing request's headers.
 pub fn inject_into_http(headers: &mut axum::http::HeaderMap) {
-    let mut fields = HashMap::new();
-    propagator().inject_context(&tracing::Span::current().context(), &mut fields);
-    for (key, value) in fields {
+    for (key, value) in current_fields() {
         if let (Ok(key), Ok(value)) = (
             axum::http::HeaderName::try_from(key),
             axum::http::HeaderValue::try_from(value),
