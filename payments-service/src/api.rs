@@ -8,18 +8,23 @@
 //! - `POST /payments/{id}/refunds`: refund part of it (honours `If-Match`
 //!   and `Idempotency-Key`).
 //!
+//! The routes that read or change an existing payment answer only the
+//! callers in `HTTP_CALLERS` (ServiceB, an operator): see
+//! [`service_kit::auth`]. Accepting a payment is open.
+//!
 //! Writes answer once the events are committed to the event store; the
 //! outbox relay publishes them to Kafka right after.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::http::{ErrorBody, FieldProblem, LookupError, next_page, page_size};
+use service_kit::auth::{CallerTokenScheme, Callers};
+use service_kit::http::{ApiPath, ErrorBody, FieldProblem, LookupError, next_page, page_size};
 use shared_events::{
     Amount, Currency, CustomerId, InvalidValue, OrderId, PaymentId, PaymentMethod, PaymentReceived,
     PaymentState,
@@ -79,6 +84,7 @@ service_kit::contract_schema!(
         version = "1.0.0",
     ),
     paths(create_payment, get_payment, payment_events, refund),
+    modifiers(&CallerTokenScheme),
     components(schemas(
         NewPayment,
         NewRefund,
@@ -124,14 +130,16 @@ pub fn openapi() -> serde_json::Value {
     document
 }
 
-/// The payment routes (without `/health`, which needs a broker).
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .merge(service_kit::openapi::openapi_router(openapi()))
-        .route("/payments", post(create_payment))
+/// The payment routes (without `/health`, which needs a broker); those of
+/// an existing payment answer only `callers`.
+pub fn app(state: AppState, callers: Callers) -> Router {
+    let existing = Router::new()
         .route("/payments/{id}", get(get_payment))
         .route("/payments/{id}/events", get(payment_events))
-        .route("/payments/{id}/refunds", post(refund))
+        .route("/payments/{id}/refunds", post(refund));
+    service_kit::auth::protect(existing, callers)
+        .merge(service_kit::openapi::openapi_router(openapi()))
+        .route("/payments", post(create_payment))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -253,10 +261,12 @@ fn written(written: &Written, id: PaymentId, cause: Cause) -> Response {
 #[utoipa::path(
     get,
     path = "/payments/{id}",
+    security(("caller_token" = [])),
     params(("id" = Uuid, Path, description = "The payment id")),
     responses(
         (status = 200, description = "The payment's current state", body = PaymentStateSchema,
          headers(("ETag" = String, description = "The payment's version, quoted"))),
+        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No such payment", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
@@ -268,7 +278,7 @@ fn written(written: &Written, id: PaymentId, cause: Cause) -> Response {
 ))]
 async fn get_payment(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let payment = state
@@ -307,9 +317,11 @@ struct StoredEvent {
 #[utoipa::path(
     get,
     path = "/payments/{id}/events",
+    security(("caller_token" = [])),
     params(("id" = Uuid, Path, description = "The payment id"), EventsQuery),
     responses(
         (status = 200, description = "A page of the payment's stored events, in version order; `Link: <...>; rel=\"next\"` while there are more", body = [StoredEvent]),
+        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
         (status = 400, description = "A bad id, from_version or limit", body = ErrorBody),
         (status = 404, description = "No such payment", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
@@ -318,7 +330,7 @@ struct StoredEvent {
 #[tracing::instrument(skip(state))]
 async fn payment_events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let id = PaymentId::parse(&id).map_err(LookupError::from)?;
@@ -359,6 +371,7 @@ async fn payment_events(
 #[utoipa::path(
     post,
     path = "/payments/{id}/refunds",
+    security(("caller_token" = [])),
     request_body = NewRefund,
     params(
         ("id" = Uuid, Path, description = "The payment id"),
@@ -369,6 +382,7 @@ async fn payment_events(
     responses(
         (status = 201, description = "Refunded; the payment's new state", body = PaymentStateSchema,
          headers(("ETag" = String), ("Location" = String), ("X-Request-Id" = Uuid))),
+        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
         (status = 400, description = "Malformed JSON, id, If-Match or key", body = ErrorBody),
         (status = 404, description = "No such payment", body = ErrorBody),
         (status = 409, description = "The payment moved on from the If-Match version", body = ErrorBody),
@@ -381,7 +395,7 @@ async fn payment_events(
 #[tracing::instrument(skip(state, headers, request))]
 async fn refund(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<NewRefund>,
 ) -> Result<Response, ApiError> {
@@ -557,11 +571,7 @@ impl From<RepositoryError> for ApiError {
                 },
                 actual: actual.unwrap_or_default(),
             },
-            RepositoryError::Store(
-                e @ event_store::Error::Database(
-                    sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
-                ),
-            ) => Self::Unavailable(e),
+            RepositoryError::Store(e) if e.is_unavailable() => Self::Unavailable(e),
             RepositoryError::Store(e) => Self::Internal(e.to_string()),
             corrupt @ RepositoryError::Corrupt(..) => Self::Internal(corrupt.to_string()),
         }

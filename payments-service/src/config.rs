@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use service_kit::auth::{Callers, HTTP_CALLERS};
 use service_kit::config::{
-    ConfigError, DatabaseUrl, KafkaConfig, millis, secret, shutdown_timeout, startup_timeout, var,
+    ConfigError, DatabaseUrl, KafkaConfig, credential, millis, secret, shutdown_timeout, startup_timeout, var,
 };
 
 /// Where the local PostgreSQL of `cargo xtask pg up` listens.
@@ -18,6 +19,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// `DATABASE_URL`: the event store's PostgreSQL. Default: the local one.
     pub database: DatabaseUrl,
+    /// `HTTP_CALLERS`: who may read a payment, its events, and refund it
+    /// (ServiceB, operators): `name:sha256-of-token` entries. Required.
+    pub callers: Callers,
     /// `DATABASE_CONNECTIONS`: connection pool size. Default 10.
     pub database_connections: u32,
     /// `SNAPSHOT_EVERY`: save a payment's snapshot every this many events.
@@ -44,6 +48,7 @@ impl Config {
             http_addr: var("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             kafka: KafkaConfig::from_env()?,
             database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
+            callers: credential(HTTP_CALLERS)?,
             database_connections: var("DATABASE_CONNECTIONS", 10)?,
             snapshot_every: var("SNAPSHOT_EVERY", 10)?,
             relay: var("OUTBOX_RELAY", true)?,

@@ -68,7 +68,7 @@ pub async fn run(
     // No consumers, so no series yet: the same endpoint as the other
     // services, for one scrape configuration. Nothing to rebuild: ready once
     // it serves.
-    let router = app(AppState { payments })
+    let router = app(AppState { payments }, config.callers.clone())
         .merge(health_router(broker))
         .merge(ready_router(Readiness::at_once()))
         .merge(metrics_router(Metrics::default()));

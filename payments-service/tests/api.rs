@@ -12,6 +12,7 @@ use event_store::testing::TestDatabase;
 use payments_service::domain::Payment;
 use payments_service::{AppState, Payments, app};
 use serde_json::{Value, json};
+use service_kit::auth::{Callers, Token};
 use shared_events::PaymentId;
 use tower::ServiceExt;
 
@@ -21,6 +22,9 @@ const SNAPSHOT_EVERY: u64 = 10;
 struct Harness {
     payments: Payments,
     router: Router,
+    /// ServiceB's token: every request of [`Harness::send`] carries it
+    /// unless it names another `Authorization`.
+    token: Token,
     _db: TestDatabase,
 }
 
@@ -35,16 +39,29 @@ impl Harness {
         let db = TestDatabase::create().await;
         let payments = Payments::new(db.store.clone(), SNAPSHOT_EVERY);
         payments.migrate().await.expect("migrate");
+        let token = Token::generate();
         Self {
-            router: app(AppState {
-                payments: payments.clone(),
-            }),
+            router: app(
+                AppState {
+                    payments: payments.clone(),
+                },
+                Callers::of([("service-b", &token)]),
+            ),
             payments,
+            token,
             _db: db,
         }
     }
 
-    async fn send(&self, request: Request<Body>) -> Reply {
+    async fn send(&self, mut request: Request<Body>) -> Reply {
+        request
+            .headers_mut()
+            .entry(header::AUTHORIZATION)
+            .or_insert_with(|| self.token.authorization());
+        self.send_as_is(request).await
+    }
+
+    async fn send_as_is(&self, request: Request<Body>) -> Reply {
         let response = self.router.clone().oneshot(request).await.expect("infallible");
         let (status, headers) = (response.status(), response.headers().clone());
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
@@ -655,6 +672,62 @@ async fn a_snapshot_plus_tail_gives_the_same_state_as_every_event() {
 }
 
 #[tokio::test]
+async fn reading_or_refunding_a_payment_needs_a_callers_token_and_paying_does_not() {
+    let harness = Harness::new().await;
+    let payment = harness.create().await;
+    let id = id_of(&payment);
+    let refund = json!({"amount": 1, "reason": "damaged"}).to_string();
+    let requests = || {
+        [
+            Request::get(format!("/payments/{id}")).body(Body::empty()),
+            Request::get(format!("/payments/{id}/events")).body(Body::empty()),
+            Request::post(format!("/payments/{id}/refunds"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(refund.clone())),
+        ]
+        .map(|request| request.expect("request"))
+    };
+    for authorization in [None, Some(Token::generate().authorization())] {
+        for mut request in requests() {
+            let what = format!("{} {} with {authorization:?}", request.method(), request.uri());
+            if let Some(value) = &authorization {
+                request.headers_mut().insert(header::AUTHORIZATION, value.clone());
+            }
+            let reply = harness.send_as_is(request).await;
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}: {}", reply.body);
+            assert_eq!(reply.headers[header::WWW_AUTHENTICATE], "Bearer", "{what}");
+            assert_eq!(reply.body["error"], "unauthorized", "{what}");
+        }
+    }
+    let unchanged = harness.get(&format!("/payments/{id}")).await;
+    assert_eq!(unchanged.body["version"], 1, "the refused refund did nothing");
+    for request in requests() {
+        let what = format!("{} {}", request.method(), request.uri());
+        let reply = harness.send(request).await;
+        assert!(
+            reply.status.is_success(),
+            "{what} with ServiceB's token: {}",
+            reply.status
+        );
+    }
+    let open = harness
+        .send_as_is(
+            Request::get("/openapi.json")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(open.status, StatusCode::OK, "the contract is public");
+    let scheme = &open.body["components"]["securitySchemes"]["caller_token"];
+    assert_eq!(scheme["scheme"], "bearer", "{scheme}");
+    assert_eq!(
+        open.body["paths"]["/payments/{id}"]["get"]["security"][0]["caller_token"],
+        json!([])
+    );
+    assert!(open.body["paths"]["/payments"]["post"].get("security").is_none());
+}
+
+#[tokio::test]
 async fn an_unreachable_database_is_a_503() {
     // Nothing listens on port 1; the pool connects lazily.
     let options =
@@ -662,9 +735,12 @@ async fn an_unreachable_database_is_a_503() {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(std::time::Duration::from_secs(2))
         .connect_lazy_with(options);
-    let router = app(AppState {
-        payments: Payments::new(EventStore::new(pool), SNAPSHOT_EVERY),
-    });
+    let router = app(
+        AppState {
+            payments: Payments::new(EventStore::new(pool), SNAPSHOT_EVERY),
+        },
+        Callers::of([("service-b", &Token::generate())]),
+    );
     let request = Request::post("/payments")
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(valid().to_string()))

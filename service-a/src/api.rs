@@ -5,15 +5,18 @@
 //!   the next page while there is one.
 //! - `GET /payments/{id}`: the local copy of a payment (404 until its state
 //!   event arrived), with `Copied-At`: when the copy last changed here.
+//!
+//! Both answer only the callers in `HTTP_CALLERS`: see [`service_kit::auth`].
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Path, Query, State as Extract};
+use axum::extract::{FromRequestParts, Query, State as Extract};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use service_kit::http::{ErrorBody, LookupError, lookup, next_page, page_size};
+use service_kit::auth::{CallerTokenScheme, Callers};
+use service_kit::http::{ApiPath, ErrorBody, LookupError, lookup, next_page, page_size};
 use shared_events::PaymentState;
 use utoipa::OpenApi;
 
@@ -50,6 +53,7 @@ service_kit::contract_schema!(
         version = "1.0.0",
     ),
     paths(audit, payment),
+    modifiers(&CallerTokenScheme),
     components(schemas(ErrorBody, PaymentStateSchema, AuditEntrySchema))
 )]
 pub struct ApiDoc;
@@ -60,13 +64,13 @@ pub fn openapi() -> serde_json::Value {
     service_kit::openapi::to_json(ApiDoc::openapi())
 }
 
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .merge(service_kit::openapi::openapi_router(
-            service_kit::openapi::to_json(ApiDoc::openapi()),
-        ))
+/// The routes; all but the OpenAPI document answer only `callers`.
+pub fn app(state: AppState, callers: Callers) -> Router {
+    let data = Router::new()
         .route("/audit", get(audit))
-        .route("/payments/{id}", get(payment))
+        .route("/payments/{id}", get(payment));
+    service_kit::auth::protect(data, callers)
+        .merge(service_kit::openapi::openapi_router(openapi()))
         .with_state(state)
 }
 
@@ -83,9 +87,11 @@ struct AuditQuery {
 #[utoipa::path(
     get,
     path = "/audit",
+    security(("caller_token" = [])),
     params(AuditQuery),
     responses(
         (status = 200, description = "A page of the notifications handled, in the order recorded; `Link: <...>; rel=\"next\"` while there are more", body = [AuditEntrySchema]),
+        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
         (status = 400, description = "A bad limit or after", body = ErrorBody),
         (status = 503, description = "The audit log's database is unreachable", body = ErrorBody),
     ),
@@ -114,16 +120,21 @@ async fn audit(
 #[utoipa::path(
     get,
     path = "/payments/{id}",
+    security(("caller_token" = [])),
     params(("id" = uuid::Uuid, Path, description = "The payment id")),
     responses(
         (status = 200, description = "The copy of the payment", body = PaymentStateSchema,
          headers(("Copied-At" = String, description = "When the copy last changed here, RFC 3339"))),
+        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No state of that payment arrived (yet)", body = ErrorBody),
     ),
 )]
 #[tracing::instrument(skip(app))]
-async fn payment(Extract(app): Extract<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn payment(
+    Extract(app): Extract<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
     let Json((payment, copied_at)) = lookup(&id, |id| {
         let payment = app.state.payments.get(id)?;
         Some((payment, app.state.copied_at.get(id)))
@@ -206,9 +217,11 @@ mod tests {
             .upsert(payment.payment_id, payment.clone());
         app_state.state.copied_at.upsert(payment.payment_id, copied_at);
 
-        let response = app(app_state)
+        let token = service_kit::auth::Token::generate();
+        let response = app(app_state, Callers::of([("operator", &token)]))
             .oneshot(
                 Request::get(format!("/payments/{}", payment.payment_id))
+                    .header(axum::http::header::AUTHORIZATION, token.authorization())
                     .body(Body::empty())
                     .expect("request"),
             )

@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 
-use service_kit::config::{ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, secret, var};
+use service_kit::auth::{Callers, HTTP_CALLERS};
+use service_kit::config::{ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, credential, secret, var};
 
 /// ServiceA's own database on the local PostgreSQL of `cargo xtask pg up`
 /// (which creates it).
@@ -27,6 +28,9 @@ pub struct Config {
     pub database_connections: u32,
     /// `STARTUP_TIMEOUT_MS`: see [`service_kit::config::startup_timeout`].
     pub startup_timeout: std::time::Duration,
+    /// `HTTP_CALLERS`: who may read the copy and the audit log (operators):
+    /// `name:sha256-of-token` entries. Required.
+    pub callers: Callers,
 }
 
 impl Config {
@@ -39,6 +43,7 @@ impl Config {
             database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
             database_connections: var("DATABASE_CONNECTIONS", 10)?,
             startup_timeout: service_kit::config::startup_timeout()?,
+            callers: credential(HTTP_CALLERS)?,
         })
     }
 }

@@ -81,10 +81,13 @@ pub async fn run(
     let copy_progress = Arc::clone(state_topic.context());
     let readiness = Readiness::new(move || copy_progress.caught_up());
     let state = State::default();
-    let router = app(AppState {
-        state: state.clone(),
-        audit: audit_log.clone(),
-    })
+    let router = app(
+        AppState {
+            state: state.clone(),
+            audit: audit_log.clone(),
+        },
+        config.callers.clone(),
+    )
     .merge(health_router(broker))
     .merge(ready_router(readiness))
     .merge(metrics_router(metrics));

@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use event_store::testing::TestDatabase;
 use service_a::{AppState, Audit, PaymentEvents, State, app};
+use service_kit::auth::{Callers, Token};
 use service_kit::consumer::Handler;
 use shared_events::testing::{delivered, payment};
 use shared_events::{Envelope, Topics};
@@ -67,10 +68,19 @@ async fn a_redelivered_notification_is_recorded_once_and_the_copy_is_untouched()
     );
 }
 
-async fn get(router: &axum::Router, uri: &str) -> (StatusCode, Option<String>, serde_json::Value) {
+/// `GET uri`, with `token` as the bearer token if there is one.
+async fn get(
+    router: &axum::Router,
+    uri: &str,
+    token: Option<&Token>,
+) -> (StatusCode, Option<String>, serde_json::Value) {
+    let mut request = Request::get(uri);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, token.authorization());
+    }
     let response = router
         .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+        .oneshot(request.body(Body::empty()).expect("request"))
         .await
         .expect("infallible");
     let status = response.status();
@@ -90,16 +100,28 @@ async fn the_audit_is_read_a_page_at_a_time_in_the_order_it_was_recorded() {
     let topics = Topics::default();
     let handler = PaymentEvents::new(topics.clone(), State::default(), audit.clone());
     let sent = notify(&handler, &topics, 5).await;
-    let router = app(AppState {
-        state: State::default(),
-        audit,
-    });
+    let token = Token::generate();
+    let router = app(
+        AppState {
+            state: State::default(),
+            audit,
+        },
+        Callers::of([("operator", &token)]),
+    );
+    let (status, _, body) = get(&router, "/audit", None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the audit log needs a caller's token: {body}"
+    );
+    let (status, _, _) = get(&router, &format!("/payments/{}", uuid::Uuid::new_v4()), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "so does the copy");
 
     let mut seen = Vec::new();
     let mut next = Some("/audit?limit=2".to_owned());
     let mut pages = 0;
     while let Some(uri) = next {
-        let (status, link, body) = get(&router, &uri).await;
+        let (status, link, body) = get(&router, &uri, Some(&token)).await;
         assert_eq!(status, StatusCode::OK, "{uri}: {body}");
         let page = body.as_array().expect("a list");
         assert!(page.len() <= 2);
@@ -120,7 +142,7 @@ async fn the_audit_is_read_a_page_at_a_time_in_the_order_it_was_recorded() {
     assert_eq!(seen, expected, "every entry once, in the order recorded");
     assert_eq!(pages, 3, "2 + 2 + 1, and no link after the last");
 
-    let (status, link, all) = get(&router, "/audit").await;
+    let (status, link, all) = get(&router, "/audit", Some(&token)).await;
     assert_eq!((status, link), (StatusCode::OK, None));
     assert_eq!(all.as_array().map(Vec::len), Some(5));
 
@@ -130,7 +152,7 @@ async fn the_audit_is_read_a_page_at_a_time_in_the_order_it_was_recorded() {
         "/audit?after=x",
         "/audit?limit=-1",
     ] {
-        let (status, _, body) = get(&router, bad).await;
+        let (status, _, body) = get(&router, bad, Some(&token)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert_eq!(body["error"], "invalid_query", "{bad}");
     }

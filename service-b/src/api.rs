@@ -1,13 +1,15 @@
 //! ServiceB's HTTP API.
 //!
 //! - `GET /payments/{id}`: what the callback returned for the payment (404
-//!   until the callback succeeded).
+//!   until the callback succeeded); only for the callers in `HTTP_CALLERS`
+//!   (see [`service_kit::auth`]).
 //! - `GET /metrics`, `GET /health`: see [`service_kit`].
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use service_kit::http::{ErrorBody, LookupError};
+use service_kit::auth::{CallerTokenScheme, Callers};
+use service_kit::http::{ApiPath, ErrorBody, LookupError};
 use shared_events::PaymentId;
 use utoipa::OpenApi;
 
@@ -30,6 +32,7 @@ service_kit::contract_schema!(
         version = "1.0.0",
     ),
     paths(payment),
+    modifiers(&CallerTokenScheme),
     components(schemas(ErrorBody, CallbackRecordSchema))
 )]
 pub struct ApiDoc;
@@ -40,21 +43,22 @@ pub fn openapi() -> serde_json::Value {
     service_kit::openapi::to_json(ApiDoc::openapi())
 }
 
-pub fn app(records: Records) -> Router {
-    Router::new()
-        .merge(service_kit::openapi::openapi_router(
-            service_kit::openapi::to_json(ApiDoc::openapi()),
-        ))
-        .route("/payments/{id}", get(payment))
+/// The routes; all but the OpenAPI document answer only `callers`.
+pub fn app(records: Records, callers: Callers) -> Router {
+    let data = Router::new().route("/payments/{id}", get(payment));
+    service_kit::auth::protect(data, callers)
+        .merge(service_kit::openapi::openapi_router(openapi()))
         .with_state(records)
 }
 
 #[utoipa::path(
     get,
     path = "/payments/{id}",
+    security(("caller_token" = [])),
     params(("id" = uuid::Uuid, Path, description = "The payment id")),
     responses(
         (status = 200, description = "What the callback for the payment returned", body = CallbackRecordSchema),
+        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No callback for that payment succeeded (yet)", body = ErrorBody),
         (status = 503, description = "ServiceB's database is unreachable", body = ErrorBody),
@@ -63,7 +67,7 @@ pub fn app(records: Records) -> Router {
 #[tracing::instrument(skip(records))]
 async fn payment(
     State(records): State<Records>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CallbackRecord>, LookupError> {
     let id = PaymentId::parse(&id)?;
     match records.get(id).await {

@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use service_kit::config::{ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, millis, secret, var};
+use service_kit::auth::{Callers, HTTP_CALLERS, Token};
+use service_kit::config::{
+    ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, credential, millis, secret, var,
+};
 
 /// ServiceB's own database on the local PostgreSQL of `cargo xtask pg up`
 /// (which creates it).
@@ -31,6 +34,12 @@ pub struct Config {
     pub startup_timeout: std::time::Duration,
     /// `PAYMENTS_URL`: base URL of Payments. Default `http://127.0.0.1:8080`.
     pub payments_url: String,
+    /// `PAYMENTS_TOKEN`: how ServiceB proves itself to Payments on the
+    /// callback (Payments holds its SHA-256). Required.
+    pub payments_token: Token,
+    /// `HTTP_CALLERS`: who may read ServiceB's records (operators):
+    /// `name:sha256-of-token` entries. Required.
+    pub callers: Callers,
     /// `CALLBACK_TIMEOUT_MS`: how long one GetPaymentInfo call may take. Default 5 s.
     pub callback_timeout: Duration,
     /// `CALLBACK_NOT_FOUND_GRACE_MS`: how long after a payment was received a
@@ -50,6 +59,8 @@ impl Config {
             database_connections: var("DATABASE_CONNECTIONS", 10)?,
             startup_timeout: service_kit::config::startup_timeout()?,
             payments_url: var("PAYMENTS_URL", "http://127.0.0.1:8080".to_owned())?,
+            payments_token: credential("PAYMENTS_TOKEN")?,
+            callers: credential(HTTP_CALLERS)?,
             callback_timeout: millis("CALLBACK_TIMEOUT_MS", Duration::from_secs(5))?,
             not_found_grace: millis("CALLBACK_NOT_FOUND_GRACE_MS", Duration::from_secs(30))?,
         })

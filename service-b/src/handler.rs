@@ -76,6 +76,13 @@ impl Handler for Notifications {
                     HandleError::transient(error)
                 });
             }
+            // A refused credential is logged as the configuration error it
+            // is; retried like the rest, since fixing it (or a redrive of
+            // what was dead-lettered meanwhile) lets the callback through.
+            Err(e @ CallbackError::Refused(_)) => {
+                tracing::error!(error = %e, "callback refused");
+                return Err(HandleError::transient(e));
+            }
             // Unreachable, timing out or failing: Payments will be back.
             Err(e) => return Err(HandleError::transient(e)),
         };
@@ -98,6 +105,7 @@ impl Handler for Notifications {
 
 #[cfg(test)]
 mod tests {
+    use service_kit::auth::Token;
     use shared_events::Envelope;
     use shared_events::testing::{delivered, payment, state};
     use uuid::Uuid;
@@ -114,7 +122,7 @@ mod tests {
     #[tokio::test]
     async fn an_undecodable_notification_is_permanent() {
         let handler = Notifications::new(
-            PaymentsClient::new("http://127.0.0.1:1", Duration::from_secs(1)),
+            PaymentsClient::new("http://127.0.0.1:1", Token::generate(), Duration::from_secs(1)),
             unreachable_records().await,
             Duration::from_secs(30),
         );
@@ -126,7 +134,7 @@ mod tests {
     #[tokio::test]
     async fn a_database_that_is_down_is_transient() {
         let handler = Notifications::new(
-            PaymentsClient::new("http://127.0.0.1:1", Duration::from_secs(1)),
+            PaymentsClient::new("http://127.0.0.1:1", Token::generate(), Duration::from_secs(1)),
             unreachable_records().await,
             Duration::from_secs(30),
         );

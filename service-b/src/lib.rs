@@ -67,13 +67,17 @@ pub async fn run(
     )?;
     let dead_letters = DeadLetters::new(&config.kafka, SERVICE)?;
 
-    let payments = PaymentsClient::new(&config.payments_url, config.callback_timeout);
+    let payments = PaymentsClient::new(
+        &config.payments_url,
+        config.payments_token.clone(),
+        config.callback_timeout,
+    );
     let handler = Notifications::new(payments, records.clone(), config.not_found_grace);
     let stop = stop_token(shutdown);
     let shutdown_timeout = config.consumer.shutdown_timeout;
     let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
     // Nothing to rebuild: ready once it serves.
-    let router = app(records)
+    let router = app(records, config.callers.clone())
         .merge(health_router(broker))
         .merge(ready_router(Readiness::at_once()))
         .merge(metrics_router(metrics));

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use service_kit::auth::Token;
 use shared_events::{PaymentId, PaymentState};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -15,6 +16,11 @@ pub enum CallbackError {
     NotFound,
     #[error("payments unreachable: {0}")]
     Unreachable(#[source] reqwest::Error),
+    /// Payments does not accept ServiceB's `PAYMENTS_TOKEN` (401), or not
+    /// for this route (403): a configuration to fix, after which a retry
+    /// (or a redrive of the dead letters) succeeds.
+    #[error("payments refused ServiceB's credential ({0}): check PAYMENTS_TOKEN and Payments' HTTP_CALLERS")]
+    Refused(StatusCode),
     #[error("payments answered {0}")]
     Status(StatusCode),
     #[error("payments sent an unreadable payment: {0}")]
@@ -26,11 +32,14 @@ pub enum CallbackError {
 pub struct PaymentsClient {
     http: reqwest::Client,
     base_url: String,
+    /// `Authorization: Bearer <PAYMENTS_TOKEN>`, marked sensitive.
+    authorization: reqwest::header::HeaderValue,
 }
 
 impl PaymentsClient {
-    /// A client for Payments at `base_url`; each call gives up after `timeout`.
-    pub fn new(base_url: &str, timeout: Duration) -> Self {
+    /// A client for Payments at `base_url`, proving itself with `token`;
+    /// each call gives up after `timeout`.
+    pub fn new(base_url: &str, token: Token, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .user_agent(crate::SERVICE)
@@ -41,6 +50,7 @@ impl PaymentsClient {
         Self {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
+            authorization: token.authorization(),
         }
     }
 
@@ -68,6 +78,7 @@ impl PaymentsClient {
         let mut request = self
             .http
             .get(url)
+            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
             .header("x-correlation-id", correlation_id.to_string())
             .header("x-causation-id", cause.to_string())
             .build()
@@ -82,6 +93,10 @@ impl PaymentsClient {
             tracing::Span::current().record("http.response.status_code", status.as_u16());
             if status == StatusCode::NOT_FOUND {
                 return Err(CallbackError::NotFound);
+            }
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                tracing::Span::current().record("otel.status_code", "ERROR");
+                return Err(CallbackError::Refused(status));
             }
             if status != StatusCode::OK {
                 tracing::Span::current().record("otel.status_code", "ERROR");

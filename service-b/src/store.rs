@@ -47,9 +47,9 @@ impl Records {
         Ok(Self { pool })
     }
 
-    /// Records on a pool that connects on first use, without migrating.
-    #[cfg(test)]
-    pub(crate) fn lazy(options: PgConnectOptions) -> Self {
+    /// Records on a pool that connects on first use, without migrating: for
+    /// tests (and the fuzz targets) of what does not get to the database.
+    pub fn lazy(options: PgConnectOptions) -> Self {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .acquire_timeout(std::time::Duration::from_secs(1))
             .connect_lazy_with(options);

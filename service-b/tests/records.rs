@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use event_store::testing::TestDatabase;
 use service_b::{CallbackRecord, Notifications, PaymentsClient, Records};
+use service_kit::auth::{Callers, Token};
 use service_kit::consumer::{HandleError, Handler};
 use shared_events::testing::{delivered, payment, state};
 use shared_events::{Envelope, PaymentReceivedNotification, PaymentState};
@@ -36,6 +37,18 @@ async fn payments_knowing(known: Option<PaymentState>) -> (PaymentsClient, Arc<A
 
 /// [`payments_knowing`], noting the ids each call carries.
 async fn payments_seeing(known: Option<PaymentState>) -> (PaymentsClient, Arc<AtomicUsize>, Seen) {
+    let token = Token::generate();
+    let (url, calls, seen) = payments_accepting(&token, known).await;
+    (
+        PaymentsClient::new(&url, token, Duration::from_secs(1)),
+        calls,
+        seen,
+    )
+}
+
+/// A stand-in Payments that knows `known` and, as the real one, answers
+/// only the caller with `token`; its URL.
+async fn payments_accepting(token: &Token, known: Option<PaymentState>) -> (String, Arc<AtomicUsize>, Seen) {
     use axum::routing::get;
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Seen::default();
@@ -56,10 +69,11 @@ async fn payments_seeing(known: Option<PaymentState>) -> (PaymentsClient, Arc<At
             async move { known.map(axum::Json).ok_or(axum::http::StatusCode::NOT_FOUND) }
         }),
     );
+    let router = service_kit::auth::protect(router, Callers::of([("service-b", token)]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(async move { axum::serve(listener, router).await });
-    (PaymentsClient::new(&url, Duration::from_secs(1)), calls, seen)
+    (url, calls, seen)
 }
 
 fn received(p: &PaymentState) -> Envelope<PaymentReceivedNotification> {
@@ -159,4 +173,24 @@ async fn not_found_is_retried_at_first_then_given_up_on() {
     let old = Envelope::new("/test", notification, Uuid::now_v7(), None);
     let outcome = handler.handle(&delivered("n", 1, &old), 1).await;
     assert!(matches!(outcome, Err(HandleError::Permanent(_))), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_refused_credential_is_retried_and_nothing_is_recorded() {
+    let known = state();
+    let (url, calls, _) = payments_accepting(&Token::generate(), Some(known.clone())).await;
+    let (_database, records) = records().await;
+    let handler = Notifications::new(
+        PaymentsClient::new(&url, Token::generate(), Duration::from_secs(1)),
+        records.clone(),
+        GRACE,
+    );
+    let outcome = handler.handle(&delivered("n", 0, &received(&known)), 1).await;
+    match outcome {
+        Err(HandleError::Transient(e)) => assert!(e.to_string().contains("PAYMENTS_TOKEN"), "{e}"),
+        other => panic!("a refused credential is retried: {other:?}"),
+    }
+    // The route answered 401 before the handler of the stand-in ran.
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!(records.get(known.payment_id).await.expect("read").is_none());
 }

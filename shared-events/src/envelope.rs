@@ -30,7 +30,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -235,6 +235,14 @@ pub fn decode<E: Event>(record: &impl Message) -> Result<Envelope<E>, DecodeErro
     let time = DateTime::parse_from_rfc3339(time)
         .map_err(|e| invalid(header::TIME, format!("not an RFC 3339 time: {e}")))?
         .with_timezone(&Utc);
+    // RFC 3339 years have four digits: `0000-01-01T00:00:00+01:00` is a
+    // time of year -1 in UTC, which `encode` could not write back.
+    if !(0..=9999).contains(&time.year()) {
+        return Err(invalid(
+            header::TIME,
+            format!("`{time}` is outside the years 0000 to 9999 in UTC"),
+        ));
+    }
     let correlation_id = match optional(record, header::CORRELATION_ID)? {
         Some(s) => uuid(header::CORRELATION_ID, s)?,
         None => id,
@@ -633,6 +641,29 @@ mod tests {
             }
         }
         assert!(decode_with(header::CONTENT_TYPE, Some("application/json; charset=utf-8")).is_ok());
+    }
+
+    /// Found by the `record_decoder` fuzz target: `9999-12-31T23:59:59-23:59`
+    /// decoded, and `encode` wrote it back as `+10000-01-01T23:58:59.000000Z`
+    /// (a time before year 0000 as `-0001-…`), which no decoder reads.
+    #[test]
+    fn a_time_outside_four_digit_years_in_utc_is_refused() {
+        for outside in ["9999-12-31T23:59:59-23:59", "0000-01-01T00:00:00+01:00"] {
+            match decode_with(header::TIME, Some(outside)) {
+                Err(DecodeError::InvalidHeader { name, .. }) => assert_eq!(name, header::TIME),
+                other => panic!("{outside}: expected InvalidHeader, got {other:?}"),
+            }
+        }
+        for edge in [
+            "0000-01-01T00:00:00Z",
+            "0000-01-01T01:00:00+01:00",
+            "9999-12-31T23:59:59Z",
+        ] {
+            let event = decode_with(header::TIME, Some(edge)).expect(edge);
+            let record = encode(&event).expect("encodes");
+            let again: Envelope<PaymentState> = decode(&delivered(record)).expect(edge);
+            assert_eq!(again.metadata.time, event.metadata.time, "{edge}");
+        }
     }
 
     #[test]

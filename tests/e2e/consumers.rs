@@ -38,7 +38,7 @@ async fn audit_of(
     start_from: StartFrom,
     expected: &[&[String]],
 ) {
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let expected: BTreeSet<String> = expected.iter().flat_map(|ids| ids.iter().cloned()).collect();
     let consumer = ConsumerConfig {
         start_from,
@@ -62,7 +62,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 async fn each_start_position_and_the_offset_reset_decide_what_a_consumer_reads() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let topic = kafka.topics.notifications.clone();
     let group = unique("service-a");
 
@@ -178,7 +178,7 @@ async fn serves(http: &reqwest::Client, app: &TestApp, expected: &HashMap<String
 async fn a_fresh_service_a_serves_the_same_as_one_that_saw_everything_live() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let database = TestDatabase::create().await;
     let payments = spawn_payments(&kafka, &database.url).await;
     let live = spawn_service_a(&kafka, &unique("service-a")).await;
@@ -258,7 +258,7 @@ async fn service_a_is_ready_only_once_its_copy_has_caught_up() {
 
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let ready = |app: &TestApp| {
         let url = app.url("/ready");
         let http = http.clone();
@@ -484,7 +484,7 @@ async fn service_b_waits_out_a_payments_outage_in_its_group_and_catches_up() {
     let broker = Broker::get().await;
     let mut kafka = kafka_config(&broker).await;
     kafka.commit_interval = Duration::from_millis(500);
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let database = TestDatabase::create().await;
     let records = TestDatabase::empty().await;
     let payments = spawn_payments(&kafka, &database.url).await;
@@ -571,7 +571,7 @@ async fn service_b_waits_out_a_payments_outage_in_its_group_and_catches_up() {
 async fn a_notification_retried_too_often_is_dead_lettered_and_redriven_once_payments_is_back() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let database = TestDatabase::create().await;
     let records = TestDatabase::empty().await;
     let payments = spawn_payments(&kafka, &database.url).await;

@@ -12,7 +12,7 @@ use serde_json::Value;
 async fn service_b_retries_the_callback_until_payments_answers() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let database = TestDatabase::create().await;
     let payments = spawn_payments(&kafka, &database.url).await;
     let gate = GatedProxy::start(payments.addr).await;
@@ -56,7 +56,7 @@ async fn offsets_are_committed_on_shutdown_and_only_for_handled_records() {
     // No background commit during the test: what the restarted group sees
     // is what was committed when the first instance stopped.
     kafka.commit_interval = Duration::from_secs(600);
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let group = unique("service-b");
     let database = TestDatabase::create().await;
     let payments = spawn_payments(&kafka, &database.url).await;
@@ -111,7 +111,7 @@ async fn offsets_are_committed_on_shutdown_and_only_for_handled_records() {
 #[tokio::test]
 async fn poison_records_go_to_the_dead_letter_topic_once_and_the_services_keep_going() {
     let broker = Broker::get().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let system = System::start(&broker).await;
     let System {
         kafka,
@@ -281,7 +281,7 @@ async fn poison_records_go_to_the_dead_letter_topic_once_and_the_services_keep_g
 #[tokio::test]
 async fn a_notification_for_a_payment_payments_does_not_know_does_not_stall_service_b() {
     let broker = Broker::get().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let system = System::start(&broker).await;
 
     // Received an hour ago, and unknown to this Payments: never answerable.

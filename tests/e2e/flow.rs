@@ -8,7 +8,7 @@ use serde_json::Value;
 #[tokio::test]
 async fn a_payment_reaches_service_a_and_service_b() {
     let broker = Broker::get().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let System {
         payments,
         service_a,
@@ -58,7 +58,41 @@ async fn a_payment_reaches_service_a_and_service_b() {
     })
     .await;
     assert_eq!(record["payment"], payment);
-    assert_eq!(record["attempts"], 1);
+    assert_eq!(record["attempts"], 1, "Payments took ServiceB's token at once");
+
+    // Payment data is for known callers only: anonymous reads are refused
+    // by all three, and ServiceB's token opens Payments, not ServiceA.
+    let anonymous = reqwest::Client::new();
+    for url in [
+        payments.url(&location),
+        payments.url(&format!("{location}/events")),
+        service_a.url("/audit"),
+        service_a.url(&format!("/payments/{id}")),
+        service_b.url(&format!("/payments/{id}")),
+    ] {
+        let status = anonymous.get(&url).send().await.expect("GET").status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{url}");
+    }
+    let as_service_b = |url: String| {
+        anonymous
+            .get(url)
+            .bearer_auth(credentials().service_b.expose())
+            .send()
+    };
+    let status = |response: reqwest::Result<reqwest::Response>| response.expect("GET").status();
+    assert_eq!(
+        status(as_service_b(payments.url(&location)).await),
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(as_service_b(service_a.url("/audit")).await),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(anonymous.get(service_a.url("/health")).send().await),
+        StatusCode::OK,
+        "health stays open"
+    );
 
     // With Payments gone, ServiceA still answers from its copy.
     let payments_url = payments.url(&location);
@@ -77,7 +111,7 @@ async fn a_payment_reaches_service_a_and_service_b() {
 async fn the_notification_carries_only_the_id_time_and_method_and_the_state_event_the_whole_payment() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let database = TestDatabase::create().await;
     let payments = spawn_payments(&kafka, &database.url).await;
 
@@ -171,7 +205,7 @@ async fn topics_are_created_with_their_settings() {
     let kafka = kafka_config(&broker).await;
     // Any service creates the topics it needs when they are missing.
     let service_a = spawn_service_a(&kafka, &unique("service-a")).await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     eventually("service-a is healthy", || {
         get_json(&http, service_a.url("/health"))
     })
@@ -212,7 +246,7 @@ async fn topics_are_created_with_their_settings() {
 async fn a_fresh_service_a_rebuilds_its_copy_from_the_state_topic() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let database = TestDatabase::create().await;
     let payments = spawn_payments(&kafka, &database.url).await;
 

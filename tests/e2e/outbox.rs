@@ -25,7 +25,7 @@ async fn refund(http: &reqwest::Client, payments: &TestApp, id: &str, amount: i6
 #[tokio::test]
 async fn a_refund_reaches_service_a_and_service_b() {
     let broker = Broker::get().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let system = System::start(&broker).await;
 
     let payment = create_payment(&http, &system.payments, &payment_request("c-9", 1000)).await;
@@ -70,7 +70,7 @@ async fn two_payments_instances_publish_every_event_once_and_in_order() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let database = TestDatabase::create().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let first = spawn_payments(&kafka, &database.url).await;
     let second = spawn_payments(&kafka, &database.url).await;
 
@@ -118,7 +118,7 @@ async fn two_payments_instances_publish_every_event_once_and_in_order() {
 async fn a_restarted_relay_publishes_the_state_after_events_it_never_saw() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let database = TestDatabase::create().await;
 
     let payments = spawn_payments(&kafka, &database.url).await;
@@ -167,7 +167,7 @@ async fn a_relay_cut_off_from_the_database_gives_up_the_lead_within_seconds() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let database = TestDatabase::create().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let proxy = proxy::GatedProxy::start(server_of(&database.url).await).await;
     proxy.open();
 

@@ -64,7 +64,10 @@ impl Process {
 
     /// The program at `path`, called `name` in the test's output.
     pub(crate) fn start_binary(path: &Path, name: &str, envs: &[(&str, &str)]) -> Self {
+        // Each service's credentials first, so a test can replace them.
+        let credentials = integration_tests::credentials().env_of(name);
         let mut child = Command::new(path)
+            .envs(credentials.iter().map(|(k, v)| (k, v.as_str())))
             .envs(envs.iter().copied())
             .env("HTTP_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info")
@@ -202,7 +205,7 @@ async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let database = TestDatabase::create().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let (group_a, group_b) = (unique("service-a"), unique("service-b"));
     let common = kafka_env(&kafka);
 
@@ -311,7 +314,7 @@ async fn with_an_otlp_endpoint_payments_exports_its_spans() {
     .concat();
     let mut payments = Process::start("payments-service", &env);
     let url = format!("http://{}", payments.address().await);
-    let response = reqwest::Client::new()
+    let response = integration_tests::http_client()
         .post(format!("{url}/payments"))
         .json(&payment_request("c-otlp", 700))
         .send()
@@ -375,7 +378,7 @@ async fn events_committed_before_a_sigkill_are_published_after_the_restart() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let database = TestDatabase::create().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let env = [&kafka_env(&kafka)[..], &[("DATABASE_URL", database.url.as_str())]].concat();
 
     // An instance that commits but never gets to publish.
@@ -436,7 +439,7 @@ async fn a_sigkill_while_publishing_under_load_loses_nothing() {
         .map(|c| {
             let url = url.clone();
             tokio::spawn(async move {
-                let http = reqwest::Client::new();
+                let http = integration_tests::http_client();
                 let mut accepted = 0;
                 for i in 0..200 {
                     let sent = http
@@ -530,7 +533,7 @@ async fn stop_one_of_two_service_b(signal: Signal) -> Tally {
     })
     .await;
 
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let mut sends = tokio::task::JoinSet::new();
     let mut stopped = None;
@@ -633,7 +636,7 @@ async fn a_frozen_relay_woken_after_another_took_over_cannot_publish_an_older_st
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let database = TestDatabase::create().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let env = [&kafka_env(&kafka)[..], &[("DATABASE_URL", database.url.as_str())]].concat();
 
     let mut frozen = Process::start("payments-service", &env);
@@ -662,7 +665,7 @@ async fn a_frozen_relay_woken_after_another_took_over_cannot_publish_an_older_st
         .map(|c| {
             let (url, ids, refunds, stop) = (url.clone(), ids.clone(), refunds.clone(), stop.clone());
             tokio::spawn(async move {
-                let http = reqwest::Client::new();
+                let http = integration_tests::http_client();
                 for id in ids.iter().cycle().skip(c * 5) {
                     if stop.is_cancelled() {
                         break;
@@ -763,7 +766,7 @@ async fn service_a_lists_every_notification_it_handled_after_a_sigkill() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let database = TestDatabase::empty().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let group = unique("service-a");
     let env = [
         &kafka_env(&kafka)[..],
@@ -840,7 +843,7 @@ async fn service_b_stops_within_its_shutdown_timeout_while_its_database_hangs() 
     let kafka = kafka_config(&broker).await;
     let database = TestDatabase::create().await;
     let payments = spawn_payments(&kafka, &database.url).await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let records = TestDatabase::empty().await;
     let proxy = integration_tests::proxy::GatedProxy::start(server_of(&records.url).await).await;
     proxy.open();
@@ -984,4 +987,32 @@ async fn a_service_without_its_broker_or_database_says_what_to_start() {
             assert!(output.contains(said), "{service} should say {said:?}:\n{output}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_service_without_its_credentials_says_how_to_make_them_and_never_echoes_one() {
+    for (service, var) in [
+        ("payments-service", "HTTP_CALLERS"),
+        ("service-a", "HTTP_CALLERS"),
+        ("service-b", "PAYMENTS_TOKEN"),
+        ("service-b", "HTTP_CALLERS"),
+    ] {
+        let (status, lines) = Process::start(service, &[(var, "")]).finish().await;
+        assert!(!status.success(), "{service} without {var}: {status}");
+        let output = lines.join("\n");
+        for said in [var, "not set", "cargo xtask credentials"] {
+            assert!(output.contains(said), "{service} should say {said:?}:\n{output}");
+        }
+    }
+    let secret = "a-token-too-short";
+    let (status, lines) = Process::start("service-b", &[("PAYMENTS_TOKEN", secret)])
+        .finish()
+        .await;
+    assert!(!status.success(), "a malformed token: {status}");
+    let output = lines.join("\n");
+    assert!(
+        output.contains("PAYMENTS_TOKEN") && output.contains("at least 32"),
+        "{output}"
+    );
+    assert!(!output.contains(secret), "the value is not shown:\n{output}");
 }

@@ -167,7 +167,7 @@ async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
     let kafka = kafka_config(&broker).await;
     let store = TestDatabase::empty().await;
     let records = TestDatabase::empty().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let group = unique("service-b");
     let common = kafka_env(&kafka);
     let payments_env = [&common[..], &[("DATABASE_URL", store.url.as_str())]].concat();

@@ -7,8 +7,10 @@ pub mod proxy;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use service_kit::auth::Credentials;
 use service_kit::config::{ConsumerConfig, KafkaConfig};
 use shared_events::Topics;
 use tokio::net::TcpListener;
@@ -21,6 +23,27 @@ pub use event_store::testing::TestDatabase;
 /// How long a condition may take to become true. Generous: group joins and
 /// JVM warm-up on a loaded 2-core machine take seconds.
 pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The credentials every service this process starts accepts (a fresh set
+/// per test binary, as `cargo xtask credentials` makes one per checkout).
+pub fn credentials() -> &'static Credentials {
+    static CREDENTIALS: LazyLock<Credentials> = LazyLock::new(Credentials::generate);
+    &CREDENTIALS
+}
+
+/// An HTTP client that proves itself as the operator: it may read every
+/// service's payment data, as the README's curl session does.
+pub fn http_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        credentials().operator.authorization(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("HTTP client without TLS always builds")
+}
 
 /// A name no other test uses.
 pub fn unique(prefix: &str) -> String {
@@ -109,6 +132,7 @@ pub async fn spawn_payments_with(kafka: &KafkaConfig, database_url: &str, relay:
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         kafka: kafka.clone(),
         database: database_url.parse().expect("database URL"),
+        callers: credentials().callers_of(payments_service::SERVICE),
         database_connections: 10,
         snapshot_every: 10,
         relay,
@@ -166,6 +190,7 @@ pub async fn spawn_service_a_in(
         database: database_url.parse().expect("database URL"),
         database_connections: 5,
         startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
+        callers: credentials().callers_of(service_a::SERVICE),
     };
     TestApp::spawn(
         |listener, stopped| async move { Ok(service_a::run(config, listener, signal(stopped)).await?) },
@@ -202,6 +227,8 @@ pub async fn spawn_service_b_with(
         database_connections: 5,
         startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
         payments_url: payments_url.to_owned(),
+        payments_token: credentials().service_b.clone(),
+        callers: credentials().callers_of(service_b::SERVICE),
         callback_timeout: Duration::from_secs(2),
         not_found_grace: Duration::from_secs(30),
     };

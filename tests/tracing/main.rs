@@ -27,7 +27,7 @@ async fn one_payment_is_one_trace_across_the_three_services() {
     let _provider =
         service_kit::telemetry::init_for_tests_with_exporter("integration-tests", exporter.clone());
     let broker = Broker::get().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let system = System::start(&broker).await;
     let topics = system.kafka.topics.clone();
 

@@ -9,6 +9,14 @@
 //! Everything lives under `target/xtask/kafka/`: the resolved classpath (kept
 //! until the pom changes; the jars stay in Maven's local repository), the
 //! config, the data directory, the log and the pid file.
+//!
+//! `cargo xtask kafka up --brokers 3` runs a cluster instead: three such
+//! processes, each a broker and one of a controller quorum of three, under
+//! `target/xtask/kafka-cluster/node-{1,2,3}/`, node 1 where the single broker
+//! listens (127.0.0.1:9092), nodes 2 and 3 on 9192 and 9292. Topics get three
+//! replicas by default and `min.insync.replicas=2`: with producers' `acks=all`
+//! an acknowledged record is on at least two brokers, so one broker can die
+//! without losing it, and writes go on while two are up.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,10 +32,12 @@ use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::process::{is_alive, runs, terminate};
 
-/// Where clients reach the local broker.
+/// Where clients reach the local broker (and node 1 of the cluster).
 pub const BOOTSTRAP: &str = "127.0.0.1:9092";
-/// The controller's listener (KRaft), also on loopback only.
-const CONTROLLER: &str = "127.0.0.1:9093";
+/// Where clients reach the cluster of [`CLUSTER_NODES`].
+pub const CLUSTER_BOOTSTRAP: &str = "127.0.0.1:9092,127.0.0.1:9192,127.0.0.1:9292";
+/// The nodes of `kafka up --brokers 3`.
+pub const CLUSTER_NODES: u16 = 3;
 /// How long a broker may take to start (a cold JVM on 2 cores takes ~10 s).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a broker may take to stop after SIGTERM before it is killed.
@@ -37,49 +47,143 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct LocalBroker {
     /// `xtask/kafka`: the pom and the logging config.
     source: PathBuf,
-    /// `target/xtask/kafka`: everything the broker writes.
+    /// `target/xtask/kafka` (or `kafka-cluster`): everything the brokers write.
     dir: PathBuf,
+    /// 1, or [`CLUSTER_NODES`].
+    nodes: u16,
 }
 
 impl LocalBroker {
+    /// The single broker.
     pub fn new(root: &Path) -> Self {
         Self {
             source: root.join("xtask/kafka"),
             dir: root.join("target/xtask/kafka"),
+            nodes: 1,
         }
     }
 
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.join("broker.log")
+    /// The cluster of [`CLUSTER_NODES`] brokers.
+    pub fn cluster(root: &Path) -> Self {
+        Self::in_dir(root, root.join("target/xtask/kafka-cluster"), CLUSTER_NODES)
     }
 
-    fn pid_path(&self) -> PathBuf {
-        self.dir.join("broker.pid")
+    /// `nodes` brokers keeping everything in `dir`, on the same ports.
+    pub fn in_dir(root: &Path, dir: PathBuf, nodes: u16) -> Self {
+        Self {
+            dir,
+            nodes,
+            ..Self::new(root)
+        }
     }
 
-    /// The broker's pid, if it is running.
+    /// Where clients reach it.
+    pub fn bootstrap(&self) -> &'static str {
+        if self.nodes == 1 {
+            BOOTSTRAP
+        } else {
+            CLUSTER_BOOTSTRAP
+        }
+    }
+
+    /// The node ids, from 1.
+    pub fn node_ids(&self) -> std::ops::RangeInclusive<u16> {
+        1..=self.nodes
+    }
+
+    /// Node `node`'s own directory: the single broker keeps the layout it
+    /// always had.
+    fn node_dir(&self, node: u16) -> PathBuf {
+        if self.nodes == 1 {
+            self.dir.clone()
+        } else {
+            self.dir.join(format!("node-{node}"))
+        }
+    }
+
+    /// Node `node`'s client and controller listeners.
+    fn ports(node: u16) -> (u16, u16) {
+        let base = 9092 + 100 * (node - 1);
+        (base, base + 1)
+    }
+
+    pub fn node_log_path(&self, node: u16) -> PathBuf {
+        self.node_dir(node).join("broker.log")
+    }
+
+    fn pid_path(&self, node: u16) -> PathBuf {
+        self.node_dir(node).join("broker.pid")
+    }
+
+    /// The broker's pid (node 1's in a cluster), if it is running.
     pub fn running_pid(&self) -> Option<u32> {
-        let pid = fs::read_to_string(self.pid_path()).ok()?.trim().parse().ok()?;
+        self.node_pid(1)
+    }
+
+    /// Node `node`'s pid, if it is running.
+    pub fn node_pid(&self, node: u16) -> Option<u32> {
+        let pid = fs::read_to_string(self.pid_path(node))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         // A stale pid file (after a reboot) may name an unrelated process.
         (is_alive(pid) && runs(pid, "kafka.Kafka")).then_some(pid)
     }
 
-    /// Starts the broker unless it is running, and waits until it answers.
-    /// Returns whether this call started it.
+    /// Starts every node not running, and waits until all answer. Returns
+    /// whether this call started any.
     pub async fn start(&self) -> Result<bool> {
-        if let Some(pid) = self.running_pid() {
-            wait_until_ready(pid, &self.log_path()).await?;
-            return Ok(false);
+        let mut started = Vec::new();
+        for node in self.node_ids() {
+            if self.node_pid(node).is_none() {
+                match self.start_node(node) {
+                    Ok(pid) => started.push((node, pid)),
+                    Err(e) => return Err(self.undo_start(&started, e)),
+                }
+            }
         }
-        fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let classpath = self.classpath()?;
-        let config = self.write_config()?;
-        self.format_storage(&classpath, &config)?;
+        if let Err(e) = self.wait_until_ready().await {
+            return Err(self.undo_start(&started, e));
+        }
+        Ok(!started.is_empty())
+    }
 
-        let log = fs::File::create(self.log_path())?;
+    /// Stops what a failed [`LocalBroker::start`] started, so that nothing
+    /// is left running that no one will stop, and returns its error.
+    fn undo_start(&self, started: &[(u16, u32)], error: anyhow::Error) -> anyhow::Error {
+        for &(node, pid) in started {
+            if terminate(pid, STOP_TIMEOUT).is_ok() {
+                let _ = fs::remove_file(self.pid_path(node));
+            }
+        }
+        error
+    }
+
+    /// Starts node `node` (without waiting for it).
+    pub fn start_node(&self, node: u16) -> Result<u32> {
+        // Another broker (the single one, the cluster, a test's) may hold
+        // the ports: said plainly, not as a broker that died at start.
+        let (port, controller) = Self::ports(node);
+        for port in [port, controller] {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                bail!(
+                    "127.0.0.1:{port} is taken: another broker runs? (cargo xtask kafka down stops xtask's)"
+                );
+            }
+        }
+        let dir = self.node_dir(node);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let classpath = self.classpath()?;
+        let config = self.write_config(node)?;
+        self.format_storage(node, &classpath, &config)?;
+
+        let log = fs::File::create(self.node_log_path(node))?;
         let mut command = std::process::Command::new(java());
+        // A cluster's three JVMs share the machine: less heap each.
+        let heap = if self.nodes == 1 { "-Xmx1g" } else { "-Xmx512m" };
         command
-            .args(["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true"])
+            .args(["-Xms256m", heap, "-XX:+UseG1GC", "-Djava.awt.headless=true"])
             .arg(format!(
                 "-Dlog4j2.configurationFile={}",
                 self.source.join("log4j2.properties").display()
@@ -99,35 +203,105 @@ impl LocalBroker {
             .spawn()
             .context("cannot start java (is a JDK 17+ installed?)")?;
         let pid = child.id();
-        fs::write(self.pid_path(), pid.to_string())?;
+        fs::write(self.pid_path(node), pid.to_string())?;
         eprintln!(
-            "xtask: starting Apache Kafka (pid {pid}), log: {}",
-            self.log_path().display()
+            "xtask: starting Apache Kafka node {node} of {} (pid {pid}), log: {}",
+            self.nodes,
+            self.node_log_path(node).display()
         );
         // Not waited on here: the broker outlives `cargo xtask kafka up`.
         drop(child);
-        wait_until_ready(pid, &self.log_path()).await?;
-        Ok(true)
+        Ok(pid)
     }
 
-    /// Stops the broker: SIGTERM, then SIGKILL if it has not exited in time.
+    /// Stops every node: SIGTERM, then SIGKILL if one has not exited in time.
     pub fn stop(&self) -> Result<()> {
-        let Some(pid) = self.running_pid() else {
+        let running: Vec<(u16, u32)> = self
+            .node_ids()
+            .filter_map(|node| Some((node, self.node_pid(node)?)))
+            .collect();
+        if running.is_empty() {
             eprintln!("xtask: broker not running");
-            return Ok(());
-        };
-        eprintln!("xtask: stopping broker (pid {pid})");
-        terminate(pid, STOP_TIMEOUT)?;
-        let _ = fs::remove_file(self.pid_path());
+        }
+        // All at once: one by one, the last ones would wait out each
+        // other's leadership moves.
+        for &(_, pid) in &running {
+            let _ = crate::process::signal(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        for (node, pid) in running {
+            eprintln!("xtask: stopping broker node {node} (pid {pid})");
+            terminate(pid, STOP_TIMEOUT)?;
+            let _ = fs::remove_file(self.pid_path(node));
+        }
         Ok(())
+    }
+
+    /// Stops node `node` with `signal` (SIGKILL: a crash; SIGTERM: a
+    /// controlled shutdown) and waits until its process is gone.
+    pub async fn signal_node(&self, node: u16, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid = self
+            .node_pid(node)
+            .with_context(|| format!("broker node {node} is not running"))?;
+        crate::process::signal(pid, signal)?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while is_alive(pid) {
+            if Instant::now() > deadline {
+                bail!("broker node {node} (pid {pid}) still runs {STOP_TIMEOUT:?} after {signal}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until every node answers and the cluster's metadata lists all
+    /// of them, failing early if one dies.
+    pub async fn wait_until_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let probe: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            // Quiet: connection refusals are expected while the JVMs start.
+            .set("log_level", "0")
+            .create()?;
+        loop {
+            for node in self.node_ids() {
+                // Alive, not yet `kafka.Kafka`: just after the fork, before
+                // the exec, its command line is still xtask's.
+                let alive = fs::read_to_string(self.pid_path(node))
+                    .ok()
+                    .and_then(|pid| pid.trim().parse().ok())
+                    .is_some_and(is_alive);
+                if !alive {
+                    bail!(
+                        "broker node {node} exited during startup; see {}",
+                        self.node_log_path(node).display()
+                    );
+                }
+            }
+            let brokers = probe
+                .client()
+                .fetch_metadata(None, Duration::from_secs(1))
+                .map_or(0, |m| m.brokers().len());
+            if brokers == usize::from(self.nodes) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{brokers} of {} brokers answered within {START_TIMEOUT:?}; see {}",
+                    self.nodes,
+                    self.node_log_path(1).display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Deletes the topics earlier test runs left on the local broker (every
     /// test creates its own `test.*` topics and leaves them for a look after
     /// a failure); thousands of them slow the broker's start and fill the disk.
     pub async fn delete_test_topics(&self) -> Result<usize> {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", BOOTSTRAP).create()?;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()?;
         let metadata = admin
             .inner()
             .fetch_metadata(None, Duration::from_secs(10))
@@ -179,50 +353,78 @@ impl LocalBroker {
                     String::from_utf8_lossy(&output.stderr)
                 );
             }
+            // The plugin leaves an unchanged file as it was, older than the
+            // pom: marked fresh here, or every start would resolve again.
+            fs::File::options()
+                .append(true)
+                .open(&cached)?
+                .set_modified(std::time::SystemTime::now())?;
         }
         Ok(fs::read_to_string(&cached)?.trim().to_owned())
     }
 
-    /// Writes `server.properties` for a single-node KRaft cluster on loopback.
-    fn write_config(&self) -> Result<PathBuf> {
-        let data = self.dir.join("data");
+    /// Writes node `node`'s `server.properties`: KRaft on loopback, each
+    /// process both a broker and a controller.
+    fn write_config(&self, node: u16) -> Result<PathBuf> {
+        let data = self.node_dir(node).join("data");
+        let (port, controller) = Self::ports(node);
+        let voters = self
+            .node_ids()
+            .map(|n| format!("{n}@127.0.0.1:{}", Self::ports(n).1))
+            .collect::<Vec<_>>()
+            .join(",");
+        // Every topic, the internal ones (offsets, transactions) included,
+        // on every broker up to three; an acknowledged write on two of them.
+        let replicas = self.nodes.min(3);
+        let min_insync = replicas.min(2);
         let config = format!(
             "\
-# Written by `cargo xtask kafka up`: one process is both broker and controller.
+# Written by `cargo xtask kafka up`: node {node} of {nodes}, a broker and a controller.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{CONTROLLER}
-listeners=PLAINTEXT://{BOOTSTRAP},CONTROLLER://{CONTROLLER}
-advertised.listeners=PLAINTEXT://{BOOTSTRAP},CONTROLLER://{CONTROLLER}
+node.id={node}
+controller.quorum.voters={voters}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs={data}
 num.partitions=3
-# One broker: internal topics cannot have more than one replica.
-default.replication.factor=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+default.replication.factor={replicas}
+min.insync.replicas={min_insync}
+offsets.topic.replication.factor={replicas}
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_insync}
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={min_insync}
 # A single member of a new group need not wait for others to join.
 group.initial.rebalance.delay.ms=0
 # Topics are created by the services, with their settings, never by accident.
 auto.create.topics.enable=false
 ",
+            nodes = self.nodes,
             data = data.display()
         );
-        let path = self.dir.join("server.properties");
+        let path = self.node_dir(node).join("server.properties");
         fs::write(&path, config)?;
         Ok(path)
     }
 
-    /// Formats the data directory for KRaft, once.
-    fn format_storage(&self, classpath: &str, config: &Path) -> Result<()> {
-        if self.dir.join("data/meta.properties").exists() {
+    /// Formats node `node`'s data directory for KRaft, once; the nodes of a
+    /// cluster share one cluster id, made by the first.
+    fn format_storage(&self, node: u16, classpath: &str, config: &Path) -> Result<()> {
+        if self.node_dir(node).join("data/meta.properties").exists() {
             return Ok(());
         }
+        let id_path = self.dir.join("cluster-id");
+        let id = match fs::read_to_string(&id_path) {
+            Ok(id) if self.nodes > 1 => id.trim().to_owned(),
+            _ => {
+                let id = cluster_id()?;
+                fs::write(&id_path, &id)?;
+                id
+            }
+        };
         let status = std::process::Command::new(java())
             .arg(format!(
                 "-Dlog4j2.configurationFile={}",
@@ -235,7 +437,7 @@ auto.create.topics.enable=false
                 "format",
                 "--ignore-formatted",
                 "-t",
-                &cluster_id()?,
+                &id,
                 "-c",
             ])
             .arg(config)
@@ -246,36 +448,6 @@ auto.create.topics.enable=false
             bail!("formatting the Kafka data directory failed ({status})");
         }
         Ok(())
-    }
-}
-
-/// Waits until the broker answers a metadata request, failing early if the
-/// process dies.
-async fn wait_until_ready(pid: u32, log: &Path) -> Result<()> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    let probe: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        // Quiet: connection refusals are expected while the JVM starts.
-        .set("log_level", "0")
-        .create()?;
-    loop {
-        if !is_alive(pid) {
-            bail!("the broker exited during startup; see {}", log.display());
-        }
-        if probe
-            .client()
-            .fetch_metadata(None, Duration::from_secs(1))
-            .is_ok_and(|m| !m.brokers().is_empty())
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the broker did not answer within {START_TIMEOUT:?}; see {}",
-                log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -333,7 +505,7 @@ impl crate::LocalServer for LocalBroker {
     }
 
     fn describe(&self) -> String {
-        format!("{BOOTSTRAP} (logs: {})", self.log_path().display())
+        format!("{} (logs: {})", self.bootstrap(), self.dir.display())
     }
 }
 

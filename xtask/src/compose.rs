@@ -10,6 +10,10 @@
 //! everything down again with its volumes.
 //! Any failure ends it with a non-zero exit naming the step, after the
 //! containers' last log lines.
+//!
+//! With `--cluster`, the same over `docker-compose.cluster.yml` (three
+//! brokers, without the observability profile), checking also that the
+//! services' topics have three in-sync replicas.
 
 use std::future::Future;
 use std::path::Path;
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use service_kit::auth::Credentials;
 use tokio::process::Command;
 
 use crate::engine;
@@ -36,10 +41,12 @@ const ZIPKIN: &str = "http://127.0.0.1:9411";
 const PROMETHEUS: &str = "http://127.0.0.1:9090";
 const KAFKA_UI: &str = "http://127.0.0.1:8090";
 
-pub async fn check(root: &Path) -> Result<()> {
+pub async fn check(root: &Path, cluster: bool) -> Result<()> {
     crate::images::build(root).await?;
     engine::ensure_packages(&[("docker-compose", "docker-compose")])?;
-    let compose = Compose { root };
+    // docker-compose.yml hands the services their credentials from .env.
+    let credentials = crate::credentials::ensure(root)?;
+    let compose = Compose { root, cluster };
 
     let started = Instant::now();
     let result = async {
@@ -47,8 +54,12 @@ pub async fn check(root: &Path) -> Result<()> {
         step("build the Dockerfile", compose.run(&["build"])).await?;
         step("start the stack", compose.run(&["up", "--detach"])).await?;
         step("every container healthy", compose.all_healthy()).await?;
-        session().await?;
-        observability().await
+        session(&credentials).await?;
+        if cluster {
+            step("every partition on three in-sync replicas", replicated()).await
+        } else {
+            observability().await
+        }
     }
     .await;
     if result.is_err() {
@@ -80,6 +91,8 @@ async fn step<T>(name: &str, work: impl Future<Output = Result<T>>) -> Result<T>
 
 struct Compose<'a> {
     root: &'a Path,
+    /// Over docker-compose.cluster.yml.
+    cluster: bool,
 }
 
 impl Compose<'_> {
@@ -88,8 +101,12 @@ impl Compose<'_> {
         command
             .current_dir(self.root)
             .args(["--project-name", PROJECT, "--file", "docker-compose.yml"])
-            .args(["--profile", "observability"])
             .stdin(Stdio::null());
+        if self.cluster {
+            command.args(["--file", "docker-compose.cluster.yml"]);
+        } else {
+            command.args(["--profile", "observability"]);
+        }
         command
     }
 
@@ -195,11 +212,13 @@ impl Compose<'_> {
     }
 }
 
-/// The README's curl session, each answer checked.
-async fn session() -> Result<()> {
-    let http = reqwest::Client::builder()
+/// The README's curl session, each answer checked; its reads send the
+/// operator's token, as the README's do.
+async fn session(credentials: &Credentials) -> Result<()> {
+    let anonymous = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
+    let http = crate::credentials::operator_client_with(credentials)?;
 
     step("pay: POST /payments", async {
         let (status, _, body) = post(&http, "/payments", &payment("c-1", "o-1", 1999, "EUR"), None).await?;
@@ -223,6 +242,13 @@ async fn session() -> Result<()> {
             &json!(location),
         )?;
         Ok(id)
+    })
+    .await?;
+
+    step("without a token, GET /payments/{id} is 401", async {
+        let response = anonymous.get(format!("{PAYMENTS}/payments/{id}")).send().await?;
+        let status = response.status().as_u16();
+        expect(status == 401, "401 Unauthorized", status, &json!(null))
     })
     .await?;
 
@@ -339,6 +365,41 @@ async fn session() -> Result<()> {
         )
     })
     .await
+}
+
+/// The cluster's topics: every partition of the services' topics on three
+/// replicas, all in sync (asked through the host's listener, 127.0.0.1:9094).
+async fn replicated() -> Result<()> {
+    use rdkafka::producer::Producer;
+    let probe: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9094")
+        .create()?;
+    let metadata = probe.client().fetch_metadata(None, Duration::from_secs(10))?;
+    if metadata.brokers().len() != 3 {
+        bail!(
+            "{} brokers in the cluster's metadata, not 3",
+            metadata.brokers().len()
+        );
+    }
+    let topics = shared_events::Topics::default();
+    for name in [&topics.notifications, &topics.state] {
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name.as_str())
+            .with_context(|| format!("no topic {name}"))?;
+        for partition in topic.partitions() {
+            let (replicas, isr) = (partition.replicas().len(), partition.isr().len());
+            if replicas != 3 || isr != 3 {
+                bail!("{name}/{}: {replicas} replicas, {isr} in sync", partition.id());
+            }
+        }
+        eprintln!(
+            "xtask: {name}: {} partitions, each on 3 replicas, 3 in sync",
+            topic.partitions().len()
+        );
+    }
+    Ok(())
 }
 
 /// What the README says to look at with the observability profile.

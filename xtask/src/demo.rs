@@ -79,9 +79,11 @@ async fn run_services(
     env: &[(&str, String)],
     work: Option<impl Future<Output = Result<()>>>,
 ) -> Result<()> {
+    let credentials = crate::credentials::ensure(root)?;
     let mut children = Vec::new();
     for service in SERVICES {
-        children.push((service, spawn(root, service, env)?));
+        let env = [&credentials.env_of(service)[..], env].concat();
+        children.push((service, spawn(root, service, &env)?));
     }
     // Until ctrl-c, or until any service exits on its own; meanwhile, say
     // when every service is ready (ServiceA first rebuilds its copy).
@@ -98,7 +100,8 @@ async fn run_services(
             if !ready && all_ready(&http).await {
                 ready = true;
                 eprintln!(
-                    "xtask: demo ready: payments http://127.0.0.1:8080, service-a :8081, service-b :8082 (ctrl-c stops)"
+                    "xtask: demo ready: payments http://127.0.0.1:8080, service-a :8081, service-b :8082 (ctrl-c stops); \
+                     reads take the operator's token: set -a; . ./.env; set +a"
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -29,7 +29,8 @@ pub async fn run(root: &Path, svg: Option<PathBuf>) -> Result<()> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
     let env = [(TRACES_DIR, dir.display().to_string())];
-    crate::demo::with_stack(root, &env, Some(pay_and_refund())).await?;
+    let http = crate::credentials::operator_client(root)?;
+    crate::demo::with_stack(root, &env, Some(pay_and_refund(&http))).await?;
 
     let spans = read_spans(&dir)?;
     let diagram = Diagram::from_spans(&spans)?;
@@ -50,9 +51,9 @@ pub async fn run(root: &Path, svg: Option<PathBuf>) -> Result<()> {
 
 /// One payment and a partial refund, through the running demo, waiting until
 /// ServiceA's copy and ServiceB's record show the refund.
-async fn pay_and_refund() -> Result<()> {
+/// `http` reads and refunds as the operator.
+async fn pay_and_refund(http: &reqwest::Client) -> Result<()> {
     let [payments, service_a, service_b] = crate::demo::PORTS.map(|port| format!("http://127.0.0.1:{port}"));
-    let http = reqwest::Client::new();
     let created = http
         .post(format!("{payments}/payments"))
         .json(&json!({"customer_id": "c-flow", "order_id": "o-flow", "amount": 1999, "currency": "EUR"}))
@@ -68,14 +69,8 @@ async fn pay_and_refund() -> Result<()> {
         .to_owned();
     eprintln!("xtask: paid: {id}");
     // The refund after both saw the payment, so the two traces do not overlap.
-    wait_for_version(&http, &format!("{service_a}/payments/{id}"), "/version", 1).await?;
-    wait_for_version(
-        &http,
-        &format!("{service_b}/payments/{id}"),
-        "/payment/version",
-        1,
-    )
-    .await?;
+    wait_for_version(http, &format!("{service_a}/payments/{id}"), "/version", 1).await?;
+    wait_for_version(http, &format!("{service_b}/payments/{id}"), "/payment/version", 1).await?;
     let refunded = http
         .post(format!("{payments}/payments/{id}/refunds"))
         .header("if-match", "\"1\"")
@@ -86,14 +81,8 @@ async fn pay_and_refund() -> Result<()> {
         bail!("POST /payments/{id}/refunds answered {}", refunded.status());
     }
     eprintln!("xtask: refunded 500 of it");
-    wait_for_version(&http, &format!("{service_a}/payments/{id}"), "/version", 2).await?;
-    wait_for_version(
-        &http,
-        &format!("{service_b}/payments/{id}"),
-        "/payment/version",
-        2,
-    )
-    .await
+    wait_for_version(http, &format!("{service_a}/payments/{id}"), "/version", 2).await?;
+    wait_for_version(http, &format!("{service_b}/payments/{id}"), "/payment/version", 2).await
 }
 
 /// Waits until `url` answers JSON whose `pointer` is at least `version`.

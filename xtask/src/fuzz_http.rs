@@ -18,13 +18,20 @@ const VERSION: &str = "4.32.5";
 /// What must hold for every response. Not `positive_data_acceptance`: a
 /// string the document allows may still break a rule only the service
 /// knows (an unknown currency code), which is a 422 by design.
-const CHECKS: &str =
-    "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance";
+/// `ignored_auth`: every operation the document marks with the bearer
+/// scheme is also sent without the token and with a wrong one, and must
+/// answer 401.
+const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
+                      response_schema_conformance,ignored_auth";
 
 pub async fn run(root: &Path, max_examples: u32) -> Result<()> {
     let st = install(root).await?;
     let work_dir = root.join("target/xtask/schemathesis");
     let reports = work_dir.join("reports");
+    let authorization = format!(
+        "Authorization: Bearer {}",
+        crate::credentials::ensure(root)?.operator.expose()
+    );
     crate::demo::with_stack(
         root,
         &[],
@@ -39,6 +46,9 @@ pub async fn run(root: &Path, max_examples: u32) -> Result<()> {
                     .arg(format!("http://127.0.0.1:{port}/openapi.json"))
                     .args(["--url", &format!("http://127.0.0.1:{port}")])
                     .args(["--checks", CHECKS])
+                    // The operator may call every route (schemathesis sends
+                    // it to those the document marks as needing a caller).
+                    .args(["--header", &authorization])
                     .args(["--max-examples", &max_examples.to_string()])
                     // Reproducible runs: the same requests every time.
                     .arg("--generation-deterministic")

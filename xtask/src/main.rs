@@ -5,9 +5,12 @@ mod bench;
 mod broker;
 mod compose;
 mod contracts;
+mod credentials;
 mod demo;
 mod engine;
+mod faults;
 mod flow;
+mod fuzz;
 mod fuzz_http;
 mod images;
 mod ops;
@@ -32,11 +35,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// The local Apache Kafka broker (KRaft, 127.0.0.1:9092), fetched from
-    /// Maven Central on first use.
+    /// Maven Central on first use; or a cluster of three (`up --brokers 3`).
     Kafka {
         #[command(subcommand)]
-        action: Local,
+        action: KafkaAction,
     },
+    /// This checkout's bearer tokens (the operator's, ServiceB's) and what
+    /// each service accepts, in .env (not in git), made unless there are
+    /// some; docker compose and `cargo xtask up` read them from there.
+    Credentials,
     /// The local throwaway PostgreSQL (Debian's packages, 127.0.0.1:5432,
     /// trust authentication), under target/xtask/postgres.
     Pg {
@@ -71,7 +78,12 @@ enum Task {
     /// Build the Dockerfile, run docker-compose.yml, wait until every
     /// container is healthy, run the README's curl session against it, then
     /// take it down with its volumes.
-    ComposeCheck,
+    ComposeCheck {
+        /// Over docker-compose.cluster.yml: three brokers, and the topics
+        /// checked for three in-sync replicas.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// A consumer group's committed offsets, partition ends, lag and active
     /// members (on the broker in KAFKA_BOOTSTRAP_SERVERS).
     Offsets {
@@ -90,6 +102,14 @@ enum Task {
     /// Kafka and PostgreSQL measured in the same run (pgbench, Kafka's
     /// ProducerPerformance and EndToEndLatency); writes docs/bench.
     Bench(bench::Options),
+    /// Faults under a steady load of payments and refunds (broker leader
+    /// killed in a three-broker cluster, the single broker stopped and
+    /// killed, PostgreSQL restarted, Payments killed, one of two ServiceB
+    /// instances killed or stopped, a consumer added and removed, the
+    /// callback cut for 30 s, ServiceA replayed from offset 0), and a table
+    /// of what survived: answered, stored, published, handled, lost,
+    /// applied twice, time to recover. Fails on any loss or double.
+    Faults(faults::Options),
     /// Fuzz each service's HTTP API against its OpenAPI document with
     /// schemathesis, on the demo's stack: no 5xx, every response as
     /// documented.
@@ -101,6 +121,10 @@ enum Task {
     /// Fails when an event's committed schema changed in a way a reader of an
     /// earlier revision of it (in git) could not read, without a new version.
     ContractsCompat,
+    /// Run each cargo-fuzz target (the record decoder, each HTTP API) for a
+    /// bounded time with libFuzzer: fails on any crash, naming the input and
+    /// how to replay it. Needs the nightly toolchain; installs cargo-fuzz.
+    Fuzz(fuzz::Options),
     /// One payment and one refund through the demo's stack, traced: prints
     /// the sequence diagram (mermaid) of what each hop did and how long it
     /// took, from the spans the services wrote under target/xtask/traces.
@@ -122,6 +146,25 @@ enum Local {
     /// Start it (unless it runs) and wait until it answers.
     Up,
     /// Stop it.
+    Down,
+    /// Tell whether it runs.
+    Status,
+}
+
+/// What to do with the local broker or cluster.
+#[derive(Debug, Subcommand)]
+enum KafkaAction {
+    /// Start it (unless it runs) and wait until it answers.
+    Up {
+        /// 1: one broker (127.0.0.1:9092). 3: a KRaft cluster of three
+        /// brokers and controllers (127.0.0.1:9092, :9192, :9292), topics
+        /// with three replicas and min.insync.replicas=2; run the services
+        /// with KAFKA_BOOTSTRAP_SERVERS set to the three and
+        /// KAFKA_REPLICATION_FACTOR=3.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=3))]
+        brokers: u16,
+    },
+    /// Stop it (the single broker or the cluster, whichever runs).
     Down,
     /// Tell whether it runs.
     Status,
@@ -154,8 +197,34 @@ enum DltAction {
 async fn main() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().task {
-        Task::Kafka { action } => local(&broker::LocalBroker::new(&root), action).await,
+        Task::Kafka { action } => {
+            let (single, cluster) = (
+                broker::LocalBroker::new(&root),
+                broker::LocalBroker::cluster(&root),
+            );
+            match action {
+                KafkaAction::Up { brokers: 1 } => local(&single, Local::Up).await,
+                KafkaAction::Up {
+                    brokers: broker::CLUSTER_NODES,
+                } => local(&cluster, Local::Up).await,
+                KafkaAction::Up { brokers } => {
+                    bail!("--brokers is 1 or {}, not {brokers}", broker::CLUSTER_NODES)
+                }
+                KafkaAction::Down => {
+                    if cluster.running_pid().is_some() {
+                        local(&cluster, Local::Down).await
+                    } else {
+                        local(&single, Local::Down).await
+                    }
+                }
+                KafkaAction::Status if cluster.running_pid().is_some() => {
+                    local(&cluster, Local::Status).await
+                }
+                KafkaAction::Status => local(&single, Local::Status).await,
+            }
+        }
         Task::Pg { action } => local(&postgres::LocalPostgres::new(&root), action).await,
+        Task::Credentials => credentials::run(&root),
         Task::Up => demo::run(&root).await,
         Task::Test { local, args } => {
             let args = cargo_test_args(std::env::args(), args);
@@ -179,13 +248,15 @@ async fn main() -> Result<()> {
             EngineAction::Serve => engine::serve().await,
         },
         Task::Images => images::build(&root).await.map(drop),
-        Task::ComposeCheck => compose::check(&root).await,
+        Task::ComposeCheck { cluster } => compose::check(&root, cluster).await,
         Task::Offsets { group, topic } => ops::offsets(&group, topic.as_deref()).await,
         Task::Reset { group, topic, to } => ops::reset(&group, &topic, &to).await,
         Task::Bench(options) => bench::run(&root, &options).await,
+        Task::Faults(options) => faults::run(&root, &options).await,
         Task::FuzzHttp { max_examples } => fuzz_http::run(&root, max_examples).await,
         Task::Flow { svg } => flow::run(&root, svg).await,
         Task::ContractsCompat => contracts::compat(&root).await,
+        Task::Fuzz(options) => fuzz::run(&root, &options).await,
         Task::Dlt { action } => match action {
             DltAction::List { topic } => ops::dlt_list(&topic).await,
             DltAction::Redrive { topic } => ops::dlt_redrive(&topic).await,

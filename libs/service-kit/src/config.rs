@@ -70,6 +70,30 @@ where
     })
 }
 
+/// A credential the service cannot run without (`HTTP_CALLERS`,
+/// `PAYMENTS_TOKEN`; see [`crate::auth`]). It has no default: a default
+/// would be in the repository. An error names the variable and says where a
+/// set comes from, and never repeats the value.
+pub fn credential<T>(name: &'static str) -> Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let raw = std::env::var(name).unwrap_or_default();
+    if raw.trim().is_empty() {
+        return Err(ConfigError {
+            var: name,
+            value: String::new(),
+            reason: "not set; `cargo xtask credentials` writes a set of credentials into .env".to_owned(),
+        });
+    }
+    raw.trim().parse().map_err(|e: T::Err| ConfigError {
+        var: name,
+        value: "(not shown: a credential)".to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 /// A database URL (`DATABASE_URL`), parsed: the options to connect with.
 /// Its `Debug` (and so every config's) shows where it points and never the
 /// password; `PgConnectOptions`' own `Debug` prints it.

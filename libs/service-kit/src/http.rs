@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, MatchedPath, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -219,7 +220,17 @@ async fn ready_check(State(readiness): State<Readiness>) -> (StatusCode, Json<Re
 /// Serves `router` on `listener` until `stop` is cancelled, then stops taking
 /// requests and waits for the ones in flight.
 pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) -> Result<()> {
-    let router = router
+    axum::serve(listener, as_served(router))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// `router` as [`serve`] serves it: a JSON [`ErrorBody`] for an unknown
+/// route (404) or method (405), and a span per request. Public for what
+/// drives a service's router without a socket (the fuzz targets).
+pub fn as_served(router: Router) -> Router {
+    router
         .fallback(|| async {
             ErrorBody::new("not_found", "no such route").into_response(StatusCode::NOT_FOUND)
         })
@@ -231,11 +242,7 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
                 .on_response(record_response),
-        );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await?;
-    Ok(())
+        )
 }
 
 /// The span of one request, after OpenTelemetry's HTTP server conventions:
@@ -255,6 +262,8 @@ fn request_span(request: &axum::extract::Request) -> tracing::Span {
         http.route = route,
         url.path = request.uri().path(),
         http.response.status_code = tracing::field::Empty,
+        // The caller a protected route let in (`crate::auth`).
+        enduser.id = tracing::field::Empty,
     );
     crate::telemetry::set_parent(&span, crate::telemetry::parent_from_http(request.headers()));
     span
@@ -297,6 +306,30 @@ impl IntoResponse for LookupError {
     }
 }
 
+/// `axum::extract::Path`, but a rejection is a JSON [`ErrorBody`] like
+/// every other error. A path segment whose percent-decoding is not UTF-8
+/// (`/payments/%FF`) cannot be a `String`; axum answers that in plain text.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(Path), rejection(PathError))]
+pub struct ApiPath<T>(pub T);
+
+/// Why [`ApiPath`] did not extract: 400 `invalid_path` for what the client
+/// sent; 500 for a handler asking for parameters its route does not have.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct PathError(#[from] PathRejection);
+
+impl IntoResponse for PathError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self.0, "path parameters do not fit the route");
+            return ErrorBody::new("internal", "something went wrong on our side").into_response(status);
+        }
+        ErrorBody::new("invalid_path", self.0.body_text()).into_response(status)
+    }
+}
+
 /// Entries per page of a list when the request does not say.
 pub const DEFAULT_PAGE: usize = 100;
 /// The most entries a request may ask for at once.
@@ -330,4 +363,42 @@ pub fn lookup<T: Serialize>(
 ) -> Result<Json<T>, LookupError> {
     let id = PaymentId::parse(id)?;
     find(id).map(Json).ok_or(LookupError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Found by the `payments_http` fuzz target: `GET /payments/01%9f…`
+    /// answered 400 in plain text, not the documented `ErrorBody`.
+    #[tokio::test]
+    async fn a_path_segment_that_is_not_utf8_is_a_json_400() {
+        let router: Router = Router::new().route(
+            "/payments/{id}",
+            get(|ApiPath(id): ApiPath<String>| async move { id }),
+        );
+        let response = router
+            .oneshot(
+                Request::get("/payments/01%9f")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(body["error"], "invalid_path");
+        assert!(
+            body["message"].as_str().is_some_and(|m| m.contains("UTF-8")),
+            "{body}"
+        );
+    }
 }

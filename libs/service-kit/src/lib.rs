@@ -17,6 +17,8 @@
 //!   `<topic>.dlt`. (Listing and redriving them, and a group's offsets, are
 //!   for operators: the `kafka-ops` crate, which no service links.)
 //! - [`metrics`]: consumer lag, retries and dead letters at `GET /metrics`.
+//! - [`auth`]: the bearer tokens that let a calling service read payment
+//!   data (`HTTP_CALLERS`), and the middleware that asks for them.
 //! - [`http`]: serving axum with graceful shutdown, `GET /health`, and the JSON
 //!   error body all services answer with.
 //! - [`memory`]: an in-memory map by payment id (ServiceA's copy of payments).
@@ -27,6 +29,7 @@
 //! - [`telemetry`]: `tracing` setup.
 //! - [`error`]: this crate's error type.
 
+pub mod auth;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;

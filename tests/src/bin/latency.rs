@@ -26,7 +26,7 @@ async fn main() {
         .nth(1)
         .map_or(20, |n| n.parse().expect("PAYMENTS is a number"));
     let broker = Broker::get().await;
-    let http = reqwest::Client::new();
+    let http = integration_tests::http_client();
     let system = System::start(&broker).await;
     let System {
         payments,

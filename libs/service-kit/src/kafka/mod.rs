@@ -246,18 +246,27 @@ pub async fn replica(
 /// The number of partitions of `topic`, waiting a little for a topic created
 /// a moment ago to show up in the metadata. Blocks.
 pub fn partition_count<C: ConsumerContext>(consumer: &impl Consumer<C>, topic: &str) -> Result<i32> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(10);
     loop {
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let found = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
+        let listed = metadata.topics().iter().find(|t| t.name() == topic);
+        let found = listed
+            .filter(|t| t.error().is_none())
             .map_or(0, |t| t.partitions().len());
         if found > 0 {
             return Ok(i32::try_from(found).unwrap_or(i32::MAX));
         }
         if std::time::Instant::now() > deadline {
+            // What the broker said, for the log: unknown, or listed with an
+            // error (and which).
+            let said = listed.map_or_else(|| "not listed".to_owned(), |t| format!("{:?}", t.error()));
+            tracing::warn!(
+                topic,
+                broker_said = said,
+                waited_ms = started.elapsed().as_millis(),
+                "topic not found"
+            );
             return Err(Error::MissingTopic(topic.to_owned()));
         }
         std::thread::sleep(Duration::from_millis(100));

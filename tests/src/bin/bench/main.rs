@@ -127,8 +127,15 @@ async fn main() -> Result<()> {
 }
 
 async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Report> {
+    // The operator's token: the copies' `Copied-At` is read from ServiceA.
+    let mut operator = reqwest::header::HeaderMap::new();
+    operator.insert(
+        reqwest::header::AUTHORIZATION,
+        integration_tests::credentials().operator.authorization(),
+    );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(MAX_CONNECTIONS)
+        .default_headers(operator)
         .build()?;
     let payments = stack.start(PAYMENTS, &http).await?;
     let mut service_a = stack.start(SERVICE_A, &http).await?;

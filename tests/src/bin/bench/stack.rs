@@ -97,6 +97,7 @@ impl Stack {
             .open(self.log_dir.join(format!("{name}.log")))?;
         let mut command = Command::new(self.bin_dir.join(name));
         command
+            .envs(integration_tests::credentials().env_of(name))
             .env("KAFKA_BOOTSTRAP_SERVERS", &self.bootstrap)
             .env("DATABASE_URL", self.database_url(name))
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))

@@ -1,0 +1,175 @@
+//! `cargo xtask credentials`: this checkout's bearer tokens, in `.env`.
+//!
+//! The services refuse to start without them (`HTTP_CALLERS`, and ServiceB's
+//! `PAYMENTS_TOKEN`; see `service_kit::auth`), and none is in the
+//! repository: the first command that needs them (`up`, `flow`, `fuzz-http`,
+//! `images`, `compose-check`, or this one) makes a set into `.env` at the
+//! workspace root, which git ignores. `docker compose` reads the same file
+//! for `docker-compose.yml`'s `${...}`, so both ways of running the demo
+//! use one set, and the README's curl session reads `$OPERATOR_TOKEN`
+//! from it.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use service_kit::auth::{Credentials, Token};
+
+/// The tokens' variables; the `*_HTTP_CALLERS` lines follow from them.
+const OPERATOR_TOKEN: &str = "OPERATOR_TOKEN";
+const SERVICE_B_TOKEN: &str = "SERVICE_B_TOKEN";
+
+/// The file, at the workspace root.
+pub fn path(root: &Path) -> PathBuf {
+    root.join(".env")
+}
+
+/// `cargo xtask credentials`: makes the set unless there is one, and says
+/// where it is and how to use it.
+pub fn run(root: &Path) -> Result<()> {
+    ensure(root)?;
+    eprintln!(
+        "xtask: credentials in {} (not in git). For curl: set -a; . ./.env; set +a; then\n  \
+         curl -H \"Authorization: Bearer $OPERATOR_TOKEN\" http://127.0.0.1:8081/audit",
+        path(root).display()
+    );
+    Ok(())
+}
+
+/// This checkout's credentials: read from `.env`, or made and written there
+/// first (the file is created readable by its owner only).
+pub fn ensure(root: &Path) -> Result<Credentials> {
+    let path = path(root);
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if let Some(credentials) = parse(&existing).with_context(|| format!("in {}", path.display()))? {
+        return Ok(credentials);
+    }
+    let credentials = Credentials::generate();
+    // Appended: a `.env` the user keeps for other settings stays as it was.
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(render(&credentials).as_bytes())?;
+    eprintln!("xtask: made new credentials into {}", path.display());
+    Ok(credentials)
+}
+
+/// An HTTP client that proves itself as the operator, as the README's curl
+/// session does: it reads every service's payment data.
+pub fn operator_client(root: &Path) -> Result<reqwest::Client> {
+    operator_client_with(&ensure(root)?)
+}
+
+/// An HTTP client that proves itself as `credentials`' operator.
+pub fn operator_client_with(credentials: &Credentials) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        credentials.operator.authorization(),
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?)
+}
+
+/// The lines written into `.env`: both tokens, and what each service holds
+/// of them, under the variable names `docker-compose.yml` uses.
+fn render(credentials: &Credentials) -> String {
+    let callers = |service| credentials.callers_of(service).to_env();
+    format!(
+        "\n# The services' credentials for this checkout, made by `cargo xtask credentials`.\n\
+         # Not in git. A token is what a caller sends as `Authorization: Bearer`; a\n\
+         # service's HTTP_CALLERS holds the SHA-256 of each token it accepts.\n\
+         {OPERATOR_TOKEN}={operator}\n\
+         {SERVICE_B_TOKEN}={service_b}\n\
+         PAYMENTS_HTTP_CALLERS={payments}\n\
+         SERVICE_A_HTTP_CALLERS={service_a}\n\
+         SERVICE_B_HTTP_CALLERS={service_b_callers}\n",
+        operator = credentials.operator.expose(),
+        service_b = credentials.service_b.expose(),
+        payments = callers("payments-service"),
+        service_a = callers("service-a"),
+        service_b_callers = callers("service-b"),
+    )
+}
+
+/// The tokens in `text`, if it has both; `None` if it has neither.
+fn parse(text: &str) -> Result<Option<Credentials>> {
+    let value = |name: &str| {
+        text.lines()
+            .filter_map(|line| line.trim().split_once('='))
+            .filter(|(key, _)| key.trim() == name)
+            .map(|(_, value)| value.trim().trim_matches('"').to_owned())
+            .next_back()
+    };
+    match (value(OPERATOR_TOKEN), value(SERVICE_B_TOKEN)) {
+        (None, None) => Ok(None),
+        (Some(operator), Some(service_b)) => Ok(Some(Credentials {
+            operator: token(OPERATOR_TOKEN, &operator)?,
+            service_b: token(SERVICE_B_TOKEN, &service_b)?,
+        })),
+        _ => {
+            bail!("{OPERATOR_TOKEN} and {SERVICE_B_TOKEN} go together; remove the one left to make a new set")
+        }
+    }
+}
+
+fn token(name: &str, value: &str) -> Result<Token> {
+    value.parse().map_err(|e| anyhow::anyhow!("{name}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_written_reads_back_and_other_settings_are_kept() {
+        let dir = std::env::temp_dir().join(format!("xtask-credentials-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(path(&dir), "RUST_LOG=debug\n").expect("an existing .env");
+        let made = ensure(&dir).expect("made");
+        let again = ensure(&dir).expect("read back");
+        assert_eq!(again.operator, made.operator);
+        assert_eq!(again.service_b, made.service_b);
+        let text = std::fs::read_to_string(path(&dir)).expect("read");
+        assert!(text.starts_with("RUST_LOG=debug\n"), "{text}");
+        // What docker-compose.yml hands the services parses as they parse it.
+        let callers = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .expect(name)
+                .parse::<service_kit::auth::Callers>()
+                .expect("HTTP_CALLERS")
+        };
+        assert_eq!(
+            callers("PAYMENTS_HTTP_CALLERS").names(),
+            ["service-b", "operator"]
+        );
+        assert_eq!(callers("SERVICE_A_HTTP_CALLERS").names(), ["operator"]);
+
+        // A new file is its owner's only.
+        std::fs::remove_file(path(&dir)).expect("remove");
+        ensure(&dir).expect("made");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(path(&dir)).expect("metadata").permissions(),
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn one_token_without_the_other_is_an_error_not_a_new_set() {
+        let error = parse(&format!("{OPERATOR_TOKEN}={}\n", "a".repeat(64))).expect_err("half a set");
+        assert!(error.to_string().contains("go together"), "{error}");
+        assert!(parse("OTHER=1\n").expect("parses").is_none());
+    }
+}

@@ -1,0 +1,1068 @@
+//! `cargo xtask faults`: faults under a steady load, and what survived them.
+//!
+//! Each scenario runs the whole stack (Payments, ServiceA, two ServiceB
+//! instances in one group) as processes on the local PostgreSQL and the local
+//! broker (or the three-broker cluster), on topics, groups and databases of
+//! its own. A load of payments, one in four refunded, runs through Payments'
+//! API while one fault is injected and undone. The client is a careful one:
+//! each request carries an `Idempotency-Key` (a refund also `If-Match`) and is
+//! retried with it until answered, as the API documents.
+//!
+//! Once the load is done and the consumers caught up (or gave up waiting),
+//! every request answered 2xx is one event owed downstream, and is looked for
+//! in the event store (Payments' `GET /payments/{id}`), on the notifications
+//! and state topics, in ServiceA's audit log and copy, and in ServiceB's
+//! records. The row says how many were found at each stage, how many were
+//! lost (answered 2xx, missing somewhere) and how many applied twice (more
+//! than once at a stage that must apply each once), and how long after the
+//! fault everything accepted until the fault was undone had reached
+//! ServiceB. Every notification on the topic is also matched to a 2xx: one
+//! without (a request that failed, yet published) is counted too. The
+//! command fails on any loss, any double, any publication without a 2xx, or
+//! a stage that did not catch up.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use clap::ValueEnum;
+use nix::sys::signal::Signal;
+use rdkafka::Message;
+use serde_json::{Value, json};
+use service_kit::auth::Credentials;
+use service_kit::config::KafkaConfig;
+use shared_events::{Notification, PaymentState, Topics};
+use tokio::process::{Child, Command};
+
+use crate::broker::LocalBroker;
+use crate::postgres::LocalPostgres;
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// The scenarios to run, in this order (default: all).
+    #[arg(value_enum)]
+    scenarios: Vec<Fault>,
+    /// Seconds of load in each scenario; the fault comes a quarter of the
+    /// way in.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Payments per second (one in four is then refunded).
+    #[arg(long, default_value_t = 20)]
+    rate: u32,
+    /// Also write the table (markdown) to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+/// One fault, injected once and undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Fault {
+    /// Three brokers: SIGKILL of the leader of the notifications topic's
+    /// partition 0, restarted 10 s later.
+    LeaderKill,
+    /// One broker: SIGTERM (a controlled shutdown), restarted 5 s later.
+    BrokerTerm,
+    /// One broker: SIGKILL, restarted 5 s later.
+    BrokerKill,
+    /// PostgreSQL (every service's database) stopped, started 3 s later.
+    PostgresRestart,
+    /// SIGKILL of Payments (with the outbox relay) mid-load, restarted at once.
+    PaymentsKill,
+    /// SIGKILL of one of the two ServiceB instances; the other takes over.
+    ServiceBKill,
+    /// SIGTERM of one of the two ServiceB instances; the other takes over.
+    ServiceBTerm,
+    /// A third ServiceB joins the group mid-load (a rebalance), and leaves
+    /// with SIGTERM 5 s later (another).
+    ConsumerAddedRemoved,
+    /// Payments unreachable from ServiceB for 30 s: its callbacks go
+    /// through a proxy, which closes every connection meanwhile.
+    CallbackCut,
+    /// ServiceA stopped, its group moved back to the notifications topic's
+    /// first offsets, and started: it reads every notification again.
+    ServiceAReplay,
+}
+
+impl Fault {
+    fn on_cluster(self) -> bool {
+        self == Self::LeaderKill
+    }
+
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_owned())
+    }
+}
+
+/// The stack's processes, by index.
+const PAYMENTS: usize = 0;
+const SERVICE_A: usize = 1;
+const SERVICE_B: usize = 2;
+const SERVICE_B_OTHER: usize = 3;
+/// A third ServiceB, started only by [`Fault::ConsumerAddedRemoved`].
+const SERVICE_B_EXTRA: usize = 4;
+const PROCESSES: [&str; 5] = [
+    "payments-service",
+    "service-a",
+    "service-b",
+    "service-b",
+    "service-b",
+];
+
+/// How long, after the load, the consumers may take to catch up.
+const CATCH_UP: Duration = Duration::from_secs(120);
+/// How long a request is retried (with its key) after the load ended.
+const RETRY_AFTER_LOAD: Duration = Duration::from_secs(60);
+
+pub async fn run(root: &Path, options: &Options) -> Result<()> {
+    if crate::env_set("KAFKA_BOOTSTRAP_SERVERS").is_some() || crate::env_set("DATABASE_URL").is_some() {
+        bail!(
+            "faults are injected into the local broker and PostgreSQL only (unset KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL)"
+        );
+    }
+    let scenarios = if options.scenarios.is_empty() {
+        Fault::value_variants().to_vec()
+    } else {
+        options.scenarios.clone()
+    };
+    let mut build = vec!["build", "--quiet"];
+    for service in crate::demo::SERVICES {
+        build.extend(["--package", service]);
+    }
+    crate::cargo(root, &build, &[]).await?;
+
+    let postgres = LocalPostgres::new(root);
+    let started_postgres = postgres.start().await?;
+    let brokers = Brokers::new(root)?;
+    let mut rows = Vec::new();
+    let result = async {
+        for fault in scenarios {
+            let broker = brokers.switch_to(fault.on_cluster()).await?;
+            eprintln!(
+                "\nxtask: faults: {} ({} s of {} payments/s)",
+                fault.name(),
+                options.seconds,
+                options.rate
+            );
+            let row = scenario(root, fault, broker, &postgres, options).await?;
+            eprintln!("{}", row.markdown());
+            rows.push(row);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let stopped = brokers.stop();
+    let stopped_postgres = if started_postgres { postgres.stop() } else { Ok(()) };
+
+    let table = table(&rows, options);
+    println!("{table}");
+    if let Some(out) = &options.out {
+        std::fs::write(out, &table).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    result.and(stopped).and(stopped_postgres)?;
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|row| !row.passed())
+        .map(|row| row.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "events were lost, applied twice, or never arrived in: {}",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A single broker and a cluster of three of this run's own, new (under
+/// `target/xtask/faults/`), so that a restart's figures do not depend on
+/// what else a development broker holds; one runs at a time, both
+/// listening on 127.0.0.1:9092.
+struct Brokers {
+    single: LocalBroker,
+    cluster: LocalBroker,
+}
+
+impl Brokers {
+    fn new(root: &Path) -> Result<Self> {
+        let dir = root.join("target/xtask/faults");
+        let (single, cluster) = (dir.join("kafka"), dir.join("kafka-cluster"));
+        for dir in [&single, &cluster] {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+            }
+        }
+        Ok(Self {
+            single: LocalBroker::in_dir(root, single, 1),
+            cluster: LocalBroker::in_dir(root, cluster, crate::broker::CLUSTER_NODES),
+        })
+    }
+
+    async fn switch_to(&self, cluster: bool) -> Result<&LocalBroker> {
+        let (wanted, other) = if cluster {
+            (&self.cluster, &self.single)
+        } else {
+            (&self.single, &self.cluster)
+        };
+        if other.running_pid().is_some() {
+            other.stop()?;
+        }
+        wanted.start().await?;
+        Ok(wanted)
+    }
+
+    fn stop(&self) -> Result<()> {
+        let single = self.single.stop();
+        self.cluster.stop().and(single)
+    }
+}
+
+/// The stack of one scenario.
+struct Stack {
+    root: PathBuf,
+    dir: PathBuf,
+    bootstrap: String,
+    replication: u16,
+    run: String,
+    ports: [u16; 5],
+    children: [Option<Child>; 5],
+    credentials: Credentials,
+    /// In front of Payments, for ServiceB's callbacks.
+    callbacks: Gate,
+}
+
+impl Stack {
+    async fn start(root: &Path, fault: Fault, broker: &LocalBroker) -> Result<Self> {
+        let run = format!("{}-{}", fault.name(), Utc::now().format("%Y%m%d%H%M%S"));
+        let dir = root.join("target/xtask/faults").join(&run);
+        std::fs::create_dir_all(&dir)?;
+        // `test_` databases and `test.` topics: what `cargo xtask test`
+        // clears on the local servers.
+        for database in ["payments", "service_a", "service_b"] {
+            let name = Self::database(&run, database);
+            let output = crate::postgres::client_program("createdb")?
+                .arg(&name)
+                .stdin(Stdio::null())
+                .output()
+                .context("cannot run createdb")?;
+            if !output.status.success() {
+                bail!("createdb {name}: {}", String::from_utf8_lossy(&output.stderr));
+            }
+        }
+        let mut stack = Self {
+            root: root.to_owned(),
+            dir,
+            bootstrap: broker.bootstrap().to_owned(),
+            replication: if fault.on_cluster() { 3 } else { 1 },
+            run,
+            ports: [
+                free_port()?,
+                free_port()?,
+                free_port()?,
+                free_port()?,
+                free_port()?,
+            ],
+            children: [None, None, None, None, None],
+            credentials: Credentials::generate(),
+            callbacks: Gate::default(),
+        };
+        stack.callbacks = Gate::start(stack.ports[PAYMENTS]).await?;
+        for process in [PAYMENTS, SERVICE_A, SERVICE_B, SERVICE_B_OTHER] {
+            stack.spawn(process).await?;
+        }
+        Ok(stack)
+    }
+
+    fn database(run: &str, which: &str) -> String {
+        format!("test_faults_{}_{which}", run.replace('-', "_"))
+    }
+
+    fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: self.bootstrap.clone(),
+            topics: Topics {
+                notifications: format!("test.faults-{}.notifications", self.run),
+                state: format!("test.faults-{}.state", self.run),
+            },
+            ..KafkaConfig::local()
+        }
+    }
+
+    /// The consumer group of `process`'s service.
+    fn group(&self, process: usize) -> String {
+        format!("test.faults-{}-{}", self.run, PROCESSES[process])
+    }
+
+    fn url(&self, process: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports[process])
+    }
+
+    /// Starts process `process` and waits until it is ready.
+    async fn spawn(&mut self, process: usize) -> Result<()> {
+        let service = PROCESSES[process];
+        let kafka = self.kafka();
+        let database = match service {
+            "payments-service" => "payments",
+            "service-a" => "service_a",
+            _ => "service_b",
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{service}-{process}.log")))?;
+        let child = Command::new(self.root.join("target/debug").join(service))
+            .envs(self.credentials.env_of(service))
+            .env("KAFKA_BOOTSTRAP_SERVERS", &self.bootstrap)
+            .env("KAFKA_REPLICATION_FACTOR", self.replication.to_string())
+            .env("TOPIC_NOTIFICATIONS", &kafka.topics.notifications)
+            .env("TOPIC_STATE", &kafka.topics.state)
+            .env("GROUP_ID", self.group(process))
+            .env(
+                "DATABASE_URL",
+                format!(
+                    "postgres://postgres@127.0.0.1:5432/{}",
+                    Self::database(&self.run, database)
+                ),
+            )
+            .env("HTTP_ADDR", format!("127.0.0.1:{}", self.ports[process]))
+            .env(
+                "PAYMENTS_URL",
+                format!("http://127.0.0.1:{}", self.callbacks.port),
+            )
+            // A member that died is replaced after 6 s (the broker's least),
+            // not the default 10 s.
+            .env("KAFKA_SESSION_TIMEOUT_MS", "6000")
+            // Waiting out a PostgreSQL restart at start-up, not giving up.
+            .env("STARTUP_TIMEOUT_MS", "60000")
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {service}"))?;
+        self.children[process] = Some(child);
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready = http
+                .get(self.url(process, "/ready"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.children[process].as_mut().map(Child::try_wait) {
+                bail!("{service} exited ({status}); see {}", self.dir.display());
+            }
+            if Instant::now() > deadline {
+                bail!("{service} not ready after 120 s; see {}", self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends `signal` to process `process` and waits until it exited.
+    async fn signal(&mut self, process: usize, signal: Signal) -> Result<()> {
+        let child = self.children[process].as_mut().context("not running")?;
+        let pid = child.id().context("exited already")?;
+        crate::process::signal(pid, signal)?;
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .context("did not exit within 30 s")??;
+        self.children[process] = None;
+        Ok(())
+    }
+
+    /// Stops every process with SIGTERM.
+    async fn stop(&mut self) {
+        for process in 0..PROCESSES.len() {
+            if self.children[process].is_some() {
+                let _ = self.signal(process, Signal::SIGTERM).await;
+            }
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// What the client was answered.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Payments answered 201: id, and when.
+    payments: Vec<(String, DateTime<Utc>)>,
+    /// Refunds answered 201, by payment id.
+    refunds: HashMap<String, u32>,
+    /// Requests never answered 2xx (given up, or refused for good).
+    unanswered: u32,
+    /// 5xx answers other than 503.
+    undocumented: Arc<AtomicU32>,
+    /// When each 2xx came.
+    answered_at: Vec<Instant>,
+    /// Each payment's last 2xx (its payment's or its refund's).
+    last_answer: HashMap<String, DateTime<Utc>>,
+}
+
+/// The steady load: `rate` payments per second for `seconds`, each request
+/// retried with its key until answered; returns when every request is done.
+/// `http` refunds as the operator (a refund needs a caller's token).
+async fn load(
+    http: reqwest::Client,
+    stack_payments: String,
+    run: String,
+    rate: u32,
+    seconds: u64,
+    ledger: Arc<Mutex<Ledger>>,
+) {
+    let give_up = Instant::now() + Duration::from_secs(seconds) + RETRY_AFTER_LOAD;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    let mut requests = tokio::task::JoinSet::new();
+    let undocumented = Arc::clone(&ledger.lock().expect("ledger").undocumented);
+    for n in 0..u64::from(rate) * seconds {
+        ticks.tick().await;
+        let (http, base, run, ledger, undocumented) = (
+            http.clone(),
+            stack_payments.clone(),
+            run.clone(),
+            Arc::clone(&ledger),
+            Arc::clone(&undocumented),
+        );
+        requests.spawn(async move {
+            let payment = json!({
+                "customer_id": format!("c-{}", n % 50),
+                "order_id": format!("o-{n}"),
+                "amount": 1999,
+                "currency": "EUR",
+            });
+            let created = until_answered(give_up, &undocumented, || {
+                http.post(format!("{base}/payments"))
+                    .header("idempotency-key", format!("{run}-{n}"))
+                    .json(&payment)
+            })
+            .await;
+            let Some(created) = created else {
+                ledger.lock().expect("ledger").unanswered += 1;
+                return;
+            };
+            let id = created["payment_id"].as_str().unwrap_or_default().to_owned();
+            {
+                let mut ledger = ledger.lock().expect("ledger");
+                ledger.payments.push((id.clone(), Utc::now()));
+                ledger.last_answer.insert(id.clone(), Utc::now());
+                ledger.answered_at.push(Instant::now());
+            }
+            if n % 4 != 0 {
+                return;
+            }
+            let refunded = until_answered(give_up, &undocumented, || {
+                http.post(format!("{base}/payments/{id}/refunds"))
+                    .header("idempotency-key", format!("{run}-{n}-refund"))
+                    .header("if-match", "\"1\"")
+                    .json(&json!({"amount": 100, "reason": "damaged"}))
+            })
+            .await;
+            let mut ledger = ledger.lock().expect("ledger");
+            if refunded.is_some() {
+                ledger.last_answer.insert(id.clone(), Utc::now());
+                *ledger.refunds.entry(id).or_default() += 1;
+                ledger.answered_at.push(Instant::now());
+            } else {
+                ledger.unanswered += 1;
+            }
+        });
+    }
+    while requests.join_next().await.is_some() {}
+}
+
+/// Sends the request `make` builds until it is answered 201, retrying
+/// (with the same key) on no answer and on 5xx; `None` for another answer,
+/// or when `give_up` comes. A 5xx other than the documented 503 ("the
+/// database is unavailable, retry") is counted in `undocumented`.
+async fn until_answered(
+    give_up: Instant,
+    undocumented: &AtomicU32,
+    make: impl Fn() -> reqwest::RequestBuilder,
+) -> Option<Value> {
+    while Instant::now() < give_up {
+        match make().send().await {
+            Ok(response) if response.status() == reqwest::StatusCode::CREATED => {
+                return response.json().await.ok();
+            }
+            Ok(response)
+                if response.status().is_server_error()
+                    && response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                undocumented.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(response) if !response.status().is_server_error() => {
+                eprintln!("xtask: faults: a request was refused: {}", response.status());
+                return None;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    None
+}
+
+/// One scenario's figures.
+#[derive(Debug)]
+struct Row {
+    name: String,
+    /// Events owed: payments and refunds answered 201.
+    answered: u64,
+    unanswered: u32,
+    /// 5xx answers other than the documented 503.
+    undocumented: u32,
+    stored: u64,
+    published: u64,
+    service_a: u64,
+    service_b: u64,
+    lost: u64,
+    twice: u64,
+    /// Published without a 2xx for it.
+    unanswered_published: u64,
+    dead_letters: usize,
+    /// From the fault to ServiceB having every payment accepted until the
+    /// fault was undone.
+    recovered: Option<Duration>,
+    /// The longest any payment took from its last 2xx to ServiceB's record.
+    slowest: Option<Duration>,
+    /// The longest time without any 2xx answer.
+    longest_gap: Duration,
+    caught_up: bool,
+}
+
+impl Row {
+    fn passed(&self) -> bool {
+        self.lost == 0
+            && self.twice == 0
+            && self.unanswered_published == 0
+            && self.undocumented == 0
+            && self.caught_up
+    }
+
+    fn markdown(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            self.name,
+            self.answered,
+            self.unanswered,
+            self.undocumented,
+            self.stored,
+            self.published,
+            self.service_a,
+            self.service_b,
+            self.lost,
+            self.twice,
+            self.unanswered_published,
+            self.dead_letters,
+            seconds(self.recovered),
+            seconds(self.slowest),
+            seconds(Some(self.longest_gap)),
+        )
+    }
+}
+
+fn seconds(duration: Option<Duration>) -> String {
+    duration.map_or_else(|| "-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
+}
+
+fn table(rows: &[Row], options: &Options) -> String {
+    let mut table = format!(
+        "{} s of {} payments/s per scenario (one in four refunded); counts are events (a payment or a refund answered 201)\n\n\
+         | fault | 2xx | never 2xx | 5xx not 503 | stored | published | ServiceA | ServiceB | lost | applied twice | published without 2xx | dead letters | recovered after | slowest 2xx → ServiceB | longest without 2xx |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        options.seconds, options.rate
+    );
+    for row in rows {
+        table.push_str(&row.markdown());
+        table.push('\n');
+    }
+    table
+}
+
+async fn scenario(
+    root: &Path,
+    fault: Fault,
+    broker: &LocalBroker,
+    postgres: &LocalPostgres,
+    options: &Options,
+) -> Result<Row> {
+    let mut stack = Stack::start(root, fault, broker).await?;
+    let result = measure(&mut stack, fault, broker, postgres, options).await;
+    stack.stop().await;
+    result
+}
+
+async fn measure(
+    stack: &mut Stack,
+    fault: Fault,
+    broker: &LocalBroker,
+    postgres: &LocalPostgres,
+    options: &Options,
+) -> Result<Row> {
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let http = crate::credentials::operator_client_with(&stack.credentials)?;
+    let started = Instant::now();
+    let load = tokio::spawn(load(
+        http.clone(),
+        stack.url(PAYMENTS, ""),
+        stack.run.clone(),
+        options.rate,
+        options.seconds,
+        Arc::clone(&ledger),
+    ));
+    tokio::time::sleep(Duration::from_secs(options.seconds) / 4).await;
+    let fault_at = Utc::now();
+    eprintln!("xtask: faults: injecting {}", fault.name());
+    inject(stack, fault, broker, postgres).await?;
+    let undone_at = Utc::now();
+    eprintln!(
+        "xtask: faults: undone after {:.1} s",
+        (undone_at - fault_at).num_milliseconds() as f64 / 1000.0
+    );
+    load.await?;
+    let load_time = started.elapsed();
+
+    let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
+    let owed: HashMap<String, u64> = ledger
+        .payments
+        .iter()
+        .map(|(id, _)| {
+            (
+                id.clone(),
+                1 + u64::from(ledger.refunds.get(id).copied().unwrap_or(0)),
+            )
+        })
+        .collect();
+    let caught_up = catch_up(stack, &http, &owed).await;
+    let found = Found::gather(stack, &http, &owed).await?;
+
+    let (lost, twice) = tally(&owed, &found);
+    let unanswered_published = unanswered_published(&owed, &found);
+    // The longest any payment waited, from its last 2xx to ServiceB's
+    // record of what it led to.
+    let slowest = ledger
+        .last_answer
+        .iter()
+        .filter_map(|(id, answered)| {
+            Some(
+                (*found.fetched_at.get(id)? - *answered)
+                    .to_std()
+                    .unwrap_or_default(),
+            )
+        })
+        .max();
+    let recovered = ledger
+        .payments
+        .iter()
+        .filter(|(_, accepted)| *accepted <= undone_at)
+        .filter_map(|(id, _)| found.fetched_at.get(id))
+        .max()
+        .map(|last| (*last - fault_at).to_std().unwrap_or_default());
+    let mut answered_at = ledger.answered_at.clone();
+    answered_at.sort();
+    let longest_gap = answered_at
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or(load_time);
+    let sum = |stage: &HashMap<String, u64>| owed.keys().map(|id| stage.get(id).copied().unwrap_or(0)).sum();
+    Ok(Row {
+        name: fault.name(),
+        answered: owed.values().sum(),
+        unanswered: ledger.unanswered,
+        undocumented: ledger.undocumented.load(Ordering::Relaxed),
+        stored: sum(&found.stored),
+        published: sum(&found.published),
+        service_a: sum(&found.audit),
+        service_b: sum(&found.recorded),
+        lost,
+        twice,
+        unanswered_published,
+        dead_letters: found.dead_letters,
+        recovered,
+        slowest,
+        longest_gap,
+        caught_up,
+    })
+}
+
+async fn inject(
+    stack: &mut Stack,
+    fault: Fault,
+    broker: &LocalBroker,
+    postgres: &LocalPostgres,
+) -> Result<()> {
+    match fault {
+        Fault::LeaderKill => {
+            let leader = partition_leader(&stack.bootstrap, &stack.kafka().topics.notifications)?;
+            eprintln!("xtask: faults: broker {leader} leads partition 0; killing it");
+            broker.signal_node(leader, Signal::SIGKILL).await?;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            broker.start_node(leader)?;
+            broker.wait_until_ready().await
+        }
+        Fault::BrokerTerm | Fault::BrokerKill => {
+            let signal = if fault == Fault::BrokerKill {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            };
+            broker.signal_node(1, signal).await?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            broker.start_node(1)?;
+            broker.wait_until_ready().await
+        }
+        Fault::PostgresRestart => {
+            postgres.stop()?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            postgres.start().await.map(drop)
+        }
+        Fault::PaymentsKill => {
+            stack.signal(PAYMENTS, Signal::SIGKILL).await?;
+            stack.spawn(PAYMENTS).await
+        }
+        Fault::ServiceBKill => stack.signal(SERVICE_B_OTHER, Signal::SIGKILL).await,
+        Fault::ServiceBTerm => stack.signal(SERVICE_B_OTHER, Signal::SIGTERM).await,
+        Fault::ConsumerAddedRemoved => {
+            stack.spawn(SERVICE_B_EXTRA).await?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stack.signal(SERVICE_B_EXTRA, Signal::SIGTERM).await
+        }
+        Fault::CallbackCut => {
+            stack.callbacks.set_open(false);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            stack.callbacks.set_open(true);
+            Ok(())
+        }
+        Fault::ServiceAReplay => {
+            stack.signal(SERVICE_A, Signal::SIGTERM).await?;
+            let kafka = stack.kafka();
+            let group = stack.group(SERVICE_A);
+            let topic = kafka.topics.notifications.clone();
+            // Its SIGTERM left the group; the broker may take a moment to
+            // count it out.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (kafka, group, topic) = (kafka.clone(), group.clone(), topic.clone());
+                let reset = tokio::task::spawn_blocking(move || {
+                    kafka_ops::groups::reset(&kafka, &group, &topic, service_kit::config::StartFrom::Earliest)
+                })
+                .await?;
+                match reset {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() > deadline => return Err(e.into()),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+            stack.spawn(SERVICE_A).await
+        }
+    }
+}
+
+/// A TCP forwarder to Payments that a scenario can shut: while shut, it
+/// closes every connection, those open and those that come.
+#[derive(Debug, Default)]
+struct Gate {
+    port: u16,
+    open: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Gate {
+    async fn start(target: u16) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (open, watching) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watching = watching.clone();
+                if !*watching.borrow() {
+                    continue; // dropped: closed at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watching.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            port,
+            open: Some(open),
+        })
+    }
+
+    fn set_open(&self, open: bool) {
+        if let Some(sender) = &self.open {
+            sender.send_replace(open);
+        }
+    }
+}
+
+/// The broker leading partition 0 of `topic`.
+fn partition_leader(bootstrap: &str, topic: &str) -> Result<u16> {
+    use rdkafka::producer::Producer;
+    let probe: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = probe
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let leader = metadata
+        .topics()
+        .first()
+        .and_then(|t| t.partitions().iter().find(|p| p.id() == 0))
+        .map(|p| p.leader())
+        .context("no leader for partition 0")?;
+    Ok(u16::try_from(leader)?)
+}
+
+/// Events lost (owed, but missing at one stage or more) and events applied
+/// twice (more than owed where each must be applied once: the store,
+/// ServiceA's audit, ServiceB's count), over every payment owed.
+fn tally(owed: &HashMap<String, u64>, found: &Found) -> (u64, u64) {
+    let mut lost = 0;
+    let mut twice = 0;
+    for (id, &owed) in owed {
+        let at = |stage: &HashMap<String, u64>| stage.get(id).copied().unwrap_or(0);
+        let stages = [
+            at(&found.stored),
+            at(&found.published),
+            at(&found.state),
+            at(&found.audit),
+            at(&found.copy),
+            at(&found.recorded),
+            at(&found.record_version),
+        ];
+        lost += owed - stages.iter().map(|&n| n.min(owed)).min().unwrap_or(0);
+        twice += [at(&found.stored), at(&found.audit), at(&found.recorded)]
+            .iter()
+            .map(|&n| n.saturating_sub(owed))
+            .sum::<u64>();
+    }
+    (lost, twice)
+}
+
+/// Events on the notifications topic that no 2xx answered: a payment or a
+/// refund published although its request failed (or was never made).
+fn unanswered_published(owed: &HashMap<String, u64>, found: &Found) -> u64 {
+    found
+        .published
+        .iter()
+        .map(|(id, &n)| n.saturating_sub(owed.get(id).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// Waits until ServiceB recorded every owed event and ServiceA audited as
+/// many notifications; whether they did within [`CATCH_UP`].
+async fn catch_up(stack: &Stack, http: &reqwest::Client, owed: &HashMap<String, u64>) -> bool {
+    let deadline = Instant::now() + CATCH_UP;
+    let total: u64 = owed.values().sum();
+    let mut waiting: Vec<(&String, u64)> = owed.iter().map(|(id, n)| (id, *n)).collect();
+    while Instant::now() < deadline {
+        let mut still = Vec::new();
+        for (id, n) in waiting {
+            let recorded = get(http, &stack.url(SERVICE_B, &format!("/payments/{id}")))
+                .await
+                .and_then(|r| r["notifications"].as_u64())
+                .unwrap_or(0);
+            if recorded < n {
+                still.push((id, n));
+            }
+        }
+        waiting = still;
+        let audited = audit(stack, http).await.map_or(0, |a| a.values().sum::<u64>());
+        if waiting.is_empty() && audited >= total {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
+    let response = http.get(url).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// ServiceA's audit log, counted by payment.
+async fn audit(stack: &Stack, http: &reqwest::Client) -> Option<HashMap<String, u64>> {
+    let mut counts = HashMap::new();
+    let mut after = None;
+    loop {
+        let url = match after {
+            Some(seq) => stack.url(SERVICE_A, &format!("/audit?limit=1000&after={seq}")),
+            None => stack.url(SERVICE_A, "/audit?limit=1000"),
+        };
+        let page = get(http, &url).await?;
+        let entries = page.as_array()?;
+        for entry in entries {
+            *counts
+                .entry(entry["payment_id"].as_str()?.to_owned())
+                .or_default() += 1;
+        }
+        match entries.last() {
+            Some(last) if entries.len() == 1000 => after = last["seq"].as_i64(),
+            _ => return Some(counts),
+        }
+    }
+}
+
+/// What each stage holds, per payment.
+#[derive(Debug, Default)]
+struct Found {
+    /// Events in the store (the payment's version).
+    stored: HashMap<String, u64>,
+    /// Distinct notifications on the topic.
+    published: HashMap<String, u64>,
+    /// The newest version on the state topic.
+    state: HashMap<String, u64>,
+    /// ServiceA's audit entries.
+    audit: HashMap<String, u64>,
+    /// ServiceA's copy's version.
+    copy: HashMap<String, u64>,
+    /// ServiceB's count of notifications handled.
+    recorded: HashMap<String, u64>,
+    /// The version ServiceB's callback last got.
+    record_version: HashMap<String, u64>,
+    /// When ServiceB's callback last fetched the payment.
+    fetched_at: HashMap<String, DateTime<Utc>>,
+    dead_letters: usize,
+}
+
+impl Found {
+    async fn gather(stack: &Stack, http: &reqwest::Client, owed: &HashMap<String, u64>) -> Result<Self> {
+        let mut found = Self::default();
+        for id in owed.keys() {
+            let version = |v: &Value| v["version"].as_u64();
+            if let Some(v) = get(http, &stack.url(PAYMENTS, &format!("/payments/{id}")))
+                .await
+                .as_ref()
+                .and_then(version)
+            {
+                found.stored.insert(id.clone(), v);
+            }
+            if let Some(v) = get(http, &stack.url(SERVICE_A, &format!("/payments/{id}")))
+                .await
+                .as_ref()
+                .and_then(version)
+            {
+                found.copy.insert(id.clone(), v);
+            }
+            if let Some(record) = get(http, &stack.url(SERVICE_B, &format!("/payments/{id}"))).await {
+                found
+                    .recorded
+                    .insert(id.clone(), record["notifications"].as_u64().unwrap_or(0));
+                found
+                    .record_version
+                    .insert(id.clone(), record["payment"]["version"].as_u64().unwrap_or(0));
+                if let Some(at) = record["fetched_at"].as_str().and_then(|t| t.parse().ok()) {
+                    found.fetched_at.insert(id.clone(), at);
+                }
+            }
+        }
+        found.audit = audit(stack, http).await.context("reading ServiceA's audit log")?;
+
+        let kafka = stack.kafka();
+        let mut notifications: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for record in kafka_ops::dead_letters::read_topic(&kafka, &kafka.topics.notifications).await? {
+            let notification = Notification::decode(&record).context("an undecodable notification")?;
+            notifications
+                .entry(notification.payment_id().to_string())
+                .or_default()
+                .insert(notification.metadata().id.to_string());
+        }
+        found.published = notifications
+            .into_iter()
+            .map(|(id, events)| (id, events.len() as u64))
+            .collect();
+        for record in kafka_ops::dead_letters::read_topic(&kafka, &kafka.topics.state).await? {
+            let Some(value) = record.payload() else { continue };
+            let state: PaymentState = serde_json::from_slice(value).context("an unreadable state event")?;
+            let newest = found.state.entry(state.payment_id.to_string()).or_default();
+            *newest = (*newest).max(state.version);
+        }
+        for topic in [&kafka.topics.notifications, &kafka.topics.state] {
+            let dlt = format!("{topic}.dlt");
+            found.dead_letters += kafka_ops::dead_letters::read_topic(&kafka, &dlt)
+                .await
+                .map_or(0, |r| r.len());
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stages(n: u64) -> Found {
+        let all = |n| HashMap::from([("p".to_owned(), n)]);
+        Found {
+            stored: all(n),
+            published: all(n),
+            state: all(n),
+            audit: all(n),
+            copy: all(n),
+            recorded: all(n),
+            record_version: all(n),
+            ..Found::default()
+        }
+    }
+
+    #[test]
+    fn an_event_missing_at_any_stage_is_lost_and_one_counted_twice_is_a_double() {
+        let owed = HashMap::from([("p".to_owned(), 2)]);
+        assert_eq!(tally(&owed, &stages(2)), (0, 0));
+
+        let mut unpublished = stages(2);
+        unpublished.published.insert("p".to_owned(), 1);
+        assert_eq!(tally(&owed, &unpublished), (1, 0));
+
+        let mut never_recorded = stages(2);
+        never_recorded.recorded.clear();
+        never_recorded.record_version.clear();
+        assert_eq!(tally(&owed, &never_recorded), (2, 0));
+
+        let mut recorded_twice = stages(2);
+        recorded_twice.recorded.insert("p".to_owned(), 3);
+        recorded_twice.audit.insert("p".to_owned(), 3);
+        assert_eq!(tally(&owed, &recorded_twice), (0, 2));
+
+        // Published twice (at-least-once) is not applied twice.
+        let mut published_twice = stages(2);
+        published_twice.published.insert("p".to_owned(), 3);
+        assert_eq!(tally(&owed, &published_twice), (0, 0));
+    }
+
+    #[test]
+    fn a_published_event_nobody_was_answered_2xx_for_is_counted() {
+        let owed = HashMap::from([("p".to_owned(), 1)]);
+        assert_eq!(unanswered_published(&owed, &stages(1)), 0);
+        let mut refund_without_2xx = stages(1);
+        refund_without_2xx.published.insert("p".to_owned(), 2);
+        assert_eq!(unanswered_published(&owed, &refund_without_2xx), 1);
+        let mut payment_without_2xx = stages(1);
+        payment_without_2xx.published.insert("q".to_owned(), 1);
+        assert_eq!(unanswered_published(&owed, &payment_without_2xx), 1);
+    }
+}
