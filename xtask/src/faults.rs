@@ -244,15 +244,7 @@ impl Stack {
         // `test_` databases and `test.` topics: what `cargo xtask test`
         // clears on the local servers.
         for database in ["payments", "service_a", "service_b"] {
-            let name = Self::database(&run, database);
-            let output = crate::postgres::client_program("createdb")?
-                .arg(&name)
-                .stdin(Stdio::null())
-                .output()
-                .context("cannot run createdb")?;
-            if !output.status.success() {
-                bail!("createdb {name}: {}", String::from_utf8_lossy(&output.stderr));
-            }
+            crate::postgres::create_local_database(&Self::database(&run, database))?;
         }
         let mut stack = Self {
             root: root.to_owned(),

@@ -289,6 +289,12 @@ fn pg_isready(bin: &Path) -> Result<i32> {
         .with_context(|| format!("pg_isready was killed ({status})"))
 }
 
+/// Creates database `name` on the local server unless it exists (for a
+/// caller outside this module: `cargo xtask faults`' databases).
+pub fn create_local_database(name: &str) -> Result<()> {
+    create_database(&bin_dir()?, name)
+}
+
 /// Creates database `name` on the local server unless it exists.
 fn create_database(bin: &Path, name: &str) -> Result<()> {
     let output = client(bin, "createdb")
