@@ -1,5 +1,6 @@
 # One image with the three service binaries (and the observability
-# profile's Kafka UI); docker-compose.yml picks one per
+# profile's Kafka UI, and kafka-access, which makes the services' Kafka users
+# and ACLs); docker-compose.yml picks one per
 # container with `command:`. The cache mounts need BuildKit (Docker Compose
 # v2 uses it) or podman's builder (what `docker-compose` 1.29 reaches on a
 # machine set up by `cargo xtask engine up`).
@@ -14,11 +15,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bins -p payments-service -p service-a -p service-b -p kafka-ops \
     && mkdir -p /out \
     && cp target/release/payments-service target/release/service-a target/release/service-b \
-          target/release/kafka-ui /out/
+          target/release/kafka-ui target/release/kafka-access /out/
 
 FROM debian:bookworm-slim
-# curl: for the compose health checks.
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+# curl: for the compose health checks. libssl3: librdkafka's SCRAM login.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 app
 COPY --from=build /out/ /usr/local/bin/

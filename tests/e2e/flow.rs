@@ -45,19 +45,9 @@ async fn a_payment_reaches_service_a_and_service_b() {
     })
     .await;
     assert_eq!(audit.as_array().map(Vec::len), Some(1), "{audit}");
-    // ...and keeps its own copy from the state event.
-    let copy = eventually("service-a caches the payment", || {
-        get_json(&http, service_a.url(&format!("/payments/{id}")))
-    })
-    .await;
-    assert_eq!(copy, payment);
-
-    // ServiceB called Payments back and recorded what it got.
-    let record = eventually("service-b records the callback", || {
-        get_json(&http, service_b.url(&format!("/payments/{id}")))
-    })
-    .await;
-    assert_eq!(record["payment"], payment);
+    // ...and keeps its own copy from the state event; ServiceB called
+    // Payments back and recorded what it got.
+    let record = copied_and_recorded(&http, &service_a, &service_b, &payment).await;
     assert_eq!(record["attempts"], 1, "Payments took ServiceB's token at once");
 
     // Payment data is for known callers only: anonymous reads are refused

@@ -1,6 +1,7 @@
 //! End-to-end tests against a real Apache Kafka broker (see
 //! `integration_tests::broker`). Each test has its own topics and groups.
 
+mod access;
 mod consumers;
 mod failures;
 mod flow;

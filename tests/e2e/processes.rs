@@ -1015,4 +1015,42 @@ async fn a_service_without_its_credentials_says_how_to_make_them_and_never_echoe
         "{output}"
     );
     assert!(!output.contains(secret), "the value is not shown:\n{output}");
+
+    // A Kafka user without its password, or the other way round.
+    for (set, missing) in [
+        ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"),
+        ("KAFKA_SASL_PASSWORD", "KAFKA_SASL_USERNAME"),
+    ] {
+        let (status, lines) = Process::start("service-a", &[(set, "service-a")]).finish().await;
+        assert!(!status.success(), "{set} alone: {status}");
+        let output = lines.join("\n");
+        assert!(
+            output.contains(missing) && output.contains("not set"),
+            "{set} alone should name {missing}:\n{output}"
+        );
+    }
+    // A login that fails (the broker's plaintext listener takes none) ends
+    // the start, and no line shows the password.
+    let broker = Broker::get().await;
+    let database = TestDatabase::empty().await;
+    let password = "kafka-password-never-logged-0123456789";
+    let (status, lines) = Process::start(
+        "service-a",
+        &[
+            ("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap_servers),
+            ("DATABASE_URL", &database.url),
+            ("KAFKA_SASL_USERNAME", "service-a"),
+            ("KAFKA_SASL_PASSWORD", password),
+            ("STARTUP_TIMEOUT_MS", "3000"),
+        ],
+    )
+    .finish()
+    .await;
+    assert!(!status.success(), "a login refused: {status}");
+    let output = lines.join("\n");
+    assert!(
+        output.contains("kafka_user=service-a") && output.contains("cannot reach the Kafka broker"),
+        "{output}"
+    );
+    assert!(!output.contains(password), "the password is not shown:\n{output}");
 }

@@ -426,6 +426,31 @@ pub async fn create_payment(
     response.json().await.expect("payment JSON")
 }
 
+/// Waits until ServiceA's copy of `payment` equals it and ServiceB has
+/// recorded it from its callback; returns ServiceB's record.
+pub async fn copied_and_recorded(
+    client: &reqwest::Client,
+    service_a: &TestApp,
+    service_b: &TestApp,
+    payment: &serde_json::Value,
+) -> serde_json::Value {
+    let path = format!(
+        "/payments/{}",
+        payment["payment_id"].as_str().expect("payment_id")
+    );
+    let copy = eventually("service-a copies the payment", || {
+        get_json(client, service_a.url(&path))
+    })
+    .await;
+    assert_eq!(&copy, payment);
+    let record = eventually("service-b records the callback", || {
+        get_json(client, service_b.url(&path))
+    })
+    .await;
+    assert_eq!(&record["payment"], payment);
+    record
+}
+
 /// A raw reader of every partition of `topic` from the beginning.
 pub async fn reader(kafka: &KafkaConfig, topic: &str) -> service_kit::kafka::GroupConsumer {
     service_kit::kafka::replica(

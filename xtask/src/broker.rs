@@ -36,6 +36,9 @@ use crate::process::{is_alive, runs, terminate};
 pub const BOOTSTRAP: &str = "127.0.0.1:9092";
 /// Where clients reach the cluster of [`CLUSTER_NODES`].
 pub const CLUSTER_BOOTSTRAP: &str = "127.0.0.1:9092,127.0.0.1:9192,127.0.0.1:9292";
+/// Where clients that log in (SASL/SCRAM) reach the local broker (node 1's
+/// port in a cluster); see [`LocalBroker::write_config`].
+pub const SASL_BOOTSTRAP: &str = "127.0.0.1:9098";
 /// The nodes of `kafka up --brokers 3`.
 pub const CLUSTER_NODES: u16 = 3;
 /// How long a broker may take to start (a cold JVM on 2 cores takes ~10 s).
@@ -86,6 +89,16 @@ impl LocalBroker {
         }
     }
 
+    /// Where clients that log in reach it: node 1's SASL listener.
+    pub fn sasl_bootstrap(&self) -> &'static str {
+        SASL_BOOTSTRAP
+    }
+
+    /// The replicas a topic gets: one per broker, up to three.
+    pub fn replication_factor(&self) -> i32 {
+        i32::from(self.nodes.min(3))
+    }
+
     /// The node ids, from 1.
     pub fn node_ids(&self) -> std::ops::RangeInclusive<u16> {
         1..=self.nodes
@@ -101,10 +114,10 @@ impl LocalBroker {
         }
     }
 
-    /// Node `node`'s client and controller listeners.
-    fn ports(node: u16) -> (u16, u16) {
+    /// Node `node`'s plaintext, controller and SASL listeners.
+    fn ports(node: u16) -> (u16, u16, u16) {
         let base = 9092 + 100 * (node - 1);
-        (base, base + 1)
+        (base, base + 1, base + 6)
     }
 
     pub fn node_log_path(&self, node: u16) -> PathBuf {
@@ -164,8 +177,8 @@ impl LocalBroker {
     pub fn start_node(&self, node: u16) -> Result<u32> {
         // Another broker (the single one, the cluster, a test's) may hold
         // the ports: said plainly, not as a broker that died at start.
-        let (port, controller) = Self::ports(node);
-        for port in [port, controller] {
+        let (port, controller, sasl) = Self::ports(node);
+        for port in [port, controller, sasl] {
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
                 bail!(
                     "127.0.0.1:{port} is taken: another broker runs? (cargo xtask kafka down stops xtask's)"
@@ -367,7 +380,7 @@ impl LocalBroker {
     /// process both a broker and a controller.
     fn write_config(&self, node: u16) -> Result<PathBuf> {
         let data = self.node_dir(node).join("data");
-        let (port, controller) = Self::ports(node);
+        let (port, controller, sasl) = Self::ports(node);
         let voters = self
             .node_ids()
             .map(|n| format!("{n}@127.0.0.1:{}", Self::ports(n).1))
@@ -375,7 +388,7 @@ impl LocalBroker {
             .join(",");
         // Every topic, the internal ones (offsets, transactions) included,
         // on every broker up to three; an acknowledged write on two of them.
-        let replicas = self.nodes.min(3);
+        let replicas = self.replication_factor();
         let min_insync = replicas.min(2);
         let config = format!(
             "\
@@ -383,11 +396,21 @@ impl LocalBroker {
 process.roles=broker,controller
 node.id={node}
 controller.quorum.voters={voters}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+# PLAINTEXT: the brokers' own (replication) and the loopback tools' and
+# tests', unauthenticated. CLIENTS: where the services log in as their own
+# users (SCRAM-SHA-512, made by `cargo xtask kafka up`), each allowed only
+# what its ACLs say (kafka_ops::access).
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller},CLIENTS://127.0.0.1:{sasl}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller},CLIENTS://127.0.0.1:{sasl}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,CLIENTS:SASL_PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.clients.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+# Nothing is allowed without an ACL, except to the super users: the
+# unauthenticated principal of the loopback listeners above, and the operator.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:operator
 log.dirs={data}
 num.partitions=3
 default.replication.factor={replicas}

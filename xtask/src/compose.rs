@@ -56,7 +56,7 @@ pub async fn check(root: &Path, cluster: bool) -> Result<()> {
         step("every container healthy", compose.all_healthy()).await?;
         session(&credentials).await?;
         if cluster {
-            step("every partition on three in-sync replicas", replicated()).await
+            step("every partition on three in-sync replicas", replicated(root)).await
         } else {
             observability().await
         }
@@ -160,7 +160,8 @@ impl Compose<'_> {
 
     /// Waits until every container of the project reports itself healthy,
     /// failing if one was restarted: the restart policy would hide a service
-    /// that started before what it needs was ready, and crashed.
+    /// that started before what it needs was ready, and crashed. A step that
+    /// runs once (`kafka-access`: no health check) must have exited with 0.
     async fn all_healthy(&self) -> Result<()> {
         let output = self.command().args(["ps", "--quiet"]).output().await?;
         let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
@@ -176,7 +177,7 @@ impl Compose<'_> {
                 .args([
                     "inspect",
                     "--format",
-                    "{{.Name}} restarted {{.RestartCount}} times, {{.State.Status}} \
+                    "{{.Name}} restarted {{.RestartCount}} times, {{.State.Status}} {{.State.ExitCode}} \
                      {{if .State.Health}}{{.State.Health.Status}}{{else}}no-health-check{{end}}",
                 ])
                 .args(&ids)
@@ -185,17 +186,18 @@ impl Compose<'_> {
                 .await
                 .context("cannot run docker inspect")?;
             let states = String::from_utf8_lossy(&output.stdout).into_owned();
+            let done = |line: &&str| line.ends_with(" exited 0 no-health-check");
             let failed = |line: &&str| {
                 !line.contains(" restarted 0 times,")
                     || line.ends_with(" unhealthy")
-                    || line.contains(" exited ")
+                    || (line.contains(" exited ") && !done(line))
             };
             if let Some(failed) = states.lines().find(failed) {
                 bail!("{failed}");
             }
             let not_healthy: Vec<&str> = states
                 .lines()
-                .filter(|line| !line.ends_with(" running healthy"))
+                .filter(|line| !line.ends_with(" running 0 healthy") && !done(line))
                 .collect();
             if output.status.success() && not_healthy.is_empty() {
                 eprintln!("{}", states.trim_end());
@@ -368,12 +370,24 @@ async fn session(credentials: &Credentials) -> Result<()> {
 }
 
 /// The cluster's topics: every partition of the services' topics on three
-/// replicas, all in sync (asked through the host's listener, 127.0.0.1:9094).
-async fn replicated() -> Result<()> {
+/// replicas, all in sync (asked through the host's listener, 127.0.0.1:9094,
+/// as the operator).
+async fn replicated(root: &Path) -> Result<()> {
     use rdkafka::producer::Producer;
-    let probe: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", "127.0.0.1:9094")
-        .create()?;
+    let operator = crate::credentials::kafka_users(root)?
+        .into_iter()
+        .find(|user| user.name == "operator")
+        .context("no operator among the Kafka users")?;
+    let config = service_kit::config::KafkaConfig {
+        bootstrap_servers: "127.0.0.1:9094".to_owned(),
+        user: Some(service_kit::config::KafkaUser {
+            name: operator.name,
+            password: operator.password,
+        }),
+        ..service_kit::config::KafkaConfig::local()
+    };
+    let probe: rdkafka::producer::BaseProducer =
+        service_kit::kafka::client_config(&config, "compose-check").create()?;
     let metadata = probe.client().fetch_metadata(None, Duration::from_secs(10))?;
     if metadata.brokers().len() != 3 {
         bail!(

@@ -1,4 +1,5 @@
-//! `cargo xtask credentials`: this checkout's bearer tokens, in `.env`.
+//! `cargo xtask credentials`: this checkout's bearer tokens and Kafka
+//! passwords, in `.env`.
 //!
 //! The services refuse to start without them (`HTTP_CALLERS`, and ServiceB's
 //! `PAYMENTS_TOKEN`; see `service_kit::auth`), and none is in the
@@ -8,13 +9,21 @@
 //! for `docker-compose.yml`'s `${...}`, so both ways of running the demo
 //! use one set, and the README's curl session reads `$OPERATOR_TOKEN`
 //! from it.
+//!
+//! The Kafka passwords are those of the services' own Kafka users
+//! (`kafka_ops::access`): `*_KAFKA_PASSWORD`, made the same way, and
+//! appended to a `.env` made before they existed.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use kafka_ops::access;
 use service_kit::auth::{Credentials, Token};
+use service_kit::config::{KafkaConfig, Secret};
+
+use crate::broker::LocalBroker;
 
 /// The tokens' variables; the `*_HTTP_CALLERS` lines follow from them.
 const OPERATOR_TOKEN: &str = "OPERATOR_TOKEN";
@@ -40,26 +49,97 @@ pub fn run(root: &Path) -> Result<()> {
 /// This checkout's credentials: read from `.env`, or made and written there
 /// first (the file is created readable by its owner only).
 pub fn ensure(root: &Path) -> Result<Credentials> {
-    let path = path(root);
-    let existing = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    if let Some(credentials) = parse(&existing).with_context(|| format!("in {}", path.display()))? {
+    kafka_users(root)?;
+    let existing = read(root)?;
+    if let Some(credentials) = parse(&existing).with_context(|| format!("in {}", path(root).display()))? {
         return Ok(credentials);
     }
     let credentials = Credentials::generate();
-    // Appended: a `.env` the user keeps for other settings stays as it was.
+    append(root, &render(&credentials))?;
+    eprintln!("xtask: made new credentials into {}", path(root).display());
+    Ok(credentials)
+}
+
+/// This checkout's Kafka users ([`access::USERS`]) in their roles, with
+/// their passwords from `.env`; those missing are made and appended first.
+pub fn kafka_users(root: &Path) -> Result<Vec<access::User>> {
+    let existing = read(root)?;
+    let missing: String = access::USERS
+        .iter()
+        .filter(|(_, var)| value(&existing, var).is_none())
+        .map(|(_, var)| format!("{var}={}\n", Token::generate().expose()))
+        .collect();
+    if !missing.is_empty() {
+        append(
+            root,
+            &format!(
+                "\n# Each service's own Kafka user's password (SCRAM-SHA-512), made by\n\
+                 # `cargo xtask credentials`. Not in git.\n{missing}"
+            ),
+        )?;
+    }
+    let text = read(root)?;
+    access::demo_users(|var| {
+        value(&text, var)
+            .map(Secret::new)
+            .with_context(|| format!("{var} missing from {}", path(root).display()))
+    })
+}
+
+/// Makes the topics, this checkout's Kafka users and their ACLs on the
+/// local `broker` (through its brokers' own listener), and returns the users.
+pub async fn provision_kafka(root: &Path, broker: &LocalBroker) -> Result<Vec<access::User>> {
+    let users = kafka_users(root)?;
+    let operator = KafkaConfig {
+        bootstrap_servers: broker.bootstrap().to_owned(),
+        replication_factor: broker.replication_factor(),
+        ..KafkaConfig::local()
+    };
+    access::provision(&operator, &operator.topics, &users).await?;
+    Ok(users)
+}
+
+/// The environment that logs `service` in as its Kafka user.
+pub fn kafka_login(users: &[access::User], service: &str) -> Vec<(&'static str, String)> {
+    let name = if service == "payments-service" {
+        "payments"
+    } else {
+        service
+    };
+    users
+        .iter()
+        .filter(|user| user.name == name)
+        .flat_map(|user| {
+            [
+                ("KAFKA_SASL_USERNAME", user.name.clone()),
+                ("KAFKA_SASL_PASSWORD", user.password.expose().to_owned()),
+            ]
+        })
+        .collect()
+}
+
+/// `.env`'s text; empty if there is none.
+fn read(root: &Path) -> Result<String> {
+    let path = path(root);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Appends `lines` to `.env`: a `.env` the user keeps for other settings
+/// stays as it was. A new file is its owner's only.
+fn append(root: &Path, lines: &str) -> Result<()> {
+    let path = path(root);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(render(&credentials).as_bytes())?;
-    eprintln!("xtask: made new credentials into {}", path.display());
-    Ok(credentials)
+    file.write_all(lines.as_bytes())?;
+    Ok(())
 }
 
 /// An HTTP client that proves itself as the operator, as the README's curl
@@ -104,14 +184,7 @@ fn render(credentials: &Credentials) -> String {
 
 /// The tokens in `text`, if it has both; `None` if it has neither.
 fn parse(text: &str) -> Result<Option<Credentials>> {
-    let value = |name: &str| {
-        text.lines()
-            .filter_map(|line| line.trim().split_once('='))
-            .filter(|(key, _)| key.trim() == name)
-            .map(|(_, value)| value.trim().trim_matches('"').to_owned())
-            .next_back()
-    };
-    match (value(OPERATOR_TOKEN), value(SERVICE_B_TOKEN)) {
+    match (value(text, OPERATOR_TOKEN), value(text, SERVICE_B_TOKEN)) {
         (None, None) => Ok(None),
         (Some(operator), Some(service_b)) => Ok(Some(Credentials {
             operator: token(OPERATOR_TOKEN, &operator)?,
@@ -121,6 +194,15 @@ fn parse(text: &str) -> Result<Option<Credentials>> {
             bail!("{OPERATOR_TOKEN} and {SERVICE_B_TOKEN} go together; remove the one left to make a new set")
         }
     }
+}
+
+/// The last value `text` gives variable `name`, as compose reads it.
+fn value(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|line| line.trim().split_once('='))
+        .filter(|(key, _)| key.trim() == name)
+        .map(|(_, value)| value.trim().trim_matches('"').to_owned())
+        .next_back()
 }
 
 fn token(name: &str, value: &str) -> Result<Token> {
@@ -155,6 +237,17 @@ mod tests {
             ["service-b", "operator"]
         );
         assert_eq!(callers("SERVICE_A_HTTP_CALLERS").names(), ["operator"]);
+        // Every Kafka user has a password, the same on every read.
+        let users = kafka_users(&dir).expect("kafka users");
+        assert_eq!(users.len(), access::USERS.len());
+        let again = kafka_users(&dir).expect("read back");
+        for (user, read) in users.iter().zip(&again) {
+            assert_eq!(user.password, read.password, "{}", user.name);
+        }
+        assert_eq!(
+            kafka_login(&users, "payments-service")[0],
+            ("KAFKA_SASL_USERNAME", "payments".to_owned())
+        );
 
         // A new file is its owner's only.
         std::fs::remove_file(path(&dir)).expect("remove");

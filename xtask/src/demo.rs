@@ -43,6 +43,8 @@ pub async fn with_stack(
     let postgres = LocalPostgres::new(root);
     let mut started_broker = false;
     let mut started_postgres = false;
+    // On the local broker, each service logs in as its own user.
+    let mut kafka_users = None;
 
     let result = async {
         // Ctrl-c while starting up stops what was started; once the services
@@ -50,7 +52,10 @@ pub async fn with_stack(
         crate::unless_interrupted(async {
             match crate::env_set("KAFKA_BOOTSTRAP_SERVERS") {
                 Some(servers) => eprintln!("xtask: using the broker at {servers}"),
-                None => started_broker = broker.start().await?,
+                None => {
+                    started_broker = broker.start().await?;
+                    kafka_users = Some(crate::credentials::provision_kafka(root, &broker).await?);
+                }
             }
             match crate::env_set("DATABASE_URL") {
                 // Not echoed: the URL may hold a password.
@@ -64,7 +69,7 @@ pub async fn with_stack(
             crate::cargo(root, &build, &[]).await
         })
         .await?;
-        run_services(root, env, work).await
+        run_services(root, env, kafka_users.as_deref(), work).await
     }
     .await;
 
@@ -74,15 +79,26 @@ pub async fn with_stack(
     result.and(stopped_postgres).and(stopped_broker)
 }
 
+/// Runs the services; with `kafka_users`, each logs in as its own on the
+/// local broker's SASL listener.
 async fn run_services(
     root: &Path,
     env: &[(&str, String)],
+    kafka_users: Option<&[kafka_ops::access::User]>,
     work: Option<impl Future<Output = Result<()>>>,
 ) -> Result<()> {
     let credentials = crate::credentials::ensure(root)?;
     let mut children = Vec::new();
     for service in SERVICES {
-        let env = [&credentials.env_of(service)[..], env].concat();
+        let kafka = match kafka_users {
+            Some(users) => [
+                vec![("KAFKA_BOOTSTRAP_SERVERS", broker::SASL_BOOTSTRAP.to_owned())],
+                crate::credentials::kafka_login(users, service),
+            ]
+            .concat(),
+            None => Vec::new(),
+        };
+        let env = [&credentials.env_of(service)[..], &kafka, env].concat();
         children.push((service, spawn(root, service, &env)?));
     }
     // Until ctrl-c, or until any service exits on its own; meanwhile, say
@@ -185,12 +201,13 @@ async fn all_ready(http: &reqwest::Client) -> bool {
 
 fn spawn(root: &Path, service: &'static str, env: &[(&str, String)]) -> Result<Child> {
     let mut child = Command::new(root.join("target/debug").join(service))
-        .envs(env.iter().map(|(k, v)| (k, v)))
         .env(
             "KAFKA_BOOTSTRAP_SERVERS",
             crate::env_set("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|| broker::BOOTSTRAP.to_owned()),
         )
         .env("DATABASE_URL", database_url(service))
+        // Last: what the caller gives wins over the defaults above.
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

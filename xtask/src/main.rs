@@ -202,11 +202,21 @@ async fn main() -> Result<()> {
                 broker::LocalBroker::new(&root),
                 broker::LocalBroker::cluster(&root),
             );
+            // Up: then the topics, the services' users and their ACLs.
+            let up = async |broker: &broker::LocalBroker| {
+                local(broker, Local::Up).await?;
+                credentials::provision_kafka(&root, broker).await?;
+                eprintln!(
+                    "xtask: the services' Kafka users (passwords in .env) log in at {}",
+                    broker.sasl_bootstrap()
+                );
+                Ok(())
+            };
             match action {
-                KafkaAction::Up { brokers: 1 } => local(&single, Local::Up).await,
+                KafkaAction::Up { brokers: 1 } => up(&single).await,
                 KafkaAction::Up {
                     brokers: broker::CLUSTER_NODES,
-                } => local(&cluster, Local::Up).await,
+                } => up(&cluster).await,
                 KafkaAction::Up { brokers } => {
                     bail!("--brokers is 1 or {}, not {brokers}", broker::CLUSTER_NODES)
                 }

@@ -46,6 +46,7 @@ pub async fn run(root: &Path, local: bool, args: &[&str]) -> Result<()> {
             let deleted = broker.delete_test_topics().await?;
             eprintln!("xtask: deleted {deleted} topics left by earlier runs");
             envs.push(("KAFKA_BOOTSTRAP_SERVERS", broker::BOOTSTRAP));
+            envs.push(("KAFKA_SASL_BOOTSTRAP_SERVERS", broker::SASL_BOOTSTRAP));
         }
         // Not echoed: the URL may hold a password.
         if database.is_some() {

@@ -17,6 +17,9 @@ pub enum Error {
     /// A topic could not be read to its end in time.
     #[error("could not read topic `{0}` to its end in time")]
     ReadTimeout(String),
+    /// Making users or ACLs failed (`access`).
+    #[error("kafka access: {0}")]
+    Access(String),
     /// A blocking tool call panicked.
     #[error("the {0} tool failed: {1}")]
     Task(&'static str, tokio::task::JoinError),

@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //!
+//! - [`access`]: one Kafka user per service and its ACLs (least privilege),
+//!   made by the operator.
 //! - [`groups`]: a consumer group's committed offsets, the partitions' ends
 //!   and lag; moving a stopped group's offsets.
 //! - [`dead_letters`]: listing the dead letters of a topic, and redriving
@@ -13,6 +15,7 @@
 //! - [`ui`]: the Kafka UI: the overview as a web page and as JSON.
 //! - [`error`]: this crate's error type.
 
+pub mod access;
 pub mod dead_letters;
 pub mod error;
 pub mod groups;

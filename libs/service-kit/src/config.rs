@@ -152,6 +152,82 @@ pub struct KafkaConfig {
     /// example `eos,protocol` to time each request of the relay's
     /// transactions), logged at debug level through `tracing`. Default none.
     pub debug: String,
+    /// `KAFKA_SASL_USERNAME` and `KAFKA_SASL_PASSWORD`: the service's own
+    /// Kafka user, to log in with SASL/SCRAM-SHA-512 on a listener where the
+    /// broker checks what each user may do (`kafka_ops::access`). Both or
+    /// neither; neither connects without logging in (a local broker's
+    /// loopback listener, the tests').
+    pub user: Option<KafkaUser>,
+}
+
+/// A Kafka user and its password. Its `Debug` never shows the password.
+#[derive(Clone)]
+pub struct KafkaUser {
+    pub name: String,
+    pub password: Secret,
+}
+
+impl std::fmt::Debug for KafkaUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (password not shown)", self.name)
+    }
+}
+
+impl KafkaUser {
+    /// `KAFKA_SASL_USERNAME` and `KAFKA_SASL_PASSWORD`, when set.
+    pub fn from_env() -> Result<Option<Self>> {
+        let name: String = var("KAFKA_SASL_USERNAME", String::new())?;
+        let password = std::env::var("KAFKA_SASL_PASSWORD").unwrap_or_default();
+        match (name.is_empty(), password.trim().is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => Ok(Some(Self {
+                name,
+                password: credential("KAFKA_SASL_PASSWORD")?,
+            })),
+            (true, false) => Err(ConfigError {
+                var: "KAFKA_SASL_USERNAME",
+                value: String::new(),
+                reason: "not set, and KAFKA_SASL_PASSWORD is: a password needs its user".to_owned(),
+            }),
+            (false, true) => Err(ConfigError {
+                var: "KAFKA_SASL_PASSWORD",
+                value: String::new(),
+                reason: format!(
+                    "not set, and KAFKA_SASL_USERNAME is ({name}); `cargo xtask credentials` writes the \
+                     services' Kafka passwords into .env"
+                ),
+            }),
+        }
+    }
+}
+
+/// A password or token: its `Debug` and `Display` never show it; only
+/// [`Secret::expose`] does, for the one place that sends it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(not shown)")
+    }
 }
 
 impl KafkaConfig {
@@ -163,6 +239,7 @@ impl KafkaConfig {
             replication_factor: 1,
             commit_interval: Duration::from_secs(5),
             debug: String::new(),
+            user: None,
         }
     }
 
@@ -178,6 +255,7 @@ impl KafkaConfig {
             replication_factor: var("KAFKA_REPLICATION_FACTOR", local.replication_factor)?,
             commit_interval: millis("KAFKA_COMMIT_INTERVAL_MS", local.commit_interval)?,
             debug: var("KAFKA_DEBUG", local.debug)?,
+            user: KafkaUser::from_env()?,
         })
     }
 }
@@ -368,6 +446,20 @@ mod tests {
             "postgres://payments@db.internal:6543/events (password not shown)"
         );
         assert!(!format!("{:?}", Some(url)).contains("s3cret"));
+    }
+
+    #[test]
+    fn a_kafka_user_is_shown_without_its_password() {
+        let config = KafkaConfig {
+            user: Some(KafkaUser {
+                name: "service-a".to_owned(),
+                password: Secret::new("s3cret-pw"),
+            }),
+            ..KafkaConfig::local()
+        };
+        let shown = format!("{config:?} {:#?}", config.user);
+        assert!(shown.contains("service-a (password not shown)"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

@@ -55,7 +55,14 @@ pub async fn listen(service: &str, addr: SocketAddr, kafka: &KafkaConfig) -> Res
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
-    tracing::info!(addr = %listener.local_addr()?, kafka = %kafka.bootstrap_servers, "{service} starting");
+    // Who it logs in to Kafka as, never with what password.
+    let kafka_user = kafka.user.as_ref().map_or("(none)", |user| user.name.as_str());
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        kafka = %kafka.bootstrap_servers,
+        %kafka_user,
+        "{service} starting"
+    );
     Ok(listener)
 }
 

@@ -60,7 +60,39 @@ pub async fn kafka_bootstrap_servers() -> String {
     if let Some(servers) = env_set("KAFKA_BOOTSTRAP_SERVERS") {
         return servers;
     }
-    static KAFKA: OnceCell<Result<String, String>> = OnceCell::const_new();
+    kafka_container().await.plaintext
+}
+
+/// `host:port` of the same broker's SASL listener, where clients log in as
+/// a SCRAM-SHA-512 user and get what its ACLs allow (`kafka_ops::access`):
+/// `KAFKA_SASL_BOOTSTRAP_SERVERS` along with `KAFKA_BOOTSTRAP_SERVERS`, or
+/// the container's.
+///
+/// # Panics
+///
+/// When there is no broker, or `KAFKA_BOOTSTRAP_SERVERS` names one without
+/// saying where its SASL listener is.
+pub async fn kafka_sasl_bootstrap_servers() -> String {
+    if env_set("KAFKA_BOOTSTRAP_SERVERS").is_some() {
+        return env_set("KAFKA_SASL_BOOTSTRAP_SERVERS").unwrap_or_else(|| {
+            panic!(
+                "KAFKA_BOOTSTRAP_SERVERS is set and KAFKA_SASL_BOOTSTRAP_SERVERS is not: name the broker's \
+                 SASL/SCRAM listener too (the local broker's is 127.0.0.1:9098; `cargo xtask test` sets both)"
+            )
+        });
+    }
+    kafka_container().await.sasl
+}
+
+/// The two listeners of this binary's broker container.
+#[derive(Debug, Clone)]
+struct KafkaListeners {
+    plaintext: String,
+    sasl: String,
+}
+
+async fn kafka_container() -> KafkaListeners {
+    static KAFKA: OnceCell<Result<KafkaListeners, String>> = OnceCell::const_new();
     KAFKA
         .get_or_init(|| on_own_runtime(start_kafka()))
         .await
@@ -140,6 +172,8 @@ struct Kafka;
 
 /// The listener clients on the host connect to.
 const KAFKA_PORT: u16 = 9092;
+/// The listener where clients log in (SASL/SCRAM).
+const KAFKA_SASL_PORT: u16 = 9095;
 /// Where [`start_kafka`] writes the advertised listeners.
 const ADVERTISED_FILE: &str = "/tmp/advertised-listeners";
 
@@ -183,15 +217,31 @@ impl Image for Kafka {
             ("KAFKA_NODE_ID", "1"),
             ("KAFKA_PROCESS_ROLES", "broker,controller"),
             ("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9094"),
-            // Clients on the host use PLAINTEXT; the node talks to itself on BROKER.
+            // Clients on the host use PLAINTEXT, or log in on CLIENTS; the
+            // node talks to itself on BROKER.
             (
                 "KAFKA_LISTENERS",
-                "PLAINTEXT://0.0.0.0:9092,BROKER://0.0.0.0:9093,CONTROLLER://0.0.0.0:9094",
+                "PLAINTEXT://0.0.0.0:9092,BROKER://0.0.0.0:9093,CONTROLLER://0.0.0.0:9094,CLIENTS://0.0.0.0:9095",
             ),
             (
                 "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
-                "PLAINTEXT:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "PLAINTEXT:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT,CLIENTS:SASL_PLAINTEXT",
             ),
+            // As the local broker (xtask's broker.rs): SCRAM users on
+            // CLIENTS, nothing allowed without an ACL but to the super
+            // users, the plaintext listeners' principal among them.
+            ("KAFKA_SASL_ENABLED_MECHANISMS", "SCRAM-SHA-512"),
+            (
+                // listener.name.clients.scram-sha-512.sasl.jaas.config: the
+                // image reads `___` as `-`.
+                "KAFKA_LISTENER_NAME_CLIENTS_SCRAM___SHA___512_SASL_JAAS_CONFIG",
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            ),
+            (
+                "KAFKA_AUTHORIZER_CLASS_NAME",
+                "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            ),
+            ("KAFKA_SUPER_USERS", "User:ANONYMOUS;User:operator"),
             ("KAFKA_INTER_BROKER_LISTENER_NAME", "BROKER"),
             ("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER"),
             ("KAFKA_NUM_PARTITIONS", "3"),
@@ -210,17 +260,21 @@ impl Image for Kafka {
     }
 
     fn expose_ports(&self) -> &[ContainerPort] {
-        &[ContainerPort::Tcp(KAFKA_PORT)]
+        &[
+            ContainerPort::Tcp(KAFKA_PORT),
+            ContainerPort::Tcp(KAFKA_SASL_PORT),
+        ]
     }
 }
 
-async fn start_kafka() -> Result<String, String> {
-    let container = in_this_run(Kafka, &[KAFKA_PORT])
+async fn start_kafka() -> Result<KafkaListeners, String> {
+    let container = in_this_run(Kafka, &[KAFKA_PORT, KAFKA_SASL_PORT])
         .start()
         .await
         .map_err(|e| e.to_string())?;
-    let address = address(&container, KAFKA_PORT).await?;
-    let advertised = format!("PLAINTEXT://{address},BROKER://localhost:9093");
+    let plaintext = address(&container, KAFKA_PORT).await?;
+    let sasl = address(&container, KAFKA_SASL_PORT).await?;
+    let advertised = format!("PLAINTEXT://{plaintext},BROKER://localhost:9093,CLIENTS://{sasl}");
     let told = container.exec(
         ExecCommand::new(["sh", "-c", &format!("echo '{advertised}' > {ADVERTISED_FILE}")])
             .with_container_ready_conditions(vec![WaitFor::message_on_stdout("Kafka Server started")]),
@@ -230,7 +284,7 @@ async fn start_kafka() -> Result<String, String> {
         .map_err(|_| format!("the broker did not start within {STARTUP_TIMEOUT:?}"))?
         .map_err(|e| format!("the broker did not start: {e}"))?;
     keep(container);
-    Ok(address)
+    Ok(KafkaListeners { plaintext, sasl })
 }
 
 async fn start_postgres() -> Result<String, String> {

@@ -8,7 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use shared_events::Topics;
 
-use super::base;
+use super::client_config;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 
@@ -41,7 +41,7 @@ impl Admin {
 
     pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self> {
         Ok(Self {
-            client: Arc::new(base(config, client_id).create()?),
+            client: Arc::new(client_config(config, client_id).create()?),
             replication_factor: config.replication_factor,
         })
     }
@@ -72,6 +72,13 @@ impl Admin {
             match result {
                 Ok(topic) => tracing::info!(topic, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                // A service logged in as its own user may create only the
+                // topics it writes (`kafka_ops::access`); the others are
+                // made by their owners or the operator's provisioning, and
+                // a consumer waits for them.
+                Err((topic, RDKafkaErrorCode::TopicAuthorizationFailed)) => {
+                    tracing::debug!(topic, "not this service's topic to create");
+                }
                 Err((topic, code)) => return Err(Error::CreateTopic { topic, code }),
             }
         }

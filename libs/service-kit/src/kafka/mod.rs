@@ -48,14 +48,27 @@ const QUEUED_MAX_KBYTES: &str = "8192";
 /// How long a lookup of offsets (start positions, ends of partitions) may take.
 pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The settings every client shares.
-pub(crate) fn base(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+/// The settings every client shares: where the brokers are, who it is,
+/// and how it logs in. The operating tools (`kafka-ops`) start from these too.
+pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap_servers)
         // Shows up in broker logs and metrics, to tell the services apart.
         .set("client.id", client_id);
     if !config.debug.is_empty() {
         c.set("debug", &config.debug);
+    }
+    if let Some(user) = &config.user {
+        // The service logs in as its own user, and the broker lets it do
+        // only what that user's ACLs allow (`kafka_ops::access`). SCRAM:
+        // the password never crosses the wire, and the broker holds only a
+        // salted hash of it. Plaintext transport: on loopback and compose's
+        // network; across real networks, SASL_SSL with `ssl.ca.location`
+        // keeps the same login.
+        c.set("security.protocol", "SASL_PLAINTEXT")
+            .set("sasl.mechanisms", "SCRAM-SHA-512")
+            .set("sasl.username", &user.name)
+            .set("sasl.password", user.password.expose());
     }
     c
 }
@@ -66,7 +79,7 @@ pub(crate) fn base(config: &KafkaConfig, client_id: &str) -> ClientConfig {
 /// acknowledgement (including retries) before it fails; it is the longest a
 /// sender waits when the broker is down before it sees an error.
 pub fn producer(config: &KafkaConfig, client_id: &str, message_timeout: Duration) -> Result<FutureProducer> {
-    Ok(base(config, client_id)
+    Ok(client_config(config, client_id)
         // Retries cannot duplicate or reorder a message: the broker drops
         // duplicates by producer id and sequence number.
         .set("enable.idempotence", "true")
@@ -92,7 +105,7 @@ pub fn transactional_producer(
     transactional_id: &str,
     message_timeout: Duration,
 ) -> Result<FutureProducer> {
-    Ok(base(config, client_id)
+    Ok(client_config(config, client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("transactional.id", transactional_id)
@@ -130,7 +143,7 @@ pub fn consumer(
         metrics.clone(),
         settings.shutdown_timeout / 2,
     );
-    let consumer: GroupConsumer = base(config, client_id)
+    let consumer: GroupConsumer = client_config(config, client_id)
         .set("group.id", group_id)
         // Records of transactions that were aborted (a relay fenced off
         // mid-batch) or are still open are never handed out (librdkafka's
@@ -191,7 +204,7 @@ pub async fn replica(
 ) -> Result<GroupConsumer> {
     // librdkafka needs a group id to `assign()`. With `assign()` (not
     // `subscribe()`) the consumer never joins the group.
-    let group = format!("{client_id}.replica");
+    let group = replica_group(client_id);
     let context = GroupContext::new(
         group.clone(),
         Offsets::Forget,
@@ -199,7 +212,7 @@ pub async fn replica(
         metrics.clone(),
         settings.shutdown_timeout / 2,
     );
-    let consumer: GroupConsumer = base(config, client_id)
+    let consumer: GroupConsumer = client_config(config, client_id)
         .set("group.id", &group)
         // Committed records only, as every consumer (see `consumer`).
         .set("isolation.level", "read_committed")
@@ -241,6 +254,12 @@ pub async fn replica(
         task: "replica assignment",
         source,
     })?
+}
+
+/// The group id [`replica`] names for `client_id`: never joined, but its
+/// user needs an ACL for it (`kafka_ops::access`).
+pub fn replica_group(client_id: &str) -> String {
+    format!("{client_id}.replica")
 }
 
 /// The number of partitions of `topic`, waiting a little for a topic created
@@ -298,7 +317,7 @@ pub fn watermarks<C: ConsumerContext>(
 /// partitions to itself, and commits only when told to. What the operating
 /// tools (`kafka-ops`) use to read and move a stopped group's offsets.
 pub fn outsider(config: &KafkaConfig, client_id: &str, group: &str) -> Result<BaseConsumer> {
-    Ok(base(config, client_id)
+    Ok(client_config(config, client_id)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         // An assigned offset that retention removed meanwhile: read from
