@@ -186,7 +186,10 @@ impl Compose<'_> {
                 .await
                 .context("cannot run docker inspect")?;
             let states = String::from_utf8_lossy(&output.stdout).into_owned();
-            let done = |line: &&str| line.ends_with(" exited 0 no-health-check");
+            // Podman reports an empty health status where Docker has none.
+            let done = |line: &&str| {
+                line.ends_with(" exited 0 no-health-check") || line.trim_end().ends_with(" exited 0")
+            };
             let failed = |line: &&str| {
                 !line.contains(" restarted 0 times,")
                     || line.ends_with(" unhealthy")
@@ -266,7 +269,7 @@ async fn session(credentials: &Credentials) -> Result<()> {
     .await?;
 
     step("ServiceA: the notification in GET /audit", async {
-        eventually("ServiceA's audit to list the payment", || async {
+        crate::eventually(EVENTUAL, "ServiceA's audit to list the payment", || async {
             let body = get_ok(&http, &format!("{SERVICE_A}/audit")).await.ok()?;
             body.to_string().contains(&id).then_some(())
         })
@@ -275,7 +278,7 @@ async fn session(credentials: &Credentials) -> Result<()> {
     .await?;
 
     step("ServiceA: its copy, from the state topic", async {
-        eventually("ServiceA's copy of the payment", || async {
+        crate::eventually(EVENTUAL, "ServiceA's copy of the payment", || async {
             let body = get_ok(&http, &format!("{SERVICE_A}/payments/{id}")).await.ok()?;
             (body["amount"] == 500).then_some(())
         })
@@ -284,7 +287,7 @@ async fn session(credentials: &Credentials) -> Result<()> {
     .await?;
 
     step("ServiceB: what its callback to Payments returned", async {
-        eventually("ServiceB's record of the payment", || async {
+        crate::eventually(EVENTUAL, "ServiceB's record of the payment", || async {
             let body = get_ok(&http, &format!("{SERVICE_B}/payments/{id}")).await.ok()?;
             (body["payment"]["amount"] == 500).then_some(())
         })
@@ -339,7 +342,7 @@ async fn session(credentials: &Credentials) -> Result<()> {
     .await?;
 
     step("ServiceA: its copy refunded 200, version 2", async {
-        eventually("ServiceA's copy to show the refund", || async {
+        crate::eventually(EVENTUAL, "ServiceA's copy to show the refund", || async {
             let body = get_ok(&http, &format!("{SERVICE_A}/payments/{id}")).await.ok()?;
             (body["refunded"] == 200 && body["version"] == 2).then_some(())
         })
@@ -348,7 +351,7 @@ async fn session(credentials: &Credentials) -> Result<()> {
     .await?;
 
     step("ServiceB: the refund recorded", async {
-        eventually("ServiceB's record to show the refund", || async {
+        crate::eventually(EVENTUAL, "ServiceB's record to show the refund", || async {
             let body = get_ok(&http, &format!("{SERVICE_B}/payments/{id}")).await.ok()?;
             (body["payment"]["refunded"] == 200 && body["notifications"] == 2).then_some(())
         })
@@ -423,7 +426,7 @@ async fn observability() -> Result<()> {
         .build()?;
     step("Zipkin: a payment's trace spans the three services", async {
         // The services export every 5 s (the batch processor's delay).
-        let services = eventually("a trace with spans of all three services", || async {
+        let services = crate::eventually(EVENTUAL, "a trace with spans of all three services", || async {
             let traces = get_ok(
                 &http,
                 &format!("{ZIPKIN}/api/v2/traces?serviceName=service-b&limit=50"),
@@ -446,7 +449,7 @@ async fn observability() -> Result<()> {
     .await?;
 
     step("Prometheus: every service scraped", async {
-        eventually("the three services up", || async {
+        crate::eventually(EVENTUAL, "the three services up", || async {
             let up = get_ok(&http, &format!("{PROMETHEUS}/api/v1/query?query=up"))
                 .await
                 .ok()?;
@@ -521,22 +524,4 @@ fn expect(ok: bool, wanted: &str, status: u16, body: &Value) -> Result<()> {
         bail!("expected {wanted}, got {status}: {body}");
     }
     Ok(())
-}
-
-/// Polls `check` until it returns `Some`, failing after [`EVENTUAL`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + EVENTUAL;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {EVENTUAL:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

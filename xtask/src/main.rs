@@ -17,6 +17,7 @@ mod ops;
 mod postgres;
 mod process;
 mod test;
+mod tour;
 
 use std::path::{Path, PathBuf};
 
@@ -132,6 +133,14 @@ enum Task {
         /// Also draw the diagram to this SVG file.
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,
+    },
+    /// The design document, section by section, on the running demo: what
+    /// each section claims, made to happen and checked, and the code that
+    /// did it. Waits for Enter between steps in a terminal.
+    Tour {
+        /// Run straight through, without waiting between steps.
+        #[arg(long)]
+        no_pause: bool,
     },
     /// Dead letters: list them, or publish them back.
     Dlt {
@@ -265,6 +274,7 @@ async fn main() -> Result<()> {
         Task::Faults(options) => faults::run(&root, &options).await,
         Task::FuzzHttp { max_examples } => fuzz_http::run(&root, max_examples).await,
         Task::Flow { svg } => flow::run(&root, svg).await,
+        Task::Tour { no_pause } => tour::run(&root, !no_pause).await,
         Task::ContractsCompat => contracts::compat(&root).await,
         Task::Fuzz(options) => fuzz::run(&root, &options).await,
         Task::Dlt { action } => match action {
@@ -325,6 +335,25 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Polls `check` until it returns `Some`, failing after `patience` with
+/// what it waited for.
+async fn eventually<T, F, Fut>(patience: std::time::Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("timed out after {patience:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// The value of the environment variable `name`, unless unset or blank.

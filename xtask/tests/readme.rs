@@ -42,6 +42,40 @@ fn every_file_and_name_the_readme_points_to_exists() {
     );
 }
 
+/// `cargo xtask tour` names, after each step, the code that did it, in the
+/// same form: those pointers must lead somewhere too.
+#[test]
+fn every_file_and_name_the_tour_points_to_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace");
+    let tour = std::fs::read_to_string(root.join("xtask/src/tour.rs")).expect("tour.rs is readable");
+    let lines: Vec<(usize, &str)> = tour
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.contains(ARROW))
+        .map(|(i, line)| (i + 1, line))
+        .collect();
+    let pointers = pointers(&lines).unwrap_or_else(|e| panic!("tour.rs: {e}"));
+    assert!(pointers.len() >= 8, "tour.rs names the code of each of its steps");
+    let stale: Vec<String> = pointers
+        .iter()
+        .filter_map(|pointer| {
+            check(root, pointer).err().map(|why| {
+                format!(
+                    "xtask/src/tour.rs line {} (`{}` → `{}`): {why}",
+                    pointer.line, pointer.path, pointer.name
+                )
+            })
+        })
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "the tour points at code that is not there any more:\n  {}",
+        stale.join("\n  ")
+    );
+}
+
 /// One `` `path` → `name` `` of the README.
 #[derive(Debug, PartialEq)]
 struct Pointer {

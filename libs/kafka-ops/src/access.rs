@@ -9,12 +9,15 @@
 //!
 //! | user | may |
 //! |---|---|
-//! | `payments` | write (and create) the notification and the state topic; use transactional ids starting `payments-service.` (the outbox relay's) |
-//! | `service-a` | read both topics, the notifications in its group, the state topic outside any group (its copy); write (and create) their dead-letter topics |
-//! | `service-b` | read the notification topic in its group; write (and create) its dead-letter topic |
+//! | `payments` | write the notification and the state topic; use the outbox relay's transactional ids (`payments-service.outbox-relay.*`) |
+//! | `service-a` | read both topics, the notifications in its group, the state topic outside any group (its copy); write the notifications' dead-letter topic |
+//! | `service-b` | read the notification topic in its group; write its dead-letter topic |
 //! | `operator` | everything: a super user in the broker's config, for xtask and the Kafka UI |
 //!
-//! Reading, writing and creating imply describing. The brokers' own
+//! Reading and writing imply describing. No service may create a topic: the
+//! operator makes them all, with their settings, before the services start
+//! ([`provision`]); a service that asks is refused, which it takes as "not
+//! mine to make". The brokers' own
 //! plaintext listener (replication, the controllers, loopback tools) is not
 //! this listener; its principal is a super user too (see the broker
 //! configs).
@@ -42,7 +45,7 @@ const SCRAM_ITERATIONS: i32 = 8192;
 const SERVICE_A: &str = "service-a";
 /// The prefix of every transactional id Payments' relay uses
 /// (`payments_service::relay::Relay::transactional_id`).
-pub const PAYMENTS_TRANSACTIONAL_PREFIX: &str = "payments-service.";
+pub const PAYMENTS_TRANSACTIONAL_PREFIX: &str = "payments-service.outbox-relay.";
 
 /// What a user is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +108,7 @@ pub enum Resource {
 pub enum Operation {
     Read,
     Write,
-    Create,
+    Describe,
 }
 
 /// One ACL: `user` may do `operation` on the `resource` named `name`, or on
@@ -136,52 +139,37 @@ pub fn acls(user: &str, role: &Role, topics: &Topics) -> Vec<Acl> {
         prefixed: false,
         operation,
     };
-    // Writing a dead-letter topic, and creating it if it is not there yet.
-    let dead_letters = |topic: &str| {
-        let dlt = dead_letter_topic(topic);
-        [
-            acl(Resource::Topic, &dlt, Operation::Write),
-            acl(Resource::Topic, &dlt, Operation::Create),
-        ]
-    };
+    // Where a consumer puts what it gives up on.
+    let dead_letters = |topic: &str| acl(Resource::Topic, &dead_letter_topic(topic), Operation::Write);
     match role {
-        Role::Payments => {
-            let mut acls = Vec::new();
-            for topic in [&topics.notifications, &topics.state] {
-                acls.push(acl(Resource::Topic, topic, Operation::Write));
-                acls.push(acl(Resource::Topic, topic, Operation::Create));
-            }
-            acls.push(Acl {
+        Role::Payments => vec![
+            acl(Resource::Topic, &topics.notifications, Operation::Write),
+            acl(Resource::Topic, &topics.state, Operation::Write),
+            Acl {
                 prefixed: true,
                 ..acl(
                     Resource::TransactionalId,
                     PAYMENTS_TRANSACTIONAL_PREFIX,
                     Operation::Write,
                 )
-            });
-            acls
-        }
-        Role::ServiceA { group } => {
-            let mut acls = vec![
-                acl(Resource::Topic, &topics.notifications, Operation::Read),
-                acl(Resource::Topic, &topics.state, Operation::Read),
-                acl(Resource::Group, group, Operation::Read),
-                // The copy reads every partition itself, joining no group;
-                // librdkafka still names one (`service_kit::kafka::replica`).
-                acl(Resource::Group, &replica_group(SERVICE_A), Operation::Read),
-            ];
-            acls.extend(dead_letters(&topics.notifications));
-            acls.extend(dead_letters(&topics.state));
-            acls
-        }
-        Role::ServiceB { group } => {
-            let mut acls = vec![
-                acl(Resource::Topic, &topics.notifications, Operation::Read),
-                acl(Resource::Group, group, Operation::Read),
-            ];
-            acls.extend(dead_letters(&topics.notifications));
-            acls
-        }
+            },
+        ],
+        Role::ServiceA { group } => vec![
+            acl(Resource::Topic, &topics.notifications, Operation::Read),
+            acl(Resource::Topic, &topics.state, Operation::Read),
+            acl(Resource::Group, group, Operation::Read),
+            // The copy reads every partition itself, joining no group (and
+            // dead-letters nothing: it is rebuilt on every start);
+            // librdkafka still names a group and looks up its coordinator
+            // (`service_kit::kafka::replica`).
+            acl(Resource::Group, &replica_group(SERVICE_A), Operation::Describe),
+            dead_letters(&topics.notifications),
+        ],
+        Role::ServiceB { group } => vec![
+            acl(Resource::Topic, &topics.notifications, Operation::Read),
+            acl(Resource::Group, group, Operation::Read),
+            dead_letters(&topics.notifications),
+        ],
         Role::Operator => Vec::new(),
     }
 }
@@ -230,6 +218,8 @@ mod ffi {
     use super::{Acl, Operation, Resource, SCRAM_ITERATIONS};
     use crate::{Error, Result};
 
+    const NO_ERROR: rd::rd_kafka_resp_err_t = rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+
     /// The event queue, options and result event of one admin request,
     /// destroyed however the request ends.
     struct Request {
@@ -261,39 +251,47 @@ mod ffi {
             client: &AdminClient<DefaultClientContext>,
             op: rd::rd_kafka_admin_op_t,
             timeout: Duration,
-        ) -> Self {
+        ) -> Result<Self> {
             let rk = client.inner().native_ptr();
             let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
             let mut errstr = [0 as c_char; 256];
-            // SAFETY: `rk` is the live client's handle; the options and
-            // queue are owned by the returned value.
+            // SAFETY: `rk` is the live client's handle; the queue and the
+            // options belong to the value returned, which destroys them.
             unsafe {
-                let options = rd::rd_kafka_AdminOptions_new(rk, op);
-                rd::rd_kafka_AdminOptions_set_request_timeout(
-                    options,
+                let request = Self {
+                    queue: rd::rd_kafka_queue_new(rk),
+                    options: rd::rd_kafka_AdminOptions_new(rk, op),
+                    event: std::ptr::null_mut(),
+                };
+                if request.queue.is_null() || request.options.is_null() {
+                    return Err(Error::Access("librdkafka made no admin request".to_owned()));
+                }
+                let set = rd::rd_kafka_AdminOptions_set_request_timeout(
+                    request.options,
                     millis,
                     errstr.as_mut_ptr(),
                     errstr.len(),
                 );
-                Self {
-                    queue: rd::rd_kafka_queue_new(rk),
-                    options,
-                    event: std::ptr::null_mut(),
+                if set != NO_ERROR {
+                    return Err(Error::Access(format!(
+                        "request timeout: {}",
+                        text(errstr.as_ptr())
+                    )));
                 }
+                Ok(request)
             }
         }
 
         /// Waits for the result event, and fails on a request-level error.
         fn wait(&mut self, what: &'static str, timeout: Duration) -> Result<()> {
             let millis = i32::try_from((timeout + Duration::from_secs(5)).as_millis()).unwrap_or(i32::MAX);
-            // SAFETY: the queue is live; the event is owned by `self`.
+            // SAFETY: the queue is live; the event belongs to `self`.
             unsafe {
                 self.event = rd::rd_kafka_queue_poll(self.queue, millis);
                 if self.event.is_null() {
                     return Err(Error::Access(format!("{what}: no answer within {timeout:?}")));
                 }
-                if rd::rd_kafka_event_error(self.event) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-                {
+                if rd::rd_kafka_event_error(self.event) != NO_ERROR {
                     let text = text(rd::rd_kafka_event_error_string(self.event));
                     return Err(Error::Access(format!("{what}: {text}")));
                 }
@@ -314,14 +312,13 @@ mod ffi {
         }
     }
 
-    /// An error of one element of a result, if it failed.
+    /// The error of one element of a result, if it failed.
     ///
     /// SAFETY: `error` is null or a live `rd_kafka_error_t` of a result.
     unsafe fn failure(error: *const rd::rd_kafka_error_t) -> Option<String> {
         // SAFETY: as the caller promises.
         unsafe {
-            (!error.is_null()
-                && rd::rd_kafka_error_code(error) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+            (!error.is_null() && rd::rd_kafka_error_code(error) != NO_ERROR)
                 .then(|| text(rd::rd_kafka_error_string(error)))
         }
     }
@@ -339,18 +336,19 @@ mod ffi {
         if users.is_empty() {
             return Ok(());
         }
-        let mut request = Request::new(
-            client,
-            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_ALTERUSERSCRAMCREDENTIALS,
-            timeout,
-        );
         let names = users
             .iter()
             .map(|(name, _)| c_string(name))
             .collect::<Result<Vec<_>>>()?;
+        let mut request = Request::new(
+            client,
+            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_ALTERUSERSCRAMCREDENTIALS,
+            timeout,
+        )?;
         // SAFETY: every pointer handed over is live for the call; librdkafka
-        // copies the alterations, which are destroyed after it; a null salt
-        // asks librdkafka for a random one.
+        // copies the alterations (names and passwords included), which are
+        // destroyed right after; a null salt asks librdkafka for a random
+        // one (OpenSSL's).
         unsafe {
             let mut alterations: Vec<_> = names
                 .iter()
@@ -381,8 +379,19 @@ mod ffi {
             );
             request.wait("setting the users' passwords", timeout)?;
             let result = rd::rd_kafka_event_AlterUserScramCredentials_result(request.event);
+            if result.is_null() {
+                return Err(Error::Access(
+                    "setting the users' passwords: not its result".to_owned(),
+                ));
+            }
             let mut count = 0;
             let responses = rd::rd_kafka_AlterUserScramCredentials_result_responses(result, &raw mut count);
+            if count != users.len() {
+                return Err(Error::Access(format!(
+                    "setting the users' passwords: {count} answers for {} users",
+                    users.len()
+                )));
+            }
             for i in 0..count {
                 let response = *responses.add(i);
                 if let Some(error) = failure(rd::rd_kafka_AlterUserScramCredentials_result_response_error(
@@ -400,6 +409,13 @@ mod ffi {
         Ok(())
     }
 
+    /// A binding's strings, made before any binding so that a bad one
+    /// fails before librdkafka holds anything.
+    struct AclStrings {
+        name: CString,
+        principal: CString,
+    }
+
     /// Adds `acls` (allow, from any host); those there already stay.
     pub(super) fn create_acls(
         client: &AdminClient<DefaultClientContext>,
@@ -409,29 +425,37 @@ mod ffi {
         if acls.is_empty() {
             return Ok(());
         }
+        let any_host = c_string("*")?;
+        let strings = acls
+            .iter()
+            .map(|acl| {
+                Ok(AclStrings {
+                    name: c_string(&acl.name)?,
+                    principal: c_string(&format!("User:{}", acl.user))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut request = Request::new(
             client,
             rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_CREATEACLS,
             timeout,
-        );
-        let any_host = c_string("*")?;
-        // SAFETY: as in `upsert_scram_users`: the bindings are copied by
-        // librdkafka and destroyed after the call.
+        )?;
+        // SAFETY: as in `upsert_scram_users`: librdkafka copies the bindings
+        // (and their strings), which are destroyed after the call, or on the
+        // way out if one cannot be made.
         unsafe {
             let mut bindings = Vec::with_capacity(acls.len());
-            for acl in acls {
-                let name = c_string(&acl.name)?;
-                let principal = c_string(&format!("User:{}", acl.user))?;
+            for (acl, strings) in acls.iter().zip(&strings) {
                 let mut errstr = [0 as c_char; 256];
                 let binding = rd::rd_kafka_AclBinding_new(
                     resource(acl.resource),
-                    name.as_ptr(),
+                    strings.name.as_ptr(),
                     if acl.prefixed {
                         rd::rd_kafka_ResourcePatternType_t::RD_KAFKA_RESOURCE_PATTERN_PREFIXED
                     } else {
                         rd::rd_kafka_ResourcePatternType_t::RD_KAFKA_RESOURCE_PATTERN_LITERAL
                     },
-                    principal.as_ptr(),
+                    strings.principal.as_ptr(),
                     any_host.as_ptr(),
                     operation(acl.operation),
                     rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW,
@@ -454,9 +478,18 @@ mod ffi {
             rd::rd_kafka_AclBinding_destroy_array(bindings.as_mut_ptr(), bindings.len());
             request.wait("creating the ACLs", timeout)?;
             let result = rd::rd_kafka_event_CreateAcls_result(request.event);
+            if result.is_null() {
+                return Err(Error::Access("creating the ACLs: not its result".to_owned()));
+            }
             let mut count = 0;
             let results = rd::rd_kafka_CreateAcls_result_acls(result, &raw mut count);
-            for (i, acl) in acls.iter().enumerate().take(count) {
+            if count != acls.len() {
+                return Err(Error::Access(format!(
+                    "creating the ACLs: {count} answers for {} ACLs",
+                    acls.len()
+                )));
+            }
+            for (i, acl) in acls.iter().enumerate() {
                 if let Some(error) = failure(rd::rd_kafka_acl_result_error(*results.add(i))) {
                     return Err(Error::Access(format!("{acl:?}: {error}")));
                 }
@@ -477,7 +510,7 @@ mod ffi {
         match operation {
             Operation::Read => rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_READ,
             Operation::Write => rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_WRITE,
-            Operation::Create => rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_CREATE,
+            Operation::Describe => rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_DESCRIBE,
         }
     }
 }
@@ -521,13 +554,7 @@ mod tests {
                 &payments,
                 vec![topics.notifications.clone(), topics.state.clone()],
             ),
-            (
-                &a,
-                vec![
-                    dead_letter_topic(&topics.notifications),
-                    dead_letter_topic(&topics.state),
-                ],
-            ),
+            (&a, vec![dead_letter_topic(&topics.notifications)]),
             (&b, vec![dead_letter_topic(&topics.notifications)]),
         ] {
             let written: Vec<&str> = acls
@@ -548,7 +575,7 @@ mod tests {
         assert!(!allowed(
             &a,
             Resource::TransactionalId,
-            "payments-service.x",
+            "payments-service.outbox-relay.x.y",
             Operation::Write
         ));
     }
