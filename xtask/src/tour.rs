@@ -13,7 +13,7 @@
 //! In a terminal it waits for Enter between steps.
 
 use std::collections::BTreeSet;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,6 @@ impl Tour {
     async fn step(&self, n: usize, claim: &str) -> Result<()> {
         if self.pause && n > 1 {
             print!("\n[Enter for step {n}] ");
-            use std::io::Write;
             std::io::stdout().flush()?;
             tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await??;
         }
