@@ -15,8 +15,10 @@ use service_kit::config::{KafkaConfig, KafkaUser, Secret};
 /// shared name would change another run's password).
 fn user(service: &str, role: Role) -> User {
     User {
-        name: unique(service),
-        password: Secret::new(Token::generate().expose()),
+        login: KafkaUser {
+            name: unique(service),
+            password: Secret::new(Token::generate().expose()),
+        },
         role,
     }
 }
@@ -25,10 +27,7 @@ fn user(service: &str, role: Role) -> User {
 fn logged_in(kafka: &KafkaConfig, sasl: &str, user: &User) -> KafkaConfig {
     KafkaConfig {
         bootstrap_servers: sasl.to_owned(),
-        user: Some(KafkaUser {
-            name: user.name.clone(),
-            password: user.password.clone(),
-        }),
+        user: Some(user.login.clone()),
         ..kafka.clone()
     }
 }
@@ -118,7 +117,7 @@ async fn each_service_works_as_its_own_user_and_is_refused_what_it_was_not_grant
 
     // A wrong password does not log in at all.
     let mut impostor = b_user.clone();
-    impostor.password = Secret::new(Token::generate().expose());
+    impostor.login.password = Secret::new(Token::generate().expose());
     let probe = service_kit::kafka::Admin::new(&logged_in(&operator, &sasl, &impostor), "impostor")
         .expect("an admin client");
     assert!(

@@ -89,11 +89,6 @@ impl LocalBroker {
         }
     }
 
-    /// Where clients that log in reach it: node 1's SASL listener.
-    pub fn sasl_bootstrap(&self) -> &'static str {
-        SASL_BOOTSTRAP
-    }
-
     /// The replicas a topic gets: one per broker, up to three.
     pub fn replication_factor(&self) -> i32 {
         i32::from(self.nodes.min(3))

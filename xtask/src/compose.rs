@@ -21,10 +21,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 use service_kit::auth::Credentials;
 use tokio::process::Command;
 
+use crate::demo::{PAYMENTS, SERVICE_A, SERVICE_B, expect, get_ok, payment, post};
 use crate::engine;
 
 /// Compose's project name: containers, network and volumes of their own.
@@ -34,9 +35,6 @@ const HEALTHY_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long an event may take to reach ServiceA and ServiceB.
 const EVENTUAL: Duration = Duration::from_secs(60);
 
-const PAYMENTS: &str = "http://127.0.0.1:8080";
-const SERVICE_A: &str = "http://127.0.0.1:8081";
-const SERVICE_B: &str = "http://127.0.0.1:8082";
 const ZIPKIN: &str = "http://127.0.0.1:9411";
 const PROMETHEUS: &str = "http://127.0.0.1:9090";
 const KAFKA_UI: &str = "http://127.0.0.1:8090";
@@ -379,14 +377,11 @@ async fn replicated(root: &Path) -> Result<()> {
     use rdkafka::producer::Producer;
     let operator = crate::credentials::kafka_users(root)?
         .into_iter()
-        .find(|user| user.name == "operator")
+        .find(|user| user.login.name == "operator")
         .context("no operator among the Kafka users")?;
     let config = service_kit::config::KafkaConfig {
         bootstrap_servers: "127.0.0.1:9094".to_owned(),
-        user: Some(service_kit::config::KafkaUser {
-            name: operator.name,
-            password: operator.password,
-        }),
+        user: Some(operator.login),
         ..service_kit::config::KafkaConfig::local()
     };
     let probe: rdkafka::producer::BaseProducer =
@@ -487,41 +482,4 @@ async fn observability() -> Result<()> {
         },
     )
     .await
-}
-
-fn payment(customer: &str, order: &str, amount: i64, currency: &str) -> Value {
-    json!({"customer_id": customer, "order_id": order, "amount": amount, "currency": currency})
-}
-
-/// POSTs `body` to Payments' `path`, with `If-Match: if_match` when given.
-async fn post(
-    http: &reqwest::Client,
-    path: &str,
-    body: &Value,
-    if_match: Option<&str>,
-) -> Result<(u16, reqwest::header::HeaderMap, Value)> {
-    let mut request = http.post(format!("{PAYMENTS}{path}")).json(body);
-    if let Some(version) = if_match {
-        request = request.header("if-match", version);
-    }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    Ok((status, headers, response.json().await.unwrap_or(Value::Null)))
-}
-
-/// GETs `url`, failing unless the answer is 200 with JSON.
-async fn get_ok(http: &reqwest::Client, url: &str) -> Result<Value> {
-    let response = http.get(url).send().await?;
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    expect(status == 200, "200 OK", status, &body)?;
-    Ok(body)
-}
-
-fn expect(ok: bool, wanted: &str, status: u16, body: &Value) -> Result<()> {
-    if !ok {
-        bail!("expected {wanted}, got {status}: {body}");
-    }
-    Ok(())
 }

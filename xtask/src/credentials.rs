@@ -108,13 +108,8 @@ pub fn kafka_login(users: &[access::User], service: &str) -> Vec<(&'static str, 
     };
     users
         .iter()
-        .filter(|user| user.name == name)
-        .flat_map(|user| {
-            [
-                ("KAFKA_SASL_USERNAME", user.name.clone()),
-                ("KAFKA_SASL_PASSWORD", user.password.expose().to_owned()),
-            ]
-        })
+        .filter(|user| user.login.name == name)
+        .flat_map(|user| user.login.to_env())
         .collect()
 }
 
@@ -242,7 +237,7 @@ mod tests {
         assert_eq!(users.len(), access::USERS.len());
         let again = kafka_users(&dir).expect("read back");
         for (user, read) in users.iter().zip(&again) {
-            assert_eq!(user.password, read.password, "{}", user.name);
+            assert_eq!(user.login.password, read.login.password, "{}", user.login.name);
         }
         assert_eq!(
             kafka_login(&users, "payments-service")[0],

@@ -15,7 +15,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
@@ -26,6 +27,10 @@ use crate::postgres::{self, LocalPostgres};
 pub const SERVICES: [&str; 3] = ["payments-service", "service-a", "service-b"];
 /// The port each of [`SERVICES`] listens on by default (its `HTTP_ADDR`).
 pub const PORTS: [u16; 3] = [8080, 8081, 8082];
+/// Where a client reaches each of them there (compose publishes the same).
+pub const PAYMENTS: &str = "http://127.0.0.1:8080";
+pub const SERVICE_A: &str = "http://127.0.0.1:8081";
+pub const SERVICE_B: &str = "http://127.0.0.1:8082";
 
 pub async fn run(root: &Path) -> Result<()> {
     with_stack(root, &[], None::<std::future::Ready<Result<()>>>).await
@@ -245,4 +250,43 @@ async fn prefix_lines(name: &'static str, stream: impl AsyncRead + Unpin) {
     while let Ok(Some(line)) = lines.next_line().await {
         eprintln!("{name:>16} | {line}");
     }
+}
+
+/// A payment request's body.
+pub(crate) fn payment(customer: &str, order: &str, amount: i64, currency: &str) -> Value {
+    json!({"customer_id": customer, "order_id": order, "amount": amount, "currency": currency})
+}
+
+/// POSTs `body` to Payments' `path`, with `If-Match: if_match` when given.
+pub(crate) async fn post(
+    http: &reqwest::Client,
+    path: &str,
+    body: &Value,
+    if_match: Option<&str>,
+) -> Result<(u16, reqwest::header::HeaderMap, Value)> {
+    let mut request = http.post(format!("{PAYMENTS}{path}")).json(body);
+    if let Some(version) = if_match {
+        request = request.header("if-match", version);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    Ok((status, headers, response.json().await.unwrap_or(Value::Null)))
+}
+
+/// GETs `url`, failing unless the answer is 200 with JSON.
+pub(crate) async fn get_ok(http: &reqwest::Client, url: &str) -> Result<Value> {
+    let response = http.get(url).send().await?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    expect(status == 200, "200 OK", status, &body)?;
+    Ok(body)
+}
+
+/// Fails, naming what was `wanted` and what came, unless `ok`.
+pub(crate) fn expect(ok: bool, wanted: &str, status: u16, body: &Value) -> Result<()> {
+    if !ok {
+        bail!("expected {wanted}, got {status}: {body}");
+    }
+    Ok(())
 }

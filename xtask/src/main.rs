@@ -217,7 +217,7 @@ async fn main() -> Result<()> {
                 credentials::provision_kafka(&root, broker).await?;
                 eprintln!(
                     "xtask: the services' Kafka users (passwords in .env) log in at {}",
-                    broker.sasl_bootstrap()
+                    broker::SASL_BOOTSTRAP
                 );
                 Ok(())
             };

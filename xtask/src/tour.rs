@@ -29,10 +29,8 @@ use service_kit::kafka::GroupConsumer;
 use shared_events::Topics;
 
 use crate::broker;
+use crate::demo::{PAYMENTS, SERVICE_A, SERVICE_B, get_ok, payment, post};
 
-const PAYMENTS: &str = "http://127.0.0.1:8080";
-const SERVICE_A: &str = "http://127.0.0.1:8081";
-const SERVICE_B: &str = "http://127.0.0.1:8082";
 /// How long anything the tour waits for may take.
 const PATIENCE: Duration = Duration::from_secs(60);
 /// How long a consumer is given to read what it will read.
@@ -117,7 +115,7 @@ impl Tour {
              back (GetPaymentInfo) for the rest.",
         )
         .await?;
-        let (status, payment) = self.post("/payments", &pay("tour-customer", 2500), None).await?;
+        let (status, _, payment) = post(&self.http, "/payments", &pay("tour-customer", 2500), None).await?;
         ensure!(status == 201, "POST /payments answered {status}: {payment}");
         let id = payment["payment_id"].as_str().context("payment_id")?.to_owned();
         println!("POST /payments → {status}, payment {id}");
@@ -133,7 +131,7 @@ impl Tour {
             "a notification carries no payment details: {value}"
         );
         let audit = crate::eventually(PATIENCE, "ServiceA's audit of the notification", || async {
-            let audit = self.get(&format!("{SERVICE_A}/audit")).await.ok()?;
+            let audit = get_ok(&self.http, &format!("{SERVICE_A}/audit")).await.ok()?;
             audit
                 .as_array()?
                 .iter()
@@ -172,7 +170,7 @@ impl Tour {
         let response = self.http.get(format!("{SERVICE_A}/payments/{id}")).send().await?;
         let copied_at = header(&response, "copied-at");
         let copy: Value = response.json().await?;
-        let original = self.get(&format!("{PAYMENTS}/payments/{id}")).await?;
+        let original = get_ok(&self.http, &format!("{PAYMENTS}/payments/{id}")).await?;
         ensure!(
             copy == original,
             "ServiceA's copy {copy} is not Payments' {original}"
@@ -196,9 +194,13 @@ impl Tour {
         )
         .await?;
         let refund = json!({"amount": 500, "reason": "tour: one item returned"});
-        let (status, body) = self
-            .post(&format!("/payments/{id}/refunds"), &refund, Some("\"1\""))
-            .await?;
+        let (status, _, body) = post(
+            &self.http,
+            &format!("/payments/{id}/refunds"),
+            &refund,
+            Some("\"1\""),
+        )
+        .await?;
         ensure!(status == 201, "the refund answered {status}: {body}");
         println!("POST /payments/{id}/refunds (If-Match: \"1\") → {status}");
         let events = self.events(id).await?;
@@ -208,7 +210,7 @@ impl Tour {
                 event["version"], event["type"], event["data"]
             );
         }
-        let payment = self.get(&format!("{PAYMENTS}/payments/{id}")).await?;
+        let payment = get_ok(&self.http, &format!("{PAYMENTS}/payments/{id}")).await?;
         println!(
             "GET /payments/{id}: amount {}, refunded {}, version {} — the events, applied in order",
             payment["amount"], payment["refunded"], payment["version"]
@@ -298,18 +300,18 @@ impl Tour {
         let path = format!("/payments/{id}/refunds");
         let (one, two) = (refund(1), refund(2));
         let (first, second) = tokio::join!(
-            self.post(&path, &one, Some("\"2\"")),
-            self.post(&path, &two, Some("\"2\""))
+            post(&self.http, &path, &one, Some("\"2\"")),
+            post(&self.http, &path, &two, Some("\"2\""))
         );
         let answers = [first?, second?];
-        for (n, (status, body)) in answers.iter().enumerate() {
+        for (n, (status, _, body)) in answers.iter().enumerate() {
             println!(
                 "  writer {}: {status} {}",
                 n + 1,
                 body["message"].as_str().unwrap_or("")
             );
         }
-        let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+        let mut statuses: Vec<u16> = answers.iter().map(|(status, _, _)| *status).collect();
         statuses.sort_unstable();
         ensure!(statuses == [201, 409], "one 201 and one 409, not {statuses:?}");
         let events = self.events(id).await?;
@@ -333,7 +335,7 @@ impl Tour {
         )
         .await?;
         let started = chrono::Utc::now().timestamp_millis();
-        let (status, payment) = self.post("/payments", &pay("tour-producer", 900), None).await?;
+        let (status, _, payment) = post(&self.http, "/payments", &pay("tour-producer", 900), None).await?;
         let answered = chrono::Utc::now().timestamp_millis();
         ensure!(status == 201, "POST /payments answered {status}");
         let id = payment["payment_id"].as_str().context("payment_id")?;
@@ -468,7 +470,7 @@ impl Tour {
 
     /// Pays, and waits until ServiceB has recorded the payment.
     async fn pay_and_wait(&self, customer: &str) -> Result<String> {
-        let (status, payment) = self.post("/payments", &pay(customer, 100), None).await?;
+        let (status, _, payment) = post(&self.http, "/payments", &pay(customer, 100), None).await?;
         ensure!(status == 201, "POST /payments answered {status}");
         let id = payment["payment_id"].as_str().context("payment_id")?.to_owned();
         self.recorded(&id, 1).await?;
@@ -479,7 +481,9 @@ impl Tour {
     /// notifications of it.
     async fn recorded(&self, id: &str, at_least: u64) -> Result<Value> {
         crate::eventually(PATIENCE, "ServiceB's record of the payment", || async {
-            let record = self.get(&format!("{SERVICE_B}/payments/{id}")).await.ok()?;
+            let record = get_ok(&self.http, &format!("{SERVICE_B}/payments/{id}"))
+                .await
+                .ok()?;
             (record["notifications"].as_u64()? >= at_least).then_some(record)
         })
         .await
@@ -555,29 +559,11 @@ impl Tour {
 
     /// A payment's stored events.
     async fn events(&self, id: &str) -> Result<Vec<Value>> {
-        let body = self.get(&format!("{PAYMENTS}/payments/{id}/events")).await?;
+        let body = get_ok(&self.http, &format!("{PAYMENTS}/payments/{id}/events")).await?;
         body.as_array()
             .or_else(|| body["events"].as_array())
             .cloned()
             .context("no events")
-    }
-
-    async fn post(&self, path: &str, body: &Value, if_match: Option<&str>) -> Result<(u16, Value)> {
-        let mut request = self.http.post(format!("{PAYMENTS}{path}")).json(body);
-        if let Some(version) = if_match {
-            request = request.header("if-match", version);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
-    }
-
-    async fn get(&self, url: &str) -> Result<Value> {
-        let response = self.http.get(url).send().await?;
-        if !response.status().is_success() {
-            bail!("GET {url}: {}", response.status());
-        }
-        Ok(response.json().await?)
     }
 }
 
@@ -589,13 +575,10 @@ fn code(pointers: &[&str]) {
     }
 }
 
+/// A payment in euros, under an order id of its own.
 fn pay(customer: &str, amount: i64) -> Value {
-    json!({
-        "customer_id": customer,
-        "order_id": format!("tour-{}", chrono::Utc::now().timestamp_micros()),
-        "amount": amount,
-        "currency": "EUR",
-    })
+    let order = format!("tour-{}", chrono::Utc::now().timestamp_micros());
+    payment(customer, &order, amount, "EUR")
 }
 
 fn header(response: &reqwest::Response, name: &str) -> String {

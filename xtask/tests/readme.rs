@@ -15,10 +15,7 @@ const ARROW: &str = "` → `";
 
 #[test]
 fn every_file_and_name_the_readme_points_to_exists() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is in the workspace");
-    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md is readable");
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md is readable");
     let mut stale = Vec::new();
     for heading in SECTIONS {
         let pointers = pointers(&section(&readme, heading)).unwrap_or_else(|e| panic!("{heading}: {e}"));
@@ -26,14 +23,7 @@ fn every_file_and_name_the_readme_points_to_exists() {
             !pointers.is_empty(),
             "{heading}: no `path` → `name` pointers found"
         );
-        for pointer in &pointers {
-            if let Err(why) = check(root, pointer) {
-                stale.push(format!(
-                    "README.md line {} (`{}` → `{}`): {why}",
-                    pointer.line, pointer.path, pointer.name
-                ));
-            }
-        }
+        stale.extend(stale_pointers("README.md", &pointers));
     }
     assert!(
         stale.is_empty(),
@@ -46,10 +36,7 @@ fn every_file_and_name_the_readme_points_to_exists() {
 /// same form: those pointers must lead somewhere too.
 #[test]
 fn every_file_and_name_the_tour_points_to_exists() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is in the workspace");
-    let tour = std::fs::read_to_string(root.join("xtask/src/tour.rs")).expect("tour.rs is readable");
+    let tour = std::fs::read_to_string(root().join("xtask/src/tour.rs")).expect("tour.rs is readable");
     let lines: Vec<(usize, &str)> = tour
         .lines()
         .enumerate()
@@ -58,17 +45,7 @@ fn every_file_and_name_the_tour_points_to_exists() {
         .collect();
     let pointers = pointers(&lines).unwrap_or_else(|e| panic!("tour.rs: {e}"));
     assert!(pointers.len() >= 8, "tour.rs names the code of each of its steps");
-    let stale: Vec<String> = pointers
-        .iter()
-        .filter_map(|pointer| {
-            check(root, pointer).err().map(|why| {
-                format!(
-                    "xtask/src/tour.rs line {} (`{}` → `{}`): {why}",
-                    pointer.line, pointer.path, pointer.name
-                )
-            })
-        })
-        .collect();
+    let stale = stale_pointers("xtask/src/tour.rs", &pointers);
     assert!(
         stale.is_empty(),
         "the tour points at code that is not there any more:\n  {}",
@@ -76,10 +53,32 @@ fn every_file_and_name_the_tour_points_to_exists() {
     );
 }
 
-/// One `` `path` → `name` `` of the README.
+/// The workspace root: xtask is one level below it.
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+}
+
+/// Each of `pointers` (read from `file`) that leads nowhere, and why.
+fn stale_pointers(file: &str, pointers: &[Pointer]) -> Vec<String> {
+    pointers
+        .iter()
+        .filter_map(|pointer| {
+            check(root(), pointer).err().map(|why| {
+                format!(
+                    "{file} line {} (`{}` → `{}`): {why}",
+                    pointer.line, pointer.path, pointer.name
+                )
+            })
+        })
+        .collect()
+}
+
+/// One `` `path` → `name` `` of the README (or the tour).
 #[derive(Debug, PartialEq)]
 struct Pointer {
-    /// 1-based, in README.md.
+    /// 1-based, in the file it was read from.
     line: usize,
     path: String,
     name: String,

@@ -28,10 +28,9 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use service_kit::config::{KafkaConfig, Secret};
+use service_kit::config::{KafkaConfig, KafkaUser, Secret};
 use service_kit::kafka::{Admin, replica_group};
 use shared_events::{Topics, dead_letter_topic};
 
@@ -87,8 +86,10 @@ pub fn demo_users<E>(mut password: impl FnMut(&'static str) -> Result<Secret, E>
                 _ => Role::Operator,
             };
             Ok(User {
-                name: name.to_owned(),
-                password: password(var)?,
+                login: KafkaUser {
+                    name: name.to_owned(),
+                    password: password(var)?,
+                },
                 role,
             })
         })
@@ -122,11 +123,10 @@ pub struct Acl {
     pub operation: Operation,
 }
 
-/// A user to make: its name, password and role.
+/// A user to make: its login (name and password) and its role.
 #[derive(Debug, Clone)]
 pub struct User {
-    pub name: String,
-    pub password: Secret,
+    pub login: KafkaUser,
     pub role: Role,
 }
 
@@ -180,27 +180,20 @@ pub async fn provision(operator: &KafkaConfig, topics: &Topics, users: &[User]) 
     Admin::new(operator, "kafka-access")?
         .ensure_topics(topics)
         .await?;
-    let client: AdminClient<DefaultClientContext> = admin_config(operator).create()?;
+    // The operator's own login, if it has one, as every client's.
+    let client: AdminClient<DefaultClientContext> =
+        service_kit::kafka::client_config(operator, "kafka-access").create()?;
     let acls: Vec<Acl> = users
         .iter()
-        .flat_map(|user| acls(&user.name, &user.role, topics))
+        .flat_map(|user| acls(&user.login.name, &user.role, topics))
         .collect();
-    let users: Vec<(String, Secret)> = users
-        .iter()
-        .map(|user| (user.name.clone(), user.password.clone()))
-        .collect();
+    let logins: Vec<KafkaUser> = users.iter().map(|user| user.login.clone()).collect();
     tokio::task::spawn_blocking(move || {
-        ffi::upsert_scram_users(&client, &users, REQUEST_TIMEOUT)?;
+        ffi::upsert_scram_users(&client, &logins, REQUEST_TIMEOUT)?;
         ffi::create_acls(&client, &acls, REQUEST_TIMEOUT)
     })
     .await
     .map_err(|e| Error::Task("kafka-access", e))?
-}
-
-/// The operator's admin client settings: those every service client gets
-/// (its login included), through `service_kit`.
-fn admin_config(operator: &KafkaConfig) -> ClientConfig {
-    service_kit::kafka::client_config(operator, "kafka-access")
 }
 
 /// librdkafka's ACL and SCRAM calls, which `rdkafka` does not wrap: the only
@@ -213,7 +206,7 @@ mod ffi {
     use rdkafka::admin::AdminClient;
     use rdkafka::bindings as rd;
     use rdkafka::client::DefaultClientContext;
-    use service_kit::config::Secret;
+    use service_kit::config::KafkaUser;
 
     use super::{Acl, Operation, Resource, SCRAM_ITERATIONS};
     use crate::{Error, Result};
@@ -330,7 +323,7 @@ mod ffi {
     /// Sets each user's SCRAM-SHA-512 password (making the user if new).
     pub(super) fn upsert_scram_users(
         client: &AdminClient<DefaultClientContext>,
-        users: &[(String, Secret)],
+        users: &[KafkaUser],
         timeout: Duration,
     ) -> Result<()> {
         if users.is_empty() {
@@ -338,7 +331,7 @@ mod ffi {
         }
         let names = users
             .iter()
-            .map(|(name, _)| c_string(name))
+            .map(|user| c_string(&user.name))
             .collect::<Result<Vec<_>>>()?;
         let mut request = Request::new(
             client,
@@ -353,8 +346,8 @@ mod ffi {
             let mut alterations: Vec<_> = names
                 .iter()
                 .zip(users)
-                .map(|(name, (_, password))| {
-                    let password = password.expose().as_bytes();
+                .map(|(name, user)| {
+                    let password = user.password.expose().as_bytes();
                     rd::rd_kafka_UserScramCredentialUpsertion_new(
                         name.as_ptr(),
                         rd::rd_kafka_ScramMechanism_t::RD_KAFKA_SCRAM_MECHANISM_SHA_512,

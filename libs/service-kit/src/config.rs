@@ -173,24 +173,37 @@ impl std::fmt::Debug for KafkaUser {
     }
 }
 
+/// The variables a [`KafkaUser`] is read from.
+const KAFKA_SASL_USERNAME: &str = "KAFKA_SASL_USERNAME";
+const KAFKA_SASL_PASSWORD: &str = "KAFKA_SASL_PASSWORD";
+
 impl KafkaUser {
+    /// The environment that makes a service log in as this user (what
+    /// [`KafkaUser::from_env`] reads).
+    pub fn to_env(&self) -> [(&'static str, String); 2] {
+        [
+            (KAFKA_SASL_USERNAME, self.name.clone()),
+            (KAFKA_SASL_PASSWORD, self.password.expose().to_owned()),
+        ]
+    }
+
     /// `KAFKA_SASL_USERNAME` and `KAFKA_SASL_PASSWORD`, when set.
     pub fn from_env() -> Result<Option<Self>> {
-        let name: String = var("KAFKA_SASL_USERNAME", String::new())?;
-        let password = std::env::var("KAFKA_SASL_PASSWORD").unwrap_or_default();
+        let name: String = var(KAFKA_SASL_USERNAME, String::new())?;
+        let password = std::env::var(KAFKA_SASL_PASSWORD).unwrap_or_default();
         match (name.is_empty(), password.trim().is_empty()) {
             (true, true) => Ok(None),
             (false, false) => Ok(Some(Self {
                 name,
-                password: credential("KAFKA_SASL_PASSWORD")?,
+                password: credential(KAFKA_SASL_PASSWORD)?,
             })),
             (true, false) => Err(ConfigError {
-                var: "KAFKA_SASL_USERNAME",
+                var: KAFKA_SASL_USERNAME,
                 value: String::new(),
                 reason: "not set, and KAFKA_SASL_PASSWORD is: a password needs its user".to_owned(),
             }),
             (false, true) => Err(ConfigError {
-                var: "KAFKA_SASL_PASSWORD",
+                var: KAFKA_SASL_PASSWORD,
                 value: String::new(),
                 reason: format!(
                     "not set, and KAFKA_SASL_USERNAME is ({name}); `cargo xtask credentials` writes the \
