@@ -17,7 +17,7 @@ pub mod record;
 
 use std::sync::OnceLock;
 
-use service_kit::auth::{Callers, Token};
+use service_kit::auth::{Callers, Rights, Token};
 use sqlx::postgres::PgConnectOptions;
 
 /// The one runtime of the process: the targets run each input to the end
@@ -51,5 +51,5 @@ pub const CALLER_TOKEN: &str = "fuzz-caller-token-0123456789abcdef";
 /// The services' callers: only the holder of [`CALLER_TOKEN`].
 pub fn callers() -> Callers {
     let token: Token = CALLER_TOKEN.parse().expect("a valid token");
-    Callers::of([("fuzz", &token)])
+    Callers::of([("fuzz", Rights::READ_REFUND, &token)])
 }

@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::auth::{CallerTokenScheme, Callers};
+use service_kit::auth::{CallerTokenScheme, Callers, Right, protect};
 use service_kit::http::{ApiPath, ErrorBody, FieldProblem, LookupError, next_page, page_size};
 use shared_events::{
     Amount, Currency, CustomerId, InvalidValue, OrderId, PaymentId, PaymentMethod, PaymentReceived,
@@ -131,13 +131,15 @@ pub fn openapi() -> serde_json::Value {
 }
 
 /// The payment routes (without `/health`, which needs a broker); those of
-/// an existing payment answer only `callers`.
+/// an existing payment answer only `callers`: reading needs
+/// [`Right::Read`], refunding [`Right::Refund`].
 pub fn app(state: AppState, callers: Callers) -> Router {
-    let existing = Router::new()
+    let read = Router::new()
         .route("/payments/{id}", get(get_payment))
-        .route("/payments/{id}/events", get(payment_events))
-        .route("/payments/{id}/refunds", post(refund));
-    service_kit::auth::protect(existing, callers)
+        .route("/payments/{id}/events", get(payment_events));
+    let refunds = Router::new().route("/payments/{id}/refunds", post(refund));
+    protect(read, callers.clone(), Right::Read)
+        .merge(protect(refunds, callers, Right::Refund))
         .merge(service_kit::openapi::openapi_router(openapi()))
         .route("/payments", post(create_payment))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -267,6 +269,7 @@ fn written(written: &Written, id: PaymentId, cause: Cause) -> Response {
         (status = 200, description = "The payment's current state", body = PaymentStateSchema,
          headers(("ETag" = String, description = "The payment's version, quoted"))),
         (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
+        (status = 403, description = "A known caller not given the right to read", body = ErrorBody),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No such payment", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
@@ -322,6 +325,7 @@ struct StoredEvent {
     responses(
         (status = 200, description = "A page of the payment's stored events, in version order; `Link: <...>; rel=\"next\"` while there are more", body = [StoredEvent]),
         (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
+        (status = 403, description = "A known caller not given the right to read", body = ErrorBody),
         (status = 400, description = "A bad id, from_version or limit", body = ErrorBody),
         (status = 404, description = "No such payment", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
@@ -383,6 +387,7 @@ async fn payment_events(
         (status = 201, description = "Refunded; the payment's new state", body = PaymentStateSchema,
          headers(("ETag" = String), ("Location" = String), ("X-Request-Id" = Uuid))),
         (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
+        (status = 403, description = "A known caller not given the right to refund", body = ErrorBody),
         (status = 400, description = "Malformed JSON, id, If-Match or key", body = ErrorBody),
         (status = 404, description = "No such payment", body = ErrorBody),
         (status = 409, description = "The payment moved on from the If-Match version", body = ErrorBody),

@@ -280,7 +280,39 @@ impl Payments {
     /// idempotency `key`, a second request with the same key and the same
     /// request returns the payment as it is now and refunds nothing more,
     /// whatever version it is at by then.
+    ///
+    /// Without `expected` the caller did not ask to be told of a concurrent
+    /// change, so losing the race to another append is not its conflict:
+    /// the refund is decided again on the payment as it is now (which may
+    /// then have too little left: that is the caller's 422). Each retry
+    /// follows an append that committed, so the loop ends when the others
+    /// stop writing this payment, and a payment takes a bounded number of
+    /// refunds (each takes at least one minor unit of what is left).
     pub async fn refund(
+        &self,
+        id: PaymentId,
+        expected: Option<u64>,
+        amount: Amount,
+        reason: RefundReason,
+        key: Option<IdempotencyKey<'_>>,
+        cause: Cause,
+    ) -> Result<Written> {
+        loop {
+            match self
+                .refund_once(id, expected, amount, reason.clone(), key, cause)
+                .await
+            {
+                Err(RepositoryError::VersionMismatch { actual, .. }) if expected.is_none() => {
+                    tracing::debug!(%id, actual, "another append won the race; deciding the refund again");
+                }
+                written => return written,
+            }
+        }
+    }
+
+    /// One try of [`Self::refund`]: the decision, on the payment as loaded,
+    /// and its append, expecting exactly the version it was decided on.
+    async fn refund_once(
         &self,
         id: PaymentId,
         expected: Option<u64>,

@@ -12,7 +12,7 @@ use event_store::testing::TestDatabase;
 use payments_service::domain::Payment;
 use payments_service::{AppState, Payments, app};
 use serde_json::{Value, json};
-use service_kit::auth::{Callers, Token};
+use service_kit::auth::{Callers, Credentials, Rights, Token};
 use shared_events::PaymentId;
 use tower::ServiceExt;
 
@@ -22,9 +22,11 @@ const SNAPSHOT_EVERY: u64 = 10;
 struct Harness {
     payments: Payments,
     router: Router,
-    /// ServiceB's token: every request of [`Harness::send`] carries it
-    /// unless it names another `Authorization`.
-    token: Token,
+    /// The callers Payments is configured with, as `cargo xtask
+    /// credentials` makes them: ServiceB reads, the operator reads and
+    /// refunds. Every request of [`Harness::send`] carries the operator's
+    /// token unless it names another `Authorization`.
+    credentials: Credentials,
     _db: TestDatabase,
 }
 
@@ -39,16 +41,16 @@ impl Harness {
         let db = TestDatabase::create().await;
         let payments = Payments::new(db.store.clone(), SNAPSHOT_EVERY);
         payments.migrate().await.expect("migrate");
-        let token = Token::generate();
+        let credentials = Credentials::generate();
         Self {
             router: app(
                 AppState {
                     payments: payments.clone(),
                 },
-                Callers::of([("service-b", &token)]),
+                credentials.callers_of(payments_service::SERVICE),
             ),
             payments,
-            token,
+            credentials,
             _db: db,
         }
     }
@@ -57,7 +59,14 @@ impl Harness {
         request
             .headers_mut()
             .entry(header::AUTHORIZATION)
-            .or_insert_with(|| self.token.authorization());
+            .or_insert_with(|| self.credentials.operator.authorization());
+        self.send_as_is(request).await
+    }
+
+    async fn send_as(&self, token: &Token, mut request: Request<Body>) -> Reply {
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, token.authorization());
         self.send_as_is(request).await
     }
 
@@ -593,6 +602,31 @@ async fn of_twenty_concurrent_refunds_on_one_version_exactly_one_succeeds() {
 }
 
 #[tokio::test]
+async fn concurrent_refunds_without_if_match_are_all_applied_and_none_is_a_conflict() {
+    // Without If-Match the caller asked for no version check: a refund that
+    // loses the append race to another is decided again, not answered 409.
+    let harness = Harness::new().await;
+    let id = id_of(&harness.create().await);
+    let harness = std::sync::Arc::new(harness);
+    let refunds: Vec<_> = (0..20)
+        .map(|_| {
+            let (harness, id) = (std::sync::Arc::clone(&harness), id.clone());
+            tokio::spawn(async move { harness.refund(&id, 10, None).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for refund in refunds {
+        statuses.push(refund.await.expect("request"));
+    }
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED), "{statuses:?}");
+    let payment = harness.get(&format!("/payments/{id}")).await;
+    assert_eq!(
+        (payment.body["version"].clone(), payment.body["refunded"].clone()),
+        (json!(21), json!(200))
+    );
+}
+
+#[tokio::test]
 async fn a_snapshot_plus_tail_gives_the_same_state_as_every_event() {
     let harness = Harness::new().await;
     let id = id_of(&harness.create().await);
@@ -672,7 +706,7 @@ async fn a_snapshot_plus_tail_gives_the_same_state_as_every_event() {
 }
 
 #[tokio::test]
-async fn reading_or_refunding_a_payment_needs_a_callers_token_and_paying_does_not() {
+async fn reading_needs_a_callers_token_refunding_the_refund_right_and_paying_neither() {
     let harness = Harness::new().await;
     let payment = harness.create().await;
     let id = id_of(&payment);
@@ -699,14 +733,27 @@ async fn reading_or_refunding_a_payment_needs_a_callers_token_and_paying_does_no
             assert_eq!(reply.body["error"], "unauthorized", "{what}");
         }
     }
+    // ServiceB's token reads, and is refused the refund: 403, it is known.
+    let [read, events, refund_request] = requests();
+    for request in [read, events] {
+        let what = format!("{} {}", request.method(), request.uri());
+        let reply = harness.send_as(&harness.credentials.service_b, request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{what} with ServiceB's token");
+    }
+    let forbidden = harness
+        .send_as(&harness.credentials.service_b, refund_request)
+        .await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN, "{}", forbidden.body);
+    assert_eq!(forbidden.body["error"], "forbidden");
     let unchanged = harness.get(&format!("/payments/{id}")).await;
-    assert_eq!(unchanged.body["version"], 1, "the refused refund did nothing");
+    assert_eq!(unchanged.body["version"], 1, "the refused refunds did nothing");
+    // The operator was given both rights.
     for request in requests() {
         let what = format!("{} {}", request.method(), request.uri());
         let reply = harness.send(request).await;
         assert!(
             reply.status.is_success(),
-            "{what} with ServiceB's token: {}",
+            "{what} with the operator's token: {}",
             reply.status
         );
     }
@@ -739,7 +786,7 @@ async fn an_unreachable_database_is_a_503() {
         AppState {
             payments: Payments::new(EventStore::new(pool), SNAPSHOT_EVERY),
         },
-        Callers::of([("service-b", &Token::generate())]),
+        Callers::of([("service-b", Rights::READ, &Token::generate())]),
     );
     let request = Request::post("/payments")
         .header(header::CONTENT_TYPE, "application/json")

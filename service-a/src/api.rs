@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use service_kit::auth::{CallerTokenScheme, Callers};
+use service_kit::auth::{CallerTokenScheme, Callers, Right};
 use service_kit::http::{ApiPath, ErrorBody, LookupError, lookup, next_page, page_size};
 use shared_events::PaymentState;
 use utoipa::OpenApi;
@@ -69,7 +69,7 @@ pub fn app(state: AppState, callers: Callers) -> Router {
     let data = Router::new()
         .route("/audit", get(audit))
         .route("/payments/{id}", get(payment));
-    service_kit::auth::protect(data, callers)
+    service_kit::auth::protect(data, callers, Right::Read)
         .merge(service_kit::openapi::openapi_router(openapi()))
         .with_state(state)
 }
@@ -92,6 +92,7 @@ struct AuditQuery {
     responses(
         (status = 200, description = "A page of the notifications handled, in the order recorded; `Link: <...>; rel=\"next\"` while there are more", body = [AuditEntrySchema]),
         (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
+        (status = 403, description = "A known caller not given the right to read", body = ErrorBody),
         (status = 400, description = "A bad limit or after", body = ErrorBody),
         (status = 503, description = "The audit log's database is unreachable", body = ErrorBody),
     ),
@@ -126,6 +127,7 @@ async fn audit(
         (status = 200, description = "The copy of the payment", body = PaymentStateSchema,
          headers(("Copied-At" = String, description = "When the copy last changed here, RFC 3339"))),
         (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
+        (status = 403, description = "A known caller not given the right to read", body = ErrorBody),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No state of that payment arrived (yet)", body = ErrorBody),
     ),
@@ -197,6 +199,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use chrono::{DateTime, Utc};
+    use service_kit::auth::Rights;
     use shared_events::testing::state;
     use tower::ServiceExt;
 
@@ -218,7 +221,7 @@ mod tests {
         app_state.state.copied_at.upsert(payment.payment_id, copied_at);
 
         let token = service_kit::auth::Token::generate();
-        let response = app(app_state, Callers::of([("operator", &token)]))
+        let response = app(app_state, Callers::of([("operator", Rights::READ, &token)]))
             .oneshot(
                 Request::get(format!("/payments/{}", payment.payment_id))
                     .header(axum::http::header::AUTHORIZATION, token.authorization())

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use event_store::testing::TestDatabase;
 use service_a::{AppState, Audit, PaymentEvents, State, app};
-use service_kit::auth::{Callers, Token};
+use service_kit::auth::{Callers, Rights, Token};
 use service_kit::consumer::Handler;
 use shared_events::testing::{delivered, payment};
 use shared_events::{Envelope, Topics};
@@ -106,7 +106,7 @@ async fn the_audit_is_read_a_page_at_a_time_in_the_order_it_was_recorded() {
             state: State::default(),
             audit,
         },
-        Callers::of([("operator", &token)]),
+        Callers::of([("operator", Rights::READ, &token)]),
     );
     let (status, _, body) = get(&router, "/audit", None).await;
     assert_eq!(

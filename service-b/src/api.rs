@@ -8,7 +8,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use service_kit::auth::{CallerTokenScheme, Callers};
+use service_kit::auth::{CallerTokenScheme, Callers, Right};
 use service_kit::http::{ApiPath, ErrorBody, LookupError};
 use shared_events::PaymentId;
 use utoipa::OpenApi;
@@ -46,7 +46,7 @@ pub fn openapi() -> serde_json::Value {
 /// The routes; all but the OpenAPI document answer only `callers`.
 pub fn app(records: Records, callers: Callers) -> Router {
     let data = Router::new().route("/payments/{id}", get(payment));
-    service_kit::auth::protect(data, callers)
+    service_kit::auth::protect(data, callers, Right::Read)
         .merge(service_kit::openapi::openapi_router(openapi()))
         .with_state(records)
 }
@@ -59,6 +59,7 @@ pub fn app(records: Records, callers: Callers) -> Router {
     responses(
         (status = 200, description = "What the callback for the payment returned", body = CallbackRecordSchema),
         (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
+        (status = 403, description = "A known caller not given the right to read", body = ErrorBody),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No callback for that payment succeeded (yet)", body = ErrorBody),
         (status = 503, description = "ServiceB's database is unreachable", body = ErrorBody),

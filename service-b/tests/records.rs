@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use event_store::testing::TestDatabase;
 use service_b::{CallbackRecord, Notifications, PaymentsClient, Records};
-use service_kit::auth::{Callers, Token};
+use service_kit::auth::{Callers, Right, Rights, Token};
 use service_kit::consumer::{HandleError, Handler};
 use shared_events::testing::{delivered, payment, state};
 use shared_events::{Envelope, PaymentReceivedNotification, PaymentState};
@@ -69,7 +69,11 @@ async fn payments_accepting(token: &Token, known: Option<PaymentState>) -> (Stri
             async move { known.map(axum::Json).ok_or(axum::http::StatusCode::NOT_FOUND) }
         }),
     );
-    let router = service_kit::auth::protect(router, Callers::of([("service-b", token)]));
+    let router = service_kit::auth::protect(
+        router,
+        Callers::of([("service-b", Rights::READ, token)]),
+        Right::Read,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(async move { axum::serve(listener, router).await });

@@ -51,7 +51,7 @@ async fn a_payment_reaches_service_a_and_service_b() {
     assert_eq!(record["attempts"], 1, "Payments took ServiceB's token at once");
 
     // Payment data is for known callers only: anonymous reads are refused
-    // by all three, and ServiceB's token opens Payments, not ServiceA.
+    // by all three, and ServiceB's token opens Payments' reads, not ServiceA.
     let anonymous = reqwest::Client::new();
     for url in [
         payments.url(&location),
@@ -77,6 +77,20 @@ async fn a_payment_reaches_service_a_and_service_b() {
     assert_eq!(
         status(as_service_b(service_a.url("/audit")).await),
         StatusCode::UNAUTHORIZED
+    );
+    // ServiceB reads payments and nothing more: a refund with its token is
+    // refused as forbidden (its token is known), and changes nothing.
+    let refund = anonymous
+        .post(payments.url(&format!("{location}/refunds")))
+        .bearer_auth(credentials().service_b.expose())
+        .json(&serde_json::json!({"amount": 1, "reason": "not ServiceB's call"}))
+        .send()
+        .await;
+    assert_eq!(status(refund), StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_json(&http, payments.url(&location)).await.as_ref(),
+        Some(&payment),
+        "the refused refund changed nothing"
     );
     assert_eq!(
         status(anonymous.get(service_a.url("/health")).send().await),

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use service_kit::auth::Token;
 use tokio::process::Command;
 
 /// The schemathesis this project was fuzzed with.
@@ -24,14 +25,21 @@ const VERSION: &str = "4.32.5";
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
                       response_schema_conformance,ignored_auth";
 
+/// The variable that hands schemathesis the operator's token: it reads it
+/// into the `Authorization` header from [`CONFIG`], so that the token is in
+/// no process's command line (`ps` shows those to every user).
+const TOKEN_VAR: &str = "OPERATOR_TOKEN";
+/// schemathesis.toml, which it reads from its working directory.
+const CONFIG: &str = "# Written by `cargo xtask fuzz-http`. The operator may call every route;\n\
+                      # schemathesis sends the token to those the document marks as needing a caller.\n\
+                      headers = { Authorization = \"Bearer ${OPERATOR_TOKEN}\" }\n";
+
 pub async fn run(root: &Path, max_examples: u32) -> Result<()> {
     let st = install(root).await?;
     let work_dir = root.join("target/xtask/schemathesis");
     let reports = work_dir.join("reports");
-    let authorization = format!(
-        "Authorization: Bearer {}",
-        crate::credentials::ensure(root)?.operator.expose()
-    );
+    std::fs::write(work_dir.join("schemathesis.toml"), CONFIG)?;
+    let credentials = crate::credentials::ensure(root)?;
     crate::demo::with_stack(
         root,
         &[],
@@ -41,22 +49,9 @@ pub async fn run(root: &Path, max_examples: u32) -> Result<()> {
                 eprintln!(
                     "xtask: schemathesis against {service} (:{port}), {max_examples} examples per operation"
                 );
-                let status = Command::new(&st)
-                    .arg("run")
-                    .arg(format!("http://127.0.0.1:{port}/openapi.json"))
-                    .args(["--url", &format!("http://127.0.0.1:{port}")])
-                    .args(["--checks", CHECKS])
-                    // The operator may call every route (schemathesis sends
-                    // it to those the document marks as needing a caller).
-                    .args(["--header", &authorization])
-                    .args(["--max-examples", &max_examples.to_string()])
-                    // Reproducible runs: the same requests every time.
-                    .arg("--generation-deterministic")
+                let status = schemathesis(&st, &work_dir, port, max_examples, &credentials.operator)
                     .arg("--report-dir")
                     .arg(reports.join(service))
-                    .args(["--report", "junit"])
-                    // It keeps a `.schemathesis/` of its own in its working directory.
-                    .current_dir(&work_dir)
                     .status()
                     .await
                     .context("cannot run schemathesis")?;
@@ -76,6 +71,25 @@ pub async fn run(root: &Path, max_examples: u32) -> Result<()> {
         }),
     )
     .await
+}
+
+/// `st run` against the service on `port`, in `work_dir` (where it finds
+/// [`CONFIG`] and keeps a `.schemathesis/` of its own), with `operator`'s
+/// token in its environment only.
+fn schemathesis(st: &Path, work_dir: &Path, port: u16, max_examples: u32, operator: &Token) -> Command {
+    let mut command = Command::new(st);
+    command
+        .arg("run")
+        .arg(format!("http://127.0.0.1:{port}/openapi.json"))
+        .args(["--url", &format!("http://127.0.0.1:{port}")])
+        .args(["--checks", CHECKS])
+        .args(["--max-examples", &max_examples.to_string()])
+        // Reproducible runs: the same requests every time.
+        .arg("--generation-deterministic")
+        .args(["--report", "junit"])
+        .env(TOKEN_VAR, operator.expose())
+        .current_dir(work_dir);
+    command
 }
 
 /// The `st` program of the pinned schemathesis, installed when missing.
@@ -105,4 +119,33 @@ async fn install(root: &Path) -> Result<PathBuf> {
     }
     std::fs::write(&marker, "")?;
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_handed_over_in_the_environment_not_on_the_command_line() {
+        let token = Token::generate();
+        let command = schemathesis(Path::new("st"), Path::new("."), 8080, 1, &token);
+        let command = command.as_std();
+        let args: Vec<_> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !args.iter().any(|arg| arg.contains(token.expose())),
+            "the token is in the arguments: {args:?}"
+        );
+        let env: Vec<_> = command.get_envs().collect();
+        assert_eq!(
+            env,
+            [(
+                std::ffi::OsStr::new(TOKEN_VAR),
+                Some(std::ffi::OsStr::new(token.expose()))
+            )]
+        );
+        assert!(CONFIG.contains(&format!("${{{TOKEN_VAR}}}")), "{CONFIG}");
+    }
 }

@@ -1,10 +1,13 @@
-//! Who may read payment data: one bearer token per calling service.
+//! Who may read payment data, and who may refund: one bearer token per
+//! calling service, and per caller the rights it was given.
 //!
 //! `GET /payments/{id}` hands out customer ids and amounts, and so do
-//! ServiceA's copy and audit log and ServiceB's records. Those routes answer
-//! only a caller that sends `Authorization: Bearer <token>` with a token the
-//! service knows; anything else is 401. `/health`, `/ready`, `/metrics` and
-//! `/openapi.json` stay open: they hold no customer data.
+//! ServiceA's copy and audit log and ServiceB's records; a refund moves
+//! money. Those routes answer only a caller that sends `Authorization:
+//! Bearer <token>` with a token the service knows (else 401) and that was
+//! given the [`Right`] the route needs (else 403): ServiceB reads payments
+//! for its callback and may not refund them. `/health`, `/ready`,
+//! `/metrics` and `/openapi.json` stay open: they hold no customer data.
 //!
 //! Why bearer tokens, one per caller, and not mutual TLS or signed JWTs:
 //!
@@ -139,32 +142,155 @@ impl fmt::Debug for TokenDigest {
     }
 }
 
+/// What a protected route needs of its caller. Given per caller in
+/// `HTTP_CALLERS`, so a caller that only reads (ServiceB's callback) cannot
+/// change anything even with its token in hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    /// Read payment data: the `GET` routes of every service.
+    Read,
+    /// Refund a payment (`POST /payments/{id}/refunds`): it moves money.
+    Refund,
+}
+
+impl Right {
+    const ALL: [Self; 2] = [Self::Read, Self::Refund];
+
+    /// Its name in `HTTP_CALLERS`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Refund => "refund",
+        }
+    }
+
+    const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl fmt::Display for Right {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The rights one caller was given; in `HTTP_CALLERS` their names joined by
+/// `+` (`read+refund`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Rights(u8);
+
+impl Rights {
+    /// Reading only: what a caller listed without rights gets.
+    pub const READ: Self = Self::of(&[Right::Read]);
+    /// Reading and refunding: the operator's.
+    pub const READ_REFUND: Self = Self::of(&[Right::Read, Right::Refund]);
+
+    /// Exactly `rights`.
+    pub const fn of(rights: &[Right]) -> Self {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < rights.len() {
+            bits |= rights[i].bit();
+            i += 1;
+        }
+        Self(bits)
+    }
+
+    /// Whether `right` is among them.
+    pub const fn allows(self, right: Right) -> bool {
+        self.0 & right.bit() != 0
+    }
+}
+
+impl FromStr for Rights {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut bits = 0;
+        for name in s.split('+').map(str::trim) {
+            let right = Right::ALL.into_iter().find(|r| r.name() == name).ok_or_else(|| {
+                let known: Vec<_> = Right::ALL.iter().map(|r| r.name()).collect();
+                format!(
+                    "unknown right {name:?}: rights are {} joined by '+'",
+                    known.join(", ")
+                )
+            })?;
+            bits |= right.bit();
+        }
+        Ok(Self(bits))
+    }
+}
+
+impl fmt::Display for Rights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = Right::ALL
+            .into_iter()
+            .filter(|r| self.allows(*r))
+            .map(Right::name)
+            .collect();
+        f.write_str(&names.join("+"))
+    }
+}
+
+impl fmt::Debug for Rights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Rights({self})")
+    }
+}
+
+/// One entry of [`Callers`].
+#[derive(Clone, PartialEq, Eq)]
+struct Caller {
+    name: String,
+    rights: Rights,
+    digest: TokenDigest,
+}
+
 /// The callers a service answers on its protected routes: `HTTP_CALLERS`,
-/// comma-separated `name:digest` entries, each the caller's name (what the
-/// logs say) and the SHA-256 of its token, e.g.
-/// `service-b:3f0a…,operator:91c2…`. Cheap to clone.
+/// comma-separated `name:rights:digest` entries, each the caller's name
+/// (what the logs say), its [`Rights`] and the SHA-256 of its token, e.g.
+/// `service-b:read:3f0a…,operator:read+refund:91c2…`. An entry without
+/// rights (`name:digest`) may read only. Cheap to clone.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Callers(Arc<[(String, TokenDigest)]>);
+pub struct Callers(Arc<[Caller]>);
 
 impl Callers {
-    /// Callers from `(name, token)` pairs, as a service that made the tokens
-    /// (a test, `cargo xtask`) configures its peers.
-    pub fn of<'a>(callers: impl IntoIterator<Item = (&'a str, &'a Token)>) -> Self {
+    /// Callers from `(name, rights, token)`, as a service that made the
+    /// tokens (a test, `cargo xtask`) configures its peers.
+    pub fn of<'a>(callers: impl IntoIterator<Item = (&'a str, Rights, &'a Token)>) -> Self {
         Self(
             callers
                 .into_iter()
-                .map(|(name, token)| (name.to_owned(), token.digest()))
+                .map(|(name, rights, token)| Caller {
+                    name: name.to_owned(),
+                    rights,
+                    digest: token.digest(),
+                })
                 .collect(),
         )
     }
 
     /// The names, for the startup log.
     pub fn names(&self) -> Vec<&str> {
-        self.0.iter().map(|(name, _)| name.as_str()).collect()
+        self.0.iter().map(|caller| caller.name.as_str()).collect()
     }
 
-    /// Who sent `headers`' bearer token, or why nobody known did.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<&str, Refusal> {
+    /// The caller that sent `headers`' bearer token if it may exercise
+    /// `right`: [`Refusal::NotAllowed`] (403) for a known caller without it,
+    /// another [`Refusal`] (401) when nobody known sent it.
+    pub fn authorize(&self, headers: &HeaderMap, right: Right) -> Result<&str, Refusal> {
+        let (name, rights) = self.identify(headers)?;
+        if rights.allows(right) {
+            Ok(name)
+        } else {
+            Err(Refusal::NotAllowed(right))
+        }
+    }
+
+    /// Who sent `headers`' bearer token, with its rights, or why nobody
+    /// known did.
+    pub fn identify(&self, headers: &HeaderMap) -> Result<(&str, Rights), Refusal> {
         let value = headers.get(header::AUTHORIZATION).ok_or(Refusal::NoToken)?;
         let token = value
             .to_str()
@@ -177,9 +303,9 @@ impl Callers {
         // Every entry is compared, so the time taken does not say which
         // entry (if any) matched.
         let mut known = None;
-        for (name, expected) in self.0.iter() {
-            if expected.matches(&digest) {
-                known = Some(name.as_str());
+        for caller in self.0.iter() {
+            if caller.digest.matches(&digest) {
+                known = Some((caller.name.as_str(), caller.rights));
             }
         }
         known.ok_or(Refusal::UnknownToken)
@@ -189,7 +315,7 @@ impl Callers {
     pub fn to_env(&self) -> String {
         self.0
             .iter()
-            .map(|(name, digest)| format!("{name}:{digest}"))
+            .map(|caller| format!("{}:{}:{}", caller.name, caller.rights, caller.digest))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -199,12 +325,19 @@ impl FromStr for Callers {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut callers: Vec<(String, TokenDigest)> = Vec::new();
+        let mut callers: Vec<Caller> = Vec::new();
         for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (name, digest) = entry
-                .split_once(':')
-                .ok_or_else(|| "each entry is name:sha256-of-token".to_owned())?;
-            let name = name.trim();
+            let parts: Vec<&str> = entry.split(':').map(str::trim).collect();
+            let (name, rights, digest) = match parts[..] {
+                [name, digest] => (name, Rights::READ, digest),
+                [name, rights, digest] => (name, rights.parse()?, digest),
+                _ => {
+                    return Err(
+                        "each entry is name:rights:sha256-of-token (rights: read, refund, or read+refund)"
+                            .to_owned(),
+                    );
+                }
+            };
             if name.is_empty()
                 || name.len() > 64
                 || !name
@@ -215,10 +348,14 @@ impl FromStr for Callers {
                     "caller names are 1 to 64 letters, digits, '-' or '_', not {name:?}"
                 ));
             }
-            if callers.iter().any(|(known, _)| known == name) {
+            if callers.iter().any(|known| known.name == name) {
                 return Err(format!("caller {name} is listed twice"));
             }
-            callers.push((name.to_owned(), digest.trim().parse()?));
+            callers.push(Caller {
+                name: name.to_owned(),
+                rights,
+                digest: digest.parse()?,
+            });
         }
         if callers.is_empty() {
             return Err("no callers listed".to_owned());
@@ -229,12 +366,15 @@ impl FromStr for Callers {
 
 impl fmt::Debug for Callers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Callers").field(&self.names()).finish()
+        f.debug_map()
+            .entries(self.0.iter().map(|caller| (&caller.name, caller.rights)))
+            .finish()
     }
 }
 
 /// One set of credentials for the three services: ServiceB's token for
-/// Payments' callback, and an operator's token that reads every service.
+/// Payments' callback, and an operator's token that reads every service and
+/// refunds.
 /// What `cargo xtask credentials` writes into `.env` and what the tests give
 /// the services they start. Who may call whom is decided here, once.
 #[derive(Debug, Clone)]
@@ -253,13 +393,17 @@ impl Credentials {
     }
 
     /// Who may call `service` (by its Kafka client id): Payments answers
-    /// ServiceB's callback and the operator; ServiceA and ServiceB answer
-    /// the operator only, since nothing calls them.
+    /// ServiceB's callback (reading only) and the operator (reading and
+    /// refunding); ServiceA and ServiceB answer the operator only, since
+    /// nothing calls them.
     pub fn callers_of(&self, service: &str) -> Callers {
         if service == "payments-service" {
-            Callers::of([("service-b", &self.service_b), ("operator", &self.operator)])
+            Callers::of([
+                ("service-b", Rights::READ, &self.service_b),
+                ("operator", Rights::READ_REFUND, &self.operator),
+            ])
         } else {
-            Callers::of([("operator", &self.operator)])
+            Callers::of([("operator", Rights::READ, &self.operator)])
         }
     }
 
@@ -274,19 +418,29 @@ impl Credentials {
     }
 }
 
-/// Why a request was refused: all 401, with different messages.
+/// Why a request was refused: 401 when the caller is not known, 403 when it
+/// is and lacks the route's right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// 401.
     #[error("this route needs Authorization: Bearer <token>")]
     NoToken,
+    /// 401.
     #[error("the Authorization header is not Bearer <token>")]
     NotBearer,
+    /// 401.
     #[error("the token is not one of this service's callers")]
     UnknownToken,
+    /// 403: a known caller whose `HTTP_CALLERS` entry lacks the right.
+    #[error("this caller was not given the right to {0} here")]
+    NotAllowed(Right),
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
+        if let Self::NotAllowed(_) = self {
+            return ErrorBody::new("forbidden", self.to_string()).into_response(StatusCode::FORBIDDEN);
+        }
         let mut response =
             ErrorBody::new("unauthorized", self.to_string()).into_response(StatusCode::UNAUTHORIZED);
         // RFC 6750: a 401 names the scheme that would be accepted.
@@ -297,11 +451,15 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// Middleware: lets a request through only from one of `callers`, and names
-/// the caller in the request's span (`enduser.id`, see
+/// Middleware: lets a request through only from one of `callers` given
+/// `right`, and names the caller in the request's span (`enduser.id`, see
 /// [`crate::http::serve`]).
-pub async fn require_caller(State(callers): State<Callers>, request: Request, next: Next) -> Response {
-    match callers.identify(request.headers()) {
+pub async fn require_caller(
+    State((callers, right)): State<(Callers, Right)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match callers.authorize(request.headers(), right) {
         Ok(caller) => {
             tracing::Span::current().record("enduser.id", caller);
             next.run(request).await
@@ -313,14 +471,18 @@ pub async fn require_caller(State(callers): State<Callers>, request: Request, ne
     }
 }
 
-/// `router`'s routes answer only `callers`; routes merged in afterwards
-/// (the OpenAPI document) are not affected.
+/// `router`'s routes answer only those of `callers` given `right`; routes
+/// merged in afterwards (the OpenAPI document) are not affected.
 pub fn protect<S: Clone + Send + Sync + 'static>(
     router: axum::Router<S>,
     callers: Callers,
+    right: Right,
 ) -> axum::Router<S> {
-    tracing::info!(callers = ?callers.names(), "payment data is served to these callers only");
-    router.route_layer(axum::middleware::from_fn_with_state(callers, require_caller))
+    tracing::info!(%right, callers = ?callers, "these routes answer only callers given this right");
+    router.route_layer(axum::middleware::from_fn_with_state(
+        (callers, right),
+        require_caller,
+    ))
 }
 
 /// The OpenAPI security scheme of [`protect`]ed routes: each such path
@@ -338,7 +500,8 @@ impl utoipa::Modify for CallerTokenScheme {
         let mut scheme = Http::new(HttpAuthScheme::Bearer);
         scheme.description = Some(
             "One token per calling service, from its environment; the service holds the token's \
-             SHA-256 in HTTP_CALLERS. 401 without a known token."
+             SHA-256 in HTTP_CALLERS with the rights it was given. 401 without a known token, \
+             403 for a caller without the route's right (read, or refund)."
                 .to_owned(),
         );
         components.add_security_scheme(SECURITY_SCHEME, SecurityScheme::Http(scheme));
@@ -348,7 +511,7 @@ impl utoipa::Modify for CallerTokenScheme {
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
-    use axum::routing::get;
+    use axum::routing::{get, post};
     use tower::ServiceExt;
 
     use super::*;
@@ -365,13 +528,19 @@ mod tests {
     #[test]
     fn a_known_token_names_its_caller_and_anything_else_is_refused() {
         let (b, operator, stranger) = (Token::generate(), Token::generate(), Token::generate());
-        let callers = Callers::of([("service-b", &b), ("operator", &operator)]);
+        let callers = Callers::of([
+            ("service-b", Rights::READ, &b),
+            ("operator", Rights::READ_REFUND, &operator),
+        ]);
         let bearer = |t: &Token| headers(&format!("Bearer {}", t.expose()));
-        assert_eq!(callers.identify(&bearer(&b)), Ok("service-b"));
-        assert_eq!(callers.identify(&bearer(&operator)), Ok("operator"));
+        assert_eq!(callers.identify(&bearer(&b)), Ok(("service-b", Rights::READ)));
+        assert_eq!(
+            callers.identify(&bearer(&operator)),
+            Ok(("operator", Rights::READ_REFUND))
+        );
         assert_eq!(
             callers.identify(&headers(&format!("bearer {}", b.expose()))),
-            Ok("service-b"),
+            Ok(("service-b", Rights::READ)),
             "the scheme is case-insensitive (RFC 7235)"
         );
         assert_eq!(callers.identify(&bearer(&stranger)), Err(Refusal::UnknownToken));
@@ -387,19 +556,42 @@ mod tests {
     #[test]
     fn http_callers_round_trips_and_bad_lists_are_refused_with_a_reason() {
         let (b, operator) = (Token::generate(), Token::generate());
-        let callers = Callers::of([("service-b", &b), ("operator", &operator)]);
-        let parsed: Callers = callers.to_env().parse().expect("parses");
+        let callers = Callers::of([
+            ("service-b", Rights::READ, &b),
+            ("operator", Rights::READ_REFUND, &operator),
+        ]);
+        let env = callers.to_env();
+        assert!(env.starts_with("service-b:read:"), "{env}");
+        assert!(env.contains(",operator:read+refund:"), "{env}");
+        let parsed: Callers = env.parse().expect("parses");
         assert_eq!(parsed, callers);
         assert_eq!(
             parsed.identify(&headers(&format!("Bearer {}", b.expose()))),
-            Ok("service-b")
+            Ok(("service-b", Rights::READ))
         );
 
         let digest = b.digest().to_string();
+        let without_rights: Callers = format!("service-b:{digest}").parse().expect("parses");
+        assert_eq!(
+            without_rights,
+            Callers::of([("service-b", Rights::READ, &b)]),
+            "an entry without rights may read only"
+        );
+        let refund_only: Callers = format!("desk:refund:{digest}").parse().expect("parses");
+        assert_eq!(
+            refund_only,
+            Callers::of([("desk", Rights::of(&[Right::Refund]), &b)])
+        );
         for (value, reason) in [
             ("", "no callers"),
-            ("service-b", "name:sha256"),
+            ("service-b", "name:rights:sha256"),
             ("service-b:abc", "64 hex"),
+            (
+                &format!("service-b:write:{digest}") as &str,
+                "unknown right \"write\"",
+            ),
+            (&format!("service-b:read+:{digest}"), "unknown right \"\""),
+            (&format!("a:read:b:{digest}"), "name:rights:sha256"),
             (&format!("service b:{digest}") as &str, "caller names"),
             (&format!(":{digest}"), "caller names"),
             (&format!("a:{digest},a:{digest}"), "twice"),
@@ -412,12 +604,12 @@ mod tests {
     #[test]
     fn debug_never_shows_a_token_or_only_digests() {
         let token = Token::generate();
-        let callers = Callers::of([("service-b", &token)]);
+        let callers = Callers::of([("service-b", Rights::READ, &token)]);
         for shown in [format!("{token:?}"), format!("{callers:?}")] {
             assert!(!shown.contains(token.expose()), "{shown}");
             assert!(!shown.contains(&token.digest().to_string()), "{shown}");
         }
-        assert_eq!(format!("{callers:?}"), r#"Callers(["service-b"])"#);
+        assert_eq!(format!("{callers:?}"), r#"{"service-b": Rights(read)}"#);
         assert!(token.authorization().is_sensitive());
     }
 
@@ -430,12 +622,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn protected_routes_answer_401_with_the_scheme_and_let_callers_through() {
-        let token = Token::generate();
+    async fn unknown_callers_get_401_callers_without_the_right_403_and_the_rest_pass() {
+        let (token, operator) = (Token::generate(), Token::generate());
+        let callers = Callers::of([
+            ("service-b", Rights::READ, &token),
+            ("operator", Rights::READ_REFUND, &operator),
+        ]);
         let app = protect(
             axum::Router::new().route("/secret", get(|| async { "data" })),
-            Callers::of([("service-b", &token)]),
+            callers.clone(),
+            Right::Read,
         )
+        .merge(protect(
+            axum::Router::new().route("/refund", post(|| async { "refunded" })),
+            callers,
+            Right::Refund,
+        ))
         .route("/open", get(|| async { "open" }));
         let call = |path: &str, authorization: Option<HeaderValue>| {
             let mut request = Request::get(path);
@@ -462,6 +664,34 @@ mod tests {
             .await
             .expect("answer");
         assert_eq!(allowed.status(), StatusCode::OK);
+
+        // A known caller without the route's right: 403, not 401 (its token
+        // is fine; asking again with it will not help).
+        let refund = |authorization| {
+            app.clone().oneshot(
+                Request::post("/refund")
+                    .header(header::AUTHORIZATION, authorization)
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+        };
+        let forbidden = refund(token.authorization()).await.expect("answer");
+        assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+        assert!(!forbidden.headers().contains_key(header::WWW_AUTHENTICATE));
+        let body = axum::body::to_bytes(forbidden.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(body["error"], "forbidden");
+        assert!(
+            body["message"].as_str().is_some_and(|m| m.contains("refund")),
+            "{body}"
+        );
+        let unknown = refund(Token::generate().authorization()).await.expect("answer");
+        assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+        let refunded = refund(operator.authorization()).await.expect("answer");
+        assert_eq!(refunded.status(), StatusCode::OK);
+
         let open = call("/open", None).await.expect("answer");
         assert_eq!(
             open.status(),

@@ -217,13 +217,137 @@ async fn ready_check(State(readiness): State<Readiness>) -> (StatusCode, Json<Re
     }
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled, then stops taking
-/// requests and waits for the ones in flight.
+/// What one client may hold of a service's HTTP server, so that slow or
+/// many clients cannot take it from the others (`/health` included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// `HTTP_HEADER_TIMEOUT_MS` (10 s): how long a connection may take to
+    /// send a request's headers, and may sit idle between requests, before
+    /// it is closed. A client trickling header bytes is cut off.
+    pub header_timeout: Duration,
+    /// `HTTP_REQUEST_TIMEOUT_MS` (30 s): how long a request may take, its
+    /// body and the handler's work included, before it is answered `503`
+    /// (`timeout`) and its handler dropped. Longer than any handler's own
+    /// bound (the database's statement timeout, the pool's acquire).
+    pub request_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS` (512): connections served at once; further
+    /// ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 512,
+        }
+    }
+}
+
+impl HttpLimits {
+    /// The limits from the environment, the defaults where unset.
+    ///
+    /// # Errors
+    ///
+    /// A value that is not a number, or a zero.
+    pub fn from_env() -> std::result::Result<Self, crate::config::ConfigError> {
+        let default = Self::default();
+        let limits = Self {
+            header_timeout: crate::config::millis("HTTP_HEADER_TIMEOUT_MS", default.header_timeout)?,
+            request_timeout: crate::config::millis("HTTP_REQUEST_TIMEOUT_MS", default.request_timeout)?,
+            max_connections: crate::config::var("HTTP_MAX_CONNECTIONS", default.max_connections)?,
+        };
+        if limits.max_connections == 0 {
+            return Err(crate::config::ConfigError {
+                var: "HTTP_MAX_CONNECTIONS",
+                value: "0".to_owned(),
+                reason: "at least one connection is served".to_owned(),
+            });
+        }
+        Ok(limits)
+    }
+}
+
+/// Serves `router` on `listener` within [`HttpLimits::from_env`] until
+/// `stop` is cancelled, then stops taking requests and waits for the ones
+/// in flight.
 pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) -> Result<()> {
-    axum::serve(listener, as_served(router))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await?;
+    serve_within(listener, router, stop, HttpLimits::from_env()?).await
+}
+
+/// [`serve`] within `limits`. HTTP/1.1, as `axum::serve` would, but with
+/// hyper's header read timeout and a bound on connections, which
+/// `axum::serve` does not offer.
+pub async fn serve_within(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+    limits: HttpLimits,
+) -> Result<()> {
+    let app = as_served(router).layer(axum::middleware::from_fn_with_state(
+        limits.request_timeout,
+        answer_within,
+    ));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        // A free slot first: at the limit, new connections wait in the
+        // kernel's backlog rather than being accepted and left unserved.
+        let slot = tokio::select! {
+            slot = Arc::clone(&connections).acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = stop.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: the connection is not
+                    // ours to answer; pause instead of spinning (as
+                    // axum::serve does).
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // A client that went away or was cut off: its business.
+                tracing::debug!(error = %e, "connection ended");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
     Ok(())
+}
+
+/// Middleware: answers `503` (`timeout`) to a request not answered within
+/// `limit`, dropping its handler.
+async fn answer_within(
+    State(limit): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_ms = limit.as_millis(), "request not answered in time");
+            ErrorBody::new(
+                "timeout",
+                format!("the request was not answered within {} ms", limit.as_millis()),
+            )
+            .into_response(StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
 }
 
 /// `router` as [`serve`] serves it: a JSON [`ErrorBody`] for an unknown
@@ -372,6 +496,122 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    /// Limits short enough for a test; `max_connections` as given.
+    fn limits(max_connections: usize) -> HttpLimits {
+        HttpLimits {
+            header_timeout: Duration::from_millis(300),
+            request_timeout: Duration::from_millis(300),
+            max_connections,
+        }
+    }
+
+    /// A server within `limits` on a port of its own, with `/health` and a
+    /// `/slow` route that never answers by itself.
+    async fn server(limits: HttpLimits) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let router = Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .route("/slow", get(std::future::pending::<&'static str>));
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_within(listener, router, stop.clone(), limits));
+        (address, stop)
+    }
+
+    /// `GET path` over a connection of its own; the status and body. Waits
+    /// 10 s at most.
+    async fn get_raw(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+            let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.expect("write");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.expect("read");
+            answer
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("GET {path}: no answer in 10 s"));
+        let status = answer
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        (status, answer)
+    }
+
+    /// A client on `stream` that sends a request line, then one header byte
+    /// every 50 ms for at most 5 s; returns once the server has closed the
+    /// connection.
+    async fn trickle(mut stream: tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+            .await
+            .expect("write");
+        let mut buffer = [0_u8; 256];
+        for _ in 0..100 {
+            if stream.write_all(b"x").await.is_err() {
+                return;
+            }
+            // The end, or an error: closed. hyper may answer 408 before it
+            // closes, so bytes read mean reading on.
+            let read = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buffer)).await;
+            if let Ok(Ok(0) | Err(_)) = read {
+                return;
+            }
+        }
+        panic!("a client trickling its headers was served for 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_client_trickling_its_headers_is_cut_off_and_health_still_answers() {
+        let (address, stop) = server(limits(16)).await;
+        let stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+        let trickler = tokio::spawn(trickle(stream));
+        let (status, body) = get_raw(address, "/health").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(!trickler.is_finished(), "still trickling while /health answered");
+        trickler.await.expect("cut off");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_wait_for_a_free_one() {
+        let (address, stop) = server(limits(1)).await;
+        // Connected first, so accepted first: this client holds the only
+        // connection with half a request, and /health waits in the backlog
+        // until the header timeout closes it.
+        let mut holder = std::net::TcpStream::connect(address).expect("connect");
+        std::io::Write::write_all(&mut holder, b"GET /health HTTP/1.1\r\nHost: test\r\n").expect("write");
+        let (status, body) = get_raw(address, "/health").await;
+        assert_eq!(status, 200, "{body}");
+        // By then the holder's connection was closed (the server closes it
+        // before it frees its slot): reading it now finds the end at once.
+        holder.set_nonblocking(true).expect("nonblocking");
+        let mut buffer = [0_u8; 256];
+        loop {
+            match std::io::Read::read(&mut holder, &mut buffer) {
+                Ok(0) => break,
+                Ok(_) => {} // hyper's 408, before the end
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    panic!("/health was served while another connection held the only slot")
+                }
+                Err(_) => break, // reset: closed too
+            }
+        }
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_request_not_answered_in_time_is_a_503() {
+        let (address, stop) = server(limits(16)).await;
+        let (status, body) = get_raw(address, "/slow").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains(r#""error":"timeout""#), "{body}");
+        stop.cancel();
+    }
 
     /// Found by the `payments_http` fuzz target: `GET /payments/01%9f…`
     /// answered 400 in plain text, not the documented `ErrorBody`.
