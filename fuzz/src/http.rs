@@ -12,8 +12,10 @@
 //! - the status is one the service's OpenAPI document gives for the
 //!   operation the request reached; 405 for a route without that method,
 //!   404 for no route;
-//! - a 503 is only "the database is unavailable" (every input that gets as
-//!   far as the database gets one: see [`crate::unreachable_database`]);
+//! - a 503 is only "the database is unavailable" (with the database down,
+//!   every input that gets as far as it gets one: see
+//!   [`crate::unreachable_database`]; with `FUZZ_DATABASE_URL` it is up,
+//!   and they are stored and read for real: see [`crate::database`]);
 //! - every error answer is the JSON `ErrorBody` (`error` and `message`),
 //!   every success a JSON body.
 
@@ -224,38 +226,73 @@ async fn note_route(request: Request, next: Next) -> Response {
     response
 }
 
-/// Payments, on a database that is down.
+/// Payments, on the database [`crate::database`] names (holding a payment
+/// [`KNOWN_PAYMENT`], which the seeds read and refund), or on one that is
+/// down.
 pub fn payments() -> Service {
     let _runtime = runtime().enter();
-    let pool = PgPoolOptions::new().connect_lazy_with(unreachable_database());
-    let payments = payments_service::Payments::new(EventStore::new(pool), 10);
+    let payments = match crate::database() {
+        Some(options) => runtime().block_on(async {
+            let store = EventStore::connect(options, 4).await.expect("the fuzz database");
+            let payments = payments_service::Payments::new(store, 10);
+            payments.migrate().await.expect("migrate");
+            let known = known_payment();
+            let received = shared_events::PaymentReceived {
+                payment_id: known.payment_id,
+                customer_id: known.customer_id,
+                order_id: known.order_id,
+                amount: known.amount,
+                currency: known.currency,
+                received_at: known.received_at,
+                payment_method: known.payment_method,
+            };
+            let cause = payments_service::repository::Cause {
+                correlation_id: uuid::Uuid::nil(),
+                request_id: uuid::Uuid::nil(),
+            };
+            // Already there from an earlier run of the same database: fine.
+            let _ = payments.create(received, None, cause).await;
+            payments
+        }),
+        None => {
+            let pool = PgPoolOptions::new().connect_lazy_with(unreachable_database());
+            payments_service::Payments::new(EventStore::new(pool), 10)
+        }
+    };
     Service::new(
         payments_service::app(payments_service::AppState { payments }, callers()),
         payments_service::api::openapi(),
     )
 }
 
-/// ServiceA, its audit log on a database that is down, its copy holding
-/// [`KNOWN_PAYMENT`].
+/// ServiceA, its audit log on the database [`crate::database`] names or on
+/// one that is down, its copy holding [`KNOWN_PAYMENT`].
 pub fn service_a() -> Service {
     let _runtime = runtime().enter();
     let state = service_a::State::default();
     let known = known_payment();
     state.payments.upsert(known.payment_id, known);
-    let app = service_a::AppState {
-        state,
-        audit: service_a::Audit::lazy(unreachable_database()),
+    let audit = match crate::database() {
+        Some(options) => runtime()
+            .block_on(service_a::Audit::connect(options, 4))
+            .expect("the fuzz database"),
+        None => service_a::Audit::lazy(unreachable_database()),
     };
+    let app = service_a::AppState { state, audit };
     Service::new(service_a::app(app, callers()), service_a::api::openapi())
 }
 
-/// ServiceB, its records on a database that is down.
+/// ServiceB, its records on the database [`crate::database`] names or on
+/// one that is down.
 pub fn service_b() -> Service {
     let _runtime = runtime().enter();
-    Service::new(
-        service_b::app(service_b::Records::lazy(unreachable_database()), callers()),
-        service_b::api::openapi(),
-    )
+    let records = match crate::database() {
+        Some(options) => runtime()
+            .block_on(service_b::Records::connect(options, 4))
+            .expect("the fuzz database"),
+        None => service_b::Records::lazy(unreachable_database()),
+    };
+    Service::new(service_b::app(records, callers()), service_b::api::openapi())
 }
 
 fn known_payment() -> PaymentState {

@@ -8,9 +8,12 @@
 //!   server parses it, handed to a service's router as served, and the
 //!   checks of its answer.
 //!
-//! Nothing here reaches a database or a broker: the services get a
-//! database that fails at once (see [`unreachable_database`]), which is
-//! what lets a run do thousands of requests a second.
+//! Nothing here reaches a broker. The services get a database that fails
+//! at once (see [`unreachable_database`]), which is what lets a run do
+//! thousands of requests a second, unless `FUZZ_DATABASE_URL` names a real
+//! one ([`database`]): then what gets past validation is stored and read
+//! for real (payments, refunds with `If-Match` and `Idempotency-Key`, the
+//! callback's read, the audit and the records), slower.
 
 pub mod http;
 pub mod record;
@@ -30,6 +33,24 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("a current-thread runtime")
     })
+}
+
+/// The variable naming the database the HTTP targets' services use;
+/// `cargo xtask fuzz` sets it for its `…+db` runs, a database of the local
+/// PostgreSQL made for each target.
+pub const DATABASE_VAR: &str = "FUZZ_DATABASE_URL";
+
+/// The database `FUZZ_DATABASE_URL` names, if it is set.
+///
+/// # Panics
+///
+/// If it is set and is not a PostgreSQL URL.
+pub fn database() -> Option<PgConnectOptions> {
+    let url = std::env::var(DATABASE_VAR).ok().filter(|url| !url.is_empty())?;
+    Some(
+        url.parse()
+            .unwrap_or_else(|e| panic!("{DATABASE_VAR} is not a PostgreSQL URL: {e}")),
+    )
 }
 
 /// A PostgreSQL server nobody runs: a Unix socket that does not exist. Every

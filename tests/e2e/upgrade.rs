@@ -1,19 +1,25 @@
 //! A rolling upgrade, with the real binaries of both releases: from the
-//! release before `PaymentReceived` v2 (it stored and published v1 only) to
+//! previous release (with its credentials and Kafka logins, as deployed) to
 //! this one, consumers first, then Payments, without stopping the flow of
-//! payments and refunds, and without losing any.
+//! payments and refunds, and without losing or repeating any.
 //!
-//! 1. Old Payments, old ServiceB. A new ServiceB joins the old one's group
-//!    (old and new share the partitions and the database), then the old one
-//!    leaves: the consumers are upgraded while v1 is all there is.
+//! 1. Old Payments, old ServiceA, old ServiceB. A new ServiceA and a new
+//!    ServiceB join the old ones' groups (old and new share the partitions
+//!    and each service's database), and are seen owning partitions; then the
+//!    old ones leave.
 //! 2. A new Payments joins the old one on the same event store: both take
-//!    payments, each refunds the other's (the new one upcasts stored v1
-//!    events, the old one reads stored v2 events, ignoring what it does not
-//!    know), and whichever relay leads publishes both.
-//! 3. The old Payments leaves; the new relay takes over, publishing v2.
+//!    payments, each refunds the other's, and whichever relay leads
+//!    publishes both.
+//! 3. The old Payments leaves; the new relay takes over.
 //!
-//! Every payment answered 201 ends up recorded by ServiceB at its last
-//! version, nothing is dead-lettered, and both versions were on the topic.
+//! Every payment answered 201 ends up recorded by ServiceB exactly once per
+//! event at its last version, audited by ServiceA once per notification and
+//! copied at its last version, and nothing is dead-lettered.
+//!
+//! The previous release is [`PREVIOUS_RELEASE`]: the commit its tag names,
+//! built from this repository's history. When a release lands (CI passed on
+//! main), it is tagged `release-N` and this constant moves to it, so that
+//! the upgrade tested is always the one users make next.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,9 +32,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::processes::{Process, kafka_env};
 
-/// The release upgraded from: the last commit before `PaymentReceived` v2.
-/// Its source comes from this repository's history (`git archive`).
-const PREVIOUS_RELEASE: &str = "28e088a65f6accc1fb1cc1e7b6732689d1a387ea";
+/// The release upgraded from: its tag, and the commit the tag names (the
+/// commit is what is built, so that a clone without tags builds it too).
+/// `release-18`: one Kafka user per service (SASL/SCRAM), HTTP callers by
+/// token, `PaymentReceived` v2.
+const PREVIOUS_RELEASE: (&str, &str) = ("release-18", "913723aadad8512eafc3eadc7971ab5ebe400773");
 
 /// The previous release's binary `name`, built on first use under
 /// `target/previous-release/<commit>/` (a build of its own: about 5 minutes
@@ -37,7 +45,8 @@ fn previous_release(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let root = workspace.join("target/previous-release").join(PREVIOUS_RELEASE);
+        let (tag, commit) = PREVIOUS_RELEASE;
+        let root = workspace.join("target/previous-release").join(commit);
         let src = root.join("src");
         if !src.join("Cargo.toml").exists() {
             // Unpacked beside, then renamed: an interrupted unpack is never
@@ -48,7 +57,7 @@ fn previous_release(name: &str) -> PathBuf {
             let status = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(format!(
-                    "git -C '{}' archive --format=tar {PREVIOUS_RELEASE} | tar -x -C '{}'",
+                    "git -C '{}' archive --format=tar {commit} | tar -x -C '{}'",
                     workspace.display(),
                     partial.display()
                 ))
@@ -56,16 +65,26 @@ fn previous_release(name: &str) -> PathBuf {
                 .expect("run git archive");
             assert!(
                 status.success(),
-                "cannot unpack the previous release {PREVIOUS_RELEASE} from git (a clone with its history is needed)"
+                "cannot unpack the previous release {tag} ({commit}) from git (a clone with its history is needed)"
             );
             std::fs::rename(&partial, &src).expect("move the unpacked source in place");
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        eprintln!("building the previous release's binaries ({PREVIOUS_RELEASE}), once");
+        eprintln!("building the previous release's binaries ({tag}, {commit}), once");
         let status = std::process::Command::new(&cargo)
             .current_dir(&src)
             .env("CARGO_TARGET_DIR", root.join("target"))
-            .args(["build", "--locked", "--bins", "-p", "payments-service", "-p", "service-b"])
+            .args([
+                "build",
+                "--locked",
+                "--bins",
+                "-p",
+                "payments-service",
+                "-p",
+                "service-a",
+                "-p",
+                "service-b",
+            ])
             .status()
             .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
         assert!(status.success(), "building the previous release failed ({status})");
@@ -146,18 +165,54 @@ async fn all_recorded(http: &reqwest::Client, url: &str, versions: &[(String, u6
             &format!("service-b recorded {id} at version {version}"),
             || async {
                 let record = get_json(http, format!("{url}/payments/{id}")).await?;
-                (record["payment"]["version"].as_u64()? >= *version).then_some(())
+                (record["payment"]["version"].as_u64()? == *version).then_some(())
             },
         )
         .await;
     }
 }
 
+/// `service`'s `HTTP_CALLERS` as the previous release reads it: `name:digest`
+/// entries (rights per caller came later; without them a caller reads).
+fn previous_callers(service: &str) -> String {
+    integration_tests::credentials()
+        .callers_of(service)
+        .to_env()
+        .split(',')
+        .map(|entry| {
+            let parts: Vec<&str> = entry.split(':').collect();
+            format!("{}:{}", parts[0], parts[parts.len() - 1])
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `env` with `HTTP_CALLERS` set to `callers` (the variables given last win).
+fn with_callers<'a>(env: &[(&'a str, &'a str)], callers: &'a str) -> Vec<(&'a str, &'a str)> {
+    [env, &[("HTTP_CALLERS", callers)]].concat()
+}
+
+/// Waits until the service at `url` owns partitions of its group.
+async fn owns_partitions(http: &reqwest::Client, name: &str, url: &str) {
+    eventually(&format!("{name} owns partitions"), || async {
+        let owned = metric_sum_at(
+            http,
+            &format!("{url}/metrics"),
+            "kafka_consumer_assigned_partitions",
+            "",
+        )
+        .await?;
+        (owned > 0).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
-    let (old_payments_bin, old_service_b_bin) = tokio::task::spawn_blocking(|| {
+async fn a_rolling_upgrade_from_the_previous_release_loses_and_repeats_nothing() {
+    let (old_payments_bin, old_service_a_bin, old_service_b_bin) = tokio::task::spawn_blocking(|| {
         (
             previous_release("payments-service"),
+            previous_release("service-a"),
             previous_release("service-b"),
         )
     })
@@ -167,35 +222,65 @@ async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
     let kafka = kafka_config(&broker).await;
     let store = TestDatabase::empty().await;
     let records = TestDatabase::empty().await;
+    let audit = TestDatabase::empty().await;
     let http = integration_tests::http_client();
-    let group = unique("service-b");
+    let (group_a, group_b) = (unique("service-a"), unique("service-b"));
     let common = kafka_env(&kafka);
     let payments_env = [&common[..], &[("DATABASE_URL", store.url.as_str())]].concat();
+    let previous_payments_callers = previous_callers("payments-service");
+    let previous_operator_callers = previous_callers("service-a");
     // version[id]: the version each payment is at, as Payments answered.
     let mut versions: Vec<(String, u64)> = Vec::new();
 
-    // 1. The previous release, then ServiceB upgraded under load.
-    let mut old_payments = Process::start_binary(&old_payments_bin, "old payments", &payments_env);
+    // 1. The previous release, then ServiceA and ServiceB upgraded under load.
+    let mut old_payments = Process::start_binary(
+        &old_payments_bin,
+        "old payments",
+        &with_callers(&payments_env, &previous_payments_callers),
+    );
     let old_url = format!("http://{}", old_payments.address().await);
     let balancer = Switch::to(old_url.trim_start_matches("http://").parse().expect("address")).await;
     let service_b_env = [
         &common[..],
         &[
-            ("GROUP_ID", group.as_str()),
+            ("GROUP_ID", group_b.as_str()),
             ("PAYMENTS_URL", balancer.url.as_str()),
             ("DATABASE_URL", records.url.as_str()),
         ],
     ]
     .concat();
-    let mut old_service_b = Process::start_binary(&old_service_b_bin, "old service-b", &service_b_env);
+    let service_a_env = [
+        &common[..],
+        &[
+            ("GROUP_ID", group_a.as_str()),
+            ("DATABASE_URL", audit.url.as_str()),
+        ],
+    ]
+    .concat();
+    let mut old_service_b = Process::start_binary(
+        &old_service_b_bin,
+        "old service-b",
+        &with_callers(&service_b_env, &previous_operator_callers),
+    );
+    let mut old_service_a = Process::start_binary(
+        &old_service_a_bin,
+        "old service-a",
+        &with_callers(&service_a_env, &previous_operator_callers),
+    );
     let old_service_b_url = format!("http://{}", old_service_b.address().await);
+    let _ = old_service_a.address().await;
     for i in 0..10 {
         versions.push((pay(&http, &old_url, &payment_request("c-old", 1000 + i)).await, 1));
     }
     // Published by the old relay, handled by the old ServiceB.
     all_recorded(&http, &old_service_b_url, &versions).await;
     let mut new_service_b = Process::start("service-b", &service_b_env);
+    let mut new_service_a = Process::start("service-a", &service_a_env);
     let service_b_url = format!("http://{}", new_service_b.address().await);
+    let service_a_url = format!("http://{}", new_service_a.address().await);
+    // Each new member owns partitions while the old one is still there.
+    owns_partitions(&http, "the new service-b", &service_b_url).await;
+    owns_partitions(&http, "the new service-a", &service_a_url).await;
     for i in 0..10 {
         let id = pay(&http, &old_url, &payment_request("c-old", 2000 + i)).await;
         if i % 2 == 0 {
@@ -216,9 +301,11 @@ async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
         handled_by_old >= 10,
         "the old ServiceB handled {handled_by_old} notifications"
     );
-    // The old member leaves; its partitions go to the new one.
-    let status = old_service_b.terminate().await;
-    assert!(status.success(), "old service-b stopped cleanly: {status}");
+    // The old members leave; their partitions go to the new ones.
+    for (name, process) in [("old service-b", old_service_b), ("old service-a", old_service_a)] {
+        let status = process.terminate().await;
+        assert!(status.success(), "{name} stopped cleanly: {status}");
+    }
 
     // 2. Payments upgraded: old and new on one store.
     let mut new_payments = Process::start("payments-service", &payments_env);
@@ -236,12 +323,6 @@ async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
     // Published by whichever relay leads (the old one, there first), handled
     // by the new ServiceB.
     all_recorded(&http, &service_b_url, &versions).await;
-    // The new Payments upcasts the old one's v1 payments on load.
-    let (v1_id, _) = &versions[0];
-    let upcast = get_json(&http, format!("{new_url}/payments/{v1_id}"))
-        .await
-        .expect("found");
-    assert_eq!(upcast["payment_method"], "unknown", "{upcast}");
 
     // 3. The old Payments leaves; the new relay leads, and takes the new API.
     balancer.switch(new_url.trim_start_matches("http://").parse().expect("address"));
@@ -259,24 +340,46 @@ async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
         .expect("found");
     assert_eq!(card["payment_method"], "card", "{card}");
 
-    // Nothing lost: ServiceB recorded every payment at its last version.
+    // Nothing lost: ServiceB recorded every payment at its last version...
     all_recorded(&http, &service_b_url, &versions).await;
-    // Both versions were published, and none was dead-lettered.
-    let notifications = all_records(
-        &kafka,
-        &kafka.topics.notifications,
-        std::time::Duration::from_secs(1),
-    )
-    .await;
-    let types: std::collections::BTreeSet<String> = notifications
-        .iter()
-        .filter_map(|r| header(r, "ce_type"))
-        .collect();
-    for ce_type in [
-        "payments.payment-received.notification.v1",
-        "payments.payment-received.notification.v2",
-    ] {
-        assert!(types.contains(ce_type), "{ce_type} was published: {types:?}");
+    // ...once per event of it, and handled nothing else.
+    let recorded: Vec<(uuid::Uuid, i64, i32)> =
+        sqlx::query_as("SELECT payment_id, version, notifications FROM payment_records")
+            .fetch_all(records.store.pool())
+            .await
+            .expect("ServiceB's records");
+    assert_eq!(recorded.len(), versions.len(), "one record per payment");
+    for (id, version, notifications) in &recorded {
+        let expected = versions
+            .iter()
+            .find(|(paid, _)| *paid == id.to_string())
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("ServiceB recorded {id}, which nobody paid"));
+        assert_eq!(
+            (*version, i64::from(*notifications)),
+            (expected as i64, expected as i64),
+            "{id}: recorded at its last version, one notification per event"
+        );
+    }
+    // ServiceA audited each notification once and copied each payment at
+    // its last version.
+    let events: u64 = versions.iter().map(|(_, v)| v).sum();
+    let (audited, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM audit_entries")
+            .fetch_one(audit.store.pool())
+            .await
+            .expect("ServiceA's audit");
+    assert_eq!(
+        (audited, distinct),
+        (events as i64, events as i64),
+        "one audit entry per notification"
+    );
+    for (id, version) in &versions {
+        eventually(&format!("service-a copied {id} at version {version}"), || async {
+            let copy = get_json(&http, format!("{service_a_url}/payments/{id}")).await?;
+            (copy["version"].as_u64()? == *version).then_some(())
+        })
+        .await;
     }
     let dead_letters = all_records(
         &kafka,
@@ -289,16 +392,12 @@ async fn a_rolling_upgrade_from_payment_received_v1_to_v2_loses_nothing() {
         "{} notifications were dead-lettered",
         dead_letters.len()
     );
-    // Both versions are in the store, each read back as v2.
-    let stored = store.store.read_all(0, 10_000).await.expect("read");
-    let received: std::collections::BTreeSet<i32> = stored
-        .iter()
-        .filter(|e| e.event_type == "payments.payment-received")
-        .map(|e| e.schema_version)
-        .collect();
-    assert_eq!(received, [1, 2].into(), "payments stored by both releases");
 
-    for (name, process) in [("service-b", new_service_b), ("payments", new_payments)] {
+    for (name, process) in [
+        ("service-a", new_service_a),
+        ("service-b", new_service_b),
+        ("payments", new_payments),
+    ] {
         let status = process.terminate().await;
         assert!(status.success(), "{name} stopped cleanly: {status}");
     }

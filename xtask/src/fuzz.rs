@@ -4,6 +4,14 @@
 //! report, a hang), printing the input that caused it and the command that
 //! replays it.
 //!
+//! Each HTTP target runs twice: with its service's database down (every
+//! input that gets that far is a 503 at once: thousands of inputs a second
+//! through validation, routing and authentication), then as `<target>+db`
+//! with a database of the local PostgreSQL of its own (`FUZZ_DATABASE_URL`),
+//! where payments are stored, refunds decided with `If-Match` and
+//! `Idempotency-Key`, and the callback's read, the audit and the records
+//! read for real.
+//!
 //! cargo-fuzz is installed at a pinned version under
 //! `target/xtask/cargo-fuzz` on first use; the targets build with the
 //! nightly toolchain (libFuzzer's instrumentation needs it) into
@@ -27,6 +35,10 @@ pub const TARGETS: [&str; 4] = [
     "service_b_http",
 ];
 
+/// The variable that gives an HTTP target's service a database
+/// (`fuzz::DATABASE_VAR`; the fuzz crate is a workspace of its own).
+const DATABASE_VAR: &str = "FUZZ_DATABASE_URL";
+
 /// Where the build, the corpora, the crash inputs and the logs go, from the
 /// workspace root.
 const TARGET_DIR: &str = "target/fuzz";
@@ -36,9 +48,9 @@ const BINARIES: &str = "x86_64-unknown-linux-gnu/release";
 
 /// libFuzzer's options, the same for every target.
 const LIBFUZZER_OPTIONS: &[&str] = &[
-    // One input taking this long is a hang: inputs take microseconds (the
-    // services' database fails at once), so 10 s leaves room for a slow
-    // machine and none for a loop.
+    // One input taking this long is a hang: inputs take microseconds with
+    // the services' database down and milliseconds with it up, so 10 s
+    // leaves room for a slow machine and none for a loop.
     "-timeout=10",
     // The statistics parsed below (executions, executions per second).
     "-print_final_stats=1",
@@ -82,19 +94,44 @@ pub async fn run(root: &Path, options: &Options) -> Result<()> {
     eprintln!("xtask: fuzz targets built in {} s", started.elapsed().as_secs());
 
     let mut runs = Vec::new();
-    for target in targets {
+    for &target in &targets {
         eprintln!("xtask: fuzzing {target} for {} s", options.seconds);
-        let run = crate::unless_interrupted(fuzz(root, target, options.seconds)).await?;
-        runs.push((target, run));
+        let run = crate::unless_interrupted(fuzz(root, target, options.seconds, None)).await?;
+        runs.push((target.to_owned(), run));
+    }
+    let with_database: Vec<&str> = targets.into_iter().filter(|t| t.ends_with("_http")).collect();
+    if !with_database.is_empty() {
+        let postgres = crate::postgres::LocalPostgres::new(root);
+        let started = postgres.start().await?;
+        let result = async {
+            for &target in &with_database {
+                let database = format!("fuzz_{target}");
+                crate::postgres::create_local_database(&database)?;
+                let url = format!(
+                    "postgres://postgres@127.0.0.1:{}/{database}",
+                    crate::postgres::PG_PORT
+                );
+                eprintln!(
+                    "xtask: fuzzing {target} with its database up for {} s",
+                    options.seconds
+                );
+                let run = crate::unless_interrupted(fuzz(root, target, options.seconds, Some(&url))).await?;
+                runs.push((format!("{target}+db"), run));
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        let stopped = if started { postgres.stop() } else { Ok(()) };
+        result.and(stopped)?;
     }
 
     eprintln!(
-        "\n{:<16} {:>8} {:>12} {:>8} {:>8} {:>9}  crashes",
+        "\n{:<19} {:>8} {:>12} {:>8} {:>8} {:>9}  crashes",
         "target", "seconds", "executions", "exec/s", "corpus", "coverage"
     );
     for (target, run) in &runs {
         eprintln!(
-            "{target:<16} {:>8} {:>12} {:>8} {:>8} {:>9}  {}",
+            "{target:<19} {:>8} {:>12} {:>8} {:>8} {:>9}  {}",
             options.seconds,
             run.executions,
             run.per_second,
@@ -112,9 +149,14 @@ pub async fn run(root: &Path, options: &Options) -> Result<()> {
     }
     for (target, crash) in &crashed {
         let crash = crash.display();
+        // `payments_http+db` is the binary `payments_http` with the database.
+        let (binary, database) = match target.split_once('+') {
+            Some((binary, _)) => (binary, format!("{}=<a database> ", DATABASE_VAR)),
+            None => (target.as_str(), String::new()),
+        };
         eprintln!(
-            "\nxtask: {target} crashed on {crash}\n  its log: {}\n  replay it: {}/{BINARIES}/{target} {crash}\n  \
-             or, rebuilding first: PATH=target/xtask/cargo-fuzz/bin:$PATH cargo +nightly fuzz run --target-dir {TARGET_DIR} {target} {crash}",
+            "\nxtask: {target} crashed on {crash}\n  its log: {}\n  replay it: {database}{}/{BINARIES}/{binary} {crash}\n  \
+             or, rebuilding first: PATH=target/xtask/cargo-fuzz/bin:$PATH {database}cargo +nightly fuzz run --target-dir {TARGET_DIR} {binary} {crash}",
             log_of(root, target).display(),
             TARGET_DIR,
         );
@@ -195,19 +237,30 @@ fn nightly_cargo_fuzz(cargo_fuzz_bin: &Path) -> Result<Command> {
     Ok(command)
 }
 
-/// Runs `target` for `seconds` from its corpus and seeds; its log goes to
-/// `target/fuzz/logs/<target>.log`.
-async fn fuzz(root: &Path, target: &str, seconds: u64) -> Result<Run> {
+/// Runs `target` for `seconds` from its corpus and seeds, its service on
+/// `database` if given (else on one that is down); its log goes to
+/// `target/fuzz/logs/<target>.log` (`<target>+db.log`).
+async fn fuzz(root: &Path, target: &str, seconds: u64, database: Option<&str>) -> Result<Run> {
     let dir = root.join(TARGET_DIR);
+    let name = match database {
+        Some(_) => format!("{target}+db"),
+        None => target.to_owned(),
+    };
+    // One corpus for both runs of a target: what one found, the other tries.
     let corpus = dir.join("corpus").join(target);
-    let artifacts = dir.join("artifacts").join(target);
-    let log = log_of(root, target);
+    let artifacts = dir.join("artifacts").join(&name);
+    let log = log_of(root, &name);
     for created in [&corpus, &artifacts, &dir.join("logs")] {
         std::fs::create_dir_all(created).with_context(|| format!("cannot create {}", created.display()))?;
     }
     let binary = dir.join(BINARIES).join(target);
     let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-    let status = Command::new(&binary)
+    let mut command = Command::new(&binary);
+    match database {
+        Some(url) => command.env(DATABASE_VAR, url),
+        None => command.env_remove(DATABASE_VAR),
+    };
+    let status = command
         // The first directory is where new inputs go; the seeds are only read.
         .arg(&corpus)
         .arg(root.join("fuzz/seeds").join(target))
@@ -232,7 +285,7 @@ async fn fuzz(root: &Path, target: &str, seconds: u64) -> Result<Run> {
     run.corpus = std::fs::read_dir(&corpus)?.count();
     if !status.success() && run.crash.is_none() {
         bail!(
-            "{target} failed ({status}) without naming a crash input: see {}",
+            "{name} failed ({status}) without naming a crash input: see {}",
             log.display()
         );
     }
