@@ -195,7 +195,9 @@ async fn a_database_made_before_its_role_is_handed_to_the_role_with_everything_i
     old.close().await.ok();
 
     let password = Secret::new(Token::generate().expose());
-    let own = provision(&server, &name, &password).await.expect("the role, given the database");
+    let own = provision(&server, &name, &password)
+        .await
+        .expect("the role, given the database");
     let mut service = PgConnection::connect_with(own.options())
         .await
         .expect("the role connects");
@@ -206,7 +208,10 @@ async fn a_database_made_before_its_role_is_handed_to_the_role_with_everything_i
         "CREATE OR REPLACE FUNCTION noted() RETURNS text LANGUAGE sql AS $$ SELECT 'new' $$",
         "CREATE TABLE later (id BIGINT PRIMARY KEY)",
     ] {
-        sqlx::query(statement).execute(&mut service).await.expect(statement);
+        sqlx::query(statement)
+            .execute(&mut service)
+            .await
+            .expect(statement);
     }
     let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM entries")
         .fetch_one(&mut service)

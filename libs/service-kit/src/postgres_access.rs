@@ -92,9 +92,20 @@ pub async fn provision(admin: &DatabaseUrl, name: &str, password: &Secret) -> sq
         sqlx::query(&hand_over(name)).execute(&mut inside).await?;
         inside.close().await?;
     }
-    Ok(DatabaseUrl::from(
-        admin.username(name).password(password.expose()).database(name),
-    ))
+    Ok(login(&DatabaseUrl::from(admin), name, password))
+}
+
+/// How role `name`, with `password`, reaches its database on `server`'s
+/// server.
+pub fn login(server: &DatabaseUrl, name: &str, password: &Secret) -> DatabaseUrl {
+    DatabaseUrl::from(
+        server
+            .options()
+            .clone()
+            .username(name)
+            .password(password.expose())
+            .database(name),
+    )
 }
 
 /// A block that gives role `name` every table, view, sequence and function
@@ -157,7 +168,15 @@ mod tests {
         for good in ["payments", "service_a", "test_0f3a", "_x"] {
             assert!(is_plain_identifier(good), "{good}");
         }
-        for bad in ["", "Payments", "service-a", "1x", "a;drop role postgres", "a b", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Payments",
+            "service-a",
+            "1x",
+            "a;drop role postgres",
+            "a b",
+            &"a".repeat(64),
+        ] {
             assert!(!is_plain_identifier(bad), "{bad}");
         }
     }
