@@ -8,8 +8,10 @@ use service_kit::config::{
     ConfigError, DatabaseUrl, KafkaConfig, credential, millis, secret, shutdown_timeout, startup_timeout, var,
 };
 
-/// Where the local PostgreSQL of `cargo xtask pg up` listens.
-pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Payments' own database on the local PostgreSQL of `cargo xtask pg up`,
+/// as its own role (which `pg up` makes; that server trusts loopback, so no
+/// password).
+pub const LOCAL_DATABASE_URL: &str = "postgres://payments@127.0.0.1:5432/payments";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -17,7 +19,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Broker and topics (`KAFKA_BOOTSTRAP_SERVERS`, `TOPIC_*`).
     pub kafka: KafkaConfig,
-    /// `DATABASE_URL`: the event store's PostgreSQL. Default: the local one.
+    /// `DATABASE_URL`: the event store's PostgreSQL database, as a role
+    /// that owns it (it runs its migrations). Default: [`LOCAL_DATABASE_URL`].
     pub database: DatabaseUrl,
     /// `HTTP_CALLERS`: who may read a payment, its events, and refund it
     /// (ServiceB, operators): `name:sha256-of-token` entries. Required.

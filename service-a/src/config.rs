@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use service_kit::auth::{Callers, HTTP_CALLERS};
 use service_kit::config::{ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, credential, secret, var};
 
-/// ServiceA's own database on the local PostgreSQL of `cargo xtask pg up`
-/// (which creates it).
-pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/service_a";
+/// ServiceA's own database on the local PostgreSQL of `cargo xtask pg up`,
+/// as its own role (which `pg up` makes; that server trusts loopback, so no
+/// password).
+pub const LOCAL_DATABASE_URL: &str = "postgres://service_a@127.0.0.1:5432/service_a";
 
 #[derive(Debug, Clone)]
 pub struct Config {

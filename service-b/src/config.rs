@@ -8,9 +8,10 @@ use service_kit::config::{
     ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, credential, millis, secret, var,
 };
 
-/// ServiceB's own database on the local PostgreSQL of `cargo xtask pg up`
-/// (which creates it).
-pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/service_b";
+/// ServiceB's own database on the local PostgreSQL of `cargo xtask pg up`,
+/// as its own role (which `pg up` makes; that server trusts loopback, so no
+/// password).
+pub const LOCAL_DATABASE_URL: &str = "postgres://service_b@127.0.0.1:5432/service_b";
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -937,6 +937,13 @@ async fn a_service_without_its_broker_or_database_says_what_to_start() {
     let quick = ("STARTUP_TIMEOUT_MS", "1500");
     // ServiceA's own: Payments' database holds Payments' schema.
     let service_a_database = TestDatabase::empty().await;
+    // ServiceB's role, pointed at Payments' database: not its own.
+    let service_b_database = TestDatabase::empty().await;
+    let into_the_store = service_b_database.url.replace(
+        &format!("/{}?", service_b_database.name),
+        &format!("/{}?", database.name),
+    );
+    assert_ne!(into_the_store, service_b_database.url);
 
     let good_kafka = kafka_env(&kafka);
     let no_broker = [
@@ -946,7 +953,7 @@ async fn a_service_without_its_broker_or_database_says_what_to_start() {
     ];
     // (service, its broker settings, its DATABASE_URL, what it must say)
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a [&'a str]);
-    let cases: [Case<'_>; 4] = [
+    let cases: [Case<'_>; 5] = [
         (
             "payments-service",
             &good_kafka,
@@ -958,6 +965,12 @@ async fn a_service_without_its_broker_or_database_says_what_to_start() {
             &good_kafka,
             &missing,
             &["has no database `no_such_database`", "cargo xtask pg up"],
+        ),
+        (
+            "service-b",
+            &good_kafka,
+            &into_the_store,
+            &["refused a connection", "permission denied for database"],
         ),
         (
             "payments-service",

@@ -159,7 +159,8 @@ impl Compose<'_> {
     /// Waits until every container of the project reports itself healthy,
     /// failing if one was restarted: the restart policy would hide a service
     /// that started before what it needs was ready, and crashed. A step that
-    /// runs once (`kafka-access`: no health check) must have exited with 0.
+    /// runs once (`kafka-access`, `postgres-access`: no health check) must
+    /// have exited with 0.
     async fn all_healthy(&self) -> Result<()> {
         let output = self.command().args(["ps", "--quiet"]).output().await?;
         let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)

@@ -1,5 +1,5 @@
-//! `cargo xtask credentials`: this checkout's bearer tokens and Kafka
-//! passwords, in `.env`.
+//! `cargo xtask credentials`: this checkout's bearer tokens, Kafka and
+//! PostgreSQL passwords, in `.env`.
 //!
 //! The services refuse to start without them (`HTTP_CALLERS`, and ServiceB's
 //! `PAYMENTS_TOKEN`; see `service_kit::auth`), and none is in the
@@ -12,7 +12,11 @@
 //!
 //! The Kafka passwords are those of the services' own Kafka users
 //! (`kafka_ops::access`): `*_KAFKA_PASSWORD`, made the same way, and
-//! appended to a `.env` made before they existed.
+//! appended to a `.env` made before they existed. So are the PostgreSQL
+//! passwords: each service's role's (`service_kit::postgres_access`),
+//! `*_DATABASE_PASSWORD`, and the superuser's, `POSTGRES_PASSWORD`, which
+//! compose gives the server on a new volume (the local server trusts
+//! loopback, and checks none of them).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,12 +26,15 @@ use anyhow::{Context, Result, bail};
 use kafka_ops::access;
 use service_kit::auth::{Credentials, Token};
 use service_kit::config::{KafkaConfig, Secret};
+use service_kit::postgres_access;
 
 use crate::broker::LocalBroker;
 
 /// The tokens' variables; the `*_HTTP_CALLERS` lines follow from them.
 const OPERATOR_TOKEN: &str = "OPERATOR_TOKEN";
 const SERVICE_B_TOKEN: &str = "SERVICE_B_TOKEN";
+/// The PostgreSQL superuser's password, for compose.
+const POSTGRES_PASSWORD: &str = "POSTGRES_PASSWORD";
 
 /// The file, at the workspace root.
 pub fn path(root: &Path) -> PathBuf {
@@ -50,6 +57,7 @@ pub fn run(root: &Path) -> Result<()> {
 /// first (the file is created readable by its owner only).
 pub fn ensure(root: &Path) -> Result<Credentials> {
     kafka_users(root)?;
+    database_logins(root)?;
     let existing = read(root)?;
     if let Some(credentials) = parse(&existing).with_context(|| format!("in {}", path(root).display()))? {
         return Ok(credentials);
@@ -63,27 +71,53 @@ pub fn ensure(root: &Path) -> Result<Credentials> {
 /// This checkout's Kafka users ([`access::USERS`]) in their roles, with
 /// their passwords from `.env`; those missing are made and appended first.
 pub fn kafka_users(root: &Path) -> Result<Vec<access::User>> {
-    let existing = read(root)?;
-    let missing: String = access::USERS
+    let text = passwords(
+        root,
+        access::USERS.map(|(_, var)| var),
+        "Each service's own Kafka user's password (SCRAM-SHA-512)",
+    )?;
+    access::demo_users(|var| password(root, &text, var))
+}
+
+/// This checkout's PostgreSQL roles ([`postgres_access::ROLES`]), each with
+/// its password from `.env`; those missing (and the superuser's, for
+/// compose) are made and appended first.
+pub fn database_logins(root: &Path) -> Result<Vec<(&'static str, Secret)>> {
+    let vars = postgres_access::ROLES.map(|(_, var, _)| var);
+    let text = passwords(
+        root,
+        vars.into_iter().chain([POSTGRES_PASSWORD]),
+        "Each service's own PostgreSQL role's password, and the superuser's (POSTGRES_PASSWORD)",
+    )?;
+    postgres_access::ROLES
         .iter()
-        .filter(|(_, var)| value(&existing, var).is_none())
-        .map(|(_, var)| format!("{var}={}\n", Token::generate().expose()))
+        .map(|&(role, var, _)| Ok((role, password(root, &text, var)?)))
+        .collect()
+}
+
+/// `.env`'s text, once it has a value for each of `vars`: those missing
+/// are made and appended, under a comment that says what they are.
+fn passwords(root: &Path, vars: impl IntoIterator<Item = &'static str>, what: &str) -> Result<String> {
+    let existing = read(root)?;
+    let missing: String = vars
+        .into_iter()
+        .filter(|var| value(&existing, var).is_none())
+        .map(|var| format!("{var}={}\n", Token::generate().expose()))
         .collect();
     if !missing.is_empty() {
         append(
             root,
-            &format!(
-                "\n# Each service's own Kafka user's password (SCRAM-SHA-512), made by\n\
-                 # `cargo xtask credentials`. Not in git.\n{missing}"
-            ),
+            &format!("\n# {what}, made by\n# `cargo xtask credentials`. Not in git.\n{missing}"),
         )?;
     }
-    let text = read(root)?;
-    access::demo_users(|var| {
-        value(&text, var)
-            .map(Secret::new)
-            .with_context(|| format!("{var} missing from {}", path(root).display()))
-    })
+    read(root)
+}
+
+/// The password `text` (`.env`'s) gives `var`.
+fn password(root: &Path, text: &str, var: &str) -> Result<Secret> {
+    value(text, var)
+        .map(Secret::new)
+        .with_context(|| format!("{var} missing from {}", path(root).display()))
 }
 
 /// Makes the topics, this checkout's Kafka users and their ACLs on the
@@ -243,6 +277,18 @@ mod tests {
             kafka_login(&users, "payments-service")[0],
             ("KAFKA_SASL_USERNAME", "payments".to_owned())
         );
+        // Every PostgreSQL role has its own password, the same on every
+        // read, and compose has the superuser's.
+        let logins = database_logins(&dir).expect("database logins");
+        assert_eq!(
+            logins.iter().map(|(role, _)| *role).collect::<Vec<_>>(),
+            ["payments", "service_a", "service_b"]
+        );
+        assert_ne!(logins[0].1, logins[1].1);
+        let again = database_logins(&dir).expect("read back");
+        assert_eq!(logins, again);
+        let text = std::fs::read_to_string(path(&dir)).expect("read");
+        assert!(value(&text, POSTGRES_PASSWORD).is_some(), "{POSTGRES_PASSWORD}");
 
         // A new file is its owner's only.
         std::fs::remove_file(path(&dir)).expect("remove");

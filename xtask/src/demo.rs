@@ -3,7 +3,8 @@
 //! Starts the local broker and the local PostgreSQL (unless
 //! `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` point elsewhere; then set
 //! `SERVICE_A_DATABASE_URL` and `SERVICE_B_DATABASE_URL` to their own
-//! databases too), builds and
+//! databases too), each service logging in to PostgreSQL as its own role
+//! (`pg up` makes them), builds and
 //! starts the three services with their default addresses, and prefixes each
 //! line they log with the service's name, and says when all are ready
 //! (`GET /ready`). Ctrl-c or SIGTERM (or any service exiting) stops the
@@ -210,7 +211,7 @@ fn spawn(root: &Path, service: &'static str, env: &[(&str, String)]) -> Result<C
             "KAFKA_BOOTSTRAP_SERVERS",
             crate::env_set("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|| broker::BOOTSTRAP.to_owned()),
         )
-        .env("DATABASE_URL", database_url(service))
+        .env("DATABASE_URL", database_url(root, service)?)
         // Last: what the caller gives wins over the defaults above.
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -228,20 +229,28 @@ fn spawn(root: &Path, service: &'static str, env: &[(&str, String)]) -> Result<C
     Ok(child)
 }
 
-/// Each service's own database: Payments' event store in `DATABASE_URL`
-/// (default: the local server's `postgres`), ServiceA's audit log and
-/// ServiceB's records in `SERVICE_A_DATABASE_URL` and
-/// `SERVICE_B_DATABASE_URL` (default: the local server's `service_a` and
-/// `service_b`, which `pg up` creates).
-fn database_url(service: &str) -> String {
-    let own = |var: &str, database: &str| {
-        crate::env_set(var).unwrap_or_else(|| format!("postgres://postgres@127.0.0.1:5432/{database}"))
+/// Each service's own database: Payments' event store in `DATABASE_URL`,
+/// ServiceA's audit log and ServiceB's records in `SERVICE_A_DATABASE_URL`
+/// and `SERVICE_B_DATABASE_URL`; by default, on the local server, each
+/// service's own database as its own role (`payments`, `service_a`,
+/// `service_b`, which `pg up` makes), with its password from `.env`.
+fn database_url(root: &Path, service: &str) -> Result<String> {
+    let var = match service {
+        "service-a" => "SERVICE_A_DATABASE_URL",
+        "service-b" => "SERVICE_B_DATABASE_URL",
+        _ => "DATABASE_URL",
     };
-    match service {
-        "service-a" => own("SERVICE_A_DATABASE_URL", "service_a"),
-        "service-b" => own("SERVICE_B_DATABASE_URL", "service_b"),
-        _ => crate::env_set("DATABASE_URL").unwrap_or_else(|| postgres::DATABASE_URL.to_owned()),
+    if let Some(url) = crate::env_set(var) {
+        return Ok(url);
     }
+    let role =
+        service_kit::postgres_access::role_of(service).with_context(|| format!("{service} has no role"))?;
+    let logins = crate::credentials::database_logins(root)?;
+    let (_, password) = logins
+        .iter()
+        .find(|(name, _)| *name == role)
+        .with_context(|| format!("no password for role {role}"))?;
+    Ok(postgres::service_url(role, password))
 }
 
 /// Copies `stream` to stderr line by line, each line prefixed by `name`.

@@ -232,6 +232,8 @@ struct Stack {
     ports: [u16; 5],
     children: [Option<Child>; 5],
     credentials: Credentials,
+    /// Payments', ServiceA's and ServiceB's own database, as its own role.
+    databases: [String; 3],
     /// In front of Payments, for ServiceB's callbacks.
     callbacks: Gate,
 }
@@ -241,11 +243,13 @@ impl Stack {
         let run = format!("{}-{}", fault.name(), Utc::now().format("%Y%m%d%H%M%S"));
         let dir = root.join("target/xtask/faults").join(&run);
         std::fs::create_dir_all(&dir)?;
-        // `test_` databases and `test.` topics: what `cargo xtask test`
-        // clears on the local servers.
+        // `test_` databases and roles, and `test.` topics: what `cargo xtask
+        // test` clears on the local servers.
+        let mut databases = Vec::new();
         for database in ["payments", "service_a", "service_b"] {
-            crate::postgres::create_local_database(&Self::database(&run, database))?;
+            databases.push(crate::postgres::own_database(&Self::database(&run, database)).await?);
         }
+        let databases = databases.try_into().expect("three databases");
         let mut stack = Self {
             root: root.to_owned(),
             dir,
@@ -261,6 +265,7 @@ impl Stack {
             ],
             children: [None, None, None, None, None],
             credentials: Credentials::generate(),
+            databases,
             callbacks: Gate::default(),
         };
         stack.callbacks = Gate::start(stack.ports[PAYMENTS]).await?;
@@ -299,9 +304,9 @@ impl Stack {
         let service = PROCESSES[process];
         let kafka = self.kafka();
         let database = match service {
-            "payments-service" => "payments",
-            "service-a" => "service_a",
-            _ => "service_b",
+            "payments-service" => &self.databases[0],
+            "service-a" => &self.databases[1],
+            _ => &self.databases[2],
         };
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -314,13 +319,7 @@ impl Stack {
             .env("TOPIC_NOTIFICATIONS", &kafka.topics.notifications)
             .env("TOPIC_STATE", &kafka.topics.state)
             .env("GROUP_ID", self.group(process))
-            .env(
-                "DATABASE_URL",
-                format!(
-                    "postgres://postgres@127.0.0.1:5432/{}",
-                    Self::database(&self.run, database)
-                ),
-            )
+            .env("DATABASE_URL", database)
             .env("HTTP_ADDR", format!("127.0.0.1:{}", self.ports[process]))
             .env(
                 "PAYMENTS_URL",

@@ -42,11 +42,13 @@ enum Task {
         action: KafkaAction,
     },
     /// This checkout's bearer tokens (the operator's, ServiceB's) and what
-    /// each service accepts, in .env (not in git), made unless there are
-    /// some; docker compose and `cargo xtask up` read them from there.
+    /// each service accepts, and the services' Kafka and PostgreSQL
+    /// passwords, in .env (not in git), made unless there are some; docker
+    /// compose and `cargo xtask up` read them from there.
     Credentials,
     /// The local throwaway PostgreSQL (Debian's packages, 127.0.0.1:5432,
-    /// trust authentication), under target/xtask/postgres.
+    /// trust authentication), under target/xtask/postgres, with each
+    /// service's role and database.
     Pg {
         #[command(subcommand)]
         action: Local,

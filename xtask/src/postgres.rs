@@ -10,6 +10,13 @@
 //!
 //! Everything lives under `target/xtask/postgres/`: the data directory and
 //! `postgres.log`. Delete it to start again from an empty cluster.
+//!
+//! Each service logs in as its own role, which owns its own database
+//! (`service_kit::postgres_access`): `pg up` makes them, with the passwords
+//! in `.env`. With trust authentication those passwords are not checked: on
+//! this single-user server the roles keep each service inside its own
+//! database (another's refuses it), not a local user out of any; compose's
+//! server checks them.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -18,16 +25,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use service_kit::auth::Token;
+use service_kit::config::{DatabaseUrl, Secret};
+use service_kit::postgres_access;
 
 use crate::process::{is_alive, runs_program};
 
 /// The port the local server listens on, on 127.0.0.1.
 pub const PG_PORT: u16 = 5432;
-/// How clients reach the local server (trust authentication: no password).
+/// The local server as its superuser (trust authentication: no password),
+/// for xtask and the tests' setup; the services log in as their own roles
+/// ([`service_url`]).
 pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-/// ServiceA's and ServiceB's own databases on the local server, created by
-/// `pg up`.
-pub const SERVICE_DATABASES: [&str; 2] = ["service_a", "service_b"];
 /// Where Debian installs each major version's server programs.
 const INSTALL_ROOT: &str = "/usr/lib/postgresql";
 /// The OS user the server runs as when xtask runs as root.
@@ -41,6 +50,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct LocalPostgres {
+    /// The workspace: `.env` holds the services' roles' passwords.
+    root: PathBuf,
     /// `target/xtask/postgres`: the data directory and the log.
     dir: PathBuf,
     /// Whether xtask runs as root, so the server must run as [`OS_USER`].
@@ -50,6 +61,7 @@ pub struct LocalPostgres {
 impl LocalPostgres {
     pub fn new(root: &Path) -> Self {
         Self {
+            root: root.to_owned(),
             dir: root.join("target/xtask/postgres"),
             as_root: effective_uid() == Some(0),
         }
@@ -80,9 +92,7 @@ impl LocalPostgres {
         let bin = bin_dir()?;
         if let Some(pid) = self.running_pid() {
             wait_until_ready(&bin, pid, &self.log_path()).await?;
-            for database in SERVICE_DATABASES {
-                create_database(&bin, database)?;
-            }
+            self.provision_services().await?;
             return Ok(false);
         }
         if matches!(pg_isready(&bin)?, READY | REJECTING) {
@@ -121,10 +131,19 @@ impl LocalPostgres {
             )
         })?;
         wait_until_ready(&bin, pid, &self.log_path()).await?;
-        for database in SERVICE_DATABASES {
-            create_database(&bin, database)?;
-        }
+        self.provision_services().await?;
         Ok(true)
+    }
+
+    /// Each service's role and database ([`postgres_access::ROLES`]), with
+    /// its password from `.env`.
+    async fn provision_services(&self) -> Result<()> {
+        for (role, password) in crate::credentials::database_logins(&self.root)? {
+            postgres_access::provision(&superuser(), role, &password)
+                .await
+                .with_context(|| format!("cannot make role and database {role}"))?;
+        }
+        Ok(())
     }
 
     /// Stops the server: a fast shutdown (clients are disconnected, open
@@ -289,53 +308,67 @@ fn pg_isready(bin: &Path) -> Result<i32> {
         .with_context(|| format!("pg_isready was killed ({status})"))
 }
 
-/// Creates database `name` on the local server unless it exists (for a
-/// caller outside this module: `cargo xtask faults`' databases).
-pub fn create_local_database(name: &str) -> Result<()> {
-    create_database(&bin_dir()?, name)
+/// The local server as its superuser.
+fn superuser() -> DatabaseUrl {
+    DATABASE_URL.parse().expect("DATABASE_URL is a URL")
 }
 
-/// Creates database `name` on the local server unless it exists.
-fn create_database(bin: &Path, name: &str) -> Result<()> {
-    let output = client(bin, "createdb")
-        .arg(name)
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run createdb")?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() && !stderr.contains("already exists") {
-        bail!("createdb {name} failed ({}): {stderr}", output.status);
-    }
-    Ok(())
+/// How the demo's role `role` (with `password`, from `.env`) reaches its
+/// own database on the local server.
+pub fn service_url(role: &str, password: &Secret) -> String {
+    postgres_access::login(&superuser(), role, password).expose()
 }
 
-/// Drops every `test_*` database on the local server: each test creates
-/// one (`event_store::testing::TestDatabase`) and leaves it for a look after
-/// a failure, so without this every run adds about 8 MB per test.
+/// A role and a database, both named `name`, on the local server, for a
+/// caller outside this module (`cargo xtask faults`' services); how the
+/// role reaches it.
+pub async fn own_database(name: &str) -> Result<String> {
+    let password = Secret::new(Token::generate().expose());
+    let url = postgres_access::provision(&superuser(), name, &password)
+        .await
+        .with_context(|| format!("cannot make role and database {name}"))?;
+    Ok(url.expose())
+}
+
+/// Drops every `test_*` database on the local server, and every `test_*`
+/// role: each test creates one of each (`event_store::testing::TestDatabase`)
+/// and leaves them for a look after a failure, so without this every run
+/// adds about 8 MB per test.
 pub fn drop_test_databases() -> Result<usize> {
     let bin = bin_dir()?;
-    let output = client(&bin, "psql")
-        .args(["-d", "postgres", "-Atc"])
-        .arg(r"SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'")
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run psql")?;
-    if !output.status.success() {
-        bail!(
-            "listing databases failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let names = String::from_utf8_lossy(&output.stdout);
-    let names: Vec<&str> = names.lines().filter(|name| !name.is_empty()).collect();
-    for name in &names {
+    let databases = names(
+        &bin,
+        r"SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'",
+    )?;
+    for name in &databases {
         // --force: a service a killed test left running may still hold it.
         run(
             client(&bin, "dropdb").args(["--force", "--if-exists", name]),
             "dropdb",
         )?;
     }
-    Ok(names.len())
+    // Once their databases are gone, they own nothing.
+    for name in names(&bin, r"SELECT rolname FROM pg_roles WHERE rolname LIKE 'test\_%'")? {
+        run(client(&bin, "dropuser").args(["--if-exists", &name]), "dropuser")?;
+    }
+    Ok(databases.len())
+}
+
+/// The names `query` lists, on the local server.
+fn names(bin: &Path, query: &str) -> Result<Vec<String>> {
+    let output = client(bin, "psql")
+        .args(["-d", "postgres", "-Atc", query])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run psql")?;
+    if !output.status.success() {
+        bail!("{query} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Waits until the server accepts connections, failing early if it dies.
@@ -441,7 +474,8 @@ impl crate::LocalServer for LocalPostgres {
 
     fn describe(&self) -> String {
         format!(
-            "DATABASE_URL={DATABASE_URL} (logs: {})",
+            "DATABASE_URL={DATABASE_URL} (the superuser; the services' roles: {}, passwords in .env; logs: {})",
+            postgres_access::ROLES.map(|(role, _, _)| role).join(", "),
             self.log_path().display()
         )
     }
@@ -459,6 +493,7 @@ mod tests {
 
     fn local(as_root: bool) -> LocalPostgres {
         LocalPostgres {
+            root: PathBuf::from("/w"),
             dir: PathBuf::from("/w/target/xtask/postgres"),
             as_root,
         }

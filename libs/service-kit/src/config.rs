@@ -104,6 +104,18 @@ impl DatabaseUrl {
     pub fn options(&self) -> &sqlx::postgres::PgConnectOptions {
         &self.0
     }
+
+    /// The URL, password included: for the one place that hands it on (a
+    /// child process's `DATABASE_URL`).
+    pub fn expose(&self) -> String {
+        sqlx::ConnectOptions::to_url_lossy(&self.0).to_string()
+    }
+}
+
+impl From<sqlx::postgres::PgConnectOptions> for DatabaseUrl {
+    fn from(options: sqlx::postgres::PgConnectOptions) -> Self {
+        Self(options)
+    }
 }
 
 impl FromStr for DatabaseUrl {
@@ -458,7 +470,12 @@ mod tests {
             shown,
             "postgres://payments@db.internal:6543/events (password not shown)"
         );
-        assert!(!format!("{:?}", Some(url)).contains("s3cret"));
+        assert!(!format!("{:?}", Some(url.clone())).contains("s3cret"));
+        // Exposed, it reads back as the same login.
+        let again: DatabaseUrl = url.expose().parse().expect("the exposed URL");
+        assert_eq!(again.options().get_username(), "payments");
+        assert_eq!(again.options().get_database(), Some("events"));
+        assert!(url.expose().contains(":s3cret-pw@"), "{}", url.expose());
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub enum Error {
     /// The database server answered, without the service's database.
     #[error(
         "PostgreSQL at {server} has no database `{database}`: `cargo xtask pg up` creates it \
-         (compose does on a new volume), or create it, or point DATABASE_URL at another"
+         (compose's postgres-access step does), or create it, or point DATABASE_URL at another"
     )]
     DatabaseMissing { server: String, database: String },
     /// The database server refused the connection (a wrong password, say).

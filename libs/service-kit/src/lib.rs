@@ -24,6 +24,8 @@
 //! - [`memory`]: an in-memory map by payment id (ServiceA's copy of payments).
 //! - [`lifecycle`]: the shutdown signal and the supervisor that runs a
 //!   service's tasks and reports how each ended.
+//! - [`postgres_access`]: each service's own PostgreSQL role, owning its
+//!   own database and nothing else (made by xtask, compose and the tests).
 //! - [`startup`]: waiting for the broker and the database at start, and
 //!   saying what to do when they do not answer.
 //! - [`telemetry`]: `tracing` setup.
@@ -40,6 +42,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod metrics;
 pub mod openapi;
+pub mod postgres_access;
 pub mod startup;
 pub mod telemetry;
 

@@ -8,14 +8,21 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use service_kit::auth::Token;
+use service_kit::config::{DatabaseUrl, Secret};
+use service_kit::postgres_access;
 use sqlx::{Connection, PgConnection};
 use tokio::process::{Child, Command};
 
 /// What every service of one run shares: the broker, the topics, the
-/// databases (one each, created for the run) and the log directory.
+/// databases (one each, created for the run, each owned by a role of the
+/// same name that the service logs in as) and the log directory.
 pub struct Stack {
     pub bootstrap: String,
+    /// The server, as a superuser.
     pub server_url: String,
+    /// The run's roles' password.
+    password: Secret,
     pub run_id: String,
     pub bin_dir: PathBuf,
     pub log_dir: PathBuf,
@@ -39,6 +46,7 @@ impl Stack {
         Ok(Self {
             bootstrap,
             server_url,
+            password: Secret::new(Token::generate().expose()),
             run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             bin_dir,
             log_dir,
@@ -51,35 +59,32 @@ impl Stack {
         format!("bench_{}_{}", self.run_id, service.replace('-', "_"))
     }
 
+    /// How `service` reaches its database, as its role.
     pub fn database_url(&self, service: &str) -> String {
-        let base = self
-            .server_url
-            .rsplit_once('/')
-            .map_or(self.server_url.as_str(), |(base, _)| base);
-        format!("{base}/{}", self.database(service))
+        let server: DatabaseUrl = self.server_url.parse().expect("the server's URL");
+        postgres_access::login(&server, &self.database(service), &self.password).expose()
     }
 
-    /// Creates the run's databases.
+    /// Creates the run's roles and databases.
     pub async fn create_databases(&self) -> Result<()> {
-        let mut admin = PgConnection::connect(&self.server_url).await?;
+        let server: DatabaseUrl = self.server_url.parse()?;
         for service in [PAYMENTS, SERVICE_A, SERVICE_B] {
-            sqlx::query(&format!("CREATE DATABASE {}", self.database(service)))
-                .execute(&mut admin)
-                .await?;
+            postgres_access::provision(&server, &self.database(service), &self.password).await?;
         }
         Ok(())
     }
 
-    /// Drops the run's databases.
+    /// Drops the run's databases and roles.
     pub async fn drop_databases(&self) -> Result<()> {
         let mut admin = PgConnection::connect(&self.server_url).await?;
         for service in [PAYMENTS, SERVICE_A, SERVICE_B] {
-            sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.database(service)
-            ))
-            .execute(&mut admin)
-            .await?;
+            let name = self.database(service);
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await?;
+            sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
+                .execute(&mut admin)
+                .await?;
         }
         Ok(())
     }
