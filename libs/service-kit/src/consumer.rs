@@ -12,10 +12,17 @@
 //! loses one. That is *at-least-once* delivery: handlers must be idempotent
 //! (dedupe by event id, or upsert).
 //!
-//! - A [`HandleError::Transient`] failure (a dependency is down) is retried
-//!   with exponential backoff and jitter. Only the record's own key waits
-//!   meanwhile; the other keys go on, and the partition's committed offset
-//!   stays at the retried record.
+//! - A [`HandleError::Unavailable`] failure (a dependency is down: Payments,
+//!   the service's database) is nothing wrong with the record. The consumer
+//!   pauses every partition it holds (it keeps polling, so it stays in its
+//!   group) and retries the record with exponential backoff and jitter,
+//!   without limit, until the dependency answers; then it resumes. The
+//!   `consumer_paused` gauge names the dependency meanwhile. Records already
+//!   in hand retry the same way; the partition's committed offset stays at
+//!   the lowest of them.
+//! - A [`HandleError::Transient`] failure (this record may succeed later,
+//!   such as a read racing the write it follows) is retried with backoff.
+//!   Only the record's own key waits meanwhile; the other keys go on.
 //! - A [`HandleError::Permanent`] failure (the record can never be handled,
 //!   such as an undecodable value), or a transient one that lasted
 //!   `max_attempts` attempts, sends the record to its dead-letter topic
@@ -77,15 +84,29 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 pub const HOLD_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a record was not handled.
+///
+/// What decides the variant is whether the failure is the record's own
+/// doing. Only then may the record end up in the dead-letter topic: an
+/// outage of a dependency fails every record alike, and dead-lettering them
+/// all would turn a two-minute outage into a redrive of everything it saw.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
     /// Handling can never succeed; the record goes to the dead-letter topic.
     #[error("permanent: {0}")]
     Permanent(BoxError),
-    /// Handling may succeed later; the record is retried (up to
-    /// `max_attempts`, then dead-lettered).
+    /// This record may succeed later (a read racing the write it follows);
+    /// it is retried up to `max_attempts`, then dead-lettered.
     #[error("transient: {0}")]
     Transient(BoxError),
+    /// A dependency (named for the `consumer_paused` gauge and the log) is
+    /// down or refuses the service: nothing is wrong with the record. The
+    /// consumer pauses its partitions and retries the record with backoff,
+    /// for as long as it takes; it is never dead-lettered for this.
+    #[error("{dependency} unavailable: {source}")]
+    Unavailable {
+        dependency: &'static str,
+        source: BoxError,
+    },
 }
 
 impl HandleError {
@@ -96,7 +117,50 @@ impl HandleError {
     pub fn transient(e: impl Into<BoxError>) -> Self {
         Self::Transient(e.into())
     }
+
+    pub fn unavailable(dependency: &'static str, e: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            dependency,
+            source: e.into(),
+        }
+    }
+
+    /// A failure of the service's own database. Losing the connection, a
+    /// server that is starting or shutting down, out of resources, or
+    /// refusing the login is the database being unavailable; a statement it
+    /// rejects for what the record holds (a constraint, a value out of
+    /// range) is this record's, with a retry budget.
+    pub fn database(e: sqlx::Error) -> Self {
+        let unavailable = match &e {
+            sqlx::Error::Database(db) => db.code().is_none_or(|code| {
+                // SQLSTATE classes: 08 connection exception, 53 insufficient
+                // resources, 57 operator intervention (shutdown, cannot
+                // connect now), 28 invalid authorization, 3D no such
+                // database, 42501 permission denied.
+                ["08", "53", "57", "28", "3D"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                    || code == "42501"
+            }),
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Configuration(_) => true,
+            _ => false,
+        };
+        if unavailable {
+            Self::unavailable(DATABASE, e)
+        } else {
+            Self::transient(e)
+        }
+    }
 }
+
+/// How [`HandleError::database`] names the service's own database.
+pub const DATABASE: &str = "database";
 
 /// A record that does not decode will not decode next time either.
 impl From<DecodeError> for HandleError {
@@ -392,6 +456,31 @@ impl<H> Drop for Finish<'_, H> {
     }
 }
 
+/// A record waiting for `dependency`: the consumer stays paused while any
+/// record does (see [`GroupContext::depends`]).
+struct Outage<'a> {
+    consumer: &'a GroupConsumer,
+    context: &'a GroupContext,
+    dependency: &'static str,
+}
+
+impl<'a> Outage<'a> {
+    fn begin<H>(worker: &'a Worker<H>, dependency: &'static str) -> Self {
+        worker.context.depends(&worker.consumer, dependency, true);
+        Self {
+            consumer: &worker.consumer,
+            context: &worker.context,
+            dependency,
+        }
+    }
+}
+
+impl Drop for Outage<'_> {
+    fn drop(&mut self) {
+        self.context.depends(self.consumer, self.dependency, false);
+    }
+}
+
 impl<H: Handler> Worker<H> {
     /// Notes the end of `partition`, which the consumer just reported
     /// reaching, at its position there: past every record it handed out and
@@ -429,11 +518,19 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Handles `record`, retrying transient failures and dead-lettering what
-    /// cannot be handled.
+    /// Handles `record`, retrying what may pass and dead-lettering what
+    /// cannot be handled. While a dependency is unavailable the consumer is
+    /// paused ([`GroupContext::depends`]) and the record is retried without
+    /// counting against `max_attempts`.
     async fn process(&self, record: &OwnedMessage, epoch: u64) -> Outcome {
         let mut attempt = 1;
+        // Failures of the record's own (transient ones), against the budget.
+        let mut failures = 0;
         let mut first_failure = None;
+        // Holds the consumer paused while this record waits for a dependency;
+        // dropping it (handled, given up on, revoked, stopped, aborted)
+        // lets the consumer go on.
+        let mut waiting_for: Option<Outage<'_>> = None;
         loop {
             if self
                 .context
@@ -444,19 +541,31 @@ impl<H: Handler> Worker<H> {
             let (error, reason) = match self.handler.handle(record, attempt).await {
                 Ok(()) => return Outcome::Handled,
                 Err(HandleError::Permanent(e)) => (e, Reason::Permanent),
+                Err(HandleError::Unavailable { dependency, source }) => {
+                    if waiting_for.as_ref().is_none_or(|o| o.dependency != dependency) {
+                        waiting_for = Some(Outage::begin(self, dependency));
+                    }
+                    first_failure.get_or_insert_with(Utc::now);
+                    let delay = self.settings.retry.delay(attempt);
+                    attempt += 1;
+                    tracing::warn!(error = %source, dependency, attempt, retry_in_ms = delay.as_millis(), "dependency unavailable, consumer paused, will retry");
+                    if !self.retry_after(record, delay).await {
+                        return Outcome::Stopped;
+                    }
+                    continue;
+                }
                 Err(HandleError::Transient(e)) => {
+                    failures += 1;
                     let max = self.settings.max_attempts;
-                    if max != 0 && attempt >= max {
+                    if max != 0 && failures >= max {
                         (e, Reason::Exhausted)
                     } else {
+                        waiting_for = None;
                         first_failure.get_or_insert_with(Utc::now);
-                        let delay = self.settings.retry.delay(attempt);
+                        let delay = self.settings.retry.delay(failures);
                         attempt += 1;
                         tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis(), "handling failed, will retry");
-                        self.context
-                            .metrics()
-                            .retried(&self.context.group, record.topic());
-                        if !self.wait(delay).await {
+                        if !self.retry_after(record, delay).await {
                             return Outcome::Stopped;
                         }
                         continue;
@@ -472,6 +581,15 @@ impl<H: Handler> Worker<H> {
             tracing::error!(error = %failure.error, reason = ?reason, attempts = attempt, "giving up on the record: to the dead-letter topic");
             return self.dead_letter(record, epoch, &failure).await;
         }
+    }
+
+    /// Counts a retry of `record` and waits `delay`; `false` if the service
+    /// stopped meanwhile.
+    async fn retry_after(&self, record: &OwnedMessage, delay: Duration) -> bool {
+        self.context
+            .metrics()
+            .retried(&self.context.group, record.topic());
+        self.wait(delay).await
     }
 
     /// Publishes `record` to its dead-letter topic, retrying until the broker
