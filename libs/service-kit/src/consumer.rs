@@ -50,8 +50,12 @@
 //! the group would stay one offset behind, its lag never zero.
 //!
 //! On shutdown the loop stops fetching, gives the records being handled
-//! half the shutdown time (records being retried are left at once), commits
-//! the stored offsets and leaves the group.
+//! half of what is left of the shutdown time (records being retried are
+//! left at once), commits the stored offsets and leaves the group within
+//! the rest ([`ShutdownBudget`]). The time is counted from when the stop
+//! was asked for, not from when the loop noticed it (a rebalance that was
+//! waiting for handlers may have held it meanwhile), and ends a little
+//! before `SHUTDOWN_TIMEOUT_MS`, when the service aborts what still runs.
 
 use std::collections::{HashMap, VecDeque};
 use std::error::Error as StdError;
@@ -205,6 +209,51 @@ fn process_span(record: &OwnedMessage, group: &str) -> tracing::Span {
     span
 }
 
+/// How the consumer's share of `SHUTDOWN_TIMEOUT_MS` is spent once the stop
+/// is asked for: the records in hand get half of what is left when the loop
+/// gets to them, the final commit and leaving the group the rest, all before
+/// [`ShutdownBudget::deadline`].
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownBudget {
+    /// When the consumer must be closed: the shutdown timeout after the
+    /// stop was asked for, less a tenth of it, kept for the service to wind
+    /// up before it aborts what still runs.
+    pub deadline: Instant,
+}
+
+impl ShutdownBudget {
+    pub fn new(asked_at: Instant, shutdown_timeout: Duration) -> Self {
+        Self {
+            deadline: asked_at + shutdown_timeout - shutdown_timeout / 10,
+        }
+    }
+
+    /// Until when the records in hand may be waited for, from `now`: half
+    /// of what is left.
+    pub fn drain_until(&self, now: Instant) -> Instant {
+        now + self.deadline.saturating_duration_since(now) / 2
+    }
+
+    /// What is left, from `now`, for the final commit and leaving the group.
+    pub fn left(&self, now: Instant) -> Duration {
+        self.deadline.saturating_duration_since(now)
+    }
+}
+
+/// Notes when `stop` is cancelled, from a task of its own: the loop may be
+/// held in a rebalance when it is, and notice it only later.
+fn asked_at(stop: &CancellationToken) -> Arc<std::sync::OnceLock<Instant>> {
+    let asked = Arc::new(std::sync::OnceLock::new());
+    tokio::spawn({
+        let (stop, asked) = (stop.clone(), Arc::clone(&asked));
+        async move {
+            stop.cancelled().await;
+            let _ = asked.set(Instant::now());
+        }
+    });
+    asked
+}
+
 /// Runs `handler` over every record of `consumer` until `stop` is cancelled.
 pub async fn run<H: Handler>(
     consumer: GroupConsumer,
@@ -215,6 +264,7 @@ pub async fn run<H: Handler>(
 ) -> Result<()> {
     let context = Arc::clone(consumer.context());
     let max_in_flight = settings.max_in_flight.max(1);
+    let asked_at = asked_at(&stop);
     let mut run = Loop {
         worker: Arc::new(Worker {
             consumer,
@@ -262,7 +312,9 @@ pub async fn run<H: Handler>(
             },
         }
     }
-    run.close().await
+    let asked_at = asked_at.get().copied().unwrap_or_else(Instant::now);
+    let budget = ShutdownBudget::new(asked_at, run.worker.settings.shutdown_timeout);
+    run.close(budget).await
 }
 
 /// Records of one key of one partition: handled one at a time, in order.
@@ -411,13 +463,13 @@ impl<H: Handler> Loop<H> {
         );
     }
 
-    /// Stops: the records being handled get half the shutdown time; then
-    /// those not done are dropped unhandled (their offsets not stored, so they
-    /// are handled again after the restart), and the consumer commits and
-    /// leaves the group, within the other half.
-    async fn close(mut self) -> Result<()> {
-        let grace = self.worker.settings.shutdown_timeout / 2;
-        let drained = tokio::time::timeout(grace, async {
+    /// Stops: the records being handled get half of what is left of
+    /// `budget`; then those not done are dropped unhandled (their offsets
+    /// not stored, so they are handled again after the restart), and the
+    /// consumer commits and leaves the group, within the rest.
+    async fn close(mut self, budget: ShutdownBudget) -> Result<()> {
+        let drain_until = budget.drain_until(Instant::now());
+        let drained = tokio::time::timeout_at(drain_until.into(), async {
             while self.handlers.join_next().await.is_some() {}
         })
         .await;
@@ -431,7 +483,7 @@ impl<H: Handler> Loop<H> {
         let Ok(worker) = Arc::try_unwrap(self.worker) else {
             unreachable!("every record's task has ended");
         };
-        worker.close().await
+        worker.close(budget.left(Instant::now())).await
     }
 }
 
@@ -626,14 +678,13 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Commits the stored offsets and leaves the group, within half the
-    /// shutdown time: a broker that does not answer does not hold the
-    /// service up (what was not committed is handled again after the
-    /// restart).
-    async fn close(self) -> Result<()> {
+    /// Commits the stored offsets and leaves the group, within `deadline`
+    /// (what is left of the shutdown budget): a broker that does not answer
+    /// does not hold the service up (what was not committed is handled
+    /// again after the restart).
+    async fn close(self, deadline: Duration) -> Result<()> {
         let consumer = self.consumer;
         let offsets = self.context.offsets;
-        let deadline = self.settings.shutdown_timeout / 2;
         // Both calls block on the broker, so they run off the async threads.
         let closed = tokio::task::spawn_blocking(move || {
             // Closing commits stored offsets too (auto-commit is on);
@@ -684,6 +735,31 @@ mod tests {
         // Jitter: the delays of one attempt are not all the same.
         let delays: std::collections::HashSet<_> = (0..20).map(|_| backoff.delay(5)).collect();
         assert!(delays.len() > 1);
+    }
+
+    #[test]
+    fn the_final_commit_gets_what_is_left_of_the_shutdown_time_counted_from_the_stop() {
+        let asked = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let budget = ShutdownBudget::new(asked, timeout);
+        assert_eq!(budget.deadline, asked + Duration::from_secs(9));
+        // Noticed at once: 4.5 s for the records in hand, 4.5 s to commit.
+        assert_eq!(budget.drain_until(asked), asked + Duration::from_millis(4500));
+        assert_eq!(
+            budget.left(asked + Duration::from_millis(4500)),
+            Duration::from_millis(4500)
+        );
+        // Noticed 5 s late (a rebalance held the loop): the records get 2 s,
+        // the commit 2 s, and it all ends 1 s before the service aborts.
+        let late = asked + Duration::from_secs(5);
+        assert_eq!(budget.drain_until(late), asked + Duration::from_secs(7));
+        assert_eq!(
+            budget.left(asked + Duration::from_secs(7)),
+            Duration::from_secs(2)
+        );
+        // Nothing left: nothing to wait for.
+        assert_eq!(budget.left(asked + timeout), Duration::ZERO);
+        assert_eq!(budget.drain_until(asked + timeout), asked + timeout);
     }
 
     #[test]
