@@ -706,10 +706,10 @@ pub fn check(input: &RecordInput) {
 }
 
 /// A record that decodes goes as far as the database, which is down: a
-/// transient failure. One that does not is permanent.
+/// dependency unavailable. One that does not is permanent.
 fn expect_outcome(handler: &str, outcome: &Result<(), HandleError>, decodes: bool) {
     match (outcome, decodes) {
-        (Err(HandleError::Transient(_)), true) | (Err(HandleError::Permanent(_)), false) => {}
+        (Err(HandleError::Unavailable { .. }), true) | (Err(HandleError::Permanent(_)), false) => {}
         (outcome, _) => panic!(
             "{handler}: {outcome:?} for a record that {}decodes",
             if decodes { "" } else { "not " }

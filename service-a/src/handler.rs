@@ -50,8 +50,8 @@ impl Handler for PaymentEvents {
                 partition: record.partition(),
                 offset: record.offset(),
             };
-            // The database may come back: retried, the offset waits.
-            let new = self.audit.record(&entry).await.map_err(HandleError::transient)?;
+            // A database that is down pauses the consumer until it is back.
+            let new = self.audit.record(&entry).await?;
             tracing::info!(%payment_id, kind = notification.kind(), new, "notification audited");
         } else if record.topic() == self.topics.state {
             // A tombstone (no value) is how a compacted topic deletes a key.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rdkafka::message::OwnedMessage;
+use reqwest::StatusCode;
 use service_kit::consumer::{HandleError, Handler};
 use shared_events::Notification;
 
@@ -39,12 +40,7 @@ impl Handler for Notifications {
         // Delivered again (at-least-once, replay, redrive): no second
         // callback. The transaction in `Records::record` is what guarantees
         // it is not recorded twice; this only saves the call.
-        if self
-            .records
-            .handled(event_id)
-            .await
-            .map_err(HandleError::transient)?
-        {
+        if self.records.handled(event_id).await? {
             tracing::info!(payment_id = %id, "notification handled before, skipping callback");
             return Ok(());
         }
@@ -76,15 +72,7 @@ impl Handler for Notifications {
                     HandleError::transient(error)
                 });
             }
-            // A refused credential is logged as the configuration error it
-            // is; retried like the rest, since fixing it (or a redrive of
-            // what was dead-lettered meanwhile) lets the callback through.
-            Err(e @ CallbackError::Refused(_)) => {
-                tracing::error!(error = %e, "callback refused");
-                return Err(HandleError::transient(e));
-            }
-            // Unreachable, timing out or failing: Payments will be back.
-            Err(e) => return Err(HandleError::transient(e)),
+            Err(e) => return Err(classify(e)),
         };
         let version = payment.version;
         let new = self
@@ -96,10 +84,47 @@ impl Handler for Notifications {
                 attempts: attempt,
                 notifications: 1,
             })
-            .await
-            .map_err(HandleError::transient)?;
+            .await?;
         tracing::info!(payment_id = %id, version, attempts = attempt, new, "payment info recorded");
         Ok(())
+    }
+}
+
+/// How the consumer names Payments while it does not answer.
+pub const PAYMENTS: &str = "payments";
+/// How the consumer names Payments while it refuses ServiceB's credential.
+pub const PAYMENTS_CREDENTIAL: &str = "payments_credential";
+
+/// What a failed callback (other than a 404) means for the notification.
+///
+/// - Unreachable, timing out, or answering 5xx (503 while its database is
+///   down), 408 or 429: Payments is unavailable, and the consumer waits for
+///   it rather than dead-letter every notification of the outage.
+/// - 401 or 403: ServiceB's credential is refused. That is a configuration
+///   (`PAYMENTS_TOKEN`, Payments' `HTTP_CALLERS`) wrong for every record
+///   alike, not this record's fault: the consumer waits too, under its own
+///   name on the gauge, and the log says what to fix. Dead-lettering would
+///   turn a fix of one setting into a redrive of everything meanwhile.
+/// - Another status, or a body ServiceB cannot read: about this payment,
+///   maybe passing (a Payments release reading it differently): retried up
+///   to the budget, then a dead letter.
+fn classify(e: CallbackError) -> HandleError {
+    match &e {
+        CallbackError::Unreachable(_) => HandleError::unavailable(PAYMENTS, e),
+        CallbackError::Status(status)
+            if status.is_server_error()
+                || *status == StatusCode::REQUEST_TIMEOUT
+                || *status == StatusCode::TOO_MANY_REQUESTS =>
+        {
+            HandleError::unavailable(PAYMENTS, e)
+        }
+        CallbackError::Refused(_) => {
+            tracing::error!(error = %e, "callback refused");
+            HandleError::unavailable(PAYMENTS_CREDENTIAL, e)
+        }
+        CallbackError::NotFound | CallbackError::Status(_) | CallbackError::Body(_) => {
+            HandleError::transient(e)
+        }
     }
 }
 
@@ -132,7 +157,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_database_that_is_down_is_transient() {
+    async fn a_database_that_is_down_is_a_dependency_unavailable() {
         let handler = Notifications::new(
             PaymentsClient::new("http://127.0.0.1:1", Token::generate(), Duration::from_secs(1)),
             unreachable_records().await,
@@ -140,6 +165,48 @@ mod tests {
         );
         let notification = Envelope::new("/test", payment().notification(), Uuid::now_v7(), None);
         let outcome = handler.handle(&delivered("n", 0, &notification), 1).await;
-        assert!(matches!(outcome, Err(HandleError::Transient(_))), "{outcome:?}");
+        assert!(
+            matches!(
+                outcome,
+                Err(HandleError::Unavailable {
+                    dependency: "database",
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn an_outage_of_payments_is_a_dependency_unavailable_and_odd_answers_are_the_records() {
+        let unavailable = |status| {
+            matches!(
+                classify(CallbackError::Status(status)),
+                HandleError::Unavailable {
+                    dependency: PAYMENTS,
+                    ..
+                }
+            )
+        };
+        for status in [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::BAD_GATEWAY,
+            StatusCode::TOO_MANY_REQUESTS,
+        ] {
+            assert!(unavailable(status), "{status}");
+        }
+        assert!(!unavailable(StatusCode::BAD_REQUEST));
+        assert!(matches!(
+            classify(CallbackError::Refused(StatusCode::UNAUTHORIZED)),
+            HandleError::Unavailable {
+                dependency: PAYMENTS_CREDENTIAL,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(CallbackError::NotFound),
+            HandleError::Transient(_)
+        ));
     }
 }

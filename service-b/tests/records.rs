@@ -180,7 +180,7 @@ async fn not_found_is_retried_at_first_then_given_up_on() {
 }
 
 #[tokio::test]
-async fn a_refused_credential_is_retried_and_nothing_is_recorded() {
+async fn a_refused_credential_pauses_the_consumer_and_nothing_is_recorded() {
     let known = state();
     let (url, calls, _) = payments_accepting(&Token::generate(), Some(known.clone())).await;
     let (_database, records) = records().await;
@@ -191,8 +191,11 @@ async fn a_refused_credential_is_retried_and_nothing_is_recorded() {
     );
     let outcome = handler.handle(&delivered("n", 0, &received(&known)), 1).await;
     match outcome {
-        Err(HandleError::Transient(e)) => assert!(e.to_string().contains("PAYMENTS_TOKEN"), "{e}"),
-        other => panic!("a refused credential is retried: {other:?}"),
+        Err(HandleError::Unavailable {
+            dependency: service_b::handler::PAYMENTS_CREDENTIAL,
+            source,
+        }) => assert!(source.to_string().contains("PAYMENTS_TOKEN"), "{source}"),
+        other => panic!("a refused credential is waited out, not dead-lettered: {other:?}"),
     }
     // The route answered 401 before the handler of the stand-in ran.
     assert_eq!(calls.load(Ordering::SeqCst), 0);

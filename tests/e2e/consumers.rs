@@ -575,7 +575,14 @@ async fn a_notification_retried_too_often_is_dead_lettered_and_redriven_once_pay
     let database = TestDatabase::create().await;
     let records = TestDatabase::empty().await;
     let payments = spawn_payments(&kafka, &database.url).await;
-    let gate = GatedProxy::start(payments.addr).await;
+    // ServiceB first calls a Payments that answers but knows none of the
+    // payments (a store restored from an old backup, say): a 404 for a
+    // fresh notification is the record's own trouble, retried up to the
+    // budget. (Payments unreachable would pause ServiceB instead.)
+    let forgetful_database = TestDatabase::create().await;
+    let forgetful = spawn_payments_with(&kafka, &forgetful_database.url, false).await;
+    let gate = GatedProxy::start(forgetful.addr).await;
+    gate.open();
     let group = unique("service-b");
     let consumer = ConsumerConfig {
         max_attempts: 3,
@@ -613,7 +620,7 @@ async fn a_notification_retried_too_often_is_dead_lettered_and_redriven_once_pay
 
     // Fixed: redrive. Each dead letter goes back once, however often
     // redrive runs.
-    gate.open();
+    gate.retarget(payments.addr);
     let redriven = kafka_ops::dead_letters::redrive(&kafka, &topic)
         .await
         .expect("redrive");
@@ -655,6 +662,7 @@ async fn a_notification_retried_too_often_is_dead_lettered_and_redriven_once_pay
         2
     );
     service_b.stop().await;
+    forgetful.stop().await;
     payments.stop().await;
 }
 

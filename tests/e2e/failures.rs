@@ -312,3 +312,113 @@ async fn a_notification_for_a_payment_payments_does_not_know_does_not_stall_serv
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     system.stop().await;
 }
+
+/// An outage of Payments longer than a record's retry budget: ServiceB
+/// pauses and waits it out, so nothing of the outage is dead-lettered and
+/// every payment is recorded once Payments answers again.
+///
+/// The budget is made small (3 attempts of at most 500 ms backoff: under
+/// 1.5 s) so that an outage of [`OUTAGE`] outlasts it tenfold; the code
+/// before consumers paused for a dependency dead-lettered every
+/// notification of the outage here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_payments_pauses_service_b_and_dead_letters_nothing() {
+    const OUTAGE: Duration = Duration::from_secs(15);
+    const EVERY: Duration = Duration::from_millis(250);
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let http = integration_tests::http_client();
+    let database = TestDatabase::create().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
+    let gate = GatedProxy::start(payments.addr).await;
+    gate.open();
+    let records = TestDatabase::empty().await;
+    let group = unique("service-b");
+    let consumer = service_kit::config::ConsumerConfig {
+        max_attempts: 3,
+        ..test_consumer()
+    };
+    let service_b = spawn_service_b_with(&kafka, &group, &gate.url(), &records.url, consumer).await;
+    let paused = format!(r#"group="{group}",reason="payments""#);
+
+    let mut ids = Vec::new();
+    let created = |ids: &mut Vec<String>, payment: Value| {
+        ids.push(payment["payment_id"].as_str().expect("id").to_owned());
+    };
+    created(
+        &mut ids,
+        create_payment(&http, &payments, &payment_request("c-outage", 1)).await,
+    );
+    eventually("service-b records a payment before the outage", || {
+        get_json(&http, service_b.url(&format!("/payments/{}", ids[0])))
+    })
+    .await;
+
+    // A steady load through the outage: Payments takes payments, ServiceB
+    // cannot call it back.
+    gate.close();
+    let outage = tokio::time::Instant::now();
+    let mut paused_seen = false;
+    while outage.elapsed() < OUTAGE {
+        let amount = i64::try_from(ids.len()).expect("small") + 1;
+        created(
+            &mut ids,
+            create_payment(&http, &payments, &payment_request("c-outage", amount)).await,
+        );
+        paused_seen |= metric(&http, &service_b, "consumer_paused", &paused).await == Some(1);
+        tokio::time::sleep(EVERY).await;
+    }
+    let dead_during = metric_sum(&http, &service_b, "dead_letters_total", "")
+        .await
+        .unwrap_or(0);
+    gate.open();
+    for amount in 0..4 {
+        created(
+            &mut ids,
+            create_payment(&http, &payments, &payment_request("c-after", amount + 1)).await,
+        );
+    }
+
+    // Each payment ends up recorded or dead-lettered; then count which.
+    let dead = eventually("every payment is recorded or dead-lettered", || async {
+        let dead = metric_sum(&http, &service_b, "dead_letters_total", "")
+            .await
+            .unwrap_or(0);
+        let mut recorded = 0;
+        for id in &ids {
+            if get_json(&http, service_b.url(&format!("/payments/{id}")))
+                .await
+                .is_some()
+            {
+                recorded += 1;
+            }
+        }
+        (recorded + usize::try_from(dead).expect("positive") >= ids.len()).then_some(dead)
+    })
+    .await;
+    println!(
+        "outage test: {} payments, {} during a {} s outage; dead letters: {dead} ({dead_during} during the outage); paused gauge seen: {paused_seen}",
+        ids.len(),
+        ids.len() - 5,
+        OUTAGE.as_secs()
+    );
+    assert_eq!(dead, 0, "an outage is not a poison record");
+    let letters = kafka_ops::dead_letters::list(&kafka, &kafka.topics.notifications)
+        .await
+        .expect("list");
+    assert!(letters.is_empty(), "{letters:?}");
+    assert!(paused_seen, "consumer_paused{{{paused}}} was 1 during the outage");
+    eventually("the consumer resumes", || async {
+        (metric(&http, &service_b, "consumer_paused", &paused).await == Some(0)).then_some(())
+    })
+    .await;
+    for id in &ids {
+        let record = get_json(&http, service_b.url(&format!("/payments/{id}")))
+            .await
+            .expect("recorded");
+        assert_eq!(record["notifications"], 1, "{record}");
+    }
+
+    service_b.stop().await;
+    payments.stop().await;
+}

@@ -9,6 +9,9 @@
 //!   left unanswered. A client notices only through its own timeouts. Leaving
 //!   this state cuts the connections it froze, as a partition that lasted
 //!   long enough would have.
+//!
+//! [`GatedProxy::retarget`] sends it all elsewhere, cutting the connections
+//! open to the old target: a dependency replaced by another instance.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,10 +27,17 @@ enum Gate {
     Frozen,
 }
 
+/// The gate, and where connections go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    gate: Gate,
+    target: SocketAddr,
+}
+
 #[derive(Debug)]
 pub struct GatedProxy {
     pub addr: SocketAddr,
-    gate: watch::Sender<Gate>,
+    state: watch::Sender<State>,
     refused: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -37,40 +47,54 @@ impl GatedProxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let (gate, watched) = watch::channel(Gate::Closed);
+        let (state, watched) = watch::channel(State {
+            gate: Gate::Closed,
+            target,
+        });
         let refused = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
             let refused = Arc::clone(&refused);
             async move {
                 while let Ok((inbound, _)) = listener.accept().await {
-                    if *watched.borrow() == Gate::Closed {
+                    let now = *watched.borrow();
+                    if now.gate == Gate::Closed {
                         refused.fetch_add(1, Ordering::SeqCst);
                         continue;
                     }
-                    tokio::spawn(forward(inbound, target, watched.clone()));
+                    tokio::spawn(forward(inbound, now.target, watched.clone()));
                 }
             }
         });
         Self {
             addr,
-            gate,
+            state,
             refused,
             task,
         }
     }
 
     pub fn open(&self) {
-        self.gate.send_replace(Gate::Open);
+        self.set_gate(Gate::Open);
     }
 
     /// Closes the gate and cuts the connections through it.
     pub fn close(&self) {
-        self.gate.send_replace(Gate::Closed);
+        self.set_gate(Gate::Closed);
     }
 
     /// Lets nothing through and closes nothing: a network partition.
     pub fn freeze(&self) {
-        self.gate.send_replace(Gate::Frozen);
+        self.set_gate(Gate::Frozen);
+    }
+
+    /// Sends every connection from now on to `target`, and cuts those open
+    /// to the old one.
+    pub fn retarget(&self, target: SocketAddr) {
+        self.state.send_modify(|state| state.target = target);
+    }
+
+    fn set_gate(&self, gate: Gate) {
+        self.state.send_modify(|state| state.gate = gate);
     }
 
     /// Connections dropped while the gate was closed.
@@ -83,11 +107,12 @@ impl GatedProxy {
     }
 }
 
-/// Forwards `inbound` to `target` while the gate is open.
-async fn forward(mut inbound: TcpStream, target: SocketAddr, mut gate: watch::Receiver<Gate>) {
+/// Forwards `inbound` to `target` while the gate is open and the target
+/// stays the same.
+async fn forward(mut inbound: TcpStream, target: SocketAddr, mut state: watch::Receiver<State>) {
     // Accepted while frozen: unanswered until the partition ends, then cut.
-    if *gate.borrow() == Gate::Frozen {
-        let _ = gate.wait_for(|g| *g != Gate::Frozen).await;
+    if state.borrow().gate == Gate::Frozen {
+        let _ = state.wait_for(|s| s.gate != Gate::Frozen).await;
         return;
     }
     let Ok(mut outbound) = TcpStream::connect(target).await else {
@@ -95,11 +120,12 @@ async fn forward(mut inbound: TcpStream, target: SocketAddr, mut gate: watch::Re
     };
     let frozen = tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
-        changed = gate.wait_for(|g| *g != Gate::Open) => changed.is_ok_and(|g| *g == Gate::Frozen),
+        changed = state.wait_for(|s| s.gate != Gate::Open || s.target != target) =>
+            changed.is_ok_and(|s| s.gate == Gate::Frozen),
     };
     if frozen {
         // Both sockets stay open, and silent, until the partition ends.
-        let _ = gate.wait_for(|g| *g != Gate::Frozen).await;
+        let _ = state.wait_for(|s| s.gate != Gate::Frozen).await;
     }
 }
 

@@ -10,21 +10,25 @@
 //!
 //! Once the load is done and the consumers caught up (or gave up waiting),
 //! every request answered 2xx is one event owed downstream, and is looked for
-//! in the event store (Payments' `GET /payments/{id}`), on the notifications
-//! and state topics, in ServiceA's audit log and copy, and in ServiceB's
-//! records. The row says how many were found at each stage, how many were
-//! lost (answered 2xx, missing somewhere) and how many applied twice (more
-//! than once at a stage that must apply each once), and how long after the
-//! fault everything accepted until the fault was undone had reached
-//! ServiceB. Every notification on the topic is also matched to a 2xx: one
-//! without (a request that failed, yet published) is counted too. The
-//! command fails on any loss, any double, any publication without a 2xx, or
-//! a stage that did not catch up.
+//! in the event store, on the notifications and state topics, in ServiceA's
+//! audit log and copy, and in ServiceB's records. The row says how many were
+//! found at each stage, how many were lost (answered 2xx, missing somewhere)
+//! and how many applied twice (more than once at a stage that must apply
+//! each once), and how long after the fault everything accepted until the
+//! fault was undone had reached ServiceB. The run's whole event store is
+//! read too (Payments' database): every event in it, answered 2xx or not, is
+//! owed downstream, and one missing there is counted ("stored, not
+//! downstream"). Every notification on the topic is also matched to a 2xx:
+//! one without (a request that failed, yet published) is counted too.
+//!
+//! The command fails on any loss, any double, any event stored and not
+//! downstream, any publication without a 2xx, any request never answered
+//! 2xx, any answer with a status the scenario does not expect (only
+//! `postgres-restart` expects one: 503), or a stage that did not catch up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +58,11 @@ pub struct Options {
     /// Payments per second (one in four is then refunded).
     #[arg(long, default_value_t = 20)]
     rate: u32,
+    /// How long `payments-outage` keeps Payments unreachable from ServiceB,
+    /// in seconds (CI keeps it short: ServiceB's retry budget is made far
+    /// shorter still for that scenario).
+    #[arg(long, default_value_t = 180)]
+    outage_seconds: u64,
     /// Also write the table (markdown) to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -86,11 +95,37 @@ enum Fault {
     /// ServiceA stopped, its group moved back to the notifications topic's
     /// first offsets, and started: it reads every notification again.
     ServiceAReplay,
+    /// Payments unreachable from ServiceB for `--outage-seconds` (3
+    /// minutes unless told), as `callback-cut`, with ServiceB's retry
+    /// budget cut to 3 attempts (under 2 s): the outage outlasts it many
+    /// times over, and ServiceB must wait it out, paused, not dead-letter.
+    PaymentsOutage,
 }
 
 impl Fault {
     fn on_cluster(self) -> bool {
         self == Self::LeaderKill
+    }
+
+    /// The statuses other than 201 the client may be answered meanwhile
+    /// (and retries): only PostgreSQL's restart makes Payments answer 503
+    /// ("the database is unavailable, retry").
+    fn expected_statuses(self) -> &'static [u16] {
+        match self {
+            Self::PostgresRestart => &[503],
+            _ => &[],
+        }
+    }
+
+    /// Settings of ServiceB's for this scenario.
+    fn service_b_env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            // A per-record budget of 3 attempts (100 + 200 ms of backoff):
+            // what the consumer did before it paused for a dependency
+            // dead-letters every notification of the outage with this.
+            Self::PaymentsOutage => &[("RETRY_MAX_ATTEMPTS", "3"), ("RETRY_MAX_MS", "1000")],
+            _ => &[],
+        }
     }
 
     fn name(self) -> String {
@@ -236,6 +271,9 @@ struct Stack {
     databases: [String; 3],
     /// In front of Payments, for ServiceB's callbacks.
     callbacks: Gate,
+    fault: Fault,
+    /// What went wrong while the fault was injected, besides the counts.
+    problems: Vec<String>,
 }
 
 impl Stack {
@@ -267,6 +305,8 @@ impl Stack {
             credentials: Credentials::generate(),
             databases,
             callbacks: Gate::default(),
+            fault,
+            problems: Vec::new(),
         };
         stack.callbacks = Gate::start(stack.ports[PAYMENTS]).await?;
         for process in [PAYMENTS, SERVICE_A, SERVICE_B, SERVICE_B_OTHER] {
@@ -312,6 +352,11 @@ impl Stack {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{service}-{process}.log")))?;
+        let scenario_env = if service == "service-b" {
+            self.fault.service_b_env()
+        } else {
+            &[]
+        };
         let child = Command::new(self.root.join("target/debug").join(service))
             .envs(self.credentials.env_of(service))
             .env("KAFKA_BOOTSTRAP_SERVERS", &self.bootstrap)
@@ -332,6 +377,7 @@ impl Stack {
             .env("STARTUP_TIMEOUT_MS", "60000")
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
             .env("NO_COLOR", "1")
+            .envs(scenario_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -396,8 +442,8 @@ struct Ledger {
     refunds: HashMap<String, u32>,
     /// Requests never answered 2xx (given up, or refused for good).
     unanswered: u32,
-    /// 5xx answers other than 503.
-    undocumented: Arc<AtomicU32>,
+    /// Every answer other than 201, by status (each retry's too).
+    statuses: Arc<Mutex<BTreeMap<u16, u32>>>,
     /// When each 2xx came.
     answered_at: Vec<Instant>,
     /// Each payment's last 2xx (its payment's or its refund's).
@@ -418,15 +464,15 @@ async fn load(
     let give_up = Instant::now() + Duration::from_secs(seconds) + RETRY_AFTER_LOAD;
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
     let mut requests = tokio::task::JoinSet::new();
-    let undocumented = Arc::clone(&ledger.lock().expect("ledger").undocumented);
+    let statuses = Arc::clone(&ledger.lock().expect("ledger").statuses);
     for n in 0..u64::from(rate) * seconds {
         ticks.tick().await;
-        let (http, base, run, ledger, undocumented) = (
+        let (http, base, run, ledger, statuses) = (
             http.clone(),
             stack_payments.clone(),
             run.clone(),
             Arc::clone(&ledger),
-            Arc::clone(&undocumented),
+            Arc::clone(&statuses),
         );
         requests.spawn(async move {
             let payment = json!({
@@ -435,7 +481,7 @@ async fn load(
                 "amount": 1999,
                 "currency": "EUR",
             });
-            let created = until_answered(give_up, &undocumented, || {
+            let created = until_answered(give_up, &statuses, || {
                 http.post(format!("{base}/payments"))
                     .header("idempotency-key", format!("{run}-{n}"))
                     .json(&payment)
@@ -455,7 +501,7 @@ async fn load(
             if n % 4 != 0 {
                 return;
             }
-            let refunded = until_answered(give_up, &undocumented, || {
+            let refunded = until_answered(give_up, &statuses, || {
                 http.post(format!("{base}/payments/{id}/refunds"))
                     .header("idempotency-key", format!("{run}-{n}-refund"))
                     .header("if-match", "\"1\"")
@@ -477,11 +523,11 @@ async fn load(
 
 /// Sends the request `make` builds until it is answered 201, retrying
 /// (with the same key) on no answer and on 5xx; `None` for another answer,
-/// or when `give_up` comes. A 5xx other than the documented 503 ("the
-/// database is unavailable, retry") is counted in `undocumented`.
+/// or when `give_up` comes. Every answer other than 201 is counted in
+/// `statuses`, for the scenario to judge.
 async fn until_answered(
     give_up: Instant,
-    undocumented: &AtomicU32,
+    statuses: &Mutex<BTreeMap<u16, u32>>,
     make: impl Fn() -> reqwest::RequestBuilder,
 ) -> Option<Value> {
     while Instant::now() < give_up {
@@ -489,18 +535,20 @@ async fn until_answered(
             Ok(response) if response.status() == reqwest::StatusCode::CREATED => {
                 return response.json().await.ok();
             }
-            Ok(response)
-                if response.status().is_server_error()
-                    && response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE =>
-            {
-                undocumented.fetch_add(1, Ordering::Relaxed);
+            Ok(response) => {
+                let status = response.status();
+                *statuses
+                    .lock()
+                    .expect("statuses")
+                    .entry(status.as_u16())
+                    .or_default() += 1;
+                if !status.is_server_error() {
+                    eprintln!("xtask: faults: a request was refused: {status}");
+                    return None;
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Ok(response) if !response.status().is_server_error() => {
-                eprintln!("xtask: faults: a request was refused: {}", response.status());
-                return None;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
     None
@@ -513,13 +561,17 @@ struct Row {
     /// Events owed: payments and refunds answered 201.
     answered: u64,
     unanswered: u32,
-    /// 5xx answers other than the documented 503.
-    undocumented: u32,
+    /// Answers with a status the scenario does not expect
+    /// ([`Fault::expected_statuses`]).
+    unexpected: u32,
     stored: u64,
     published: u64,
     service_a: u64,
     service_b: u64,
     lost: u64,
+    /// Events in the run's event store (all of them, answered 2xx or not)
+    /// missing at a stage downstream.
+    not_downstream: u64,
     twice: u64,
     /// Published without a 2xx for it.
     unanswered_published: u64,
@@ -532,29 +584,35 @@ struct Row {
     /// The longest time without any 2xx answer.
     longest_gap: Duration,
     caught_up: bool,
+    /// What else went wrong (see [`Stack::problems`]).
+    problems: Vec<String>,
 }
 
 impl Row {
     fn passed(&self) -> bool {
         self.lost == 0
+            && self.not_downstream == 0
             && self.twice == 0
             && self.unanswered_published == 0
-            && self.undocumented == 0
+            && self.unanswered == 0
+            && self.unexpected == 0
             && self.caught_up
+            && self.problems.is_empty()
     }
 
     fn markdown(&self) -> String {
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             self.name,
             self.answered,
             self.unanswered,
-            self.undocumented,
+            self.unexpected,
             self.stored,
             self.published,
             self.service_a,
             self.service_b,
             self.lost,
+            self.not_downstream,
             self.twice,
             self.unanswered_published,
             self.dead_letters,
@@ -572,13 +630,18 @@ fn seconds(duration: Option<Duration>) -> String {
 fn table(rows: &[Row], options: &Options) -> String {
     let mut table = format!(
         "{} s of {} payments/s per scenario (one in four refunded); counts are events (a payment or a refund answered 201)\n\n\
-         | fault | 2xx | never 2xx | 5xx not 503 | stored | published | ServiceA | ServiceB | lost | applied twice | published without 2xx | dead letters | recovered after | slowest 2xx → ServiceB | longest without 2xx |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | fault | 2xx | never 2xx | unexpected status | stored | published | ServiceA | ServiceB | lost | stored, not downstream | applied twice | published without 2xx | dead letters | recovered after | slowest 2xx → ServiceB | longest without 2xx |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         options.seconds, options.rate
     );
     for row in rows {
         table.push_str(&row.markdown());
         table.push('\n');
+    }
+    for row in rows {
+        for problem in &row.problems {
+            table.push_str(&format!("\n- {}: {problem}", row.name));
+        }
     }
     table
 }
@@ -617,7 +680,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(options.seconds) / 4).await;
     let fault_at = Utc::now();
     eprintln!("xtask: faults: injecting {}", fault.name());
-    inject(stack, fault, broker, postgres).await?;
+    inject(stack, fault, broker, postgres, options).await?;
     let undone_at = Utc::now();
     eprintln!(
         "xtask: faults: undone after {:.1} s",
@@ -637,10 +700,17 @@ async fn measure(
             )
         })
         .collect();
-    let caught_up = catch_up(stack, &http, &owed).await;
-    let found = Found::gather(stack, &http, &owed).await?;
+    // Owed downstream: every event in the run's store, answered 2xx or not.
+    let mut due = stored_events(&stack.run)?;
+    for (id, n) in &owed {
+        let due = due.entry(id.clone()).or_default();
+        *due = (*due).max(*n);
+    }
+    let caught_up = catch_up(stack, &http, &due).await;
+    let found = Found::gather(stack, &http, &due).await?;
 
     let (lost, twice) = tally(&owed, &found);
+    let not_downstream = not_downstream(&found);
     let unanswered_published = unanswered_published(&owed, &found);
     // The longest any payment waited, from its last 2xx to ServiceB's
     // record of what it led to.
@@ -674,12 +744,13 @@ async fn measure(
         name: fault.name(),
         answered: owed.values().sum(),
         unanswered: ledger.unanswered,
-        undocumented: ledger.undocumented.load(Ordering::Relaxed),
+        unexpected: unexpected(&ledger.statuses.lock().expect("statuses"), fault),
         stored: sum(&found.stored),
         published: sum(&found.published),
         service_a: sum(&found.audit),
         service_b: sum(&found.recorded),
         lost,
+        not_downstream,
         twice,
         unanswered_published,
         dead_letters: found.dead_letters,
@@ -687,6 +758,7 @@ async fn measure(
         slowest,
         longest_gap,
         caught_up,
+        problems: std::mem::take(&mut stack.problems),
     })
 }
 
@@ -695,6 +767,7 @@ async fn inject(
     fault: Fault,
     broker: &LocalBroker,
     postgres: &LocalPostgres,
+    options: &Options,
 ) -> Result<()> {
     match fault {
         Fault::LeaderKill => {
@@ -760,7 +833,78 @@ async fn inject(
             }
             stack.spawn(SERVICE_A).await
         }
+        Fault::PaymentsOutage => {
+            stack.callbacks.set_open(false);
+            let outage = Duration::from_secs(options.outage_seconds);
+            let paused = paused_through(stack, outage).await;
+            stack.callbacks.set_open(true);
+            if !paused {
+                stack.problems.push(format!(
+                    "ServiceB's consumer_paused{{reason=\"payments\"}} never showed 1 during the {} s outage",
+                    outage.as_secs()
+                ));
+            }
+            Ok(())
+        }
     }
+}
+
+/// Waits `outage` out, watching ServiceB's `consumer_paused` gauge; whether
+/// it showed the consumer paused for Payments at some point.
+async fn paused_through(stack: &Stack, outage: Duration) -> bool {
+    let http = reqwest::Client::new();
+    let until = Instant::now() + outage;
+    let mut paused = false;
+    while Instant::now() < until {
+        for process in [SERVICE_B, SERVICE_B_OTHER] {
+            let metrics = match http.get(stack.url(process, "/metrics")).send().await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let labels = format!(r#"group="{}",reason="payments""#, stack.group(process));
+            paused |= service_kit::metrics::sample(&metrics, "consumer_paused", &labels) == Some(1);
+        }
+        tokio::time::sleep(Duration::from_millis(500).min(until.saturating_duration_since(Instant::now())))
+            .await;
+    }
+    paused
+}
+
+/// Every payment in the run's event store with its number of events (its
+/// version: a stream's versions have no gaps), read from Payments' database.
+fn stored_events(run: &str) -> Result<HashMap<String, u64>> {
+    let output = crate::postgres::client_program("psql")?
+        .args(["-d", &Stack::database(run, "payments"), "-Atc"])
+        .arg("SELECT stream_id, max(version) FROM events GROUP BY stream_id")
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run psql")?;
+    if !output.status.success() {
+        bail!(
+            "reading the event store failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let (stream, version) = line.split_once('|').context("stream|version")?;
+            let id = stream
+                .strip_prefix("payment-")
+                .with_context(|| format!("a stream that is not a payment's: {stream}"))?;
+            Ok((id.to_owned(), version.parse()?))
+        })
+        .collect()
+}
+
+/// Answers whose status `fault` does not expect (a 201 always is).
+fn unexpected(statuses: &BTreeMap<u16, u32>, fault: Fault) -> u32 {
+    statuses
+        .iter()
+        .filter(|(status, _)| !fault.expected_statuses().contains(status))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// A TCP forwarder to Payments that a scenario can shut: while shut, it
@@ -848,6 +992,28 @@ fn tally(owed: &HashMap<String, u64>, found: &Found) -> (u64, u64) {
             .sum::<u64>();
     }
     (lost, twice)
+}
+
+/// Events in the store missing at a stage downstream, over every payment of
+/// the store (a request never answered 2xx may still have been stored; its
+/// event is owed downstream all the same).
+fn not_downstream(found: &Found) -> u64 {
+    found
+        .stored
+        .iter()
+        .map(|(id, &stored)| {
+            let at = |stage: &HashMap<String, u64>| stage.get(id).copied().unwrap_or(0).min(stored);
+            let stages = [
+                at(&found.published),
+                at(&found.state),
+                at(&found.audit),
+                at(&found.copy),
+                at(&found.recorded),
+                at(&found.record_version),
+            ];
+            stored - stages.iter().copied().min().unwrap_or(0)
+        })
+        .sum()
 }
 
 /// Events on the notifications topic that no 2xx answered: a payment or a
@@ -941,17 +1107,15 @@ struct Found {
 }
 
 impl Found {
-    async fn gather(stack: &Stack, http: &reqwest::Client, owed: &HashMap<String, u64>) -> Result<Self> {
-        let mut found = Self::default();
-        for id in owed.keys() {
+    /// What each stage holds of the payments of `due` (every payment in the
+    /// store, and every one answered 2xx).
+    async fn gather(stack: &Stack, http: &reqwest::Client, due: &HashMap<String, u64>) -> Result<Self> {
+        let mut found = Self {
+            stored: stored_events(&stack.run)?,
+            ..Self::default()
+        };
+        for id in due.keys() {
             let version = |v: &Value| v["version"].as_u64();
-            if let Some(v) = get(http, &stack.url(PAYMENTS, &format!("/payments/{id}")))
-                .await
-                .as_ref()
-                .and_then(version)
-            {
-                found.stored.insert(id.clone(), v);
-            }
             if let Some(v) = get(http, &stack.url(SERVICE_A, &format!("/payments/{id}")))
                 .await
                 .as_ref()
@@ -1043,6 +1207,26 @@ mod tests {
         let mut published_twice = stages(2);
         published_twice.published.insert("p".to_owned(), 3);
         assert_eq!(tally(&owed, &published_twice), (0, 0));
+    }
+
+    #[test]
+    fn an_event_of_the_store_missing_downstream_is_counted_whether_answered_or_not() {
+        assert_eq!(not_downstream(&stages(2)), 0);
+        // Stored (its request never answered 2xx) and never published.
+        let mut unanswered = stages(2);
+        unanswered.stored.insert("q".to_owned(), 1);
+        assert_eq!(not_downstream(&unanswered), 1);
+        let mut not_audited = stages(2);
+        not_audited.audit.insert("p".to_owned(), 1);
+        assert_eq!(not_downstream(&not_audited), 1);
+    }
+
+    #[test]
+    fn a_status_the_scenario_does_not_expect_is_counted() {
+        let statuses = BTreeMap::from([(503, 4), (500, 1), (409, 2)]);
+        assert_eq!(unexpected(&statuses, Fault::PostgresRestart), 3);
+        assert_eq!(unexpected(&statuses, Fault::BrokerKill), 7);
+        assert_eq!(unexpected(&BTreeMap::new(), Fault::BrokerKill), 0);
     }
 
     #[test]

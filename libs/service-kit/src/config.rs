@@ -295,12 +295,16 @@ pub struct ConsumerConfig {
     /// since the epoch). See [`StartFrom`].
     pub start_from: StartFrom,
     /// `RETRY_INITIAL_MS` / `RETRY_MAX_MS`: backoff between attempts at a
-    /// record whose handling failed for a reason that may pass (default
+    /// record whose handling failed for a reason that may pass, its own or
+    /// a dependency's (default
     /// 100 ms doubling up to 10 s, with jitter).
     pub retry: Backoff,
-    /// `RETRY_MAX_ATTEMPTS`: attempts at such a record before it goes to the
+    /// `RETRY_MAX_ATTEMPTS`: attempts at a record whose failure is its own
+    /// ([`crate::consumer::HandleError::Transient`]) before it goes to the
     /// dead-letter topic. Default 20 (about a minute and a half of retrying);
-    /// 0 retries for ever.
+    /// 0 retries for ever. A dependency that is down does not count: the
+    /// consumer pauses and retries for as long as the outage lasts, with
+    /// this backoff.
     pub max_attempts: u32,
     /// `KAFKA_SESSION_TIMEOUT_MS`: how soon the group notices a member that
     /// died without leaving and gives its partitions away. Default 10 s.

@@ -12,10 +12,17 @@
 //! loses one. That is *at-least-once* delivery: handlers must be idempotent
 //! (dedupe by event id, or upsert).
 //!
-//! - A [`HandleError::Transient`] failure (a dependency is down) is retried
-//!   with exponential backoff and jitter. Only the record's own key waits
-//!   meanwhile; the other keys go on, and the partition's committed offset
-//!   stays at the retried record.
+//! - A [`HandleError::Unavailable`] failure (a dependency is down: Payments,
+//!   the service's database) is nothing wrong with the record. The consumer
+//!   pauses every partition it holds (it keeps polling, so it stays in its
+//!   group) and retries the record with exponential backoff and jitter,
+//!   without limit, until the dependency answers; then it resumes. The
+//!   `consumer_paused` gauge names the dependency meanwhile. Records already
+//!   in hand retry the same way; the partition's committed offset stays at
+//!   the lowest of them.
+//! - A [`HandleError::Transient`] failure (this record may succeed later,
+//!   such as a read racing the write it follows) is retried with backoff.
+//!   Only the record's own key waits meanwhile; the other keys go on.
 //! - A [`HandleError::Permanent`] failure (the record can never be handled,
 //!   such as an undecodable value), or a transient one that lasted
 //!   `max_attempts` attempts, sends the record to its dead-letter topic
@@ -43,8 +50,12 @@
 //! the group would stay one offset behind, its lag never zero.
 //!
 //! On shutdown the loop stops fetching, gives the records being handled
-//! half the shutdown time (records being retried are left at once), commits
-//! the stored offsets and leaves the group.
+//! half of what is left of the shutdown time (records being retried are
+//! left at once), commits the stored offsets and leaves the group within
+//! the rest ([`ShutdownBudget`]). The time is counted from when the stop
+//! was asked for, not from when the loop noticed it (a rebalance that was
+//! waiting for handlers may have held it meanwhile), and ends a little
+//! before `SHUTDOWN_TIMEOUT_MS`, when the service aborts what still runs.
 
 use std::collections::{HashMap, VecDeque};
 use std::error::Error as StdError;
@@ -77,15 +88,29 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 pub const HOLD_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a record was not handled.
+///
+/// What decides the variant is whether the failure is the record's own
+/// doing. Only then may the record end up in the dead-letter topic: an
+/// outage of a dependency fails every record alike, and dead-lettering them
+/// all would turn a two-minute outage into a redrive of everything it saw.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
     /// Handling can never succeed; the record goes to the dead-letter topic.
     #[error("permanent: {0}")]
     Permanent(BoxError),
-    /// Handling may succeed later; the record is retried (up to
-    /// `max_attempts`, then dead-lettered).
+    /// This record may succeed later (a read racing the write it follows);
+    /// it is retried up to `max_attempts`, then dead-lettered.
     #[error("transient: {0}")]
     Transient(BoxError),
+    /// A dependency (named for the `consumer_paused` gauge and the log) is
+    /// down or refuses the service: nothing is wrong with the record. The
+    /// consumer pauses its partitions and retries the record with backoff,
+    /// for as long as it takes; it is never dead-lettered for this.
+    #[error("{dependency} unavailable: {source}")]
+    Unavailable {
+        dependency: &'static str,
+        source: BoxError,
+    },
 }
 
 impl HandleError {
@@ -96,7 +121,50 @@ impl HandleError {
     pub fn transient(e: impl Into<BoxError>) -> Self {
         Self::Transient(e.into())
     }
+
+    pub fn unavailable(dependency: &'static str, e: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            dependency,
+            source: e.into(),
+        }
+    }
+
+    /// A failure of the service's own database. Losing the connection, a
+    /// server that is starting or shutting down, out of resources, or
+    /// refusing the login is the database being unavailable; a statement it
+    /// rejects for what the record holds (a constraint, a value out of
+    /// range) is this record's, with a retry budget.
+    pub fn database(e: sqlx::Error) -> Self {
+        let unavailable = match &e {
+            sqlx::Error::Database(db) => db.code().is_none_or(|code| {
+                // SQLSTATE classes: 08 connection exception, 53 insufficient
+                // resources, 57 operator intervention (shutdown, cannot
+                // connect now), 28 invalid authorization, 3D no such
+                // database, 42501 permission denied.
+                ["08", "53", "57", "28", "3D"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                    || code == "42501"
+            }),
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Configuration(_) => true,
+            _ => false,
+        };
+        if unavailable {
+            Self::unavailable(DATABASE, e)
+        } else {
+            Self::transient(e)
+        }
+    }
 }
+
+/// How [`HandleError::database`] names the service's own database.
+pub const DATABASE: &str = "database";
 
 /// A record that does not decode will not decode next time either.
 impl From<DecodeError> for HandleError {
@@ -141,6 +209,51 @@ fn process_span(record: &OwnedMessage, group: &str) -> tracing::Span {
     span
 }
 
+/// How the consumer's share of `SHUTDOWN_TIMEOUT_MS` is spent once the stop
+/// is asked for: the records in hand get half of what is left when the loop
+/// gets to them, the final commit and leaving the group the rest, all before
+/// [`ShutdownBudget::deadline`].
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownBudget {
+    /// When the consumer must be closed: the shutdown timeout after the
+    /// stop was asked for, less a tenth of it, kept for the service to wind
+    /// up before it aborts what still runs.
+    pub deadline: Instant,
+}
+
+impl ShutdownBudget {
+    pub fn new(asked_at: Instant, shutdown_timeout: Duration) -> Self {
+        Self {
+            deadline: asked_at + shutdown_timeout - shutdown_timeout / 10,
+        }
+    }
+
+    /// Until when the records in hand may be waited for, from `now`: half
+    /// of what is left.
+    pub fn drain_until(&self, now: Instant) -> Instant {
+        now + self.deadline.saturating_duration_since(now) / 2
+    }
+
+    /// What is left, from `now`, for the final commit and leaving the group.
+    pub fn left(&self, now: Instant) -> Duration {
+        self.deadline.saturating_duration_since(now)
+    }
+}
+
+/// Notes when `stop` is cancelled, from a task of its own: the loop may be
+/// held in a rebalance when it is, and notice it only later.
+fn asked_at(stop: &CancellationToken) -> Arc<std::sync::OnceLock<Instant>> {
+    let asked = Arc::new(std::sync::OnceLock::new());
+    tokio::spawn({
+        let (stop, asked) = (stop.clone(), Arc::clone(&asked));
+        async move {
+            stop.cancelled().await;
+            let _ = asked.set(Instant::now());
+        }
+    });
+    asked
+}
+
 /// Runs `handler` over every record of `consumer` until `stop` is cancelled.
 pub async fn run<H: Handler>(
     consumer: GroupConsumer,
@@ -151,6 +264,7 @@ pub async fn run<H: Handler>(
 ) -> Result<()> {
     let context = Arc::clone(consumer.context());
     let max_in_flight = settings.max_in_flight.max(1);
+    let asked_at = asked_at(&stop);
     let mut run = Loop {
         worker: Arc::new(Worker {
             consumer,
@@ -198,7 +312,9 @@ pub async fn run<H: Handler>(
             },
         }
     }
-    run.close().await
+    let asked_at = asked_at.get().copied().unwrap_or_else(Instant::now);
+    let budget = ShutdownBudget::new(asked_at, run.worker.settings.shutdown_timeout);
+    run.close(budget).await
 }
 
 /// Records of one key of one partition: handled one at a time, in order.
@@ -347,13 +463,13 @@ impl<H: Handler> Loop<H> {
         );
     }
 
-    /// Stops: the records being handled get half the shutdown time; then
-    /// those not done are dropped unhandled (their offsets not stored, so they
-    /// are handled again after the restart), and the consumer commits and
-    /// leaves the group, within the other half.
-    async fn close(mut self) -> Result<()> {
-        let grace = self.worker.settings.shutdown_timeout / 2;
-        let drained = tokio::time::timeout(grace, async {
+    /// Stops: the records being handled get half of what is left of
+    /// `budget`; then those not done are dropped unhandled (their offsets
+    /// not stored, so they are handled again after the restart), and the
+    /// consumer commits and leaves the group, within the rest.
+    async fn close(mut self, budget: ShutdownBudget) -> Result<()> {
+        let drain_until = budget.drain_until(Instant::now());
+        let drained = tokio::time::timeout_at(drain_until.into(), async {
             while self.handlers.join_next().await.is_some() {}
         })
         .await;
@@ -367,7 +483,7 @@ impl<H: Handler> Loop<H> {
         let Ok(worker) = Arc::try_unwrap(self.worker) else {
             unreachable!("every record's task has ended");
         };
-        worker.close().await
+        worker.close(budget.left(Instant::now())).await
     }
 }
 
@@ -389,6 +505,31 @@ impl<H> Drop for Finish<'_, H> {
             self.epoch,
             self.done,
         );
+    }
+}
+
+/// A record waiting for `dependency`: the consumer stays paused while any
+/// record does (see [`GroupContext::depends`]).
+struct Outage<'a> {
+    consumer: &'a GroupConsumer,
+    context: &'a GroupContext,
+    dependency: &'static str,
+}
+
+impl<'a> Outage<'a> {
+    fn begin<H>(worker: &'a Worker<H>, dependency: &'static str) -> Self {
+        worker.context.depends(&worker.consumer, dependency, true);
+        Self {
+            consumer: &worker.consumer,
+            context: &worker.context,
+            dependency,
+        }
+    }
+}
+
+impl Drop for Outage<'_> {
+    fn drop(&mut self) {
+        self.context.depends(self.consumer, self.dependency, false);
     }
 }
 
@@ -429,11 +570,19 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Handles `record`, retrying transient failures and dead-lettering what
-    /// cannot be handled.
+    /// Handles `record`, retrying what may pass and dead-lettering what
+    /// cannot be handled. While a dependency is unavailable the consumer is
+    /// paused ([`GroupContext::depends`]) and the record is retried without
+    /// counting against `max_attempts`.
     async fn process(&self, record: &OwnedMessage, epoch: u64) -> Outcome {
         let mut attempt = 1;
+        // Failures of the record's own (transient ones), against the budget.
+        let mut failures = 0;
         let mut first_failure = None;
+        // Holds the consumer paused while this record waits for a dependency;
+        // dropping it (handled, given up on, revoked, stopped, aborted)
+        // lets the consumer go on.
+        let mut waiting_for: Option<Outage<'_>> = None;
         loop {
             if self
                 .context
@@ -444,19 +593,31 @@ impl<H: Handler> Worker<H> {
             let (error, reason) = match self.handler.handle(record, attempt).await {
                 Ok(()) => return Outcome::Handled,
                 Err(HandleError::Permanent(e)) => (e, Reason::Permanent),
+                Err(HandleError::Unavailable { dependency, source }) => {
+                    if waiting_for.as_ref().is_none_or(|o| o.dependency != dependency) {
+                        waiting_for = Some(Outage::begin(self, dependency));
+                    }
+                    first_failure.get_or_insert_with(Utc::now);
+                    let delay = self.settings.retry.delay(attempt);
+                    attempt += 1;
+                    tracing::warn!(error = %source, dependency, attempt, retry_in_ms = delay.as_millis(), "dependency unavailable, consumer paused, will retry");
+                    if !self.retry_after(record, delay).await {
+                        return Outcome::Stopped;
+                    }
+                    continue;
+                }
                 Err(HandleError::Transient(e)) => {
+                    failures += 1;
                     let max = self.settings.max_attempts;
-                    if max != 0 && attempt >= max {
+                    if max != 0 && failures >= max {
                         (e, Reason::Exhausted)
                     } else {
+                        waiting_for = None;
                         first_failure.get_or_insert_with(Utc::now);
-                        let delay = self.settings.retry.delay(attempt);
+                        let delay = self.settings.retry.delay(failures);
                         attempt += 1;
                         tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis(), "handling failed, will retry");
-                        self.context
-                            .metrics()
-                            .retried(&self.context.group, record.topic());
-                        if !self.wait(delay).await {
+                        if !self.retry_after(record, delay).await {
                             return Outcome::Stopped;
                         }
                         continue;
@@ -472,6 +633,15 @@ impl<H: Handler> Worker<H> {
             tracing::error!(error = %failure.error, reason = ?reason, attempts = attempt, "giving up on the record: to the dead-letter topic");
             return self.dead_letter(record, epoch, &failure).await;
         }
+    }
+
+    /// Counts a retry of `record` and waits `delay`; `false` if the service
+    /// stopped meanwhile.
+    async fn retry_after(&self, record: &OwnedMessage, delay: Duration) -> bool {
+        self.context
+            .metrics()
+            .retried(&self.context.group, record.topic());
+        self.wait(delay).await
     }
 
     /// Publishes `record` to its dead-letter topic, retrying until the broker
@@ -508,14 +678,13 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Commits the stored offsets and leaves the group, within half the
-    /// shutdown time: a broker that does not answer does not hold the
-    /// service up (what was not committed is handled again after the
-    /// restart).
-    async fn close(self) -> Result<()> {
+    /// Commits the stored offsets and leaves the group, within `deadline`
+    /// (what is left of the shutdown budget): a broker that does not answer
+    /// does not hold the service up (what was not committed is handled
+    /// again after the restart).
+    async fn close(self, deadline: Duration) -> Result<()> {
         let consumer = self.consumer;
         let offsets = self.context.offsets;
-        let deadline = self.settings.shutdown_timeout / 2;
         // Both calls block on the broker, so they run off the async threads.
         let closed = tokio::task::spawn_blocking(move || {
             // Closing commits stored offsets too (auto-commit is on);
@@ -566,6 +735,31 @@ mod tests {
         // Jitter: the delays of one attempt are not all the same.
         let delays: std::collections::HashSet<_> = (0..20).map(|_| backoff.delay(5)).collect();
         assert!(delays.len() > 1);
+    }
+
+    #[test]
+    fn the_final_commit_gets_what_is_left_of_the_shutdown_time_counted_from_the_stop() {
+        let asked = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let budget = ShutdownBudget::new(asked, timeout);
+        assert_eq!(budget.deadline, asked + Duration::from_secs(9));
+        // Noticed at once: 4.5 s for the records in hand, 4.5 s to commit.
+        assert_eq!(budget.drain_until(asked), asked + Duration::from_millis(4500));
+        assert_eq!(
+            budget.left(asked + Duration::from_millis(4500)),
+            Duration::from_millis(4500)
+        );
+        // Noticed 5 s late (a rebalance held the loop): the records get 2 s,
+        // the commit 2 s, and it all ends 1 s before the service aborts.
+        let late = asked + Duration::from_secs(5);
+        assert_eq!(budget.drain_until(late), asked + Duration::from_secs(7));
+        assert_eq!(
+            budget.left(asked + Duration::from_secs(7)),
+            Duration::from_secs(2)
+        );
+        // Nothing left: nothing to wait for.
+        assert_eq!(budget.left(asked + timeout), Duration::ZERO);
+        assert_eq!(budget.drain_until(asked + timeout), asked + timeout);
     }
 
     #[test]

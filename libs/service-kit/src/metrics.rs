@@ -9,6 +9,12 @@
 //! | `consumer_records_handled_total` | counter | group, topic |
 //! | `consumer_retries_total` | counter | group, topic |
 //! | `dead_letters_total` | counter | group, topic |
+//! | `consumer_paused` | gauge | group, reason |
+//!
+//! `consumer_paused` is 1 while the group's consumer holds its partitions
+//! paused for `reason`: a dependency its records wait for (`payments`,
+//! `payments_credential`, `database`), or `in_flight_bound` (records in
+//! flight at `CONSUMER_MAX_IN_FLIGHT`); 0 once that passed.
 //!
 //! Lag comes from librdkafka's statistics (every
 //! `KAFKA_STATISTICS_INTERVAL_MS`): records in the partition after the
@@ -44,6 +50,12 @@ struct TopicLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    group: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabels {
     group: String,
     topic: String,
@@ -65,6 +77,7 @@ struct Inner {
     handled: Family<TopicLabels, Counter>,
     retries: Family<TopicLabels, Counter>,
     dead_letters: Family<TopicLabels, Counter>,
+    paused: Family<ReasonLabels, Gauge>,
     /// The lag series each group has now, to drop those of partitions it
     /// no longer holds.
     lag_series: Mutex<HashMap<String, Vec<PartitionLabels>>>,
@@ -109,6 +122,12 @@ impl Default for Metrics {
             "Records moved to the topic's dead-letter topic",
             dead_letters.clone(),
         );
+        let paused = Family::default();
+        registry.register(
+            "consumer_paused",
+            "1 while the consumer holds its partitions paused for the reason (a dependency that is down, or in_flight_bound)",
+            paused.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -118,6 +137,7 @@ impl Default for Metrics {
                 handled,
                 retries,
                 dead_letters,
+                paused,
                 lag_series: Mutex::default(),
             }),
         }
@@ -209,6 +229,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Whether `group`'s consumer is paused for `reason`.
+    pub fn paused(&self, group: &str, reason: &str, paused: bool) {
+        self.inner
+            .paused
+            .get_or_create(&ReasonLabels {
+                group: escaped(group),
+                reason: escaped(reason),
+            })
+            .set(i64::from(paused));
+    }
+
     /// The OpenMetrics text exposition of every value.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -227,7 +258,7 @@ pub fn metrics_router(metrics: Metrics) -> Router {
     get,
     path = "/metrics",
     responses(
-        (status = 200, description = "OpenMetrics text: consumer lag per partition, assigned partitions, rebalances, records handled, retries, dead letters",
+        (status = 200, description = "OpenMetrics text: consumer lag per partition, assigned partitions, rebalances, records handled, retries, dead letters, paused consumers",
          body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
     ),
 )]
@@ -263,6 +294,7 @@ mod tests {
         metrics.dead_lettered("g", "t");
         metrics.dead_lettered("g", "t");
         metrics.handled("we\"ird", "t");
+        metrics.paused("g", "payments", true);
         let text = metrics.render();
         assert_eq!(
             sample(
@@ -294,6 +326,10 @@ mod tests {
                 "consumer_records_handled_total",
                 r#"group="we\"ird",topic="t""#
             ),
+            Some(1)
+        );
+        assert_eq!(
+            sample(&text, "consumer_paused", r#"group="g",reason="payments""#),
             Some(1)
         );
         assert!(text.contains("# TYPE dead_letters counter"));

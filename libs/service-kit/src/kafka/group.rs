@@ -2,7 +2,7 @@
 //! shared with the consumer loop), and where a group starts the partitions
 //! it never read ([`start_offsets`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,10 @@ pub enum Offsets {
 
 pub(super) type Partition = (String, i32);
 
+/// The `consumer_paused` reason of a loop at its bound of records in flight
+/// ([`GroupContext::hold`]); the other reasons are dependencies.
+pub const PAUSED_FULL: &str = "in_flight_bound";
+
 /// The consumer's side of rebalances and statistics, shared with the
 /// consumer loop (through [`Consumer::context`]).
 #[derive(Debug)]
@@ -120,15 +124,22 @@ struct Partitions {
     /// handling the record before it is reaching the end too (the end of a
     /// partition that keeps being written to is never reported).
     ends_at_start: HashMap<Partition, i64>,
-    /// Whether the loop holds everything paused (records in flight at
-    /// their bound).
-    held: bool,
+    /// Whether the loop holds everything paused for having records in
+    /// flight at their bound.
+    full: bool,
+    /// Dependencies records are waiting for, with how many records wait for
+    /// each: while any does, everything is held paused.
+    outages: BTreeMap<&'static str, usize>,
     /// For each assigned partition the loop received records of: what it
     /// is not done with, and how far it may be committed.
     progress: HashMap<Partition, Progress>,
 }
 
 impl Partitions {
+    fn held(&self) -> bool {
+        self.full || !self.outages.is_empty()
+    }
+
     fn revoked_since(&self, topic: &str, partition: i32, epoch: u64) -> bool {
         self.revoked_at
             .get(&(topic.to_owned(), partition))
@@ -318,18 +329,72 @@ impl GroupContext {
         !partitions.assigned.is_empty() && partitions.assigned.is_subset(&partitions.reached_end)
     }
 
-    /// Whether [`Self::hold`] holds the partitions paused.
+    /// Whether every partition is held paused, for either reason
+    /// ([`Self::hold`], [`Self::depends`]).
     pub fn held(&self) -> bool {
-        self.partitions().held
+        self.partitions().held()
     }
 
     /// Pauses (`true`) or resumes every partition the consumer holds,
-    /// including those a rebalance assigns while held. The loop holds them
-    /// while it retries a record: it keeps polling, which keeps it in the
-    /// group, without fetching records it could not handle yet.
-    pub fn hold(&self, consumer: &GroupConsumer, held: bool) {
+    /// including those a rebalance assigns while held, for having records
+    /// in flight at their bound: the loop keeps polling, which keeps it in
+    /// the group, without fetching records it could not take yet. A
+    /// dependency that is down keeps them paused regardless.
+    pub fn hold(&self, consumer: &GroupConsumer, full: bool) {
+        self.set_hold(consumer, |partitions| {
+            partitions.full = full;
+            Some(PAUSED_FULL)
+        });
+    }
+
+    /// Notes that a record started (`true`) or stopped (`false`) waiting
+    /// for `dependency`, which is unavailable. While any record waits for a
+    /// dependency every partition is paused: the records behind it would
+    /// only fail the same way. The `consumer_paused` gauge, labelled with
+    /// the dependency, shows it.
+    pub fn depends(&self, consumer: &GroupConsumer, dependency: &'static str, waiting: bool) {
+        self.set_hold(consumer, |partitions| {
+            let count = partitions.outages.entry(dependency).or_default();
+            if waiting {
+                *count += 1;
+                if *count > 1 {
+                    return None;
+                }
+                tracing::warn!(group = %self.group, dependency, "dependency unavailable: consumer paused");
+            } else {
+                *count = count.saturating_sub(1);
+                if *count > 0 {
+                    return None;
+                }
+                partitions.outages.remove(dependency);
+                tracing::info!(group = %self.group, dependency, "dependency back: consumer resumed");
+            }
+            Some(dependency)
+        });
+    }
+
+    /// Applies `change` to the hold; pauses or resumes the assignment when
+    /// that flips whether it is held, and sets the gauge of the reason
+    /// `change` returns.
+    fn set_hold(
+        &self,
+        consumer: &GroupConsumer,
+        change: impl FnOnce(&mut Partitions) -> Option<&'static str>,
+    ) {
         let mut partitions = self.partitions();
-        partitions.held = held;
+        let was = partitions.held();
+        let Some(reason) = change(&mut partitions) else {
+            return;
+        };
+        let paused_for = match reason {
+            PAUSED_FULL => partitions.full,
+            dependency => partitions.outages.contains_key(dependency),
+        };
+        self.metrics.paused(&self.group, reason, paused_for);
+        let held = partitions.held();
+        if held == was {
+            return;
+        }
         let tpl = match consumer.assignment() {
             Ok(tpl) => tpl,
             Err(e) => return tracing::warn!(error = %e, "cannot read the assignment"),
