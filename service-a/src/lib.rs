@@ -95,10 +95,15 @@ pub async fn run(
     .merge(metrics_router(metrics));
     let audit = PaymentEvents::new(topics.clone(), state.clone(), audit_log.clone());
     let copy = PaymentEvents::new(topics, state, audit_log.clone());
-    let pruning = prune_until_stopped("audit log", config.retention, stop.clone(), move |cutoff, batch| {
-        let audit_log = audit_log.clone();
-        async move { audit_log.prune(cutoff, batch).await }
-    });
+    let pruning = prune_until_stopped(
+        "audit log",
+        config.retention,
+        stop.clone(),
+        move |cutoff, batch| {
+            let audit_log = audit_log.clone();
+            async move { audit_log.prune(cutoff, batch).await }
+        },
+    );
 
     supervise(
         stop.clone(),

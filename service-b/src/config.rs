@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use service_kit::auth::{Callers, HTTP_CALLERS, Token};
 use service_kit::config::{
-    ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, RetentionConfig, credential, millis, secret,
-    var,
+    ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, RetentionConfig, credential, millis, secret, var,
 };
 
 /// ServiceB's own database on the local PostgreSQL of `cargo xtask pg up`

@@ -7,10 +7,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use service_kit::retention::Expiring;
 use shared_events::{EventId, PaymentId, PaymentState};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::types::Json;
-use service_kit::retention::Expiring;
 use sqlx::{PgPool, Row};
 
 use crate::error::Result;

@@ -232,7 +232,10 @@ async fn handled_ids_past_the_retention_are_pruned_in_bounded_rounds_and_recent_
     };
     let cutoff = Utc::now() - retention.keep;
     assert_eq!(
-        records.prune_handled(cutoff, retention.batch).await.expect("prune"),
+        records
+            .prune_handled(cutoff, retention.batch)
+            .await
+            .expect("prune"),
         2,
         "a round deletes a batch at most"
     );
@@ -280,8 +283,15 @@ async fn handled_ids_past_the_retention_are_pruned_in_bounded_rounds_and_recent_
     assert_eq!(calls.load(Ordering::SeqCst), 7);
     // Past it, the id is forgotten and the notification would count again:
     // why the retention outlasts what the topic can deliver again.
-    handler.handle(&delivered("n", 0, &old[0]), 1).await.expect("handled");
+    handler
+        .handle(&delivered("n", 0, &old[0]), 1)
+        .await
+        .expect("handled");
     assert_eq!(calls.load(Ordering::SeqCst), 8);
-    let stored = records.get(known.payment_id).await.expect("read").expect("recorded");
+    let stored = records
+        .get(known.payment_id)
+        .await
+        .expect("read")
+        .expect("recorded");
     assert_eq!(stored.notifications, 8);
 }

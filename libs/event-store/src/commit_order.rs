@@ -91,7 +91,8 @@ impl CommitOrder {
         rows.into_iter()
             .map(|row| {
                 let checkpoint = Checkpoint {
-                    transaction_id: u64::try_from(row.try_get::<i64, _>("commit_order_tx")?).unwrap_or_default(),
+                    transaction_id: u64::try_from(row.try_get::<i64, _>("commit_order_tx")?)
+                        .unwrap_or_default(),
                     position: row.try_get("commit_order_position")?,
                 };
                 Ok((checkpoint, row))

@@ -331,7 +331,9 @@ impl EventStore {
         after: Checkpoint,
         limit: i64,
     ) -> Result<Vec<(Checkpoint, RecordedEvent)>> {
-        let rows = EVENTS_IN_COMMIT_ORDER.read(&self.pool, EVENT_COLUMNS, after, limit).await?;
+        let rows = EVENTS_IN_COMMIT_ORDER
+            .read(&self.pool, EVENT_COLUMNS, after, limit)
+            .await?;
         rows.iter()
             .map(|(checkpoint, row)| Ok((*checkpoint, recorded(row)?)))
             .collect()
