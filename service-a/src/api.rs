@@ -1,8 +1,9 @@
 //! ServiceA's HTTP API.
 //!
-//! - `GET /audit?limit=n&after=seq`: the notifications handled, in the order
-//!   they were recorded, a page at a time; `Link: <...>; rel="next"` names
-//!   the next page while there is one.
+//! - `GET /audit?limit=n&after=cursor`: the notifications handled, in the
+//!   order they were committed, a page at a time; `Link: <...>; rel="next"`
+//!   names the next page while there is one, and each entry's `cursor` is
+//!   where to read on from it later.
 //! - `GET /payments/{id}`: the local copy of a payment (404 until its state
 //!   event arrived), with `Copied-At`: when the copy last changed here.
 //!
@@ -80,8 +81,9 @@ struct AuditQuery {
     /// Entries per page: default 100, at most 1000.
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
-    /// The `seq` of the last entry of the previous page.
-    after: Option<i64>,
+    /// The `cursor` of the last entry read (of the previous page): the page
+    /// starts after it. From the start when absent.
+    after: Option<String>,
 }
 
 #[utoipa::path(
@@ -90,7 +92,7 @@ struct AuditQuery {
     security(("caller_token" = [])),
     params(AuditQuery),
     responses(
-        (status = 200, description = "A page of the notifications handled, in the order recorded; `Link: <...>; rel=\"next\"` while there are more", body = [AuditEntrySchema]),
+        (status = 200, description = "A page of the notifications handled, in the order committed; `Link: <...>; rel=\"next\"` while there are more. An entry that commits later never lands before a cursor already handed out, so reading on from the last entry's `cursor` misses none", body = [AuditEntrySchema]),
         (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
         (status = 403, description = "A known caller not given the right to read", body = ErrorBody),
         (status = 400, description = "A bad limit or after", body = ErrorBody),
@@ -103,8 +105,13 @@ async fn audit(
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let limit = page_size(query.limit).map_err(ApiError::InvalidQuery)?;
+    let after = query
+        .after
+        .map(|cursor| cursor.parse())
+        .transpose()
+        .map_err(ApiError::InvalidQuery)?;
     // One more than asked: whether there is a next page.
-    let mut entries = app.audit.page(query.after, limit + 1).await.map_err(|e| {
+    let mut entries = app.audit.page(after, limit + 1).await.map_err(|e| {
         tracing::error!(error = %e, "cannot read the audit log");
         ApiError::Unavailable
     })?;
@@ -112,7 +119,7 @@ async fn audit(
     entries.truncate(limit);
     let mut response = Json(&entries).into_response();
     if more && let Some(last) = entries.last() {
-        let (name, value) = next_page(&format!("/audit?after={}&limit={limit}", last.seq));
+        let (name, value) = next_page(&format!("/audit?after={}&limit={limit}", last.cursor));
         response.headers_mut().insert(name, value);
     }
     Ok(response)

@@ -1,7 +1,17 @@
 //! ServiceA's audit log, in its own PostgreSQL database.
+//!
+//! Read a page at a time in commit order ([`event_store::commit_order`]):
+//! entries are numbered at insert and handlers insert concurrently, so the
+//! order of `seq` is not the order in which entries become visible. A page
+//! ends at a [`Checkpoint`] nothing can commit before later, so a reader
+//! that goes on from the last entry's `cursor` sees every entry once.
+//! Entries older than `RETENTION_DAYS` are pruned
+//! ([`service_kit::retention`]).
 
 use chrono::{DateTime, Utc};
+use event_store::{Checkpoint, CommitOrder};
 use serde::Serialize;
+use service_kit::retention::Expiring;
 use shared_events::{EventId, PaymentId};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
@@ -12,10 +22,25 @@ use crate::error::Result;
 /// The schema, embedded at compile time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The log in commit order: by writing transaction, then `seq`.
+const COMMIT_ORDER: CommitOrder = CommitOrder::new("audit_entries", "seq");
+/// The log by age, for pruning.
+const EXPIRING: Expiring = Expiring {
+    table: "audit_entries",
+    key: "seq",
+    time: "recorded_at",
+};
+const COLUMNS: &str = "seq, event_id, payment_id, kind, occurred_at, recorded_at, source, correlation_id, \
+     topic_partition, topic_offset";
+
 /// One notification, as recorded in the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AuditEntry {
-    /// Its place in the log: the cursor to read on from.
+    /// Its place in the log: `GET /audit?after=` this cursor reads on from
+    /// the entry. Opaque; it orders entries as they were committed.
+    pub cursor: String,
+    /// The entry's number, taken when it was inserted: unique, but entries
+    /// can commit (and so appear) out of `seq` order.
     pub seq: i64,
     pub event_id: EventId,
     pub payment_id: PaymentId,
@@ -93,24 +118,32 @@ impl Audit {
         Ok(inserted.rows_affected() == 1)
     }
 
-    /// Up to `limit` entries recorded after the entry `after` (from the
-    /// start when `None`), in the order they were recorded.
-    pub async fn page(&self, after: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>> {
-        let rows = sqlx::query(
-            "SELECT seq, event_id, payment_id, kind, occurred_at, recorded_at, source, correlation_id, \
-                    topic_partition, topic_offset \
-             FROM audit_entries WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(after.unwrap_or(0))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(entry).collect()
+    /// Up to `limit` entries committed after the entry whose cursor is
+    /// `after` (from the start when `None`), in commit order. Entries of
+    /// transactions still running are held back, and with them every newer
+    /// one (see [`event_store::commit_order`]).
+    pub async fn page(&self, after: Option<Checkpoint>, limit: usize) -> Result<Vec<AuditEntry>> {
+        let rows = COMMIT_ORDER
+            .read(
+                &self.pool,
+                COLUMNS,
+                after.unwrap_or_default(),
+                i64::try_from(limit).unwrap_or(i64::MAX),
+            )
+            .await?;
+        rows.iter().map(|(cursor, row)| entry(*cursor, row)).collect()
+    }
+
+    /// Deletes up to `batch` of the entries recorded before `cutoff`, oldest
+    /// first; returns how many.
+    pub async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<u64> {
+        Ok(EXPIRING.prune(&self.pool, cutoff, batch).await?)
     }
 }
 
-fn entry(row: &PgRow) -> Result<AuditEntry> {
+fn entry(cursor: Checkpoint, row: &PgRow) -> Result<AuditEntry> {
     Ok(AuditEntry {
+        cursor: cursor.to_string(),
         seq: row.try_get("seq")?,
         event_id: EventId::from(row.try_get::<Uuid, _>("event_id")?),
         payment_id: PaymentId::from(row.try_get::<Uuid, _>("payment_id")?),

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 
 use service_kit::auth::{Callers, HTTP_CALLERS};
-use service_kit::config::{ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, credential, secret, var};
+use service_kit::config::{
+    ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, RetentionConfig, credential, secret, var,
+};
 
 /// ServiceA's own database on the local PostgreSQL of `cargo xtask pg up`,
 /// as its own role (which `pg up` makes; that server trusts loopback, so no
@@ -27,6 +29,10 @@ pub struct Config {
     /// `DATABASE_CONNECTIONS`: connection pool size. Default 10, as for the
     /// other services: up to `CONSUMER_MAX_IN_FLIGHT` handlers share it.
     pub database_connections: u32,
+    /// How long audit entries are kept, and how they are pruned
+    /// (`RETENTION_DAYS`, default 15; `PRUNE_INTERVAL_MS`, `PRUNE_BATCH`):
+    /// see [`service_kit::retention`].
+    pub retention: RetentionConfig,
     /// `STARTUP_TIMEOUT_MS`: see [`service_kit::config::startup_timeout`].
     pub startup_timeout: std::time::Duration,
     /// `HTTP_CALLERS`: who may read the copy and the audit log (operators):
@@ -43,6 +49,7 @@ impl Config {
             group_id: var("GROUP_ID", crate::SERVICE.to_owned())?,
             database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
             database_connections: var("DATABASE_CONNECTIONS", 10)?,
+            retention: RetentionConfig::from_env()?,
             startup_timeout: service_kit::config::startup_timeout()?,
             callers: credential(HTTP_CALLERS)?,
         })

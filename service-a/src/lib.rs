@@ -2,7 +2,8 @@
 //!
 //! - From the **notifications** topic it keeps an audit log of every
 //!   notification, in its own PostgreSQL database, so it survives restarts
-//!   (`GET /audit`, a page at a time).
+//!   (`GET /audit`, a page at a time, in commit order), kept for
+//!   `RETENTION_DAYS`.
 //! - From the compacted **state** topic it keeps its own copy of every payment
 //!   (event-carried state transfer), served at `GET /payments/{id}` even while
 //!   Payments is down.
@@ -38,6 +39,7 @@ use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, se
 use service_kit::kafka::{self, Admin};
 use service_kit::lifecycle::{stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
+use service_kit::retention::prune_until_stopped;
 use service_kit::startup::wait_for_database;
 use tokio::net::TcpListener;
 
@@ -92,12 +94,22 @@ pub async fn run(
     .merge(ready_router(readiness))
     .merge(metrics_router(metrics));
     let audit = PaymentEvents::new(topics.clone(), state.clone(), audit_log.clone());
-    let copy = PaymentEvents::new(topics, state, audit_log);
+    let copy = PaymentEvents::new(topics, state, audit_log.clone());
+    let pruning = prune_until_stopped(
+        "audit log",
+        config.retention,
+        stop.clone(),
+        move |cutoff, batch| {
+            let audit_log = audit_log.clone();
+            async move { audit_log.prune(cutoff, batch).await }
+        },
+    );
 
     supervise(
         stop.clone(),
         [
             task("broker probe", probe),
+            task("pruning", pruning),
             task(
                 "notifications",
                 consumer::run(

@@ -1,6 +1,6 @@
 //! ServiceA's audit log against a real PostgreSQL (a database of its own
 //! per test): notifications recorded once, kept apart from the payment
-//! copy, read a page at a time.
+//! copy, read a page at a time in commit order, pruned past the retention.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -150,10 +150,246 @@ async fn the_audit_is_read_a_page_at_a_time_in_the_order_it_was_recorded() {
         "/audit?limit=0",
         "/audit?limit=1001",
         "/audit?after=x",
+        "/audit?after=12",
         "/audit?limit=-1",
     ] {
         let (status, _, body) = get(&router, bad, Some(&token)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert_eq!(body["error"], "invalid_query", "{bad}");
     }
+}
+
+/// How many requests the reader of the test below has made.
+type Reads = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+/// Pages through `GET /audit` from the start, going on from the last
+/// entry's cursor, until `count` entries came back (or 60 s passed);
+/// counts its requests in `reads`.
+async fn read_throughout(router: axum::Router, token: Token, count: usize, reads: Reads) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    while seen.len() < count && tokio::time::Instant::now() < deadline {
+        let uri = match &cursor {
+            Some(cursor) => format!("/audit?limit=3&after={cursor}"),
+            None => "/audit?limit=3".to_owned(),
+        };
+        let (status, _, body) = get(&router, &uri, Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+        let page = body.as_array().expect("a list");
+        seen.extend(
+            page.iter()
+                .map(|e| e["event_id"].as_str().expect("id").to_owned()),
+        );
+        if let Some(last) = page.last() {
+            cursor = Some(last["cursor"].as_str().expect("a cursor").to_owned());
+        }
+        reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::task::yield_now().await;
+    }
+    seen
+}
+
+/// Waits (up to 10 s) until `condition` holds.
+async fn until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reader_paging_throughout_sees_every_entry_once_though_commits_land_out_of_seq_order() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use sqlx::Connection;
+
+    const ROUNDS: i64 = 3;
+    const WRITERS: i64 = 3;
+    const PER_WRITER: i64 = 5;
+    const LATER: i64 = 2;
+
+    let database = TestDatabase::empty().await;
+    let audit = Audit::connect(database.url.parse().expect("url"), 8)
+        .await
+        .expect("connect and migrate");
+    let topics = Topics::default();
+    let handler = Arc::new(PaymentEvents::new(
+        topics.clone(),
+        State::default(),
+        audit.clone(),
+    ));
+    let token = Token::generate();
+    let router = app(
+        AppState {
+            state: State::default(),
+            audit,
+        },
+        Callers::of([("operator", &token)]),
+    );
+    let total = usize::try_from(ROUNDS * (1 + LATER + WRITERS * PER_WRITER)).expect("small");
+    let reads = Reads::default();
+    let reader = tokio::spawn(read_throughout(router, token, total, Arc::clone(&reads)));
+    let mut blocker = sqlx::PgConnection::connect(&database.url).await.expect("connect");
+    let mut probe = sqlx::PgConnection::connect(&database.url).await.expect("connect");
+
+    let mut sent = Vec::new();
+    for _ in 0..ROUNDS {
+        // Writers all through the round.
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let (handler, topics) = (Arc::clone(&handler), topics.clone());
+                tokio::spawn(async move { notify(&handler, &topics, PER_WRITER).await })
+            })
+            .collect();
+
+        // A slow one: its insert takes its `seq` (and transaction), then
+        // waits on a row with the same event id that another transaction
+        // holds uncommitted.
+        let slow = Envelope::new("/test", payment().notification(), Uuid::now_v7(), None);
+        let mut held = blocker.begin().await.expect("begin");
+        sqlx::query(
+            "INSERT INTO audit_entries (event_id, payment_id, kind, occurred_at, recorded_at, source, \
+             correlation_id, topic_partition, topic_offset) \
+             VALUES ($1, $2, 'received', now(), now(), '/held', $3, 0, 0)",
+        )
+        .bind(Uuid::from(slow.metadata.id))
+        .bind(Uuid::new_v4())
+        .bind(Uuid::new_v4())
+        .execute(&mut *held)
+        .await
+        .expect("insert");
+        let slow_write = {
+            let (handler, topics, slow) = (Arc::clone(&handler), topics.clone(), slow.clone());
+            tokio::spawn(async move {
+                handler
+                    .handle(&delivered(&topics.notifications, 1000, &slow), 1)
+                    .await
+                    .expect("handled");
+            })
+        };
+        // Asked outside that transaction: one sees the same activity
+        // throughout.
+        until("the slow insert to wait", async || {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut probe)
+            .await
+            .expect("query")
+                > 0
+        })
+        .await;
+
+        // Later entries commit (higher `seq`) while it waits, and the reader
+        // reads past them.
+        sent.extend(notify(&handler, &topics, LATER).await);
+        let before = reads.load(Ordering::SeqCst);
+        until("the reader to read on", async || {
+            reads.load(Ordering::SeqCst) >= before + 2
+        })
+        .await;
+
+        // The other transaction gives up: the slow entry commits now, with
+        // a `seq` below entries already read.
+        held.rollback().await.expect("rollback");
+        slow_write.await.expect("slow writer");
+        sent.push(slow);
+        for writer in writers {
+            sent.extend(writer.await.expect("writer"));
+        }
+    }
+
+    let seen = reader.await.expect("reader");
+    let mut expected: Vec<String> = sent.iter().map(|n| n.metadata.id.to_string()).collect();
+    expected.sort();
+    let mut distinct = seen.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), seen.len(), "no entry twice");
+    let missed: Vec<_> = expected
+        .iter()
+        .filter(|id| distinct.binary_search(id).is_err())
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "{} of {total} entries never seen: {missed:?}",
+        missed.len()
+    );
+    assert_eq!(distinct, expected, "nothing else");
+}
+
+#[tokio::test]
+async fn entries_older_than_the_retention_are_pruned_a_batch_at_a_time() {
+    let (database, audit) = audit().await;
+    let topics = Topics::default();
+    let handler = PaymentEvents::new(topics.clone(), State::default(), audit.clone());
+    let sent = notify(&handler, &topics, 5).await;
+    let old: Vec<Uuid> = sent[..3].iter().map(|n| Uuid::from(n.metadata.id)).collect();
+    let pool = sqlx::PgPool::connect(&database.url).await.expect("connect");
+    sqlx::query("UPDATE audit_entries SET recorded_at = now() - interval '16 days' WHERE event_id = ANY($1)")
+        .bind(&old)
+        .execute(&pool)
+        .await
+        .expect("backdate");
+
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(15);
+    assert_eq!(audit.prune(cutoff, 2).await.expect("prune"), 2, "a batch at most");
+    assert_eq!(audit.prune(cutoff, 2).await.expect("prune"), 1);
+    assert_eq!(audit.prune(cutoff, 2).await.expect("prune"), 0);
+    let left: Vec<_> = audit
+        .page(None, 10)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(
+        left,
+        [sent[3].metadata.id, sent[4].metadata.id],
+        "the newer ones stay"
+    );
+
+    // A notification within the retention, delivered again, is known.
+    handler
+        .handle(&delivered(&topics.notifications, 4, &sent[4]), 1)
+        .await
+        .expect("handled");
+    assert_eq!(audit.page(None, 10).await.expect("read").len(), 2);
+}
+
+#[tokio::test]
+async fn an_open_transaction_in_another_database_does_not_hold_the_audit_back() {
+    use sqlx::Connection;
+
+    let (_database, audit) = audit().await;
+    // Another service's database on the same server, with a transaction
+    // that has written and stays open.
+    let elsewhere = TestDatabase::empty().await;
+    let mut other = sqlx::PgConnection::connect(&elsewhere.url)
+        .await
+        .expect("connect");
+    let mut open = other.begin().await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *open)
+        .await
+        .expect("take an id");
+
+    let topics = Topics::default();
+    let handler = PaymentEvents::new(topics.clone(), State::default(), audit.clone());
+    let sent = notify(&handler, &topics, 1).await;
+    let mut page = Vec::new();
+    until("the entry to be read", async || {
+        page = audit.page(None, 10).await.expect("read");
+        !page.is_empty()
+    })
+    .await;
+    assert_eq!(page[0].event_id, sent[0].metadata.id);
+    open.rollback().await.expect("rollback");
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use service_kit::auth::{Callers, HTTP_CALLERS, Token};
 use service_kit::config::{
-    ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, credential, millis, secret, var,
+    ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, RetentionConfig, credential, millis, secret, var,
 };
 
 /// ServiceB's own database on the local PostgreSQL of `cargo xtask pg up`,
@@ -31,6 +31,11 @@ pub struct Config {
     /// they queued for a connection (`cargo xtask bench`: a backlog drained
     /// at 1,352/s with 5 connections, 2,032/s with 10).
     pub database_connections: u32,
+    /// How long the ids of handled notifications are kept, and how they
+    /// are pruned (`RETENTION_DAYS`, default 15; `PRUNE_INTERVAL_MS`,
+    /// `PRUNE_BATCH`): see [`service_kit::retention`], which says why the
+    /// retention must outlast the notifications topic's.
+    pub retention: RetentionConfig,
     /// `STARTUP_TIMEOUT_MS`: see [`service_kit::config::startup_timeout`].
     pub startup_timeout: std::time::Duration,
     /// `PAYMENTS_URL`: base URL of Payments. Default `http://127.0.0.1:8080`.
@@ -58,6 +63,7 @@ impl Config {
             group_id: var("GROUP_ID", crate::SERVICE.to_owned())?,
             database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
             database_connections: var("DATABASE_CONNECTIONS", 10)?,
+            retention: RetentionConfig::from_env()?,
             startup_timeout: service_kit::config::startup_timeout()?,
             payments_url: var("PAYMENTS_URL", "http://127.0.0.1:8080".to_owned())?,
             payments_token: credential("PAYMENTS_TOKEN")?,

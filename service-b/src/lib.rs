@@ -7,7 +7,9 @@
 //! the callback succeeded or the notification went to the dead-letter topic,
 //! so no notification is dropped. What it learnt is kept in its own
 //! PostgreSQL database together with the ids of the notifications it
-//! handled, so a notification delivered twice is recorded once.
+//! handled, so a notification delivered twice is recorded once. Those ids
+//! are kept for `RETENTION_DAYS`, longer than a notification can come back
+//! (see [`service_kit::retention`]).
 //!
 //! # Layout
 //!
@@ -33,6 +35,7 @@ use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, se
 use service_kit::kafka::{self, Admin};
 use service_kit::lifecycle::{stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
+use service_kit::retention::prune_until_stopped;
 use service_kit::startup::wait_for_database;
 use tokio::net::TcpListener;
 
@@ -74,6 +77,16 @@ pub async fn run(
     );
     let handler = Notifications::new(payments, records.clone(), config.not_found_grace);
     let stop = stop_token(shutdown);
+    let handled = records.clone();
+    let pruning = prune_until_stopped(
+        "handled notification ids",
+        config.retention,
+        stop.clone(),
+        move |cutoff, batch| {
+            let handled = handled.clone();
+            async move { handled.prune_handled(cutoff, batch).await }
+        },
+    );
     let shutdown_timeout = config.consumer.shutdown_timeout;
     let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
     // Nothing to rebuild: ready once it serves.
@@ -86,6 +99,7 @@ pub async fn run(
         stop.clone(),
         [
             task("broker probe", probe),
+            task("pruning", pruning),
             task(
                 "consumer",
                 consumer::run(

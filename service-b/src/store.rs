@@ -1,7 +1,13 @@
 //! ServiceB's records, in its own PostgreSQL database.
+//!
+//! The ids of the notifications it handled are kept for `RETENTION_DAYS`
+//! and then pruned ([`service_kit::retention`], which says why that keeps a
+//! notification from being handled twice). The records, one per payment,
+//! are kept.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use service_kit::retention::Expiring;
 use shared_events::{EventId, PaymentId, PaymentState};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::types::Json;
@@ -11,6 +17,13 @@ use crate::error::Result;
 
 /// The schema, embedded at compile time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The handled notifications by age, for pruning.
+const HANDLED: Expiring = Expiring {
+    table: "processed_notifications",
+    key: "event_id",
+    time: "processed_at",
+};
 
 /// What ServiceB learnt about a payment by calling Payments back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -106,6 +119,12 @@ SELECT EXISTS (SELECT 1 FROM first)
         .fetch_one(&self.pool)
         .await?;
         Ok(first)
+    }
+
+    /// Forgets up to `batch` of the notifications handled before `cutoff`,
+    /// oldest first; returns how many.
+    pub async fn prune_handled(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<u64> {
+        Ok(HANDLED.prune(&self.pool, cutoff, batch).await?)
     }
 
     /// The record of payment `id`, if a callback for it succeeded.

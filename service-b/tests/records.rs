@@ -201,3 +201,104 @@ async fn a_refused_credential_pauses_the_consumer_and_nothing_is_recorded() {
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     assert!(records.get(known.payment_id).await.expect("read").is_none());
 }
+
+#[tokio::test]
+async fn handled_ids_past_the_retention_are_pruned_in_bounded_rounds_and_recent_ones_still_count() {
+    use service_kit::CancellationToken;
+    use service_kit::config::RetentionConfig;
+    use service_kit::retention::prune_until_stopped;
+
+    let known = state();
+    let (client, calls) = payments_knowing(Some(known.clone())).await;
+    let (database, records) = records().await;
+    let handler = Notifications::new(client, records.clone(), GRACE);
+    let sent: Vec<_> = (0..7).map(|_| received(&known)).collect();
+    for (offset, notification) in (0..).zip(&sent) {
+        handler
+            .handle(&delivered("n", offset, notification), 1)
+            .await
+            .expect("handled");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
+    let (old, recent) = sent.split_at(5);
+    let pool = sqlx::PgPool::connect(&database.url).await.expect("connect");
+    let old_ids: Vec<Uuid> = old.iter().map(|n| Uuid::from(n.metadata.id)).collect();
+    sqlx::query(
+        "UPDATE processed_notifications SET processed_at = now() - interval '16 days' \
+         WHERE event_id = ANY($1)",
+    )
+    .bind(&old_ids)
+    .execute(&pool)
+    .await
+    .expect("backdate");
+
+    let retention = RetentionConfig {
+        keep: Duration::from_secs(15 * 24 * 60 * 60),
+        interval: Duration::from_secs(60 * 60),
+        batch: 2,
+    };
+    let cutoff = Utc::now() - retention.keep;
+    assert_eq!(
+        records
+            .prune_handled(cutoff, retention.batch)
+            .await
+            .expect("prune"),
+        2,
+        "a round deletes a batch at most"
+    );
+    // The background task: its first round is full (2), so the next (1)
+    // follows at once; only then does it wait its hour.
+    let stop = CancellationToken::new();
+    let pruning = tokio::spawn(prune_until_stopped("handled ids", retention, stop.clone(), {
+        let records = records.clone();
+        move |cutoff, batch| {
+            let records = records.clone();
+            async move { records.prune_handled(cutoff, batch).await }
+        }
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_notifications")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        if left == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{left} handled ids left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for notification in old {
+        assert!(!records.handled(notification.metadata.id).await.expect("read"));
+    }
+    for notification in recent {
+        assert!(records.handled(notification.metadata.id).await.expect("read"));
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), pruning)
+        .await
+        .expect("stops when told")
+        .expect("no panic")
+        .expect("no error");
+
+    // Within the retention, a notification delivered again is recognised:
+    // no second callback, not counted twice.
+    handler
+        .handle(&delivered("n", 6, &recent[1]), 1)
+        .await
+        .expect("handled");
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
+    // Past it, the id is forgotten and the notification would count again:
+    // why the retention outlasts what the topic can deliver again.
+    handler
+        .handle(&delivered("n", 0, &old[0]), 1)
+        .await
+        .expect("handled");
+    assert_eq!(calls.load(Ordering::SeqCst), 8);
+    let stored = records
+        .get(known.payment_id)
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(stored.notifications, 8);
+}

@@ -1066,8 +1066,8 @@ async fn audit(stack: &Stack, http: &reqwest::Client) -> Option<HashMap<String, 
     let mut counts = HashMap::new();
     let mut after = None;
     loop {
-        let url = match after {
-            Some(seq) => stack.url(SERVICE_A, &format!("/audit?limit=1000&after={seq}")),
+        let url = match &after {
+            Some(cursor) => stack.url(SERVICE_A, &format!("/audit?limit=1000&after={cursor}")),
             None => stack.url(SERVICE_A, "/audit?limit=1000"),
         };
         let page = get(http, &url).await?;
@@ -1078,7 +1078,7 @@ async fn audit(stack: &Stack, http: &reqwest::Client) -> Option<HashMap<String, 
                 .or_default() += 1;
         }
         match entries.last() {
-            Some(last) if entries.len() == 1000 => after = last["seq"].as_i64(),
+            Some(last) if entries.len() == 1000 => after = Some(last["cursor"].as_str()?.to_owned()),
             _ => return Some(counts),
         }
     }

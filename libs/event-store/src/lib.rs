@@ -15,11 +15,15 @@
 //!
 //! - [`store`]: [`EventStore`]: append, read a stream, read everything, snapshots.
 //! - [`model`]: what goes in and what comes out.
+//! - [`commit_order`]: reading a table in the order its rows committed, so a
+//!   reader that goes on from a checkpoint never passes over a row (the
+//!   events here; any table with a writing-transaction column).
 //! - [`error`]: what can go wrong.
 //! - `testing` (feature `test-util`): a database of its own for each test.
 //!
 //! The schema is in `migrations/`, embedded and applied by [`EventStore::migrate`].
 
+pub mod commit_order;
 pub mod error;
 pub mod model;
 pub mod store;
@@ -27,6 +31,7 @@ pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+pub use commit_order::CommitOrder;
 pub use error::{Error, Result};
 pub use model::{Checkpoint, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
 pub use store::EventStore;

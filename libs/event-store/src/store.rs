@@ -5,6 +5,7 @@ use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use crate::commit_order::CommitOrder;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
 
@@ -69,8 +70,10 @@ const ANY_ATTEMPTS: u32 = 1000;
 /// The unique index that detects concurrent appends.
 const VERSION_CONSTRAINT: &str = "events_stream_id_version_key";
 
-const SELECT_EVENTS: &str = "SELECT position, stream_id, version, event_id, event_type, schema_version, \
-     data, metadata, recorded_at FROM events";
+const EVENT_COLUMNS: &str =
+    "position, stream_id, version, event_id, event_type, schema_version, data, metadata, recorded_at";
+/// All events, read in commit order (see [`crate::commit_order`]).
+const EVENTS_IN_COMMIT_ORDER: CommitOrder = CommitOrder::new("events", "position");
 
 /// An event store on a PostgreSQL connection pool. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -289,7 +292,7 @@ impl EventStore {
     /// Up to `limit` events of `stream` from version `from` on, in order.
     pub async fn read_stream_page(&self, stream: &str, from: u64, limit: u64) -> Result<Vec<RecordedEvent>> {
         let rows = sqlx::query(&format!(
-            "{SELECT_EVENTS} WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
         ))
         .bind(stream)
         .bind(i64::try_from(from).unwrap_or(i64::MAX))
@@ -308,7 +311,7 @@ impl EventStore {
     /// the outbox instead.
     pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>> {
         let rows = sqlx::query(&format!(
-            "{SELECT_EVENTS} WHERE position > $1 ORDER BY position LIMIT $2"
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
         ))
         .bind(after)
         .bind(limit)
@@ -319,36 +322,20 @@ impl EventStore {
 
     /// Up to `limit` events committed after `after`, in commit order: by
     /// writing transaction, then position. Events of transactions that may
-    /// still be running are held back (`pg_snapshot_xmin`): a transaction
-    /// that commits late cannot slip in *behind* what was already read, so a
-    /// reader that follows its checkpoint sees every event exactly once.
+    /// still be running are held back (see [`crate::commit_order`]): a
+    /// transaction that commits late cannot slip in *behind* what was
+    /// already read, so a reader that follows its checkpoint sees every
+    /// event exactly once.
     pub async fn read_committed(
         &self,
         after: Checkpoint,
         limit: i64,
     ) -> Result<Vec<(Checkpoint, RecordedEvent)>> {
-        let rows = sqlx::query(
-            "SELECT transaction_id::text::bigint AS tx, position, stream_id, version, event_id, event_type, \
-             schema_version, data, metadata, recorded_at FROM events \
-             WHERE (transaction_id, position) > ($1::text::xid8, $2) \
-               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY transaction_id, position LIMIT $3",
-        )
-        .bind(after.transaction_id.to_string())
-        .bind(after.position)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = EVENTS_IN_COMMIT_ORDER
+            .read(&self.pool, EVENT_COLUMNS, after, limit)
+            .await?;
         rows.iter()
-            .map(|row| {
-                let tx: i64 = row.try_get("tx")?;
-                let event = recorded(row)?;
-                let checkpoint = Checkpoint {
-                    transaction_id: u64::try_from(tx).unwrap_or_default(),
-                    position: event.position,
-                };
-                Ok((checkpoint, event))
-            })
+            .map(|(checkpoint, row)| Ok((*checkpoint, recorded(row)?)))
             .collect()
     }
 

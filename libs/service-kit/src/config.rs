@@ -387,6 +387,69 @@ impl ConsumerConfig {
     }
 }
 
+/// How long a service keeps what it needs only for a while (ServiceB's
+/// handled notification ids, ServiceA's audit log), and how it prunes the
+/// rest: see [`crate::retention`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// `RETENTION_DAYS`: rows older than this many days are deleted. Default
+    /// [`DEFAULT_RETENTION_DAYS`]; at least 1. It must be longer than a
+    /// notification can be delivered again: see [`crate::retention`].
+    pub keep: Duration,
+    /// `PRUNE_INTERVAL_MS`: how often a round runs while there is nothing
+    /// more to delete. Default 10 minutes.
+    pub interval: Duration,
+    /// `PRUNE_BATCH`: the most rows one round deletes (one short
+    /// statement); a full round is followed by the next at once. Default
+    /// 1,000; at least 1.
+    pub batch: u32,
+}
+
+/// Default `RETENTION_DAYS`: 15. A notification stays on its topic for
+/// `retention.ms` (7 days) after the segment that holds it last took a
+/// record, and a segment takes records for up to `segment.ms` (the
+/// broker's default, 7 days): up to 14 days in all. One more day on top.
+pub const DEFAULT_RETENTION_DAYS: u32 = 15;
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            keep: days(DEFAULT_RETENTION_DAYS),
+            interval: Duration::from_secs(10 * 60),
+            batch: 1000,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Reads the settings above, defaulting to [`RetentionConfig::default`].
+    pub fn from_env() -> Result<Self> {
+        let default = Self::default();
+        let keep_days: u32 = var("RETENTION_DAYS", DEFAULT_RETENTION_DAYS)?;
+        let batch: u32 = var("PRUNE_BATCH", default.batch)?;
+        let at_least_one = |var: &'static str, value: u32| {
+            if value == 0 {
+                Err(ConfigError {
+                    var,
+                    value: value.to_string(),
+                    reason: "must be at least 1".to_owned(),
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        Ok(Self {
+            keep: days(at_least_one("RETENTION_DAYS", keep_days)?),
+            interval: millis("PRUNE_INTERVAL_MS", default.interval)?,
+            batch: at_least_one("PRUNE_BATCH", batch)?,
+        })
+    }
+}
+
+fn days(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * 24 * 60 * 60)
+}
+
 /// Where a group member starts reading a partition its group has no
 /// committed offset for (`START_FROM`): a new group, or one whose offsets
 /// were reset away. Partitions the group has read always resume where it
@@ -517,6 +580,15 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert_eq!(KafkaConfig::local().bootstrap_servers, "127.0.0.1:9092");
+    }
+
+    #[test]
+    fn the_default_retention_outlasts_a_notification_on_its_topic() {
+        let retention_ms = u64::try_from(shared_events::topics::NOTIFICATION_RETENTION_MS).expect("positive");
+        // `retention.ms` after its segment's newest record, and a segment
+        // takes records for up to the broker's default `segment.ms`, 7 days.
+        let on_topic = Duration::from_millis(retention_ms) + days(7);
+        assert!(RetentionConfig::default().keep > on_topic);
     }
 
     #[test]

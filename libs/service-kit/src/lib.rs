@@ -22,6 +22,8 @@
 //! - [`http`]: serving axum with graceful shutdown, `GET /health`, and the JSON
 //!   error body all services answer with.
 //! - [`memory`]: an in-memory map by payment id (ServiceA's copy of payments).
+//! - [`retention`]: pruning rows kept only for a while (handled ids, the
+//!   audit log) in the background, a bounded batch per round.
 //! - [`lifecycle`]: the shutdown signal and the supervisor that runs a
 //!   service's tasks and reports how each ended.
 //! - [`postgres_access`]: each service's own PostgreSQL role, owning its
@@ -43,6 +45,7 @@ pub mod memory;
 pub mod metrics;
 pub mod openapi;
 pub mod postgres_access;
+pub mod retention;
 pub mod startup;
 pub mod telemetry;
 
