@@ -128,19 +128,32 @@ pub async fn spawn_payments(kafka: &KafkaConfig, database_url: &str) -> TestApp 
 
 /// [`spawn_payments`], running the outbox relay or not.
 pub async fn spawn_payments_with(kafka: &KafkaConfig, database_url: &str, relay: bool) -> TestApp {
-    let config = payments_service::Config {
+    spawn_payments_configured(kafka, database_url, |config| config.relay = relay).await
+}
+
+/// [`spawn_payments`], with its settings changed by `change`.
+pub async fn spawn_payments_configured(
+    kafka: &KafkaConfig,
+    database_url: &str,
+    change: impl FnOnce(&mut payments_service::Config),
+) -> TestApp {
+    let mut config = payments_service::Config {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         kafka: kafka.clone(),
         database: database_url.parse().expect("database URL"),
         callers: credentials().callers_of(payments_service::SERVICE),
         database_connections: 10,
         snapshot_every: 10,
-        relay,
+        relay: true,
         publish_timeout: Duration::from_secs(10),
+        outbox_hold_limit: Duration::from_secs(60),
+        outbox_lag_warn: Duration::from_secs(30),
+        outbox_test_batch_pause: Duration::ZERO,
         idempotency_key_ttl: payments_service::repository::DEFAULT_KEY_TTL,
         shutdown_timeout: service_kit::config::DEFAULT_SHUTDOWN_TIMEOUT,
         startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
     };
+    change(&mut config);
     TestApp::spawn(|listener, stopped| async move {
         Ok(payments_service::run(config, listener, signal(stopped)).await?)
     })

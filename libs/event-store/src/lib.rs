@@ -28,5 +28,7 @@ pub mod store;
 pub mod testing;
 
 pub use error::{Error, Result};
-pub use model::{Checkpoint, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
+pub use model::{
+    Backlog, Checkpoint, EventMetadata, ExpectedVersion, Hold, Holder, NewEvent, RecordedEvent, Snapshot,
+};
 pub use store::EventStore;
