@@ -361,10 +361,14 @@ pub async fn metric_sum(client: &reqwest::Client, app: &TestApp, name: &str, lab
 /// process of its own).
 pub async fn metric_sum_at(client: &reqwest::Client, url: &str, name: &str, labels: &str) -> Option<i64> {
     let text = metrics_text_at(client, url).await?;
-    let prefix = format!("{name}{{");
+    // `name{...} value`, or `name value` for a series without labels.
     let values: Vec<i64> = text
         .lines()
-        .filter(|l| l.starts_with(&prefix) && l.contains(labels))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && l.contains(labels)
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
