@@ -709,6 +709,14 @@ async fn a_frozen_relay_woken_after_another_took_over_cannot_publish_an_older_st
     for client in clients {
         client.await.expect("client");
     }
+    // Everything published by the new leader first: nothing newer comes
+    // after what the frozen one may try.
+    eventually("the new leader publishes every event", || async {
+        metric_sum_at(&http, &format!("{url}/metrics"), "outbox_unpublished_events", "")
+            .await
+            .filter(|&unpublished| unpublished == 0)
+    })
+    .await;
     frozen.send(Signal::SIGCONT);
     let refused = eventually("the woken relay tries its batch and is refused", || async {
         metric_sum_at(&http, &format!("{frozen_url}/metrics"), "outbox_relay_failed_batches_total", "")
