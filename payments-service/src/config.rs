@@ -36,6 +36,18 @@ pub struct Config {
     /// `PUBLISH_TIMEOUT_MS`: how long the relay waits for the broker to
     /// acknowledge before retrying. Default 10 s.
     pub publish_timeout: Duration,
+    /// `OUTBOX_HOLD_LIMIT_MS`: how long a transaction open in the event
+    /// store's database may hold publication back before the relay ends it
+    /// (it rolls back; see [`crate::relay`]). Default 60 s.
+    pub outbox_hold_limit: Duration,
+    /// `OUTBOX_LAG_WARN_MS`: once the oldest event not yet published is
+    /// older than this, a warning is logged (see [`crate::outbox`]). Default
+    /// 30 s.
+    pub outbox_lag_warn: Duration,
+    /// `OUTBOX_TEST_BATCH_PAUSE_MS`: for tests only, a pause while the relay
+    /// builds each batch, standing for a batch that replays long histories.
+    /// Default 0 (none).
+    pub outbox_test_batch_pause: Duration,
     /// `IDEMPOTENCY_KEY_TTL_HOURS`: how long an `Idempotency-Key` is
     /// remembered; a retry after that is a new request. Default 24.
     pub idempotency_key_ttl: Duration,
@@ -56,6 +68,9 @@ impl Config {
             snapshot_every: var("SNAPSHOT_EVERY", 10)?,
             relay: var("OUTBOX_RELAY", true)?,
             publish_timeout: millis("PUBLISH_TIMEOUT_MS", Duration::from_secs(10))?,
+            outbox_hold_limit: millis("OUTBOX_HOLD_LIMIT_MS", Duration::from_secs(60))?,
+            outbox_lag_warn: millis("OUTBOX_LAG_WARN_MS", Duration::from_secs(30))?,
+            outbox_test_batch_pause: millis("OUTBOX_TEST_BATCH_PAUSE_MS", Duration::ZERO)?,
             idempotency_key_ttl: Duration::from_secs(3600 * var::<u64>("IDEMPOTENCY_KEY_TTL_HOURS", 24)?),
             shutdown_timeout: shutdown_timeout()?,
             startup_timeout: startup_timeout()?,

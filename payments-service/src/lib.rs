@@ -14,6 +14,8 @@
 //! - [`repository`]: payments on the event store: load (snapshot + tail),
 //!   create (with idempotency keys), refund (optimistic concurrency).
 //! - [`relay`]: the outbox relay, from the event store to Kafka.
+//! - [`outbox`]: what the relay has not published yet, as metrics, in
+//!   `GET /ready` and in the log.
 //! - [`api`]: the HTTP routes and the one HTTP error type, [`api::ApiError`].
 //! - [`error`]: this crate's error type.
 
@@ -21,6 +23,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod outbox;
 pub mod relay;
 pub mod repository;
 
@@ -40,6 +43,8 @@ pub use api::{AppState, app};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use relay::Relay;
+
+use crate::outbox::{OutboxMetrics, OutboxStatus};
 pub use repository::Payments;
 
 /// The service's name: its Kafka client id and the `ce_source` of its events.
@@ -65,13 +70,18 @@ pub async fn run(
     let payments_for_purge = payments.clone();
     let stop = stop_token(shutdown);
     let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
-    // No consumers, so no series yet: the same endpoint as the other
-    // services, for one scrape configuration. Nothing to rebuild: ready once
-    // it serves.
+    let outbox_metrics = OutboxMetrics::default();
+    let outbox_status = OutboxStatus::default();
+    let detail = outbox_status.clone();
+    // Nothing to rebuild: ready once it serves. The outbox's backlog is
+    // shown, not waited on: writes are taken whatever it is.
+    let readiness = Readiness::at_once().with_detail(move || detail.detail());
     let router = app(AppState { payments }, config.callers.clone())
         .merge(health_router(broker))
-        .merge(ready_router(Readiness::at_once()))
-        .merge(metrics_router(Metrics::default()));
+        .merge(ready_router(readiness))
+        .merge(metrics_router(Metrics::with(|registry| {
+            outbox_metrics.register(registry)
+        })));
 
     let mut tasks: Vec<Task> = vec![
         task("http", serve(listener, router, stop.clone())),
@@ -80,9 +90,24 @@ pub async fn run(
             "idempotency key purge",
             purge_expired_keys(payments_for_purge, stop.clone()),
         ),
+        task(
+            "outbox watch",
+            outbox::watch(
+                store.clone(),
+                outbox_metrics.clone(),
+                outbox_status,
+                config.outbox_lag_warn,
+                stop.clone(),
+            ),
+        ),
     ];
     if config.relay {
-        let relay = Relay::new(store, appended, config.kafka.clone(), config.publish_timeout);
+        let limits = relay::Limits {
+            publish_timeout: config.publish_timeout,
+            hold_limit: config.outbox_hold_limit,
+            test_batch_pause: config.outbox_test_batch_pause,
+        };
+        let relay = Relay::new(store, appended, config.kafka.clone(), limits, outbox_metrics);
         tasks.push(task("outbox relay", relay.run(stop.clone())));
     }
     Ok(supervise(stop, tasks, config.shutdown_timeout).await?)

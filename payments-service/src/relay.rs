@@ -31,6 +31,27 @@
 //!   that wakes up cannot publish an older state after a newer one (on the
 //!   compacted state topic, the last record of a key wins, whatever its
 //!   version).
+//! - The leader keeps its session busy through the whole of a batch: the
+//!   read, the build (which may replay many histories) and the publishing.
+//!
+//! What the relay waits for, and for how long:
+//!
+//! - A transaction open in *another* database of the PostgreSQL server does
+//!   not hold it back (see [`event_store::commit_order::HORIZON`]).
+//! - One open in the event store's own database does, since it may still
+//!   commit events that come first. Once it has been open for
+//!   `OUTBOX_HOLD_LIMIT_MS` while events committed after it wait, the relay
+//!   ends it (`pg_terminate_backend`): it rolls back, so nothing it wrote is
+//!   ever committed, and nothing is skipped. An event waits for such a
+//!   transaction at most that long (plus [`HOLDERS_EVERY`]), since the
+//!   transaction began before it.
+//! - A stored event it cannot decode (a newer release's, after a rollback)
+//!   holds its stream only: it is logged, shown in the metrics
+//!   ([`crate::outbox`]), and recorded beside the checkpoint with the
+//!   stream's later events waiting behind it, in order. The other streams go
+//!   on. The held events are tried again when a relay starts leading and
+//!   every [`HELD_RETRY`], and published in stream order once one can
+//!   decode them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +64,7 @@ use service_kit::telemetry;
 use shared_events::{Envelope, Event, PaymentRefundedNotification, Topics, encode};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
@@ -50,10 +72,11 @@ use uuid::Uuid;
 
 use crate::SERVICE;
 use crate::domain::{Payment, PaymentEvent};
+use crate::outbox::OutboxMetrics;
 use crate::repository::{RepositoryError, decode, load_at};
 
 /// The relay's name for its checkpoint.
-const CHECKPOINT: &str = "payments-outbox-relay";
+pub const CHECKPOINT: &str = "payments-outbox-relay";
 /// Key of the advisory lock that makes one relay the publisher.
 const LEADER_LOCK: i64 = 0x7061_796d_656e_7473; // "payments"
 /// Events read and published per round.
@@ -66,7 +89,7 @@ const IDLE: Duration = Duration::from_millis(20);
 const MAX_CACHED_STATES: usize = 10_000;
 /// Pause after a failure (broker or database unreachable) before retrying,
 /// and between attempts at the lead.
-const RETRY: Duration = Duration::from_secs(1);
+pub const RETRY: Duration = Duration::from_secs(1);
 /// How long the leader's database session may stay idle before the server
 /// ends it, releasing the lock.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -74,6 +97,11 @@ pub const LEASE: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// The longest a query on the leader's session may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the leader looks for transactions of its database that hold
+/// publication back for longer than the hold limit.
+pub const HOLDERS_EVERY: Duration = Duration::from_secs(1);
+/// How often the leader tries again the streams it holds.
+pub const HELD_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -97,17 +125,52 @@ enum RelayError {
     Encode(#[from] shared_events::EncodeError),
 }
 
+impl RelayError {
+    /// Why the stored event cannot be published by this release, if that
+    /// is what went wrong (rather than the broker or the database).
+    fn undecodable(&self) -> Option<String> {
+        match self {
+            Self::Corrupt(_, reason) => Some(reason.clone()),
+            Self::Repository(e @ RepositoryError::Corrupt(..)) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// How long the relay lets things take; see [`crate::Config`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a send may wait for the broker's acknowledgement.
+    pub publish_timeout: Duration,
+    /// How long a transaction of the event store's database may hold
+    /// publication back before the relay ends it.
+    pub hold_limit: Duration,
+    /// For tests: a pause while each batch is built.
+    pub test_batch_pause: Duration,
+}
+
+/// A stored event ready to publish: what it is, and the payment's state
+/// right after it.
+struct Ready<'a> {
+    stored: &'a RecordedEvent,
+    event: PaymentEvent,
+    state: Payment,
+}
+
 pub struct Relay {
     store: EventStore,
     /// Wakes the relay when this instance commits (see [`IDLE`]).
     appended: Arc<Notify>,
     kafka: KafkaConfig,
-    /// How long a send may wait for the broker's acknowledgement.
-    publish_timeout: Duration,
+    limits: Limits,
     topics: Topics,
     /// The latest state the relay saw of each payment, so publishing the
     /// state after an event rarely needs a replay.
     states: HashMap<String, Payment>,
+    /// The streams held, each from the version of its first event not
+    /// published (as recorded beside the checkpoint).
+    held: HashMap<String, u64>,
+    metrics: OutboxMetrics,
 }
 
 impl std::fmt::Debug for Relay {
@@ -125,15 +188,18 @@ impl Relay {
         store: EventStore,
         appended: Arc<Notify>,
         kafka: KafkaConfig,
-        publish_timeout: Duration,
+        limits: Limits,
+        metrics: OutboxMetrics,
     ) -> Self {
         Self {
             store,
             appended,
             topics: kafka.topics.clone(),
             kafka,
-            publish_timeout,
+            limits,
             states: HashMap::new(),
+            held: HashMap::new(),
+            metrics,
         }
     }
 
@@ -194,18 +260,37 @@ impl Relay {
             &self.kafka,
             SERVICE,
             &Self::transactional_id(&self.topics),
-            self.publish_timeout,
+            self.limits.publish_timeout,
         )?;
-        let timeout = self.publish_timeout;
+        let timeout = self.limits.publish_timeout;
         blocking_keeping_lease(&mut leader, &producer, move |p| p.init_transactions(timeout)).await??;
         tracing::info!("outbox relay publishing");
+        self.metrics.lead_taken();
 
         let mut checkpoint = self.store.checkpoint(CHECKPOINT).await?;
+        self.held = self
+            .store
+            .holds(CHECKPOINT)
+            .await?
+            .into_iter()
+            .map(|hold| (hold.stream_id, hold.version))
+            .collect();
+        // The held streams at once: this relay may be a release that reads them.
+        let mut retry_held_at = Instant::now();
+        let mut look_for_holders_at = Instant::now();
         while !stop.is_cancelled() {
             // The lock lives as long as this connection: if it is gone,
             // another relay may lead now, so this one stops here.
             on_leader(leader.ping()).await?;
-            let batch = self.store.read_committed(checkpoint, BATCH).await?;
+            if Instant::now() >= look_for_holders_at {
+                self.end_long_holders(&mut leader, checkpoint).await?;
+                look_for_holders_at = Instant::now() + HOLDERS_EVERY;
+            }
+            if !self.held.is_empty() && Instant::now() >= retry_held_at {
+                self.publish_held(&producer, &mut leader, checkpoint).await?;
+                retry_held_at = Instant::now() + HELD_RETRY;
+            }
+            let batch = keeping_lease(&mut leader, self.store.read_committed(checkpoint, BATCH)).await??;
             let Some(&(last, _)) = batch.last() else {
                 tokio::select! {
                     () = stop.cancelled() => {}
@@ -214,31 +299,208 @@ impl Relay {
                 }
                 continue;
             };
-            self.publish(&producer, &mut leader, &batch).await?;
-            // On the leader connection: written only while holding the lock.
-            on_leader(EventStore::save_checkpoint_in(&mut leader, CHECKPOINT, last)).await?;
+            let published = self.publish_batch(&producer, &mut leader, &batch, last).await;
+            if published.is_err() {
+                self.metrics.batch_failed();
+            }
+            published?;
             checkpoint = last;
         }
         on_leader(leader.close()).await?;
         Ok(())
     }
 
-    /// Publishes every event of `batch` in one transaction, and commits it.
+    /// Publishes `batch`, except the events of held streams (and those it
+    /// finds it cannot decode: their streams are held from them on), then
+    /// moves the checkpoint to `last` and records the new holds, together.
+    async fn publish_batch(
+        &mut self,
+        producer: &FutureProducer,
+        leader: &mut PgConnection,
+        batch: &[(Checkpoint, RecordedEvent)],
+        last: Checkpoint,
+    ) -> Result<(), RelayError> {
+        let (ready, newly_held) = keeping_lease(leader, self.prepare(batch)).await??;
+        if !ready.is_empty() {
+            self.publish(producer, leader, &ready).await?;
+        }
+        // On the leader connection: written only while holding the lock.
+        if newly_held.is_empty() {
+            on_leader(EventStore::save_checkpoint_in(leader, CHECKPOINT, last)).await?;
+        } else {
+            // Together: a checkpoint past a held event without its hold
+            // would lose the event.
+            let mut both = on_leader(leader.begin()).await?;
+            on_leader(EventStore::save_checkpoint_in(&mut both, CHECKPOINT, last)).await?;
+            for (stream, version) in &newly_held {
+                on_leader(EventStore::hold_in(&mut both, CHECKPOINT, stream, *version)).await?;
+            }
+            on_leader(both.commit()).await?;
+        }
+        Ok(())
+    }
+
+    /// The events of `batch` ready to publish, and the streams held from
+    /// now on (with the version they are held from). An event of a held
+    /// stream waits behind the one that holds it.
+    async fn prepare<'a>(
+        &mut self,
+        batch: &'a [(Checkpoint, RecordedEvent)],
+    ) -> Result<(Vec<Ready<'a>>, Vec<(String, u64)>), RelayError> {
+        if !self.limits.test_batch_pause.is_zero() {
+            tracing::info!(pause = ?self.limits.test_batch_pause, "building a batch, slowed for a test");
+            tokio::time::sleep(self.limits.test_batch_pause).await;
+        }
+        let mut ready = Vec::with_capacity(batch.len());
+        let mut newly_held = Vec::new();
+        for (_, stored) in batch {
+            if self.held.contains_key(&stored.stream_id) {
+                continue;
+            }
+            match self.ready(stored).await? {
+                Ok(event) => ready.push(event),
+                Err(reason) => {
+                    tracing::warn!(
+                        stream = stored.stream_id,
+                        version = stored.version,
+                        event_id = %stored.event_id,
+                        event_type = stored.event_type,
+                        reason,
+                        "stored event held: this release cannot publish it; its stream waits, the others go on"
+                    );
+                    self.held.insert(stored.stream_id.clone(), stored.version);
+                    newly_held.push((stored.stream_id.clone(), stored.version));
+                }
+            }
+        }
+        Ok((ready, newly_held))
+    }
+
+    /// `stored`, decoded with the payment's state after it; or why this
+    /// release cannot publish it.
+    async fn ready<'a>(
+        &mut self,
+        stored: &'a RecordedEvent,
+    ) -> Result<Result<Ready<'a>, String>, RelayError> {
+        let event = match decode(stored) {
+            Ok(event) => event,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        match self.state_after(stored, &event).await {
+            Ok(state) => Ok(Ok(Ready { stored, event, state })),
+            Err(e) => match e.undecodable() {
+                Some(reason) => {
+                    self.states.remove(&stored.stream_id);
+                    Ok(Err(reason))
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Tries again the held streams: publishes each one's held events up to
+    /// the first it still cannot decode, in stream order, then moves its
+    /// hold there (or ends it). Events after `checkpoint` are not read
+    /// here: the main read brings them, once the stream is no longer held.
+    async fn publish_held(
+        &mut self,
+        producer: &FutureProducer,
+        leader: &mut PgConnection,
+        checkpoint: Checkpoint,
+    ) -> Result<(), RelayError> {
+        let held: Vec<(String, u64)> = self.held.iter().map(|(s, v)| (s.clone(), *v)).collect();
+        for (stream, from) in held {
+            let events = keeping_lease(leader, self.store.read_held(&stream, from, checkpoint)).await??;
+            let mut ready = Vec::with_capacity(events.len());
+            let mut still_held = None;
+            for (_, stored) in &events {
+                match keeping_lease(leader, self.ready(stored)).await?? {
+                    Ok(event) => ready.push(event),
+                    Err(reason) => {
+                        tracing::debug!(
+                            stream,
+                            version = stored.version,
+                            reason,
+                            "held event still cannot be published"
+                        );
+                        still_held = Some(stored.version);
+                        break;
+                    }
+                }
+            }
+            if ready.is_empty() && still_held.is_some() {
+                continue;
+            }
+            if !ready.is_empty() {
+                let published = self.publish(producer, leader, &ready).await;
+                if published.is_err() {
+                    self.metrics.batch_failed();
+                }
+                published?;
+            }
+            on_leader(EventStore::move_hold_in(leader, CHECKPOINT, &stream, still_held)).await?;
+            tracing::info!(
+                stream,
+                published = ready.len(),
+                still_held,
+                "held events published"
+            );
+            match still_held {
+                Some(version) => self.held.insert(stream, version),
+                None => self.held.remove(&stream),
+            };
+        }
+        Ok(())
+    }
+
+    /// Ends the transactions of the event store's database that have held
+    /// publication back for longer than the hold limit.
+    async fn end_long_holders(
+        &self,
+        leader: &mut PgConnection,
+        checkpoint: Checkpoint,
+    ) -> Result<(), RelayError> {
+        let holders = keeping_lease(
+            leader,
+            self.store.holders(checkpoint, Some(self.limits.hold_limit)),
+        )
+        .await??;
+        for holder in holders {
+            if holder.ended {
+                tracing::warn!(
+                    pid = holder.pid,
+                    transaction_id = holder.transaction_id,
+                    application = holder.application,
+                    state = holder.state,
+                    open_for = ?holder.open_for,
+                    "ended a transaction of the event store's database that held publication back for longer than OUTBOX_HOLD_LIMIT_MS"
+                );
+            } else if holder.open_for > self.limits.hold_limit {
+                tracing::warn!(
+                    pid = holder.pid,
+                    transaction_id = holder.transaction_id,
+                    application = holder.application,
+                    "a transaction of the event store's database holds publication back, and cannot be ended (no right to signal it)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes every event of `ready` in one transaction, and commits it.
     /// On any failure the transaction is aborted, so none of it is seen.
     async fn publish(
         &mut self,
         producer: &FutureProducer,
         leader: &mut PgConnection,
-        batch: &[(Checkpoint, RecordedEvent)],
+        ready: &[Ready<'_>],
     ) -> Result<(), RelayError> {
         producer.begin_transaction()?;
-        let mut deliveries = Vec::with_capacity(batch.len() * 2);
+        let mut deliveries = Vec::with_capacity(ready.len() * 2);
         // Each record's `send` span, to mark them failed if the transaction is.
-        let mut sends = Vec::with_capacity(batch.len() * 2);
-        let sent = self
-            .send_batch(producer, batch, &mut deliveries, &mut sends)
-            .await;
-        let timeout = self.publish_timeout;
+        let mut sends = Vec::with_capacity(ready.len() * 2);
+        let sent = self.send_batch(producer, ready, &mut deliveries, &mut sends);
+        let timeout = self.limits.publish_timeout;
         // Every record acknowledged before the commit, so it has nothing
         // left to flush: rdkafka's flush before a commit polls in steps of
         // 100 ms while records are in flight, which cost 100 ms per
@@ -255,7 +517,7 @@ impl Relay {
         };
         let failure = match committed {
             Ok(Ok(())) => {
-                tracing::debug!(events = batch.len(), "published");
+                tracing::debug!(events = ready.len(), "published");
                 return Ok(());
             }
             Ok(Err(e)) => e.into(),
@@ -267,17 +529,15 @@ impl Relay {
         Err(abort(leader, producer, timeout, failure).await)
     }
 
-    /// Queues the records of every event of `batch` in the open transaction.
-    async fn send_batch(
-        &mut self,
+    /// Queues the records of every event of `ready` in the open transaction.
+    fn send_batch(
+        &self,
         producer: &FutureProducer,
-        batch: &[(Checkpoint, RecordedEvent)],
+        ready: &[Ready<'_>],
         deliveries: &mut Vec<Instrumented<DeliveryFuture>>,
         sends: &mut Vec<tracing::Span>,
     ) -> Result<(), RelayError> {
-        for (_, stored) in batch {
-            let event = decode(stored).map_err(|e| RelayError::Corrupt(stored.event_id, e))?;
-            let state = self.state_after(stored, &event).await?;
+        for Ready { stored, event, state } in ready {
             let source = format!("/{SERVICE}");
             let correlation_id = stored.metadata.correlation_id;
             // The notification *is* the stored event (its id is the event's):
@@ -297,7 +557,7 @@ impl Relay {
             state_message.metadata.id = Uuid::new_v5(&stored.event_id, b"state").into();
             deliveries.push(self.send(producer, &state_message, sends)?);
 
-            match &event {
+            match event {
                 PaymentEvent::Received(received) => {
                     let mut n = Envelope::new(&source, received.notification(), correlation_id, request)
                         .traced(traceparent.clone(), tracestate.clone())

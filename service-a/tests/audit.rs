@@ -230,7 +230,7 @@ async fn a_reader_paging_throughout_sees_every_entry_once_though_commits_land_ou
             state: State::default(),
             audit,
         },
-        Callers::of([("operator", &token)]),
+        Callers::of([("operator", Rights::READ, &token)]),
     );
     let total = usize::try_from(ROUNDS * (1 + LATER + WRITERS * PER_WRITER)).expect("small");
     let reads = Reads::default();

@@ -626,11 +626,12 @@ async fn killing_one_of_two_service_b_with_sigkill_records_every_payment_once() 
     assert_eq!(tally.recorded, tally.sent);
 }
 
-/// Two relays. The leader is frozen (SIGSTOP) while it publishes under load;
-/// the other takes over and publishes newer states; then the frozen one
-/// wakes up (SIGCONT) with its batch in hand. It was fenced off when the
-/// other started leading, so the last state of every payment on the
-/// compacted topic is its newest.
+/// Two relays. The leader is frozen (SIGSTOP) in the middle of a batch while
+/// it publishes under load; the other takes over and publishes newer states;
+/// the writers stop, so nothing newer can cover a stale state; then the
+/// frozen one wakes up (SIGCONT) with its batch in hand. It tries to go on
+/// and is refused (it was fenced off, and its lease is gone), so the last
+/// state of every payment on the compacted topic is its newest.
 #[tokio::test]
 async fn a_frozen_relay_woken_after_another_took_over_cannot_publish_an_older_state() {
     let broker = Broker::get().await;
@@ -638,9 +639,12 @@ async fn a_frozen_relay_woken_after_another_took_over_cannot_publish_an_older_st
     let database = TestDatabase::create().await;
     let http = integration_tests::http_client();
     let env = [&kafka_env(&kafka)[..], &[("DATABASE_URL", database.url.as_str())]].concat();
+    // The frozen relay's batches take a second to build, so that it can be
+    // frozen in the middle of one: right after it says it is building one.
+    let slowed = [&env[..], &[("OUTBOX_TEST_BATCH_PAUSE_MS", "1000")]].concat();
 
-    let mut frozen = Process::start("payments-service", &env);
-    frozen.address().await;
+    let mut frozen = Process::start("payments-service", &slowed);
+    let frozen_url = format!("http://{}", frozen.address().await);
     frozen.wait_for_line("outbox relay publishing").await;
     let mut other = Process::start("payments-service", &env);
     let url = format!("http://{}", other.address().await);
@@ -695,16 +699,36 @@ async fn a_frozen_relay_woken_after_another_took_over_cannot_publish_an_older_st
     };
 
     refunded(150).await;
+    frozen.lines_so_far();
+    frozen.wait_for_line("building a batch").await;
     frozen.send(Signal::SIGSTOP);
     other.wait_for_line("outbox relay publishing").await;
     let taken_over = refunds.load(std::sync::atomic::Ordering::SeqCst);
     refunded(taken_over + 150).await;
-    frozen.send(Signal::SIGCONT);
-    refunded(refunds.load(std::sync::atomic::Ordering::SeqCst) + 100).await;
     stop.cancel();
     for client in clients {
         client.await.expect("client");
     }
+    // Everything published by the new leader first: nothing newer comes
+    // after what the frozen one may try.
+    eventually("the new leader publishes every event", || async {
+        metric_sum_at(&http, &format!("{url}/metrics"), "outbox_unpublished_events", "")
+            .await
+            .filter(|&unpublished| unpublished == 0)
+    })
+    .await;
+    frozen.send(Signal::SIGCONT);
+    let refused = eventually("the woken relay tries its batch and is refused", || async {
+        metric_sum_at(
+            &http,
+            &format!("{frozen_url}/metrics"),
+            "outbox_relay_failed_batches_total",
+            "",
+        )
+        .await
+        .filter(|&failed| failed >= 1)
+    })
+    .await;
 
     let mut newest = HashMap::new();
     for id in &ids {
@@ -738,13 +762,8 @@ async fn a_frozen_relay_woken_after_another_took_over_cannot_publish_an_older_st
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let fenced = frozen
-        .lines_so_far()
-        .into_iter()
-        .filter(|l| l.contains("batch not published") || l.contains("enced"))
-        .count();
     eprintln!(
-        "fencing: {} refunds; the frozen relay logged {fenced} refused or aborted batches after waking; {} stale",
+        "fencing: {} refunds; the frozen relay had {refused} refused or aborted batches after waking; {} stale",
         refunds.load(std::sync::atomic::Ordering::SeqCst),
         stale.len()
     );

@@ -128,19 +128,32 @@ pub async fn spawn_payments(kafka: &KafkaConfig, database_url: &str) -> TestApp 
 
 /// [`spawn_payments`], running the outbox relay or not.
 pub async fn spawn_payments_with(kafka: &KafkaConfig, database_url: &str, relay: bool) -> TestApp {
-    let config = payments_service::Config {
+    spawn_payments_configured(kafka, database_url, |config| config.relay = relay).await
+}
+
+/// [`spawn_payments`], with its settings changed by `change`.
+pub async fn spawn_payments_configured(
+    kafka: &KafkaConfig,
+    database_url: &str,
+    change: impl FnOnce(&mut payments_service::Config),
+) -> TestApp {
+    let mut config = payments_service::Config {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         kafka: kafka.clone(),
         database: database_url.parse().expect("database URL"),
         callers: credentials().callers_of(payments_service::SERVICE),
         database_connections: 10,
         snapshot_every: 10,
-        relay,
+        relay: true,
         publish_timeout: Duration::from_secs(10),
+        outbox_hold_limit: Duration::from_secs(60),
+        outbox_lag_warn: Duration::from_secs(30),
+        outbox_test_batch_pause: Duration::ZERO,
         idempotency_key_ttl: payments_service::repository::DEFAULT_KEY_TTL,
         shutdown_timeout: service_kit::config::DEFAULT_SHUTDOWN_TIMEOUT,
         startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
     };
+    change(&mut config);
     TestApp::spawn(|listener, stopped| async move {
         Ok(payments_service::run(config, listener, signal(stopped)).await?)
     })
@@ -191,6 +204,7 @@ pub async fn spawn_service_a_in(
         database_connections: 5,
         startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
         callers: credentials().callers_of(service_a::SERVICE),
+        retention: service_kit::config::RetentionConfig::default(),
     };
     TestApp::spawn(
         |listener, stopped| async move { Ok(service_a::run(config, listener, signal(stopped)).await?) },
@@ -231,6 +245,7 @@ pub async fn spawn_service_b_with(
         callers: credentials().callers_of(service_b::SERVICE),
         callback_timeout: Duration::from_secs(2),
         not_found_grace: Duration::from_secs(30),
+        retention: service_kit::config::RetentionConfig::default(),
     };
     TestApp::spawn(
         |listener, stopped| async move { Ok(service_b::run(config, listener, signal(stopped)).await?) },
@@ -348,10 +363,14 @@ pub async fn metric_sum(client: &reqwest::Client, app: &TestApp, name: &str, lab
 /// process of its own).
 pub async fn metric_sum_at(client: &reqwest::Client, url: &str, name: &str, labels: &str) -> Option<i64> {
     let text = metrics_text_at(client, url).await?;
-    let prefix = format!("{name}{{");
+    // `name{...} value`, or `name value` for a series without labels.
     let values: Vec<i64> = text
         .lines()
-        .filter(|l| l.starts_with(&prefix) && l.contains(labels))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && l.contains(labels)
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())

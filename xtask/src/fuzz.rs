@@ -105,12 +105,8 @@ pub async fn run(root: &Path, options: &Options) -> Result<()> {
         let started = postgres.start().await?;
         let result = async {
             for &target in &with_database {
-                let database = format!("fuzz_{target}");
-                crate::postgres::create_local_database(&database)?;
-                let url = format!(
-                    "postgres://postgres@127.0.0.1:{}/{database}",
-                    crate::postgres::PG_PORT
-                );
+                // A role and a database of the target's own, as a service has.
+                let url = crate::postgres::own_database(&format!("fuzz_{target}")).await?;
                 eprintln!(
                     "xtask: fuzzing {target} with its database up for {} s",
                     options.seconds

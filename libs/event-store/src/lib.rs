@@ -33,5 +33,7 @@ pub mod testing;
 
 pub use commit_order::CommitOrder;
 pub use error::{Error, Result};
-pub use model::{Checkpoint, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
+pub use model::{
+    Backlog, Checkpoint, EventMetadata, ExpectedVersion, Hold, Holder, NewEvent, RecordedEvent, Snapshot,
+};
 pub use store::EventStore;

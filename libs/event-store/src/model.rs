@@ -1,6 +1,7 @@
 //! What goes into the store and what comes out.
 
 use std::fmt;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -85,4 +86,42 @@ pub struct Snapshot {
 pub struct Checkpoint {
     pub transaction_id: u64,
     pub position: i64,
+}
+
+/// A transaction that holds back a reader of the committed order: it is
+/// running in the store's database, and events committed after it wait for
+/// it to end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holder {
+    /// Its session's process id.
+    pub pid: i32,
+    pub transaction_id: u64,
+    /// Its session's `application_name`.
+    pub application: String,
+    /// Its session's state (`idle in transaction`, `active`, ...), when the
+    /// reader may see it.
+    pub state: Option<String>,
+    /// Since its transaction began.
+    pub open_for: Duration,
+    /// Whether it was just terminated for being open too long.
+    pub ended: bool,
+}
+
+/// What a reader of the committed order has not handled yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Events committed and not handled (held ones included).
+    pub events: u64,
+    /// Since the oldest of them was recorded.
+    pub oldest: Option<Duration>,
+}
+
+/// A stream a reader passed over from `version` on, to come back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub stream_id: String,
+    /// Its first event not handled.
+    pub version: u64,
+    /// That event's type.
+    pub event_type: String,
 }

@@ -1,5 +1,7 @@
 //! [`EventStore`]: the PostgreSQL implementation.
 
+use std::time::Duration;
+
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool, Row};
@@ -7,7 +9,9 @@ use uuid::Uuid;
 
 use crate::commit_order::CommitOrder;
 use crate::error::{Error, Result};
-use crate::model::{Checkpoint, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot};
+use crate::model::{
+    Backlog, Checkpoint, EventMetadata, ExpectedVersion, Hold, Holder, NewEvent, RecordedEvent, Snapshot,
+};
 
 /// The schema, embedded at compile time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -339,6 +343,165 @@ impl EventStore {
             .collect()
     }
 
+    /// The transactions of this database that hold back events committed
+    /// after `after` (see [`EventStore::read_committed`]), oldest first.
+    /// Those that have been open for longer than `end_older_than` are
+    /// terminated (`pg_terminate_backend`): they roll back, so nothing they
+    /// wrote is ever committed, hence never skipped. Termination needs the
+    /// right to signal them (the same role, or `pg_signal_backend`); without
+    /// it, [`Holder::ended`] stays false and the reader keeps waiting.
+    pub async fn holders(&self, after: Checkpoint, end_older_than: Option<Duration>) -> Result<Vec<Holder>> {
+        let rows = sqlx::query(
+            "WITH snapshot AS (SELECT pg_current_snapshot() AS s) \
+             SELECT a.pid, x::text::bigint AS xid, a.application_name, a.state, \
+                    EXTRACT(EPOCH FROM now() - a.xact_start)::float8 AS open_for, \
+                    CASE WHEN now() - a.xact_start > make_interval(secs => $3) \
+                         THEN pg_terminate_backend(a.pid) ELSE FALSE END AS ended \
+             FROM snapshot, pg_snapshot_xip(snapshot.s) AS x \
+             JOIN pg_stat_activity a ON a.backend_xid = x::xid \
+             WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND a.pid <> pg_backend_pid() \
+               AND EXISTS (SELECT 1 FROM events WHERE transaction_id > x \
+                           AND (transaction_id, position) > ($1::text::xid8, $2)) \
+             ORDER BY x",
+        )
+        .bind(after.transaction_id.to_string())
+        .bind(after.position)
+        // NULL: never older, so nothing is terminated.
+        .bind(end_older_than.map(|d| d.as_secs_f64()))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Holder {
+                    pid: row.try_get("pid")?,
+                    transaction_id: u64::try_from(row.try_get::<i64, _>("xid")?).unwrap_or_default(),
+                    application: row
+                        .try_get::<Option<String>, _>("application_name")?
+                        .unwrap_or_default(),
+                    state: row.try_get("state")?,
+                    open_for: Duration::from_secs_f64(
+                        row.try_get::<Option<f64>, _>("open_for")?.unwrap_or(0.0).max(0.0),
+                    ),
+                    ended: row.try_get("ended")?,
+                })
+            })
+            .collect()
+    }
+
+    /// What the reader called `name` has not handled yet: the events
+    /// committed after its checkpoint, and those of the streams it holds
+    /// ([`EventStore::holds`]).
+    pub async fn backlog(&self, name: &str) -> Result<Backlog> {
+        let row = sqlx::query(
+            "WITH c AS (SELECT COALESCE((SELECT transaction_id FROM checkpoints WHERE name = $1), '0'::xid8) AS tx, \
+                               COALESCE((SELECT position FROM checkpoints WHERE name = $1), 0) AS position), \
+             unhandled AS ( \
+                 SELECT e.recorded_at FROM events e, c WHERE (e.transaction_id, e.position) > (c.tx, c.position) \
+                 UNION ALL \
+                 SELECT e.recorded_at FROM checkpoint_holds h, c, events e \
+                 WHERE h.name = $1 AND e.stream_id = h.stream_id AND e.version >= h.version \
+                   AND (e.transaction_id, e.position) <= (c.tx, c.position)) \
+             SELECT count(*) AS events, EXTRACT(EPOCH FROM now() - min(recorded_at))::float8 AS oldest \
+             FROM unhandled",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Backlog {
+            events: u64::try_from(row.try_get::<i64, _>("events")?).unwrap_or_default(),
+            oldest: row
+                .try_get::<Option<f64>, _>("oldest")?
+                .map(|secs| Duration::from_secs_f64(secs.max(0.0))),
+        })
+    }
+
+    /// The streams the reader called `name` holds, with the type of the
+    /// first event it has not handled of each.
+    pub async fn holds(&self, name: &str) -> Result<Vec<Hold>> {
+        let rows = sqlx::query(
+            "SELECT h.stream_id, h.version, e.event_type FROM checkpoint_holds h \
+             JOIN events e ON e.stream_id = h.stream_id AND e.version = h.version \
+             WHERE h.name = $1 ORDER BY h.stream_id",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Hold {
+                    stream_id: row.try_get("stream_id")?,
+                    version: to_version(row.try_get("version")?),
+                    event_type: row.try_get("event_type")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The events of `stream` from `version` on that lie at or before
+    /// `up_to` in the committed order, in version order: what a hold of
+    /// `stream` at `version` keeps from a reader at checkpoint `up_to`.
+    pub async fn read_held(
+        &self,
+        stream: &str,
+        version: u64,
+        up_to: Checkpoint,
+    ) -> Result<Vec<(Checkpoint, RecordedEvent)>> {
+        let rows = sqlx::query(
+            "SELECT transaction_id::text::bigint AS tx, position, stream_id, version, event_id, event_type, \
+             schema_version, data, metadata, recorded_at FROM events \
+             WHERE stream_id = $1 AND version >= $2 AND (transaction_id, position) <= ($3::text::xid8, $4) \
+             ORDER BY version",
+        )
+        .bind(stream)
+        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .bind(up_to.transaction_id.to_string())
+        .bind(up_to.position)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(with_checkpoint).collect()
+    }
+
+    /// Records, on a connection of the caller's (in the transaction that
+    /// moves its checkpoint past them), that the reader called `name` holds
+    /// `stream` from `version` on. An existing hold of the stream stays
+    /// where it is: it is older.
+    pub async fn hold_in(conn: &mut PgConnection, name: &str, stream: &str, version: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO checkpoint_holds (name, stream_id, version) VALUES ($1, $2, $3) \
+             ON CONFLICT (name, stream_id) DO NOTHING",
+        )
+        .bind(name)
+        .bind(stream)
+        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves the hold of `stream` by the reader called `name` on to
+    /// `version` (what it handled before it is done), or ends it (`None`).
+    pub async fn move_hold_in(
+        conn: &mut PgConnection,
+        name: &str,
+        stream: &str,
+        version: Option<u64>,
+    ) -> Result<()> {
+        let query = match version {
+            Some(version) => {
+                sqlx::query("UPDATE checkpoint_holds SET version = $3 WHERE name = $1 AND stream_id = $2")
+                    .bind(name)
+                    .bind(stream)
+                    .bind(i64::try_from(version).unwrap_or(i64::MAX))
+            }
+            None => sqlx::query("DELETE FROM checkpoint_holds WHERE name = $1 AND stream_id = $2")
+                .bind(name)
+                .bind(stream),
+        };
+        query.execute(conn).await?;
+        Ok(())
+    }
+
     /// The checkpoint of the reader called `name` (the start if it has none).
     pub async fn checkpoint(&self, name: &str) -> Result<Checkpoint> {
         let row = sqlx::query(
@@ -417,6 +580,18 @@ impl EventStore {
         })
         .transpose()
     }
+}
+
+/// A row of [`EventStore::read_held`]: the
+/// event and its place in the committed order.
+fn with_checkpoint(row: &PgRow) -> Result<(Checkpoint, RecordedEvent)> {
+    let tx: i64 = row.try_get("tx")?;
+    let event = recorded(row)?;
+    let checkpoint = Checkpoint {
+        transaction_id: u64::try_from(tx).unwrap_or_default(),
+        position: event.position,
+    };
+    Ok((checkpoint, event))
 }
 
 fn recorded(row: &PgRow) -> Result<RecordedEvent> {

@@ -332,16 +332,17 @@ async fn read_committed_holds_back_what_a_running_transaction_could_precede() {
     );
 
     slow.commit().await.expect("commit");
-    // The hold-back is cluster-wide: a transaction of a test running in
-    // parallel (another database, same server) may delay both for a moment.
-    let read = committed(store, Checkpoint::default(), 2).await;
+    let read = store
+        .read_committed(Checkpoint::default(), 10)
+        .await
+        .expect("read");
     let streams: Vec<_> = read.iter().map(|(_, e)| e.stream_id.as_str()).collect();
     assert_eq!(streams, ["slow", "fast"]);
 
     store.save_checkpoint("relay", read[0].0).await.expect("save");
     let checkpoint = store.checkpoint("relay").await.expect("load");
     assert_eq!(checkpoint, read[0].0);
-    let rest = committed(store, checkpoint, 1).await;
+    let rest = store.read_committed(checkpoint, 10).await.expect("read");
     assert_eq!(
         rest.iter().map(|(_, e)| e.stream_id.as_str()).collect::<Vec<_>>(),
         ["fast"]
@@ -352,21 +353,115 @@ async fn read_committed_holds_back_what_a_running_transaction_could_precede() {
     );
 }
 
-/// `read_committed` from `after`, retried until it returns `count` events
-/// (or 10 s pass).
-async fn committed(
-    store: &event_store::EventStore,
-    after: event_store::Checkpoint,
-    count: usize,
-) -> Vec<(event_store::Checkpoint, event_store::RecordedEvent)> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let read = store.read_committed(after, 10).await.expect("read");
-        if read.len() >= count || tokio::time::Instant::now() > deadline {
-            return read;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+/// A transaction with an id, open until dropped.
+async fn open_transaction(store: &event_store::EventStore) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut open = store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *open)
+        .await
+        .expect("xid");
+    open
+}
+
+#[tokio::test]
+async fn a_transaction_open_in_another_database_does_not_hold_back_read_committed() {
+    use event_store::Checkpoint;
+
+    let db = TestDatabase::create().await;
+    let elsewhere = TestDatabase::empty().await;
+    // Another database of the same server: an older transaction id, open
+    // for the whole test.
+    let open = open_transaction(&elsewhere.store).await;
+    db.store
+        .append("s", ExpectedVersion::NoStream, &events(1..=2))
+        .await
+        .expect("append");
+
+    let read = db
+        .store
+        .read_committed(Checkpoint::default(), 10)
+        .await
+        .expect("read");
+    assert_eq!(
+        read.len(),
+        2,
+        "read at once, though a transaction elsewhere began first"
+    );
+    assert!(
+        db.store
+            .holders(Checkpoint::default(), None)
+            .await
+            .expect("holders")
+            .is_empty()
+    );
+    drop(open);
+}
+
+#[tokio::test]
+async fn a_transaction_open_in_the_store_database_holds_back_until_it_is_ended() {
+    use event_store::Checkpoint;
+    use std::time::Duration;
+
+    let db = TestDatabase::create().await;
+    let store = &db.store;
+    let mut open = open_transaction(store).await;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *open)
+        .await
+        .expect("pid");
+    store
+        .append("s", ExpectedVersion::NoStream, &events(1..=1))
+        .await
+        .expect("append");
+
+    assert!(
+        store
+            .read_committed(Checkpoint::default(), 10)
+            .await
+            .expect("read")
+            .is_empty(),
+        "held back: the open transaction may still commit an event that comes first"
+    );
+    let holders = store.holders(Checkpoint::default(), None).await.expect("holders");
+    assert_eq!(
+        holders.iter().map(|h| (h.pid, h.ended)).collect::<Vec<_>>(),
+        [(pid, false)]
+    );
+    // Not ended while younger than the limit...
+    let limit = Duration::from_secs(1);
+    let holders = store
+        .holders(Checkpoint::default(), Some(Duration::from_secs(3600)))
+        .await
+        .expect("holders");
+    assert!(!holders[0].ended);
+    // ...and ended past it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !store
+        .holders(Checkpoint::default(), Some(limit))
+        .await
+        .expect("holders")
+        .first()
+        .is_some_and(|h| h.ended)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "not ended within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut *open).await.is_err(),
+        "its session was ended"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let read = loop {
+        let read = store
+            .read_committed(Checkpoint::default(), 10)
+            .await
+            .expect("read");
+        if !read.is_empty() || tokio::time::Instant::now() > deadline {
+            break read;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(read.len(), 1, "read once the transaction is gone");
 }
 
 #[tokio::test]

@@ -159,13 +159,20 @@ async fn health_check(State(health): State<BrokerHealth>) -> (StatusCode, Json<H
 }
 
 /// Whether a service serves what it should yet: a check the service
-/// provides (ServiceA: its copy has caught up with the state topic).
+/// provides (ServiceA: its copy has caught up with the state topic), and
+/// what else it tells about itself in `GET /ready` (Payments: its outbox).
 #[derive(Clone)]
-pub struct Readiness(Arc<dyn Fn() -> bool + Send + Sync>);
+pub struct Readiness {
+    check: Arc<dyn Fn() -> bool + Send + Sync>,
+    detail: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
+}
 
 impl Readiness {
     pub fn new(check: impl Fn() -> bool + Send + Sync + 'static) -> Self {
-        Self(Arc::new(check))
+        Self {
+            check: Arc::new(check),
+            detail: None,
+        }
     }
 
     /// Ready as soon as it serves: nothing to rebuild first.
@@ -173,8 +180,21 @@ impl Readiness {
         Self::new(|| true)
     }
 
+    /// With `detail` in every answer of `GET /ready`.
+    #[must_use]
+    pub fn with_detail(self, detail: impl Fn() -> serde_json::Value + Send + Sync + 'static) -> Self {
+        Self {
+            detail: Some(Arc::new(detail)),
+            ..self
+        }
+    }
+
     pub fn ready(&self) -> bool {
-        (self.0)()
+        (self.check)()
+    }
+
+    fn detail(&self) -> Option<serde_json::Value> {
+        self.detail.as_ref().map(|detail| detail())
     }
 }
 
@@ -188,10 +208,16 @@ impl std::fmt::Debug for Readiness {
 struct Ready {
     /// `ready` or `starting`.
     status: &'static str,
+    /// What the service tells about itself beyond that (Payments: `outbox`,
+    /// what its relay has not published yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    detail: Option<serde_json::Value>,
 }
 
 /// `GET /ready`: 503 `{"status":"starting"}` until `readiness` holds, then
-/// 200 `{"status":"ready"}`. What compose and `cargo xtask up` wait on.
+/// 200 `{"status":"ready"}`, each with the service's `detail` if it has one.
+/// What compose and `cargo xtask up` wait on.
 pub fn ready_router(readiness: Readiness) -> Router {
     Router::new()
         .route("/ready", get(ready_check))
@@ -207,12 +233,22 @@ pub fn ready_router(readiness: Readiness) -> Router {
     ),
 )]
 async fn ready_check(State(readiness): State<Readiness>) -> (StatusCode, Json<Ready>) {
+    let detail = readiness.detail();
     if readiness.ready() {
-        (StatusCode::OK, Json(Ready { status: "ready" }))
+        (
+            StatusCode::OK,
+            Json(Ready {
+                status: "ready",
+                detail,
+            }),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(Ready { status: "starting" }),
+            Json(Ready {
+                status: "starting",
+                detail,
+            }),
         )
     }
 }

@@ -85,7 +85,16 @@ struct Inner {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::with(|_| {})
+    }
+}
+
+impl Metrics {
+    /// The shared series, and those a service registers with `extra` (its
+    /// own, such as Payments' outbox figures).
+    pub fn with(extra: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::default();
+        extra(&mut registry);
         let lag = Family::default();
         registry.register(
             "kafka_consumer_lag",
