@@ -13,10 +13,10 @@
 //!
 //! Each service logs in as its own role, which owns its own database
 //! (`service_kit::postgres_access`): `pg up` makes them, with the passwords
-//! in `.env`. With trust authentication those passwords are not checked: on
-//! this single-user server the roles keep each service inside its own
-//! database (another's refuses it), not a local user out of any; compose's
-//! server checks them.
+//! in `.env`. With trust authentication those passwords are not checked:
+//! the roles keep each service inside its own database (another's refuses
+//! it), but any local user may log in as any role, the superuser included.
+//! Compose's server checks them.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -576,6 +576,18 @@ mod tests {
             DATABASE_URL,
             format!("postgres://postgres@127.0.0.1:{PG_PORT}/postgres")
         );
+    }
+
+    #[test]
+    fn a_service_logs_in_as_its_own_role_to_its_own_database() {
+        let url: DatabaseUrl = service_url("service_a", &Secret::new("pw0123"))
+            .parse()
+            .expect("a URL");
+        let options = url.options();
+        assert_eq!(options.get_username(), "service_a");
+        assert_eq!(options.get_database(), Some("service_a"));
+        assert_eq!((options.get_host(), options.get_port()), ("127.0.0.1", PG_PORT));
+        assert!(url.expose().contains(":pw0123@"));
     }
 
     #[test]
