@@ -5,7 +5,9 @@
 //! A service's role and its database have the same name (`payments`,
 //! `service_a`, `service_b` in the demo; a test's own name in the tests).
 //! The role logs in, owns its database (so it runs its own migrations) and
-//! may create nothing else: no databases, no roles, no superuser. No other
+//! may create nothing else: no databases, no roles, no superuser. It may
+//! read the server's statistics (`pg_read_all_stats`), to tell the running
+//! transactions of its own database from others'. No other
 //! role may even connect to the database (CONNECT and TEMPORARY are revoked
 //! from PUBLIC), so ServiceB's role cannot read the event store; a
 //! superuser still can (the operator, xtask, the tests' setup).
@@ -83,6 +85,16 @@ pub async fn provision(admin: &DatabaseUrl, name: &str, password: &Secret) -> sq
     // PUBLIC may connect to (and make temporary tables in) a new database;
     // the owner keeps both.
     sqlx::query(&format!("REVOKE ALL ON DATABASE {name} FROM PUBLIC"))
+        .execute(&mut server)
+        .await?;
+    // A reader in commit order (the outbox relay, ServiceA's audit: see
+    // `event_store::commit_order`) waits only for the running transactions
+    // of its own database, told apart by `pg_stat_activity.backend_xid`,
+    // which PostgreSQL shows a role for its own sessions only unless it has
+    // this. Without it, any open transaction on the server would hold the
+    // reader back. It reads statistics (other sessions' queries among
+    // them: parameterised, without values), and changes nothing.
+    sqlx::query(&format!("GRANT pg_read_all_stats TO {name}"))
         .execute(&mut server)
         .await?;
     server.close().await?;
