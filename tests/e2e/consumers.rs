@@ -1158,3 +1158,107 @@ async fn a_consumer_stuck_at_its_bound_still_serves_a_rebalance() {
         );
     }
 }
+
+/// Handles every record at once.
+struct Nothing;
+
+impl Handler for Nothing {
+    async fn handle(&self, _record: &OwnedMessage, _attempt: u32) -> Result<(), HandleError> {
+        Ok(())
+    }
+}
+
+/// While a rebalance waits on a slow broker, an HTTP route served by the
+/// same runtime still answers within 100 ms.
+///
+/// The slow broker is librdkafka's own mock cluster answering every request
+/// a second late (the shared broker cannot be slowed: a proxy in front of
+/// it would only carry the bootstrap connection, as it advertises its own
+/// address). With `START_FROM=latest`, taking the partitions looks up the
+/// group's committed offsets, then each partition's end, then commits the
+/// start positions: several seconds of waiting inside librdkafka's
+/// rebalance callback, which runs in the consumer loop's poll. The runtime
+/// has one worker thread, so that a callback blocking it would stall the
+/// route: what the test shows is that the rebalance does not hold an async
+/// worker. It does not show how a real broker's slowness would play out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_http_route_answers_while_a_rebalance_waits_on_a_slow_broker() {
+    const RTT: Duration = Duration::from_secs(1);
+    service_kit::telemetry::init_for_tests();
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka's mock cluster");
+    let topic = "slow";
+    mock.create_topic(topic, 3, 1).expect("topic");
+    let kafka = service_kit::config::KafkaConfig {
+        bootstrap_servers: mock.bootstrap_servers(),
+        ..service_kit::config::KafkaConfig::local()
+    };
+    let settings = ConsumerConfig {
+        start_from: StartFrom::Latest,
+        ..test_consumer()
+    };
+    let metrics = Metrics::default();
+    let group = "slow-group";
+    let consumer =
+        service_kit::kafka::consumer(&kafka, &settings, "slow", group, &[topic], &metrics).expect("consumer");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/health", listener.local_addr().expect("address"));
+    let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    mock.broker_round_trip_time(-1, RTT).expect("slow broker");
+    let stop = service_kit::CancellationToken::new();
+    let run = tokio::spawn(consumer::run(consumer, Nothing, settings, None, stop.clone()));
+    // The client asks from a thread and runtime of its own: its requests
+    // and its pauses between them must not wait for the runtime under test.
+    let in_group = format!(r#"group="{group}""#);
+    let probe = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("the client's runtime");
+        runtime.block_on(async move {
+            let http = reqwest::Client::new();
+            let started = tokio::time::Instant::now();
+            let mut slowest = Duration::ZERO;
+            let mut answers = 0;
+            loop {
+                let asked = tokio::time::Instant::now();
+                http.get(&url).send().await.expect("the route answers");
+                slowest = slowest.max(asked.elapsed());
+                answers += 1;
+                let assigned = service_kit::metrics::sample(
+                    &metrics.render(),
+                    "kafka_consumer_assigned_partitions",
+                    &in_group,
+                );
+                if assigned == Some(3) {
+                    return (started.elapsed(), answers, slowest);
+                }
+                assert!(started.elapsed() < PATIENCE, "the partitions were never assigned");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    let (took, answers, slowest) = tokio::task::spawn_blocking(move || probe.join().expect("the client"))
+        .await
+        .expect("joined");
+    println!(
+        "slow rebalance: partitions assigned {:.1} s after the start, {answers} answers meanwhile, the slowest in {} ms",
+        took.as_secs_f64(),
+        slowest.as_millis()
+    );
+    assert!(
+        took > 4 * RTT,
+        "the rebalance waited on the slow broker: {took:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(100),
+        "the route answered in {slowest:?} while the rebalance waited"
+    );
+
+    mock.broker_round_trip_time(-1, Duration::ZERO)
+        .expect("fast again");
+    stop.cancel();
+    run.await.expect("consumer task").expect("consumer ran");
+}
