@@ -1262,3 +1262,115 @@ async fn an_http_route_answers_while_a_rebalance_waits_on_a_slow_broker() {
     stop.cancel();
     run.await.expect("consumer task").expect("consumer ran");
 }
+
+/// Handles every record at once, but those keyed `stuck`, which it never
+/// finishes; counts what it handled.
+struct AllButStuck(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Handler for AllButStuck {
+    async fn handle(&self, record: &OwnedMessage, _attempt: u32) -> Result<(), HandleError> {
+        if record.key() == Some(b"stuck".as_slice()) {
+            std::future::pending::<()>().await;
+        }
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The consumer's final commit fits inside the shutdown time, counted from
+/// the stop, however long the records in hand hold it up.
+///
+/// A record never finishes, so the wait for the records in hand lasts as
+/// long as the consumer allows, and the broker answers each request a second
+/// late from the stop on (librdkafka's mock cluster). Splitting the shutdown
+/// time in two fixed halves, as the consumer did, ended at the full time
+/// (4 s here) or later, when the service aborts what still runs; taking the
+/// commit's time out of what is left ends before it, with the commit done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_final_commit_fits_inside_the_shutdown_time() {
+    use rdkafka::consumer::Consumer;
+    const SHUTDOWN: Duration = Duration::from_secs(4);
+    service_kit::telemetry::init_for_tests();
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka's mock cluster");
+    let topic = "stopping";
+    mock.create_topic(topic, 1, 1).expect("topic");
+    let kafka = service_kit::config::KafkaConfig {
+        bootstrap_servers: mock.bootstrap_servers(),
+        // Nothing committed in the background: what is committed at the end
+        // is the final commit's.
+        commit_interval: Duration::from_secs(600),
+        ..service_kit::config::KafkaConfig::local()
+    };
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .create()
+        .expect("producer");
+    for key in ["a", "stuck", "b"] {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(topic).key(key).payload("x"),
+                PATIENCE,
+            )
+            .await
+            .expect("produced");
+    }
+    let settings = ConsumerConfig {
+        shutdown_timeout: SHUTDOWN,
+        ..test_consumer()
+    };
+    let group = "stopping-group";
+    let consumer = service_kit::kafka::consumer(
+        &kafka,
+        &settings,
+        "stopping",
+        group,
+        &[topic],
+        &Metrics::default(),
+    )
+    .expect("consumer");
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = service_kit::CancellationToken::new();
+    let run = tokio::spawn(consumer::run(
+        consumer,
+        AllButStuck(Arc::clone(&handled)),
+        settings,
+        None,
+        stop.clone(),
+    ));
+    eventually("the records around the stuck one are handled", || async {
+        (handled.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+
+    mock.broker_round_trip_time(-1, Duration::from_secs(1))
+        .expect("slow broker");
+    let asked = tokio::time::Instant::now();
+    stop.cancel();
+    run.await.expect("consumer task").expect("consumer ran");
+    let took = asked.elapsed();
+    mock.broker_round_trip_time(-1, Duration::ZERO)
+        .expect("fast again");
+    println!(
+        "final commit: the consumer closed {} ms after the stop ({} ms allowed)",
+        took.as_millis(),
+        SHUTDOWN.as_millis()
+    );
+    assert!(
+        took < SHUTDOWN,
+        "closed {took:?} after the stop, past {SHUTDOWN:?}"
+    );
+
+    // Committed: up to the stuck record (offset 1), the lowest not done.
+    let committed = tokio::task::spawn_blocking(move || {
+        let outsider = service_kit::kafka::outsider(&kafka, "check", group).expect("client");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(topic, 0);
+        outsider
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed")
+    })
+    .await
+    .expect("looked up");
+    let offset = committed.elements()[0].offset();
+    assert_eq!(offset, rdkafka::Offset::Offset(1), "the final commit was made");
+}
