@@ -1159,3 +1159,219 @@ async fn a_consumer_stuck_at_its_bound_still_serves_a_rebalance() {
         );
     }
 }
+
+/// Handles every record at once.
+struct Nothing;
+
+impl Handler for Nothing {
+    async fn handle(&self, _record: &OwnedMessage, _attempt: u32) -> Result<(), HandleError> {
+        Ok(())
+    }
+}
+
+/// While a rebalance waits on a slow broker, an HTTP route served by the
+/// same runtime still answers within 100 ms.
+///
+/// The slow broker is librdkafka's own mock cluster answering every request
+/// a second late (the shared broker cannot be slowed: a proxy in front of
+/// it would only carry the bootstrap connection, as it advertises its own
+/// address). With `START_FROM=latest`, taking the partitions looks up the
+/// group's committed offsets, then each partition's end, then commits the
+/// start positions: several seconds of waiting inside librdkafka's
+/// rebalance callback, which runs in the consumer loop's poll. The runtime
+/// has one worker thread, so that a callback blocking it would stall the
+/// route: what the test shows is that the rebalance does not hold an async
+/// worker. It does not show how a real broker's slowness would play out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_http_route_answers_while_a_rebalance_waits_on_a_slow_broker() {
+    const RTT: Duration = Duration::from_secs(1);
+    service_kit::telemetry::init_for_tests();
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka's mock cluster");
+    let topic = "slow";
+    mock.create_topic(topic, 3, 1).expect("topic");
+    let kafka = service_kit::config::KafkaConfig {
+        bootstrap_servers: mock.bootstrap_servers(),
+        ..service_kit::config::KafkaConfig::local()
+    };
+    let settings = ConsumerConfig {
+        start_from: StartFrom::Latest,
+        ..test_consumer()
+    };
+    let metrics = Metrics::default();
+    let group = "slow-group";
+    let consumer =
+        service_kit::kafka::consumer(&kafka, &settings, "slow", group, &[topic], &metrics).expect("consumer");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/health", listener.local_addr().expect("address"));
+    let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    mock.broker_round_trip_time(-1, RTT).expect("slow broker");
+    let stop = service_kit::CancellationToken::new();
+    let run = tokio::spawn(consumer::run(consumer, Nothing, settings, None, stop.clone()));
+    // The client asks from a thread and runtime of its own: its requests
+    // and its pauses between them must not wait for the runtime under test.
+    let in_group = format!(r#"group="{group}""#);
+    let probe = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("the client's runtime");
+        runtime.block_on(async move {
+            let http = reqwest::Client::new();
+            let started = tokio::time::Instant::now();
+            let mut slowest = Duration::ZERO;
+            let mut answers = 0;
+            loop {
+                let asked = tokio::time::Instant::now();
+                http.get(&url).send().await.expect("the route answers");
+                slowest = slowest.max(asked.elapsed());
+                answers += 1;
+                let assigned = service_kit::metrics::sample(
+                    &metrics.render(),
+                    "kafka_consumer_assigned_partitions",
+                    &in_group,
+                );
+                if assigned == Some(3) {
+                    return (started.elapsed(), answers, slowest);
+                }
+                assert!(started.elapsed() < PATIENCE, "the partitions were never assigned");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    let (took, answers, slowest) = tokio::task::spawn_blocking(move || probe.join().expect("the client"))
+        .await
+        .expect("joined");
+    println!(
+        "slow rebalance: partitions assigned {:.1} s after the start, {answers} answers meanwhile, the slowest in {} ms",
+        took.as_secs_f64(),
+        slowest.as_millis()
+    );
+    assert!(
+        took > 4 * RTT,
+        "the rebalance waited on the slow broker: {took:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(100),
+        "the route answered in {slowest:?} while the rebalance waited"
+    );
+
+    mock.broker_round_trip_time(-1, Duration::ZERO)
+        .expect("fast again");
+    stop.cancel();
+    run.await.expect("consumer task").expect("consumer ran");
+}
+
+/// Handles every record at once, but those keyed `stuck`, which it never
+/// finishes; counts what it handled.
+struct AllButStuck(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Handler for AllButStuck {
+    async fn handle(&self, record: &OwnedMessage, _attempt: u32) -> Result<(), HandleError> {
+        if record.key() == Some(b"stuck".as_slice()) {
+            std::future::pending::<()>().await;
+        }
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The consumer's final commit fits inside the shutdown time, counted from
+/// the stop, however long the records in hand hold it up.
+///
+/// A record never finishes, so the wait for the records in hand lasts as
+/// long as the consumer allows, and the broker answers each request a second
+/// late from the stop on (librdkafka's mock cluster). Splitting the shutdown
+/// time in two fixed halves, as the consumer did, ended at the full time
+/// (4 s here) or later, when the service aborts what still runs; taking the
+/// commit's time out of what is left ends before it, with the commit done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_final_commit_fits_inside_the_shutdown_time() {
+    use rdkafka::consumer::Consumer;
+    const SHUTDOWN: Duration = Duration::from_secs(4);
+    service_kit::telemetry::init_for_tests();
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka's mock cluster");
+    let topic = "stopping";
+    mock.create_topic(topic, 1, 1).expect("topic");
+    let kafka = service_kit::config::KafkaConfig {
+        bootstrap_servers: mock.bootstrap_servers(),
+        // Nothing committed in the background: what is committed at the end
+        // is the final commit's.
+        commit_interval: Duration::from_secs(600),
+        ..service_kit::config::KafkaConfig::local()
+    };
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .create()
+        .expect("producer");
+    for key in ["a", "stuck", "b"] {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(topic).key(key).payload("x"),
+                PATIENCE,
+            )
+            .await
+            .expect("produced");
+    }
+    let settings = ConsumerConfig {
+        shutdown_timeout: SHUTDOWN,
+        ..test_consumer()
+    };
+    let group = "stopping-group";
+    let consumer = service_kit::kafka::consumer(
+        &kafka,
+        &settings,
+        "stopping",
+        group,
+        &[topic],
+        &Metrics::default(),
+    )
+    .expect("consumer");
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = service_kit::CancellationToken::new();
+    let run = tokio::spawn(consumer::run(
+        consumer,
+        AllButStuck(Arc::clone(&handled)),
+        settings,
+        None,
+        stop.clone(),
+    ));
+    eventually("the records around the stuck one are handled", || async {
+        (handled.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+
+    mock.broker_round_trip_time(-1, Duration::from_secs(1))
+        .expect("slow broker");
+    let asked = tokio::time::Instant::now();
+    stop.cancel();
+    run.await.expect("consumer task").expect("consumer ran");
+    let took = asked.elapsed();
+    mock.broker_round_trip_time(-1, Duration::ZERO)
+        .expect("fast again");
+    println!(
+        "final commit: the consumer closed {} ms after the stop ({} ms allowed)",
+        took.as_millis(),
+        SHUTDOWN.as_millis()
+    );
+    assert!(
+        took < SHUTDOWN,
+        "closed {took:?} after the stop, past {SHUTDOWN:?}"
+    );
+
+    // Committed: up to the stuck record (offset 1), the lowest not done.
+    let committed = tokio::task::spawn_blocking(move || {
+        let outsider = service_kit::kafka::outsider(&kafka, "check", group).expect("client");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(topic, 0);
+        outsider
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed")
+    })
+    .await
+    .expect("looked up");
+    let offset = committed.elements()[0].offset();
+    assert_eq!(offset, rdkafka::Offset::Offset(1), "the final commit was made");
+}

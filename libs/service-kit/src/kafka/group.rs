@@ -536,20 +536,20 @@ impl GroupContext {
                     .0;
             }
         };
-        // The rebalance is served inside the consumer loop's poll, on one of
-        // the runtime's threads; the handlers run on the others. On a
-        // single-threaded runtime they could not run while this waits.
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {
-                if self.partitions().running(revoked) > 0 {
-                    tracing::debug!(
-                        "single-threaded runtime: not waiting for the handlers of revoked partitions"
-                    );
-                }
+        // On a single-threaded runtime the handlers could not run while the
+        // rebalance waits for them: it would wait out the whole timeout.
+        if matches!(
+            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread)
+        ) {
+            if self.partitions().running(revoked) > 0 {
+                tracing::debug!(
+                    "single-threaded runtime: not waiting for the handlers of revoked partitions"
+                );
             }
-            Ok(_) => tokio::task::block_in_place(wait),
-            Err(_) => wait(),
+            return;
         }
+        wait();
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
@@ -590,6 +590,25 @@ impl GroupContext {
             tracing::error!(error = %e, "cannot give up the revoked partitions");
         }
         tracing::info!(group = %self.group, revoked = tpl.count(), "partitions revoked");
+    }
+}
+
+/// Runs `blocking` (a rebalance: committed offsets and watermarks looked
+/// up, offsets committed synchronously, handlers waited for, each a wait on
+/// the broker or on other tasks) so that it holds no async worker.
+///
+/// librdkafka serves a rebalance inside the consumer loop's poll, which runs
+/// on one of the runtime's worker threads; blocking that thread for the
+/// lookups' seconds would stall every task queued on it (the HTTP server's
+/// included). On a multi-threaded runtime, `block_in_place` hands the
+/// worker's tasks to a fresh worker first, so they go on while this thread
+/// waits. A single-threaded runtime (some tests) has no other thread to
+/// hand them to; a blocking thread (the consumer closing in
+/// `spawn_blocking`) holds none.
+fn off_the_async_workers<T>(blocking: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(blocking),
+        _ => blocking(),
     }
 }
 
@@ -645,7 +664,7 @@ impl ConsumerContext for GroupContext {
     /// note what was revoked, and apply the start position to partitions
     /// this process gets for the first time.
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        match err {
+        off_the_async_workers(|| match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
             other => {
@@ -654,6 +673,6 @@ impl ConsumerContext for GroupContext {
                 tracing::error!(error = ?other, "rebalance failed");
                 self.revoke(consumer, tpl);
             }
-        }
+        });
     }
 }
