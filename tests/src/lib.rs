@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use service_kit::auth::Credentials;
-use service_kit::config::{ConsumerConfig, KafkaConfig};
+use service_kit::config::{ConsumerConfig, KafkaConfig, RetentionConfig};
 use shared_events::Topics;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -202,6 +202,7 @@ pub async fn spawn_service_a_in(
         group_id: group_id.to_owned(),
         database: database_url.parse().expect("database URL"),
         database_connections: 5,
+        retention: RetentionConfig::default(),
         startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
         callers: credentials().callers_of(service_a::SERVICE),
         retention: service_kit::config::RetentionConfig::default(),
@@ -239,6 +240,7 @@ pub async fn spawn_service_b_with(
         group_id: group_id.to_owned(),
         database: database_url.parse().expect("database URL"),
         database_connections: 5,
+        retention: RetentionConfig::default(),
         startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
         payments_url: payments_url.to_owned(),
         payments_token: credentials().service_b.clone(),
