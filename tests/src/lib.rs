@@ -205,7 +205,6 @@ pub async fn spawn_service_a_in(
         retention: RetentionConfig::default(),
         startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
         callers: credentials().callers_of(service_a::SERVICE),
-        retention: service_kit::config::RetentionConfig::default(),
     };
     TestApp::spawn(
         |listener, stopped| async move { Ok(service_a::run(config, listener, signal(stopped)).await?) },
@@ -247,7 +246,6 @@ pub async fn spawn_service_b_with(
         callers: credentials().callers_of(service_b::SERVICE),
         callback_timeout: Duration::from_secs(2),
         not_found_grace: Duration::from_secs(30),
-        retention: service_kit::config::RetentionConfig::default(),
     };
     TestApp::spawn(
         |listener, stopped| async move { Ok(service_b::run(config, listener, signal(stopped)).await?) },
