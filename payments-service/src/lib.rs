@@ -79,7 +79,9 @@ pub async fn run(
     let router = app(AppState { payments }, config.callers.clone())
         .merge(health_router(broker))
         .merge(ready_router(readiness))
-        .merge(metrics_router(Metrics::with(|registry| outbox_metrics.register(registry))));
+        .merge(metrics_router(Metrics::with(|registry| {
+            outbox_metrics.register(registry)
+        })));
 
     let mut tasks: Vec<Task> = vec![
         task("http", serve(listener, router, stop.clone())),

@@ -116,10 +116,7 @@ impl OutboxMetrics {
                 event_type: hold.event_type.clone(),
             })
             .collect();
-        let mut shown = self
-            .held_series
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shown = self.held_series.lock().unwrap_or_else(PoisonError::into_inner);
         for gone in shown.iter().filter(|labels| !now.contains(labels)) {
             self.held.remove(gone);
         }

@@ -58,13 +58,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use event_store::{Checkpoint, EventStore, RecordedEvent};
-use tokio::time::Instant;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use service_kit::config::KafkaConfig;
 use service_kit::telemetry;
 use shared_events::{Envelope, Event, PaymentRefundedNotification, Topics, encode};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
@@ -378,7 +378,10 @@ impl Relay {
 
     /// `stored`, decoded with the payment's state after it; or why this
     /// release cannot publish it.
-    async fn ready<'a>(&mut self, stored: &'a RecordedEvent) -> Result<Result<Ready<'a>, String>, RelayError> {
+    async fn ready<'a>(
+        &mut self,
+        stored: &'a RecordedEvent,
+    ) -> Result<Result<Ready<'a>, String>, RelayError> {
         let event = match decode(stored) {
             Ok(event) => event,
             Err(reason) => return Ok(Err(reason)),
@@ -414,7 +417,12 @@ impl Relay {
                 match keeping_lease(leader, self.ready(stored)).await?? {
                     Ok(event) => ready.push(event),
                     Err(reason) => {
-                        tracing::debug!(stream, version = stored.version, reason, "held event still cannot be published");
+                        tracing::debug!(
+                            stream,
+                            version = stored.version,
+                            reason,
+                            "held event still cannot be published"
+                        );
                         still_held = Some(stored.version);
                         break;
                     }
@@ -431,7 +439,12 @@ impl Relay {
                 published?;
             }
             on_leader(EventStore::move_hold_in(leader, CHECKPOINT, &stream, still_held)).await?;
-            tracing::info!(stream, published = ready.len(), still_held, "held events published");
+            tracing::info!(
+                stream,
+                published = ready.len(),
+                still_held,
+                "held events published"
+            );
             match still_held {
                 Some(version) => self.held.insert(stream, version),
                 None => self.held.remove(&stream),
@@ -442,7 +455,11 @@ impl Relay {
 
     /// Ends the transactions of the event store's database that have held
     /// publication back for longer than the hold limit.
-    async fn end_long_holders(&self, leader: &mut PgConnection, checkpoint: Checkpoint) -> Result<(), RelayError> {
+    async fn end_long_holders(
+        &self,
+        leader: &mut PgConnection,
+        checkpoint: Checkpoint,
+    ) -> Result<(), RelayError> {
         let holders = keeping_lease(
             leader,
             self.store.holders(checkpoint, Some(self.limits.hold_limit)),

@@ -265,11 +265,14 @@ async fn only_a_transaction_of_the_event_store_database_delays_publication_and_o
     let (mut other, _) = open_transaction(&elsewhere.url).await;
     let first = create_payment(&http, &payments, &payment_request("c-hold", 100)).await;
     let first = first["payment_id"].as_str().expect("id").to_owned();
-    eventually("published while another database's transaction is open", || async {
-        has_key(&kafka, &kafka.topics.notifications, &first)
-            .await
-            .then_some(())
-    })
+    eventually(
+        "published while another database's transaction is open",
+        || async {
+            has_key(&kafka, &kafka.topics.notifications, &first)
+                .await
+                .then_some(())
+        },
+    )
     .await;
 
     // The event store's own database: its events wait for it, and the
@@ -283,14 +286,26 @@ async fn only_a_transaction_of_the_event_store_database_delays_publication_and_o
         (detail["held_back_by"][0]["pid"] == pid && detail["unpublished_events"] == 1).then_some(detail)
     })
     .await;
-    assert!(detail["oldest_unpublished_seconds"].as_f64().is_some(), "{detail}");
-    assert_eq!(unlabelled(&http, &payments, "outbox_unpublished_events").await, Some(1.0));
-    assert_eq!(unlabelled(&http, &payments, "outbox_holding_transactions").await, Some(1.0));
+    assert!(
+        detail["oldest_unpublished_seconds"].as_f64().is_some(),
+        "{detail}"
+    );
+    assert_eq!(
+        unlabelled(&http, &payments, "outbox_unpublished_events").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        unlabelled(&http, &payments, "outbox_holding_transactions").await,
+        Some(1.0)
+    );
     assert!(
         !has_key(&kafka, &kafka.topics.notifications, &second).await,
         "published while a transaction that may come first is open"
     );
-    assert!(began.elapsed() < hold_limit, "the checks above outlasted the hold limit");
+    assert!(
+        began.elapsed() < hold_limit,
+        "the checks above outlasted the hold limit"
+    );
 
     eventually("published once the relay ended the transaction", || async {
         has_key(&kafka, &kafka.topics.notifications, &second)
@@ -299,11 +314,17 @@ async fn only_a_transaction_of_the_event_store_database_delays_publication_and_o
     })
     .await;
     let waited = began.elapsed();
-    eprintln!("held back by a transaction of the store's database: {:.1} s (limit {hold_limit:?})", waited.as_secs_f64());
+    eprintln!(
+        "held back by a transaction of the store's database: {:.1} s (limit {hold_limit:?})",
+        waited.as_secs_f64()
+    );
     // It began before `began`, and is ended once open past the limit, at the
     // next look for holders; then the batch is read and published, and
     // this test reads the topic.
-    assert!(waited + Duration::from_secs(1) >= hold_limit, "published after {waited:?}, before the limit");
+    assert!(
+        waited + Duration::from_secs(1) >= hold_limit,
+        "published after {waited:?}, before the limit"
+    );
     assert!(
         waited <= hold_limit + HOLDERS_EVERY + TAKEOVER_WORK,
         "published after {waited:?}, beyond {hold_limit:?} + {HOLDERS_EVERY:?} + {TAKEOVER_WORK:?}"
@@ -317,8 +338,14 @@ async fn only_a_transaction_of_the_event_store_database_delays_publication_and_o
         (detail["unpublished_events"] == 0 && detail["held_back_by"] == json!([])).then_some(())
     })
     .await;
-    assert_eq!(unlabelled(&http, &payments, "outbox_unpublished_events").await, Some(0.0));
-    sqlx::query("ROLLBACK").execute(&mut other).await.expect("rollback");
+    assert_eq!(
+        unlabelled(&http, &payments, "outbox_unpublished_events").await,
+        Some(0.0)
+    );
+    sqlx::query("ROLLBACK")
+        .execute(&mut other)
+        .await
+        .expect("rollback");
     payments.stop().await;
 }
 
@@ -388,7 +415,7 @@ async fn an_event_this_release_cannot_read_holds_its_own_stream_until_one_can() 
     eventually("the other payments are published", || async {
         (published_versions(&kafka, &other).await == [1, 2, 3]
             && published_versions(&kafka, &third).await == [1])
-            .then_some(())
+        .then_some(())
     })
     .await;
     // The stuck one waits, and is named.
@@ -428,7 +455,10 @@ async fn an_event_this_release_cannot_read_holds_its_own_stream_until_one_can() 
         retried_at.elapsed().as_secs_f64()
     );
     eventually("the hold is gone from the metrics", || async {
-        (metric(&http, &payments, "outbox_held_streams", &held).await.is_none()).then_some(())
+        (metric(&http, &payments, "outbox_held_streams", &held)
+            .await
+            .is_none())
+        .then_some(())
     })
     .await;
     // Later events of the stream follow as usual.

@@ -403,9 +403,13 @@ impl EventStore {
                 Ok(Holder {
                     pid: row.try_get("pid")?,
                     transaction_id: u64::try_from(row.try_get::<i64, _>("xid")?).unwrap_or_default(),
-                    application: row.try_get::<Option<String>, _>("application_name")?.unwrap_or_default(),
+                    application: row
+                        .try_get::<Option<String>, _>("application_name")?
+                        .unwrap_or_default(),
                     state: row.try_get("state")?,
-                    open_for: Duration::from_secs_f64(row.try_get::<Option<f64>, _>("open_for")?.unwrap_or(0.0).max(0.0)),
+                    open_for: Duration::from_secs_f64(
+                        row.try_get::<Option<f64>, _>("open_for")?.unwrap_or(0.0).max(0.0),
+                    ),
                     ended: row.try_get("ended")?,
                 })
             })
@@ -511,12 +515,12 @@ impl EventStore {
         version: Option<u64>,
     ) -> Result<()> {
         let query = match version {
-            Some(version) => sqlx::query(
-                "UPDATE checkpoint_holds SET version = $3 WHERE name = $1 AND stream_id = $2",
-            )
-            .bind(name)
-            .bind(stream)
-            .bind(i64::try_from(version).unwrap_or(i64::MAX)),
+            Some(version) => {
+                sqlx::query("UPDATE checkpoint_holds SET version = $3 WHERE name = $1 AND stream_id = $2")
+                    .bind(name)
+                    .bind(stream)
+                    .bind(i64::try_from(version).unwrap_or(i64::MAX))
+            }
             None => sqlx::query("DELETE FROM checkpoint_holds WHERE name = $1 AND stream_id = $2")
                 .bind(name)
                 .bind(stream),

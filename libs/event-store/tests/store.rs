@@ -332,7 +332,10 @@ async fn read_committed_holds_back_what_a_running_transaction_could_precede() {
     );
 
     slow.commit().await.expect("commit");
-    let read = store.read_committed(Checkpoint::default(), 10).await.expect("read");
+    let read = store
+        .read_committed(Checkpoint::default(), 10)
+        .await
+        .expect("read");
     let streams: Vec<_> = read.iter().map(|(_, e)| e.stream_id.as_str()).collect();
     assert_eq!(streams, ["slow", "fast"]);
 
@@ -374,8 +377,16 @@ async fn a_transaction_open_in_another_database_does_not_hold_back_read_committe
         .await
         .expect("append");
 
-    let read = db.store.read_committed(Checkpoint::default(), 10).await.expect("read");
-    assert_eq!(read.len(), 2, "read at once, though a transaction elsewhere began first");
+    let read = db
+        .store
+        .read_committed(Checkpoint::default(), 10)
+        .await
+        .expect("read");
+    assert_eq!(
+        read.len(),
+        2,
+        "read at once, though a transaction elsewhere began first"
+    );
     assert!(
         db.store
             .holders(Checkpoint::default(), None)
@@ -404,14 +415,24 @@ async fn a_transaction_open_in_the_store_database_holds_back_until_it_is_ended()
         .expect("append");
 
     assert!(
-        store.read_committed(Checkpoint::default(), 10).await.expect("read").is_empty(),
+        store
+            .read_committed(Checkpoint::default(), 10)
+            .await
+            .expect("read")
+            .is_empty(),
         "held back: the open transaction may still commit an event that comes first"
     );
     let holders = store.holders(Checkpoint::default(), None).await.expect("holders");
-    assert_eq!(holders.iter().map(|h| (h.pid, h.ended)).collect::<Vec<_>>(), [(pid, false)]);
+    assert_eq!(
+        holders.iter().map(|h| (h.pid, h.ended)).collect::<Vec<_>>(),
+        [(pid, false)]
+    );
     // Not ended while younger than the limit...
     let limit = Duration::from_secs(1);
-    let holders = store.holders(Checkpoint::default(), Some(Duration::from_secs(3600))).await.expect("holders");
+    let holders = store
+        .holders(Checkpoint::default(), Some(Duration::from_secs(3600)))
+        .await
+        .expect("holders");
     assert!(!holders[0].ended);
     // ...and ended past it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -431,7 +452,10 @@ async fn a_transaction_open_in_the_store_database_holds_back_until_it_is_ended()
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let read = loop {
-        let read = store.read_committed(Checkpoint::default(), 10).await.expect("read");
+        let read = store
+            .read_committed(Checkpoint::default(), 10)
+            .await
+            .expect("read");
         if !read.is_empty() || tokio::time::Instant::now() > deadline {
             break read;
         }

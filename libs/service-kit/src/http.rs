@@ -235,7 +235,13 @@ pub fn ready_router(readiness: Readiness) -> Router {
 async fn ready_check(State(readiness): State<Readiness>) -> (StatusCode, Json<Ready>) {
     let detail = readiness.detail();
     if readiness.ready() {
-        (StatusCode::OK, Json(Ready { status: "ready", detail }))
+        (
+            StatusCode::OK,
+            Json(Ready {
+                status: "ready",
+                detail,
+            }),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
