@@ -220,3 +220,57 @@ pub async fn watch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use service_kit::metrics::{Metrics, sample};
+
+    fn seen(events: u64, holds: &[(&str, &str)]) -> Seen {
+        Seen {
+            backlog: Backlog {
+                events,
+                oldest: Some(Duration::from_millis(1500)),
+            },
+            holds: holds
+                .iter()
+                .map(|(stream, event_type)| Hold {
+                    stream_id: (*stream).to_owned(),
+                    version: 2,
+                    event_type: (*event_type).to_owned(),
+                })
+                .collect(),
+            holders: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn held_streams_are_shown_while_held_and_dropped_after() {
+        let outbox = OutboxMetrics::default();
+        let metrics = Metrics::with(|registry| outbox.register(registry));
+        let status = OutboxStatus::default();
+        let held = seen(3, &[("payment-1", "payments.payment-refunded")]);
+        outbox.show(&held);
+        status.show(&held);
+        let text = metrics.render();
+        assert_eq!(
+            sample(
+                &text,
+                "outbox_held_streams",
+                r#"stream="payment-1",event_type="payments.payment-refunded""#
+            ),
+            Some(1)
+        );
+        assert!(text.contains("outbox_unpublished_events 3"), "{text}");
+        assert!(text.contains("outbox_oldest_unpublished_seconds 1.5"), "{text}");
+        assert_eq!(
+            status.detail()["outbox"]["held_streams"][0]["stream"],
+            "payment-1"
+        );
+
+        outbox.show(&seen(0, &[]));
+        let text = metrics.render();
+        assert!(!text.contains("outbox_held_streams{"), "{text}");
+        assert!(text.contains("outbox_unpublished_events 0"), "{text}");
+    }
+}

@@ -777,6 +777,52 @@ async fn a_frozen_relay_woken_after_another_took_over_cannot_publish_an_older_st
     assert!(frozen.terminate().await.success());
 }
 
+/// A transaction left open in the event store's database holds publication
+/// back: once the oldest unpublished event is older than
+/// `OUTBOX_LAG_WARN_MS`, Payments says so in its log, naming the holding
+/// transaction; once it ends, that the outbox caught up.
+#[tokio::test]
+async fn payments_warns_when_its_outbox_lags_past_the_threshold() {
+    use sqlx::Connection;
+
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let database = TestDatabase::create().await;
+    let http = integration_tests::http_client();
+    let env = [
+        &kafka_env(&kafka)[..],
+        &[
+            ("DATABASE_URL", database.url.as_str()),
+            ("OUTBOX_LAG_WARN_MS", "1000"),
+        ],
+    ]
+    .concat();
+    let mut payments = Process::start("payments-service", &env);
+    let url = format!("http://{}", payments.address().await);
+    payments.wait_for_line("outbox relay publishing").await;
+
+    let mut open = sqlx::PgConnection::connect(&database.url).await.expect("connect");
+    sqlx::query("BEGIN").execute(&mut open).await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut open)
+        .await
+        .expect("xid");
+    let response = http
+        .post(format!("{url}/payments"))
+        .json(&payment_request("c-lag", 100))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    payments.wait_for_line("outbox lagging").await;
+    sqlx::query("ROLLBACK")
+        .execute(&mut open)
+        .await
+        .expect("rollback");
+    payments.wait_for_line("outbox caught up").await;
+    assert!(payments.terminate().await.success());
+}
+
 /// ServiceA is killed after it audited some notifications; its group resumes
 /// after them, so they are never handed to it again. Restarted on the same
 /// database, it still lists every notification it ever handled.

@@ -79,6 +79,14 @@ const EVENT_COLUMNS: &str =
 /// All events, read in commit order (see [`crate::commit_order`]).
 const EVENTS_IN_COMMIT_ORDER: CommitOrder = CommitOrder::new("events", "position");
 
+/// Whether this session may end session `a` of `pg_stat_activity`, as
+/// `pg_terminate_backend` decides (which fails the whole statement when it
+/// may not): a superuser's only if it is one; otherwise one of a role it
+/// has the privileges of, or any with `pg_signal_backend`.
+const MAY_END: &str = "(NOT COALESCE((SELECT rolsuper FROM pg_roles WHERE oid = a.usesysid), TRUE) \
+         OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) \
+     AND (pg_has_role(a.usesysid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE'))";
+
 /// An event store on a PostgreSQL connection pool. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EventStore {
@@ -351,11 +359,11 @@ impl EventStore {
     /// right to signal them (the same role, or `pg_signal_backend`); without
     /// it, [`Holder::ended`] stays false and the reader keeps waiting.
     pub async fn holders(&self, after: Checkpoint, end_older_than: Option<Duration>) -> Result<Vec<Holder>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "WITH snapshot AS (SELECT pg_current_snapshot() AS s) \
              SELECT a.pid, x::text::bigint AS xid, a.application_name, a.state, \
                     EXTRACT(EPOCH FROM now() - a.xact_start)::float8 AS open_for, \
-                    CASE WHEN now() - a.xact_start > make_interval(secs => $3) \
+                    CASE WHEN now() - a.xact_start > make_interval(secs => $3) AND {MAY_END} \
                          THEN pg_terminate_backend(a.pid) ELSE FALSE END AS ended \
              FROM snapshot, pg_snapshot_xip(snapshot.s) AS x \
              JOIN pg_stat_activity a ON a.backend_xid = x::xid \
@@ -363,8 +371,8 @@ impl EventStore {
                AND a.pid <> pg_backend_pid() \
                AND EXISTS (SELECT 1 FROM events WHERE transaction_id > x \
                            AND (transaction_id, position) > ($1::text::xid8, $2)) \
-             ORDER BY x",
-        )
+             ORDER BY x"
+        ))
         .bind(after.transaction_id.to_string())
         .bind(after.position)
         // NULL: never older, so nothing is terminated.

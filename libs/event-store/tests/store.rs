@@ -465,6 +465,52 @@ async fn a_transaction_open_in_the_store_database_holds_back_until_it_is_ended()
 }
 
 #[tokio::test]
+async fn a_holder_the_reader_may_not_end_is_named_not_ended() {
+    use event_store::{Checkpoint, EventStore};
+    use sqlx::postgres::PgConnectOptions;
+    use std::str::FromStr;
+    use std::time::Duration;
+
+    let db = TestDatabase::create().await;
+    // A reader that sees every session's figures but may not end a
+    // superuser's.
+    let role = format!("reader_{}", Uuid::new_v4().simple());
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN IN ROLE pg_read_all_stats"),
+        format!("GRANT SELECT ON events TO {role}"),
+    ] {
+        sqlx::query(&statement)
+            .execute(db.store.pool())
+            .await
+            .expect(&statement);
+    }
+    let options = PgConnectOptions::from_str(&db.url).expect("url").username(&role);
+    let reader = EventStore::connect(options, 2)
+        .await
+        .expect("connect as the reader");
+
+    let open = open_transaction(&db.store).await;
+    db.store
+        .append("s", ExpectedVersion::NoStream, &events(1..=1))
+        .await
+        .expect("append");
+    let holders = reader
+        .holders(Checkpoint::default(), Some(Duration::ZERO))
+        .await
+        .expect("holders, without failing on a session it may not end");
+    assert_eq!(holders.iter().map(|h| h.ended).collect::<Vec<_>>(), [false]);
+
+    drop(open);
+    reader.pool().close().await;
+    for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(&statement)
+            .execute(db.store.pool())
+            .await
+            .expect(&statement);
+    }
+}
+
+#[tokio::test]
 async fn a_conflict_inside_a_transaction_leaves_the_transaction_usable() {
     use event_store::EventStore;
 
