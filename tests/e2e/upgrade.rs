@@ -257,11 +257,17 @@ async fn a_rolling_upgrade_from_the_previous_release_loses_and_repeats_nothing()
         ],
     ]
     .concat();
-    let mut old_service_b = Process::start_binary(
-        &old_service_b_bin,
-        "old service-b",
-        &with_callers(&service_b_env, &previous_operator_callers),
-    );
+    // Started under another name than the service's: its credentials are
+    // given here, not looked up by that name.
+    let old_service_b_env = [
+        &with_callers(&service_b_env, &previous_operator_callers)[..],
+        &[(
+            "PAYMENTS_TOKEN",
+            integration_tests::credentials().service_b.expose(),
+        )],
+    ]
+    .concat();
+    let mut old_service_b = Process::start_binary(&old_service_b_bin, "old service-b", &old_service_b_env);
     let mut old_service_a = Process::start_binary(
         &old_service_a_bin,
         "old service-a",
