@@ -59,4 +59,22 @@ impl TestDatabase {
             store,
         }
     }
+
+    /// A connection to this database as the server's superuser, for what a
+    /// test sets up that the database's own role may not (making roles,
+    /// granting them this database).
+    ///
+    /// # Panics
+    ///
+    /// When the superuser cannot connect.
+    pub async fn as_superuser(&self) -> sqlx::PgConnection {
+        use sqlx::Connection as _;
+        let server: DatabaseUrl = testkit::postgres_url()
+            .await
+            .parse()
+            .expect("the tests' PostgreSQL URL");
+        sqlx::PgConnection::connect_with(&server.options().clone().database(&self.name))
+            .await
+            .expect("connect to the test database as the superuser")
+    }
 }

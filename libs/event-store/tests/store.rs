@@ -472,15 +472,17 @@ async fn a_holder_the_reader_may_not_end_is_named_not_ended() {
     use std::time::Duration;
 
     let db = TestDatabase::create().await;
-    // A reader that sees every session's figures but may not end a
-    // superuser's.
+    // A reader that sees every session's figures but may not end those of
+    // another role (the database's own, which holds the transaction below).
     let role = format!("reader_{}", Uuid::new_v4().simple());
+    let mut admin = db.as_superuser().await;
     for statement in [
         format!("CREATE ROLE {role} LOGIN IN ROLE pg_read_all_stats"),
+        format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name),
         format!("GRANT SELECT ON events TO {role}"),
     ] {
         sqlx::query(&statement)
-            .execute(db.store.pool())
+            .execute(&mut admin)
             .await
             .expect(&statement);
     }
@@ -504,7 +506,7 @@ async fn a_holder_the_reader_may_not_end_is_named_not_ended() {
     reader.pool().close().await;
     for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
         sqlx::query(&statement)
-            .execute(db.store.pool())
+            .execute(&mut admin)
             .await
             .expect(&statement);
     }
