@@ -571,21 +571,32 @@ async fn refunds_that_break_the_rules_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn of_twenty_concurrent_refunds_on_one_version_exactly_one_succeeds() {
-    let harness = Harness::new().await;
-    let id = id_of(&harness.create().await);
+/// Twenty refunds of 10 of payment `id` at once, each with `if_match`; the
+/// harness back, and their statuses.
+async fn twenty_concurrent_refunds(
+    harness: Harness,
+    id: &str,
+    if_match: Option<&'static str>,
+) -> (std::sync::Arc<Harness>, Vec<StatusCode>) {
     let harness = std::sync::Arc::new(harness);
     let refunds: Vec<_> = (0..20)
         .map(|_| {
-            let (harness, id) = (std::sync::Arc::clone(&harness), id.clone());
-            tokio::spawn(async move { harness.refund(&id, 10, Some("\"1\"")).await.status })
+            let (harness, id) = (std::sync::Arc::clone(&harness), id.to_owned());
+            tokio::spawn(async move { harness.refund(&id, 10, if_match).await.status })
         })
         .collect();
     let mut statuses = Vec::new();
     for refund in refunds {
         statuses.push(refund.await.expect("request"));
     }
+    (harness, statuses)
+}
+
+#[tokio::test]
+async fn of_twenty_concurrent_refunds_on_one_version_exactly_one_succeeds() {
+    let harness = Harness::new().await;
+    let id = id_of(&harness.create().await);
+    let (harness, statuses) = twenty_concurrent_refunds(harness, &id, Some("\"1\"")).await;
     let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
     let conflicts = statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count();
     assert_eq!((created, conflicts), (1, 19), "{statuses:?}");
@@ -607,17 +618,7 @@ async fn concurrent_refunds_without_if_match_are_all_applied_and_none_is_a_confl
     // loses the append race to another is decided again, not answered 409.
     let harness = Harness::new().await;
     let id = id_of(&harness.create().await);
-    let harness = std::sync::Arc::new(harness);
-    let refunds: Vec<_> = (0..20)
-        .map(|_| {
-            let (harness, id) = (std::sync::Arc::clone(&harness), id.clone());
-            tokio::spawn(async move { harness.refund(&id, 10, None).await.status })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for refund in refunds {
-        statuses.push(refund.await.expect("request"));
-    }
+    let (harness, statuses) = twenty_concurrent_refunds(harness, &id, None).await;
     assert!(statuses.iter().all(|s| *s == StatusCode::CREATED), "{statuses:?}");
     let payment = harness.get(&format!("/payments/{id}")).await;
     assert_eq!(
