@@ -976,16 +976,8 @@ fn tally(owed: &HashMap<String, u64>, found: &Found) -> (u64, u64) {
     let mut twice = 0;
     for (id, &owed) in owed {
         let at = |stage: &HashMap<String, u64>| stage.get(id).copied().unwrap_or(0);
-        let stages = [
-            at(&found.stored),
-            at(&found.published),
-            at(&found.state),
-            at(&found.audit),
-            at(&found.copy),
-            at(&found.recorded),
-            at(&found.record_version),
-        ];
-        lost += owed - stages.iter().map(|&n| n.min(owed)).min().unwrap_or(0);
+        let reached = found.downstream(id).into_iter().chain([at(&found.stored)]);
+        lost += owed - reached.map(|n| n.min(owed)).min().unwrap_or(0);
         twice += [at(&found.stored), at(&found.audit), at(&found.recorded)]
             .iter()
             .map(|&n| n.saturating_sub(owed))
@@ -1002,16 +994,8 @@ fn not_downstream(found: &Found) -> u64 {
         .stored
         .iter()
         .map(|(id, &stored)| {
-            let at = |stage: &HashMap<String, u64>| stage.get(id).copied().unwrap_or(0).min(stored);
-            let stages = [
-                at(&found.published),
-                at(&found.state),
-                at(&found.audit),
-                at(&found.copy),
-                at(&found.recorded),
-                at(&found.record_version),
-            ];
-            stored - stages.iter().copied().min().unwrap_or(0)
+            let reached = found.downstream(id).into_iter().map(|n| n.min(stored));
+            stored - reached.min().unwrap_or(0)
         })
         .sum()
 }
@@ -1107,6 +1091,21 @@ struct Found {
 }
 
 impl Found {
+    /// How many events of payment `id` each stage after the store holds:
+    /// published, on the state topic, audited, copied, recorded by ServiceB,
+    /// and the version its callback got.
+    fn downstream(&self, id: &str) -> [u64; 6] {
+        [
+            &self.published,
+            &self.state,
+            &self.audit,
+            &self.copy,
+            &self.recorded,
+            &self.record_version,
+        ]
+        .map(|stage| stage.get(id).copied().unwrap_or(0))
+    }
+
     /// What each stage holds of the payments of `due` (every payment in the
     /// store, and every one answered 2xx).
     async fn gather(stack: &Stack, http: &reqwest::Client, due: &HashMap<String, u64>) -> Result<Self> {
