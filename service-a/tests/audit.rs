@@ -68,6 +68,20 @@ async fn a_redelivered_notification_is_recorded_once_and_the_copy_is_untouched()
     );
 }
 
+/// ServiceA's router on `audit`, answering an operator whose token is
+/// returned beside it.
+fn served(audit: Audit) -> (axum::Router, Token) {
+    let token = Token::generate();
+    let router = app(
+        AppState {
+            state: State::default(),
+            audit,
+        },
+        Callers::of([("operator", Rights::READ, &token)]),
+    );
+    (router, token)
+}
+
 /// `GET uri`, with `token` as the bearer token if there is one.
 async fn get(
     router: &axum::Router,
@@ -100,14 +114,7 @@ async fn the_audit_is_read_a_page_at_a_time_in_the_order_it_was_recorded() {
     let topics = Topics::default();
     let handler = PaymentEvents::new(topics.clone(), State::default(), audit.clone());
     let sent = notify(&handler, &topics, 5).await;
-    let token = Token::generate();
-    let router = app(
-        AppState {
-            state: State::default(),
-            audit,
-        },
-        Callers::of([("operator", Rights::READ, &token)]),
-    );
+    let (router, token) = served(audit);
     let (status, _, body) = get(&router, "/audit", None).await;
     assert_eq!(
         status,
@@ -224,14 +231,7 @@ async fn a_reader_paging_throughout_sees_every_entry_once_though_commits_land_ou
         State::default(),
         audit.clone(),
     ));
-    let token = Token::generate();
-    let router = app(
-        AppState {
-            state: State::default(),
-            audit,
-        },
-        Callers::of([("operator", Rights::READ, &token)]),
-    );
+    let (router, token) = served(audit);
     let total = usize::try_from(ROUNDS * (1 + LATER + WRITERS * PER_WRITER)).expect("small");
     let reads = Reads::default();
     let reader = tokio::spawn(read_throughout(router, token, total, Arc::clone(&reads)));
