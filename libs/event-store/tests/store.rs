@@ -474,10 +474,13 @@ async fn a_holder_the_reader_may_not_end_is_named_not_ended() {
     let db = TestDatabase::create().await;
     // A reader that sees every session's figures but may not end those of
     // another role (the database's own, which holds the transaction below).
+    // With a password: the test server may trust local logins, the one in a
+    // container asks for one.
     let role = format!("reader_{}", Uuid::new_v4().simple());
+    let password = Uuid::new_v4().simple().to_string();
     let mut admin = db.as_superuser().await;
     for statement in [
-        format!("CREATE ROLE {role} LOGIN IN ROLE pg_read_all_stats"),
+        format!("CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE pg_read_all_stats"),
         format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name),
         format!("GRANT SELECT ON events TO {role}"),
     ] {
@@ -486,7 +489,10 @@ async fn a_holder_the_reader_may_not_end_is_named_not_ended() {
             .await
             .expect(&statement);
     }
-    let options = PgConnectOptions::from_str(&db.url).expect("url").username(&role);
+    let options = PgConnectOptions::from_str(&db.url)
+        .expect("url")
+        .username(&role)
+        .password(&password);
     let reader = EventStore::connect(options, 2)
         .await
         .expect("connect as the reader");
