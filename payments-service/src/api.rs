@@ -242,7 +242,7 @@ async fn create_payment(
     let created = state.payments.create(received, key, cause).await?;
     let id = created.payment.received.payment_id;
     tracing::Span::current().record("payment_id", tracing::field::display(id));
-    tracing::info!(new = created.new, request_id = %cause.request_id, "payment accepted");
+    tracing::debug!(new = created.new, request_id = %cause.request_id, "payment accepted");
     Ok(written(&created, id, cause))
 }
 
@@ -434,7 +434,7 @@ async fn refund(
         .payments
         .refund(id, expected, amount, reason, key, cause)
         .await?;
-    tracing::info!(
+    tracing::debug!(
         version = refunded.payment.version,
         refunded = refunded.payment.refunded,
         new = refunded.new,

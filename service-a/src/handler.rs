@@ -52,7 +52,7 @@ impl Handler for PaymentEvents {
             };
             // A database that is down pauses the consumer until it is back.
             let new = self.audit.record(&entry).await?;
-            tracing::info!(%payment_id, kind = notification.kind(), new, "notification audited");
+            tracing::debug!(%payment_id, kind = notification.kind(), new, "notification audited");
         } else if record.topic() == self.topics.state {
             // A tombstone (no value) is how a compacted topic deletes a key.
             if record.payload().is_none() {
@@ -63,7 +63,7 @@ impl Handler for PaymentEvents {
                 let id = PaymentId::parse(key).map_err(HandleError::permanent)?;
                 self.state.payments.remove(id);
                 self.state.copied_at.remove(id);
-                tracing::info!(payment_id = %id, "payment copy deleted (tombstone)");
+                tracing::debug!(payment_id = %id, "payment copy deleted (tombstone)");
                 return Ok(());
             }
             let event = decode::<PaymentState>(record)?;
@@ -81,7 +81,7 @@ impl Handler for PaymentEvents {
             }
             self.state.payments.upsert(id, event.data);
             self.state.copied_at.upsert(id, Utc::now());
-            tracing::info!(payment_id = %id, version, "payment copy updated");
+            tracing::debug!(payment_id = %id, version, "payment copy updated");
         } else {
             return Err(HandleError::permanent(format!(
                 "not subscribed to topic `{}`",

@@ -41,7 +41,7 @@ impl Handler for Notifications {
         // callback. The transaction in `Records::record` is what guarantees
         // it is not recorded twice; this only saves the call.
         if self.records.handled(event_id).await? {
-            tracing::info!(payment_id = %id, "notification handled before, skipping callback");
+            tracing::debug!(payment_id = %id, "notification handled before, skipping callback");
             return Ok(());
         }
         let payment = match self
@@ -85,7 +85,7 @@ impl Handler for Notifications {
                 notifications: 1,
             })
             .await?;
-        tracing::info!(payment_id = %id, version, attempts = attempt, new, "payment info recorded");
+        tracing::debug!(payment_id = %id, version, attempts = attempt, new, "payment info recorded");
         Ok(())
     }
 }

@@ -843,6 +843,7 @@ impl StuckKeyGroup<'_> {
         &self,
         name: &'static str,
         stop: service_kit::CancellationToken,
+        metrics: &Metrics,
     ) -> tokio::task::JoinHandle<service_kit::Result<()>> {
         let consumer = service_kit::kafka::consumer(
             self.kafka,
@@ -850,7 +851,7 @@ impl StuckKeyGroup<'_> {
             name,
             self.group,
             &[self.topic],
-            &Metrics::default(),
+            metrics,
         )
         .expect("consumer");
         let handler = StuckKey {
@@ -900,7 +901,7 @@ async fn a_record_being_retried_holds_back_only_its_own_key_and_the_commit() {
     };
     let start = |name: &'static str| {
         let stop = service_kit::CancellationToken::new();
-        (stop.clone(), members.start(name, stop))
+        (stop.clone(), members.start(name, stop, &Metrics::default()))
     };
     let keys_handled = |handled: &Handled| -> BTreeSet<String> {
         handled
@@ -1092,8 +1093,8 @@ async fn a_consumer_stuck_at_its_bound_still_serves_a_rebalance() {
         handled: Arc::clone(&handled),
     };
     let stop = service_kit::CancellationToken::new();
-    let start = |name: &'static str| members.start(name, stop.clone());
-    let first = start("first");
+    let first_metrics = Metrics::default();
+    let first = members.start("first", stop.clone(), &first_metrics);
     eventually("the first consumer handled the other keys", || async {
         (handled.lock().expect("lock").len() == 10).then_some(())
     })
@@ -1102,11 +1103,19 @@ async fn a_consumer_stuck_at_its_bound_still_serves_a_rebalance() {
     // up holding only records it cannot handle.
     let stuck: Vec<(String, String)> = (0..6).map(|seq| ("stuck".to_owned(), seq.to_string())).collect();
     publish_to(&producer, &topic, 0, &stuck).await;
-    // The first is now at its bound with the stuck key's records (and past
-    // `HOLD_AFTER`, so polling again). A second member joins: the group can
-    // only rebalance if the first still polls.
-    tokio::time::sleep(consumer::HOLD_AFTER * 2).await;
-    let second = start("second");
+    // The first ends up at its bound with the stuck key's records and, past
+    // `HOLD_AFTER`, holds its partitions paused to go on polling. A second
+    // member joins then: the group can only rebalance if the first polls.
+    let held = format!(
+        r#"group="{group}",reason="{}""#,
+        service_kit::kafka::group::PAUSED_FULL
+    );
+    eventually("the first consumer holds its partitions at its bound", || async {
+        (service_kit::metrics::sample(&first_metrics.render(), "consumer_paused", &held) == Some(1))
+            .then_some(())
+    })
+    .await;
+    let second = members.start("second", stop.clone(), &Metrics::default());
     // New records on every partition: the second member handles some of
     // them only once the group rebalanced, which needs the first to poll.
     for partition in 0..3 {

@@ -266,8 +266,16 @@ async fn the_three_binaries_work_together_and_stop_cleanly_on_sigterm() {
         ("service-a", service_a),
         ("payments", payments),
     ] {
-        let status = process.terminate().await;
+        let (status, lines) = process.terminate_collecting_lines().await;
         assert!(status.success(), "{name} exited with {status} after SIGTERM");
+        // A normal run is quiet at the default level: no ERROR (ServiceA's
+        // `/ready` answers 503 until its copy caught up, as expected), and
+        // no line per payment or record (those are at `debug`).
+        let loud: Vec<&String> = lines
+            .iter()
+            .filter(|line| line.contains("ERROR") || line.contains(id))
+            .collect();
+        assert!(loud.is_empty(), "{name} logged at info: {loud:#?}");
     }
 }
 
@@ -950,9 +958,11 @@ async fn service_b_stops_within_its_shutdown_timeout_while_its_database_hangs() 
             .then_some(())
     })
     .await;
-    // Time to fetch it and hang on the database in its handler (the
-    // checks below hold whether or not it got that far).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // ServiceB fetched it and hangs on the database in its handler.
+    eventually("ServiceB is stuck on its database", || async {
+        (proxy.sent_while_frozen() > 0).then_some(())
+    })
+    .await;
 
     let signalled = tokio::time::Instant::now();
     let status = service_b.terminate().await;

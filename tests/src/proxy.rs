@@ -8,7 +8,9 @@
 //!   open connections stay open but silent, and new ones are accepted and
 //!   left unanswered. A client notices only through its own timeouts. Leaving
 //!   this state cuts the connections it froze, as a partition that lasted
-//!   long enough would have.
+//!   long enough would have. What clients send meanwhile is counted
+//!   ([`GatedProxy::sent_while_frozen`]) and dropped: a test waits on it to
+//!   know that a client is stuck on the partition.
 //!
 //! [`GatedProxy::retarget`] sends it all elsewhere, cutting the connections
 //! open to the old target: a dependency replaced by another instance.
@@ -17,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -39,6 +42,7 @@ pub struct GatedProxy {
     pub addr: SocketAddr,
     state: watch::Sender<State>,
     refused: Arc<AtomicUsize>,
+    sent_while_frozen: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,8 +56,10 @@ impl GatedProxy {
             target,
         });
         let refused = Arc::new(AtomicUsize::new(0));
+        let sent_while_frozen = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
             let refused = Arc::clone(&refused);
+            let sent_while_frozen = Arc::clone(&sent_while_frozen);
             async move {
                 while let Ok((inbound, _)) = listener.accept().await {
                     let now = *watched.borrow();
@@ -61,7 +67,12 @@ impl GatedProxy {
                         refused.fetch_add(1, Ordering::SeqCst);
                         continue;
                     }
-                    tokio::spawn(forward(inbound, now.target, watched.clone()));
+                    tokio::spawn(forward(
+                        inbound,
+                        now.target,
+                        watched.clone(),
+                        Arc::clone(&sent_while_frozen),
+                    ));
                 }
             }
         });
@@ -69,6 +80,7 @@ impl GatedProxy {
             addr,
             state,
             refused,
+            sent_while_frozen,
             task,
         }
     }
@@ -102,6 +114,11 @@ impl GatedProxy {
         self.refused.load(Ordering::SeqCst)
     }
 
+    /// Bytes clients sent into the partition ([`GatedProxy::freeze`]).
+    pub fn sent_while_frozen(&self) -> usize {
+        self.sent_while_frozen.load(Ordering::SeqCst)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -109,10 +126,15 @@ impl GatedProxy {
 
 /// Forwards `inbound` to `target` while the gate is open and the target
 /// stays the same.
-async fn forward(mut inbound: TcpStream, target: SocketAddr, mut state: watch::Receiver<State>) {
+async fn forward(
+    mut inbound: TcpStream,
+    target: SocketAddr,
+    mut state: watch::Receiver<State>,
+    sent_while_frozen: Arc<AtomicUsize>,
+) {
     // Accepted while frozen: unanswered until the partition ends, then cut.
     if state.borrow().gate == Gate::Frozen {
-        let _ = state.wait_for(|s| s.gate != Gate::Frozen).await;
+        frozen(&mut inbound, &mut state, &sent_while_frozen).await;
         return;
     }
     let Ok(mut outbound) = TcpStream::connect(target).await else {
@@ -125,7 +147,24 @@ async fn forward(mut inbound: TcpStream, target: SocketAddr, mut state: watch::R
     };
     if frozen {
         // Both sockets stay open, and silent, until the partition ends.
-        let _ = state.wait_for(|s| s.gate != Gate::Frozen).await;
+        self::frozen(&mut inbound, &mut state, &sent_while_frozen).await;
+    }
+}
+
+/// Until the partition ends: counts and drops what the client sends (the
+/// connection is cut afterwards, so nothing of it is owed to the target).
+async fn frozen(inbound: &mut TcpStream, state: &mut watch::Receiver<State>, sent: &AtomicUsize) {
+    let swallow = async {
+        let mut buffer = [0; 4096];
+        // Until the client closes its side.
+        while let Ok(n @ 1..) = inbound.read(&mut buffer).await {
+            sent.fetch_add(n, Ordering::SeqCst);
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = state.wait_for(|s| s.gate != Gate::Frozen) => {}
+        () = swallow => {}
     }
 }
 

@@ -450,7 +450,7 @@ impl<H: Handler> Loop<H> {
                         true
                     }
                     Outcome::Revoked => {
-                        tracing::info!("partition revoked; record left to its new owner");
+                        tracing::debug!("partition revoked; record left to its new owner");
                         false
                     }
                     // The offset stays put: handled again after the restart.

@@ -399,9 +399,14 @@ pub fn as_served(router: Router) -> Router {
                 .into_response(StatusCode::METHOD_NOT_ALLOWED)
         })
         .layer(
+            // No line per request or per failure: the span carries the
+            // status, and each 5xx is logged where it is decided, with its
+            // reason. (The layer's default would log every 5xx as an ERROR,
+            // ServiceA's expected `/ready` 503s while it catches up too.)
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
-                .on_response(record_response),
+                .on_response(record_response)
+                .on_failure(()),
         )
 }
 

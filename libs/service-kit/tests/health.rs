@@ -104,3 +104,41 @@ async fn the_openapi_document_is_served_as_json() {
     assert_eq!(body["openapi"], "3.1.0");
     assert_eq!(body["info"]["title"], "a service");
 }
+
+/// A service still starting answers `/ready` with 503, which is expected
+/// (compose and orchestrators poll it): no ERROR line for it.
+#[test]
+fn a_ready_503_while_starting_logs_no_error() {
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let router = service_kit::http::as_served(ready_router(Readiness::new(|| false)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (status, _) = runtime.block_on(get(&router, "/ready"));
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let logs = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8");
+    assert!(!logs.contains("ERROR"), "logged: {logs}");
+}
