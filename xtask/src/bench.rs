@@ -10,7 +10,7 @@
 //!    the broker's version), and the event store's `append_bench` in its
 //!    release build; writes them to `target/xtask/bench/ceilings.json`.
 //! 3. Runs the pipeline benchmark (`tests/src/bin/bench/`) with them,
-//!    which writes `results.md` and `latency.svg` under `--out`.
+//!    which writes `results.md` under `--out`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -39,7 +39,7 @@ pub struct Options {
     /// Payments piled up while the consumers are stopped, then drained.
     #[arg(long, default_value_t = 100_000)]
     backlog: usize,
-    /// Where results.md and latency.svg go.
+    /// Where results.md goes.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
 }

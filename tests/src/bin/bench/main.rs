@@ -24,15 +24,14 @@
 //!    are accepted, then started: how long they take to drain it, and their
 //!    memory meanwhile.
 //!
-//! It writes `results.md` (every figure beside its raw ceiling) and
-//! `latency.svg` to `--out`.
+//! It writes `results.md` (every figure beside its raw ceiling) to `--out`.
 
 mod load;
 mod profile;
 mod report;
 mod stack;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -117,10 +116,9 @@ async fn main() -> Result<()> {
     dropped?;
     std::fs::create_dir_all(&options.out)?;
     std::fs::write(options.out.join("results.md"), report.markdown())?;
-    std::fs::write(options.out.join("latency.svg"), report.svg())?;
     println!("{}", report.markdown());
     eprintln!(
-        "bench: wrote {}/results.md and latency.svg",
+        "bench: wrote {}/results.md",
         options.out.display()
     );
     Ok(())
@@ -295,18 +293,19 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     })
 }
 
-/// The name of every process of the pipeline by pid, for the CPU profile.
-fn process_names(services: [&Service; 3]) -> HashMap<u32, String> {
-    let mut names: HashMap<u32, String> = stack::others_cpu()
-        .into_iter()
-        .map(|(pid, (name, _))| (pid, name.to_owned()))
-        .collect();
+/// Every process of the pipeline, by name, with its pids (comma-separated,
+/// as `perf report --pid` takes them), for the CPU profile.
+fn process_names(services: [&Service; 3]) -> Vec<(String, String)> {
+    let mut pids: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (pid, (name, _)) in stack::others_cpu() {
+        pids.entry(name.to_owned()).or_default().push(pid.to_string());
+    }
     for service in services {
         if let Some(pid) = service.pid() {
-            names.insert(pid, service.name.to_owned());
+            pids.insert(service.name.to_owned(), vec![pid.to_string()]);
         }
     }
-    names
+    pids.into_iter().map(|(name, pids)| (name, pids.join(","))).collect()
 }
 
 /// How many connections the HTTP client keeps: the load's and the lookups'.

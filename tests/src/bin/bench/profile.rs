@@ -4,7 +4,6 @@
 //! `pg_stat_statements` (loaded by `cargo xtask pg up`). Either one that is
 //! missing is reported as such, not guessed.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,8 +15,8 @@ use tokio::process::{Child, Command};
 /// Samples per second and core: enough for a 10 s profile, too few to load
 /// the machine being measured.
 const FREQUENCY: &str = "499";
-/// Symbols listed per process.
-const TOP_SYMBOLS: usize = 8;
+/// The least share of all samples a symbol needs to be listed, in percent.
+const SYMBOL_PERCENT: &str = "0.5";
 /// Statements listed per service.
 const TOP_STATEMENTS: usize = 6;
 
@@ -26,10 +25,6 @@ pub struct Perf {
     child: Child,
     data: PathBuf,
 }
-
-/// A process of the pipeline, or the idle loop, as the profile names them.
-pub const IDLE: &str = "idle";
-const OTHER: &str = "other";
 
 impl Perf {
     /// Starts recording, or says why it cannot.
@@ -57,9 +52,10 @@ impl Perf {
         })
     }
 
-    /// Stops recording and attributes every sample to a process: `names`
-    /// maps pids to the names the report uses; pid 0 is the idle loop.
-    pub async fn stop(self, names: &HashMap<u32, String>) -> Result<CpuProfile> {
+    /// Stops recording and reports, with `perf report` itself, the share of
+    /// each thread name and, for each of `processes` (a name and its pids,
+    /// comma-separated), its hottest symbols.
+    pub async fn stop(self, processes: &[(String, String)]) -> Result<CpuProfile> {
         let pid = self.child.id().context("perf exited early")?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(i32::try_from(pid)?),
@@ -72,116 +68,42 @@ impl Perf {
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
-        let script = Command::new("perf")
-            .args(["script", "--fields", "pid,ip,sym,dso", "--input"])
-            .arg(&self.data)
-            .stderr(Stdio::null())
-            .output()
-            .await?;
-        if !script.status.success() {
-            bail!("perf script failed ({})", script.status);
-        }
-        Ok(CpuProfile::from_script(
-            &String::from_utf8_lossy(&script.stdout),
-            names,
-        ))
-    }
-}
-
-/// Samples per process and, within each, per symbol.
-#[derive(Debug, Default)]
-pub struct CpuProfile {
-    pub samples: u64,
-    /// The busiest first.
-    pub processes: Vec<ProcessSamples>,
-}
-
-/// The samples of one process.
-#[derive(Debug)]
-pub struct ProcessSamples {
-    pub name: String,
-    pub samples: u64,
-    /// Of `samples`, those in the kernel (system calls, interrupts).
-    pub kernel: u64,
-    /// Its hottest symbols with their samples, the hottest first.
-    pub symbols: Vec<(String, u64)>,
-}
-
-impl CpuProfile {
-    /// Parses `perf script --fields pid,ip,sym,dso` lines:
-    /// `  4321  ffffffff816b8a85 vfs_write ([kernel.kallsyms])`.
-    fn from_script(script: &str, names: &HashMap<u32, String>) -> Self {
-        let mut by_process: HashMap<&str, (u64, u64, HashMap<String, u64>)> = HashMap::new();
-        let mut samples = 0;
-        for line in script.lines() {
-            let Some(sample) = Sample::parse(line) else {
-                continue;
-            };
-            samples += 1;
-            let process = match sample.pid {
-                0 => IDLE,
-                pid => names.get(&pid).map_or(OTHER, String::as_str),
-            };
-            let entry = by_process.entry(process).or_default();
-            entry.0 += 1;
-            if sample.dso == "[kernel.kallsyms]" {
-                entry.1 += 1;
+        let report = async |args: &[&str]| -> Result<String> {
+            let out = Command::new("perf")
+                .args(["report", "--stdio", "--no-children", "--percentage", "absolute", "--input"])
+                .arg(&self.data)
+                .args(args)
+                .stderr(Stdio::null())
+                .output()
+                .await?;
+            if !out.status.success() {
+                bail!("perf report failed ({})", out.status);
             }
-            *entry.2.entry(sample.symbol()).or_default() += 1;
+            // perf's own text, without its comment header.
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("\n"))
+        };
+        let mut hottest = Vec::new();
+        for (name, pids) in processes {
+            let symbols = report(&["--pid", pids, "--sort", "dso,sym", "--percent-limit", SYMBOL_PERCENT]).await?;
+            hottest.push((name.clone(), symbols));
         }
-        let mut processes: Vec<_> = by_process
-            .into_iter()
-            .map(|(process, (total, kernel, symbols))| {
-                let mut symbols: Vec<(String, u64)> = symbols.into_iter().collect();
-                symbols.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                symbols.truncate(TOP_SYMBOLS);
-                ProcessSamples {
-                    name: process.to_owned(),
-                    samples: total,
-                    kernel,
-                    symbols,
-                }
-            })
-            .collect();
-        processes.sort_by(|a, b| b.samples.cmp(&a.samples).then_with(|| a.name.cmp(&b.name)));
-        Self { samples, processes }
-    }
-}
-
-/// One line of `perf script`.
-#[derive(Debug, PartialEq)]
-struct Sample<'a> {
-    pid: u32,
-    sym: &'a str,
-    dso: &'a str,
-}
-
-impl<'a> Sample<'a> {
-    fn parse(line: &'a str) -> Option<Self> {
-        let line = line.trim();
-        let (pid, rest) = line.split_once(char::is_whitespace)?;
-        let pid = pid.parse().ok()?;
-        // The instruction pointer, then the symbol (which may hold spaces),
-        // then the shared object in parentheses.
-        let (_ip, rest) = rest.trim_start().split_once(char::is_whitespace)?;
-        let (sym, dso) = rest.rsplit_once(" (")?;
-        Some(Self {
-            pid,
-            sym: sym.trim(),
-            dso: dso.strip_suffix(')')?,
+        Ok(CpuProfile {
+            commands: report(&["--sort", "comm", "--percent-limit", "1"]).await?,
+            processes: hottest,
         })
     }
+}
 
-    /// `symbol (object)`, the object by its file name, a Rust symbol
-    /// without its hash.
-    fn symbol(&self) -> String {
-        let object = self.dso.rsplit('/').next().unwrap_or(self.dso);
-        let sym = match self.sym.rsplit_once("::h") {
-            Some((path, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => path,
-            _ => self.sym,
-        };
-        format!("{sym} ({object})")
-    }
+/// `perf report`'s text: every thread name's share of the samples, and
+/// each pipeline process's hottest symbols.
+#[derive(Debug, Default)]
+pub struct CpuProfile {
+    pub commands: String,
+    pub processes: Vec<(String, String)>,
 }
 
 /// What one service asked PostgreSQL.
@@ -263,47 +185,20 @@ impl Profile {
         let _ = writeln!(
             md,
             "While the closed loop ran ({} payments accepted): every core sampled by `perf record` \
-             ({FREQUENCY} Hz, samples attributed to processes by pid), and PostgreSQL's \
+             ({FREQUENCY} Hz; shares of all samples), and PostgreSQL's \
              `pg_stat_statements`, divided by the payments.\n",
             self.payments
         );
         match &self.cpu {
             Ok(cpu) => {
-                let total = cpu.samples.max(1) as f64;
-                let _ = writeln!(md, "| process | share of all samples | of it in the kernel |");
-                let _ = writeln!(md, "|---|---:|---:|");
-                for p in &cpu.processes {
+                let _ = writeln!(md, "`perf report --sort comm` (thread names; `swapper` is the idle loop):\n");
+                let _ = writeln!(md, "```text\n{}\n```\n", cpu.commands);
+                for (process, symbols) in &cpu.processes {
                     let _ = writeln!(
                         md,
-                        "| {} | {:.1}% | {:.0}% |",
-                        p.name,
-                        100.0 * p.samples as f64 / total,
-                        100.0 * p.kernel as f64 / p.samples.max(1) as f64
+                        "<details><summary>{process}: hottest symbols (`perf report --pid … --sort dso,sym`)</summary>\n"
                     );
-                }
-                let _ = writeln!(md);
-                for ProcessSamples {
-                    name: process,
-                    samples,
-                    symbols,
-                    ..
-                } in &cpu.processes
-                {
-                    if process == IDLE || process == OTHER {
-                        continue;
-                    }
-                    let _ = writeln!(md, "<details><summary>{process}: hottest symbols</summary>\n");
-                    let _ = writeln!(md, "| symbol | share of {process} |");
-                    let _ = writeln!(md, "|---|---:|");
-                    for (symbol, count) in symbols {
-                        let _ = writeln!(
-                            md,
-                            "| `{}` | {:.1}% |",
-                            symbol.replace('|', "\\|").replace('`', "'"),
-                            100.0 * *count as f64 / (*samples).max(1) as f64
-                        );
-                    }
-                    let _ = writeln!(md, "\n</details>\n");
+                    let _ = writeln!(md, "```text\n{symbols}\n```\n\n</details>\n");
                 }
             }
             Err(why) => {
@@ -353,53 +248,5 @@ impl Profile {
             }
         }
         md
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_perf_script_line_is_split_into_pid_symbol_and_object() {
-        assert_eq!(
-            Sample::parse("   14121  ffffffff816b8a85 vfs_write ([kernel.kallsyms])"),
-            Some(Sample {
-                pid: 14121,
-                sym: "vfs_write",
-                dso: "[kernel.kallsyms]"
-            })
-        );
-        let rust = Sample::parse(
-            "77 55d0c0 <tokio::runtime::task::Task<S> as core::ops::Drop>::drop::h0123456789abcdef (/w/target/release/service-b)",
-        )
-        .expect("parsed");
-        assert_eq!(
-            rust.symbol(),
-            "<tokio::runtime::task::Task<S> as core::ops::Drop>::drop (service-b)"
-        );
-        assert_eq!(Sample::parse("perf: no samples"), None);
-    }
-
-    #[test]
-    fn samples_are_counted_per_process_with_their_kernel_share() {
-        let names = HashMap::from([(7, "postgresql".to_owned())]);
-        let script = "\
- 7 1 ExecInsert (/usr/lib/postgresql/15/bin/postgres)
- 7 2 ExecInsert (/usr/lib/postgresql/15/bin/postgres)
- 7 3 tcp_sendmsg ([kernel.kallsyms])
- 0 4 pv_native_safe_halt ([kernel.kallsyms])
- 9 5 [unknown] ([unknown])
-";
-        let profile = CpuProfile::from_script(script, &names);
-        assert_eq!(profile.samples, 5);
-        let busiest = &profile.processes[0];
-        assert_eq!(
-            (busiest.name.as_str(), busiest.samples, busiest.kernel),
-            ("postgresql", 3, 1)
-        );
-        assert_eq!(busiest.symbols[0], ("ExecInsert (postgres)".to_owned(), 2));
-        let names: Vec<&str> = profile.processes.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["postgresql", IDLE, OTHER]);
     }
 }

@@ -1,5 +1,5 @@
-//! What the benchmark found, as Markdown (every figure beside its raw
-//! ceiling) and as an SVG chart of the latencies.
+//! What the benchmark found, as Markdown: every figure beside its raw
+//! ceiling.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -50,9 +50,6 @@ pub struct Append {
     pub raw_per_sec: f64,
     pub store_per_sec: f64,
 }
-
-/// A line of the chart: its name, colour, and (rate, ms) points.
-type Series = (&'static str, &'static str, Vec<(f64, f64)>);
 
 /// Latency percentiles, in milliseconds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -398,126 +395,9 @@ impl Report {
                 met(mb(*rss) < 30.0)
             );
         }
-        let _ = writeln!(md, "\n![latency by offered rate](latency.svg)\n");
+        let _ = writeln!(md);
         md.push_str(&self.profile.markdown());
         md
-    }
-
-    /// Latency percentiles by offered rate: one line per (stage,
-    /// percentile), Kafka's own end-to-end p50 and p99 as dashed lines.
-    pub fn svg(&self) -> String {
-        let c = &self.ceilings;
-        let (width, height) = (720.0, 420.0);
-        let (left, right, top, bottom) = (60.0, 190.0, 30.0, 50.0);
-        let series: Vec<Series> = [
-            (
-                "201 p50",
-                "#1f77b4",
-                (|s: &Step| s.to_201.p50) as fn(&Step) -> f64,
-            ),
-            ("201 p99", "#aec7e8", |s: &Step| s.to_201.p99),
-            ("ServiceA copy p50", "#2ca02c", |s: &Step| s.to_copy.p50),
-            ("ServiceA copy p99", "#98df8a", |s: &Step| s.to_copy.p99),
-            ("ServiceB record p50", "#d62728", |s: &Step| s.to_record.p50),
-            ("ServiceB record p99", "#ff9896", |s: &Step| s.to_record.p99),
-        ]
-        .into_iter()
-        .map(|(name, colour, value)| {
-            let points = self
-                .steps
-                .iter()
-                .filter_map(|s| Some((s.offered?.1, value(s))))
-                .collect();
-            (name, colour, points)
-        })
-        .collect();
-        let x_max = self
-            .steps
-            .iter()
-            .filter_map(|s| s.offered.map(|o| o.1))
-            .fold(1.0, f64::max);
-        let y_max = series
-            .iter()
-            .flat_map(|(_, _, points)| points.iter().map(|p| p.1))
-            .chain([c.kafka_e2e.p99_ms])
-            .fold(1.0, f64::max)
-            * 1.1;
-        let x = |v: f64| left + (width - left - right) * v / x_max;
-        let y = |v: f64| height - bottom - (height - top - bottom) * v / y_max;
-        let mut svg = String::new();
-        let _ = writeln!(
-            svg,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-        let _ = writeln!(
-            svg,
-            r#"<text x="{left}" y="18" font-size="14">Latency from POST /payments, by offered rate (open loop)</text>"#
-        );
-        // Axes, with five ticks each.
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>"#,
-            height - bottom,
-            width - right,
-            height - bottom,
-            height - bottom
-        );
-        for i in 0..=4 {
-            let (xv, yv) = (x_max * f64::from(i) / 4.0, y_max * f64::from(i) / 4.0);
-            let _ = writeln!(
-                svg,
-                r#"<text x="{:.1}" y="{}" text-anchor="middle">{xv:.0}</text><text x="{}" y="{:.1}" text-anchor="end">{yv:.0}</text>"#,
-                x(xv),
-                height - bottom + 16.0,
-                left - 6.0,
-                y(yv) + 4.0
-            );
-        }
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">payments/s offered</text><text x="14" y="{:.1}" transform="rotate(-90 14 {:.1})" text-anchor="middle">ms</text>"#,
-            (left + width - right) / 2.0,
-            height - 12.0,
-            (top + height - bottom) / 2.0,
-            (top + height - bottom) / 2.0
-        );
-        for (value, label) in [
-            (c.kafka_e2e.p50_ms, "Kafka e2e p50"),
-            (c.kafka_e2e.p99_ms, "Kafka e2e p99"),
-        ] {
-            let _ = writeln!(
-                svg,
-                r#"<line x1="{left}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="grey" stroke-dasharray="4 3"/><text x="{}" y="{:.1}" fill="grey">{label}</text>"#,
-                y(value),
-                width - right,
-                y(value),
-                width - right + 4.0,
-                y(value) + 4.0
-            );
-        }
-        for (i, (name, colour, points)) in series.iter().enumerate() {
-            let path: Vec<String> = points
-                .iter()
-                .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
-                .collect();
-            let _ = writeln!(
-                svg,
-                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-                path.join(" ")
-            );
-            let ly = top + 40.0 + 18.0 * i as f64;
-            let _ = writeln!(
-                svg,
-                r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{colour}" stroke-width="2"/><text x="{}" y="{:.1}">{name}</text>"#,
-                width - right + 4.0,
-                width - right + 24.0,
-                width - right + 28.0,
-                ly + 4.0
-            );
-        }
-        let _ = writeln!(svg, "</svg>");
-        svg
     }
 }
 
