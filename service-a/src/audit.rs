@@ -13,7 +13,7 @@ use event_store::{Checkpoint, CommitOrder};
 use serde::Serialize;
 use service_kit::retention::Expiring;
 use shared_events::{EventId, PaymentId};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -79,20 +79,17 @@ impl Audit {
     /// Connects with up to `max_connections` connections and brings the
     /// schema up to date.
     pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
-        let pool = service_kit::startup::pool_options(max_connections)
-            .connect_with(options)
-            .await?;
-        MIGRATOR.run(&pool).await?;
+        let pool =
+            service_kit::startup::migrated_pool::<crate::Error>(options, max_connections, &MIGRATOR).await?;
         Ok(Self { pool })
     }
 
     /// A log on a pool that connects on first use, without migrating: for
     /// tests of what does not touch it.
     pub fn lazy(options: PgConnectOptions) -> Self {
-        let pool = PgPoolOptions::new()
-            .acquire_timeout(std::time::Duration::from_secs(1))
-            .connect_lazy_with(options);
-        Self { pool }
+        Self {
+            pool: service_kit::startup::lazy_pool(options),
+        }
     }
 
     /// Records `entry` unless its notification was recorded before. Returns

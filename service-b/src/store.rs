@@ -53,20 +53,17 @@ impl Records {
     /// Connects with up to `max_connections` connections and brings the
     /// schema up to date.
     pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
-        let pool = service_kit::startup::pool_options(max_connections)
-            .connect_with(options)
-            .await?;
-        MIGRATOR.run(&pool).await?;
+        let pool =
+            service_kit::startup::migrated_pool::<crate::Error>(options, max_connections, &MIGRATOR).await?;
         Ok(Self { pool })
     }
 
     /// Records on a pool that connects on first use, without migrating: for
     /// tests (and the fuzz targets) of what does not get to the database.
     pub fn lazy(options: PgConnectOptions) -> Self {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(std::time::Duration::from_secs(1))
-            .connect_lazy_with(options);
-        Self { pool }
+        Self {
+            pool: service_kit::startup::lazy_pool(options),
+        }
     }
 
     /// Whether the notification `event_id` was handled already.

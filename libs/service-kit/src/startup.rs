@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{Connection, PgPool};
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -27,6 +27,35 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .test_before_acquire(false)
+}
+
+/// A pool ([`pool_options`]) on the database of `options`, its schema
+/// brought up to date by `migrator`: how a consumer service opens its own
+/// database.
+///
+/// # Errors
+///
+/// The connection's or the migration's.
+pub async fn migrated_pool<E>(
+    options: PgConnectOptions,
+    max_connections: u32,
+    migrator: &sqlx::migrate::Migrator,
+) -> std::result::Result<PgPool, E>
+where
+    E: From<sqlx::Error> + From<sqlx::migrate::MigrateError>,
+{
+    let pool = pool_options(max_connections).connect_with(options).await?;
+    migrator.run(&pool).await?;
+    Ok(pool)
+}
+
+/// A pool that connects on first use, gives up waiting for a connection
+/// after a second, and migrates nothing: for tests (and the fuzz targets)
+/// of what does not get to the database.
+pub fn lazy_pool(options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy_with(options)
 }
 
 /// Waits up to `wait` for a broker of `config` to answer.

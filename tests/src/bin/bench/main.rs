@@ -117,10 +117,7 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&options.out)?;
     std::fs::write(options.out.join("results.md"), report.markdown())?;
     println!("{}", report.markdown());
-    eprintln!(
-        "bench: wrote {}/results.md",
-        options.out.display()
-    );
+    eprintln!("bench: wrote {}/results.md", options.out.display());
     Ok(())
 }
 
@@ -305,7 +302,9 @@ fn process_names(services: [&Service; 3]) -> Vec<(String, String)> {
             pids.insert(service.name.to_owned(), vec![pid.to_string()]);
         }
     }
-    pids.into_iter().map(|(name, pids)| (name, pids.join(","))).collect()
+    pids.into_iter()
+        .map(|(name, pids)| (name, pids.join(",")))
+        .collect()
 }
 
 /// How many connections the HTTP client keeps: the load's and the lookups'.

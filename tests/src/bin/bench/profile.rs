@@ -70,7 +70,14 @@ impl Perf {
         }
         let report = async |args: &[&str]| -> Result<String> {
             let out = Command::new("perf")
-                .args(["report", "--stdio", "--no-children", "--percentage", "absolute", "--input"])
+                .args([
+                    "report",
+                    "--stdio",
+                    "--no-children",
+                    "--percentage",
+                    "absolute",
+                    "--input",
+                ])
                 .arg(&self.data)
                 .args(args)
                 .stderr(Stdio::null())
@@ -88,7 +95,15 @@ impl Perf {
         };
         let mut hottest = Vec::new();
         for (name, pids) in processes {
-            let symbols = report(&["--pid", pids, "--sort", "dso,sym", "--percent-limit", SYMBOL_PERCENT]).await?;
+            let symbols = report(&[
+                "--pid",
+                pids,
+                "--sort",
+                "dso,sym",
+                "--percent-limit",
+                SYMBOL_PERCENT,
+            ])
+            .await?;
             hottest.push((name.clone(), symbols));
         }
         Ok(CpuProfile {
@@ -191,7 +206,10 @@ impl Profile {
         );
         match &self.cpu {
             Ok(cpu) => {
-                let _ = writeln!(md, "`perf report --sort comm` (thread names; `swapper` is the idle loop):\n");
+                let _ = writeln!(
+                    md,
+                    "`perf report --sort comm` (thread names; `swapper` is the idle loop):\n"
+                );
                 let _ = writeln!(md, "```text\n{}\n```\n", cpu.commands);
                 for (process, symbols) in &cpu.processes {
                     let _ = writeln!(
