@@ -268,8 +268,7 @@ fn written(written: &Written, id: PaymentId, cause: Cause) -> Response {
     responses(
         (status = 200, description = "The payment's current state", body = PaymentStateSchema,
          headers(("ETag" = String, description = "The payment's version, quoted"))),
-        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
-        (status = 403, description = "A known caller not given the right to read", body = ErrorBody),
+        service_kit::auth::ReadRefused,
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No such payment", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
@@ -324,8 +323,7 @@ struct StoredEvent {
     params(("id" = Uuid, Path, description = "The payment id"), EventsQuery),
     responses(
         (status = 200, description = "A page of the payment's stored events, in version order; `Link: <...>; rel=\"next\"` while there are more", body = [StoredEvent]),
-        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
-        (status = 403, description = "A known caller not given the right to read", body = ErrorBody),
+        service_kit::auth::ReadRefused,
         (status = 400, description = "A bad id, from_version or limit", body = ErrorBody),
         (status = 404, description = "No such payment", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
@@ -386,8 +384,7 @@ async fn payment_events(
     responses(
         (status = 201, description = "Refunded; the payment's new state", body = PaymentStateSchema,
          headers(("ETag" = String), ("Location" = String), ("X-Request-Id" = Uuid))),
-        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
-        (status = 403, description = "A known caller not given the right to refund", body = ErrorBody),
+        service_kit::auth::RefundRefused,
         (status = 400, description = "Malformed JSON, id, If-Match or key", body = ErrorBody),
         (status = 404, description = "No such payment", body = ErrorBody),
         (status = 409, description = "The payment moved on from the If-Match version", body = ErrorBody),

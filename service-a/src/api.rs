@@ -93,8 +93,7 @@ struct AuditQuery {
     params(AuditQuery),
     responses(
         (status = 200, description = "A page of the notifications handled, in the order committed; `Link: <...>; rel=\"next\"` while there are more. An entry that commits later never lands before a cursor already handed out, so reading on from the last entry's `cursor` misses none", body = [AuditEntrySchema]),
-        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
-        (status = 403, description = "A known caller not given the right to read", body = ErrorBody),
+        service_kit::auth::ReadRefused,
         (status = 400, description = "A bad limit or after", body = ErrorBody),
         (status = 503, description = "The audit log's database is unreachable", body = ErrorBody),
     ),
@@ -133,8 +132,7 @@ async fn audit(
     responses(
         (status = 200, description = "The copy of the payment", body = PaymentStateSchema,
          headers(("Copied-At" = String, description = "When the copy last changed here, RFC 3339"))),
-        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
-        (status = 403, description = "A known caller not given the right to read", body = ErrorBody),
+        service_kit::auth::ReadRefused,
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No state of that payment arrived (yet)", body = ErrorBody),
     ),

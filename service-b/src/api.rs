@@ -58,8 +58,7 @@ pub fn app(records: Records, callers: Callers) -> Router {
     params(("id" = uuid::Uuid, Path, description = "The payment id")),
     responses(
         (status = 200, description = "What the callback for the payment returned", body = CallbackRecordSchema),
-        (status = 401, description = "No bearer token, or one this service does not know", body = ErrorBody),
-        (status = 403, description = "A known caller not given the right to read", body = ErrorBody),
+        service_kit::auth::ReadRefused,
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No callback for that payment succeeded (yet)", body = ErrorBody),
         (status = 503, description = "ServiceB's database is unreachable", body = ErrorBody),

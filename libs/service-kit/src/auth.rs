@@ -142,6 +142,29 @@ impl fmt::Debug for TokenDigest {
     }
 }
 
+/// What a route that needs [`Right::Read`] answers a caller it does not let
+/// in, for the OpenAPI documents: `responses(…, ReadRefused)`.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum ReadRefused {
+    /// No bearer token, or one this service does not know
+    #[response(status = 401)]
+    Unknown(ErrorBody),
+    /// A known caller not given the right to read
+    #[response(status = 403)]
+    NotGranted(ErrorBody),
+}
+
+/// [`ReadRefused`] for a route that needs [`Right::Refund`].
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum RefundRefused {
+    /// No bearer token, or one this service does not know
+    #[response(status = 401)]
+    Unknown(ErrorBody),
+    /// A known caller not given the right to refund
+    #[response(status = 403)]
+    NotGranted(ErrorBody),
+}
+
 /// What a protected route needs of its caller. Given per caller in
 /// `HTTP_CALLERS`, so a caller that only reads (ServiceB's callback) cannot
 /// change anything even with its token in hand.
