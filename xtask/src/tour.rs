@@ -1,9 +1,11 @@
-//! `cargo xtask tour`: the design document (`../shared/seed/
-//! event-driven-architecture.md`), section by section, on the running system.
+//! `cargo xtask tour`: the patterns this project shows, and the parts they
+//! are made of, one step each, on the running system.
 //!
 //! It starts the demo's stack (`cargo xtask up`: the local broker and
 //! PostgreSQL, the three services as their own Kafka users) and walks
-//! through one step per section: what the document claims, in two or three
+//! through one step per pattern (event notification, event-carried state
+//! transfer, event sourcing) and per part (the event, the stream, the event
+//! store, producers, consumers): what the project claims, in two or three
 //! sentences; the claim made to happen, for real (payments, refunds, two
 //! writers racing, consumers in groups and on their own, from the
 //! beginning, from now and from a time); what happened (records, offsets,
@@ -53,7 +55,7 @@ pub async fn run(root: &Path, pause: bool) -> Result<()> {
     // The services' own logs would bury the tour's: warnings only.
     let quiet = [("RUST_LOG", "warn,librdkafka=error".to_owned())];
     crate::demo::with_stack(root, &quiet, Some(tour.walk())).await?;
-    println!("\nThe tour is over: every step did what the document says.");
+    println!("\nThe tour is over: every step did what it claims.");
     Ok(())
 }
 
@@ -69,7 +71,7 @@ struct Tour {
     run: i64,
 }
 
-/// The document's sections, in the order the tour takes them.
+/// The patterns and their parts, in the order the tour takes them.
 const STEPS: [&str; 8] = [
     "Event notification",
     "Event-carried state transfer",
@@ -94,7 +96,7 @@ impl Tour {
         self.consumers().await
     }
 
-    /// Prints step `n`'s title and what the document claims, after waiting
+    /// Prints step `n`'s title and what it claims, after waiting
     /// for Enter when pausing.
     async fn step(&self, n: usize, claim: &str) -> Result<()> {
         if self.pause && n > 1 {
@@ -103,16 +105,17 @@ impl Tour {
             tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await??;
         }
         println!("\n== {n}/{}: {} ==\n", STEPS.len(), STEPS[n - 1]);
-        println!("The document: {claim}\n");
+        println!("The claim: {claim}\n");
         Ok(())
     }
 
     async fn event_notification(&self) -> Result<Value> {
         self.step(
             1,
-            "a notification carries the minimum, perhaps just an id. Who is notified \
-             does what it likes: ServiceA records it for audit, ServiceB calls Payments \
-             back (GetPaymentInfo) for the rest.",
+            "Payments' notification carries the least it can: which payment, when, \
+             and how it was paid; no amount, no customer. Each service notified does \
+             what it needs: ServiceA records it for audit, ServiceB calls Payments back \
+             (GetPaymentInfo) for the rest.",
         )
         .await?;
         let (status, _, payment) = post(&self.http, "/payments", &pay("tour-customer", 2500), None).await?;
@@ -157,8 +160,9 @@ impl Tour {
     async fn state_transfer(&self, id: &str) -> Result<()> {
         self.step(
             2,
-            "the state itself is pushed to whoever is interested; a consumer keeps its \
-             own copy and never has to ask the producer again.",
+            "Payments pushes the whole payment, after every change, onto a compacted \
+             topic; ServiceA keeps its own copy from it and never asks Payments, which \
+             may be down meanwhile.",
         )
         .await?;
         let state = self.record(&self.topics.state, id).await?;
@@ -189,8 +193,9 @@ impl Tour {
     async fn event_sourcing(&self, id: &str) -> Result<()> {
         self.step(
             3,
-            "changes are stored as events, not as updates to one record; the current \
-             state is what replaying them gives.",
+            "Payments stores every change to a payment as an event appended to the \
+             payment's stream, never as an update of a row; the payment's state is \
+             what folding its events gives.",
         )
         .await?;
         let refund = json!({"amount": 500, "reason": "tour: one item returned"});
@@ -229,8 +234,9 @@ impl Tour {
     async fn the_event(&self, id: &str) -> Result<()> {
         self.step(
             4,
-            "an event is a fact in the past, immutable, a value: equal to another when \
-             all its attributes are. It carries enough to be useful.",
+            "an event says what happened, in the past tense, and is never changed \
+             once published. It carries its own id, its type and version, its time, \
+             and the data its readers need.",
         )
         .await?;
         // The payment's and the refund's, once the relay published both.
@@ -260,8 +266,9 @@ impl Tour {
     async fn queue_or_stream(&self, id: &str) -> Result<()> {
         self.step(
             5,
-            "a message queue forgets what was consumed; an event stream retains it, so \
-             it can be read again (replayed) by whoever needs it.",
+            "a Kafka topic is a stream, not a queue: what a group consumed stays on it, \
+             for the topic's retention (or, compacted, the newest per payment), and \
+             can be read again (replayed) by anyone.",
         )
         .await?;
         let cursor = self.caught_up("service-b", &self.topics.notifications).await?;
@@ -291,8 +298,9 @@ impl Tour {
     async fn event_store(&self, id: &str) -> Result<()> {
         self.step(
             6,
-            "an event store is append-only, one stream per entity, with optimistic \
-             concurrency: each stream stays consistent however many write to it.",
+            "the event store only appends, one stream per payment, with optimistic \
+             concurrency: a writer states the version it decided on, and loses with \
+             409 if another wrote first, so each stream stays consistent.",
         )
         .await?;
         println!("Two clients both read version 2 and both refund, at once:");
@@ -330,8 +338,9 @@ impl Tour {
     async fn producers(&self) -> Result<()> {
         self.step(
             7,
-            "a producer publishes each change with metadata for tracking, not knowing \
-             who consumes it: fire and forget.",
+            "Payments publishes each change with metadata for tracing it (its source, \
+             the flow's correlation id, its cause), and knows nothing of who reads it: \
+             the request is answered once the event is stored, the relay publishes it.",
         )
         .await?;
         let started = chrono::Utc::now().timestamp_millis();
@@ -375,8 +384,9 @@ impl Tour {
     async fn consumers(&self) -> Result<()> {
         self.step(
             8,
-            "consumers in a group share the load; an individual reads everything. Each \
-             may start from the beginning, from now, or from a cursor where it left off.",
+            "consumers in one group share a topic's partitions; a consumer on its own \
+             reads them all. A new one starts from the beginning, from now or from a \
+             time; one that has read resumes at the cursor its group committed.",
         )
         .await?;
         let topic = self.topics.notifications.clone();

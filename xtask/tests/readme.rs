@@ -3,7 +3,9 @@
 //! define, as `` `path` → `name` ``: a function, a type, a trait, or a
 //! method as `Type::method`. Each pointer must still lead somewhere, so
 //! that renaming or moving code fails here instead of leaving the reader at
-//! a dead end. Reads files only: no broker, no database.
+//! a dead end. Every relative link of the README and of the pages under
+//! `docs/` must lead to a file that is there, and its `#anchor` to a heading
+//! of that file. Reads files only: no broker, no database.
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +53,142 @@ fn every_file_and_name_the_tour_points_to_exists() {
         "the tour points at code that is not there any more:\n  {}",
         stale.join("\n  ")
     );
+}
+
+/// The README and the pages under `docs/` link each other and files of the
+/// repository: each relative link must lead to a file that is there, and
+/// an `#anchor` to a heading of the page it names.
+#[test]
+fn every_relative_link_of_the_readme_and_the_docs_leads_somewhere() {
+    let mut pages = vec![root().join("README.md")];
+    pages.extend(markdown_files(&root().join("docs")));
+    assert!(pages.len() > 1, "docs/ has pages");
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+        let name = page.strip_prefix(root()).unwrap_or(page).display().to_string();
+        for (line, target) in links(&text) {
+            if let Err(why) = leads_somewhere(page, &target) {
+                broken.push(format!("{name} line {line} ({target}): {why}"));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "links that lead nowhere; fix the link or the heading:\n  {}",
+        broken.join("\n  ")
+    );
+}
+
+/// The `.md` files under `dir`, at any depth.
+fn markdown_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            found.extend(markdown_files(&path));
+        } else if path.extension().is_some_and(|ext| ext == "md") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// The lines of `text` outside fenced code blocks, with their numbers.
+fn prose(text: &str) -> Vec<(usize, &str)> {
+    let mut fenced = false;
+    let mut lines = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced {
+            lines.push((i + 1, line));
+        }
+    }
+    lines
+}
+
+/// The target of every inline link (`[text](target)`) of `text` that is
+/// neither a URL nor an address, with its line.
+fn links(text: &str) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    for (line, content) in prose(text) {
+        for (at, _) in content.match_indices("](") {
+            let rest = &content[at + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = &rest[..end];
+            if !(target.contains("://") || target.starts_with("mailto:")) {
+                found.push((line, target.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// Whether a link of `page` to `target` (`path`, `path#anchor` or
+/// `#anchor`) leads to a file that is there, and to one of its headings.
+fn leads_somewhere(page: &Path, target: &str) -> Result<(), String> {
+    let (path, anchor) = target
+        .split_once('#')
+        .map_or((target, None), |(p, a)| (p, Some(a)));
+    let file = if path.is_empty() {
+        page.to_owned()
+    } else {
+        page.parent().expect("a page is in a directory").join(path)
+    };
+    if !file.exists() {
+        return Err(format!("no such file: {}", file.display()));
+    }
+    match anchor {
+        Some(anchor) => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            if anchors(&text).iter().any(|a| a == anchor) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no heading of {} has the anchor #{anchor}",
+                    file.display()
+                ))
+            }
+        }
+        None => Ok(()),
+    }
+}
+
+/// The anchors GitHub gives the headings of `text`: lower case, spaces as
+/// `-`, every character but letters, digits, `-` and `_` left out; a
+/// heading met again gets `-1`, `-2`...
+fn anchors(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    for (_, line) in prose(text) {
+        let Some(heading) = line.strip_prefix('#') else {
+            continue;
+        };
+        let heading = heading.trim_start_matches('#');
+        if !heading.starts_with(' ') {
+            continue;
+        }
+        let slug: String = heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .collect();
+        let times = seen.entry(slug.clone()).or_insert(0);
+        found.push(if *times == 0 {
+            slug
+        } else {
+            format!("{slug}-{times}")
+        });
+        *times += 1;
+    }
+    found
 }
 
 /// The workspace root: xtask is one level below it.
@@ -333,4 +471,33 @@ pub(crate) fn run<H: Handler>(handler: H) {}
     ] {
         assert!(pointers(&[(1, malformed)]).is_err(), "{malformed}");
     }
+
+    let page = "\
+# Measured\n\
+\n\
+## Faults under load: `cargo xtask faults`\n\
+```sh\n\
+# a shell comment, not a heading; [not](a-link.md)\n\
+```\n\
+## Three brokers: `cargo xtask kafka up --brokers 3`\n\
+## Notes\n\
+## Notes\n\
+See [the faults](#faults-under-load-cargo-xtask-faults), [a page](docs/x.md) and [the web](https://example.org).\n";
+    assert_eq!(
+        anchors(page),
+        [
+            "measured",
+            "faults-under-load-cargo-xtask-faults",
+            "three-brokers-cargo-xtask-kafka-up---brokers-3",
+            "notes",
+            "notes-1"
+        ]
+    );
+    assert_eq!(
+        links(page),
+        [
+            (10, "#faults-under-load-cargo-xtask-faults".to_owned()),
+            (10, "docs/x.md".to_owned())
+        ]
+    );
 }
