@@ -361,15 +361,7 @@ impl Tour {
             .filter(|(key, _)| ["ce_source", "ce_correlationid", "ce_causationid"].contains(&key.as_str()))
             .collect();
         println!("Its metadata: {metadata:?}");
-        let overview = kafka_ops::overview::overview(&self.kafka).await?;
-        let readers: Vec<&str> = overview
-            .groups
-            .iter()
-            // Not the tour's own, of this run or others.
-            .filter(|group| !group.name.starts_with("tour-"))
-            .filter(|group| group.topics.iter().any(|t| t.topic == self.topics.notifications))
-            .map(|group| group.name.as_str())
-            .collect();
+        let readers = self.readers(&self.topics.notifications).await?;
         println!(
             "Groups reading {} (the broker knows; Payments' configuration names none): {readers:?}",
             self.topics.notifications
@@ -379,6 +371,27 @@ impl Tour {
             "`payments-service/src/relay.rs` → `Relay::publish` (a Kafka transaction per batch)",
         ]);
         Ok(())
+    }
+
+    /// The groups with members now (not the tour's own) that committed
+    /// offsets in `topic`, as the broker knows them.
+    async fn readers(&self, topic: &str) -> Result<Vec<String>> {
+        let (kafka, topic) = (self.kafka.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let client = service_kit::kafka::outsider(&kafka, "tour", "tour-groups")?;
+            let groups = client.fetch_group_list(None, PATIENCE)?;
+            Ok(groups
+                .groups()
+                .iter()
+                .filter(|group| !group.members().is_empty() && !group.name().starts_with("tour-"))
+                .filter(|group| {
+                    kafka_ops::groups::offsets(&kafka, group.name(), &topic)
+                        .is_ok_and(|offsets| offsets.iter().any(|p| p.committed.is_some()))
+                })
+                .map(|group| group.name().to_owned())
+                .collect())
+        })
+        .await?
     }
 
     async fn consumers(&self) -> Result<()> {

@@ -1,6 +1,5 @@
 //! Operating the services' consumers, from outside them: what an operator
-//! does (through `cargo xtask`, or the Kafka UI, the `kafka-ui` binary) and
-//! the tests check; no service links it.
+//! does (through `cargo xtask`) and the tests check; no service links it.
 //!
 //! # Layout
 //!
@@ -10,16 +9,11 @@
 //!   and lag; moving a stopped group's offsets.
 //! - [`dead_letters`]: listing the dead letters of a topic, and redriving
 //!   them to it.
-//! - [`overview`]: every topic, dead-letter topic and consumer group of the
-//!   cluster, with records held and lag.
-//! - [`ui`]: the Kafka UI: the overview as a web page and as JSON.
 //! - [`error`]: this crate's error type.
 
 pub mod access;
 pub mod dead_letters;
 pub mod error;
 pub mod groups;
-pub mod overview;
-pub mod ui;
 
 pub use error::{Error, Result};
