@@ -1,52 +1,76 @@
 //! `cargo xtask flow`: the design's sequence diagram, drawn from what one
 //! payment and one refund actually did.
 //!
-//! It runs the demo's stack (`cargo xtask up`) with `TRACES_DIR` set, so that
-//! each service writes its spans as JSON lines under `target/xtask/traces/`
-//! (`service_kit::telemetry`); pays, refunds part of it, waits until ServiceA
-//! and ServiceB saw both, and stops the stack (the services export their
-//! last spans as they stop). Then it turns each trace into the messages of a
-//! sequence diagram, in the order they started, each with when it started
-//! (from the request) and how long it took, and prints it as mermaid.
-//! `--svg FILE` also draws it, without any tool but this one.
+//! It starts Jaeger on this machine ([`crate::jaeger`]: in memory, on
+//! 127.0.0.1 only), runs the demo's stack (`cargo xtask up`) exporting its
+//! spans there over OTLP, pays, refunds part of it, waits until ServiceA and
+//! ServiceB saw both, and stops the stack (the services export their last
+//! spans as they stop). Then it reads the traces back through Jaeger's query
+//! API, turns each into the messages of a sequence diagram, in the order
+//! they started, each with when it started (from the request) and how long
+//! it took, and prints it as mermaid (also in `target/xtask/flow.mmd`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use service_kit::telemetry::{SpanRecord, TRACES_DIR};
 
-/// How long the payment may take to reach ServiceA and ServiceB.
+use crate::jaeger::{self, LocalJaeger, Span};
+
+/// How long the payment may take to reach ServiceA and ServiceB, and its
+/// spans to reach Jaeger.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-pub async fn run(root: &Path, svg: Option<PathBuf>) -> Result<()> {
-    let dir = root.join("target/xtask/traces");
-    // This run's spans only.
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+pub async fn run(root: &Path) -> Result<()> {
+    let jaeger = LocalJaeger::start(root).await?;
+    let result = async {
+        let env = [(service_kit::telemetry::OTLP_ENDPOINT, jaeger::OTLP.to_owned())];
+        let http = crate::credentials::operator_client(root)?;
+        crate::demo::with_stack(root, &env, Some(pay_and_refund(&http))).await?;
+        read_back().await
     }
-    let env = [(TRACES_DIR, dir.display().to_string())];
-    let http = crate::credentials::operator_client(root)?;
-    crate::demo::with_stack(root, &env, Some(pay_and_refund(&http))).await?;
-
-    let spans = read_spans(&dir)?;
-    let diagram = Diagram::from_spans(&spans)?;
+    .await;
+    jaeger.stop().await;
+    let (spans, diagram) = result?;
     let mermaid = diagram.mermaid();
     println!("{mermaid}");
-    std::fs::write(dir.join("flow.mmd"), &mermaid)?;
+    let path = root.join("target/xtask/flow.mmd");
+    std::fs::write(&path, &mermaid).with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!(
-        "xtask: {} spans from {}; diagram also in flow.mmd there",
-        spans.len(),
-        dir.display()
+        "xtask: {spans} spans read from Jaeger's query API; the diagram also in {}",
+        path.display()
     );
-    if let Some(path) = svg {
-        std::fs::write(&path, diagram.svg()).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("xtask: drawn to {}", path.display());
-    }
     Ok(())
+}
+
+/// This run's traces from Jaeger, once the two requests' traces hold spans
+/// of all three services: the number of spans, and the diagram.
+async fn read_back() -> Result<(usize, Diagram)> {
+    let http = reqwest::Client::new();
+    crate::eventually(
+        PATIENCE,
+        "the payment's and the refund's traces in Jaeger",
+        || async {
+            let traces = jaeger::traces(&http, jaeger::QUERY, "payments-service", 1000)
+                .await
+                .ok()?;
+            let spans: Vec<Span> = traces.into_iter().flatten().collect();
+            let diagram = Diagram::from_spans(&spans).ok()?;
+            let notes = diagram.rows.iter().filter(|r| matches!(r, Row::Note(_))).count();
+            let services = [PAYMENTS, SERVICE_A, SERVICE_B];
+            let all_there = services.iter().all(|service| {
+                diagram
+                    .rows
+                    .iter()
+                    .any(|r| matches!(r, Row::Message { from, to, .. } if from == service || to == service))
+            });
+            (notes >= 2 && all_there).then_some((spans.len(), diagram))
+        },
+    )
+    .await
 }
 
 /// One payment and a partial refund, through the running demo, waiting until
@@ -102,25 +126,6 @@ async fn wait_for_version(http: &reqwest::Client, url: &str, pointer: &str, vers
     }
 }
 
-/// Every span the services wrote under `dir`.
-fn read_spans(dir: &Path) -> Result<Vec<SpanRecord>> {
-    let mut spans = Vec::new();
-    let entries = std::fs::read_dir(dir).with_context(|| format!("no traces in {}", dir.display()))?;
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "jsonl") {
-            let text = std::fs::read_to_string(&path)?;
-            for (n, line) in text.lines().enumerate() {
-                spans.push(
-                    serde_json::from_str(line)
-                        .with_context(|| format!("{}:{}: not a span", path.display(), n + 1))?,
-                );
-            }
-        }
-    }
-    Ok(spans)
-}
-
 /// A sequence diagram: who talks, and the messages in order.
 #[derive(Debug, Default, PartialEq)]
 struct Diagram {
@@ -161,13 +166,13 @@ fn participant(service: &str) -> Option<&'static str> {
 impl Diagram {
     /// One section per trace that began with a request from outside (the
     /// payment, the refund), in the order they began.
-    fn from_spans(spans: &[SpanRecord]) -> Result<Self> {
-        let by_id: HashMap<&str, &SpanRecord> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
-        let mut roots: Vec<&SpanRecord> = spans
+    fn from_spans(spans: &[Span]) -> Result<Self> {
+        let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+        let mut roots: Vec<&Span> = spans
             .iter()
-            .filter(|s| s.parent_span_id.is_none() && s.kind == "server" && s.name.starts_with("POST "))
+            .filter(|s| s.parent.is_none() && s.kind == "server" && s.name.starts_with("POST "))
             .collect();
-        roots.sort_by_key(|s| s.start_unix_nanos);
+        roots.sort_by_key(|s| s.start_micros);
         if roots.is_empty() {
             bail!("no trace began with a POST: were traces written?");
         }
@@ -176,8 +181,8 @@ impl Diagram {
             rows: Vec::new(),
         };
         for root in roots {
-            let mut trace: Vec<&SpanRecord> = spans.iter().filter(|s| s.trace_id == root.trace_id).collect();
-            trace.sort_by_key(|s| s.start_unix_nanos);
+            let mut trace: Vec<&Span> = spans.iter().filter(|s| s.trace_id == root.trace_id).collect();
+            trace.sort_by_key(|s| s.start_micros);
             diagram.rows.push(Row::Note(format!(
                 "{} (trace {}, {} spans)",
                 root.name,
@@ -190,10 +195,12 @@ impl Diagram {
                 };
                 let timing = format!(
                     "+{} · {}",
-                    millis(between(root.start_unix_nanos, span.start_unix_nanos)),
-                    millis(between(span.start_unix_nanos, span.end_unix_nanos))
+                    millis(Duration::from_micros(
+                        span.start_micros.saturating_sub(root.start_micros)
+                    )),
+                    millis(Duration::from_micros(span.duration_micros))
                 );
-                let status = span.attributes.get("http.response.status_code").map(|s| match s {
+                let status = span.tags.get("http.response.status_code").map(|s| match s {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
                 });
@@ -202,14 +209,14 @@ impl Diagram {
                         // Called by another service (its client span is the
                         // parent), or by the client outside.
                         let caller = span
-                            .parent_span_id
+                            .parent
                             .as_deref()
                             .and_then(|p| by_id.get(p))
                             .and_then(|p| participant(&p.service))
                             .unwrap_or(CLIENT);
                         (caller, service, span.name.clone())
                     }
-                    "client" if span.attributes.contains_key("db.system.name") => {
+                    "client" if span.tags.contains_key("db.system.name") => {
                         (service, DATABASE, span.name.clone())
                     }
                     "producer" => (service, KAFKA, span.name.clone()),
@@ -265,76 +272,6 @@ impl Diagram {
         }
         out
     }
-
-    /// The same diagram as a standalone SVG: a lifeline per participant, an
-    /// arrow per message, top to bottom.
-    fn svg(&self) -> String {
-        const COLUMN: usize = 190;
-        const ROW: usize = 34;
-        const TOP: usize = 50;
-        let width = COLUMN * self.participants.len();
-        let height = TOP + ROW * (self.rows.len() + 1);
-        let x = |p: &str| {
-            let i = self.participants.iter().position(|q| *q == p).unwrap_or(0);
-            COLUMN / 2 + i * COLUMN
-        };
-        let mut out = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-             font-family=\"sans-serif\" font-size=\"11\">\n\
-             <defs><marker id=\"head\" markerWidth=\"8\" markerHeight=\"8\" refX=\"8\" refY=\"4\" orient=\"auto\">\
-             <path d=\"M0,0 L8,4 L0,8 z\"/></marker></defs>\n\
-             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-        );
-        for p in &self.participants {
-            let cx = x(p);
-            let _ = writeln!(
-                out,
-                "<rect x=\"{}\" y=\"8\" width=\"120\" height=\"26\" rx=\"4\" fill=\"#eef\" stroke=\"#446\"/>\
-                 <text x=\"{cx}\" y=\"25\" text-anchor=\"middle\" font-weight=\"bold\">{p}</text>\
-                 <line x1=\"{cx}\" y1=\"34\" x2=\"{cx}\" y2=\"{height}\" stroke=\"#aaa\" stroke-dasharray=\"4 3\"/>",
-                cx - 60
-            );
-        }
-        for (i, row) in self.rows.iter().enumerate() {
-            let y = TOP + ROW * (i + 1);
-            let _ = match row {
-                Row::Note(text) => writeln!(
-                    out,
-                    "<rect x=\"10\" y=\"{}\" width=\"{}\" height=\"20\" fill=\"#ffd\" stroke=\"#cc8\"/>\
-                     <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                    y - 14,
-                    width - 20,
-                    width / 2,
-                    y,
-                    xml_text(text)
-                ),
-                Row::Message {
-                    from,
-                    to,
-                    text,
-                    reply,
-                } => {
-                    let (x1, x2) = (x(from), x(to));
-                    let dash = if *reply { " stroke-dasharray=\"5 3\"" } else { "" };
-                    writeln!(
-                        out,
-                        "<line x1=\"{x1}\" y1=\"{y}\" x2=\"{x2}\" y2=\"{y}\" stroke=\"black\"{dash} marker-end=\"url(#head)\"/>\
-                         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                        x1.min(x2) + x1.abs_diff(x2) / 2,
-                        y - 4,
-                        xml_text(text)
-                    )
-                }
-            };
-        }
-        out.push_str("</svg>\n");
-        out
-    }
-}
-
-/// The time from `start` to `end`, both in nanoseconds since the epoch.
-fn between(start: u128, end: u128) -> Duration {
-    Duration::from_nanos(u64::try_from(end.saturating_sub(start)).unwrap_or(u64::MAX))
 }
 
 /// `12.3 ms`, or `1.2 s`.
@@ -351,46 +288,32 @@ fn mermaid_text(text: &str) -> String {
     text.replace(';', ",").replace('#', "no. ")
 }
 
-fn xml_text(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn span(
-        service: &str,
-        id: &str,
-        parent: Option<&str>,
-        name: &str,
-        kind: &str,
-        start_ms: u128,
-    ) -> SpanRecord {
-        SpanRecord {
+    fn span(service: &str, id: &str, parent: Option<&str>, name: &str, kind: &str, start_ms: u64) -> Span {
+        Span {
             service: service.to_owned(),
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
             span_id: id.to_owned(),
-            parent_span_id: parent.map(str::to_owned),
+            parent: parent.map(str::to_owned),
             name: name.to_owned(),
             kind: kind.to_owned(),
-            start_unix_nanos: start_ms * 1_000_000,
-            end_unix_nanos: (start_ms + 2) * 1_000_000,
-            status: "unset".to_owned(),
-            attributes: HashMap::new(),
+            start_micros: start_ms * 1_000,
+            duration_micros: 2_000,
+            tags: HashMap::new(),
         }
     }
 
     #[test]
     fn a_trace_becomes_the_designs_sequence_in_the_order_it_happened() {
         let mut post = span("payments-service", "a", None, "POST /payments", "server", 0);
-        post.attributes
+        post.tags
             .insert("http.response.status_code".to_owned(), json!(201));
         let mut insert = span("payments-service", "b", Some("a"), "INSERT events", "client", 1);
         insert
-            .attributes
+            .tags
             .insert("db.system.name".to_owned(), json!("postgresql"));
         let mut answer = span(
             "payments-service",
@@ -401,9 +324,9 @@ mod tests {
             9,
         );
         answer
-            .attributes
+            .tags
             .insert("http.response.status_code".to_owned(), json!(200));
-        // Out of order on purpose: files are read service by service.
+        // Out of order on purpose: Jaeger does not answer them in order.
         let spans = vec![
             answer,
             span("service-b", "g", Some("f"), "GET", "client", 8),
@@ -462,13 +385,7 @@ mod tests {
             "{mermaid}"
         );
         assert!(mermaid.contains("Note over Client,ServiceB: POST /payments (trace 4bf92f35, 9 spans)"));
-        let svg = diagram.svg();
-        assert_eq!(
-            svg.matches("<line").count(),
-            6 + 9,
-            "a lifeline per participant, an arrow per message"
-        );
-        assert!(svg.contains("GET /payments/{id} (+9.0 ms · 2.0 ms)"));
+        assert!(mermaid.contains("GET /payments/{id} (+9.0 ms · 2.0 ms)"));
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! | `rust:1.95-bookworm` | that, Debian's build tools, and this machine's Rust toolchain |
 //! | `apache/kafka:<version>` | that, Debian's JRE, and the broker's jars from Maven Central (`xtask/kafka/pom.xml`) |
 //! | `postgres:15-bookworm` | that, and Debian's `postgresql-15` |
+//! | `jaegertracing/jaeger:<version>` | that, and Jaeger's binary built from its Go module ([`crate::jaeger`]) |
+//! | `prom/prometheus:<version>` | that, and Debian's `prometheus` |
 //!
 //! The definitions are under `docker/images/`. Each image is labelled with a
 //! digest of what it was built from and rebuilt only when that changes, so a
@@ -33,11 +35,10 @@ pub const DEBIAN: &str = "docker.io/library/debian:bookworm-slim";
 pub const RUST: &str = "docker.io/library/rust:1.95-bookworm";
 pub const KAFKA: &str = "docker.io/apache/kafka:4.1.1";
 pub const POSTGRES: &str = "docker.io/library/postgres:15-bookworm";
-/// Compose's observability profile: the trace viewer and the metrics server.
-pub const ZIPKIN: &str = "docker.io/openzipkin/zipkin:3.5.1";
+/// Compose's observability profile: the trace viewer (the release
+/// [`crate::jaeger::MODULE_VERSION`] is) and the metrics server.
+pub const JAEGER: &str = "docker.io/jaegertracing/jaeger:2.12.0";
 pub const PROMETHEUS: &str = "docker.io/prom/prometheus:v2.42.0";
-/// Zipkin's executable jar, of the version [`ZIPKIN`] names.
-const ZIPKIN_JAR: &str = "io.zipkin:zipkin-server:3.5.1:jar:exec";
 
 /// The Debian release of every stand-in, and where debootstrap fetches it.
 const SUITE: &str = "bookworm";
@@ -115,33 +116,17 @@ pub async fn build(root: &Path) -> Result<Engine> {
 
     derived(&engine, root, &work, "postgres", POSTGRES, &base, "", |_| Ok(())).await?;
 
+    let jaeger = crate::jaeger::binary(root)?;
     derived(
         &engine,
         root,
         &work,
-        "zipkin",
-        ZIPKIN,
+        "jaeger",
+        JAEGER,
         &base,
-        ZIPKIN_JAR,
+        crate::jaeger::MODULE_VERSION,
         |context| {
-            // From Maven Central, through the local Maven repository.
-            let status = std::process::Command::new("mvn")
-                .args([
-                    "-q",
-                    "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
-                ])
-                .arg(format!("-Dartifact={ZIPKIN_JAR}"))
-                .arg(format!("-DoutputDirectory={}", context.display()))
-                .arg("-Dmdep.stripVersion=true")
-                .arg("-Dmdep.stripClassifier=true")
-                .current_dir(context)
-                .status()
-                .context("cannot run mvn (is Maven installed?)")?;
-            if !status.success() {
-                bail!("mvn could not fetch {ZIPKIN_JAR} ({status})");
-            }
-            std::fs::rename(context.join("zipkin-server.jar"), context.join("zipkin.jar"))
-                .context("mvn did not leave zipkin-server.jar")?;
+            std::fs::copy(&jaeger, context.join("jaeger"))?;
             Ok(())
         },
     )
@@ -430,7 +415,7 @@ mod tests {
                 .to_owned()
         };
         let compose = read("docker-compose.yml");
-        for image in [KAFKA, POSTGRES, ZIPKIN, PROMETHEUS] {
+        for image in [KAFKA, POSTGRES, JAEGER, PROMETHEUS] {
             assert!(
                 compose.contains(&format!("image: {}", short(image))),
                 "docker-compose.yml runs {}",

@@ -13,6 +13,7 @@ mod flow;
 mod fuzz;
 mod fuzz_http;
 mod images;
+mod jaeger;
 mod ops;
 mod postgres;
 mod process;
@@ -128,14 +129,11 @@ enum Task {
     /// bounded time with libFuzzer: fails on any crash, naming the input and
     /// how to replay it. Needs the nightly toolchain; installs cargo-fuzz.
     Fuzz(fuzz::Options),
-    /// One payment and one refund through the demo's stack, traced: prints
-    /// the sequence diagram (mermaid) of what each hop did and how long it
-    /// took, from the spans the services wrote under target/xtask/traces.
-    Flow {
-        /// Also draw the diagram to this SVG file.
-        #[arg(long, value_name = "FILE")]
-        svg: Option<PathBuf>,
-    },
+    /// One payment and one refund through the demo's stack, traced into a
+    /// local Jaeger (built from its Go module): prints the sequence diagram
+    /// (mermaid) of what each hop did and how long it took, read back
+    /// through Jaeger's query API.
+    Flow,
     /// The design document, section by section, on the running demo: what
     /// each section claims, made to happen and checked, and the code that
     /// did it. Waits for Enter between steps in a terminal.
@@ -275,7 +273,7 @@ async fn main() -> Result<()> {
         Task::Bench(options) => bench::run(&root, &options).await,
         Task::Faults(options) => faults::run(&root, &options).await,
         Task::FuzzHttp { max_examples } => fuzz_http::run(&root, max_examples).await,
-        Task::Flow { svg } => flow::run(&root, svg).await,
+        Task::Flow => flow::run(&root).await,
         Task::Tour { no_pause } => tour::run(&root, !no_pause).await,
         Task::ContractsCompat => contracts::compat(&root).await,
         Task::Fuzz(options) => fuzz::run(&root, &options).await,

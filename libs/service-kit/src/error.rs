@@ -47,8 +47,8 @@ pub enum Error {
         database: String,
         reason: String,
     },
-    /// Traces were asked for (`OTEL_EXPORTER_OTLP_ENDPOINT`, `TRACES_DIR`)
-    /// and cannot be exported.
+    /// Traces were asked for (`OTEL_EXPORTER_OTLP_ENDPOINT`) and cannot be
+    /// exported.
     #[error("traces: {0}")]
     Telemetry(String),
     /// A Kafka client call failed.

@@ -3,18 +3,11 @@
 //! **Logs** go to stdout; levels come from `RUST_LOG` (default: `info`, with
 //! librdkafka's own chatter at `warn`).
 //!
-//! **Traces** are off by default (no layer, no cost). When asked, every
-//! `tracing` span at `info` or above becomes an OpenTelemetry span, exported
-//!
-//! - over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (e.g.
-//!   `http://localhost:4318` for Jaeger; the exporter reads the other
-//!   standard `OTEL_EXPORTER_OTLP_*` variables itself), and/or
-//! - in Zipkin's format when `OTEL_EXPORTER_ZIPKIN_ENDPOINT` is set (e.g.
-//!   `http://localhost:9411/api/v2/spans`: what compose's observability
-//!   profile runs, since no registry here serves Jaeger's UI), and/or
-//! - as JSON lines, one [`SpanRecord`] per span, appended to
-//!   `$TRACES_DIR/<service>.jsonl` when `TRACES_DIR` is set: what
-//!   `cargo xtask flow` reads.
+//! **Traces** are off by default (no layer, no cost). When
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (e.g. `http://127.0.0.1:4318`, a
+//! Jaeger's OTLP/HTTP port), every `tracing` span at `info` or above becomes
+//! an OpenTelemetry span, exported over OTLP/HTTP; the exporter reads the
+//! other standard `OTEL_EXPORTER_OTLP_*` variables itself.
 //!
 //! One payment is one trace. Its context crosses each process boundary as
 //! W3C Trace Context (`traceparent`, `tracestate`):
@@ -34,21 +27,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io::IsTerminal;
 
+use opentelemetry::Context;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{Status, TraceContextExt, TracerProvider as _};
-use opentelemetry::{Context, Value};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter, TracerProviderBuilder};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use serde::{Deserialize, Serialize};
 use tracing::Subscriber;
 use tracing::field::{Field, Visit};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -63,12 +50,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::error::{Error, Result};
 
-/// The variable naming the directory for JSON-lines traces.
-pub const TRACES_DIR: &str = "TRACES_DIR";
 /// The variable naming the OTLP collector; the exporter reads it itself.
 pub const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
-/// The variable naming Zipkin's span endpoint (`.../api/v2/spans`).
-pub const ZIPKIN_ENDPOINT: &str = "OTEL_EXPORTER_ZIPKIN_ENDPOINT";
 
 /// Keeps the exporters running; dropping it sends what is left. Hold it in
 /// `main` until the service stopped.
@@ -97,27 +80,24 @@ impl Drop for Telemetry {
 }
 
 /// Installs the global subscriber for `service`: logs, and traces when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_ZIPKIN_ENDPOINT` or
-/// `TRACES_DIR` asks for them. Call once, from `main`, outside the async
-/// runtime (the exporters' HTTP clients run threads of their own).
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` asks for them. Call once, from `main`,
+/// outside the async runtime (the exporter's HTTP client runs threads of its
+/// own).
 pub fn init(service: &'static str) -> Result<Telemetry> {
-    let mut builder = None::<TracerProviderBuilder>;
-    if std::env::var_os(OTLP_ENDPOINT).is_some_and(|v| !v.is_empty()) {
+    let provider = if std::env::var_os(OTLP_ENDPOINT).is_some_and(|v| !v.is_empty()) {
         let otlp = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
             .map_err(|e| Error::Telemetry(format!("OTLP exporter ({OTLP_ENDPOINT}): {e}")))?;
-        builder = Some(builder.unwrap_or_default().with_batch_exporter(otlp));
-    }
-    if let Some(endpoint) = std::env::var(ZIPKIN_ENDPOINT).ok().filter(|v| !v.is_empty()) {
-        let zipkin = ZipkinExporter::new(service, endpoint)?;
-        builder = Some(builder.unwrap_or_default().with_batch_exporter(zipkin));
-    }
-    if let Some(dir) = std::env::var_os(TRACES_DIR).filter(|v| !v.is_empty()) {
-        let file = JsonLinesExporter::create(Path::new(&dir), service)?;
-        builder = Some(builder.unwrap_or_default().with_batch_exporter(file));
-    }
-    let provider = builder.map(|b| b.with_resource(resource(service)).build());
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(otlp)
+                .with_resource(resource(service))
+                .build(),
+        )
+    } else {
+        None
+    };
     install(
         fmt_layer().with_writer(std::io::stdout),
         provider.as_ref().map(|p| p.tracer(service)),
@@ -341,198 +321,11 @@ impl Visit for FieldWriter<'_> {
     }
 }
 
-/// One exported span, as `TRACES_DIR` files hold it (one JSON object per line).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SpanRecord {
-    pub service: String,
-    pub trace_id: String,
-    pub span_id: String,
-    /// Absent for the first span of a trace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent_span_id: Option<String>,
-    pub name: String,
-    /// `server`, `client`, `producer`, `consumer` or `internal`.
-    pub kind: String,
-    /// Nanoseconds since the Unix epoch.
-    pub start_unix_nanos: u128,
-    pub end_unix_nanos: u128,
-    /// `ok`, `error` or `unset`.
-    pub status: String,
-    pub attributes: HashMap<String, serde_json::Value>,
-}
-
-impl SpanRecord {
-    fn from_span(service: &str, span: &SpanData) -> Self {
-        let nanos = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let parent = span.parent_span_id;
-        Self {
-            service: service.to_owned(),
-            trace_id: span.span_context.trace_id().to_string(),
-            span_id: span.span_context.span_id().to_string(),
-            parent_span_id: (parent != opentelemetry::trace::SpanId::INVALID).then(|| parent.to_string()),
-            name: span.name.to_string(),
-            kind: format!("{:?}", span.span_kind).to_lowercase(),
-            start_unix_nanos: nanos(span.start_time),
-            end_unix_nanos: nanos(span.end_time),
-            status: match span.status {
-                Status::Unset => "unset",
-                Status::Ok => "ok",
-                Status::Error { .. } => "error",
-            }
-            .to_owned(),
-            attributes: span
-                .attributes
-                .iter()
-                .map(|kv| (kv.key.to_string(), json_value(&kv.value)))
-                .collect(),
-        }
-    }
-}
-
-fn json_value(value: &Value) -> serde_json::Value {
-    match value {
-        Value::Bool(b) => (*b).into(),
-        Value::I64(i) => (*i).into(),
-        Value::F64(f) => (*f).into(),
-        other => other.as_str().into_owned().into(),
-    }
-}
-
-/// Posts spans to a Zipkin server in its v2 JSON format. Our own rather
-/// than `opentelemetry-zipkin`: that crate is deprecated in favour of OTLP
-/// into Zipkin, which the Zipkin Maven Central serves (3.5.1) does not take
-/// yet, and its 0.33 leaves out the service name, without which Zipkin's UI
-/// cannot tell the services apart.
-#[derive(Debug)]
-struct ZipkinExporter {
-    service: &'static str,
-    endpoint: String,
-    http: reqwest::blocking::Client,
-}
-
-impl ZipkinExporter {
-    fn new(service: &'static str, endpoint: String) -> Result<Self> {
-        let http = reqwest::blocking::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| Error::Telemetry(format!("Zipkin exporter ({ZIPKIN_ENDPOINT}): {e}")))?;
-        Ok(Self {
-            service,
-            endpoint,
-            http,
-        })
-    }
-}
-
-impl SpanExporter for ZipkinExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans: Vec<serde_json::Value> = batch
-            .iter()
-            .map(|span| zipkin_span(&SpanRecord::from_span(self.service, span)))
-            .collect();
-        // The SDK calls this on its exporter thread, outside any runtime:
-        // the blocking client is the one that works there.
-        let response = self
-            .http
-            .post(&self.endpoint)
-            .json(&spans)
-            .send()
-            .map_err(|e| OTelSdkError::InternalFailure(format!("{}: {e}", self.endpoint)))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(OTelSdkError::InternalFailure(format!(
-                "{} answered {}",
-                self.endpoint,
-                response.status()
-            )))
-        }
-    }
-}
-
-/// A span in Zipkin's v2 JSON: ids in hex, times in microseconds, the
-/// service as the local endpoint, attributes as string tags, and `error`
-/// for a failed one.
-fn zipkin_span(span: &SpanRecord) -> serde_json::Value {
-    let micros = |nanos: u128| u64::try_from(nanos / 1_000).unwrap_or(u64::MAX);
-    let mut tags: serde_json::Map<String, serde_json::Value> = span
-        .attributes
-        .iter()
-        .map(|(key, value)| {
-            let text = match value {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (key.clone(), text.into())
-        })
-        .collect();
-    if span.status == "error" {
-        tags.insert("error".to_owned(), "true".into());
-    }
-    let mut zipkin = serde_json::json!({
-        "traceId": span.trace_id,
-        "id": span.span_id,
-        "name": span.name,
-        "timestamp": micros(span.start_unix_nanos),
-        // Zipkin drops a zero duration; a span took at least a microsecond.
-        "duration": micros(span.end_unix_nanos.saturating_sub(span.start_unix_nanos)).max(1),
-        "localEndpoint": { "serviceName": span.service },
-        "tags": tags,
-    });
-    if let Some(parent) = &span.parent_span_id {
-        zipkin["parentId"] = parent.clone().into();
-    }
-    // Zipkin has no kind for internal spans.
-    if span.kind != "internal" {
-        zipkin["kind"] = span.kind.to_uppercase().into();
-    }
-    zipkin
-}
-
-/// Appends each span as a [`SpanRecord`] line to `<dir>/<service>.jsonl`.
-#[derive(Debug)]
-struct JsonLinesExporter {
-    service: &'static str,
-    path: PathBuf,
-    file: Mutex<File>,
-}
-
-impl JsonLinesExporter {
-    fn create(dir: &Path, service: &'static str) -> Result<Self> {
-        let path = dir.join(format!("{service}.jsonl"));
-        let opened = std::fs::create_dir_all(dir)
-            .and_then(|()| OpenOptions::new().create(true).append(true).open(&path));
-        let file = opened
-            .map_err(|e| Error::Telemetry(format!("{TRACES_DIR}: cannot write {}: {e}", path.display())))?;
-        Ok(Self {
-            service,
-            path,
-            file: Mutex::new(file),
-        })
-    }
-}
-
-impl SpanExporter for JsonLinesExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut lines = Vec::new();
-        for span in &batch {
-            serde_json::to_writer(&mut lines, &SpanRecord::from_span(self.service, span))
-                .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
-            lines.push(b'\n');
-        }
-        // One write per batch, so that lines of concurrent writers (two
-        // instances of a service) do not interleave.
-        let mut file = self
-            .file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        file.write_all(&lines)
-            .map_err(|e| OTelSdkError::InternalFailure(format!("{}: {e}", self.path.display())))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
     use rdkafka::message::OwnedHeaders;
 
     use super::*;
@@ -593,52 +386,6 @@ mod tests {
                 .span_context()
                 .is_valid()
         );
-    }
-
-    #[test]
-    fn a_span_in_zipkins_format_names_its_service_and_kind() {
-        let record = SpanRecord {
-            service: "service-b".to_owned(),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
-            span_id: "00f067aa0ba902b7".to_owned(),
-            parent_span_id: Some("00f067aa0ba902b6".to_owned()),
-            name: "GET".to_owned(),
-            kind: "client".to_owned(),
-            start_unix_nanos: 1_700_000_000_123_456_789,
-            end_unix_nanos: 1_700_000_000_125_456_789,
-            status: "error".to_owned(),
-            attributes: HashMap::from([
-                ("http.response.status_code".to_owned(), serde_json::json!(503)),
-                ("http.request.method".to_owned(), serde_json::json!("GET")),
-            ]),
-        };
-        assert_eq!(
-            zipkin_span(&record),
-            serde_json::json!({
-                "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
-                "id": "00f067aa0ba902b7",
-                "parentId": "00f067aa0ba902b6",
-                "name": "GET",
-                "kind": "CLIENT",
-                "timestamp": 1_700_000_000_123_456_u64,
-                "duration": 2_000,
-                "localEndpoint": { "serviceName": "service-b" },
-                "tags": { "http.response.status_code": "503", "http.request.method": "GET", "error": "true" },
-            })
-        );
-        let root = SpanRecord {
-            parent_span_id: None,
-            kind: "internal".to_owned(),
-            end_unix_nanos: record.start_unix_nanos,
-            status: "unset".to_owned(),
-            ..record
-        };
-        let zipkin = zipkin_span(&root);
-        assert!(
-            zipkin.get("parentId").is_none() && zipkin.get("kind").is_none(),
-            "{zipkin}"
-        );
-        assert_eq!(zipkin["duration"], 1);
     }
 
     #[test]
