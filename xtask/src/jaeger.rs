@@ -32,42 +32,24 @@ pub const QUERY: &str = "http://127.0.0.1:16686";
 
 /// The local Jaeger's configuration: Jaeger's all-in-one (OTLP in, memory
 /// storage, the query API) on the loopback interface only, without the
-/// receivers, sampling and telemetry endpoints nothing here uses.
-const LOCAL_CONFIG: &str = "yaml:
+/// receivers, sampling and telemetry endpoints nothing here uses, nor
+/// tracing of its own.
+const LOCAL_CONFIG: &str = r#"yaml:
 service:
   extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
+  pipelines: {traces: {receivers: [otlp], processors: [batch], exporters: [jaeger_storage_exporter]}}
+  telemetry: {metrics: {level: none}}
 extensions:
-  jaeger_storage:
-    backends:
-      memory:
-        memory:
-          max_traces: 10000
+  jaeger_storage: {backends: {memory: {memory: {max_traces: 10000}}}}
   jaeger_query:
-    storage:
-      traces: memory
-    http:
-      endpoint: 127.0.0.1:16686
-    grpc:
-      endpoint: 127.0.0.1:16685
-receivers:
-  otlp:
-    protocols:
-      http:
-        endpoint: 127.0.0.1:4318
-processors:
-  batch:
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memory
-";
+    storage: {traces: memory}
+    enable_tracing: false
+    http: {endpoint: "127.0.0.1:16686"}
+    grpc: {endpoint: "127.0.0.1:16685"}
+receivers: {otlp: {protocols: {http: {endpoint: "127.0.0.1:4318"}}}}
+processors: {batch: {}}
+exporters: {jaeger_storage_exporter: {trace_storage: memory}}
+"#;
 
 /// The Jaeger binary, built unless `target/xtask/jaeger/` has it already.
 pub fn binary(root: &Path) -> Result<PathBuf> {
