@@ -381,7 +381,7 @@ fn clear_files(dir: &Path) -> Result<()> {
 }
 
 /// What `command` prints, if it succeeds.
-fn run_output(command: &mut std::process::Command) -> Result<String> {
+pub(crate) fn run_output(command: &mut std::process::Command) -> Result<String> {
     let output = command
         .stdin(Stdio::null())
         .output()

@@ -61,19 +61,13 @@ pub fn binary(root: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // The module's own directory, with its go.mod and go.sum: built there,
     // with the dependency versions Jaeger's release was built with.
-    let download = std::process::Command::new("go")
-        .args(["mod", "download", "-json"])
-        .arg(format!("{MODULE}@{MODULE_VERSION}"))
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run go (Jaeger is built from its Go module: install Go 1.24 or newer)")?;
-    if !download.status.success() {
-        bail!(
-            "go mod download {MODULE}@{MODULE_VERSION} failed:\n{}",
-            String::from_utf8_lossy(&download.stderr)
-        );
-    }
-    let module: Value = serde_json::from_slice(&download.stdout).context("go mod download -json")?;
+    let download = crate::images::run_output(
+        std::process::Command::new("go")
+            .args(["mod", "download", "-json"])
+            .arg(format!("{MODULE}@{MODULE_VERSION}")),
+    )
+    .context("Jaeger is built from its Go module: Go 1.24 or newer is needed")?;
+    let module: Value = serde_json::from_str(&download).context("go mod download -json")?;
     let source = module["Dir"]
         .as_str()
         .context("go mod download named no directory")?;
