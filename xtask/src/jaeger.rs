@@ -33,11 +33,13 @@ pub const QUERY: &str = "http://127.0.0.1:16686";
 /// The local Jaeger's configuration: Jaeger's all-in-one (OTLP in, memory
 /// storage, the query API) on the loopback interface only, without the
 /// receivers, sampling and telemetry endpoints nothing here uses, nor
-/// tracing of its own.
+/// tracing of its own. No batch processor: a span is stored before the
+/// OTLP request that brought it is answered, so once the services stopped
+/// (flushing), Jaeger has every span they exported.
 const LOCAL_CONFIG: &str = r#"yaml:
 service:
   extensions: [jaeger_storage, jaeger_query]
-  pipelines: {traces: {receivers: [otlp], processors: [batch], exporters: [jaeger_storage_exporter]}}
+  pipelines: {traces: {receivers: [otlp], exporters: [jaeger_storage_exporter]}}
   telemetry: {metrics: {level: none}}
 extensions:
   jaeger_storage: {backends: {memory: {memory: {max_traces: 10000}}}}
@@ -47,7 +49,6 @@ extensions:
     http: {endpoint: "127.0.0.1:16686"}
     grpc: {endpoint: "127.0.0.1:16685"}
 receivers: {otlp: {protocols: {http: {endpoint: "127.0.0.1:4318"}}}}
-processors: {batch: {}}
 exporters: {jaeger_storage_exporter: {trace_storage: memory}}
 "#;
 
