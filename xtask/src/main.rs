@@ -76,8 +76,8 @@ enum Task {
         action: EngineAction,
     },
     /// Build the images docker-compose.yml, the Dockerfile and the tests name
-    /// (debian, rust, apache/kafka, postgres), for machines that reach no
-    /// image registry; cached.
+    /// (debian, rust, apache/kafka, postgres, jaegertracing/jaeger,
+    /// prom/prometheus), for machines that reach no image registry; cached.
     Images,
     /// Build the Dockerfile, run docker-compose.yml, wait until every
     /// container is healthy, run the README's curl session against it, then
