@@ -42,8 +42,8 @@ const KAFKA_UI: &str = "http://127.0.0.1:8090";
 pub async fn check(root: &Path, cluster: bool) -> Result<()> {
     crate::images::build(root).await?;
     engine::ensure_packages(&[("docker-compose", "docker-compose")])?;
-    // docker-compose.yml hands the services their credentials from .env.
-    let credentials = crate::credentials::ensure(root)?;
+    // As from a fresh clone: compose reads no .env (see Compose::command),
+    // the stack makes its own credentials.
     let compose = Compose { root, cluster };
 
     let started = Instant::now();
@@ -52,9 +52,14 @@ pub async fn check(root: &Path, cluster: bool) -> Result<()> {
         step("build the Dockerfile", compose.run(&["build"])).await?;
         step("start the stack", compose.run(&["up", "--detach"])).await?;
         step("every container healthy", compose.all_healthy()).await?;
+        let credentials = step(
+            "the operator's token, as the README reads it",
+            compose.credentials(),
+        )
+        .await?;
         session(&credentials).await?;
         if cluster {
-            step("every partition on three in-sync replicas", replicated(root)).await
+            step("every partition on three in-sync replicas", replicated(&compose)).await
         } else {
             observability().await
         }
@@ -99,6 +104,9 @@ impl Compose<'_> {
         command
             .current_dir(self.root)
             .args(["--project-name", PROJECT, "--file", "docker-compose.yml"])
+            // Whatever .env this checkout has (`cargo xtask credentials`'),
+            // compose reads none: the run a fresh clone gets.
+            .args(["--env-file", "/dev/null"])
             .stdin(Stdio::null());
         if self.cluster {
             command.args(["--file", "docker-compose.cluster.yml"]);
@@ -121,6 +129,42 @@ impl Compose<'_> {
         Ok(())
     }
 
+    /// A secret of the stack's `credentials` step, read from its volume as
+    /// the README reads the operator's token:
+    /// `docker compose run --rm -T credentials cat /credentials/set/<VAR>`.
+    async fn secret(&self, var: &str) -> Result<String> {
+        let output = self
+            .command()
+            .args(["run", "--rm", "-T", "credentials", "cat"])
+            .arg(format!("/credentials/set/{var}"))
+            .stderr(Stdio::inherit())
+            .output()
+            .await
+            .context("cannot run docker-compose")?;
+        let value = String::from_utf8(output.stdout)?.trim().to_owned();
+        if !output.status.success() || value.is_empty() {
+            bail!(
+                "`docker-compose run credentials cat` gave no {var} ({})",
+                output.status
+            );
+        }
+        Ok(value)
+    }
+
+    /// The stack's bearer tokens.
+    async fn credentials(&self) -> Result<Credentials> {
+        let token = async |var| {
+            self.secret(var)
+                .await?
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{var}: {e}"))
+        };
+        Ok(Credentials {
+            operator: token(kafka_ops::credentials::OPERATOR_TOKEN).await?,
+            service_b: token(kafka_ops::credentials::SERVICE_B_TOKEN).await?,
+        })
+    }
+
     /// `down --volumes`, made sure of: a container that its restart policy
     /// was restarting at that moment survives `down`, and keeps the network
     /// and volumes in use; it is removed, then `down` runs again.
@@ -138,7 +182,8 @@ impl Compose<'_> {
             .map(str::to_owned)
             .collect();
         if left.is_empty() {
-            return first;
+            first?;
+            return self.nothing_left().await;
         }
         eprintln!(
             "xtask: {} container(s) outlived `down`; removing them",
@@ -153,7 +198,29 @@ impl Compose<'_> {
         if !status.success() {
             bail!("cannot remove containers {}", left.join(" "));
         }
-        self.run(&["down", "--volumes", "--remove-orphans"]).await
+        self.run(&["down", "--volumes", "--remove-orphans"]).await?;
+        self.nothing_left().await
+    }
+
+    /// Fails if a volume or network of the project outlived `down`.
+    async fn nothing_left(&self) -> Result<()> {
+        for kind in ["volume", "network"] {
+            let output = Command::new("docker")
+                .args([kind, "ls", "--quiet", "--filter"])
+                .arg(format!("label=com.docker.compose.project={PROJECT}"))
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .with_context(|| format!("cannot run docker {kind} ls"))?;
+            let left = String::from_utf8_lossy(&output.stdout);
+            if !output.status.success() || !left.trim().is_empty() {
+                bail!(
+                    "`down --volumes` left {kind}s: {}",
+                    left.split_whitespace().collect::<Vec<_>>().join(" ")
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Waits until every container of the project reports itself healthy,
@@ -374,15 +441,15 @@ async fn session(credentials: &Credentials) -> Result<()> {
 /// The cluster's topics: every partition of the services' topics on three
 /// replicas, all in sync (asked through the host's listener, 127.0.0.1:9094,
 /// as the operator).
-async fn replicated(root: &Path) -> Result<()> {
+async fn replicated(compose: &Compose<'_>) -> Result<()> {
     use rdkafka::producer::Producer;
-    let operator = crate::credentials::kafka_users(root)?
-        .into_iter()
-        .find(|user| user.login.name == "operator")
-        .context("no operator among the Kafka users")?;
+    let operator = service_kit::config::KafkaUser {
+        name: shared_events::services::OPERATOR.to_owned(),
+        password: service_kit::config::Secret::new(compose.secret("OPERATOR_KAFKA_PASSWORD").await?),
+    };
     let config = service_kit::config::KafkaConfig {
         bootstrap_servers: "127.0.0.1:9094".to_owned(),
-        user: Some(operator.login),
+        user: Some(operator),
         ..service_kit::config::KafkaConfig::local()
     };
     let probe: rdkafka::producer::BaseProducer =
@@ -483,4 +550,58 @@ async fn observability() -> Result<()> {
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_ops::credentials::Set;
+    use service_kit::config::KafkaConfig;
+    use shared_events::services::{OPERATOR, SERVICES};
+
+    /// Service `name`'s block of docker-compose.yml: its lines up to the
+    /// next service's, or the file's next top-level key.
+    fn block(compose: &str, name: &str) -> String {
+        let mut lines = compose.lines().skip_while(|line| *line != format!("  {name}:"));
+        let header = lines.next().unwrap_or_else(|| panic!("no service {name}"));
+        let body = lines.take_while(|line| {
+            let indent = line.len() - line.trim_start().len();
+            line.trim().is_empty() || line.trim_start().starts_with('#') || indent > 2
+        });
+        std::iter::once(header)
+            .chain(body)
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn compose_names_the_users_roles_and_files_the_rust_code_does() {
+        let compose =
+            std::fs::read_to_string(crate::workspace_root().join("docker-compose.yml")).expect("compose");
+        for service in SERVICES {
+            let block = block(&compose, service.name);
+            let block = block.as_str();
+            assert!(
+                block.contains(&format!("KAFKA_SASL_USERNAME: {}\n", service.kafka_user)),
+                "{}'s Kafka user must be {}:\n{block}",
+                service.name,
+                service.kafka_user
+            );
+            let role = service.database_role;
+            assert!(
+                block.contains(&format!("DATABASE_URL: postgres://{role}@postgres:5432/{role}\n")),
+                "{}'s role and database must be {role}:\n{block}",
+                service.name
+            );
+        }
+        assert!(compose.contains(&format!("KAFKA_SUPER_USERS: User:ANONYMOUS;User:{OPERATOR}\n")));
+        // Each reader's files on a volume the `credentials` step writes.
+        let (set, _) = Set::complete(|_| None).expect("a set");
+        let steps = block(&compose, "credentials");
+        for (reader, file, _) in set.files(&KafkaConfig::local()).expect("files") {
+            assert!(
+                steps.contains(&format!(":/credentials/{reader}\n")),
+                "the credentials step must write {reader}'s {file}:\n{steps}"
+            );
+        }
+    }
 }
