@@ -106,7 +106,8 @@ impl Compose<'_> {
             .args(["--project-name", PROJECT, "--file", "docker-compose.yml"])
             // Whatever .env this checkout has (`cargo xtask credentials`'),
             // compose reads none: the run a fresh clone gets.
-            .args(["--env-file", "/dev/null"])
+            .arg("--env-file")
+            .arg(self.no_env_file())
             .stdin(Stdio::null());
         if self.cluster {
             command.args(["--file", "docker-compose.cluster.yml"]);
@@ -114,6 +115,17 @@ impl Compose<'_> {
             command.args(["--profile", "observability"]);
         }
         command
+    }
+
+    /// An empty file, for `--env-file` (docker-compose 1.29 takes no
+    /// `/dev/null`).
+    fn no_env_file(&self) -> std::path::PathBuf {
+        let path = self.root.join("target/xtask/compose-check.env");
+        if std::fs::metadata(&path).map_or(true, |file| file.len() > 0) {
+            let _ = std::fs::create_dir_all(self.root.join("target/xtask"));
+            let _ = std::fs::write(&path, "");
+        }
+        path
     }
 
     async fn run(&self, args: &[&str]) -> Result<()> {

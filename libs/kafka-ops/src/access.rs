@@ -31,6 +31,7 @@
 //! runs, which makes the topics too ([`topic_invocations`]). Both the users
 //! (upserted) and the ACLs (a set) may be made again.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -222,6 +223,9 @@ impl Target {
     }
 }
 
+/// Named resources of one kind or another.
+type Resources = Vec<(Resource, String)>;
+
 /// The runs of Kafka's tools that make `users` (their SCRAM-SHA-512
 /// credentials, set anew) and their ACLs on `target`. `kafka-configs`
 /// alters one user per run; `kafka-acls` adds every principal × operation ×
@@ -248,9 +252,9 @@ pub fn invocations(users: &[User], topics: &Topics, target: &Target) -> Result<V
             ],
         ));
     }
-    // (operation, prefixed) -> resources -> principals.
-    let mut by_user: std::collections::BTreeMap<(Operation, bool, &str), Vec<(Resource, String)>> =
-        std::collections::BTreeMap::new();
+    // Each user's resources by (operation, pattern type); then the users
+    // by (operation, pattern type, resources).
+    let mut by_user: BTreeMap<(Operation, bool, &str), Resources> = BTreeMap::new();
     let all: Vec<Acl> = users
         .iter()
         .flat_map(|user| acls(&user.login.name, &user.role, topics))
@@ -261,8 +265,7 @@ pub fn invocations(users: &[User], topics: &Topics, target: &Target) -> Result<V
             .or_default()
             .push((acl.resource, acl.name.clone()));
     }
-    let mut grouped: std::collections::BTreeMap<(Operation, bool, Vec<(Resource, String)>), Vec<&str>> =
-        std::collections::BTreeMap::new();
+    let mut grouped: BTreeMap<(Operation, bool, Resources), Vec<&str>> = BTreeMap::new();
     for ((operation, prefixed, user), resources) in by_user {
         grouped
             .entry((operation, prefixed, resources))
