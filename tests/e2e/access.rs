@@ -64,8 +64,10 @@ async fn make_users(kafka: &KafkaConfig, users: &[User]) {
                 .expect("the workspace");
             let runs = access::invocations(users, &kafka.topics, &target(&kafka.bootstrap_servers))
                 .expect("the tools' runs");
-            access::LocalTools::of_checkout(root)
-                .expect("Kafka's tools")
+            // The broker's classpath, as `cargo xtask kafka up` resolved it.
+            let classpath = std::fs::read_to_string(root.join("target/xtask/kafka/classpath.txt"))
+                .expect("the local broker's classpath: run `cargo xtask kafka up` in this checkout");
+            access::LocalTools::new(root, classpath.trim().to_owned())
                 .run(&runs)
                 .await
                 .expect("users and ACLs, made with Kafka's tools");

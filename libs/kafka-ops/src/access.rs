@@ -396,19 +396,7 @@ pub struct LocalTools {
 }
 
 impl LocalTools {
-    /// The tools of the checkout at `root`, once `cargo xtask kafka up` has
-    /// resolved the broker's classpath there.
-    pub fn of_checkout(root: &Path) -> Result<Self> {
-        let cached = root.join("target/xtask/kafka/classpath.txt");
-        let classpath = std::fs::read_to_string(&cached).map_err(|e| {
-            Error::Access(format!(
-                "Kafka's tools need the broker's classpath, {} ({e}): run `cargo xtask kafka up` in this checkout",
-                cached.display()
-            ))
-        })?;
-        Ok(Self::new(root, classpath.trim().to_owned()))
-    }
-
+    /// The tools of the checkout at `root`, on `classpath`.
     pub fn new(root: &Path, classpath: String) -> Self {
         let image = root.join("docker/images/kafka");
         Self {

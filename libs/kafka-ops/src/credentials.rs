@@ -238,15 +238,18 @@ fn kafka_start(operator: &KafkaUser) -> Result<String> {
     ))
 }
 
-/// Compose's `credentials` step: the set in `dir/set/` completed (a value in
-/// the environment, from `.env`, replaces the file's; the missing are made),
-/// then each reader's files written anew under `dir/<reader>/`. Returns the
-/// variables made.
-pub fn write_compose(dir: &Path, kafka: &KafkaConfig) -> Result<Vec<&'static str>> {
+/// Compose's `credentials` step: the set in `dir/set/` completed (a value
+/// `given` by the environment, from `.env`, replaces the file's; the missing
+/// are made), then each reader's files written anew under `dir/<reader>/`.
+/// Returns the variables made.
+pub fn write_compose(
+    dir: &Path,
+    kafka: &KafkaConfig,
+    given: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<&'static str>> {
     let set_dir = dir.join("set");
     let (set, made) = Set::complete(|var| {
-        std::env::var(var)
-            .ok()
+        given(var)
             .filter(|value| !value.trim().is_empty())
             .or_else(|| std::fs::read_to_string(set_dir.join(var)).ok())
     })?;
@@ -276,4 +279,52 @@ fn write(dir: &Path, file: &str, text: &str, mode: u32) -> Result<()> {
         .map_err(failed)?;
     out.write_all(text.as_bytes()).map_err(failed)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_readers_get_their_own_files_made_once_and_env_wins() {
+        let dir = std::env::temp_dir().join(format!("kafka-ops-credentials-{}", std::process::id()));
+        let kafka = KafkaConfig::local();
+        let read =
+            |reader: &str, file: &str| std::fs::read_to_string(dir.join(reader).join(file)).expect(file);
+        let made = write_compose(&dir, &kafka, |_| None).expect("written");
+        assert_eq!(made, secrets());
+        let operator = read("set", OPERATOR_TOKEN);
+        // Made once: a second start keeps them.
+        assert!(write_compose(&dir, &kafka, |_| None).expect("again").is_empty());
+        assert_eq!(read("set", OPERATOR_TOKEN), operator);
+        // ServiceB holds its token for Payments, and Payments its digest.
+        assert_eq!(read("service-b", "PAYMENTS_TOKEN"), read("set", SERVICE_B_TOKEN));
+        let callers: service_kit::auth::Callers =
+            read("payments-service", "HTTP_CALLERS").parse().expect("callers");
+        assert_eq!(callers.names(), ["service-b", "operator"]);
+        assert_eq!(
+            read("service-a", "KAFKA_SASL_PASSWORD"),
+            read("set", "SERVICE_A_KAFKA_PASSWORD")
+        );
+        assert!(
+            !dir.join("service-a/PAYMENTS_TOKEN").exists(),
+            "only ServiceB holds its token"
+        );
+        // A value given (from .env) replaces the one kept, and what follows
+        // from it.
+        let service_a_callers = read("service-a", "HTTP_CALLERS");
+        let chosen = "c".repeat(64);
+        write_compose(&dir, &kafka, |var| {
+            (var == OPERATOR_TOKEN).then(|| chosen.clone())
+        })
+        .expect("given");
+        assert_eq!(read("set", OPERATOR_TOKEN), chosen);
+        assert_ne!(read("service-a", "HTTP_CALLERS"), service_a_callers);
+        let script = read("kafka", KAFKA_ACCESS);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        assert!(
+            script.contains("kafka-acls.sh") && script.contains("kafka-configs.sh"),
+            "{script}"
+        );
+    }
 }

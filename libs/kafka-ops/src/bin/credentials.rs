@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .map_or_else(|| PathBuf::from("/credentials"), PathBuf::from);
     let kafka = KafkaConfig::from_env()?;
-    let made = kafka_ops::credentials::write_compose(&dir, &kafka)?;
+    let made = kafka_ops::credentials::write_compose(&dir, &kafka, |var| std::env::var(var).ok())?;
     if made.is_empty() {
         tracing::info!("credentials in place, none made");
     } else {
