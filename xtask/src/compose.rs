@@ -605,7 +605,18 @@ mod tests {
                 service.name
             );
         }
-        assert!(compose.contains(&format!("KAFKA_SUPER_USERS: User:ANONYMOUS;User:{OPERATOR}\n")));
+        // The operator is a super user wherever a broker is configured.
+        for file in [
+            "docker-compose.yml",
+            "docker-compose.cluster.yml",
+            "libs/testkit/src/lib.rs",
+        ] {
+            let text = std::fs::read_to_string(crate::workspace_root().join(file)).expect(file);
+            assert!(
+                text.contains(&format!("User:ANONYMOUS;User:{OPERATOR}")),
+                "{file}"
+            );
+        }
         // Each reader's files on a volume the `credentials` step writes.
         let (set, _) = Set::complete(|_| None).expect("a set");
         let steps = block(&compose, "credentials");
