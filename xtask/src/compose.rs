@@ -4,10 +4,12 @@
 //! Builds the images compose needs where they are missing
 //! ([`crate::images`]), builds the project's `Dockerfile` and runs
 //! `docker-compose.yml` as they are (under a project name of its own, with
-//! the observability profile), waits until every container is healthy, runs
-//! the README's curl session against the published ports, checks what the
-//! README says to look at in Zipkin, Prometheus and the Kafka UI, and takes
-//! everything down again with its volumes.
+//! the observability profile, and no `.env`: as from a fresh clone), waits
+//! until every container is healthy, reads the operator's token from the
+//! stack as the README does, runs the README's curl session against the
+//! published ports, checks what the README says to look at in Zipkin,
+//! Prometheus and the Kafka UI, and takes everything down again with its
+//! volumes, failing if a container, volume or network is left.
 //! Any failure ends it with a non-zero exit naming the step, after the
 //! containers' last log lines.
 //!
@@ -121,10 +123,8 @@ impl Compose<'_> {
     /// `/dev/null`).
     fn no_env_file(&self) -> std::path::PathBuf {
         let path = self.root.join("target/xtask/compose-check.env");
-        if std::fs::metadata(&path).map_or(true, |file| file.len() > 0) {
-            let _ = std::fs::create_dir_all(self.root.join("target/xtask"));
-            let _ = std::fs::write(&path, "");
-        }
+        let _ = std::fs::create_dir_all(self.root.join("target/xtask"));
+        let _ = std::fs::write(&path, "");
         path
     }
 
