@@ -99,11 +99,6 @@ impl Set {
         &self.0[var]
     }
 
-    /// The variables and values, for `.env`.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Secret)> {
-        self.0.iter().map(|(var, value)| (*var, value))
-    }
-
     /// The two bearer tokens.
     pub fn credentials(&self) -> Result<Credentials> {
         let token = |var: &str| {
@@ -120,8 +115,7 @@ impl Set {
 
     /// The Kafka users, each in its role, with its password.
     pub fn kafka_users(&self) -> Vec<access::User> {
-        access::demo_users::<std::convert::Infallible>(|var| Ok(self.get(var).clone()))
-            .unwrap_or_else(|never| match never {})
+        access::demo_users(|var| self.get(var).clone())
     }
 
     /// Each PostgreSQL role with its password.
@@ -253,8 +247,8 @@ pub fn write_compose(
             .filter(|value| !value.trim().is_empty())
             .or_else(|| std::fs::read_to_string(set_dir.join(var)).ok())
     })?;
-    for (var, value) in set.iter() {
-        write(&set_dir, var, value.expose(), 0o600)?;
+    for var in secrets() {
+        write(&set_dir, var, set.get(var).expose(), 0o600)?;
     }
     for (reader, file, text) in set.files(kafka)? {
         // Readable by the reader's user (another than this step's): the
