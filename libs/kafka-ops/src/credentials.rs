@@ -25,10 +25,10 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use service_kit::auth::{Credentials, Token};
+use service_kit::auth::{Callers, Credentials, HTTP_CALLERS, Token};
 use service_kit::config::{KafkaConfig, KafkaUser, Secret};
 use service_kit::postgres_access::ROLES;
-use shared_events::services::{OPERATOR, SERVICES};
+use shared_events::services::{OPERATOR, PAYMENTS, SERVICE_A, SERVICE_B, SERVICES};
 
 use crate::access::{self, Target};
 use crate::{Error, Result};
@@ -39,6 +39,13 @@ pub const OPERATOR_TOKEN: &str = "OPERATOR_TOKEN";
 pub const SERVICE_B_TOKEN: &str = "SERVICE_B_TOKEN";
 /// The PostgreSQL superuser's password.
 pub const POSTGRES_PASSWORD: &str = "POSTGRES_PASSWORD";
+
+/// The variables that replace a service's callers in compose, when given.
+pub const CALLERS: [(&str, &str); 3] = [
+    (PAYMENTS.name, "PAYMENTS_HTTP_CALLERS"),
+    (SERVICE_A.name, "SERVICE_A_HTTP_CALLERS"),
+    (SERVICE_B.name, "SERVICE_B_HTTP_CALLERS"),
+];
 
 /// Where compose's readers find their files.
 pub const MOUNTED_AT: &str = "/run/credentials";
@@ -234,7 +241,8 @@ fn kafka_start(operator: &KafkaUser) -> Result<String> {
 
 /// Compose's `credentials` step: the set in `dir/set/` completed (a value
 /// `given` by the environment, from `.env`, replaces the file's; the missing
-/// are made), then each reader's files written anew under `dir/<reader>/`.
+/// are made), then each reader's files written anew under `dir/<reader>/`
+/// (a service's callers given, [`CALLERS`], replace those of the tokens).
 /// Returns the variables made.
 pub fn write_compose(
     dir: &Path,
@@ -250,7 +258,19 @@ pub fn write_compose(
     for var in secrets() {
         write(&set_dir, var, set.get(var).expose(), 0o600)?;
     }
-    for (reader, file, text) in set.files(kafka)? {
+    for (reader, file, mut text) in set.files(kafka)? {
+        // A service's callers given (to add one, as a refunds desk) replace
+        // those that follow from the tokens.
+        let given_callers = CALLERS
+            .iter()
+            .find(|(service, _)| *service == reader && file == HTTP_CALLERS)
+            .and_then(|(_, var)| Some((*var, given(var).filter(|value| !value.trim().is_empty())?)));
+        if let Some((var, callers)) = given_callers {
+            callers
+                .parse::<Callers>()
+                .map_err(|e| Error::Access(format!("{var}: {e}")))?;
+            text = callers;
+        }
         // Readable by the reader's user (another than this step's): the
         // volume is the reader's alone.
         let mode = if file.ends_with(".sh") { 0o755 } else { 0o644 };
@@ -314,6 +334,18 @@ mod tests {
         .expect("given");
         assert_eq!(read("set", OPERATOR_TOKEN), chosen);
         assert_ne!(read("service-a", "HTTP_CALLERS"), service_a_callers);
+        // So do a service's callers given (a refunds desk added).
+        let desk = format!("{},refunds-desk:refund:{}", callers.to_env(), "d".repeat(64));
+        write_compose(&dir, &kafka, |var| {
+            (var == "PAYMENTS_HTTP_CALLERS").then(|| desk.clone())
+        })
+        .expect("given");
+        assert_eq!(read("payments-service", "HTTP_CALLERS"), desk);
+        assert!(
+            write_compose(&dir, &kafka, |var| (var == "PAYMENTS_HTTP_CALLERS")
+                .then(|| "x".to_owned()))
+            .is_err()
+        );
         let script = read("kafka", KAFKA_ACCESS);
         std::fs::remove_dir_all(&dir).expect("clean up");
         assert!(
