@@ -1,7 +1,8 @@
-# One image with the three service binaries (and kafka-access, which makes
-# the services' Kafka users and ACLs, and postgres-access, which makes their
-# PostgreSQL roles and databases); docker-compose.yml picks one per
-# container with `command:`. The cache mounts need BuildKit (Docker Compose
+# One image with the three service binaries (and credentials, which makes
+# the stack's credentials and the script of the services' Kafka users and
+# ACLs, and postgres-access, which makes their PostgreSQL roles and
+# databases); docker-compose.yml picks one per container with `command:`.
+# The cache mounts need BuildKit (Docker Compose
 # v2 uses it) or podman's builder (what `docker-compose` 1.29 reaches on a
 # machine set up by `cargo xtask engine up`).
 
@@ -15,7 +16,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bins -p payments-service -p service-a -p service-b -p kafka-ops -p service-kit \
     && mkdir -p /out \
     && cp target/release/payments-service target/release/service-a target/release/service-b \
-          target/release/kafka-access target/release/postgres-access /out/
+          target/release/credentials target/release/postgres-access /out/
 
 FROM debian:bookworm-slim
 # curl: for the compose health checks. libssl3: librdkafka's SCRAM login.

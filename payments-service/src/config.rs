@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use service_kit::auth::{Callers, HTTP_CALLERS};
 use service_kit::config::{
-    ConfigError, DatabaseUrl, KafkaConfig, credential, millis, secret, shutdown_timeout, startup_timeout, var,
+    ConfigError, DatabaseUrl, KafkaConfig, credential, database_url, millis, shutdown_timeout,
+    startup_timeout, var,
 };
 
 /// Payments' own database on the local PostgreSQL of `cargo xtask pg up`,
@@ -62,7 +63,7 @@ impl Config {
         Ok(Self {
             http_addr: var("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             kafka: KafkaConfig::from_env()?,
-            database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
+            database: database_url(LOCAL_DATABASE_URL)?,
             callers: credential(HTTP_CALLERS)?,
             database_connections: var("DATABASE_CONNECTIONS", 10)?,
             snapshot_every: var("SNAPSHOT_EVERY", 10)?,

@@ -48,7 +48,7 @@ use crate::outbox::{OutboxMetrics, OutboxStatus};
 pub use repository::Payments;
 
 /// The service's name: its Kafka client id and the `ce_source` of its events.
-pub const SERVICE: &str = "payments-service";
+pub const SERVICE: &str = shared_events::services::PAYMENTS.name;
 
 /// Runs Payments on `listener` until `shutdown` resolves.
 ///

@@ -206,7 +206,12 @@ impl Relay {
     /// The transactional id every relay publishing to these topics shares,
     /// so that each new leader fences off the one before.
     pub fn transactional_id(topics: &Topics) -> String {
-        format!("{SERVICE}.outbox-relay.{}.{}", topics.notifications, topics.state)
+        format!(
+            "{}{}.{}",
+            shared_events::services::RELAY_TRANSACTIONAL_PREFIX,
+            topics.notifications,
+            topics.state
+        )
     }
 
     /// Publishes until `stop` is cancelled. Failures are logged and retried:

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use service_kit::auth::{Callers, HTTP_CALLERS};
 use service_kit::config::{
-    ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, RetentionConfig, credential, secret, var,
+    ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, RetentionConfig, credential, database_url, var,
 };
 
 /// ServiceA's own database on the local PostgreSQL of `cargo xtask pg up`,
@@ -47,7 +47,7 @@ impl Config {
             kafka: KafkaConfig::from_env()?,
             consumer: ConsumerConfig::from_env()?,
             group_id: var("GROUP_ID", crate::SERVICE.to_owned())?,
-            database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
+            database: database_url(LOCAL_DATABASE_URL)?,
             database_connections: var("DATABASE_CONNECTIONS", 10)?,
             retention: RetentionConfig::from_env()?,
             startup_timeout: service_kit::config::startup_timeout()?,

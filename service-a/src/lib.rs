@@ -50,7 +50,7 @@ pub use error::{Error, Result};
 pub use handler::{PaymentEvents, State};
 
 /// The service's name: its Kafka client id.
-pub const SERVICE: &str = "service-a";
+pub const SERVICE: &str = shared_events::services::SERVICE_A.name;
 
 /// Runs ServiceA on `listener` until `shutdown` resolves.
 pub async fn run(

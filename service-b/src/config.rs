@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use service_kit::auth::{Callers, HTTP_CALLERS, Token};
 use service_kit::config::{
-    ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, RetentionConfig, credential, millis, secret, var,
+    ConfigError, ConsumerConfig, DatabaseUrl, KafkaConfig, RetentionConfig, credential, database_url, millis,
+    var,
 };
 
 /// ServiceB's own database on the local PostgreSQL of `cargo xtask pg up`,
@@ -61,7 +62,7 @@ impl Config {
             kafka: KafkaConfig::from_env()?,
             consumer: ConsumerConfig::from_env()?,
             group_id: var("GROUP_ID", crate::SERVICE.to_owned())?,
-            database: secret("DATABASE_URL", LOCAL_DATABASE_URL)?,
+            database: database_url(LOCAL_DATABASE_URL)?,
             database_connections: var("DATABASE_CONNECTIONS", 10)?,
             retention: RetentionConfig::from_env()?,
             startup_timeout: service_kit::config::startup_timeout()?,

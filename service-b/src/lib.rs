@@ -47,7 +47,7 @@ pub use payments::PaymentsClient;
 pub use store::{CallbackRecord, Records};
 
 /// The service's name: its Kafka client id and HTTP user agent.
-pub const SERVICE: &str = "service-b";
+pub const SERVICE: &str = shared_events::services::SERVICE_B.name;
 
 /// Runs ServiceB on `listener` until `shutdown` resolves.
 pub async fn run(

@@ -14,6 +14,8 @@
 //! - [`envelope`]: the one encode/decode path, following the CloudEvents 1.0
 //!   Kafka protocol binding in binary content mode.
 //! - [`topics`]: topic names and their settings (retention vs. compaction).
+//! - [`services`]: the services' names, Kafka users, PostgreSQL roles and
+//!   the relay's transactional-id prefix.
 //! - [`error`]: what can go wrong when parsing, encoding or decoding.
 //! - [`contracts`]: the JSON Schemas and the AsyncAPI document generated
 //!   from all of the above, committed under `contracts/`.
@@ -24,6 +26,7 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod payment;
+pub mod services;
 pub mod topics;
 
 #[cfg(any(test, feature = "test-util"))]

@@ -405,7 +405,7 @@ listener.name.clients.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.sec
 # Nothing is allowed without an ACL, except to the super users: the
 # unauthenticated principal of the loopback listeners above, and the operator.
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
-super.users=User:ANONYMOUS;User:operator
+super.users=User:ANONYMOUS;User:{operator}
 log.dirs={data}
 num.partitions=3
 default.replication.factor={replicas}
@@ -421,6 +421,7 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 ",
             nodes = self.nodes,
+            operator = shared_events::services::OPERATOR,
             data = data.display()
         );
         let path = self.node_dir(node).join("server.properties");

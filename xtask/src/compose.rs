@@ -4,10 +4,12 @@
 //! Builds the images compose needs where they are missing
 //! ([`crate::images`]), builds the project's `Dockerfile` and runs
 //! `docker-compose.yml` as they are (under a project name of its own, with
-//! the observability and kafka-ui profiles), waits until every container is
-//! healthy, runs the README's curl session against the published ports,
-//! checks what the README says to look at in Jaeger, Prometheus and the
-//! Kafka UI, and takes everything down again with its volumes.
+//! the observability and kafka-ui profiles, and no `.env`: as from a fresh
+//! clone), waits until every container is healthy, reads the operator's
+//! token from the stack as the README does, runs the README's curl session
+//! against the published ports, checks what the docs say to look at in
+//! Jaeger, Prometheus and the Kafka UI, and takes everything down again
+//! with its volumes, failing if a container, volume or network is left.
 //!
 //! The Kafka UI is kafbat's image, which no registry reachable here serves
 //! and `cargo xtask images` does not build: where the engine has it not and
@@ -49,8 +51,8 @@ const KAFKA_UI_IMAGE: &str = "ghcr.io/kafbat/kafka-ui:v1.5.0";
 pub async fn check(root: &Path, cluster: bool) -> Result<()> {
     crate::images::build(root).await?;
     engine::ensure_packages(&[("docker-compose", "docker-compose")])?;
-    // docker-compose.yml hands the services their credentials from .env.
-    let credentials = crate::credentials::ensure(root)?;
+    // As from a fresh clone: compose reads no .env (see Compose::command),
+    // the stack makes its own credentials.
     let kafka_ui = !cluster && kafka_ui_image().await;
     let compose = Compose {
         root,
@@ -64,9 +66,14 @@ pub async fn check(root: &Path, cluster: bool) -> Result<()> {
         step("build the Dockerfile", compose.run(&["build"])).await?;
         step("start the stack", compose.run(&["up", "--detach"])).await?;
         step("every container healthy", compose.all_healthy()).await?;
+        let credentials = step(
+            "the operator's token, as the README reads it",
+            compose.credentials(),
+        )
+        .await?;
         session(&credentials).await?;
         if cluster {
-            step("every partition on three in-sync replicas", replicated(root)).await
+            step("every partition on three in-sync replicas", replicated(&compose)).await
         } else {
             observability(kafka_ui).await
         }
@@ -113,6 +120,10 @@ impl Compose<'_> {
         command
             .current_dir(self.root)
             .args(["--project-name", PROJECT, "--file", "docker-compose.yml"])
+            // Whatever .env this checkout has (`cargo xtask credentials`'),
+            // compose reads none: the run a fresh clone gets.
+            .arg("--env-file")
+            .arg(self.no_env_file())
             .stdin(Stdio::null());
         if self.cluster {
             command.args(["--file", "docker-compose.cluster.yml"]);
@@ -123,6 +134,15 @@ impl Compose<'_> {
             command.args(["--profile", "kafka-ui"]);
         }
         command
+    }
+
+    /// An empty file, for `--env-file` (docker-compose 1.29 takes no
+    /// `/dev/null`).
+    fn no_env_file(&self) -> std::path::PathBuf {
+        let path = self.root.join("target/xtask/compose-check.env");
+        let _ = std::fs::create_dir_all(self.root.join("target/xtask"));
+        let _ = std::fs::write(&path, "");
+        path
     }
 
     async fn run(&self, args: &[&str]) -> Result<()> {
@@ -136,6 +156,42 @@ impl Compose<'_> {
             bail!("`docker-compose {}` failed ({status})", args.join(" "));
         }
         Ok(())
+    }
+
+    /// A secret of the stack's `credentials` step, read from its volume as
+    /// the README reads the operator's token:
+    /// `docker compose run --rm -T credentials cat /credentials/set/<VAR>`.
+    async fn secret(&self, var: &str) -> Result<String> {
+        let output = self
+            .command()
+            .args(["run", "--rm", "-T", "credentials", "cat"])
+            .arg(format!("/credentials/set/{var}"))
+            .stderr(Stdio::inherit())
+            .output()
+            .await
+            .context("cannot run docker-compose")?;
+        let value = String::from_utf8(output.stdout)?.trim().to_owned();
+        if !output.status.success() || value.is_empty() {
+            bail!(
+                "`docker-compose run credentials cat` gave no {var} ({})",
+                output.status
+            );
+        }
+        Ok(value)
+    }
+
+    /// The stack's bearer tokens.
+    async fn credentials(&self) -> Result<Credentials> {
+        let token = async |var| {
+            self.secret(var)
+                .await?
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{var}: {e}"))
+        };
+        Ok(Credentials {
+            operator: token(kafka_ops::credentials::OPERATOR_TOKEN).await?,
+            service_b: token(kafka_ops::credentials::SERVICE_B_TOKEN).await?,
+        })
     }
 
     /// `down --volumes`, made sure of: a container that its restart policy
@@ -155,7 +211,8 @@ impl Compose<'_> {
             .map(str::to_owned)
             .collect();
         if left.is_empty() {
-            return first;
+            first?;
+            return self.nothing_left().await;
         }
         eprintln!(
             "xtask: {} container(s) outlived `down`; removing them",
@@ -170,7 +227,29 @@ impl Compose<'_> {
         if !status.success() {
             bail!("cannot remove containers {}", left.join(" "));
         }
-        self.run(&["down", "--volumes", "--remove-orphans"]).await
+        self.run(&["down", "--volumes", "--remove-orphans"]).await?;
+        self.nothing_left().await
+    }
+
+    /// Fails if a volume or network of the project outlived `down`.
+    async fn nothing_left(&self) -> Result<()> {
+        for kind in ["volume", "network"] {
+            let output = Command::new("docker")
+                .args([kind, "ls", "--quiet", "--filter"])
+                .arg(format!("label=com.docker.compose.project={PROJECT}"))
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .with_context(|| format!("cannot run docker {kind} ls"))?;
+            let left = String::from_utf8_lossy(&output.stdout);
+            if !output.status.success() || !left.trim().is_empty() {
+                bail!(
+                    "`down --volumes` left {kind}s: {}",
+                    left.split_whitespace().collect::<Vec<_>>().join(" ")
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Waits until every container of the project reports itself healthy,
@@ -391,15 +470,15 @@ async fn session(credentials: &Credentials) -> Result<()> {
 /// The cluster's topics: every partition of the services' topics on three
 /// replicas, all in sync (asked through the host's listener, 127.0.0.1:9094,
 /// as the operator).
-async fn replicated(root: &Path) -> Result<()> {
+async fn replicated(compose: &Compose<'_>) -> Result<()> {
     use rdkafka::producer::Producer;
-    let operator = crate::credentials::kafka_users(root)?
-        .into_iter()
-        .find(|user| user.login.name == "operator")
-        .context("no operator among the Kafka users")?;
+    let operator = service_kit::config::KafkaUser {
+        name: shared_events::services::OPERATOR.to_owned(),
+        password: service_kit::config::Secret::new(compose.secret("OPERATOR_KAFKA_PASSWORD").await?),
+    };
     let config = service_kit::config::KafkaConfig {
         bootstrap_servers: "127.0.0.1:9094".to_owned(),
-        user: Some(operator.login),
+        user: Some(operator),
         ..service_kit::config::KafkaConfig::local()
     };
     let probe: rdkafka::producer::BaseProducer =
@@ -556,10 +635,72 @@ async fn observability(kafka_ui: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use kafka_ops::credentials::Set;
+    use service_kit::config::KafkaConfig;
+    use shared_events::services::{OPERATOR, SERVICES};
+
     #[test]
     fn compose_runs_the_kafka_ui_compose_check_looks_for() {
         let compose =
             std::fs::read_to_string(crate::workspace_root().join("docker-compose.yml")).expect("compose");
         assert!(compose.contains(&format!("image: {}", super::KAFKA_UI_IMAGE)));
+    }
+
+    /// Service `name`'s block of docker-compose.yml: its lines up to the
+    /// next service's, or the file's next top-level key.
+    fn block(compose: &str, name: &str) -> String {
+        let mut lines = compose.lines().skip_while(|line| *line != format!("  {name}:"));
+        let header = lines.next().unwrap_or_else(|| panic!("no service {name}"));
+        let body = lines.take_while(|line| {
+            let indent = line.len() - line.trim_start().len();
+            line.trim().is_empty() || line.trim_start().starts_with('#') || indent > 2
+        });
+        std::iter::once(header)
+            .chain(body)
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn compose_names_the_users_roles_and_files_the_rust_code_does() {
+        let compose =
+            std::fs::read_to_string(crate::workspace_root().join("docker-compose.yml")).expect("compose");
+        for service in SERVICES {
+            let block = block(&compose, service.name);
+            let block = block.as_str();
+            assert!(
+                block.contains(&format!("KAFKA_SASL_USERNAME: {}\n", service.kafka_user)),
+                "{}'s Kafka user must be {}:\n{block}",
+                service.name,
+                service.kafka_user
+            );
+            let role = service.database_role;
+            assert!(
+                block.contains(&format!("DATABASE_URL: postgres://{role}@postgres:5432/{role}\n")),
+                "{}'s role and database must be {role}:\n{block}",
+                service.name
+            );
+        }
+        // The operator is a super user wherever a broker is configured.
+        for file in [
+            "docker-compose.yml",
+            "docker-compose.cluster.yml",
+            "libs/testkit/src/lib.rs",
+        ] {
+            let text = std::fs::read_to_string(crate::workspace_root().join(file)).expect(file);
+            assert!(
+                text.contains(&format!("User:ANONYMOUS;User:{OPERATOR}")),
+                "{file}"
+            );
+        }
+        // Each reader's files on a volume the `credentials` step writes.
+        let (set, _) = Set::complete(|_| None).expect("a set");
+        let steps = block(&compose, "credentials");
+        for (reader, file, _) in set.files(&KafkaConfig::local()).expect("files") {
+            assert!(
+                steps.contains(&format!(":/credentials/{reader}\n")),
+                "the credentials step must write {reader}'s {file}:\n{steps}"
+            );
+        }
     }
 }

@@ -22,6 +22,20 @@ if [[ "$(id -u)" == 0 ]]; then
   exec setpriv --reuid=postgres --regid=postgres --init-groups "$BASH_SOURCE" "$@"
 fi
 
+# As the official image's file_env: a variable, or the file its `_FILE`
+# twin names (compose's secrets and volumes), not both.
+for var in POSTGRES_PASSWORD POSTGRES_USER POSTGRES_DB; do
+  file_var="${var}_FILE"
+  if [[ -n "${!var-}" && -n "${!file_var-}" ]]; then
+    echo >&2 "error: both $var and $file_var are set (but are exclusive)"
+    exit 1
+  fi
+  if [[ -n "${!file_var-}" ]]; then
+    export "$var"="$(< "${!file_var}")"
+  fi
+  unset "$file_var"
+done
+
 : "${POSTGRES_USER:=postgres}"
 : "${POSTGRES_DB:=$POSTGRES_USER}"
 export POSTGRES_USER POSTGRES_DB

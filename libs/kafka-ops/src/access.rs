@@ -15,36 +15,45 @@
 //! | `operator` | everything: a super user in the broker's config, for xtask and the Kafka UI |
 //!
 //! Reading and writing imply describing. No service may create a topic: the
-//! operator makes them all, with their settings, before the services start
-//! ([`provision`]); a service that asks is refused, which it takes as "not
-//! mine to make". The brokers' own
-//! plaintext listener (replication, the controllers, loopback tools) is not
-//! this listener; its principal is a super user too (see the broker
-//! configs).
+//! operator makes them all, with their settings, before the services start;
+//! a service that asks is refused, which it takes as "not mine to make".
+//! The brokers' own plaintext listener (replication, the controllers,
+//! loopback tools) is not this listener; its principal is a super user too
+//! (see the broker configs).
 //!
-//! [`provision`] makes the topics, the users and the ACLs, as the operator;
-//! `cargo xtask kafka up`, compose's `kafka-access` and the tests call it.
-//! Both the users (upserted) and the ACLs (a set) may be made again.
+//! The users and ACLs are made by Kafka's own tools, of the broker's
+//! release: [`invocations`] renders the runs of `kafka-configs` (a user's
+//! SCRAM credential) and `kafka-acls` that make them, from the one
+//! definition of the ACLs here ([`acls`]); where they run is the caller's:
+//! [`LocalTools`] on this machine (`cargo xtask kafka up`, the tests on the
+//! local broker), a container of the broker's image (the tests'
+//! testcontainers broker), or the [`script`] compose's `kafka-access` step
+//! runs, which makes the topics too ([`topic_invocations`]). Both the users
+//! (upserted) and the ACLs (a set) may be made again.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
-use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
-use service_kit::config::{KafkaConfig, KafkaUser, Secret};
-use service_kit::kafka::{Admin, replica_group};
+use service_kit::config::{KafkaUser, Secret};
+use service_kit::kafka::{min_insync_replicas, replica_group};
+use shared_events::services::{OPERATOR, PAYMENTS, RELAY_TRANSACTIONAL_PREFIX, SERVICE_A, SERVICE_B};
 use shared_events::{Topics, dead_letter_topic};
 
 use crate::{Error, Result};
 
-/// How long the broker may take to answer one request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// SCRAM's hashing rounds for a new password: Kafka's default for its tools.
-const SCRAM_ITERATIONS: i32 = 8192;
-/// ServiceA's Kafka client id (`service_a::SERVICE`), which names its copy's group.
-const SERVICE_A: &str = "service-a";
-/// The prefix of every transactional id Payments' relay uses
-/// (`payments_service::relay::Relay::transactional_id`).
-pub const PAYMENTS_TRANSACTIONAL_PREFIX: &str = "payments-service.outbox-relay.";
+const SCRAM_ITERATIONS: u32 = 8192;
+
+/// The JVM options of a tool's run: a short-lived client, started quickly
+/// (the first JIT tier only, a small heap), as several run at once.
+pub const TOOL_JVM: [(&str, &str); 2] = [
+    ("KAFKA_HEAP_OPTS", "-Xmx128m"),
+    (
+        "KAFKA_JVM_PERFORMANCE_OPTS",
+        "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Djava.awt.headless=true",
+    ),
+];
 
 /// What a user is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,43 +70,42 @@ pub enum Role {
 
 /// The demo's users (compose, `cargo xtask kafka up`), each with the
 /// variable that holds its password (in `.env`, made by `cargo xtask
-/// credentials`).
+/// credentials`, or compose's credential files).
 pub const USERS: [(&str, &str); 4] = [
-    ("payments", "PAYMENTS_KAFKA_PASSWORD"),
-    ("service-a", "SERVICE_A_KAFKA_PASSWORD"),
-    ("service-b", "SERVICE_B_KAFKA_PASSWORD"),
-    ("operator", "OPERATOR_KAFKA_PASSWORD"),
+    (PAYMENTS.kafka_user, "PAYMENTS_KAFKA_PASSWORD"),
+    (SERVICE_A.kafka_user, "SERVICE_A_KAFKA_PASSWORD"),
+    (SERVICE_B.kafka_user, "SERVICE_B_KAFKA_PASSWORD"),
+    (OPERATOR, "OPERATOR_KAFKA_PASSWORD"),
 ];
 
 /// [`USERS`], each in its role (the services in their default groups, named
 /// after them), with the password `password` gives for its variable.
-pub fn demo_users<E>(mut password: impl FnMut(&'static str) -> Result<Secret, E>) -> Result<Vec<User>, E> {
+pub fn demo_users(password: impl Fn(&'static str) -> Secret) -> Vec<User> {
+    let roles = [
+        Role::Payments,
+        Role::ServiceA {
+            group: SERVICE_A.name.to_owned(),
+        },
+        Role::ServiceB {
+            group: SERVICE_B.name.to_owned(),
+        },
+        Role::Operator,
+    ];
     USERS
         .iter()
-        .map(|&(name, var)| {
-            let role = match name {
-                "payments" => Role::Payments,
-                "service-a" => Role::ServiceA {
-                    group: name.to_owned(),
-                },
-                "service-b" => Role::ServiceB {
-                    group: name.to_owned(),
-                },
-                _ => Role::Operator,
-            };
-            Ok(User {
-                login: KafkaUser {
-                    name: name.to_owned(),
-                    password: password(var)?,
-                },
-                role,
-            })
+        .zip(roles)
+        .map(|(&(name, var), role)| User {
+            login: KafkaUser {
+                name: name.to_owned(),
+                password: password(var),
+            },
+            role,
         })
         .collect()
 }
 
 /// A resource an ACL is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Resource {
     Topic,
     Group,
@@ -105,7 +113,7 @@ pub enum Resource {
 }
 
 /// What an ACL allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Operation {
     Read,
     Write,
@@ -149,7 +157,7 @@ pub fn acls(user: &str, role: &Role, topics: &Topics) -> Vec<Acl> {
                 prefixed: true,
                 ..acl(
                     Resource::TransactionalId,
-                    PAYMENTS_TRANSACTIONAL_PREFIX,
+                    RELAY_TRANSACTIONAL_PREFIX,
                     Operation::Write,
                 )
             },
@@ -162,7 +170,11 @@ pub fn acls(user: &str, role: &Role, topics: &Topics) -> Vec<Acl> {
             // dead-letters nothing: it is rebuilt on every start);
             // librdkafka still names a group and looks up its coordinator
             // (`service_kit::kafka::replica`).
-            acl(Resource::Group, &replica_group(SERVICE_A), Operation::Describe),
+            acl(
+                Resource::Group,
+                &replica_group(SERVICE_A.name),
+                Operation::Describe,
+            ),
             dead_letters(&topics.notifications),
         ],
         Role::ServiceB { group } => vec![
@@ -174,337 +186,253 @@ pub fn acls(user: &str, role: &Role, topics: &Topics) -> Vec<Acl> {
     }
 }
 
-/// Makes `topics` (with their settings), `users` and their ACLs, logged in
-/// as `operator` (a super user, or the brokers' own listener).
-pub async fn provision(operator: &KafkaConfig, topics: &Topics, users: &[User]) -> Result<()> {
-    Admin::new(operator, "kafka-access")?
-        .ensure_topics(topics)
-        .await?;
-    // The operator's own login, if it has one, as every client's.
-    let client: AdminClient<DefaultClientContext> =
-        service_kit::kafka::client_config(operator, "kafka-access").create()?;
-    let acls: Vec<Acl> = users
+/// How Kafka's tools reach the broker: a listener where they may do
+/// anything (the brokers' own, or the SASL one with the operator's
+/// `--command-config`).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub bootstrap: String,
+    /// A client properties file that logs in as the operator.
+    pub command_config: Option<String>,
+}
+
+/// One run of one of Kafka's tools: its script, as in the distribution's
+/// `bin/`, and its arguments (passwords among them: never logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub script: &'static str,
+    pub args: Vec<String>,
+}
+
+impl std::fmt::Debug for Invocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} arguments, not shown)", self.script, self.args.len())
+    }
+}
+
+impl Target {
+    fn invocation(&self, script: &'static str, args: impl IntoIterator<Item = String>) -> Invocation {
+        let mut all = vec!["--bootstrap-server".to_owned(), self.bootstrap.clone()];
+        if let Some(config) = &self.command_config {
+            all.extend(["--command-config".to_owned(), config.clone()]);
+        }
+        all.extend(args);
+        Invocation { script, args: all }
+    }
+}
+
+/// Named resources of one kind or another.
+type Resources = Vec<(Resource, String)>;
+
+/// The runs of Kafka's tools that make `users` (their SCRAM-SHA-512
+/// credentials, set anew) and their ACLs on `target`. `kafka-configs`
+/// alters one user per run; `kafka-acls` adds every principal × operation ×
+/// resource it is given, so one run takes the ACLs that share an operation
+/// and a pattern type, for the users that share their resources.
+///
+/// # Errors
+///
+/// When a password holds a character `kafka-configs`' `[...]` syntax cannot
+/// carry (`,`, `[`, `]`) or a space.
+pub fn invocations(users: &[User], topics: &Topics, target: &Target) -> Result<Vec<Invocation>> {
+    let mut runs = Vec::new();
+    for user in users {
+        runs.push(target.invocation(
+            "kafka-configs.sh",
+            [
+                "--alter".to_owned(),
+                "--entity-type".to_owned(),
+                "users".to_owned(),
+                "--entity-name".to_owned(),
+                user.login.name.clone(),
+                "--add-config".to_owned(),
+                scram_credential(None, &user.login)?,
+            ],
+        ));
+    }
+    // Each user's resources by (operation, pattern type); then the users
+    // by (operation, pattern type, resources).
+    let mut by_user: BTreeMap<(Operation, bool, &str), Resources> = BTreeMap::new();
+    let all: Vec<Acl> = users
         .iter()
         .flat_map(|user| acls(&user.login.name, &user.role, topics))
         .collect();
-    let logins: Vec<KafkaUser> = users.iter().map(|user| user.login.clone()).collect();
-    tokio::task::spawn_blocking(move || {
-        ffi::upsert_scram_users(&client, &logins, REQUEST_TIMEOUT)?;
-        ffi::create_acls(&client, &acls, REQUEST_TIMEOUT)
-    })
-    .await
-    .map_err(|e| Error::Task("kafka-access", e))?
+    for acl in &all {
+        by_user
+            .entry((acl.operation, acl.prefixed, acl.user.as_str()))
+            .or_default()
+            .push((acl.resource, acl.name.clone()));
+    }
+    let mut grouped: BTreeMap<(Operation, bool, Resources), Vec<&str>> = BTreeMap::new();
+    for ((operation, prefixed, user), resources) in by_user {
+        grouped
+            .entry((operation, prefixed, resources))
+            .or_default()
+            .push(user);
+    }
+    for ((operation, prefixed, resources), principals) in grouped {
+        let mut args = vec!["--add".to_owned()];
+        for principal in principals {
+            args.extend(["--allow-principal".to_owned(), format!("User:{principal}")]);
+        }
+        args.extend(["--operation".to_owned(), format!("{operation:?}")]);
+        for (resource, name) in resources {
+            let option = match resource {
+                Resource::Topic => "--topic",
+                Resource::Group => "--group",
+                Resource::TransactionalId => "--transactional-id",
+            };
+            args.extend([option.to_owned(), name]);
+        }
+        if prefixed {
+            args.extend(["--resource-pattern-type".to_owned(), "prefixed".to_owned()]);
+        }
+        runs.push(target.invocation("kafka-acls.sh", args));
+    }
+    Ok(runs)
 }
 
-/// librdkafka's ACL and SCRAM calls, which `rdkafka` does not wrap: the only
-/// unsafe code of the workspace, kept to these two functions.
-#[allow(unsafe_code)]
-mod ffi {
-    use std::ffi::{CStr, CString, c_char};
-    use std::time::Duration;
-
-    use rdkafka::admin::AdminClient;
-    use rdkafka::bindings as rd;
-    use rdkafka::client::DefaultClientContext;
-    use service_kit::config::KafkaUser;
-
-    use super::{Acl, Operation, Resource, SCRAM_ITERATIONS};
-    use crate::{Error, Result};
-
-    const NO_ERROR: rd::rd_kafka_resp_err_t = rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
-
-    /// The event queue, options and result event of one admin request,
-    /// destroyed however the request ends.
-    struct Request {
-        queue: *mut rd::rd_kafka_queue_t,
-        options: *mut rd::rd_kafka_AdminOptions_t,
-        event: *mut rd::rd_kafka_event_t,
-    }
-
-    impl Drop for Request {
-        fn drop(&mut self) {
-            // SAFETY: each pointer is null or was made by librdkafka for
-            // this request and is destroyed only here.
-            unsafe {
-                if !self.event.is_null() {
-                    rd::rd_kafka_event_destroy(self.event);
-                }
-                if !self.options.is_null() {
-                    rd::rd_kafka_AdminOptions_destroy(self.options);
-                }
-                if !self.queue.is_null() {
-                    rd::rd_kafka_queue_destroy(self.queue);
-                }
+/// The runs of `kafka-topics` that make `topics` (and their dead-letter
+/// topics) with their settings, `replication_factor` replicas each, unless
+/// they exist: what `service_kit::kafka::Admin::ensure_topics` does, for
+/// compose, whose `kafka-access` step has the tools and not this crate.
+pub fn topic_invocations(topics: &Topics, replication_factor: i32, target: &Target) -> Vec<Invocation> {
+    topics
+        .specs()
+        .into_iter()
+        .map(|spec| {
+            let mut args = vec![
+                "--create".to_owned(),
+                "--if-not-exists".to_owned(),
+                "--topic".to_owned(),
+                spec.name,
+                "--partitions".to_owned(),
+                spec.partitions.to_string(),
+                "--replication-factor".to_owned(),
+                replication_factor.to_string(),
+                "--config".to_owned(),
+                format!("min.insync.replicas={}", min_insync_replicas(replication_factor)),
+            ];
+            for (key, value) in spec.config {
+                args.extend(["--config".to_owned(), format!("{key}={value}")]);
             }
+            target.invocation("kafka-topics.sh", args)
+        })
+        .collect()
+}
+
+/// The SCRAM-SHA-512 credential of `login`, as `kafka-configs
+/// --add-config` takes it, or `kafka-storage format --add-scram` with the
+/// user's `name` in it.
+pub fn scram_credential(name: Option<&str>, login: &KafkaUser) -> Result<String> {
+    let password = login.password.expose();
+    if password.is_empty() || password.contains([',', '[', ']']) || password.contains(char::is_whitespace) {
+        return Err(Error::Access(format!(
+            "the password of Kafka user {} must be non-empty, without spaces, `,`, `[` or `]`",
+            login.name
+        )));
+    }
+    let name = name.map(|name| format!("name={name},")).unwrap_or_default();
+    Ok(format!(
+        "SCRAM-SHA-512=[{name}iterations={SCRAM_ITERATIONS},password={password}]"
+    ))
+}
+
+/// A client properties file's text that logs in as `login` on a
+/// SASL/SCRAM-SHA-512 listener: a tool's `--command-config`.
+pub fn command_config(login: &KafkaUser) -> String {
+    format!(
+        "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=SCRAM-SHA-512\n\
+         sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required \
+         username=\"{}\" password=\"{}\";\n",
+        login.name,
+        login.password.expose()
+    )
+}
+
+/// A shell script that runs `invocations` at once with the tools under
+/// `bin` (the image's `/opt/kafka/bin`), and fails if any fails.
+pub fn script(invocations: &[Invocation], bin: &str) -> String {
+    let mut text = String::from(
+        "#!/usr/bin/env bash\n\
+         # Made from kafka_ops::access: Kafka's own tools, run at once.\n\
+         set -u\n",
+    );
+    for (var, value) in TOOL_JVM {
+        text.push_str(&format!("export {var}={}\n", shell_quote(value)));
+    }
+    text.push_str("pids=()\n");
+    for invocation in invocations {
+        let args: Vec<String> = invocation.args.iter().map(|arg| shell_quote(arg)).collect();
+        text.push_str(&format!(
+            "{bin}/{} {} &\npids+=($!)\n",
+            invocation.script,
+            args.join(" ")
+        ));
+    }
+    text.push_str(&format!(
+        "failed=0\nfor pid in \"${{pids[@]}}\"; do wait \"$pid\" || failed=1; done\n\
+         [ \"$failed\" = 0 ] && echo \"{} runs of Kafka's tools done\"\n\
+         exit \"$failed\"\n",
+        invocations.len()
+    ));
+    text
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// Kafka's tools on this machine: the scripts of the stand-in image
+/// (`docker/images/kafka/bin`, as the distribution's) on the broker's
+/// classpath that `cargo xtask kafka up` resolved from Maven.
+#[derive(Debug, Clone)]
+pub struct LocalTools {
+    bin: PathBuf,
+    classpath: String,
+    log4j: PathBuf,
+}
+
+impl LocalTools {
+    /// The tools of the checkout at `root`, on `classpath`.
+    pub fn new(root: &Path, classpath: String) -> Self {
+        let image = root.join("docker/images/kafka");
+        Self {
+            bin: image.join("bin"),
+            classpath,
+            log4j: image.join("docker/tools-log4j2.yaml"),
         }
     }
 
-    impl Request {
-        fn new(
-            client: &AdminClient<DefaultClientContext>,
-            op: rd::rd_kafka_admin_op_t,
-            timeout: Duration,
-        ) -> Result<Self> {
-            let rk = client.inner().native_ptr();
-            let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-            let mut errstr = [0 as c_char; 256];
-            // SAFETY: `rk` is the live client's handle; the queue and the
-            // options belong to the value returned, which destroys them.
-            unsafe {
-                let request = Self {
-                    queue: rd::rd_kafka_queue_new(rk),
-                    options: rd::rd_kafka_AdminOptions_new(rk, op),
-                    event: std::ptr::null_mut(),
-                };
-                if request.queue.is_null() || request.options.is_null() {
-                    return Err(Error::Access("librdkafka made no admin request".to_owned()));
-                }
-                let set = rd::rd_kafka_AdminOptions_set_request_timeout(
-                    request.options,
-                    millis,
-                    errstr.as_mut_ptr(),
-                    errstr.len(),
-                );
-                if set != NO_ERROR {
-                    return Err(Error::Access(format!(
-                        "request timeout: {}",
-                        text(errstr.as_ptr())
-                    )));
-                }
-                Ok(request)
-            }
-        }
-
-        /// Waits for the result event, and fails on a request-level error.
-        fn wait(&mut self, what: &'static str, timeout: Duration) -> Result<()> {
-            let millis = i32::try_from((timeout + Duration::from_secs(5)).as_millis()).unwrap_or(i32::MAX);
-            // SAFETY: the queue is live; the event belongs to `self`.
-            unsafe {
-                self.event = rd::rd_kafka_queue_poll(self.queue, millis);
-                if self.event.is_null() {
-                    return Err(Error::Access(format!("{what}: no answer within {timeout:?}")));
-                }
-                if rd::rd_kafka_event_error(self.event) != NO_ERROR {
-                    let text = text(rd::rd_kafka_event_error_string(self.event));
-                    return Err(Error::Access(format!("{what}: {text}")));
-                }
-            }
-            Ok(())
-        }
-    }
-
-    /// A C string librdkafka owns, copied.
-    ///
-    /// SAFETY: `s` is null or a NUL-terminated string live for the call.
-    unsafe fn text(s: *const c_char) -> String {
-        if s.is_null() {
-            String::new()
-        } else {
-            // SAFETY: as the caller promises.
-            unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned()
-        }
-    }
-
-    /// The error of one element of a result, if it failed.
-    ///
-    /// SAFETY: `error` is null or a live `rd_kafka_error_t` of a result.
-    unsafe fn failure(error: *const rd::rd_kafka_error_t) -> Option<String> {
-        // SAFETY: as the caller promises.
-        unsafe {
-            (!error.is_null() && rd::rd_kafka_error_code(error) != NO_ERROR)
-                .then(|| text(rd::rd_kafka_error_string(error)))
-        }
-    }
-
-    fn c_string(s: &str) -> Result<CString> {
-        CString::new(s).map_err(|_| Error::Access(format!("{s:?} holds a NUL byte")))
-    }
-
-    /// Sets each user's SCRAM-SHA-512 password (making the user if new).
-    pub(super) fn upsert_scram_users(
-        client: &AdminClient<DefaultClientContext>,
-        users: &[KafkaUser],
-        timeout: Duration,
-    ) -> Result<()> {
-        if users.is_empty() {
+    /// Runs `invocations` at once ([`script`]), and waits for them all.
+    pub async fn run(&self, invocations: &[Invocation]) -> Result<()> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path =
+            std::env::join_paths(std::iter::once(self.bin.clone()).chain(std::env::split_paths(&path)))
+                .map_err(|e| Error::Access(e.to_string()))?;
+        let output = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(script(invocations, &self.bin.display().to_string()))
+            .env("CLASSPATH", &self.classpath)
+            .env("PATH", path)
+            .env(
+                "KAFKA_LOG4J_OPTS",
+                format!("-Dlog4j2.configurationFile={}", self.log4j.display()),
+            )
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| Error::Access(format!("cannot run bash: {e}")))?;
+        if output.status.success() {
             return Ok(());
         }
-        let names = users
-            .iter()
-            .map(|user| c_string(&user.name))
-            .collect::<Result<Vec<_>>>()?;
-        let mut request = Request::new(
-            client,
-            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_ALTERUSERSCRAMCREDENTIALS,
-            timeout,
-        )?;
-        // SAFETY: every pointer handed over is live for the call; librdkafka
-        // copies the alterations (names and passwords included), which are
-        // destroyed right after; a null salt asks librdkafka for a random
-        // one (OpenSSL's).
-        unsafe {
-            let mut alterations: Vec<_> = names
-                .iter()
-                .zip(users)
-                .map(|(name, user)| {
-                    let password = user.password.expose().as_bytes();
-                    rd::rd_kafka_UserScramCredentialUpsertion_new(
-                        name.as_ptr(),
-                        rd::rd_kafka_ScramMechanism_t::RD_KAFKA_SCRAM_MECHANISM_SHA_512,
-                        SCRAM_ITERATIONS,
-                        password.as_ptr(),
-                        password.len(),
-                        std::ptr::null(),
-                        0,
-                    )
-                })
-                .collect();
-            rd::rd_kafka_AlterUserScramCredentials(
-                client.inner().native_ptr(),
-                alterations.as_mut_ptr(),
-                alterations.len(),
-                request.options,
-                request.queue,
-            );
-            rd::rd_kafka_UserScramCredentialAlteration_destroy_array(
-                alterations.as_mut_ptr(),
-                alterations.len(),
-            );
-            request.wait("setting the users' passwords", timeout)?;
-            let result = rd::rd_kafka_event_AlterUserScramCredentials_result(request.event);
-            if result.is_null() {
-                return Err(Error::Access(
-                    "setting the users' passwords: not its result".to_owned(),
-                ));
-            }
-            let mut count = 0;
-            let responses = rd::rd_kafka_AlterUserScramCredentials_result_responses(result, &raw mut count);
-            if count != users.len() {
-                return Err(Error::Access(format!(
-                    "setting the users' passwords: {count} answers for {} users",
-                    users.len()
-                )));
-            }
-            for i in 0..count {
-                let response = *responses.add(i);
-                if let Some(error) = failure(rd::rd_kafka_AlterUserScramCredentials_result_response_error(
-                    response,
-                )) {
-                    let user = text(rd::rd_kafka_AlterUserScramCredentials_result_response_user(
-                        response,
-                    ));
-                    return Err(Error::Access(format!(
-                        "setting the password of user {user}: {error}"
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A binding's strings, made before any binding so that a bad one
-    /// fails before librdkafka holds anything.
-    struct AclStrings {
-        name: CString,
-        principal: CString,
-    }
-
-    /// Adds `acls` (allow, from any host); those there already stay.
-    pub(super) fn create_acls(
-        client: &AdminClient<DefaultClientContext>,
-        acls: &[Acl],
-        timeout: Duration,
-    ) -> Result<()> {
-        if acls.is_empty() {
-            return Ok(());
-        }
-        let any_host = c_string("*")?;
-        let strings = acls
-            .iter()
-            .map(|acl| {
-                Ok(AclStrings {
-                    name: c_string(&acl.name)?,
-                    principal: c_string(&format!("User:{}", acl.user))?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut request = Request::new(
-            client,
-            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_CREATEACLS,
-            timeout,
-        )?;
-        // SAFETY: as in `upsert_scram_users`: librdkafka copies the bindings
-        // (and their strings), which are destroyed after the call, or on the
-        // way out if one cannot be made.
-        unsafe {
-            let mut bindings = Vec::with_capacity(acls.len());
-            for (acl, strings) in acls.iter().zip(&strings) {
-                let mut errstr = [0 as c_char; 256];
-                let binding = rd::rd_kafka_AclBinding_new(
-                    resource(acl.resource),
-                    strings.name.as_ptr(),
-                    if acl.prefixed {
-                        rd::rd_kafka_ResourcePatternType_t::RD_KAFKA_RESOURCE_PATTERN_PREFIXED
-                    } else {
-                        rd::rd_kafka_ResourcePatternType_t::RD_KAFKA_RESOURCE_PATTERN_LITERAL
-                    },
-                    strings.principal.as_ptr(),
-                    any_host.as_ptr(),
-                    operation(acl.operation),
-                    rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW,
-                    errstr.as_mut_ptr(),
-                    errstr.len(),
-                );
-                if binding.is_null() {
-                    rd::rd_kafka_AclBinding_destroy_array(bindings.as_mut_ptr(), bindings.len());
-                    return Err(Error::Access(format!("{acl:?}: {}", text(errstr.as_ptr()))));
-                }
-                bindings.push(binding);
-            }
-            rd::rd_kafka_CreateAcls(
-                client.inner().native_ptr(),
-                bindings.as_mut_ptr(),
-                bindings.len(),
-                request.options,
-                request.queue,
-            );
-            rd::rd_kafka_AclBinding_destroy_array(bindings.as_mut_ptr(), bindings.len());
-            request.wait("creating the ACLs", timeout)?;
-            let result = rd::rd_kafka_event_CreateAcls_result(request.event);
-            if result.is_null() {
-                return Err(Error::Access("creating the ACLs: not its result".to_owned()));
-            }
-            let mut count = 0;
-            let results = rd::rd_kafka_CreateAcls_result_acls(result, &raw mut count);
-            if count != acls.len() {
-                return Err(Error::Access(format!(
-                    "creating the ACLs: {count} answers for {} ACLs",
-                    acls.len()
-                )));
-            }
-            for (i, acl) in acls.iter().enumerate() {
-                if let Some(error) = failure(rd::rd_kafka_acl_result_error(*results.add(i))) {
-                    return Err(Error::Access(format!("{acl:?}: {error}")));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn resource(resource: Resource) -> rd::rd_kafka_ResourceType_t {
-        match resource {
-            Resource::Topic => rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TOPIC,
-            Resource::Group => rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_GROUP,
-            Resource::TransactionalId => rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TRANSACTIONAL_ID,
-        }
-    }
-
-    fn operation(operation: Operation) -> rd::rd_kafka_AclOperation_t {
-        match operation {
-            Operation::Read => rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_READ,
-            Operation::Write => rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_WRITE,
-            Operation::Describe => rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_DESCRIBE,
-        }
+        // The tools print no password.
+        Err(Error::Access(format!(
+            "Kafka's tools failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )))
     }
 }
 
@@ -571,5 +499,114 @@ mod tests {
             "payments-service.outbox-relay.x.y",
             Operation::Write
         ));
+    }
+
+    fn user(name: &str, role: Role) -> User {
+        User {
+            login: KafkaUser {
+                name: name.to_owned(),
+                password: Secret::new("p".repeat(64)),
+            },
+            role,
+        }
+    }
+
+    #[test]
+    fn the_tools_runs_grant_the_acls_and_no_more() {
+        let topics = Topics::default();
+        let users = demo_users(|_| Secret::new("p".repeat(64)));
+        let target = Target {
+            bootstrap: "kafka:9092".to_owned(),
+            command_config: Some("/run/credentials/operator.properties".to_owned()),
+        };
+        let runs = invocations(&users, &topics, &target).expect("runs");
+        // One kafka-configs per user; kafka-acls runs the ACLs grouped.
+        let configs = runs.iter().filter(|run| run.script == "kafka-configs.sh").count();
+        assert_eq!(configs, users.len());
+        assert!(runs.len() <= users.len() + 6, "{} runs", runs.len());
+        // What the kafka-acls runs grant (each principal × operation ×
+        // resource of a run) is exactly what `acls` says.
+        let mut granted = Vec::new();
+        for run in runs.iter().filter(|run| run.script == "kafka-acls.sh") {
+            assert_eq!(
+                run.args[..4],
+                [
+                    "--bootstrap-server",
+                    "kafka:9092",
+                    "--command-config",
+                    "/run/credentials/operator.properties"
+                ]
+            );
+            let values = |option: &str| -> Vec<String> {
+                run.args
+                    .windows(2)
+                    .filter(|pair| pair[0] == option)
+                    .map(|pair| pair[1].clone())
+                    .collect()
+            };
+            let prefixed = values("--resource-pattern-type") == ["prefixed"];
+            for principal in values("--allow-principal") {
+                for operation in values("--operation") {
+                    for (option, resource) in [
+                        ("--topic", Resource::Topic),
+                        ("--group", Resource::Group),
+                        ("--transactional-id", Resource::TransactionalId),
+                    ] {
+                        for name in values(option) {
+                            granted.push(format!("{principal} {operation} {resource:?} {name} {prefixed}"));
+                        }
+                    }
+                }
+            }
+        }
+        let mut wanted: Vec<String> = users
+            .iter()
+            .flat_map(|user| acls(&user.login.name, &user.role, &topics))
+            .map(|acl| {
+                format!(
+                    "User:{} {:?} {:?} {} {}",
+                    acl.user, acl.operation, acl.resource, acl.name, acl.prefixed
+                )
+            })
+            .collect();
+        granted.sort();
+        wanted.sort();
+        assert_eq!(granted, wanted);
+    }
+
+    #[test]
+    fn a_password_the_tools_cannot_carry_is_refused() {
+        let mut payments = user("payments", Role::Payments);
+        assert_eq!(
+            scram_credential(Some("payments"), &payments.login).expect("a credential"),
+            format!(
+                "SCRAM-SHA-512=[name=payments,iterations=8192,password={}]",
+                "p".repeat(64)
+            )
+        );
+        for bad in ["a,b", "a]b", "a b", ""] {
+            payments.login.password = Secret::new(bad);
+            assert!(scram_credential(None, &payments.login).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_script_runs_every_tool_and_fails_if_one_does() {
+        let target = Target {
+            bootstrap: "kafka:9092".to_owned(),
+            command_config: None,
+        };
+        let runs = topic_invocations(&Topics::default(), 3, &target);
+        assert_eq!(runs.len(), 4, "two topics and their dead-letter topics");
+        assert!(runs[0].args.contains(&"min.insync.replicas=2".to_owned()));
+        let script = script(&runs, "/opt/kafka/bin");
+        assert_eq!(
+            script
+                .matches("/opt/kafka/bin/kafka-topics.sh '--bootstrap-server' 'kafka:9092'")
+                .count(),
+            4
+        );
+        assert!(script.contains("wait \"$pid\" || failed=1"), "{script}");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
     }
 }

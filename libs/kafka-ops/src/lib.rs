@@ -4,7 +4,9 @@
 //! # Layout
 //!
 //! - [`access`]: one Kafka user per service and its ACLs (least privilege),
-//!   made by the operator.
+//!   made by the operator with Kafka's own tools.
+//! - [`credentials`]: the demo's tokens and passwords, made for `.env`
+//!   (`cargo xtask credentials`) or compose's volumes (`credentials`).
 //! - [`groups`]: a consumer group's committed offsets, the partitions' ends
 //!   and lag; moving a stopped group's offsets.
 //! - [`dead_letters`]: listing the dead letters of a topic, and redriving
@@ -12,6 +14,7 @@
 //! - [`error`]: this crate's error type.
 
 pub mod access;
+pub mod credentials;
 pub mod dead_letters;
 pub mod error;
 pub mod groups;

@@ -37,6 +37,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
+use shared_events::services::{OPERATOR, PAYMENTS, SERVICE_B};
 
 use crate::http::ErrorBody;
 
@@ -420,13 +421,13 @@ impl Credentials {
     /// refunding); ServiceA and ServiceB answer the operator only, since
     /// nothing calls them.
     pub fn callers_of(&self, service: &str) -> Callers {
-        if service == "payments-service" {
+        if service == PAYMENTS.name {
             Callers::of([
-                ("service-b", Rights::READ, &self.service_b),
-                ("operator", Rights::READ_REFUND, &self.operator),
+                (SERVICE_B.name, Rights::READ, &self.service_b),
+                (OPERATOR, Rights::READ_REFUND, &self.operator),
             ])
         } else {
-            Callers::of([("operator", Rights::READ, &self.operator)])
+            Callers::of([(OPERATOR, Rights::READ, &self.operator)])
         }
     }
 
@@ -434,7 +435,7 @@ impl Credentials {
     /// ServiceB its `PAYMENTS_TOKEN`.
     pub fn env_of(&self, service: &str) -> Vec<(&'static str, String)> {
         let mut env = vec![(HTTP_CALLERS, self.callers_of(service).to_env())];
-        if service == "service-b" {
+        if service == SERVICE_B.name {
             env.push(("PAYMENTS_TOKEN", self.service_b.expose().to_owned()));
         }
         env

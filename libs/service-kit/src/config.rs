@@ -70,8 +70,59 @@ where
     })
 }
 
+/// The value of `name`, else the content of the file `<name>_FILE` names
+/// (the official images' convention for secrets kept in files: compose's
+/// credential volumes); `None` when neither is set. A set variable wins
+/// over the file, so a value given in the environment (`.env`) overrides
+/// the file. The one place a secret is read from a file; the value is never
+/// logged, nor repeated in an error.
+pub fn var_or_file(name: &'static str) -> Result<Option<String>> {
+    let file_var = format!("{name}_FILE");
+    value_or_file(
+        name,
+        std::env::var(name).unwrap_or_default(),
+        std::env::var_os(&file_var).map(std::path::PathBuf::from),
+    )
+}
+
+/// [`var_or_file`] of the variable's `value` and the `file` its `_FILE`
+/// twin names.
+fn value_or_file(
+    name: &'static str,
+    value: String,
+    file: Option<std::path::PathBuf>,
+) -> Result<Option<String>> {
+    if !value.trim().is_empty() {
+        return Ok(Some(value.trim().to_owned()));
+    }
+    let file_var = format!("{name}_FILE");
+    let Some(path) = file.filter(|path| !path.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(value) if !value.trim().is_empty() => Ok(Some(value.trim().to_owned())),
+        Ok(_) => Err(ConfigError {
+            var: name,
+            value: String::new(),
+            reason: format!(
+                "not set, and the file {file_var} names ({}) is empty",
+                path.display()
+            ),
+        }),
+        Err(e) => Err(ConfigError {
+            var: name,
+            value: String::new(),
+            reason: format!(
+                "not set, and the file {file_var} names ({}) cannot be read: {e}",
+                path.display()
+            ),
+        }),
+    }
+}
+
 /// A credential the service cannot run without (`HTTP_CALLERS`,
-/// `PAYMENTS_TOKEN`; see [`crate::auth`]). It has no default: a default
+/// `PAYMENTS_TOKEN`; see [`crate::auth`]), from the variable or the file
+/// `<name>_FILE` names ([`var_or_file`]). It has no default: a default
 /// would be in the repository. An error names the variable and says where a
 /// set comes from, and never repeats the value.
 pub fn credential<T>(name: &'static str) -> Result<T>
@@ -79,18 +130,31 @@ where
     T: FromStr,
     T::Err: std::fmt::Display,
 {
-    let raw = std::env::var(name).unwrap_or_default();
-    if raw.trim().is_empty() {
+    let Some(raw) = var_or_file(name)? else {
         return Err(ConfigError {
             var: name,
             value: String::new(),
-            reason: "not set; `cargo xtask credentials` writes a set of credentials into .env".to_owned(),
+            reason: format!(
+                "not set, nor {name}_FILE; `cargo xtask credentials` writes a set of credentials into .env, \
+                 compose's `credentials` step into files"
+            ),
         });
-    }
-    raw.trim().parse().map_err(|e: T::Err| ConfigError {
+    };
+    raw.parse().map_err(|e: T::Err| ConfigError {
         var: name,
         value: "(not shown: a credential)".to_owned(),
         reason: e.to_string(),
+    })
+}
+
+/// `DATABASE_URL` (default `default`), with the password of
+/// `DATABASE_PASSWORD` (or the file `DATABASE_PASSWORD_FILE` names) when
+/// that is set: compose keeps the password out of the URL, in a file.
+pub fn database_url(default: &str) -> Result<DatabaseUrl> {
+    let url: DatabaseUrl = secret("DATABASE_URL", default)?;
+    Ok(match var_or_file("DATABASE_PASSWORD")? {
+        Some(password) => DatabaseUrl(url.0.password(&password)),
+        None => url,
     })
 }
 
@@ -199,27 +263,28 @@ impl KafkaUser {
         ]
     }
 
-    /// `KAFKA_SASL_USERNAME` and `KAFKA_SASL_PASSWORD`, when set.
+    /// `KAFKA_SASL_USERNAME` and `KAFKA_SASL_PASSWORD` (or the file
+    /// `KAFKA_SASL_PASSWORD_FILE` names), when set.
     pub fn from_env() -> Result<Option<Self>> {
         let name: String = var(KAFKA_SASL_USERNAME, String::new())?;
-        let password = std::env::var(KAFKA_SASL_PASSWORD).unwrap_or_default();
-        match (name.is_empty(), password.trim().is_empty()) {
-            (true, true) => Ok(None),
-            (false, false) => Ok(Some(Self {
+        let password = var_or_file(KAFKA_SASL_PASSWORD)?;
+        match (name.is_empty(), password) {
+            (true, None) => Ok(None),
+            (false, Some(password)) => Ok(Some(Self {
                 name,
-                password: credential(KAFKA_SASL_PASSWORD)?,
+                password: Secret::new(password),
             })),
-            (true, false) => Err(ConfigError {
+            (true, Some(_)) => Err(ConfigError {
                 var: KAFKA_SASL_USERNAME,
                 value: String::new(),
                 reason: "not set, and KAFKA_SASL_PASSWORD is: a password needs its user".to_owned(),
             }),
-            (false, true) => Err(ConfigError {
+            (false, None) => Err(ConfigError {
                 var: KAFKA_SASL_PASSWORD,
                 value: String::new(),
                 reason: format!(
-                    "not set, and KAFKA_SASL_USERNAME is ({name}); `cargo xtask credentials` writes the \
-                     services' Kafka passwords into .env"
+                    "not set, nor KAFKA_SASL_PASSWORD_FILE, and KAFKA_SASL_USERNAME is ({name}); `cargo xtask \
+                     credentials` writes the services' Kafka passwords into .env"
                 ),
             }),
         }
@@ -558,6 +623,31 @@ mod tests {
         let shown = format!("{config:?} {:#?}", config.user);
         assert!(shown.contains("service-a (password not shown)"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn a_secret_is_the_variable_else_its_file_never_shown() {
+        let dir = std::env::temp_dir().join(format!("service-kit-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("KAFKA_SASL_PASSWORD");
+        std::fs::write(&file, "from-the-file\n").expect("write");
+        let read = |value: &str, file: Option<&std::path::Path>| {
+            value_or_file("KAFKA_SASL_PASSWORD", value.to_owned(), file.map(Into::into))
+        };
+        assert_eq!(read("", Some(&file)).ok(), Some(Some("from-the-file".to_owned())));
+        assert_eq!(read("set", Some(&file)).ok(), Some(Some("set".to_owned())));
+        assert_eq!(read(" ", None).ok(), Some(None));
+        let missing = read("", Some(&dir.join("missing"))).expect_err("no such file");
+        std::fs::write(&file, "\n").expect("write");
+        let empty = read("", Some(&file)).expect_err("an empty file");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        for error in [missing, empty] {
+            let text = error.to_string();
+            assert!(
+                text.contains("KAFKA_SASL_PASSWORD=") && text.contains("KAFKA_SASL_PASSWORD_FILE"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

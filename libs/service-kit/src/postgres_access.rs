@@ -19,6 +19,7 @@
 //! services logged in as the superuser) with everything in its `public`
 //! schema.
 
+use shared_events::services::{PAYMENTS, SERVICE_A, SERVICE_B};
 use sqlx::postgres::PgConnection;
 use sqlx::{ConnectOptions, Connection};
 
@@ -28,9 +29,21 @@ use crate::config::{DatabaseUrl, Secret};
 /// holds its password (in `.env`, made by `cargo xtask credentials`), and
 /// the service that logs in as it.
 pub const ROLES: [(&str, &str, &str); 3] = [
-    ("payments", "PAYMENTS_DATABASE_PASSWORD", "payments-service"),
-    ("service_a", "SERVICE_A_DATABASE_PASSWORD", "service-a"),
-    ("service_b", "SERVICE_B_DATABASE_PASSWORD", "service-b"),
+    (
+        PAYMENTS.database_role,
+        "PAYMENTS_DATABASE_PASSWORD",
+        PAYMENTS.name,
+    ),
+    (
+        SERVICE_A.database_role,
+        "SERVICE_A_DATABASE_PASSWORD",
+        SERVICE_A.name,
+    ),
+    (
+        SERVICE_B.database_role,
+        "SERVICE_B_DATABASE_PASSWORD",
+        SERVICE_B.name,
+    ),
 ];
 
 /// The demo's role (and database) of `service` (a package name, as in

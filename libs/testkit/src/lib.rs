@@ -84,6 +84,47 @@ pub async fn kafka_sasl_bootstrap_servers() -> String {
     kafka_container().await.sasl
 }
 
+/// Where Kafka's tools reach the broker from inside its container: its
+/// own plaintext listener, where anything is allowed.
+pub const KAFKA_CONTAINER_TOOLS_BOOTSTRAP: &str = "localhost:9093";
+
+/// Runs `command` in this binary's broker container (the image has
+/// Kafka's tools under `/opt/kafka/bin`), with the docker client, and
+/// returns its output, or its output as the error when it fails. `None`
+/// when `KAFKA_BOOTSTRAP_SERVERS` names the broker, which is then no
+/// container.
+pub async fn exec_in_kafka_container(command: Vec<String>) -> Option<Result<String, String>> {
+    if env_set("KAFKA_BOOTSTRAP_SERVERS").is_some() {
+        return None;
+    }
+    kafka_container().await;
+    let id = KAFKA_CONTAINER.get()?.id().to_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new("docker")
+            .args(["exec", &id])
+            .args(&command)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run docker exec: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() {
+            Ok(text)
+        } else {
+            Err(format!("`docker exec` failed ({}):\n{text}", output.status))
+        }
+    });
+    Some(run.await.unwrap_or_else(|e| Err(e.to_string())))
+}
+
+/// This binary's broker container, once started: kept until the process
+/// exits (the [`reaper`] removes it then), and reached for
+/// [`exec_in_kafka_container`].
+static KAFKA_CONTAINER: OnceLock<ContainerAsync<Kafka>> = OnceLock::new();
+
 /// The two listeners of this binary's broker container.
 #[derive(Debug, Clone)]
 struct KafkaListeners {
@@ -283,7 +324,9 @@ async fn start_kafka() -> Result<KafkaListeners, String> {
         .await
         .map_err(|_| format!("the broker did not start within {STARTUP_TIMEOUT:?}"))?
         .map_err(|e| format!("the broker did not start: {e}"))?;
-    keep(container);
+    KAFKA_CONTAINER
+        .set(container)
+        .map_err(|_| "a second broker container".to_owned())?;
     Ok(KafkaListeners { plaintext, sasl })
 }
 

@@ -1,11 +1,12 @@
 //! Makes each service's PostgreSQL role and its database, then exits:
 //! compose's `postgres-access` step (see [`service_kit::postgres_access`]).
 //!
-//! `DATABASE_URL` logs in as a superuser (the image's `postgres`); the
-//! services' passwords come from the variables
-//! [`service_kit::postgres_access::ROLES`] names. No password is logged.
+//! `DATABASE_URL` (with `DATABASE_PASSWORD`) logs in as a superuser (the
+//! image's `postgres`); the services' passwords come from the variables
+//! [`service_kit::postgres_access::ROLES`] names, or the files their
+//! `_FILE` twins name. No password is logged.
 
-use service_kit::config::{DatabaseUrl, Secret, credential, secret};
+use service_kit::config::{Secret, credential, database_url};
 use service_kit::lifecycle::block_on;
 use service_kit::postgres_access::{ROLES, provision};
 
@@ -14,7 +15,7 @@ const SERVICE: &str = "postgres-access";
 
 fn main() -> anyhow::Result<()> {
     let _telemetry = service_kit::telemetry::init(SERVICE)?;
-    let admin: DatabaseUrl = secret("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")?;
+    let admin = database_url("postgres://postgres@127.0.0.1:5432/postgres")?;
     let passwords = ROLES
         .iter()
         .map(|&(role, var, _)| Ok((role, credential::<Secret>(var)?)))

@@ -15,6 +15,13 @@ use crate::error::{Error, Result};
 /// How long a metadata request may take before the broker counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The in-sync replicas a write with acks=all needs on a topic of
+/// `replication_factor` replicas: two where there are two or more, so that
+/// "in sync" never shrinks to the leader alone.
+pub fn min_insync_replicas(replication_factor: i32) -> i32 {
+    replication_factor.clamp(1, 2)
+}
+
 /// Topic administration and the broker health probe.
 #[derive(Clone)]
 pub struct Admin {
@@ -52,7 +59,7 @@ impl Admin {
         let specs = topics.specs();
         // With acks=all, an acknowledged write is on every *in-sync* replica;
         // this keeps "in sync" from shrinking to the leader alone.
-        let min_insync = self.replication_factor.clamp(1, 2).to_string();
+        let min_insync = min_insync_replicas(self.replication_factor).to_string();
         let new_topics: Vec<NewTopic<'_>> = specs
             .iter()
             .map(|spec| {

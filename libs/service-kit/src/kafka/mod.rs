@@ -35,7 +35,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
-pub use admin::Admin;
+pub use admin::{Admin, min_insync_replicas};
 pub use group::{GroupConsumer, GroupContext, Offsets, start_offsets};
 
 use crate::config::{ConsumerConfig, KafkaConfig, StartFrom};
