@@ -38,7 +38,7 @@ fn every_file_and_name_the_readme_points_to_exists() {
 /// same form: those pointers must lead somewhere too.
 #[test]
 fn every_file_and_name_the_tour_points_to_exists() {
-    let tour = std::fs::read_to_string(root().join("xtask/src/tour.rs")).expect("tour.rs is readable");
+    let tour = std::fs::read_to_string(root().join("xtask/src/study/tour.rs")).expect("tour.rs is readable");
     let lines: Vec<(usize, &str)> = tour
         .lines()
         .enumerate()
@@ -47,7 +47,7 @@ fn every_file_and_name_the_tour_points_to_exists() {
         .collect();
     let pointers = pointers(&lines).unwrap_or_else(|e| panic!("tour.rs: {e}"));
     assert!(pointers.len() >= 8, "tour.rs names the code of each of its steps");
-    let stale = stale_pointers("xtask/src/tour.rs", &pointers);
+    let stale = stale_pointers("xtask/src/study/tour.rs", &pointers);
     assert!(
         stale.is_empty(),
         "the tour points at code that is not there any more:\n  {}",

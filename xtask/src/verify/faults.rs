@@ -43,8 +43,8 @@ use service_kit::config::KafkaConfig;
 use shared_events::{Notification, PaymentState, Topics};
 use tokio::process::{Child, Command};
 
-use crate::broker::LocalBroker;
-use crate::postgres::LocalPostgres;
+use crate::local::broker::LocalBroker;
+use crate::local::postgres::LocalPostgres;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -166,7 +166,7 @@ pub async fn run(root: &Path, options: &Options) -> Result<()> {
         options.scenarios.clone()
     };
     let mut build = vec!["build", "--quiet"];
-    for service in crate::demo::SERVICES {
+    for service in crate::local::demo::SERVICES {
         build.extend(["--package", service]);
     }
     crate::cargo(root, &build, &[]).await?;
@@ -234,7 +234,7 @@ impl Brokers {
         }
         Ok(Self {
             single: LocalBroker::in_dir(root, single, 1),
-            cluster: LocalBroker::in_dir(root, cluster, crate::broker::CLUSTER_NODES),
+            cluster: LocalBroker::in_dir(root, cluster, crate::local::broker::CLUSTER_NODES),
         })
     }
 
@@ -285,7 +285,7 @@ impl Stack {
         // test` clears on the local servers.
         let mut databases = Vec::new();
         for database in ["payments", "service_a", "service_b"] {
-            databases.push(crate::postgres::own_database(&Self::database(&run, database)).await?);
+            databases.push(crate::local::postgres::own_database(&Self::database(&run, database)).await?);
         }
         let databases = databases.try_into().expect("three databases");
         let mut stack = Self {
@@ -411,7 +411,7 @@ impl Stack {
     async fn signal(&mut self, process: usize, signal: Signal) -> Result<()> {
         let child = self.children[process].as_mut().context("not running")?;
         let pid = child.id().context("exited already")?;
-        crate::process::signal(pid, signal)?;
+        crate::local::process::signal(pid, signal)?;
         tokio::time::timeout(Duration::from_secs(30), child.wait())
             .await
             .context("did not exit within 30 s")??;
@@ -667,7 +667,7 @@ async fn measure(
     options: &Options,
 ) -> Result<Row> {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let http = crate::credentials::operator_client_with(&stack.credentials)?;
+    let http = crate::local::credentials::operator_client_with(&stack.credentials)?;
     let started = Instant::now();
     let load = tokio::spawn(load(
         http.clone(),
@@ -873,7 +873,7 @@ async fn paused_through(stack: &Stack, outage: Duration) -> bool {
 /// Every payment in the run's event store with its number of events (its
 /// version: a stream's versions have no gaps), read from Payments' database.
 fn stored_events(run: &str) -> Result<HashMap<String, u64>> {
-    let output = crate::postgres::client_program("psql")?
+    let output = crate::local::postgres::client_program("psql")?
         .args(["-d", &Stack::database(run, "payments"), "-Atc"])
         .arg("SELECT stream_id, max(version) FROM events GROUP BY stream_id")
         .stdin(Stdio::null())

@@ -1,7 +1,7 @@
 //! `cargo xtask flow`: the design's sequence diagram, drawn from what one
 //! payment and one refund actually did.
 //!
-//! It starts Jaeger on this machine ([`crate::jaeger`]: in memory, on
+//! It starts Jaeger on this machine ([`crate::local::jaeger`]: in memory, on
 //! 127.0.0.1 only), runs the demo's stack (`cargo xtask up`) exporting its
 //! spans there over OTLP, pays, refunds part of it, waits until ServiceA and
 //! ServiceB saw both, and stops the stack (the services export their last
@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::jaeger::{self, LocalJaeger, Span};
+use crate::local::jaeger::{self, LocalJaeger, Span};
 
 /// How long the payment may take to reach ServiceA and ServiceB, and its
 /// spans to reach Jaeger.
@@ -28,8 +28,8 @@ pub async fn run(root: &Path) -> Result<()> {
     let jaeger = LocalJaeger::start(root).await?;
     let result = async {
         let env = [(service_kit::telemetry::OTLP_ENDPOINT, jaeger::OTLP.to_owned())];
-        let http = crate::credentials::operator_client(root)?;
-        crate::demo::with_stack(root, &env, Some(pay_and_refund(&http))).await?;
+        let http = crate::local::credentials::operator_client(root)?;
+        crate::local::demo::with_stack(root, &env, Some(pay_and_refund(&http))).await?;
         read_back().await
     }
     .await;
@@ -77,7 +77,8 @@ async fn read_back() -> Result<(usize, Diagram)> {
 /// ServiceA's copy and ServiceB's record show the refund.
 /// `http` reads and refunds as the operator.
 async fn pay_and_refund(http: &reqwest::Client) -> Result<()> {
-    let [payments, service_a, service_b] = crate::demo::PORTS.map(|port| format!("http://127.0.0.1:{port}"));
+    let [payments, service_a, service_b] =
+        crate::local::demo::PORTS.map(|port| format!("http://127.0.0.1:{port}"));
     let created = http
         .post(format!("{payments}/payments"))
         .json(&json!({"customer_id": "c-flow", "order_id": "o-flow", "amount": 1999, "currency": "EUR"}))

@@ -62,7 +62,7 @@ pub fn binary(root: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // The module's own directory, with its go.mod and go.sum: built there,
     // with the dependency versions Jaeger's release was built with.
-    let download = crate::images::run_output(
+    let download = crate::local::images::run_output(
         std::process::Command::new("go")
             .args(["mod", "download", "-json"])
             .arg(format!("{MODULE}@{MODULE_VERSION}")),

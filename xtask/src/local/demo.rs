@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::broker::{self, LocalBroker};
-use crate::postgres::{self, LocalPostgres};
+use crate::local::broker::{self, LocalBroker};
+use crate::local::postgres::{self, LocalPostgres};
 
 /// The service packages, each with a binary of the same name.
 pub const SERVICES: [&str; 3] = ["payments-service", "service-a", "service-b"];
@@ -60,7 +60,7 @@ pub async fn with_stack(
                 Some(servers) => eprintln!("xtask: using the broker at {servers}"),
                 None => {
                     started_broker = broker.start().await?;
-                    kafka_users = Some(crate::credentials::provision_kafka(root, &broker).await?);
+                    kafka_users = Some(crate::local::credentials::provision_kafka(root, &broker).await?);
                 }
             }
             match crate::env_set("DATABASE_URL") {
@@ -93,13 +93,13 @@ async fn run_services(
     kafka_users: Option<&[kafka_ops::access::User]>,
     work: Option<impl Future<Output = Result<()>>>,
 ) -> Result<()> {
-    let credentials = crate::credentials::ensure(root)?;
+    let credentials = crate::local::credentials::ensure(root)?;
     let mut children = Vec::new();
     for service in SERVICES {
         let kafka = match kafka_users {
             Some(users) => [
                 vec![("KAFKA_BOOTSTRAP_SERVERS", broker::SASL_BOOTSTRAP.to_owned())],
-                crate::credentials::kafka_login(users, service),
+                crate::local::credentials::kafka_login(users, service),
             ]
             .concat(),
             None => Vec::new(),
@@ -173,7 +173,7 @@ async fn run_services(
         if let Some(pid) = child.id() {
             // They may have had SIGINT from the terminal already; SIGTERM is
             // the same request to shut down cleanly.
-            let _ = crate::process::signal(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = crate::local::process::signal(pid, nix::sys::signal::Signal::SIGTERM);
         }
         match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
             Ok(Ok(status)) => eprintln!("xtask: {name} stopped ({status})"),
@@ -245,7 +245,7 @@ fn database_url(root: &Path, service: &str) -> Result<String> {
     }
     let role =
         service_kit::postgres_access::role_of(service).with_context(|| format!("{service} has no role"))?;
-    let logins = crate::credentials::database_logins(root)?;
+    let logins = crate::local::credentials::database_logins(root)?;
     let (_, password) = logins
         .iter()
         .find(|(name, _)| *name == role)

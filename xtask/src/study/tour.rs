@@ -30,8 +30,8 @@ use service_kit::config::{ConsumerConfig, KafkaConfig, StartFrom};
 use service_kit::kafka::GroupConsumer;
 use shared_events::Topics;
 
-use crate::broker;
-use crate::demo::{PAYMENTS, SERVICE_A, SERVICE_B, get_ok, payment, post};
+use crate::local::broker;
+use crate::local::demo::{PAYMENTS, SERVICE_A, SERVICE_B, get_ok, payment, post};
 
 /// How long anything the tour waits for may take.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -40,9 +40,9 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 /// `pause`: wait for Enter between steps (only when stdin is a terminal).
 pub async fn run(root: &Path, pause: bool) -> Result<()> {
-    let credentials = crate::credentials::ensure(root)?;
+    let credentials = crate::local::credentials::ensure(root)?;
     let tour = Tour {
-        http: crate::credentials::operator_client_with(&credentials)?,
+        http: crate::local::credentials::operator_client_with(&credentials)?,
         kafka: KafkaConfig {
             bootstrap_servers: crate::env_set("KAFKA_BOOTSTRAP_SERVERS")
                 .unwrap_or_else(|| broker::BOOTSTRAP.to_owned()),
@@ -54,7 +54,7 @@ pub async fn run(root: &Path, pause: bool) -> Result<()> {
     };
     // The services' own logs would bury the tour's: warnings only.
     let quiet = [("RUST_LOG", "warn,librdkafka=error".to_owned())];
-    crate::demo::with_stack(root, &quiet, Some(tour.walk())).await?;
+    crate::local::demo::with_stack(root, &quiet, Some(tour.walk())).await?;
     println!("\nThe tour is over: every step did what it claims.");
     Ok(())
 }

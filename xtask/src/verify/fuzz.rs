@@ -101,12 +101,12 @@ pub async fn run(root: &Path, options: &Options) -> Result<()> {
     }
     let with_database: Vec<&str> = targets.into_iter().filter(|t| t.ends_with("_http")).collect();
     if !with_database.is_empty() {
-        let postgres = crate::postgres::LocalPostgres::new(root);
+        let postgres = crate::local::postgres::LocalPostgres::new(root);
         let started = postgres.start().await?;
         let result = async {
             for &target in &with_database {
                 // A role and a database of the target's own, as a service has.
-                let url = crate::postgres::own_database(&format!("fuzz_{target}")).await?;
+                let url = crate::local::postgres::own_database(&format!("fuzz_{target}")).await?;
                 eprintln!(
                     "xtask: fuzzing {target} with its database up for {} s",
                     options.seconds

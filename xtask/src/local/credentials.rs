@@ -26,7 +26,7 @@ use kafka_ops::credentials::Set;
 use service_kit::auth::Credentials;
 use service_kit::config::{KafkaConfig, Secret};
 
-use crate::broker::LocalBroker;
+use crate::local::broker::LocalBroker;
 
 /// The file, at the workspace root.
 pub fn path(root: &Path) -> PathBuf {

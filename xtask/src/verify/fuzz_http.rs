@@ -39,13 +39,16 @@ pub async fn run(root: &Path, max_examples: u32) -> Result<()> {
     let work_dir = root.join("target/xtask/schemathesis");
     let reports = work_dir.join("reports");
     std::fs::write(work_dir.join("schemathesis.toml"), CONFIG)?;
-    let credentials = crate::credentials::ensure(root)?;
-    crate::demo::with_stack(
+    let credentials = crate::local::credentials::ensure(root)?;
+    crate::local::demo::with_stack(
         root,
         &[],
         Some(async {
             let mut failed = Vec::new();
-            for (service, port) in crate::demo::SERVICES.into_iter().zip(crate::demo::PORTS) {
+            for (service, port) in crate::local::demo::SERVICES
+                .into_iter()
+                .zip(crate::local::demo::PORTS)
+            {
                 eprintln!(
                     "xtask: schemathesis against {service} (:{port}), {max_examples} examples per operation"
                 );

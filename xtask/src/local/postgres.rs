@@ -29,7 +29,7 @@ use service_kit::auth::Token;
 use service_kit::config::{DatabaseUrl, Secret};
 use service_kit::postgres_access;
 
-use crate::process::{is_alive, runs_program};
+use crate::local::process::{is_alive, runs_program};
 
 /// The port the local server listens on, on 127.0.0.1.
 pub const PG_PORT: u16 = 5432;
@@ -138,7 +138,7 @@ impl LocalPostgres {
     /// Each service's role and database ([`postgres_access::ROLES`]), with
     /// its password from `.env`.
     async fn provision_services(&self) -> Result<()> {
-        for (role, password) in crate::credentials::database_logins(&self.root)? {
+        for (role, password) in crate::local::credentials::database_logins(&self.root)? {
             postgres_access::provision(&superuser(), role, &password)
                 .await
                 .with_context(|| format!("cannot make role and database {role}"))?;
@@ -457,7 +457,7 @@ fn os_user_ids(name: &str) -> Result<(u32, u32)> {
     }
 }
 
-impl crate::LocalServer for LocalPostgres {
+impl crate::local::LocalServer for LocalPostgres {
     const NAME: &'static str = "PostgreSQL";
 
     async fn start(&self) -> Result<bool> {

@@ -21,8 +21,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use tokio::process::Command;
 
-use crate::broker::{BOOTSTRAP, LocalBroker};
-use crate::postgres::{self, LocalPostgres};
+use crate::local::broker::{BOOTSTRAP, LocalBroker};
+use crate::local::postgres::{self, LocalPostgres};
 
 /// The concurrency of the load and of pgbench.
 const CONNECTIONS: usize = 32;

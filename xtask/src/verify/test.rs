@@ -19,9 +19,9 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::broker::{self, LocalBroker};
-use crate::engine::Engine;
-use crate::postgres::{self, LocalPostgres};
+use crate::local::broker::{self, LocalBroker};
+use crate::local::engine::Engine;
+use crate::local::postgres::{self, LocalPostgres};
 
 /// `local`: the local servers even when a container engine answers.
 pub async fn run(root: &Path, local: bool, args: &[&str]) -> Result<()> {
@@ -62,7 +62,7 @@ pub async fn run(root: &Path, local: bool, args: &[&str]) -> Result<()> {
         }
 
         let mut build = vec!["build", "--locked"];
-        for service in crate::demo::SERVICES {
+        for service in crate::local::demo::SERVICES {
             build.extend(["--package", service]);
         }
         crate::cargo(root, &build, &[]).await?;

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 
-use crate::process::{is_alive, runs, runs_program, terminate};
+use crate::local::process::{is_alive, runs, runs_program, terminate};
 
 /// Where podman serves the Docker API.
 pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
@@ -154,7 +154,7 @@ pub fn ensure_packages(needed: &[(&str, &str)]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if crate::postgres::effective_uid() != Some(0) {
+    if crate::local::postgres::effective_uid() != Some(0) {
         bail!(
             "{} must be installed first (as root: apt-get install {0})",
             missing.join(" ")
@@ -329,7 +329,7 @@ pub async fn serve() -> Result<()> {
         }
     };
     if let Some(pid) = api.id() {
-        let _ = crate::process::signal(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = crate::local::process::signal(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = tokio::time::timeout(Duration::from_secs(10), api.wait()).await;
     }
     eprintln!("engine: stopped");

@@ -2,7 +2,7 @@
 //! checked end to end.
 //!
 //! Builds the images compose needs where they are missing
-//! ([`crate::images`]), builds the project's `Dockerfile` and runs
+//! ([`crate::local::images`]), builds the project's `Dockerfile` and runs
 //! `docker-compose.yml` as they are (under a project name of its own, with
 //! the observability and kafka-ui profiles, and no `.env`: as from a fresh
 //! clone), waits until every container is healthy, reads the operator's
@@ -32,8 +32,8 @@ use serde_json::json;
 use service_kit::auth::Credentials;
 use tokio::process::Command;
 
-use crate::demo::{PAYMENTS, SERVICE_A, SERVICE_B, expect, get_ok, payment, post};
-use crate::engine;
+use crate::local::demo::{PAYMENTS, SERVICE_A, SERVICE_B, expect, get_ok, payment, post};
+use crate::local::engine;
 
 /// Compose's project name: containers, network and volumes of their own.
 const PROJECT: &str = "eda-compose-check";
@@ -49,7 +49,7 @@ const KAFKA_UI: &str = "http://127.0.0.1:8090";
 const KAFKA_UI_IMAGE: &str = "ghcr.io/kafbat/kafka-ui:v1.5.0";
 
 pub async fn check(root: &Path, cluster: bool) -> Result<()> {
-    crate::images::build(root).await?;
+    crate::local::images::build(root).await?;
     engine::ensure_packages(&[("docker-compose", "docker-compose")])?;
     // As from a fresh clone: compose reads no .env (see Compose::command),
     // the stack makes its own credentials.
@@ -318,7 +318,7 @@ async fn session(credentials: &Credentials) -> Result<()> {
     let anonymous = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let http = crate::credentials::operator_client_with(credentials)?;
+    let http = crate::local::credentials::operator_client_with(credentials)?;
 
     step("pay: POST /payments", async {
         let (status, _, body) = post(&http, "/payments", &payment("c-1", "o-1", 1999, "EUR"), None).await?;
@@ -552,7 +552,9 @@ async fn observability(kafka_ui: bool) -> Result<()> {
     step("Jaeger: a payment's trace spans the three services", async {
         // The services export every 5 s (the batch processor's delay).
         let found = crate::eventually(EVENTUAL, "a trace with spans of all three services", || async {
-            let traces = crate::jaeger::traces(&http, JAEGER, "service-b", 50).await.ok()?;
+            let traces = crate::local::jaeger::traces(&http, JAEGER, "service-b", 50)
+                .await
+                .ok()?;
             traces.into_iter().find_map(|trace| {
                 let services: std::collections::BTreeSet<String> =
                     trace.iter().map(|span| span.service.clone()).collect();

@@ -11,7 +11,7 @@
 //! | `rust:1.95-bookworm` | that, Debian's build tools, and this machine's Rust toolchain |
 //! | `apache/kafka:<version>` | that, Debian's JRE, and the broker's jars from Maven Central (`xtask/kafka/pom.xml`) |
 //! | `postgres:15-bookworm` | that, and Debian's `postgresql-15` |
-//! | `jaegertracing/jaeger:<version>` | that, and Jaeger's binary built from its Go module ([`crate::jaeger`]) |
+//! | `jaegertracing/jaeger:<version>` | that, and Jaeger's binary built from its Go module ([`crate::local::jaeger`]) |
 //! | `prom/prometheus:<version>` | that, and Debian's `prometheus` |
 //!
 //! The definitions are under `docker/images/`. Each image is labelled with a
@@ -25,8 +25,8 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 
-use crate::broker::LocalBroker;
-use crate::engine::{self, Engine};
+use crate::local::broker::LocalBroker;
+use crate::local::engine::{self, Engine};
 
 /// The label that holds the digest of what a stand-in was built from.
 const LABEL: &str = "eda-rust.stand-in";
@@ -36,7 +36,7 @@ pub const RUST: &str = "docker.io/library/rust:1.95-bookworm";
 pub const KAFKA: &str = "docker.io/apache/kafka:4.1.1";
 pub const POSTGRES: &str = "docker.io/library/postgres:15-bookworm";
 /// Compose's observability profile: the trace viewer (the release
-/// [`crate::jaeger::MODULE_VERSION`] is) and the metrics server.
+/// [`crate::local::jaeger::MODULE_VERSION`] is) and the metrics server.
 pub const JAEGER: &str = "docker.io/jaegertracing/jaeger:2.12.0";
 pub const PROMETHEUS: &str = "docker.io/prom/prometheus:v2.42.0";
 
@@ -116,7 +116,7 @@ pub async fn build(root: &Path) -> Result<Engine> {
 
     derived(&engine, root, &work, "postgres", POSTGRES, &base, "", |_| Ok(())).await?;
 
-    let jaeger = crate::jaeger::binary(root)?;
+    let jaeger = crate::local::jaeger::binary(root)?;
     derived(
         &engine,
         root,
@@ -124,7 +124,7 @@ pub async fn build(root: &Path) -> Result<Engine> {
         "jaeger",
         JAEGER,
         &base,
-        crate::jaeger::MODULE_VERSION,
+        crate::local::jaeger::MODULE_VERSION,
         |context| {
             std::fs::copy(&jaeger, context.join("jaeger"))?;
             Ok(())

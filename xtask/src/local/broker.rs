@@ -30,7 +30,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseProducer, Producer};
 
-use crate::process::{is_alive, runs, terminate};
+use crate::local::process::{is_alive, runs, terminate};
 
 /// Where clients reach the local broker (and node 1 of the cluster).
 pub const BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -234,7 +234,7 @@ impl LocalBroker {
         // All at once: one by one, the last ones would wait out each
         // other's leadership moves.
         for &(_, pid) in &running {
-            let _ = crate::process::signal(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = crate::local::process::signal(pid, nix::sys::signal::Signal::SIGTERM);
         }
         for (node, pid) in running {
             eprintln!("xtask: stopping broker node {node} (pid {pid})");
@@ -250,7 +250,7 @@ impl LocalBroker {
         let pid = self
             .node_pid(node)
             .with_context(|| format!("broker node {node} is not running"))?;
-        crate::process::signal(pid, signal)?;
+        crate::local::process::signal(pid, signal)?;
         let deadline = Instant::now() + STOP_TIMEOUT;
         while is_alive(pid) {
             if Instant::now() > deadline {
@@ -508,7 +508,7 @@ fn java() -> PathBuf {
         .map_or_else(|| PathBuf::from("java"), |home| Path::new(&home).join("bin/java"))
 }
 
-impl crate::LocalServer for LocalBroker {
+impl crate::local::LocalServer for LocalBroker {
     const NAME: &'static str = "broker";
 
     async fn start(&self) -> Result<bool> {
