@@ -53,6 +53,10 @@ pub struct EventType {
 }
 
 impl EventType {
+    pub const fn new(name: &'static str, version: u32) -> Self {
+        Self { name, version }
+    }
+
     /// The `ce_type` header value, e.g. `payments.payment-received.notification.v1`.
     pub fn ce_type(self) -> String {
         format!("{}.v{}", self.name, self.version)
@@ -66,9 +70,14 @@ pub trait Event: Serialize + DeserializeOwned + JsonSchema {
     /// Which topic it goes to.
     const TOPIC: TopicKind;
 
-    /// The record key. All events of one payment share it, so they land in
-    /// one partition and keep their order.
-    fn key(&self) -> String;
+    /// The payment it is about.
+    fn payment_id(&self) -> PaymentId;
+
+    /// The record key: the payment id. All events of one payment share it,
+    /// so they land in one partition and keep their order.
+    fn key(&self) -> String {
+        self.payment_id().to_string()
+    }
 
     /// The data of an earlier `version` of this event, read as this one;
     /// `None` for a version this reader does not read. Only the current
@@ -89,14 +98,11 @@ pub struct PaymentReceivedNotification {
 }
 
 impl Event for PaymentReceivedNotification {
-    const TYPE: EventType = EventType {
-        name: "payments.payment-received.notification",
-        version: 2,
-    };
+    const TYPE: EventType = EventType::new("payments.payment-received.notification", 2);
     const TOPIC: TopicKind = TopicKind::Notifications;
 
-    fn key(&self) -> String {
-        self.payment_id.to_string()
+    fn payment_id(&self) -> PaymentId {
+        self.payment_id
     }
 
     fn upcast(version: u32, data: &[u8]) -> Option<Result<Self, serde_json::Error>> {
@@ -115,14 +121,11 @@ pub struct PaymentReceivedNotificationV1 {
 }
 
 impl Event for PaymentReceivedNotificationV1 {
-    const TYPE: EventType = EventType {
-        name: "payments.payment-received.notification",
-        version: 1,
-    };
+    const TYPE: EventType = EventType::new("payments.payment-received.notification", 1);
     const TOPIC: TopicKind = TopicKind::Notifications;
 
-    fn key(&self) -> String {
-        self.payment_id.to_string()
+    fn payment_id(&self) -> PaymentId {
+        self.payment_id
     }
 }
 
@@ -200,14 +203,11 @@ pub struct PaymentRefundedNotification {
 }
 
 impl Event for PaymentRefundedNotification {
-    const TYPE: EventType = EventType {
-        name: "payments.payment-refunded.notification",
-        version: 1,
-    };
+    const TYPE: EventType = EventType::new("payments.payment-refunded.notification", 1);
     const TOPIC: TopicKind = TopicKind::Notifications;
 
-    fn key(&self) -> String {
-        self.payment_id.to_string()
+    fn payment_id(&self) -> PaymentId {
+        self.payment_id
     }
 }
 
@@ -283,13 +283,10 @@ pub struct PaymentState {
 }
 
 impl Event for PaymentState {
-    const TYPE: EventType = EventType {
-        name: "payments.payment.state",
-        version: 1,
-    };
+    const TYPE: EventType = EventType::new("payments.payment.state", 1);
     const TOPIC: TopicKind = TopicKind::State;
 
-    fn key(&self) -> String {
-        self.payment_id.to_string()
+    fn payment_id(&self) -> PaymentId {
+        self.payment_id
     }
 }
