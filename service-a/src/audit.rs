@@ -8,9 +8,13 @@
 //! Entries older than `RETENTION_DAYS` are pruned
 //! ([`service_kit::retention`]).
 
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
 use event_store::{Checkpoint, CommitOrder};
 use serde::Serialize;
+use service_kit::CancellationToken;
+use service_kit::config::RetentionConfig;
 use service_kit::retention::Expiring;
 use shared_events::{EventId, PaymentId};
 use sqlx::postgres::{PgConnectOptions, PgRow};
@@ -135,6 +139,15 @@ impl Audit {
     /// first; returns how many.
     pub async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<u64> {
         Ok(EXPIRING.prune(&self.pool, cutoff, batch).await?)
+    }
+
+    /// Prunes the log in rounds, as `config` says, until `stop`.
+    pub fn prune_until_stopped(
+        &self,
+        config: RetentionConfig,
+        stop: CancellationToken,
+    ) -> impl Future<Output = service_kit::Result<()>> + Send + 'static {
+        EXPIRING.prune_until_stopped("audit log", self.pool.clone(), config, stop)
     }
 }
 

@@ -39,7 +39,6 @@ use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, se
 use service_kit::kafka::{self, Admin};
 use service_kit::lifecycle::{stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
-use service_kit::retention::prune_until_stopped;
 use service_kit::startup::wait_for_database;
 use tokio::net::TcpListener;
 
@@ -95,15 +94,7 @@ pub async fn run(
     .merge(metrics_router(metrics));
     let audit = PaymentEvents::new(topics.clone(), state.clone(), audit_log.clone());
     let copy = PaymentEvents::new(topics, state, audit_log.clone());
-    let pruning = prune_until_stopped(
-        "audit log",
-        config.retention,
-        stop.clone(),
-        move |cutoff, batch| {
-            let audit_log = audit_log.clone();
-            async move { audit_log.prune(cutoff, batch).await }
-        },
-    );
+    let pruning = audit_log.prune_until_stopped(config.retention, stop.clone());
 
     supervise(
         stop.clone(),

@@ -35,7 +35,6 @@ use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, se
 use service_kit::kafka::{self, Admin};
 use service_kit::lifecycle::{stop_token, supervise, task};
 use service_kit::metrics::{Metrics, metrics_router};
-use service_kit::retention::prune_until_stopped;
 use service_kit::startup::wait_for_database;
 use tokio::net::TcpListener;
 
@@ -77,16 +76,7 @@ pub async fn run(
     );
     let handler = Notifications::new(payments, records.clone(), config.not_found_grace);
     let stop = stop_token(shutdown);
-    let handled = records.clone();
-    let pruning = prune_until_stopped(
-        "handled notification ids",
-        config.retention,
-        stop.clone(),
-        move |cutoff, batch| {
-            let handled = handled.clone();
-            async move { handled.prune_handled(cutoff, batch).await }
-        },
-    );
+    let pruning = records.prune_handled_until_stopped(config.retention, stop.clone());
     let shutdown_timeout = config.consumer.shutdown_timeout;
     let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
     // Nothing to rebuild: ready once it serves.

@@ -5,8 +5,12 @@
 //! notification from being handled twice). The records, one per payment,
 //! are kept.
 
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use service_kit::CancellationToken;
+use service_kit::config::RetentionConfig;
 use service_kit::retention::Expiring;
 use shared_events::{EventId, PaymentId, PaymentState};
 use sqlx::postgres::PgConnectOptions;
@@ -122,6 +126,16 @@ SELECT EXISTS (SELECT 1 FROM first)
     /// oldest first; returns how many.
     pub async fn prune_handled(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<u64> {
         Ok(HANDLED.prune(&self.pool, cutoff, batch).await?)
+    }
+
+    /// Forgets handled notifications in rounds, as `config` says, until
+    /// `stop`.
+    pub fn prune_handled_until_stopped(
+        &self,
+        config: RetentionConfig,
+        stop: CancellationToken,
+    ) -> impl Future<Output = service_kit::Result<()>> + Send + 'static {
+        HANDLED.prune_until_stopped("handled notification ids", self.pool.clone(), config, stop)
     }
 
     /// The record of payment `id`, if a callback for it succeeded.

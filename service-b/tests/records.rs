@@ -206,7 +206,6 @@ async fn a_refused_credential_pauses_the_consumer_and_nothing_is_recorded() {
 async fn handled_ids_past_the_retention_are_pruned_in_bounded_rounds_and_recent_ones_still_count() {
     use service_kit::CancellationToken;
     use service_kit::config::RetentionConfig;
-    use service_kit::retention::prune_until_stopped;
 
     let known = state();
     let (client, calls) = payments_knowing(Some(known.clone())).await;
@@ -249,13 +248,11 @@ async fn handled_ids_past_the_retention_are_pruned_in_bounded_rounds_and_recent_
     // The background task: its first round is full (2), so the next (1)
     // follows at once; only then does it wait its hour.
     let stop = CancellationToken::new();
-    let pruning = tokio::spawn(prune_until_stopped("handled ids", retention, stop.clone(), {
+    let pruning = tokio::spawn({
         let records = records.clone();
-        move |cutoff, batch| {
-            let records = records.clone();
-            async move { records.prune_handled(cutoff, batch).await }
-        }
-    }));
+        let stop = stop.clone();
+        async move { records.prune_handled_until_stopped(retention, stop).await }
+    });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_notifications")

@@ -65,6 +65,22 @@ impl Expiring {
         .await?;
         Ok(deleted.rows_affected())
     }
+
+    /// [`prune_until_stopped`] of these rows in `pool`: what a service runs
+    /// for each table it keeps for a while.
+    pub async fn prune_until_stopped(
+        self,
+        what: &'static str,
+        pool: PgPool,
+        config: RetentionConfig,
+        stop: CancellationToken,
+    ) -> Result<()> {
+        prune_until_stopped(what, config, stop, |cutoff, batch| {
+            let pool = pool.clone();
+            async move { self.prune(&pool, cutoff, batch).await }
+        })
+        .await
+    }
 }
 
 /// Runs rounds of `prune` until `stop` is cancelled. A round is
