@@ -1,5 +1,4 @@
-//! Consumer groups: where a consumer starts, moving a group's offsets,
-//! replay, order per key across a rebalance, and a dependency outage longer
+//! Consumer groups: where a consumer starts, replay, order per key across a rebalance, and a dependency outage longer
 //! than `max.poll.interval.ms`.
 
 use std::collections::{BTreeSet, HashMap};
@@ -9,7 +8,6 @@ use std::time::Duration;
 use chrono::Utc;
 use integration_tests::proxy::GatedProxy;
 use integration_tests::*;
-use kafka_ops::groups;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use serde_json::Value;
@@ -53,17 +51,16 @@ async fn audit_of(
     app.stop().await;
 }
 
-/// Blocking calls of the offsets tool, off the async threads.
+/// Blocking Kafka calls, off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("tool task")
 }
 
 #[tokio::test]
-async fn each_start_position_and_the_offset_reset_decide_what_a_consumer_reads() {
+async fn each_start_position_decides_what_a_consumer_reads() {
     let broker = Broker::get().await;
     let kafka = kafka_config(&broker).await;
     let http = integration_tests::http_client();
-    let topic = kafka.topics.notifications.clone();
     let group = unique("service-a");
 
     let first = publish_notifications(&kafka, 3).await;
@@ -120,47 +117,6 @@ async fn each_start_position_and_the_offset_reset_decide_what_a_consumer_reads()
         &[&second, &third],
     )
     .await;
-
-    // The group is up to date; its offsets cannot move while it runs.
-    let running = spawn_service_a(&kafka, &group).await;
-    let third_set2 = third_set.clone();
-    eventually("the group catches up", || async {
-        (audited(&http, &running).await? == third_set2).then_some(())
-    })
-    .await;
-    let (k, g, t) = (kafka.clone(), group.clone(), topic.clone());
-    let refused = blocking(move || groups::reset(&k, &g, &t, StartFrom::Earliest)).await;
-    assert!(
-        matches!(refused, Err(kafka_ops::Error::GroupActive { members: 1, .. })),
-        "{refused:?}"
-    );
-    running.stop().await;
-    let (k, g, t) = (kafka.clone(), group.clone(), topic.clone());
-    let offsets = blocking(move || groups::offsets(&k, &g, &t))
-        .await
-        .expect("offsets");
-    assert_eq!(
-        offsets.iter().map(groups::PartitionOffsets::lag).sum::<i64>(),
-        0,
-        "{offsets:?}"
-    );
-    assert_eq!(offsets.iter().map(|p| p.high).sum::<i64>(), 8);
-
-    // Reset to the beginning: the group reads everything again.
-    let (k, g, t) = (kafka.clone(), group.clone(), topic.clone());
-    let reset = blocking(move || groups::reset(&k, &g, &t, StartFrom::Earliest))
-        .await
-        .expect("reset");
-    assert!(reset.iter().all(|p| p.committed == Some(p.low)), "{reset:?}");
-    assert_eq!(reset.iter().map(groups::PartitionOffsets::lag).sum::<i64>(), 8);
-    audit_of(&kafka, &group, StartFrom::Committed, &[&first, &second, &third]).await;
-
-    // Reset to a time: from the first record at or after it.
-    let (k, g, t) = (kafka.clone(), group.clone(), topic.clone());
-    blocking(move || groups::reset(&k, &g, &t, StartFrom::At(since)))
-        .await
-        .expect("reset");
-    audit_of(&kafka, &group, StartFrom::Committed, &[&second, &third]).await;
 }
 
 /// Waits until ServiceA `app` serves each payment of `expected` as given.
@@ -922,16 +878,16 @@ async fn a_record_being_retried_holds_back_only_its_own_key_and_the_commit() {
     // not past it, although all behind it were handled.
     stop.cancel();
     first.await.expect("join").expect("first consumer");
-    let committed = blocking({
-        let (kafka, group, topic) = (kafka.clone(), group.clone(), topic.clone());
-        move || groups::offsets(&kafka, &group, &topic)
-    })
-    .await
-    .expect("offsets");
-    let partition0 = committed.iter().find(|p| p.partition == 0).expect("partition 0");
+    use rdkafka::consumer::Consumer;
+    let outsider = service_kit::kafka::outsider(&kafka, "test", &group).expect("client");
+    let mut partition0 = rdkafka::TopicPartitionList::new();
+    partition0.add_partition(&topic, 0);
+    let committed = blocking(move || outsider.committed_offsets(partition0, Duration::from_secs(10)))
+        .await
+        .expect("committed offsets");
     assert_eq!(
-        partition0.committed,
-        Some(stuck_at),
+        committed.find_partition(&topic, 0).map(|p| p.offset()),
+        Some(rdkafka::Offset::Offset(stuck_at)),
         "committed up to the lowest record not handled"
     );
 

@@ -532,10 +532,16 @@ async fn stop_one_of_two_service_b(signal: Signal) -> Tally {
     eventually("both instances joined the group", || {
         let (k, g) = (k.clone(), g.clone());
         async move {
-            let members = tokio::task::spawn_blocking(move || kafka_ops::groups::members(&k, &g))
-                .await
-                .ok()?
-                .ok()?;
+            let members = tokio::task::spawn_blocking(move || {
+                use rdkafka::consumer::Consumer;
+                let outsider = service_kit::kafka::outsider(&k, "test", &g).ok()?;
+                let list = outsider
+                    .fetch_group_list(Some(&g), Duration::from_secs(10))
+                    .ok()?;
+                Some(list.groups().iter().map(|g| g.members().len()).sum::<usize>())
+            })
+            .await
+            .ok()??;
             (members == 2).then_some(())
         }
     })
@@ -884,8 +890,25 @@ async fn service_a_lists_every_notification_it_handled_after_a_sigkill() {
     // The group has committed past them (the background commit runs every
     // 5 s by default; the kill comes after it).
     eventually("the group committed what it audited", || async {
-        let offsets = kafka_ops::groups::offsets(&kafka, &group, &kafka.topics.notifications).ok()?;
-        (offsets.iter().map(|p| p.lag()).sum::<i64>() == 0).then_some(())
+        use rdkafka::consumer::Consumer;
+        use service_kit::kafka::{outsider, partition_count, watermarks};
+        let topic = &kafka.topics.notifications;
+        let outsider = outsider(&kafka, "test", &group).ok()?;
+        let mut partitions = rdkafka::TopicPartitionList::new();
+        for partition in 0..partition_count(&outsider, topic).ok()? {
+            partitions.add_partition(topic, partition);
+        }
+        let committed = outsider
+            .committed_offsets(partitions, Duration::from_secs(10))
+            .ok()?;
+        let at_end = |p: &rdkafka::topic_partition_list::TopicPartitionListElem| {
+            let (low, end) = watermarks(&outsider, topic, p.partition()).unwrap_or((0, i64::MAX));
+            match p.offset() {
+                rdkafka::Offset::Offset(at) => at >= end,
+                _ => low == end,
+            }
+        };
+        committed.elements().iter().all(at_end).then_some(())
     })
     .await;
     assert!(!service_a.kill().await.success());

@@ -7,7 +7,7 @@
 //! - [`study`]: the system explained on itself: the tour, one payment's flow.
 //! - [`verify`]: the checks: the tests, compose-check, the faults, fuzzing,
 //!   the benchmark, the contracts.
-//! - [`ops`]: operating consumers: offsets, reset, dead letters.
+//! - [`ops`]: operating consumers: dead letters.
 //!
 //! This file is the command table: each command, and the one call it makes.
 
@@ -31,7 +31,7 @@ const BY_PURPOSE: &str = "By purpose:
   local servers and the demo:  kafka, pg, credentials, up, engine, images
   study:                       tour, flow
   verification:                test, compose-check, faults, fuzz, fuzz-http, bench, contracts-compat
-  operating consumers:         offsets, reset, dlt";
+  operating consumers:         dlt (offsets: kafka tool kafka-consumer-groups.sh)";
 
 /// Developer tasks for this workspace.
 #[derive(Debug, Parser)]
@@ -44,58 +44,40 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     // Local servers, the demo without Docker, the container engine and images.
-    /// The local Apache Kafka broker (KRaft, 127.0.0.1:9092), fetched from
-    /// Maven Central on first use; or a cluster of three (`up --brokers 3`).
+    /// The local Apache Kafka broker (127.0.0.1:9092), or three; Kafka's tools.
     Kafka {
         #[command(subcommand)]
         action: KafkaAction,
     },
-    /// The local throwaway PostgreSQL (Debian's packages, 127.0.0.1:5432,
-    /// trust authentication), under target/xtask/postgres, with each
-    /// service's role and database.
+    /// The local throwaway PostgreSQL (127.0.0.1:5432), with each service's role.
     Pg {
         #[command(subcommand)]
         action: Local,
     },
-    /// This checkout's bearer tokens (the operator's, ServiceB's) and what
-    /// each service accepts, and the services' Kafka and PostgreSQL
-    /// passwords, in .env (not in git), made unless there are some; docker
-    /// compose and `cargo xtask up` read them from there.
+    /// This checkout's tokens and passwords in .env (not in git), made where missing.
     Credentials,
-    /// Run the demo without Docker: the local broker and PostgreSQL, then
-    /// payments-service, service-a and service-b; ctrl-c or SIGTERM stops
-    /// everything.
+    /// The demo without Docker: the local servers and the three services, until ctrl-c.
     Up,
-    /// A container engine serving the Docker API on /var/run/docker.sock
-    /// (podman, set up where none answers).
+    /// A container engine on /var/run/docker.sock (podman, where none answers).
     Engine {
         #[command(subcommand)]
         action: EngineAction,
     },
-    /// Build the images docker-compose.yml, the Dockerfile and the tests name
-    /// (debian, rust, apache/kafka, postgres, jaegertracing/jaeger,
-    /// prom/prometheus), for machines that reach no image registry; cached.
+    /// Build stand-ins for the images compose and the tests name, where no registry serves them.
     Images,
 
     // Study: the system explained on itself.
-    /// The patterns and their parts, one step each, on the running demo:
-    /// what each step claims, made to happen and checked, and the code that
-    /// did it. Waits for Enter between steps in a terminal.
+    /// The patterns, one step each, on the running demo: claimed, made to happen, checked.
     Tour {
         /// Run straight through, without waiting between steps.
         #[arg(long)]
         no_pause: bool,
     },
-    /// One payment and one refund through the demo's stack, traced into a
-    /// local Jaeger (built from its Go module): prints the sequence diagram
-    /// (mermaid) of what each hop did and how long it took, read back
-    /// through Jaeger's query API.
+    /// One payment and one refund, traced into a local Jaeger, as a mermaid sequence diagram.
     Flow,
 
     // Verification.
-    /// Run the workspace tests against a real broker and PostgreSQL:
-    /// KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else containers
-    /// (testcontainers) if an engine answers, else the local ones.
+    /// The workspace tests, on KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL, else containers, else the local servers.
     Test {
         /// The local broker and PostgreSQL even when a container engine answers.
         #[arg(long)]
@@ -104,58 +86,29 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build the Dockerfile, run docker-compose.yml, wait until every
-    /// container is healthy, run the README's curl session against it, then
-    /// take it down with its volumes.
+    /// docker-compose.yml up, healthy, the README's curl session, down with its volumes.
     ComposeCheck {
         /// Over docker-compose.cluster.yml: three brokers, and the topics
         /// checked for three in-sync replicas.
         #[arg(long)]
         cluster: bool,
     },
-    /// Faults under a steady load of payments and refunds (broker leader
-    /// killed in a three-broker cluster, the single broker stopped and
-    /// killed, PostgreSQL restarted, Payments killed, one of two ServiceB
-    /// instances killed or stopped, a consumer added and removed, the
-    /// callback cut for 30 s, ServiceA replayed from offset 0), and a table
-    /// of what survived: answered, stored, published, handled, lost,
-    /// applied twice, time to recover. Fails on any loss or double.
+    /// Faults under a steady load, and a table of what survived; fails on any loss or double.
     Faults(faults::Options),
-    /// Run each cargo-fuzz target (the record decoder, each HTTP API) for a
-    /// bounded time with libFuzzer: fails on any crash, naming the input and
-    /// how to replay it. Needs the nightly toolchain; installs cargo-fuzz.
+    /// Each cargo-fuzz target for a bounded time (nightly); fails on any crash.
     Fuzz(fuzz::Options),
-    /// Fuzz each service's HTTP API against its OpenAPI document with
-    /// schemathesis, on the demo's stack: no 5xx, every response as
-    /// documented.
+    /// schemathesis against each service's OpenAPI document, on the demo's stack.
     FuzzHttp {
         /// Generated requests per operation.
         #[arg(long, default_value_t = 100)]
         max_examples: u32,
     },
-    /// The pipeline benchmark in release builds, beside the raw ceilings of
-    /// Kafka and PostgreSQL measured in the same run (pgbench, Kafka's
-    /// ProducerPerformance and EndToEndLatency); writes docs/bench.
+    /// The pipeline benchmark beside Kafka's and PostgreSQL's raw ceilings; writes docs/bench.
     Bench(bench::Options),
-    /// Fails when an event's committed schema changed in a way a reader of an
-    /// earlier revision of it (in git) could not read, without a new version.
+    /// Fails on an event schema change an earlier reader could not read, without a new version.
     ContractsCompat,
 
-    // Operating consumers.
-    /// A consumer group's committed offsets, partition ends, lag and active
-    /// members (on the broker in KAFKA_BOOTSTRAP_SERVERS).
-    Offsets {
-        group: String,
-        /// Default: the notifications topic.
-        topic: Option<String>,
-    },
-    /// Move a stopped group's offsets (refused while it has members).
-    Reset {
-        group: String,
-        topic: String,
-        /// earliest, latest, an RFC 3339 time or milliseconds since the epoch.
-        to: String,
-    },
+    // Operating consumers (their offsets: Kafka's `kafka-consumer-groups.sh`).
     /// Dead letters: list them, or publish them back.
     Dlt {
         #[command(subcommand)]
@@ -197,8 +150,6 @@ async fn main() -> Result<()> {
         Task::Bench(options) => bench::run(&root, &options).await,
         Task::ContractsCompat => contracts::compat(&root).await,
 
-        Task::Offsets { group, topic } => ops::offsets(&group, topic.as_deref()).await,
-        Task::Reset { group, topic, to } => ops::reset(&group, &topic, &to).await,
         Task::Dlt { action } => match action {
             DltAction::List { topic } => ops::dlt_list(&topic).await,
             DltAction::Redrive { topic } => ops::dlt_redrive(&topic).await,

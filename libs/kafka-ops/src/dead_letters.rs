@@ -13,11 +13,10 @@ use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use service_kit::config::KafkaConfig;
 use service_kit::dead_letter::{SEND_TIMEOUT, copy_to, header, original_headers};
-use service_kit::kafka::{outsider, producer};
+use service_kit::kafka::{outsider, partition_count, producer, watermarks};
 use shared_events::dead_letter_topic;
 
 use crate::error::{Error, Result};
-use crate::groups::partition_offsets;
 
 /// A dead letter as read back.
 #[derive(Debug, Clone)]
@@ -44,10 +43,24 @@ fn read_to_end(consumer: &BaseConsumer, topic: &str, from_committed: bool) -> Re
     // Per partition: the next offset to read, and the end to read up to.
     let mut next_and_end = HashMap::new();
     let mut assignment = TopicPartitionList::new();
-    for p in partition_offsets(consumer, topic)? {
-        let start = if from_committed { p.next() } else { p.low };
-        next_and_end.insert(p.partition, (start, p.high));
-        assignment.add_partition_offset(topic, p.partition, Offset::Offset(start))?;
+    let partitions = partition_count(consumer, topic)?;
+    for partition in 0..partitions {
+        assignment.add_partition(topic, partition);
+    }
+    let committed = if from_committed {
+        consumer.committed_offsets(assignment.clone(), Duration::from_secs(10))?
+    } else {
+        TopicPartitionList::new()
+    };
+    for partition in 0..partitions {
+        let (low, high) = watermarks(consumer, topic, partition)?;
+        // Where the group left off, unless retention passed it.
+        let start = match committed.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(at)) => at.max(low),
+            _ => low,
+        };
+        next_and_end.insert(partition, (start, high));
+        assignment.set_partition_offset(topic, partition, Offset::Offset(start))?;
     }
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

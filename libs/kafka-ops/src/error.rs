@@ -11,9 +11,6 @@ pub enum Error {
     /// A Kafka client call failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    /// A group's offsets cannot be moved while it has members.
-    #[error("group `{group}` has {members} active member(s); stop them first")]
-    GroupActive { group: String, members: usize },
     /// A topic could not be read to its end in time.
     #[error("could not read topic `{0}` to its end in time")]
     ReadTimeout(String),

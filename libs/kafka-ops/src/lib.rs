@@ -7,8 +7,6 @@
 //!   made by the operator with Kafka's own tools.
 //! - [`credentials`]: the demo's tokens and passwords, made for `.env`
 //!   (`cargo xtask credentials`) or compose's volumes (`credentials`).
-//! - [`groups`]: a consumer group's committed offsets, the partitions' ends
-//!   and lag; moving a stopped group's offsets.
 //! - [`dead_letters`]: listing the dead letters of a topic, and redriving
 //!   them to it.
 //! - [`error`]: this crate's error type.
@@ -17,6 +15,5 @@ pub mod access;
 pub mod credentials;
 pub mod dead_letters;
 pub mod error;
-pub mod groups;
 
 pub use error::{Error, Result};

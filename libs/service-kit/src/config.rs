@@ -519,7 +519,7 @@ fn days(n: u32) -> Duration {
 /// committed offset for (`START_FROM`): a new group, or one whose offsets
 /// were reset away. Partitions the group has read always resume where it
 /// left off; to move those, stop the group and reset its offsets
-/// (`kafka_ops::groups::reset`, `cargo xtask reset`).
+/// (Kafka's `kafka-consumer-groups.sh --reset-offsets`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartFrom {
     /// `committed`: the beginning (`auto.offset.reset=earliest`).

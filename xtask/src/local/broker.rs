@@ -1,22 +1,8 @@
-//! A local Apache Kafka broker, for machines without Docker.
-//!
-//! The broker is the real one, the same version as the `apache/kafka` image
-//! in `docker-compose.yml`: Maven resolves `org.apache.kafka:kafka_2.13` and
-//! its dependencies from Maven Central (`xtask/kafka/pom.xml`), and the JDK
-//! runs it as a single KRaft node (broker and controller in one process)
-//! listening on 127.0.0.1 only.
-//!
-//! Everything lives under `target/xtask/kafka/`: the resolved classpath (kept
-//! until the pom changes; the jars stay in Maven's local repository), the
-//! config, the data directory, the log and the pid file.
-//!
-//! `cargo xtask kafka up --brokers 3` runs a cluster instead: three such
-//! processes, each a broker and one of a controller quorum of three, under
-//! `target/xtask/kafka-cluster/node-{1,2,3}/`, node 1 where the single broker
-//! listens (127.0.0.1:9092), nodes 2 and 3 on 9192 and 9292. Topics get three
-//! replicas by default and `min.insync.replicas=2`: with producers' `acks=all`
-//! an acknowledged record is on at least two brokers, so one broker can die
-//! without losing it, and writes go on while two are up.
+//! A local Apache Kafka broker, for machines without Docker: the release
+//! compose runs, resolved from Maven Central (`xtask/kafka/pom.xml`) and run
+//! by the JDK as a KRaft node on 127.0.0.1, under `target/xtask/kafka/`; or
+//! three such nodes (`--brokers 3`), each a broker and a controller, under
+//! `target/xtask/kafka-cluster/`. See docs/operations.md.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -48,6 +34,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct LocalBroker {
+    /// `docker/images/kafka`: Kafka's tools' scripts, as the image has them.
+    image: PathBuf,
     /// `xtask/kafka`: the pom and the logging config.
     source: PathBuf,
     /// `target/xtask/kafka` (or `kafka-cluster`): everything the brokers write.
@@ -60,6 +48,7 @@ impl LocalBroker {
     /// The single broker.
     pub fn new(root: &Path) -> Self {
         Self {
+            image: root.join("docker/images/kafka"),
             source: root.join("xtask/kafka"),
             dir: root.join("target/xtask/kafka"),
             nodes: 1,
@@ -145,7 +134,7 @@ impl LocalBroker {
         let mut started = Vec::new();
         for node in self.node_ids() {
             if self.node_pid(node).is_none() {
-                match self.start_node(node) {
+                match self.start_node(node).await {
                     Ok(pid) => started.push((node, pid)),
                     Err(e) => return Err(self.undo_start(&started, e)),
                 }
@@ -169,7 +158,7 @@ impl LocalBroker {
     }
 
     /// Starts node `node` (without waiting for it).
-    pub fn start_node(&self, node: u16) -> Result<u32> {
+    pub async fn start_node(&self, node: u16) -> Result<u32> {
         // Another broker (the single one, the cluster, a test's) may hold
         // the ports: said plainly, not as a broker that died at start.
         let (port, controller, sasl) = Self::ports(node);
@@ -184,7 +173,7 @@ impl LocalBroker {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let classpath = self.classpath()?;
         let config = self.write_config(node)?;
-        self.format_storage(node, &classpath, &config)?;
+        self.format_storage(node, &config).await?;
 
         let log = fs::File::create(self.node_log_path(node))?;
         let mut command = std::process::Command::new(java());
@@ -371,6 +360,47 @@ impl LocalBroker {
         Ok(fs::read_to_string(&cached)?.trim().to_owned())
     }
 
+    /// Runs one of Kafka's own tools (`kafka-consumer-groups.sh`, as in the
+    /// distribution's `bin/`) on the broker's classpath; what it printed, or
+    /// its output in the error if it failed.
+    pub async fn run_tool(&self, script: &str, args: &[&str]) -> Result<String> {
+        let output = tokio::process::Command::from(self.tool(script)?)
+            .args(args)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .with_context(|| format!("cannot run {script}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            bail!(
+                "{script} {} failed ({}):\n{stdout}{}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(stdout)
+    }
+
+    /// [`LocalBroker::run_tool`]'s command, without arguments.
+    pub fn tool(&self, script: &str) -> Result<std::process::Command> {
+        let bin = self.image.join("bin");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(&path)))?;
+        let log4j = self.image.join("docker/tools-log4j2.yaml");
+        let mut command = std::process::Command::new(bin.join(script));
+        command
+            .env("PATH", path)
+            .env("CLASSPATH", self.classpath()?)
+            .env(
+                "KAFKA_LOG4J_OPTS",
+                format!("-Dlog4j2.configurationFile={}", log4j.display()),
+            )
+            .envs(kafka_ops::access::TOOL_JVM)
+            .stdin(Stdio::null());
+        Ok(command)
+    }
+
     /// Writes node `node`'s `server.properties`: KRaft on loopback, each
     /// process both a broker and a controller.
     fn write_config(&self, node: u16) -> Result<PathBuf> {
@@ -431,7 +461,7 @@ auto.create.topics.enable=false
 
     /// Formats node `node`'s data directory for KRaft, once; the nodes of a
     /// cluster share one cluster id, made by the first.
-    fn format_storage(&self, node: u16, classpath: &str, config: &Path) -> Result<()> {
+    async fn format_storage(&self, node: u16, config: &Path) -> Result<()> {
         if self.node_dir(node).join("data/meta.properties").exists() {
             return Ok(());
         }
@@ -439,68 +469,15 @@ auto.create.topics.enable=false
         let id = match fs::read_to_string(&id_path) {
             Ok(id) if self.nodes > 1 => id.trim().to_owned(),
             _ => {
-                let id = cluster_id()?;
-                fs::write(&id_path, &id)?;
-                id
+                let id = self.run_tool("kafka-storage.sh", &["random-uuid"]).await?;
+                fs::write(&id_path, id.trim())?;
+                id.trim().to_owned()
             }
         };
-        let status = std::process::Command::new(java())
-            .arg(format!(
-                "-Dlog4j2.configurationFile={}",
-                self.source.join("log4j2.properties").display()
-            ))
-            .arg("-cp")
-            .arg(classpath)
-            .args([
-                "kafka.tools.StorageTool",
-                "format",
-                "--ignore-formatted",
-                "-t",
-                &id,
-                "-c",
-            ])
-            .arg(config)
-            .stdout(Stdio::null())
-            .status()
-            .context("cannot run java")?;
-        if !status.success() {
-            bail!("formatting the Kafka data directory failed ({status})");
-        }
-        Ok(())
+        let config = config.to_string_lossy();
+        let format = ["format", "--ignore-formatted", "-t", &id, "-c", &config];
+        self.run_tool("kafka-storage.sh", &format).await.map(drop)
     }
-}
-
-/// A KRaft cluster id: 16 random bytes, base64url without padding, never
-/// starting with `-`: `kafka-storage` would read such an id as an option
-/// (Kafka's own `Uuid.randomUuid` draws again in that case, and so does this).
-fn cluster_id() -> Result<String> {
-    loop {
-        let id = random_base64url_id()?;
-        if !id.starts_with('-') {
-            return Ok(id);
-        }
-    }
-}
-
-fn random_base64url_id() -> Result<String> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bytes = [0u8; 16];
-    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut bytes)?;
-    let mut id = String::with_capacity(22);
-    let mut bits = 0u32;
-    let mut n = 0;
-    for byte in bytes {
-        bits = (bits << 8) | u32::from(byte);
-        n += 8;
-        while n >= 6 {
-            n -= 6;
-            id.push(char::from(ALPHABET[((bits >> n) & 63) as usize]));
-        }
-    }
-    if n > 0 {
-        id.push(char::from(ALPHABET[((bits << (6 - n)) & 63) as usize]));
-    }
-    Ok(id)
 }
 
 fn java() -> PathBuf {
@@ -531,27 +508,6 @@ impl crate::local::LocalServer for LocalBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cluster_ids_are_22_base64url_characters() {
-        let id = cluster_id().expect("random bytes");
-        assert_ne!(id, cluster_id().expect("random bytes"));
-        assert_eq!(id.len(), 22, "{id}");
-        assert!(
-            id.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        );
-    }
-
-    #[test]
-    fn cluster_ids_never_look_like_an_option() {
-        // One raw id in 64 starts with `-`: 2,000 draws all but surely
-        // include some.
-        for _ in 0..2000 {
-            let id = cluster_id().expect("random bytes");
-            assert!(!id.starts_with('-'), "{id}");
-        }
-    }
 
     #[test]
     fn the_local_broker_is_the_version_compose_runs() {

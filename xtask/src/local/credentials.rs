@@ -1,20 +1,8 @@
-//! `cargo xtask credentials`: this checkout's bearer tokens, Kafka and
-//! PostgreSQL passwords, in `.env`: the way without Docker.
-//!
-//! The services refuse to start without them (`HTTP_CALLERS`, and ServiceB's
-//! `PAYMENTS_TOKEN`; see `service_kit::auth`), and none is in the
-//! repository: the first command that needs them (`up`, `flow`, `fuzz-http`,
-//! `kafka up`, `pg up`, or this one) makes those missing into `.env` at the
-//! workspace root, which git ignores, with the same code compose's
-//! `credentials` step runs ([`kafka_ops::credentials`]). `docker compose`
-//! needs no `.env`: its step keeps the stack's set in a volume; a value in
-//! `.env` replaces that volume's.
-//!
-//! The Kafka passwords are those of the services' own Kafka users
-//! (`kafka_ops::access`): `*_KAFKA_PASSWORD`. The PostgreSQL passwords are
-//! each service's role's (`service_kit::postgres_access`),
-//! `*_DATABASE_PASSWORD`, and the superuser's, `POSTGRES_PASSWORD` (the
-//! local server trusts loopback, and checks none of them).
+//! `cargo xtask credentials`: this checkout's bearer tokens and the
+//! services' Kafka and PostgreSQL passwords, in `.env` (git ignores it): the
+//! way without Docker. The first command that needs them makes the missing
+//! ones, with the code compose's `credentials` step runs
+//! ([`kafka_ops::credentials`]); a value in `.env` wins.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

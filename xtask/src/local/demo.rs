@@ -1,15 +1,8 @@
-//! `cargo xtask up`: the whole demo without Docker.
-//!
-//! Starts the local broker and the local PostgreSQL (unless
-//! `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` point elsewhere; then set
-//! `SERVICE_A_DATABASE_URL` and `SERVICE_B_DATABASE_URL` to their own
-//! databases too), each service logging in to PostgreSQL as its own role
-//! (`pg up` makes them), builds and
-//! starts the three services with their default addresses, and prefixes each
-//! line they log with the service's name, and says when all are ready
-//! (`GET /ready`). Ctrl-c or SIGTERM (or any service exiting) stops the
-//! services with SIGTERM, waits for them to shut down cleanly, then stops
-//! the broker and PostgreSQL if this command started them.
+//! `cargo xtask up`: the whole demo without Docker: the local broker and
+//! PostgreSQL (unless `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` point
+//! elsewhere), the three services logging in as their own users and roles,
+//! their lines prefixed with their names. Ctrl-c or SIGTERM stops the
+//! services cleanly, then what this command started.
 
 use std::future::Future;
 use std::path::Path;

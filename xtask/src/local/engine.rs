@@ -1,24 +1,9 @@
 //! The container engine that `docker compose` and the testcontainers suite
-//! talk to.
-//!
-//! Where an engine answers on the Docker socket (Docker, or a podman someone
-//! else serves), it is used as it is. Otherwise xtask sets up Debian's
-//! podman, which serves the Docker API:
-//!
-//! - installs `podman` and `runc` when they are missing (as root, with apt);
-//! - configures it in [`CONFIG_DROP_IN`]: `runc`, because `crun` fails on
-//!   kernels with mixed cgroup hierarchies, and ulimits a container may have,
-//!   because podman's defaults ask for more than such kernels grant;
-//! - runs `podman system service` on [`PODMAN_SOCKET`] and links
-//!   [`DOCKER_SOCKET`] to it, so the docker client, `docker-compose` and
-//!   testcontainers find it without `DOCKER_HOST`;
-//! - runs the containers' health checks, which podman leaves to systemd
-//!   timers: without them nothing becomes healthy where there is no systemd,
-//!   and a service that `depends_on` another's health never starts.
-//!
-//! The API service and the health checks run in one background process
-//! (`cargo xtask engine up`, `down`, `status`), logging to
-//! `target/xtask/engine/engine.log`.
+//! talk to: whatever answers on the Docker socket, else Debian's podman, set
+//! up here (docs/operations.md says how and why): its Docker API served on
+//! [`PODMAN_SOCKET`], linked from [`DOCKER_SOCKET`], and the containers'
+//! health checks run by the same background process, as podman leaves them
+//! to systemd timers and without them nothing would become healthy.
 
 use std::collections::HashMap;
 use std::fs;

@@ -1,15 +1,8 @@
-//! Jaeger, the trace viewer: built from its own Go module where no registry
-//! serves its image, run locally for `cargo xtask flow`, and read through
-//! its query API by `flow` and `compose-check`.
-//!
-//! The binary is `cmd/jaeger` of `github.com/jaegertracing/jaeger` v1.75.0,
-//! the Jaeger v2 release 2.12.0 (the project tags each release twice, v1.x
-//! and v2.x, and the Go module proxy serves the v1 tags): the same program
-//! as `jaegertracing/jaeger:2.12.0`, built once into `target/xtask/jaeger/`
-//! by `go build` (Go 1.24 or newer). The module carries no UI assets (they
-//! are built from the jaeger-ui repository by Jaeger's release): its UI at
-//! :16686 is Jaeger's placeholder page, which says so; the query API under
-//! `/api/` beside it is the real one, and what `flow` and `compose-check` read.
+//! Jaeger, the trace viewer, run locally for `cargo xtask flow`: `cmd/jaeger`
+//! of `github.com/jaegertracing/jaeger` v1.75.0 (the v1 tag of release
+//! 2.12.0, which the Go module proxy serves), built once by `go build` into
+//! `target/xtask/jaeger/`. The module carries no UI assets: the page at
+//! :16686 is a placeholder; the query API under `/api/` is the real one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

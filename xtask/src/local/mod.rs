@@ -46,6 +46,14 @@ pub enum KafkaAction {
     Down,
     /// Tell whether it runs.
     Status,
+    /// Run one of Kafka's own tools on the broker's classpath, e.g.
+    /// `kafka-consumer-groups.sh --bootstrap-server 127.0.0.1:9092 --describe --group service-b`.
+    Tool {
+        /// kafka-consumer-groups.sh, kafka-topics.sh, kafka-configs.sh, kafka-acls.sh, …
+        script: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +98,17 @@ pub async fn kafka(root: &Path, action: KafkaAction) -> Result<()> {
             } else {
                 server(&single, Local::Down).await
             }
+        }
+        KafkaAction::Tool { script, args } => {
+            let status = single
+                .tool(&script)?
+                .args(args)
+                .stdin(std::process::Stdio::inherit())
+                .status()?;
+            if !status.success() {
+                bail!("{script} failed ({status})");
+            }
+            Ok(())
         }
         KafkaAction::Status if cluster.running_pid().is_some() => server(&cluster, Local::Status).await,
         KafkaAction::Status => server(&single, Local::Status).await,

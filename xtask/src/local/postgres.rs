@@ -1,22 +1,9 @@
-//! A local throwaway PostgreSQL, for machines without Docker.
-//!
-//! The server is Debian's (`apt-get install postgresql`), the highest version
-//! under `/usr/lib/postgresql/*/bin`, run as a private cluster that has
-//! nothing to do with the system's clusters in `/etc/postgresql`: initialised
-//! once with trust authentication, listening on 127.0.0.1 only, its unix
-//! socket inside its data directory. PostgreSQL refuses to run as root, so
-//! when xtask runs as root the server programs run as the `postgres` user
-//! (`runuser`); otherwise as the current user.
-//!
-//! Everything lives under `target/xtask/postgres/`: the data directory and
-//! `postgres.log`. Delete it to start again from an empty cluster.
-//!
-//! Each service logs in as its own role, which owns its own database
-//! (`service_kit::postgres_access`): `pg up` makes them, with the passwords
-//! in `.env`. With trust authentication those passwords are not checked:
-//! the roles keep each service inside its own database (another's refuses
-//! it), but any local user may log in as any role, the superuser included.
-//! Compose's server checks them.
+//! A local throwaway PostgreSQL, for machines without Docker: Debian's
+//! server (the highest version installed), a private cluster under
+//! `target/xtask/postgres/` with trust authentication on 127.0.0.1 only, run
+//! as the `postgres` user when xtask runs as root (PostgreSQL refuses root).
+//! Each service logs in as its own role (`service_kit::postgres_access`);
+//! trust authentication checks no password. See docs/operations.md.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

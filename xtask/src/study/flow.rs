@@ -1,14 +1,8 @@
-//! `cargo xtask flow`: the design's sequence diagram, drawn from what one
-//! payment and one refund actually did.
-//!
-//! It starts Jaeger on this machine ([`crate::local::jaeger`]: in memory, on
-//! 127.0.0.1 only), runs the demo's stack (`cargo xtask up`) exporting its
-//! spans there over OTLP, pays, refunds part of it, waits until ServiceA and
-//! ServiceB saw both, and stops the stack (the services export their last
-//! spans as they stop). Then it reads the traces back through Jaeger's query
-//! API, turns each into the messages of a sequence diagram, in the order
-//! they started, each with when it started (from the request) and how long
-//! it took, and prints it as mermaid (also in `target/xtask/flow.mmd`).
+//! `cargo xtask flow`: the sequence diagram of what one payment and one
+//! refund actually did: the demo's stack exports its spans over OTLP to a
+//! local Jaeger, and the traces read back through Jaeger's query API become
+//! mermaid (also `target/xtask/flow.mmd`), each hop with when it started
+//! and how long it took.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

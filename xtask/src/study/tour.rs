@@ -1,18 +1,7 @@
-//! `cargo xtask tour`: the patterns this project shows, and the parts they
-//! are made of, one step each, on the running system.
-//!
-//! It starts the demo's stack (`cargo xtask up`: the local broker and
-//! PostgreSQL, the three services as their own Kafka users) and walks
-//! through one step per pattern (event notification, event-carried state
-//! transfer, event sourcing) and per part (the event, the stream, the event
-//! store, producers, consumers): what the project claims, in two or three
-//! sentences; the claim made to happen, for real (payments, refunds, two
-//! writers racing, consumers in groups and on their own, from the
-//! beginning, from now and from a time); what happened (records, offsets,
-//! HTTP answers); and the code that did it. Every step checks what it shows,
-//! so a tour that ends is a test that passed: CI runs it with `--no-pause`.
-//!
-//! In a terminal it waits for Enter between steps.
+//! `cargo xtask tour`: the patterns and their parts, one step each, on the
+//! demo's stack: the claim, made to happen, what happened and the code that
+//! did it (docs/tour.md). Every step checks what it shows, so a tour that
+//! ends is a test that passed: CI runs it with `--no-pause`.
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
@@ -42,6 +31,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub async fn run(root: &Path, pause: bool) -> Result<()> {
     let credentials = crate::local::credentials::ensure(root)?;
     let tour = Tour {
+        broker: broker::LocalBroker::new(root),
         http: crate::local::credentials::operator_client_with(&credentials)?,
         kafka: KafkaConfig {
             bootstrap_servers: crate::env_set("KAFKA_BOOTSTRAP_SERVERS")
@@ -61,6 +51,8 @@ pub async fn run(root: &Path, pause: bool) -> Result<()> {
 
 /// The tour's state: how it reaches the services and the broker.
 struct Tour {
+    /// Kafka's tools, on the local broker's classpath.
+    broker: broker::LocalBroker,
     /// The operator's HTTP client: it reads every service's payment data.
     http: reqwest::Client,
     /// The broker as the operator (the brokers' own listener).
@@ -286,12 +278,9 @@ impl Tour {
         }
         println!(
             "ServiceA replays the whole state topic on each start to rebuild its copy; \
-             `cargo xtask reset` moves a group back to replay it."
+             Kafka's `kafka-consumer-groups.sh --reset-offsets` moves a stopped group back to replay it."
         );
-        code(&[
-            "`shared-events/src/topics.rs` → `Topics::specs` (retention and compaction)",
-            "`libs/kafka-ops/src/groups.rs` → `reset`",
-        ]);
+        code(&["`shared-events/src/topics.rs` → `Topics::specs` (retention and compaction)"]);
         Ok(())
     }
 
@@ -376,22 +365,35 @@ impl Tour {
     /// The groups with members now (not the tour's own) that committed
     /// offsets in `topic`, as the broker knows them.
     async fn readers(&self, topic: &str) -> Result<Vec<String>> {
-        let (kafka, topic) = (self.kafka.clone(), topic.to_owned());
-        tokio::task::spawn_blocking(move || {
-            let client = service_kit::kafka::outsider(&kafka, "tour", "tour-groups")?;
-            let groups = client.fetch_group_list(None, PATIENCE)?;
-            Ok(groups
-                .groups()
-                .iter()
-                .filter(|group| !group.members().is_empty() && !group.name().starts_with("tour-"))
-                .filter(|group| {
-                    kafka_ops::groups::offsets(&kafka, group.name(), &topic)
-                        .is_ok_and(|offsets| offsets.iter().any(|p| p.committed.is_some()))
-                })
-                .map(|group| group.name().to_owned())
-                .collect())
-        })
-        .await?
+        let rows = self.describe_groups(&["--all-groups"], topic).await?;
+        let mut groups: Vec<String> = rows
+            .into_iter()
+            .filter(|[group, _, committed, _, member]| {
+                member != "-" && committed != "-" && !group.starts_with("tour-")
+            })
+            .map(|[group, ..]| group)
+            .collect();
+        groups.dedup();
+        Ok(groups)
+    }
+
+    /// Kafka's `kafka-consumer-groups.sh --describe` of `which` (`--group G`
+    /// or `--all-groups`): per partition of `topic` a group has, the group,
+    /// the partition, its committed offset and end, and its member (`-`: none).
+    async fn describe_groups(&self, which: &[&str], topic: &str) -> Result<Vec<[String; 5]>> {
+        let args = [
+            &["--bootstrap-server", &self.kafka.bootstrap_servers, "--describe"],
+            which,
+        ]
+        .concat();
+        let printed = self.broker.run_tool("kafka-consumer-groups.sh", &args).await?;
+        // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
+        Ok(printed
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|columns| columns.len() >= 7 && columns[1] == topic)
+            .map(|columns| [0, 2, 3, 4, 6].map(|i| columns[i].to_owned()))
+            .collect())
     }
 
     async fn consumers(&self) -> Result<()> {
@@ -515,30 +517,16 @@ impl Tour {
     /// Waits until `group` has committed up to the end of `topic`, and says
     /// where that is.
     async fn caught_up(&self, group: &str, topic: &str) -> Result<String> {
-        crate::eventually(
-            PATIENCE,
-            &format!("{group} to commit to the end of {topic}"),
-            || async {
-                let offsets = kafka_ops::groups::offsets(&self.kafka, group, topic).ok()?;
-                offsets
-                    .iter()
-                    .all(|p| p.committed.unwrap_or(p.low) >= p.high)
-                    .then(|| {
-                        offsets
-                            .iter()
-                            .map(|p| {
-                                format!(
-                                    "partition {} at {} of {}",
-                                    p.partition,
-                                    p.committed.unwrap_or(0),
-                                    p.high
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-            },
-        )
+        let what = format!("{group} to commit to the end of {topic}");
+        crate::eventually(PATIENCE, &what, || async {
+            let rows = self.describe_groups(&["--group", group], topic).await.ok()?;
+            let at_end =
+                |[_, _, at, end, _]: &[String; 5]| at.parse().unwrap_or(0) >= end.parse().unwrap_or(i64::MAX);
+            let cursor = rows
+                .iter()
+                .map(|[_, partition, at, end, _]| format!("partition {partition} at {at} of {end}"));
+            (!rows.is_empty() && rows.iter().all(at_end)).then(|| cursor.collect::<Vec<_>>().join(", "))
+        })
         .await
     }
 

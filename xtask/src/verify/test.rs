@@ -1,19 +1,8 @@
-//! `cargo xtask test`: the one test command.
-//!
-//! The tests need a real Apache Kafka broker and a real PostgreSQL. For each,
-//! in order of preference:
-//!
-//! 1. `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL`, when set: that server.
-//! 2. A container engine on the Docker socket (`cargo xtask engine up`), unless
-//!    `--local` is given: each test binary starts one `apache/kafka` and one
-//!    `postgres` through testcontainers (see `testkit`).
-//! 3. Otherwise the local one (`cargo xtask kafka up` / `cargo xtask pg up`),
-//!    started for the run and stopped after it unless it was already running.
-//!    The `test.*` topics and `test_*` databases of earlier runs are removed
-//!    from it first; those of this run stay until the next, for a look.
-//!
-//! It builds the service binaries first, with the command the process tests
-//! use, so that they find them up to date, then runs `cargo test --workspace`.
+//! `cargo xtask test`: the one test command, on a real broker and
+//! PostgreSQL: those of `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL`; else
+//! testcontainers' where an engine answers (unless `--local`); else the local
+//! ones, started for the run, with the `test.*` topics and `test_*` databases
+//! of earlier runs removed first (this run's stay, for a look).
 
 use std::path::Path;
 
