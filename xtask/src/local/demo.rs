@@ -130,13 +130,10 @@ async fn run_services(
         match work {
             Some(work) => {
                 let http = reqwest::Client::new();
-                let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-                while !all_ready(&http).await {
-                    if tokio::time::Instant::now() > deadline {
-                        anyhow::bail!("the services were not ready after {READY_TIMEOUT:?}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                crate::eventually(READY_TIMEOUT, "every service to be ready", || async {
+                    all_ready(&http).await.then_some(())
+                })
+                .await?;
                 work.await
             }
             None => std::future::pending().await,

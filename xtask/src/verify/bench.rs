@@ -1,16 +1,8 @@
-//! `cargo xtask bench`: the pipeline benchmark, beside the raw ceilings of
-//! Kafka and PostgreSQL measured in the same run.
-//!
-//! 1. Starts the local broker and PostgreSQL unless they run (and stops
-//!    what it started at the end), and builds the services and the
-//!    benchmarks in release mode.
-//! 2. Measures the ceilings with each project's own tools: `pgbench`
-//!    (one-row INSERT+COMMIT at the benchmark's concurrency), Kafka's
-//!    `ProducerPerformance` and `EndToEndLatency` (the `kafka-tools` jar of
-//!    the broker's version), and the event store's `append_bench` in its
-//!    release build; writes them to `target/xtask/bench/ceilings.json`.
-//! 3. Runs the pipeline benchmark (`tests/src/bin/bench/`) with them,
-//!    which writes `results.md` under `--out`.
+//! `cargo xtask bench`: the pipeline benchmark (`tests/src/bin/bench/`), in
+//! release builds on the local broker and PostgreSQL, after the raw ceilings
+//! measured with each project's own tools in the same run (pgbench, Kafka's
+//! `ProducerPerformance` and `EndToEndLatency`, the event store's
+//! `append_bench`); see docs/measured.md.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,30 +1,11 @@
-//! `bench`: the pipeline benchmark. `cargo xtask bench` builds it in
-//! release mode, measures the raw ceilings of Kafka and PostgreSQL first,
-//! and runs it with them:
+//! `bench`: the pipeline benchmark, which `cargo xtask bench` builds in
+//! release mode and runs with the raw ceilings it measured first
+//! (docs/measured.md says what it measures and how):
 //!
 //! ```sh
 //! bench --ceilings target/xtask/bench/ceilings.json --out docs/bench \
 //!       --bin-dir target/release [--seconds 10] [--backlog 100000] [--connections 32]
 //! ```
-//!
-//! It starts the three services (release binaries of `--bin-dir`) on topics
-//! and databases of its own, and measures, all from timestamps the
-//! services keep (on the same host, so one clock):
-//!
-//! 1. the highest rate the pipeline sustains: `--connections` clients
-//!    sending payments as fast as Payments answers (closed loop), then the
-//!    lowest of that rate and the rates at which ServiceA's copy and
-//!    ServiceB's records followed;
-//! 2. at 25, 50, 75 and 100% of it, an open loop (a payment every 1/rate
-//!    seconds, however slow the answers): throughput, and latency
-//!    percentiles from the moment each `POST /payments` was due to its
-//!    `201`, to ServiceA's copy (its `Copied-At`) and to ServiceB's record
-//!    (`processed_at`), the consumers' lag, and each process's CPU and RSS;
-//! 3. a backlog: ServiceA and ServiceB stopped while `--backlog` payments
-//!    are accepted, then started: how long they take to drain it, and their
-//!    memory meanwhile.
-//!
-//! It writes `results.md` (every figure beside its raw ceiling) to `--out`.
 
 mod load;
 mod profile;
