@@ -19,8 +19,7 @@
 //! Lag comes from librdkafka's statistics (every
 //! `KAFKA_STATISTICS_INTERVAL_MS`): records in the partition after the
 //! group's committed offset, for the partitions this instance holds. It is
-//! what Kafka's `kafka-consumer-groups.sh --describe` shows for the whole
-//! group.
+//! what Kafka's `kafka-consumer-groups.sh --describe` shows for the group.
 //!
 //! Kept in a `prometheus-client` registry, and served in the OpenMetrics
 //! text format (which Prometheus scrapes; counters appear with `_total`).
