@@ -364,22 +364,9 @@ impl LocalBroker {
     /// distribution's `bin/`) on the broker's classpath; what it printed, or
     /// its output in the error if it failed.
     pub async fn run_tool(&self, script: &str, args: &[&str]) -> Result<String> {
-        let output = tokio::process::Command::from(self.tool(script)?)
-            .args(args)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .with_context(|| format!("cannot run {script}"))?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if !output.status.success() {
-            bail!(
-                "{script} {} failed ({}):\n{stdout}{}",
-                args.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(stdout)
+        let mut command = tokio::process::Command::from(self.tool(script)?);
+        command.args(args);
+        crate::local::process::output(command, &format!("{script} {}", args.join(" "))).await
     }
 
     /// [`LocalBroker::run_tool`]'s command, without arguments.

@@ -77,6 +77,25 @@ pub fn runs_program(pid: u32, name: &str) -> bool {
         .is_some_and(|program| program.rsplit(|&b| b == b'/').next() == Some(name.as_bytes()))
 }
 
+/// What `command` printed, or its output in the error if it fails.
+pub async fn output(mut command: tokio::process::Command, what: &str) -> Result<String> {
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("cannot run {what}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        anyhow::bail!(
+            "{what} failed ({}):\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

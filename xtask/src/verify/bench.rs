@@ -15,6 +15,7 @@ use tokio::process::Command;
 
 use crate::local::broker::{BOOTSTRAP, LocalBroker};
 use crate::local::postgres::{self, LocalPostgres};
+use crate::local::process::output;
 
 /// The concurrency of the load and of pgbench.
 const CONNECTIONS: usize = 32;
@@ -116,25 +117,6 @@ async fn ceilings(root: &Path, broker: &LocalBroker, options: &Options) -> Resul
         "kafka_e2e": e2e,
         "append": append,
     }))
-}
-
-/// Output of `command`, failing with its output if it fails.
-async fn output(mut command: Command, what: &str) -> Result<String> {
-    let output = command
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .with_context(|| format!("cannot run {what}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        bail!(
-            "{what} failed ({}):\n{stdout}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(stdout)
 }
 
 /// The number after `label` in `text` (e.g. `tps = ` → 14762.1).
