@@ -5,7 +5,6 @@
 //! `append_bench`); see docs/measured.md.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
