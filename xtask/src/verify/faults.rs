@@ -699,6 +699,9 @@ async fn measure(
     let sum = |stage: &HashMap<String, u64>| owed.keys().map(|id| stage.get(id).copied().unwrap_or(0)).sum();
     let unanswered = u64::from(ledger.unanswered);
     let unexpected = u64::from(unexpected(&ledger.statuses.lock().expect("statuses"), fault));
+    let dead_letters = found.dead_letters as u64;
+    // A fault must not turn a good record into a dead letter: an outage is
+    // waited out, never given up on (see `HandleError::Unavailable`).
     let failures = [
         unanswered,
         unexpected,
@@ -706,6 +709,7 @@ async fn measure(
         not_downstream,
         twice,
         unanswered_published,
+        dead_letters,
     ];
     let counts = [
         owed.values().sum(),
@@ -719,7 +723,7 @@ async fn measure(
         not_downstream,
         twice,
         unanswered_published,
-        found.dead_letters as u64,
+        dead_letters,
     ];
     let times = [recovered, slowest, Some(longest_gap)];
     Ok(Row {
