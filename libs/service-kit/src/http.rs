@@ -139,22 +139,21 @@ pub fn health_router(health: BrokerHealth) -> Router {
     ),
 )]
 async fn health_check(State(health): State<BrokerHealth>) -> (StatusCode, Json<Health>) {
-    if health.reachable() {
-        (
-            StatusCode::OK,
-            Json(Health {
-                status: "ok",
-                broker: "reachable",
-            }),
-        )
+    let reachable = health.reachable();
+    let (status, broker) = if reachable {
+        ("ok", "reachable")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health {
-                status: "degraded",
-                broker: "unreachable",
-            }),
-        )
+        ("degraded", "unreachable")
+    };
+    (ok_or_unavailable(reachable), Json(Health { status, broker }))
+}
+
+/// 200 when a check holds, 503 when it does not.
+fn ok_or_unavailable(holds: bool) -> StatusCode {
+    if holds {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     }
 }
 
@@ -234,23 +233,9 @@ pub fn ready_router(readiness: Readiness) -> Router {
 )]
 async fn ready_check(State(readiness): State<Readiness>) -> (StatusCode, Json<Ready>) {
     let detail = readiness.detail();
-    if readiness.ready() {
-        (
-            StatusCode::OK,
-            Json(Ready {
-                status: "ready",
-                detail,
-            }),
-        )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Ready {
-                status: "starting",
-                detail,
-            }),
-        )
-    }
+    let ready = readiness.ready();
+    let status = if ready { "ready" } else { "starting" };
+    (ok_or_unavailable(ready), Json(Ready { status, detail }))
 }
 
 /// What one client may hold of a service's HTTP server, so that slow or
