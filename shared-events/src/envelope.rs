@@ -28,7 +28,6 @@
 //!
 //! The record key is the event's [`Event::key`] (the payment id).
 
-
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use serde::{Deserialize, Serialize};
