@@ -41,6 +41,7 @@ use rdkafka::Timestamp;
 use rdkafka::message::{Header, Headers as _, OwnedHeaders, OwnedMessage};
 use serde_json::Value as Json;
 use service_kit::consumer::{HandleError, Handler};
+use service_kit::startup::Database;
 use shared_events::envelope::{event_id_of, header};
 use shared_events::{
     Amount, Currency, CustomerId, Envelope, Event, EventId, Metadata, Notification, OrderId, PaymentId,

@@ -186,6 +186,7 @@ mod tests {
     use axum::http::Request;
     use chrono::{DateTime, Utc};
     use service_kit::auth::Rights;
+    use service_kit::startup::Database;
     use shared_events::testing::state;
     use tower::ServiceExt;
 

@@ -20,12 +20,10 @@
 //! - [`handler`]: what happens to each record, and the state it builds.
 //! - [`audit`]: the audit log, in PostgreSQL (schema in `migrations/`).
 //! - [`api`]: the HTTP routes and the one HTTP error type, [`api::ApiError`].
-//! - [`error`]: this crate's error type.
 
 pub mod api;
 pub mod audit;
 pub mod config;
-pub mod error;
 pub mod handler;
 
 use std::future::Future;
@@ -38,13 +36,14 @@ use service_kit::http::Readiness;
 use service_kit::kafka;
 use service_kit::lifecycle::task;
 use service_kit::metrics::Metrics;
+use service_kit::startup::Database;
 use tokio::net::TcpListener;
 
 pub use api::{AppState, app};
 pub use audit::{Audit, AuditEntry};
 pub use config::Config;
-pub use error::{Error, Result};
 pub use handler::{PaymentEvents, State};
+pub use service_kit::{Error, Result};
 
 /// The service's name: its Kafka client id.
 pub const SERVICE: &str = shared_events::services::SERVICE_A.name;

@@ -18,11 +18,9 @@
 //! - [`handler`]: what happens to each notification.
 //! - [`store`]: the records and handled notifications, in PostgreSQL.
 //! - [`api`]: the HTTP routes.
-//! - [`error`]: the crate's error type.
 
 pub mod api;
 pub mod config;
-pub mod error;
 pub mod handler;
 pub mod payments;
 pub mod store;
@@ -32,13 +30,14 @@ use std::future::Future;
 use service_kit::http::Readiness;
 use service_kit::lifecycle::task;
 use service_kit::metrics::Metrics;
+use service_kit::startup::Database;
 use tokio::net::TcpListener;
 
 pub use api::app;
 pub use config::Config;
-pub use error::{Error, Result};
 pub use handler::Notifications;
 pub use payments::PaymentsClient;
+pub use service_kit::{Error, Result};
 pub use store::{CallbackRecord, Records};
 
 /// The service's name: its Kafka client id and HTTP user agent.
