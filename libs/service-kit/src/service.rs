@@ -1,14 +1,7 @@
 //! The frame every service runs in, so that a service's `run` holds only
-//! what is its own.
-//!
-//! [`Service::start`] waits for the service's database and for the broker,
-//! creates the topics if missing, and turns the shutdown signal into the
-//! token every task stops on. [`Service::run`] serves the service's routes
-//! beside `GET /health` (the broker, probed in the background), `GET /ready`
-//! and `GET /metrics`, and supervises its tasks ([`supervise`]).
-//! [`ConsumerServiceConfig`] is what the services that react to the
-//! notifications (ServiceA, ServiceB) share: their settings, and their
-//! consumer group's task.
+//! what is its own: [`Service`] starts it and serves the routes every
+//! service has beside its own; [`ConsumerServiceConfig`] is what ServiceA
+//! and ServiceB, which react to the notifications, share.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -145,10 +138,6 @@ impl ConsumerServiceConfig {
     }
 
     /// [`Service::start`] of service `name` with these settings.
-    ///
-    /// # Errors
-    ///
-    /// What could not be reached, and how to start it.
     pub async fn start(
         &self,
         name: &str,
