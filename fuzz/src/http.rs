@@ -27,6 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use event_store::EventStore;
 use serde_json::Value;
+use service_kit::startup::Database;
 use shared_events::{Amount, Currency, CustomerId, OrderId, PaymentId, PaymentMethod, PaymentState};
 use sqlx::postgres::PgPoolOptions;
 use tower::ServiceExt;

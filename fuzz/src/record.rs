@@ -41,6 +41,7 @@ use rdkafka::Timestamp;
 use rdkafka::message::{Header, Headers as _, OwnedHeaders, OwnedMessage};
 use serde_json::Value as Json;
 use service_kit::consumer::{HandleError, Handler};
+use service_kit::startup::Database;
 use shared_events::envelope::{event_id_of, header};
 use shared_events::{
     Amount, Currency, CustomerId, Envelope, Event, EventId, Metadata, Notification, OrderId, PaymentId,
@@ -233,17 +234,21 @@ pub enum Time {
         nanos: Option<u32>,
         offset: Offset,
     },
-    Parts {
-        year: u16,
-        month: u8,
-        day: u8,
-        hour: u8,
-        minute: u8,
-        second: u8,
-        fraction: Option<u32>,
-        /// Minutes east of UTC; `None` for `Z`.
-        offset: Option<i16>,
-    },
+    Parts(Parts),
+}
+
+/// Numbers in a time's shape, as written.
+#[derive(Debug, Clone, Copy, Arbitrary)]
+pub struct Parts {
+    year: u16,
+    month: u8,
+    day: u8,
+    hour: u8,
+    minute: u8,
+    second: u8,
+    fraction: Option<u32>,
+    /// Minutes east of UTC; `None` for `Z`.
+    offset: Option<i16>,
 }
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
@@ -262,22 +267,20 @@ pub enum Offset {
     Minutes(i16),
 }
 
+impl Offset {
+    /// Minutes east of UTC; `None` for `Z`.
+    fn minutes(self) -> Option<i16> {
+        match self {
+            Self::Utc => None,
+            Self::Westmost => Some(-(23 * 60 + 59)),
+            Self::Eastmost => Some(23 * 60 + 59),
+            Self::Minutes(minutes) => Some(minutes % (24 * 60)),
+        }
+    }
+}
+
 impl std::fmt::Display for Time {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let write_offset = |f: &mut std::fmt::Formatter<'_>, minutes: Option<i16>| match minutes {
-            None => f.write_str("Z"),
-            Some(minutes) => {
-                let sign = if minutes < 0 { '-' } else { '+' };
-                let minutes = minutes.unsigned_abs();
-                write!(f, "{sign}{:02}:{:02}", minutes / 60, minutes % 60)
-            }
-        };
-        let offset_minutes = |offset: Offset| match offset {
-            Offset::Utc => None,
-            Offset::Westmost => Some(-(23 * 60 + 59)),
-            Offset::Eastmost => Some(23 * 60 + 59),
-            Offset::Minutes(minutes) => Some(minutes % (24 * 60)),
-        };
         match *self {
             Self::Edge { last, offset } => {
                 f.write_str(if last {
@@ -285,7 +288,7 @@ impl std::fmt::Display for Time {
                 } else {
                     "0000-01-01T00:00:00"
                 })?;
-                write_offset(f, offset_minutes(offset))
+                write_offset(f, offset.minutes())
             }
             Self::Valid {
                 year,
@@ -296,42 +299,50 @@ impl std::fmt::Display for Time {
                 second,
                 nanos,
                 offset,
-            } => {
-                let year = match year {
-                    Year::First => 0,
-                    Year::Last => 9999,
-                    Year::Any(year) => year % 10_000,
-                };
-                let (month, day) = (1 + month % 12, 1 + day % 28);
-                let (hour, minute, second) = (hour % 24, minute % 60, second % 61);
-                write!(
-                    f,
-                    "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}"
-                )?;
-                if let Some(nanos) = nanos {
-                    write!(f, ".{:09}", nanos % 1_000_000_000)?;
-                }
-                write_offset(f, offset_minutes(offset))
-            }
-            Self::Parts {
-                year,
-                month,
-                day,
-                hour,
-                minute,
-                second,
-                fraction,
-                offset,
-            } => {
-                write!(
-                    f,
-                    "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}"
-                )?;
-                if let Some(fraction) = fraction {
-                    write!(f, ".{fraction}")?;
-                }
-                write_offset(f, offset)
-            }
+            } => std::fmt::Display::fmt(
+                &Parts {
+                    year: match year {
+                        Year::First => 0,
+                        Year::Last => 9999,
+                        Year::Any(year) => year % 10_000,
+                    },
+                    month: 1 + month % 12,
+                    day: 1 + day % 28,
+                    hour: hour % 24,
+                    minute: minute % 60,
+                    second: second % 61,
+                    fraction: nanos.map(|nanos| nanos % 1_000_000_000),
+                    offset: offset.minutes(),
+                },
+                f,
+            ),
+            Self::Parts(parts) => write!(f, "{parts}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )?;
+        if let Some(fraction) = self.fraction {
+            write!(f, ".{fraction}")?;
+        }
+        write_offset(f, self.offset)
+    }
+}
+
+/// `Z`, or the offset of `minutes` east of UTC.
+fn write_offset(f: &mut std::fmt::Formatter<'_>, minutes: Option<i16>) -> std::fmt::Result {
+    match minutes {
+        None => f.write_str("Z"),
+        Some(minutes) => {
+            let sign = if minutes < 0 { '-' } else { '+' };
+            let minutes = minutes.unsigned_abs();
+            write!(f, "{sign}{:02}:{:02}", minutes / 60, minutes % 60)
         }
     }
 }

@@ -15,8 +15,8 @@
 //! Writes answer once the events are committed to the event store; the
 //! outbox relay publishes them to Kafka right after.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,7 +24,9 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use service_kit::auth::{CallerTokenScheme, Callers, Right, protect};
-use service_kit::http::{ApiPath, ErrorBody, FieldProblem, LookupError, next_page, page_size};
+use service_kit::http::{
+    ApiPath, ApiQuery, ErrorBody, FieldProblem, LookupError, QueryError, page, page_size,
+};
 use shared_events::{
     Amount, Currency, CustomerId, InvalidValue, OrderId, PaymentId, PaymentMethod, PaymentReceived,
     PaymentState,
@@ -33,7 +35,7 @@ use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::domain::{Payment, RefundReason, RefundRefused};
-use crate::repository::{Cause, IdempotencyKey, Payments, RepositoryError, Written};
+use crate::repository::{Cause, IdempotencyKey, Payments, Refund, RepositoryError, Written};
 
 /// Largest accepted request body. A payment is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -336,38 +338,31 @@ async fn payment_events(
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let id = PaymentId::parse(&id).map_err(LookupError::from)?;
-    let limit = page_size(query.limit).map_err(ApiError::InvalidQuery)?;
+    let limit = page_size(query.limit)?;
     // One more than asked: whether there is a next page.
-    let mut events = state
+    let events = state
         .payments
         .events(id, query.from_version.unwrap_or(1), limit + 1)
         .await?;
-    let next = (events.len() > limit).then(|| events[limit].version);
-    events.truncate(limit);
-    let mut response = Json(
-        events
-            .into_iter()
-            .map(|e| StoredEvent {
-                version: e.version,
-                position: e.position,
-                event_id: e.event_id,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-                data: e.data,
-                correlation_id: e.metadata.correlation_id,
-                causation_id: e.metadata.causation_id,
-                recorded_at: e.recorded_at,
-            })
-            .collect::<Vec<_>>(),
-    )
-    .into_response();
-    if let Some(next) = next {
-        let (name, value) = next_page(&format!(
-            "/payments/{id}/events?from_version={next}&limit={limit}"
-        ));
-        response.headers_mut().insert(name, value);
-    }
-    Ok(response)
+    let events = events.into_iter().map(|e| StoredEvent {
+        version: e.version,
+        position: e.position,
+        event_id: e.event_id,
+        event_type: e.event_type,
+        schema_version: e.schema_version,
+        data: e.data,
+        correlation_id: e.metadata.correlation_id,
+        causation_id: e.metadata.causation_id,
+        recorded_at: e.recorded_at,
+    });
+    // A stream's versions follow each other: the next page starts one after
+    // this page's last.
+    Ok(page(events.collect(), limit, |last| {
+        format!(
+            "/payments/{id}/events?from_version={}&limit={limit}",
+            last.version + 1
+        )
+    }))
 }
 
 #[utoipa::path(
@@ -429,7 +424,16 @@ async fn refund(
     let cause = cause(&headers);
     let refunded = state
         .payments
-        .refund(id, expected, amount, reason, key, cause)
+        .refund(
+            id,
+            Refund {
+                amount,
+                reason,
+                expected,
+                key,
+                cause,
+            },
+        )
         .await?;
     tracing::debug!(
         version = refunded.payment.version,
@@ -504,11 +508,6 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .ok_or_else(invalid)
 }
 
-/// `axum::extract::Query`, but rejections become [`ApiError`]s with a JSON body.
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
-
 /// `axum::Json`, but rejections become [`ApiError`]s with a JSON body.
 #[derive(Debug, FromRequest)]
 #[from_request(via(Json), rejection(ApiError))]
@@ -521,12 +520,9 @@ pub enum ApiError {
     /// types), as axum classifies the rejection.
     #[error("invalid request body: {0}")]
     Body(#[from] JsonRejection),
-    /// 400: the query string does not parse.
-    #[error("invalid query: {0}")]
-    Query(#[from] QueryRejection),
-    /// 400: the query parses, but a value is out of range.
-    #[error("invalid query: {0}")]
-    InvalidQuery(String),
+    /// 400: the query string does not parse, or a value is out of range.
+    #[error(transparent)]
+    Query(#[from] QueryError),
     /// 422: well-formed, but the values break the rules.
     #[error("invalid request")]
     Validation(Vec<InvalidValue>),
@@ -608,13 +604,7 @@ impl IntoResponse for ApiError {
                     .collect();
                 (StatusCode::UNPROCESSABLE_ENTITY, body)
             }
-            Self::Query(rejection) => (
-                StatusCode::BAD_REQUEST,
-                ErrorBody::new("invalid_query", rejection.body_text()),
-            ),
-            Self::InvalidQuery(message) => {
-                (StatusCode::BAD_REQUEST, ErrorBody::new("invalid_query", message))
-            }
+            Self::Query(query) => return query.into_response(),
             Self::Lookup(lookup) => return lookup.into_response(),
             Self::InvalidHeader { name, expected } => (
                 StatusCode::BAD_REQUEST,

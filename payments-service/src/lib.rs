@@ -32,11 +32,10 @@ use std::time::Duration;
 
 use event_store::EventStore;
 use service_kit::CancellationToken;
-use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, serve};
-use service_kit::kafka::Admin;
-use service_kit::lifecycle::{Task, stop_token, supervise, task};
-use service_kit::metrics::{Metrics, metrics_router};
-use service_kit::startup::wait_for_database;
+use service_kit::http::Readiness;
+use service_kit::lifecycle::{Task, task};
+use service_kit::metrics::Metrics;
+use service_kit::service::Service;
 use tokio::net::TcpListener;
 
 pub use api::{AppState, app};
@@ -60,35 +59,38 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    wait_for_database(config.database.options(), config.startup_timeout).await?;
+    let service = Service::start(
+        SERVICE,
+        &config.database,
+        &config.kafka,
+        config.startup_timeout,
+        shutdown,
+    )
+    .await?;
     let store = EventStore::connect(config.database.options().clone(), config.database_connections).await?;
     let payments =
         Payments::new(store.clone(), config.snapshot_every).with_key_ttl(config.idempotency_key_ttl);
     payments.migrate().await?;
-    let admin = Admin::with_topics(&config.kafka, SERVICE, config.startup_timeout).await?;
     let appended = payments.appended();
-    let payments_for_purge = payments.clone();
-    let stop = stop_token(shutdown);
-    let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
+    let stop = service.stop();
     let outbox_metrics = OutboxMetrics::default();
     let outbox_status = OutboxStatus::default();
     let detail = outbox_status.clone();
     // Nothing to rebuild: ready once it serves. The outbox's backlog is
     // shown, not waited on: writes are taken whatever it is.
     let readiness = Readiness::at_once().with_detail(move || detail.detail());
-    let router = app(AppState { payments }, config.callers.clone())
-        .merge(health_router(broker))
-        .merge(ready_router(readiness))
-        .merge(metrics_router(Metrics::with(|registry| {
-            outbox_metrics.register(registry)
-        })));
+    let metrics = Metrics::with(|registry| outbox_metrics.register(registry));
+    let routes = app(
+        AppState {
+            payments: payments.clone(),
+        },
+        config.callers.clone(),
+    );
 
     let mut tasks: Vec<Task> = vec![
-        task("http", serve(listener, router, stop.clone())),
-        task("broker probe", probe),
         task(
             "idempotency key purge",
-            purge_expired_keys(payments_for_purge, stop.clone()),
+            purge_expired_keys(payments, stop.clone()),
         ),
         task(
             "outbox watch",
@@ -108,9 +110,11 @@ pub async fn run(
             test_batch_pause: config.outbox_test_batch_pause,
         };
         let relay = Relay::new(store, appended, config.kafka.clone(), limits, outbox_metrics);
-        tasks.push(task("outbox relay", relay.run(stop.clone())));
+        tasks.push(task("outbox relay", relay.run(stop)));
     }
-    Ok(supervise(stop, tasks, config.shutdown_timeout).await?)
+    let shutdown_timeout = config.shutdown_timeout;
+    let served = service.run(listener, routes, readiness, metrics, tasks, shutdown_timeout);
+    Ok(served.await?)
 }
 
 /// How often expired idempotency keys are deleted.

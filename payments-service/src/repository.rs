@@ -50,6 +50,17 @@ pub struct IdempotencyKey<'a> {
     pub request: &'a Value,
 }
 
+/// A refund a caller asks for.
+#[derive(Debug, Clone)]
+pub struct Refund<'a> {
+    pub amount: Amount,
+    pub reason: RefundReason,
+    /// The version the caller decided on (`If-Match`), if it named one.
+    pub expected: Option<u64>,
+    pub key: Option<IdempotencyKey<'a>>,
+    pub cause: Cause,
+}
+
 /// What a key is claimed for.
 #[derive(Debug, Clone, Copy)]
 enum Operation {
@@ -275,11 +286,11 @@ impl Payments {
             .ok_or(RepositoryError::NotFound)
     }
 
-    /// Refunds `amount` if the payment is at `expected` (when given) and
-    /// the rules allow it. Returns the payment after the refund. With an
-    /// idempotency `key`, a second request with the same key and the same
-    /// request returns the payment as it is now and refunds nothing more,
-    /// whatever version it is at by then.
+    /// Makes `refund` of payment `id` if the payment is at its `expected`
+    /// version (when given) and the rules allow it. Returns the payment
+    /// after the refund. With an idempotency `key`, a second request with
+    /// the same key and the same request returns the payment as it is now
+    /// and refunds nothing more, whatever version it is at by then.
     ///
     /// Without `expected` the caller did not ask to be told of a concurrent
     /// change, so losing the race to another append is not its conflict:
@@ -288,21 +299,10 @@ impl Payments {
     /// follows an append that committed, so the loop ends when the others
     /// stop writing this payment, and a payment takes a bounded number of
     /// refunds (each takes at least one minor unit of what is left).
-    pub async fn refund(
-        &self,
-        id: PaymentId,
-        expected: Option<u64>,
-        amount: Amount,
-        reason: RefundReason,
-        key: Option<IdempotencyKey<'_>>,
-        cause: Cause,
-    ) -> Result<Written> {
+    pub async fn refund(&self, id: PaymentId, refund: Refund<'_>) -> Result<Written> {
         loop {
-            match self
-                .refund_once(id, expected, amount, reason.clone(), key, cause)
-                .await
-            {
-                Err(RepositoryError::VersionMismatch { actual, .. }) if expected.is_none() => {
+            match self.refund_once(id, &refund).await {
+                Err(RepositoryError::VersionMismatch { actual, .. }) if refund.expected.is_none() => {
                     tracing::debug!(%id, actual, "another append won the race; deciding the refund again");
                 }
                 written => return written,
@@ -312,15 +312,14 @@ impl Payments {
 
     /// One try of [`Self::refund`]: the decision, on the payment as loaded,
     /// and its append, expecting exactly the version it was decided on.
-    async fn refund_once(
-        &self,
-        id: PaymentId,
-        expected: Option<u64>,
-        amount: Amount,
-        reason: RefundReason,
-        key: Option<IdempotencyKey<'_>>,
-        cause: Cause,
-    ) -> Result<Written> {
+    async fn refund_once(&self, id: PaymentId, refund: &Refund<'_>) -> Result<Written> {
+        let Refund {
+            amount,
+            ref reason,
+            expected,
+            key,
+            cause,
+        } = *refund;
         let payment = self.load(id).await?;
         // The key first: a retry of a refund that was made finds the payment
         // moved on, and must get that refund's outcome, not a conflict.
@@ -347,7 +346,7 @@ impl Payments {
                 actual: payment.version,
             });
         }
-        let event = payment.refund(amount, reason, Utc::now())?;
+        let event = payment.refund(amount, reason.clone(), Utc::now())?;
         let version = payment.version;
         // The decision was made on `version`: appending expects exactly it, so
         // a concurrent refund decided on the same state loses. The key's

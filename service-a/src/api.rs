@@ -9,15 +9,14 @@
 //!
 //! Both answer only the callers in `HTTP_CALLERS`: see [`service_kit::auth`].
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Query, State as Extract};
+use axum::extract::State as Extract;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use service_kit::auth::{CallerTokenScheme, Callers, Right};
-use service_kit::http::{ApiPath, ErrorBody, LookupError, lookup, next_page, page_size};
+use service_kit::http::{ApiPath, ApiQuery, ErrorBody, LookupError, QueryError, lookup, page, page_size};
 use shared_events::PaymentState;
 use utoipa::OpenApi;
 
@@ -103,25 +102,20 @@ async fn audit(
     Extract(app): Extract<AppState>,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = page_size(query.limit).map_err(ApiError::InvalidQuery)?;
+    let limit = page_size(query.limit)?;
     let after = query
         .after
         .map(|cursor| cursor.parse())
         .transpose()
-        .map_err(ApiError::InvalidQuery)?;
+        .map_err(QueryError::Invalid)?;
     // One more than asked: whether there is a next page.
-    let mut entries = app.audit.page(after, limit + 1).await.map_err(|e| {
+    let entries = app.audit.page(after, limit + 1).await.map_err(|e| {
         tracing::error!(error = %e, "cannot read the audit log");
         ApiError::Unavailable
     })?;
-    let more = entries.len() > limit;
-    entries.truncate(limit);
-    let mut response = Json(&entries).into_response();
-    if more && let Some(last) = entries.last() {
-        let (name, value) = next_page(&format!("/audit?after={}&limit={limit}", last.cursor));
-        response.headers_mut().insert(name, value);
-    }
-    Ok(response)
+    Ok(page(entries, limit, |last| {
+        format!("/audit?after={}&limit={limit}", last.cursor)
+    }))
 }
 
 #[utoipa::path(
@@ -161,20 +155,12 @@ async fn payment(
 /// with the payment's `recorded_at`, how long the copy took to follow.
 pub const COPIED_AT: &str = "copied-at";
 
-/// `axum::extract::Query`, but rejections become [`ApiError`]s with a JSON body.
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(Query), rejection(ApiError))]
-struct ApiQuery<T>(T);
-
 /// Every way a request can fail, and the status each gets.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 400: the query string does not parse.
-    #[error("invalid query: {0}")]
-    Query(#[from] QueryRejection),
-    /// 400: the query parses, but a value is out of range.
-    #[error("invalid query: {0}")]
-    InvalidQuery(String),
+    /// 400: the query string does not parse, or a value is out of range.
+    #[error(transparent)]
+    Query(#[from] QueryError),
     /// 400 or 404: the payment in the path.
     #[error(transparent)]
     Lookup(#[from] LookupError),
@@ -186,12 +172,7 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            Self::Query(rejection) => {
-                ErrorBody::new("invalid_query", rejection.body_text()).into_response(StatusCode::BAD_REQUEST)
-            }
-            Self::InvalidQuery(message) => {
-                ErrorBody::new("invalid_query", message).into_response(StatusCode::BAD_REQUEST)
-            }
+            Self::Query(query) => query.into_response(),
             Self::Lookup(lookup) => lookup.into_response(),
             Self::Unavailable => ErrorBody::new("unavailable", "the audit log is unreachable; try again")
                 .into_response(StatusCode::SERVICE_UNAVAILABLE),
@@ -205,6 +186,7 @@ mod tests {
     use axum::http::Request;
     use chrono::{DateTime, Utc};
     use service_kit::auth::Rights;
+    use service_kit::startup::Database;
     use shared_events::testing::state;
     use tower::ServiceExt;
 

@@ -14,17 +14,15 @@ use chrono::{DateTime, Utc};
 use event_store::{Checkpoint, CommitOrder};
 use serde::Serialize;
 use service_kit::CancellationToken;
+use service_kit::Result;
 use service_kit::config::RetentionConfig;
 use service_kit::retention::Expiring;
+use service_kit::startup::Database;
 use shared_events::{EventId, PaymentId};
-use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
-
-use crate::error::Result;
-
-/// The schema, embedded at compile time.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The log in commit order: by writing transaction, then `seq`.
 const COMMIT_ORDER: CommitOrder = CommitOrder::new("audit_entries", "seq");
@@ -80,22 +78,6 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// Connects with up to `max_connections` connections and brings the
-    /// schema up to date.
-    pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
-        let pool =
-            service_kit::startup::migrated_pool::<crate::Error>(options, max_connections, &MIGRATOR).await?;
-        Ok(Self { pool })
-    }
-
-    /// A log on a pool that connects on first use, without migrating: for
-    /// tests of what does not touch it.
-    pub fn lazy(options: PgConnectOptions) -> Self {
-        Self {
-            pool: service_kit::startup::lazy_pool(options),
-        }
-    }
-
     /// Records `entry` unless its notification was recorded before. Returns
     /// whether it was new.
     pub async fn record(&self, entry: &NewEntry) -> Result<bool> {
@@ -148,6 +130,14 @@ impl Audit {
         stop: CancellationToken,
     ) -> impl Future<Output = service_kit::Result<()>> + Send + 'static {
         EXPIRING.prune_until_stopped("audit log", self.pool.clone(), config, stop)
+    }
+}
+
+impl Database for Audit {
+    const MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+    fn on(pool: PgPool) -> Self {
+        Self { pool }
     }
 }
 

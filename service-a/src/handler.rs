@@ -94,6 +94,7 @@ impl Handler for PaymentEvents {
 
 #[cfg(test)]
 mod tests {
+    use service_kit::startup::Database;
     use shared_events::Envelope;
     use shared_events::testing::{delivered, state};
     use uuid::Uuid;

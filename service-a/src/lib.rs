@@ -20,12 +20,10 @@
 //! - [`handler`]: what happens to each record, and the state it builds.
 //! - [`audit`]: the audit log, in PostgreSQL (schema in `migrations/`).
 //! - [`api`]: the HTTP routes and the one HTTP error type, [`api::ApiError`].
-//! - [`error`]: this crate's error type.
 
 pub mod api;
 pub mod audit;
 pub mod config;
-pub mod error;
 pub mod handler;
 
 use std::future::Future;
@@ -34,19 +32,18 @@ use std::sync::Arc;
 use rdkafka::consumer::Consumer;
 
 use service_kit::consumer;
-use service_kit::dead_letter::DeadLetters;
-use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, serve};
-use service_kit::kafka::{self, Admin};
-use service_kit::lifecycle::{stop_token, supervise, task};
-use service_kit::metrics::{Metrics, metrics_router};
-use service_kit::startup::wait_for_database;
+use service_kit::http::Readiness;
+use service_kit::kafka;
+use service_kit::lifecycle::task;
+use service_kit::metrics::Metrics;
+use service_kit::startup::Database;
 use tokio::net::TcpListener;
 
 pub use api::{AppState, app};
 pub use audit::{Audit, AuditEntry};
 pub use config::Config;
-pub use error::{Error, Result};
 pub use handler::{PaymentEvents, State};
+pub use service_kit::{Error, Result};
 
 /// The service's name: its Kafka client id.
 pub const SERVICE: &str = shared_events::services::SERVICE_A.name;
@@ -57,70 +54,45 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    wait_for_database(config.database.options(), config.startup_timeout).await?;
+    let config = config.service;
+    let shutdown_timeout = config.consumer.shutdown_timeout;
+    let service = config.start(SERVICE, shutdown).await?;
+    let metrics = Metrics::default();
     let audit_log = Audit::connect(config.database.options().clone(), config.database_connections).await?;
     let topics = config.kafka.topics.clone();
-    let admin = Admin::with_topics(&config.kafka, SERVICE, config.startup_timeout).await?;
-    let metrics = Metrics::default();
-    let notifications = kafka::consumer(
-        &config.kafka,
-        &config.consumer,
-        SERVICE,
-        &config.group_id,
-        &[&topics.notifications],
-        &metrics,
-    )?;
     let state_topic =
         kafka::replica(&config.kafka, &config.consumer, SERVICE, &topics.state, &metrics).await?;
-    let dead_letters = DeadLetters::new(&config.kafka, SERVICE)?;
-
-    let stop = stop_token(shutdown);
-    let shutdown_timeout = config.consumer.shutdown_timeout;
-    let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
     // Ready once the copy has caught up with the state topic: before, a
     // payment that exists could be answered with a 404.
     let copy_progress = Arc::clone(state_topic.context());
     let readiness = Readiness::new(move || copy_progress.caught_up());
     let state = State::default();
-    let router = app(
+    let routes = app(
         AppState {
             state: state.clone(),
             audit: audit_log.clone(),
         },
         config.callers.clone(),
-    )
-    .merge(health_router(broker))
-    .merge(ready_router(readiness))
-    .merge(metrics_router(metrics));
+    );
     let audit = PaymentEvents::new(topics.clone(), state.clone(), audit_log.clone());
     let copy = PaymentEvents::new(topics, state, audit_log.clone());
-    let pruning = audit_log.prune_until_stopped(config.retention, stop.clone());
-
-    supervise(
-        stop.clone(),
-        [
-            task("broker probe", probe),
-            task("pruning", pruning),
-            task(
-                "notifications",
-                consumer::run(
-                    notifications,
-                    audit,
-                    config.consumer.clone(),
-                    Some(dead_letters),
-                    stop.clone(),
-                ),
-            ),
-            task(
-                "state",
-                // The copy is rebuilt from the beginning on every start:
-                // see `consumer::run` on replica readers and dead letters.
-                consumer::run(state_topic, copy, config.consumer, None, stop.clone()),
-            ),
-            task("http", serve(listener, router, stop)),
-        ],
-        shutdown_timeout,
-    )
-    .await?;
+    let tasks = [
+        task(
+            "pruning",
+            audit_log.prune_until_stopped(config.retention, service.stop()),
+        ),
+        task(
+            "notifications",
+            config.notifications(SERVICE, audit, &metrics, service.stop())?,
+        ),
+        task(
+            "state",
+            // The copy is rebuilt from the beginning on every start:
+            // see `consumer::run` on replica readers and dead letters.
+            consumer::run(state_topic, copy, config.consumer, None, service.stop()),
+        ),
+    ];
+    let served = service.run(listener, routes, readiness, metrics, tasks, shutdown_timeout);
+    served.await?;
     Ok(())
 }

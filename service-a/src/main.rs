@@ -6,7 +6,7 @@ fn main() -> anyhow::Result<()> {
     let _telemetry = service_kit::telemetry::init(SERVICE)?;
     let config = Config::from_env()?;
     block_on(async {
-        let listener = listen(SERVICE, config.http_addr, &config.kafka).await?;
+        let listener = listen(SERVICE, config.service.http_addr, &config.service.kafka).await?;
         run(config, listener, shutdown_signal()).await?;
         tracing::info!("{SERVICE} stopped");
         anyhow::Ok(())

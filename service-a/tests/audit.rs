@@ -8,6 +8,7 @@ use event_store::testing::TestDatabase;
 use service_a::{AppState, Audit, PaymentEvents, State, app};
 use service_kit::auth::{Callers, Rights, Token};
 use service_kit::consumer::Handler;
+use service_kit::startup::Database;
 use shared_events::testing::{delivered, payment};
 use shared_events::{Envelope, Topics};
 use tower::ServiceExt;

@@ -131,6 +131,7 @@ fn classify(e: CallbackError) -> HandleError {
 #[cfg(test)]
 mod tests {
     use service_kit::auth::Token;
+    use service_kit::startup::Database;
     use shared_events::Envelope;
     use shared_events::testing::{delivered, payment, state};
     use uuid::Uuid;

@@ -18,31 +18,26 @@
 //! - [`handler`]: what happens to each notification.
 //! - [`store`]: the records and handled notifications, in PostgreSQL.
 //! - [`api`]: the HTTP routes.
-//! - [`error`]: the crate's error type.
 
 pub mod api;
 pub mod config;
-pub mod error;
 pub mod handler;
 pub mod payments;
 pub mod store;
 
 use std::future::Future;
 
-use service_kit::consumer;
-use service_kit::dead_letter::DeadLetters;
-use service_kit::http::{BrokerHealth, Readiness, health_router, ready_router, serve};
-use service_kit::kafka::{self, Admin};
-use service_kit::lifecycle::{stop_token, supervise, task};
-use service_kit::metrics::{Metrics, metrics_router};
-use service_kit::startup::wait_for_database;
+use service_kit::http::Readiness;
+use service_kit::lifecycle::task;
+use service_kit::metrics::Metrics;
+use service_kit::startup::Database;
 use tokio::net::TcpListener;
 
 pub use api::app;
 pub use config::Config;
-pub use error::{Error, Result};
 pub use handler::Notifications;
 pub use payments::PaymentsClient;
+pub use service_kit::{Error, Result};
 pub use store::{CallbackRecord, Records};
 
 /// The service's name: its Kafka client id and HTTP user agent.
@@ -54,56 +49,30 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let topics = config.kafka.topics.clone();
-    wait_for_database(config.database.options(), config.startup_timeout).await?;
-    let records = Records::connect(config.database.options().clone(), config.database_connections).await?;
-    let admin = Admin::with_topics(&config.kafka, SERVICE, config.startup_timeout).await?;
-    let metrics = Metrics::default();
-    let consumer = kafka::consumer(
-        &config.kafka,
-        &config.consumer,
-        SERVICE,
-        &config.group_id,
-        &[&topics.notifications],
-        &metrics,
-    )?;
-    let dead_letters = DeadLetters::new(&config.kafka, SERVICE)?;
-
+    let shared = &config.service;
+    let service = shared.start(SERVICE, shutdown).await?;
+    let records = Records::connect(shared.database.options().clone(), shared.database_connections).await?;
     let payments = PaymentsClient::new(
         &config.payments_url,
         config.payments_token.clone(),
         config.callback_timeout,
     );
     let handler = Notifications::new(payments, records.clone(), config.not_found_grace);
-    let stop = stop_token(shutdown);
-    let pruning = records.prune_handled_until_stopped(config.retention, stop.clone());
-    let shutdown_timeout = config.consumer.shutdown_timeout;
-    let (broker, probe) = BrokerHealth::watch(admin, stop.clone());
+    let metrics = Metrics::default();
+    let tasks = [
+        task(
+            "pruning",
+            records.prune_handled_until_stopped(shared.retention, service.stop()),
+        ),
+        task(
+            "consumer",
+            shared.notifications(SERVICE, handler, &metrics, service.stop())?,
+        ),
+    ];
     // Nothing to rebuild: ready once it serves.
-    let router = app(records, config.callers.clone())
-        .merge(health_router(broker))
-        .merge(ready_router(Readiness::at_once()))
-        .merge(metrics_router(metrics));
-
-    supervise(
-        stop.clone(),
-        [
-            task("broker probe", probe),
-            task("pruning", pruning),
-            task(
-                "consumer",
-                consumer::run(
-                    consumer,
-                    handler,
-                    config.consumer,
-                    Some(dead_letters),
-                    stop.clone(),
-                ),
-            ),
-            task("http", serve(listener, router, stop)),
-        ],
-        shutdown_timeout,
-    )
-    .await?;
+    let (routes, readiness) = (app(records, shared.callers.clone()), Readiness::at_once());
+    let shutdown_timeout = shared.consumer.shutdown_timeout;
+    let served = service.run(listener, routes, readiness, metrics, tasks, shutdown_timeout);
+    served.await?;
     Ok(())
 }

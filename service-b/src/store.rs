@@ -10,17 +10,14 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use service_kit::CancellationToken;
+use service_kit::Result;
 use service_kit::config::RetentionConfig;
 use service_kit::retention::Expiring;
+use service_kit::startup::Database;
 use shared_events::{EventId, PaymentId, PaymentState};
-use sqlx::postgres::PgConnectOptions;
+use sqlx::migrate::Migrator;
 use sqlx::types::Json;
 use sqlx::{PgPool, Row};
-
-use crate::error::Result;
-
-/// The schema, embedded at compile time.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The handled notifications by age, for pruning.
 const HANDLED: Expiring = Expiring {
@@ -54,22 +51,6 @@ pub struct Records {
 }
 
 impl Records {
-    /// Connects with up to `max_connections` connections and brings the
-    /// schema up to date.
-    pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
-        let pool =
-            service_kit::startup::migrated_pool::<crate::Error>(options, max_connections, &MIGRATOR).await?;
-        Ok(Self { pool })
-    }
-
-    /// Records on a pool that connects on first use, without migrating: for
-    /// tests (and the fuzz targets) of what does not get to the database.
-    pub fn lazy(options: PgConnectOptions) -> Self {
-        Self {
-            pool: service_kit::startup::lazy_pool(options),
-        }
-    }
-
     /// Whether the notification `event_id` was handled already.
     pub async fn handled(&self, event_id: EventId) -> Result<bool> {
         let found: Option<i32> =
@@ -158,5 +139,13 @@ SELECT EXISTS (SELECT 1 FROM first)
             attempts: u32::try_from(attempts).unwrap_or_default(),
             notifications: u32::try_from(notifications).unwrap_or_default(),
         }))
+    }
+}
+
+impl Database for Records {
+    const MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+    fn on(pool: PgPool) -> Self {
+        Self { pool }
     }
 }

@@ -10,6 +10,7 @@ use event_store::testing::TestDatabase;
 use service_b::{CallbackRecord, Notifications, PaymentsClient, Records};
 use service_kit::auth::{Callers, Right, Rights, Token};
 use service_kit::consumer::{HandleError, Handler};
+use service_kit::startup::Database;
 use shared_events::testing::{delivered, payment, state};
 use shared_events::{Envelope, PaymentReceivedNotification, PaymentState};
 use uuid::Uuid;

@@ -28,8 +28,6 @@
 //!
 //! The record key is the event's [`Event::key`] (the payment id).
 
-use std::fmt;
-
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use serde::{Deserialize, Serialize};
@@ -63,36 +61,7 @@ const JSON: &str = "application/json";
 #[serde(transparent)]
 pub struct EventId(Uuid);
 
-impl EventId {
-    /// A fresh id (UUIDv7, so ids sort by creation time).
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-}
-
-impl Default for EventId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl From<Uuid> for EventId {
-    fn from(id: Uuid) -> Self {
-        Self(id)
-    }
-}
-
-impl From<EventId> for Uuid {
-    fn from(id: EventId) -> Self {
-        id.0
-    }
-}
+crate::payment::uuid_id!(EventId);
 
 /// The CloudEvents attributes of an event, apart from its type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

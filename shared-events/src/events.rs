@@ -88,6 +88,23 @@ pub trait Event: Serialize + DeserializeOwned + JsonSchema {
     }
 }
 
+/// Implements [`Event`] for `$event`, a struct with a `payment_id` field:
+/// type `$name` version `$version`, on the `$topic` topic, reading only
+/// its current version. (An event that reads older ones too implements
+/// [`Event`] itself, with [`Event::upcast`].)
+macro_rules! event {
+    ($event:ty, $name:literal, $version:literal, $topic:ident) => {
+        impl Event for $event {
+            const TYPE: EventType = EventType::new($name, $version);
+            const TOPIC: TopicKind = TopicKind::$topic;
+
+            fn payment_id(&self) -> PaymentId {
+                self.payment_id
+            }
+        }
+    };
+}
+
 /// A payment was received: which payment, when, and how it was paid (so a
 /// consumer can tell whether it cares before it calls back).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -120,14 +137,12 @@ pub struct PaymentReceivedNotificationV1 {
     pub received_at: DateTime<Utc>,
 }
 
-impl Event for PaymentReceivedNotificationV1 {
-    const TYPE: EventType = EventType::new("payments.payment-received.notification", 1);
-    const TOPIC: TopicKind = TopicKind::Notifications;
-
-    fn payment_id(&self) -> PaymentId {
-        self.payment_id
-    }
-}
+event!(
+    PaymentReceivedNotificationV1,
+    "payments.payment-received.notification",
+    1,
+    Notifications
+);
 
 impl From<PaymentReceivedNotificationV1> for PaymentReceivedNotification {
     fn from(v1: PaymentReceivedNotificationV1) -> Self {
@@ -202,14 +217,12 @@ pub struct PaymentRefundedNotification {
     pub refunded_at: DateTime<Utc>,
 }
 
-impl Event for PaymentRefundedNotification {
-    const TYPE: EventType = EventType::new("payments.payment-refunded.notification", 1);
-    const TOPIC: TopicKind = TopicKind::Notifications;
-
-    fn payment_id(&self) -> PaymentId {
-        self.payment_id
-    }
-}
+event!(
+    PaymentRefundedNotification,
+    "payments.payment-refunded.notification",
+    1,
+    Notifications
+);
 
 /// A notification of either kind, as read from the notifications topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,11 +295,4 @@ pub struct PaymentState {
     pub payment_method: PaymentMethod,
 }
 
-impl Event for PaymentState {
-    const TYPE: EventType = EventType::new("payments.payment.state", 1);
-    const TOPIC: TopicKind = TopicKind::State;
-
-    fn payment_id(&self) -> PaymentId {
-        self.payment_id
-    }
-}
+event!(PaymentState, "payments.payment.state", 1, State);

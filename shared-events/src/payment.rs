@@ -11,46 +11,58 @@ use uuid::Uuid;
 
 use crate::error::InvalidValue;
 
+/// What an id that is a UUIDv7 (time-ordered, so ids sort by creation)
+/// has: `new` and `Default` make a fresh one; it converts from and into a
+/// [`Uuid`], and shows as one.
+macro_rules! uuid_id {
+    ($name:ident) => {
+        impl $name {
+            /// A fresh id.
+            pub fn new() -> Self {
+                Self(uuid::Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl From<uuid::Uuid> for $name {
+            fn from(id: uuid::Uuid) -> Self {
+                Self(id)
+            }
+        }
+
+        impl From<$name> for uuid::Uuid {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+pub(crate) use uuid_id;
+
 /// Identifies a payment. A UUIDv7: time-ordered, so ids sort by creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct PaymentId(Uuid);
 
-impl PaymentId {
-    /// A fresh id for a new payment.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
+uuid_id!(PaymentId);
 
+impl PaymentId {
     /// Parses the textual (hyphenated) form.
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         Uuid::try_parse(s)
             .map(Self)
             .map_err(|_| InvalidValue::new("payment_id", "must be a UUID"))
-    }
-}
-
-impl Default for PaymentId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl From<Uuid> for PaymentId {
-    fn from(id: Uuid) -> Self {
-        Self(id)
-    }
-}
-
-impl From<PaymentId> for Uuid {
-    fn from(id: PaymentId) -> Self {
-        id.0
-    }
-}
-
-impl fmt::Display for PaymentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use service_kit::auth::Credentials;
 use service_kit::config::{ConsumerConfig, KafkaConfig, RetentionConfig};
+use service_kit::service::ConsumerServiceConfig;
 use shared_events::Topics;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -174,6 +175,29 @@ pub fn test_consumer() -> ConsumerConfig {
     }
 }
 
+/// The settings of consumer service `name` with `kafka`, in consumer group
+/// `group_id`, on a port of its own, its data in the database at
+/// `database_url`, read by the test's operator.
+pub fn consumer_service(
+    name: &str,
+    kafka: &KafkaConfig,
+    group_id: &str,
+    consumer: ConsumerConfig,
+    database_url: &str,
+) -> ConsumerServiceConfig {
+    ConsumerServiceConfig {
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        kafka: kafka.clone(),
+        consumer,
+        group_id: group_id.to_owned(),
+        database: database_url.parse().expect("database URL"),
+        database_connections: 5,
+        retention: RetentionConfig::default(),
+        startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
+        callers: credentials().callers_of(name),
+    }
+}
+
 /// ServiceA with `kafka`, in consumer group `group_id`, its audit log in a
 /// database of its own.
 pub async fn spawn_service_a(kafka: &KafkaConfig, group_id: &str) -> TestApp {
@@ -196,15 +220,7 @@ pub async fn spawn_service_a_in(
     database_url: &str,
 ) -> TestApp {
     let config = service_a::Config {
-        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        kafka: kafka.clone(),
-        consumer,
-        group_id: group_id.to_owned(),
-        database: database_url.parse().expect("database URL"),
-        database_connections: 5,
-        retention: RetentionConfig::default(),
-        startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
-        callers: credentials().callers_of(service_a::SERVICE),
+        service: consumer_service(service_a::SERVICE, kafka, group_id, consumer, database_url),
     };
     TestApp::spawn(
         |listener, stopped| async move { Ok(service_a::run(config, listener, signal(stopped)).await?) },
@@ -233,17 +249,9 @@ pub async fn spawn_service_b_with(
     consumer: ConsumerConfig,
 ) -> TestApp {
     let config = service_b::Config {
-        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        kafka: kafka.clone(),
-        consumer,
-        group_id: group_id.to_owned(),
-        database: database_url.parse().expect("database URL"),
-        database_connections: 5,
-        retention: RetentionConfig::default(),
-        startup_timeout: service_kit::config::DEFAULT_STARTUP_TIMEOUT,
+        service: consumer_service(service_b::SERVICE, kafka, group_id, consumer, database_url),
         payments_url: payments_url.to_owned(),
         payments_token: credentials().service_b.clone(),
-        callers: credentials().callers_of(service_b::SERVICE),
         callback_timeout: Duration::from_secs(2),
         not_found_grace: Duration::from_secs(30),
     };

@@ -166,6 +166,18 @@ impl HandleError {
 /// How [`HandleError::database`] names the service's own database.
 pub const DATABASE: &str = "database";
 
+/// A failure of the service's store while handling a record: the database
+/// unavailable (the consumer pauses and waits for it) or, for a statement
+/// it rejects, the record's own (see [`HandleError::database`]).
+impl From<crate::Error> for HandleError {
+    fn from(e: crate::Error) -> Self {
+        match e {
+            crate::Error::Database(e) => Self::database(e),
+            other => Self::unavailable(DATABASE, other),
+        }
+    }
+}
+
 /// A record that does not decode will not decode next time either.
 impl From<DecodeError> for HandleError {
     fn from(e: DecodeError) -> Self {

@@ -1,5 +1,6 @@
-//! Errors of the shared runtime. Services wrap [`Error`] in their own error
-//! enum; binaries report it through `anyhow`.
+//! Errors of the shared runtime and of a service's own database. ServiceA
+//! and ServiceB use [`Error`] as theirs; Payments wraps it with its event
+//! store's and repository's. Binaries report it through `anyhow`.
 
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -51,6 +52,11 @@ pub enum Error {
     /// exported.
     #[error("traces: {0}")]
     Telemetry(String),
+    /// The service's database is unreachable or refused a statement.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
     /// A Kafka client call failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequestParts, MatchedPath, Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, MatchedPath, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -139,22 +139,21 @@ pub fn health_router(health: BrokerHealth) -> Router {
     ),
 )]
 async fn health_check(State(health): State<BrokerHealth>) -> (StatusCode, Json<Health>) {
-    if health.reachable() {
-        (
-            StatusCode::OK,
-            Json(Health {
-                status: "ok",
-                broker: "reachable",
-            }),
-        )
+    let reachable = health.reachable();
+    let (status, broker) = if reachable {
+        ("ok", "reachable")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health {
-                status: "degraded",
-                broker: "unreachable",
-            }),
-        )
+        ("degraded", "unreachable")
+    };
+    (ok_or_unavailable(reachable), Json(Health { status, broker }))
+}
+
+/// 200 when a check holds, 503 when it does not.
+fn ok_or_unavailable(holds: bool) -> StatusCode {
+    if holds {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     }
 }
 
@@ -234,23 +233,9 @@ pub fn ready_router(readiness: Readiness) -> Router {
 )]
 async fn ready_check(State(readiness): State<Readiness>) -> (StatusCode, Json<Ready>) {
     let detail = readiness.detail();
-    if readiness.ready() {
-        (
-            StatusCode::OK,
-            Json(Ready {
-                status: "ready",
-                detail,
-            }),
-        )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Ready {
-                status: "starting",
-                detail,
-            }),
-        )
-    }
+    let ready = readiness.ready();
+    let status = if ready { "ready" } else { "starting" };
+    (ok_or_unavailable(ready), Json(Ready { status, detail }))
 }
 
 /// What one client may hold of a service's HTTP server, so that slow or
@@ -500,25 +485,64 @@ pub const DEFAULT_PAGE: usize = 100;
 /// The most entries a request may ask for at once.
 pub const MAX_PAGE: usize = 1000;
 
+/// `axum::extract::Query`, but a rejection is a JSON [`ErrorBody`] like
+/// every other error ([`QueryError`]).
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(Query), rejection(QueryError))]
+pub struct ApiQuery<T>(pub T);
+
+/// 400 `invalid_query`: what is wrong with a request's query string.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// It does not parse.
+    #[error("invalid query: {0}")]
+    Rejected(#[from] QueryRejection),
+    /// It parses, but a value is out of range.
+    #[error("invalid query: {0}")]
+    Invalid(String),
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let message = match self {
+            Self::Rejected(rejection) => rejection.body_text(),
+            Self::Invalid(message) => message,
+        };
+        ErrorBody::new("invalid_query", message).into_response(StatusCode::BAD_REQUEST)
+    }
+}
+
 /// `?limit=n`: how many entries a page holds, checked.
 ///
 /// # Errors
 ///
-/// A message for the client when `limit` is 0 or over [`MAX_PAGE`].
-pub fn page_size(limit: Option<usize>) -> Result<usize, String> {
+/// [`QueryError::Invalid`] when `limit` is 0 or over [`MAX_PAGE`].
+pub fn page_size(limit: Option<usize>) -> Result<usize, QueryError> {
     match limit {
         None => Ok(DEFAULT_PAGE),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(n) => Err(format!("limit must be 1 to {MAX_PAGE}, not {n}")),
+        Some(n) => Err(QueryError::Invalid(format!(
+            "limit must be 1 to {MAX_PAGE}, not {n}"
+        ))),
     }
 }
 
-/// The `Link` header pointing at the next page (RFC 8288): `<target>;
-/// rel="next"`, `target` being a path with its query.
-pub fn next_page(target: &str) -> (axum::http::HeaderName, axum::http::HeaderValue) {
-    let value = axum::http::HeaderValue::from_str(&format!("<{target}>; rel=\"next\""))
-        .unwrap_or_else(|_| axum::http::HeaderValue::from_static(""));
-    (axum::http::header::LINK, value)
+/// The answer of a list read a page at a time, from `entries` read one
+/// beyond `limit` (so whether more follow is known): the first `limit` as
+/// JSON and, while more follow, a `Link: <target>; rel="next"` header (RFC
+/// 8288), `next` naming the target (a path with its query) from the last
+/// entry of the page.
+pub fn page<T: Serialize>(mut entries: Vec<T>, limit: usize, next: impl FnOnce(&T) -> String) -> Response {
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let mut response = Json(&entries).into_response();
+    if more && let Some(last) = entries.last() {
+        let link = format!("<{}>; rel=\"next\"", next(last));
+        if let Ok(value) = axum::http::HeaderValue::from_str(&link) {
+            response.headers_mut().insert(axum::http::header::LINK, value);
+        }
+    }
+    response
 }
 
 /// Looks up the payment whose id is the path segment `id`.

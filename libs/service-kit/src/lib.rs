@@ -28,6 +28,9 @@
 //!   service's tasks and reports how each ended.
 //! - [`postgres_access`]: each service's own PostgreSQL role, owning its
 //!   own database and nothing else (made by xtask, compose and the tests).
+//! - [`service`]: the frame every service runs in: start-up, the routes
+//!   every service serves, supervision; and the settings and consumer group
+//!   of a service that reacts to the notifications.
 //! - [`startup`]: waiting for the broker and the database at start, and
 //!   saying what to do when they do not answer.
 //! - [`telemetry`]: `tracing` setup.
@@ -46,6 +49,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod postgres_access;
 pub mod retention;
+pub mod service;
 pub mod startup;
 pub mod telemetry;
 

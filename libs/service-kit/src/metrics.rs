@@ -36,7 +36,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabels {
@@ -95,62 +95,56 @@ impl Metrics {
     pub fn with(extra: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::default();
         extra(&mut registry);
-        let lag = Family::default();
-        registry.register(
-            "kafka_consumer_lag",
-            "Records after the group's committed offset, per partition this instance holds",
-            lag.clone(),
-        );
-        let assigned = Family::default();
-        registry.register(
-            "kafka_consumer_assigned_partitions",
-            "Partitions this instance holds",
-            assigned.clone(),
-        );
-        let rebalances = Family::default();
-        registry.register(
-            "kafka_consumer_rebalances",
-            "Partition assignments this instance received",
-            rebalances.clone(),
-        );
-        let handled = Family::default();
-        registry.register(
-            "consumer_records_handled",
-            "Records handled (dead letters not included)",
-            handled.clone(),
-        );
-        let retries = Family::default();
-        registry.register(
-            "consumer_retries",
-            "Handling attempts that failed and were retried",
-            retries.clone(),
-        );
-        let dead_letters = Family::default();
-        registry.register(
-            "dead_letters",
-            "Records moved to the topic's dead-letter topic",
-            dead_letters.clone(),
-        );
-        let paused = Family::default();
-        registry.register(
-            "consumer_paused",
-            "1 while the consumer holds its partitions paused for the reason (a dependency that is down, or in_flight_bound)",
-            paused.clone(),
-        );
+        let inner = Inner {
+            lag: registered(
+                &mut registry,
+                "kafka_consumer_lag",
+                "Records after the group's committed offset, per partition this instance holds",
+            ),
+            assigned: registered(
+                &mut registry,
+                "kafka_consumer_assigned_partitions",
+                "Partitions this instance holds",
+            ),
+            rebalances: registered(
+                &mut registry,
+                "kafka_consumer_rebalances",
+                "Partition assignments this instance received",
+            ),
+            handled: registered(
+                &mut registry,
+                "consumer_records_handled",
+                "Records handled (dead letters not included)",
+            ),
+            retries: registered(
+                &mut registry,
+                "consumer_retries",
+                "Handling attempts that failed and were retried",
+            ),
+            dead_letters: registered(
+                &mut registry,
+                "dead_letters",
+                "Records moved to the topic's dead-letter topic",
+            ),
+            paused: registered(
+                &mut registry,
+                "consumer_paused",
+                "1 while the consumer holds its partitions paused for the reason (a dependency that is down, or in_flight_bound)",
+            ),
+            lag_series: Mutex::default(),
+            registry,
+        };
         Self {
-            inner: Arc::new(Inner {
-                registry,
-                lag,
-                assigned,
-                rebalances,
-                handled,
-                retries,
-                dead_letters,
-                paused,
-                lag_series: Mutex::default(),
-            }),
+            inner: Arc::new(inner),
         }
     }
+}
+
+/// A new metric, registered in `registry` as `name` with `help`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 fn topic_labels(group: &str, topic: &str) -> TopicLabels {
@@ -295,6 +289,12 @@ pub fn sample(exposition: &str, name: &str, labels: &str) -> Option<i64> {
 mod tests {
     use super::*;
 
+    /// Group `g`'s lag on partition `partition` of topic `t`.
+    fn lag(exposition: &str, partition: i32) -> Option<i64> {
+        let labels = format!(r#"group="g",topic="t",partition="{partition}""#);
+        sample(exposition, "kafka_consumer_lag", &labels)
+    }
+
     #[test]
     fn renders_every_series_with_escaped_labels() {
         let metrics = Metrics::default();
@@ -305,22 +305,8 @@ mod tests {
         metrics.handled("we\"ird", "t");
         metrics.paused("g", "payments", true);
         let text = metrics.render();
-        assert_eq!(
-            sample(
-                &text,
-                "kafka_consumer_lag",
-                r#"group="g",topic="t",partition="0""#
-            ),
-            Some(5)
-        );
-        assert_eq!(
-            sample(
-                &text,
-                "kafka_consumer_lag",
-                r#"group="g",topic="t",partition="1""#
-            ),
-            Some(0)
-        );
+        assert_eq!(lag(&text, 0), Some(5));
+        assert_eq!(lag(&text, 1), Some(0));
         assert_eq!(
             sample(&text, "kafka_consumer_assigned_partitions", r#"group="g""#),
             Some(2)
@@ -351,21 +337,7 @@ mod tests {
         metrics.set_lag("g", [("t".to_owned(), 0, 5)]);
         metrics.set_lag("g", [("t".to_owned(), 1, 3)]);
         let text = metrics.render();
-        assert_eq!(
-            sample(
-                &text,
-                "kafka_consumer_lag",
-                r#"group="g",topic="t",partition="0""#
-            ),
-            None
-        );
-        assert_eq!(
-            sample(
-                &text,
-                "kafka_consumer_lag",
-                r#"group="g",topic="t",partition="1""#
-            ),
-            Some(3)
-        );
+        assert_eq!(lag(&text, 0), None);
+        assert_eq!(lag(&text, 1), Some(3));
     }
 }

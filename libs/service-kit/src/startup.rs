@@ -4,8 +4,10 @@
 //! answer, the error names what could not be reached, where, and how to
 //! start it.
 
+use std::future::Future;
 use std::time::Duration;
 
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
@@ -29,33 +31,35 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
         .test_before_acquire(false)
 }
 
-/// A pool ([`pool_options`]) on the database of `options`, its schema
-/// brought up to date by `migrator`: how a consumer service opens its own
-/// database.
-///
-/// # Errors
-///
-/// The connection's or the migration's.
-pub async fn migrated_pool<E>(
-    options: PgConnectOptions,
-    max_connections: u32,
-    migrator: &sqlx::migrate::Migrator,
-) -> std::result::Result<PgPool, E>
-where
-    E: From<sqlx::Error> + From<sqlx::migrate::MigrateError>,
-{
-    let pool = pool_options(max_connections).connect_with(options).await?;
-    migrator.run(&pool).await?;
-    Ok(pool)
-}
+/// A store in a service's own database, on one pool: ServiceA's audit log,
+/// ServiceB's records.
+pub trait Database: Sized + Send {
+    /// The schema, embedded at compile time.
+    const MIGRATOR: Migrator;
 
-/// A pool that connects on first use, gives up waiting for a connection
-/// after a second, and migrates nothing: for tests (and the fuzz targets)
-/// of what does not get to the database.
-pub fn lazy_pool(options: PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(1))
-        .connect_lazy_with(options)
+    /// The store on `pool`.
+    fn on(pool: PgPool) -> Self;
+
+    /// Connects with up to `max_connections` connections ([`pool_options`])
+    /// and brings the schema up to date.
+    fn connect(options: PgConnectOptions, max_connections: u32) -> impl Future<Output = Result<Self>> + Send {
+        async move {
+            let pool = pool_options(max_connections).connect_with(options).await?;
+            Self::MIGRATOR.run(&pool).await?;
+            Ok(Self::on(pool))
+        }
+    }
+
+    /// The store on a pool that connects on first use, gives up waiting for
+    /// a connection after a second, and migrates nothing: for tests (and the
+    /// fuzz targets) of what does not get to the database.
+    fn lazy(options: PgConnectOptions) -> Self {
+        Self::on(
+            PgPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(1))
+                .connect_lazy_with(options),
+        )
+    }
 }
 
 /// Waits up to `wait` for a broker of `config` to answer.
