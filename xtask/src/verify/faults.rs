@@ -715,10 +715,10 @@ async fn measure(
         owed.values().sum(),
         unanswered,
         unexpected,
-        sum(&found.stored),
-        sum(&found.published),
-        sum(&found.audit),
-        sum(&found.recorded),
+        sum(&found[Stage::Stored]),
+        sum(&found[Stage::Published]),
+        sum(&found[Stage::Audit]),
+        sum(&found[Stage::Recorded]),
         lost,
         not_downstream,
         twice,
@@ -953,12 +953,14 @@ fn tally(owed: &HashMap<String, u64>, found: &Found) -> (u64, u64) {
     let mut lost = 0;
     let mut twice = 0;
     for (id, &owed) in owed {
-        let at = |stage: &HashMap<String, u64>| stage.get(id).copied().unwrap_or(0);
-        let reached = found.downstream(id).into_iter().chain([at(&found.stored)]);
+        let reached = found
+            .downstream(id)
+            .into_iter()
+            .chain([found.at(Stage::Stored, id)]);
         lost += owed - reached.map(|n| n.min(owed)).min().unwrap_or(0);
-        twice += [at(&found.stored), at(&found.audit), at(&found.recorded)]
+        twice += [Stage::Stored, Stage::Audit, Stage::Recorded]
             .iter()
-            .map(|&n| n.saturating_sub(owed))
+            .map(|&stage| found.at(stage, id).saturating_sub(owed))
             .sum::<u64>();
     }
     (lost, twice)
@@ -968,8 +970,7 @@ fn tally(owed: &HashMap<String, u64>, found: &Found) -> (u64, u64) {
 /// the store (a request never answered 2xx may still have been stored; its
 /// event is owed downstream all the same).
 fn not_downstream(found: &Found) -> u64 {
-    found
-        .stored
+    found[Stage::Stored]
         .iter()
         .map(|(id, &stored)| {
             let reached = found.downstream(id).into_iter().map(|n| n.min(stored));
@@ -981,8 +982,7 @@ fn not_downstream(found: &Found) -> u64 {
 /// Events on the notifications topic that no 2xx answered: a payment or a
 /// refund published although its request failed (or was never made).
 fn unanswered_published(owed: &HashMap<String, u64>, found: &Found) -> u64 {
-    found
-        .published
+    found[Stage::Published]
         .iter()
         .map(|(id, &n)| n.saturating_sub(owed.get(id).copied().unwrap_or(0)))
         .sum()
@@ -1050,51 +1050,78 @@ async fn audit(stack: &Stack, http: &reqwest::Client) -> Option<HashMap<String, 
     }
 }
 
+/// A stage a payment's events reach: counts per payment at each.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Events in the store (the payment's version).
+    Stored,
+    /// Distinct notifications on the topic.
+    Published,
+    /// The newest version on the state topic.
+    State,
+    /// ServiceA's audit entries.
+    Audit,
+    /// ServiceA's copy's version.
+    Copy,
+    /// ServiceB's count of notifications handled.
+    Recorded,
+    /// The version ServiceB's callback last got.
+    RecordVersion,
+}
+
+impl Stage {
+    /// Every stage after the store.
+    const DOWNSTREAM: [Self; 6] = [
+        Self::Published,
+        Self::State,
+        Self::Audit,
+        Self::Copy,
+        Self::Recorded,
+        Self::RecordVersion,
+    ];
+}
+
 /// What each stage holds, per payment.
 #[derive(Debug, Default)]
 struct Found {
-    /// Events in the store (the payment's version).
-    stored: HashMap<String, u64>,
-    /// Distinct notifications on the topic.
-    published: HashMap<String, u64>,
-    /// The newest version on the state topic.
-    state: HashMap<String, u64>,
-    /// ServiceA's audit entries.
-    audit: HashMap<String, u64>,
-    /// ServiceA's copy's version.
-    copy: HashMap<String, u64>,
-    /// ServiceB's count of notifications handled.
-    recorded: HashMap<String, u64>,
-    /// The version ServiceB's callback last got.
-    record_version: HashMap<String, u64>,
+    /// Indexed by [`Stage`].
+    stages: [HashMap<String, u64>; 7],
     /// When ServiceB's callback last fetched the payment.
     fetched_at: HashMap<String, DateTime<Utc>>,
     dead_letters: usize,
 }
 
+impl std::ops::Index<Stage> for Found {
+    type Output = HashMap<String, u64>;
+    fn index(&self, stage: Stage) -> &Self::Output {
+        &self.stages[stage as usize]
+    }
+}
+
+impl std::ops::IndexMut<Stage> for Found {
+    fn index_mut(&mut self, stage: Stage) -> &mut Self::Output {
+        &mut self.stages[stage as usize]
+    }
+}
+
 impl Found {
+    /// How many events of payment `id` `stage` holds.
+    fn at(&self, stage: Stage, id: &str) -> u64 {
+        self[stage].get(id).copied().unwrap_or(0)
+    }
+
     /// How many events of payment `id` each stage after the store holds:
     /// published, on the state topic, audited, copied, recorded by ServiceB,
     /// and the version its callback got.
     fn downstream(&self, id: &str) -> [u64; 6] {
-        [
-            &self.published,
-            &self.state,
-            &self.audit,
-            &self.copy,
-            &self.recorded,
-            &self.record_version,
-        ]
-        .map(|stage| stage.get(id).copied().unwrap_or(0))
+        Stage::DOWNSTREAM.map(|stage| self.at(stage, id))
     }
 
     /// What each stage holds of the payments of `due` (every payment in the
     /// store, and every one answered 2xx).
     async fn gather(stack: &Stack, http: &reqwest::Client, due: &HashMap<String, u64>) -> Result<Self> {
-        let mut found = Self {
-            stored: stored_events(&stack.run)?,
-            ..Self::default()
-        };
+        let mut found = Self::default();
+        found[Stage::Stored] = stored_events(&stack.run)?;
         for id in due.keys() {
             let version = |v: &Value| v["version"].as_u64();
             if let Some(v) = get(http, &stack.url(SERVICE_A, &format!("/payments/{id}")))
@@ -1102,21 +1129,18 @@ impl Found {
                 .as_ref()
                 .and_then(version)
             {
-                found.copy.insert(id.clone(), v);
+                found[Stage::Copy].insert(id.clone(), v);
             }
             if let Some(record) = get(http, &stack.url(SERVICE_B, &format!("/payments/{id}"))).await {
-                found
-                    .recorded
-                    .insert(id.clone(), record["notifications"].as_u64().unwrap_or(0));
-                found
-                    .record_version
+                found[Stage::Recorded].insert(id.clone(), record["notifications"].as_u64().unwrap_or(0));
+                found[Stage::RecordVersion]
                     .insert(id.clone(), record["payment"]["version"].as_u64().unwrap_or(0));
                 if let Some(at) = record["fetched_at"].as_str().and_then(|t| t.parse().ok()) {
                     found.fetched_at.insert(id.clone(), at);
                 }
             }
         }
-        found.audit = audit(stack, http).await.context("reading ServiceA's audit log")?;
+        found[Stage::Audit] = audit(stack, http).await.context("reading ServiceA's audit log")?;
 
         let kafka = stack.kafka();
         let mut notifications: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
@@ -1127,14 +1151,16 @@ impl Found {
                 .or_default()
                 .insert(notification.metadata().id.to_string());
         }
-        found.published = notifications
+        found[Stage::Published] = notifications
             .into_iter()
             .map(|(id, events)| (id, events.len() as u64))
             .collect();
         for record in kafka_ops::dead_letters::read_topic(&kafka, &kafka.topics.state).await? {
             let Some(value) = record.payload() else { continue };
             let state: PaymentState = serde_json::from_slice(value).context("an unreadable state event")?;
-            let newest = found.state.entry(state.payment_id.to_string()).or_default();
+            let newest = found[Stage::State]
+                .entry(state.payment_id.to_string())
+                .or_default();
             *newest = (*newest).max(state.version);
         }
         for topic in [&kafka.topics.notifications, &kafka.topics.state] {
@@ -1152,15 +1178,8 @@ mod tests {
     use super::*;
 
     fn stages(n: u64) -> Found {
-        let all = |n| HashMap::from([("p".to_owned(), n)]);
         Found {
-            stored: all(n),
-            published: all(n),
-            state: all(n),
-            audit: all(n),
-            copy: all(n),
-            recorded: all(n),
-            record_version: all(n),
+            stages: std::array::from_fn(|_| HashMap::from([("p".to_owned(), n)])),
             ..Found::default()
         }
     }
@@ -1171,22 +1190,22 @@ mod tests {
         assert_eq!(tally(&owed, &stages(2)), (0, 0));
 
         let mut unpublished = stages(2);
-        unpublished.published.insert("p".to_owned(), 1);
+        unpublished[Stage::Published].insert("p".to_owned(), 1);
         assert_eq!(tally(&owed, &unpublished), (1, 0));
 
         let mut never_recorded = stages(2);
-        never_recorded.recorded.clear();
-        never_recorded.record_version.clear();
+        never_recorded[Stage::Recorded].clear();
+        never_recorded[Stage::RecordVersion].clear();
         assert_eq!(tally(&owed, &never_recorded), (2, 0));
 
         let mut recorded_twice = stages(2);
-        recorded_twice.recorded.insert("p".to_owned(), 3);
-        recorded_twice.audit.insert("p".to_owned(), 3);
+        recorded_twice[Stage::Recorded].insert("p".to_owned(), 3);
+        recorded_twice[Stage::Audit].insert("p".to_owned(), 3);
         assert_eq!(tally(&owed, &recorded_twice), (0, 2));
 
         // Published twice (at-least-once) is not applied twice.
         let mut published_twice = stages(2);
-        published_twice.published.insert("p".to_owned(), 3);
+        published_twice[Stage::Published].insert("p".to_owned(), 3);
         assert_eq!(tally(&owed, &published_twice), (0, 0));
     }
 
@@ -1195,10 +1214,10 @@ mod tests {
         assert_eq!(not_downstream(&stages(2)), 0);
         // Stored (its request never answered 2xx) and never published.
         let mut unanswered = stages(2);
-        unanswered.stored.insert("q".to_owned(), 1);
+        unanswered[Stage::Stored].insert("q".to_owned(), 1);
         assert_eq!(not_downstream(&unanswered), 1);
         let mut not_audited = stages(2);
-        not_audited.audit.insert("p".to_owned(), 1);
+        not_audited[Stage::Audit].insert("p".to_owned(), 1);
         assert_eq!(not_downstream(&not_audited), 1);
     }
 
@@ -1215,10 +1234,10 @@ mod tests {
         let owed = HashMap::from([("p".to_owned(), 1)]);
         assert_eq!(unanswered_published(&owed, &stages(1)), 0);
         let mut refund_without_2xx = stages(1);
-        refund_without_2xx.published.insert("p".to_owned(), 2);
+        refund_without_2xx[Stage::Published].insert("p".to_owned(), 2);
         assert_eq!(unanswered_published(&owed, &refund_without_2xx), 1);
         let mut payment_without_2xx = stages(1);
-        payment_without_2xx.published.insert("q".to_owned(), 1);
+        payment_without_2xx[Stage::Published].insert("q".to_owned(), 1);
         assert_eq!(unanswered_published(&owed, &payment_without_2xx), 1);
     }
 }
