@@ -135,7 +135,17 @@ impl HandleError {
     /// rejects for what the record holds (a constraint, a value out of
     /// range) is this record's, with a retry budget.
     pub fn database(e: sqlx::Error) -> Self {
-        let unavailable = match &e {
+        if Self::is_unavailable(&e) {
+            Self::unavailable(DATABASE, e)
+        } else {
+            Self::transient(e)
+        }
+    }
+
+    /// Whether `e` is the database being unavailable rather than a
+    /// statement it rejects (see [`HandleError::database`]).
+    pub fn is_unavailable(e: &sqlx::Error) -> bool {
+        match e {
             sqlx::Error::Database(db) => db.code().is_none_or(|code| {
                 // SQLSTATE classes: 08 connection exception, 53 insufficient
                 // resources, 57 operator intervention (shutdown, cannot
@@ -154,11 +164,6 @@ impl HandleError {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Configuration(_) => true,
             _ => false,
-        };
-        if unavailable {
-            Self::unavailable(DATABASE, e)
-        } else {
-            Self::transient(e)
         }
     }
 }
@@ -168,7 +173,9 @@ pub const DATABASE: &str = "database";
 
 /// A failure of the service's store while handling a record: the database
 /// unavailable (the consumer pauses and waits for it) or, for a statement
-/// it rejects, the record's own (see [`HandleError::database`]).
+/// it rejects, the record's own (see [`HandleError::database`]). A
+/// failure shared by a group of rows ([`crate::Error::Shared`]) is the
+/// database being unavailable: [`crate::batch`] shares no other.
 impl From<crate::Error> for HandleError {
     fn from(e: crate::Error) -> Self {
         match e {

@@ -55,6 +55,14 @@ pub enum Error {
     /// The service's database is unreachable or refused a statement.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database was unavailable for a statement that wrote this row
+    /// together with others ([`crate::batch`]): the same failure for all.
+    #[error(transparent)]
+    Shared(std::sync::Arc<Error>),
+    /// A statement for a group of rows ended without answering this one
+    /// (its task failed); whether the row was written is unknown.
+    #[error("the statement for a group of rows ended without answering this row")]
+    Unanswered,
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A Kafka client call failed.

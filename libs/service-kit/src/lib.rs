@@ -13,6 +13,8 @@
 //! - [`consumer`]: the consumer loop: handle a record, *then* store its offset
 //!   (at-least-once); retry transient failures with backoff while staying in
 //!   the group; dead-letter records that can never be handled.
+//! - [`batch`]: one statement, and one commit, for the rows that records
+//!   handled concurrently write.
 //! - [`dead_letter`]: publishing records that cannot be handled to
 //!   `<topic>.dlt`. (Listing and redriving them, and a group's offsets, are
 //!   for operators: the `kafka-ops` crate, which no service links.)
@@ -37,6 +39,7 @@
 //! - [`error`]: this crate's error type.
 
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
