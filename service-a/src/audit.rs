@@ -8,6 +8,7 @@
 //! Entries older than `RETENTION_DAYS` are pruned
 //! ([`service_kit::retention`]).
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
@@ -15,6 +16,7 @@ use event_store::{Checkpoint, CommitOrder};
 use serde::Serialize;
 use service_kit::CancellationToken;
 use service_kit::Result;
+use service_kit::batch::{Batched, Statement};
 use service_kit::config::RetentionConfig;
 use service_kit::retention::Expiring;
 use service_kit::startup::Database;
@@ -75,30 +77,16 @@ pub struct NewEntry {
 #[derive(Debug, Clone)]
 pub struct Audit {
     pool: PgPool,
+    inserts: Batched<Insert>,
 }
 
 impl Audit {
     /// Records `entry` unless its notification was recorded before. Returns
-    /// whether it was new.
+    /// whether it was new, once the entry is committed: with the entries
+    /// other records submitted meanwhile, in one statement
+    /// ([`service_kit::batch`]).
     pub async fn record(&self, entry: &NewEntry) -> Result<bool> {
-        let inserted = sqlx::query(
-            "INSERT INTO audit_entries \
-                 (event_id, payment_id, kind, occurred_at, recorded_at, source, correlation_id, \
-                  topic_partition, topic_offset) \
-             VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8) \
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(Uuid::from(entry.event_id))
-        .bind(Uuid::from(entry.payment_id))
-        .bind(entry.kind)
-        .bind(entry.occurred_at)
-        .bind(&entry.source)
-        .bind(entry.correlation_id)
-        .bind(entry.partition)
-        .bind(entry.offset)
-        .execute(&self.pool)
-        .await?;
-        Ok(inserted.rows_affected() == 1)
+        self.inserts.submit(entry.clone()).await
     }
 
     /// Up to `limit` entries committed after the entry whose cursor is
@@ -137,7 +125,58 @@ impl Database for Audit {
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
     fn on(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            inserts: Batched::new(Insert { pool: pool.clone() }),
+            pool,
+        }
+    }
+}
+
+/// Inserts a group of entries, each unless its notification was recorded
+/// before; answers, for each, whether it was new.
+#[derive(Debug)]
+struct Insert {
+    pool: PgPool,
+}
+
+impl Statement for Insert {
+    type Row = NewEntry;
+    type Answer = bool;
+
+    async fn run(&self, entries: &[NewEntry]) -> Result<Vec<bool>> {
+        let column = |f: fn(&NewEntry) -> Uuid| entries.iter().map(f).collect::<Vec<_>>();
+        // In the order submitted, so `seq` follows it.
+        let inserted: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO audit_entries \
+                 (event_id, payment_id, kind, occurred_at, recorded_at, source, correlation_id, \
+                  topic_partition, topic_offset) \
+             SELECT event_id, payment_id, kind, occurred_at, now(), source, correlation_id, \
+                    topic_partition, topic_offset \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], \
+                         $6::uuid[], $7::int4[], $8::int8[]) \
+                  WITH ORDINALITY AS e(event_id, payment_id, kind, occurred_at, source, \
+                                       correlation_id, topic_partition, topic_offset, ord) \
+             ORDER BY ord \
+             ON CONFLICT (event_id) DO NOTHING \
+             RETURNING event_id",
+        )
+        .bind(column(|e| e.event_id.into()))
+        .bind(column(|e| e.payment_id.into()))
+        .bind(entries.iter().map(|e| e.kind).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.source.as_str()).collect::<Vec<_>>())
+        .bind(column(|e| e.correlation_id))
+        .bind(entries.iter().map(|e| e.partition).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.offset).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        // A notification submitted twice in one group was inserted once:
+        // only its first submission is told it was new.
+        let mut inserted: HashSet<Uuid> = inserted.into_iter().collect();
+        Ok(entries
+            .iter()
+            .map(|e| inserted.remove(&Uuid::from(e.event_id)))
+            .collect())
     }
 }
 

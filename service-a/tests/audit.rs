@@ -5,9 +5,10 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use event_store::testing::TestDatabase;
+use service_a::audit::NewEntry;
 use service_a::{AppState, Audit, PaymentEvents, State, app};
 use service_kit::auth::{Callers, Rights, Token};
-use service_kit::consumer::Handler;
+use service_kit::consumer::{HandleError, Handler};
 use service_kit::startup::Database;
 use shared_events::testing::{delivered, payment};
 use shared_events::{Envelope, Topics};
@@ -232,6 +233,16 @@ async fn a_reader_paging_throughout_sees_every_entry_once_though_commits_land_ou
         State::default(),
         audit.clone(),
     ));
+    // Another instance of ServiceA on the same database writes the slow
+    // entry: an instance writes one group of entries at a time, so its own
+    // entries commit in `seq` order, but two instances' need not.
+    let other_instance = Arc::new(PaymentEvents::new(
+        topics.clone(),
+        State::default(),
+        Audit::connect(database.url.parse().expect("url"), 2)
+            .await
+            .expect("connect"),
+    ));
     let (router, token) = served(audit);
     let total = usize::try_from(ROUNDS * (1 + LATER + WRITERS * PER_WRITER)).expect("small");
     let reads = Reads::default();
@@ -266,7 +277,7 @@ async fn a_reader_paging_throughout_sees_every_entry_once_though_commits_land_ou
         .await
         .expect("insert");
         let slow_write = {
-            let (handler, topics, slow) = (Arc::clone(&handler), topics.clone(), slow.clone());
+            let (handler, topics, slow) = (Arc::clone(&other_instance), topics.clone(), slow.clone());
             tokio::spawn(async move {
                 handler
                     .handle(&delivered(&topics.notifications, 1000, &slow), 1)
@@ -393,4 +404,95 @@ async fn an_open_transaction_in_another_database_does_not_hold_the_audit_back() 
     .await;
     assert_eq!(page[0].event_id, sent[0].metadata.id);
     open.rollback().await.expect("rollback");
+}
+
+/// A notification to audit, delivered at `offset`.
+fn entry(offset: i64) -> NewEntry {
+    NewEntry {
+        event_id: shared_events::EventId::new(),
+        payment_id: payment().payment_id,
+        kind: "received",
+        occurred_at: chrono::Utc::now(),
+        source: "/test".to_owned(),
+        correlation_id: Uuid::now_v7(),
+        partition: 0,
+        offset,
+    }
+}
+
+/// Records each of `entries` from a task of its own, all submitted before
+/// any is written (one thread: the tasks run in turn and submit before the
+/// task that writes their group gets to run); the outcomes in order.
+async fn record_together(audit: &Audit, entries: &[NewEntry]) -> Vec<service_kit::Result<bool>> {
+    let tasks: Vec<_> = entries
+        .iter()
+        .map(|entry| {
+            let (audit, entry) = (audit.clone(), entry.clone());
+            tokio::spawn(async move { audit.record(&entry).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("task"));
+    }
+    outcomes
+}
+
+/// How many transactions wrote the audit log's entries.
+async fn transactions(database: &TestDatabase) -> i64 {
+    sqlx::query_scalar("SELECT count(DISTINCT transaction_id::text) FROM audit_entries")
+        .fetch_one(&mut database.as_superuser().await)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn notifications_audited_together_take_one_transaction_and_one_twice_in_it_is_new_once() {
+    let (database, audit) = audit().await;
+    let mut entries: Vec<_> = (0..40).map(entry).collect();
+    // Delivered again before the first delivery was written.
+    entries.push(entries[3].clone());
+    let new: Vec<bool> = record_together(&audit, &entries)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.expect("recorded"))
+        .collect();
+    assert_eq!(new.iter().filter(|new| **new).count(), 40, "{new:?}");
+    assert!(new[3] && !new[40], "the first submission is the new one");
+    let page = audit.page(None, 100).await.expect("read");
+    assert_eq!(page.len(), 40);
+    let offsets: Vec<i64> = page.iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, (0..40).collect::<Vec<_>>(), "in the order submitted");
+    // The first may start a statement of its own before the rest are submitted.
+    let transactions = transactions(&database).await;
+    assert!(transactions <= 2, "40 entries in {transactions} transactions");
+}
+
+#[tokio::test]
+async fn a_notification_the_database_rejects_fails_alone_and_the_rest_of_its_group_is_audited() {
+    let (_database, audit) = audit().await;
+    let mut entries: Vec<_> = (0..5).map(entry).collect();
+    // PostgreSQL's text holds no NUL character.
+    entries[2].source = "/te\0st".to_owned();
+    let outcomes = record_together(&audit, &entries).await;
+    for (offset, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(new) => assert!(new && offset != 2, "{offset}"),
+            Err(e) => {
+                assert_eq!(offset, 2, "only the rejected entry fails: {e}");
+                assert!(
+                    matches!(HandleError::from(e), HandleError::Transient(_)),
+                    "the record's own failure, not the database's"
+                );
+            }
+        }
+    }
+    let offsets: Vec<i64> = audit
+        .page(None, 10)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| e.offset)
+        .collect();
+    assert_eq!(offsets, [0, 1, 3, 4]);
 }
