@@ -5,12 +5,14 @@
 //! notification from being handled twice). The records, one per payment,
 //! are kept.
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use service_kit::CancellationToken;
 use service_kit::Result;
+use service_kit::batch::{Batched, Statement};
 use service_kit::config::RetentionConfig;
 use service_kit::retention::Expiring;
 use service_kit::startup::Database;
@@ -18,6 +20,7 @@ use shared_events::{EventId, PaymentId, PaymentState};
 use sqlx::migrate::Migrator;
 use sqlx::types::Json;
 use sqlx::{PgPool, Row};
+use uuid::Uuid;
 
 /// The handled notifications by age, for pruning.
 const HANDLED: Expiring = Expiring {
@@ -45,62 +48,32 @@ pub struct CallbackRecord {
 
 /// ServiceB's records by payment id, and the notifications it handled.
 /// Cheap to clone.
+///
+/// Lookups and writes of records handled concurrently each go in one
+/// statement ([`service_kit::batch`]): one round trip, and one commit, for
+/// many records.
 #[derive(Debug, Clone)]
 pub struct Records {
     pool: PgPool,
+    lookups: Batched<Handled>,
+    writes: Batched<Record>,
 }
 
 impl Records {
     /// Whether the notification `event_id` was handled already.
     pub async fn handled(&self, event_id: EventId) -> Result<bool> {
-        let found: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM processed_notifications WHERE event_id = $1")
-                .bind(uuid::Uuid::from(event_id))
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
+        self.lookups.submit(event_id).await
     }
 
     /// Records what the callback for notification `record.notification_id`
-    /// returned, and marks the notification handled, atomically.
-    /// Returns `false`, changing nothing, if it was handled before.
+    /// returned, and marks the notification handled, atomically, once
+    /// committed. Returns `false`, changing nothing, if it was handled
+    /// before.
     ///
     /// The record keeps the newest state: callbacks for two notifications of
     /// one payment can finish out of order across a rebalance.
     pub async fn record(&self, record: &CallbackRecord) -> Result<bool> {
-        // One statement, so one round trip and one commit: the record is
-        // written only when the notification's mark was (data-modifying CTEs
-        // all run, and see each other's rows through RETURNING).
-        let first: bool = sqlx::query_scalar(
-            r"
-WITH first AS (
-    INSERT INTO processed_notifications (event_id, payment_id) VALUES ($4, $1)
-    ON CONFLICT DO NOTHING
-    RETURNING event_id
-), recorded AS (
-    INSERT INTO payment_records AS r
-        (payment_id, payment, version, notification_id, fetched_at, attempts, notifications)
-    SELECT $1, $2, $3, $4, $5, $6, 1 FROM first
-    ON CONFLICT (payment_id) DO UPDATE SET
-        notifications   = r.notifications + 1,
-        payment         = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.payment ELSE r.payment END,
-        notification_id = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.notification_id ELSE r.notification_id END,
-        fetched_at      = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.fetched_at ELSE r.fetched_at END,
-        attempts        = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.attempts ELSE r.attempts END,
-        version         = GREATEST(EXCLUDED.version, r.version)
-)
-SELECT EXISTS (SELECT 1 FROM first)
-",
-        )
-        .bind(uuid::Uuid::from(record.payment.payment_id))
-        .bind(Json(&record.payment))
-        .bind(i64::try_from(record.payment.version).unwrap_or(i64::MAX))
-        .bind(uuid::Uuid::from(record.notification_id))
-        .bind(record.fetched_at)
-        .bind(i32::try_from(record.attempts).unwrap_or(i32::MAX))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(first)
+        self.writes.submit(record.clone()).await
     }
 
     /// Forgets up to `batch` of the notifications handled before `cutoff`,
@@ -146,6 +119,100 @@ impl Database for Records {
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
     fn on(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            lookups: Batched::new(Handled { pool: pool.clone() }),
+            writes: Batched::new(Record { pool: pool.clone() }),
+            pool,
+        }
+    }
+}
+
+/// Which of a group of notifications were handled already.
+#[derive(Debug)]
+struct Handled {
+    pool: PgPool,
+}
+
+impl Statement for Handled {
+    type Row = EventId;
+    type Answer = bool;
+
+    async fn run(&self, event_ids: &[EventId]) -> Result<Vec<bool>> {
+        let ids: Vec<Uuid> = event_ids.iter().map(|&id| id.into()).collect();
+        let handled: HashSet<Uuid> =
+            sqlx::query_scalar("SELECT event_id FROM processed_notifications WHERE event_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect();
+        Ok(ids.iter().map(|id| handled.contains(id)).collect())
+    }
+}
+
+/// Records a group of callbacks, each with its notification's mark, and
+/// answers, for each, whether its notification was new.
+#[derive(Debug)]
+struct Record {
+    pool: PgPool,
+}
+
+impl Statement for Record {
+    type Row = CallbackRecord;
+    type Answer = bool;
+
+    async fn run(&self, records: &[CallbackRecord]) -> Result<Vec<bool>> {
+        // One statement: a record is written only when its notification's
+        // mark was (data-modifying CTEs all run, and see each other's rows
+        // through RETURNING). A payment is upserted once per statement at
+        // most: one payment twice in a group (which the consumer's key
+        // order makes rare) fails the statement, and `Batched` writes its
+        // rows one by one.
+        let new: Vec<bool> = sqlx::query_scalar(
+            r"
+WITH input AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::int8[], $4::uuid[], $5::timestamptz[], $6::int4[])
+        WITH ORDINALITY AS i(payment_id, payment, version, notification_id, fetched_at, attempts, ord)
+), first AS (
+    INSERT INTO processed_notifications (event_id, payment_id)
+    SELECT notification_id, payment_id FROM input ORDER BY ord
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+), recorded AS (
+    INSERT INTO payment_records AS r
+        (payment_id, payment, version, notification_id, fetched_at, attempts, notifications)
+    SELECT payment_id, payment, version, notification_id, fetched_at, attempts, 1
+    FROM input JOIN first ON first.event_id = input.notification_id
+    ORDER BY ord
+    ON CONFLICT (payment_id) DO UPDATE SET
+        notifications   = r.notifications + 1,
+        payment         = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.payment ELSE r.payment END,
+        notification_id = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.notification_id ELSE r.notification_id END,
+        fetched_at      = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.fetched_at ELSE r.fetched_at END,
+        attempts        = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.attempts ELSE r.attempts END,
+        version         = GREATEST(EXCLUDED.version, r.version)
+)
+SELECT notification_id IN (SELECT event_id FROM first) FROM input ORDER BY ord
+",
+        )
+        .bind(records.iter().map(|r| Uuid::from(r.payment.payment_id)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| Json(&r.payment)).collect::<Vec<_>>())
+        .bind(
+            records
+                .iter()
+                .map(|r| i64::try_from(r.payment.version).unwrap_or(i64::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(records.iter().map(|r| Uuid::from(r.notification_id)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.fetched_at).collect::<Vec<_>>())
+        .bind(
+            records
+                .iter()
+                .map(|r| i32::try_from(r.attempts).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(new)
     }
 }

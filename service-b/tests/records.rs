@@ -300,3 +300,90 @@ async fn handled_ids_past_the_retention_are_pruned_in_bounded_rounds_and_recent_
         .expect("recorded");
     assert_eq!(stored.notifications, 8);
 }
+
+/// A callback record of `payment` for a notification of its own.
+fn callback(payment: &PaymentState) -> CallbackRecord {
+    CallbackRecord {
+        payment: payment.clone(),
+        notification_id: shared_events::EventId::new(),
+        fetched_at: Utc::now(),
+        attempts: 1,
+        notifications: 1,
+    }
+}
+
+/// Records each of `callbacks` from a task of its own, all submitted before
+/// any is written (one thread: the tasks run in turn and submit before the
+/// task that writes their group gets to run); the answers in order.
+async fn record_together(records: &Records, callbacks: &[CallbackRecord]) -> Vec<bool> {
+    let tasks: Vec<_> = callbacks
+        .iter()
+        .map(|callback| {
+            let (records, callback) = (records.clone(), callback.clone());
+            tokio::spawn(async move { records.record(&callback).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("task").expect("recorded"));
+    }
+    answers
+}
+
+#[tokio::test]
+async fn a_notification_twice_in_one_group_counts_once() {
+    let (_database, records) = records().await;
+    let mut callbacks: Vec<_> = (0..40).map(|_| callback(&state())).collect();
+    // Delivered again before the first delivery was written.
+    callbacks.push(callbacks[3].clone());
+    let answers = record_together(&records, &callbacks).await;
+    assert_eq!(answers.iter().filter(|new| **new).count(), 40, "{answers:?}");
+    assert!(!answers[40], "the second of the same notification is not new");
+    for callback in &callbacks[..40] {
+        let stored = records
+            .get(callback.payment.payment_id)
+            .await
+            .expect("read")
+            .expect("recorded");
+        assert_eq!(
+            (stored.notification_id, stored.notifications),
+            (callback.notification_id, 1)
+        );
+    }
+}
+
+#[tokio::test]
+async fn records_written_together_take_one_transaction() {
+    let (database, records) = records().await;
+    let callbacks: Vec<_> = (0..40).map(|_| callback(&state())).collect();
+    let answers = record_together(&records, &callbacks).await;
+    assert!(answers.iter().all(|new| *new));
+    let mut connection = database.as_superuser().await;
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM payment_records")
+        .fetch_one(&mut connection)
+        .await
+        .expect("count");
+    // The first callback may start a statement of its own before the rest
+    // are submitted.
+    assert!(transactions <= 2, "40 records in {transactions} transactions");
+}
+
+#[tokio::test]
+async fn two_notifications_of_one_payment_in_one_group_both_count_and_the_newest_state_wins() {
+    let (_database, records) = records().await;
+    let older = state();
+    let mut newer = older.clone();
+    newer.version = 2;
+    newer.refunded = 10;
+    let (first, second) = (callback(&newer), callback(&older));
+    let answers = record_together(&records, &[first.clone(), second, callback(&state())]).await;
+    assert_eq!(answers, [true, true, true]);
+    let stored = records
+        .get(older.payment_id)
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(stored.payment, newer, "the version guard holds inside a group");
+    assert_eq!(stored.notification_id, first.notification_id);
+    assert_eq!(stored.notifications, 2);
+}
