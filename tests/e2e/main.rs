@@ -2,6 +2,7 @@
 //! `integration_tests::broker`). Each test has its own topics and groups.
 
 mod access;
+mod batched;
 mod consumers;
 mod failures;
 mod flow;
