@@ -15,7 +15,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, OwnedMessage};
 use serde_json::{Value, json};
-use service_kit::config::{ConsumerConfig, KafkaConfig, StartFrom};
+use kafka_ops::access::{self, LocalTools, Role, User};
+use kafka_ops::queue::{Delivery, Queue, REQUESTS};
+use service_kit::config::{ConsumerConfig, KafkaConfig, KafkaUser, Secret, StartFrom};
 use service_kit::kafka::GroupConsumer;
 use shared_events::Topics;
 
@@ -30,8 +32,10 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// `pause`: wait for Enter between steps (only when stdin is a terminal).
 pub async fn run(root: &Path, pause: bool) -> Result<()> {
     let credentials = crate::local::credentials::ensure(root)?;
+    let broker = broker::LocalBroker::new(root);
     let tour = Tour {
-        broker: broker::LocalBroker::new(root),
+        tools: LocalTools::new(root, broker.classpath()?),
+        broker,
         http: crate::local::credentials::operator_client_with(&credentials)?,
         kafka: KafkaConfig {
             bootstrap_servers: crate::env_set("KAFKA_BOOTSTRAP_SERVERS")
@@ -51,7 +55,7 @@ pub async fn run(root: &Path, pause: bool) -> Result<()> {
 
 /// The tour's state: how it reaches the services and the broker.
 struct Tour {
-    /// Kafka's tools, on the local broker's classpath.
+    /// The local broker, whose classpath runs Kafka's tools.
     broker: broker::LocalBroker,
     /// The operator's HTTP client: it reads every service's payment data.
     http: reqwest::Client,
@@ -61,6 +65,8 @@ struct Tour {
     pause: bool,
     /// Names this run's consumer groups.
     run: i64,
+    /// Kafka's tools as runs of many at once, for the queue's share consumers.
+    tools: LocalTools,
 }
 
 /// The patterns and their parts, in the order the tour takes them.
@@ -258,19 +264,19 @@ impl Tour {
     async fn queue_or_stream(&self, id: &str) -> Result<()> {
         self.step(
             5,
-            "a Kafka topic is a stream, not a queue: what a group consumed stays on it, \
-             for the topic's retention (or, compacted, the newest per payment), and \
-             can be read again (replayed) by anyone.",
+            "a queue hands each message to one consumer, and once acknowledged it is gone; \
+             a stream keeps every record, for the topic's retention (or, compacted, the \
+             newest per payment), for every group to read, and read again. Kafka does both: \
+             a share group takes a topic's records one at a time across its members, while \
+             a consumer group reads the same topic whole.",
         )
         .await?;
         let cursor = self.caught_up("service-b", &self.topics.notifications).await?;
-        println!(
-            "ServiceB's group has consumed {}: {cursor}",
-            self.topics.notifications
-        );
         let again = self.records(&self.topics.notifications, id).await?;
         println!(
-            "…and the topic still holds payment {id}'s {} notifications: read again from offset 0.",
+            "The stream: ServiceB's group has consumed {} ({cursor}), and the topic still holds \
+             payment {id}'s {} notifications, read again from offset 0.",
+            self.topics.notifications,
             again.len()
         );
         for topic in [&self.topics.notifications, &self.topics.state] {
@@ -280,7 +286,63 @@ impl Tour {
             "ServiceA replays the whole state topic on each start to rebuild its copy; \
              Kafka's `kafka-consumer-groups.sh --reset-offsets` moves a stopped group back to replay it."
         );
-        code(&["`shared-events/src/topics.rs` → `Topics::specs` (retention and compaction)"]);
+
+        // The queue: refund requests, work to be done once by whichever
+        // worker is free, on a topic of one partition.
+        let queue = Queue {
+            topic: format!("tour.refund-requests.{}", self.run),
+            group: format!("tour-{}-refund-workers", self.run),
+        };
+        let worker = User {
+            login: KafkaUser {
+                name: format!("tour-{}-worker", self.run),
+                password: Secret::new(service_kit::auth::Token::generate().expose()),
+            },
+            role: Role::QueueWorker {
+                topic: queue.topic.clone(),
+                group: queue.group.clone(),
+            },
+        };
+        let operator = access::Target {
+            bootstrap: self.kafka.bootstrap_servers.clone(),
+            command_config: None,
+        };
+        let mut runs = queue.setup(&operator);
+        runs.extend(access::invocations(&[worker.clone()], &self.topics, &operator)?);
+        self.tools.run(&runs).await?;
+        let tools = &self.tools;
+        let shown = queue
+            .show(&self.kafka, broker::SASL_BOOTSTRAP, &worker.login, |runs| async move {
+                tools.run(&runs).await
+            })
+            .await?;
+        let list = |deliveries: &[Delivery]| -> Vec<String> {
+            let each = deliveries.iter();
+            each.map(|d| format!("{} (offset {}, delivery {})", d.value, d.offset, d.count))
+                .collect()
+        };
+        println!(
+            "\nThe queue: {REQUESTS} records on {} (one partition), share group {}, whose \
+             members log in as {} (allowed to read that topic in that group only):",
+            queue.topic, queue.group, worker.login.name
+        );
+        println!("  a member rejects {:?}: never delivered again", list(&shown.rejected));
+        println!("  a member releases {:?}: delivered again", list(&shown.released));
+        for (n, taken) in shown.members.iter().enumerate() {
+            println!("  member {} of two at once takes {:?}", n + 1, list(taken));
+        }
+        println!(
+            "The stream beside it: consumer group {}.stream reads all {}: {:?}",
+            queue.group,
+            shown.stream.len(),
+            shown.stream
+        );
+        shown.check().map_err(anyhow::Error::msg)?;
+        code(&[
+            "`shared-events/src/topics.rs` → `Topics::specs` (retention and compaction)",
+            "`libs/kafka-ops/src/queue.rs` → `Queue::show` (Kafka's console share consumer: rust-rdkafka has none yet)",
+            "`libs/kafka-ops/src/access.rs` → `acls` (`Role::QueueWorker`)",
+        ]);
         Ok(())
     }
 

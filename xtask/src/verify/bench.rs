@@ -302,7 +302,7 @@ async fn append_bench(root: &Path, seconds: u64) -> Result<serde_json::Value> {
     Ok(serde_json::json!({ "writers": CONNECTIONS, "raw_per_sec": raw, "store_per_sec": store }))
 }
 
-/// The version of the Kafka jars on `classpath` (`kafka-clients-4.1.1.jar`).
+/// The version of the Kafka jars on `classpath` (`kafka-clients-<version>.jar`).
 fn kafka_version(classpath: &str) -> Option<&str> {
     classpath.split(':').find_map(|jar| {
         jar.rsplit('/')
