@@ -43,7 +43,10 @@ async fn make_users(broker: &Broker, kafka: &KafkaConfig, users: &[User]) {
     let started = std::time::Instant::now();
     let tools = KafkaTools::get(broker).await;
     let runs = access::invocations(users, &kafka.topics, &tools.operator()).expect("the tools' runs");
-    tools.run(&runs).await.expect("users and ACLs, made with Kafka's tools");
+    tools
+        .run(&runs)
+        .await
+        .expect("users and ACLs, made with Kafka's tools");
     eprintln!(
         "access: {} runs of Kafka's tools in {:.1} s",
         runs.len(),

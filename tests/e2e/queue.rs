@@ -29,7 +29,14 @@ async fn a_share_group_hands_each_record_to_one_member_and_a_consumer_group_stil
         },
     };
     let mut runs = queue.setup(&tools.operator());
-    runs.extend(access::invocations(&[worker.clone()], &Topics::default(), &tools.operator()).expect("runs"));
+    runs.extend(
+        access::invocations(
+            std::slice::from_ref(&worker),
+            &Topics::default(),
+            &tools.operator(),
+        )
+        .expect("runs"),
+    );
     tools.run(&runs).await.expect("the queue and its worker");
     let operator = KafkaConfig {
         bootstrap_servers: broker.bootstrap_servers.clone(),
@@ -73,5 +80,8 @@ async fn a_share_group_hands_each_record_to_one_member_and_a_consumer_group_stil
         .await
         .expect("the tool ran");
     let refused = deliveries(&output).expect_err("another group refused");
-    assert!(refused.to_string().contains("GroupAuthorizationException"), "{refused}");
+    assert!(
+        refused.to_string().contains("GroupAuthorizationException"),
+        "{refused}"
+    );
 }

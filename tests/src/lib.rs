@@ -660,7 +660,9 @@ impl KafkaTools {
     /// Runs `runs` at once, and returns what they printed.
     pub async fn run(&self, runs: &[kafka_ops::access::Invocation]) -> kafka_ops::Result<String> {
         let script = kafka_ops::access::script(runs, "/opt/kafka/bin");
-        if let Some(result) = testkit::exec_in_kafka_container(vec!["bash".to_owned(), "-c".to_owned(), script]).await {
+        if let Some(result) =
+            testkit::exec_in_kafka_container(vec!["bash".to_owned(), "-c".to_owned(), script]).await
+        {
             return result.map_err(kafka_ops::Error::Access);
         }
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

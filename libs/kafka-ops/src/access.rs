@@ -219,7 +219,11 @@ impl std::fmt::Debug for Invocation {
 }
 
 impl Target {
-    pub(crate) fn invocation(&self, script: &'static str, args: impl IntoIterator<Item = String>) -> Invocation {
+    pub(crate) fn invocation(
+        &self,
+        script: &'static str,
+        args: impl IntoIterator<Item = String>,
+    ) -> Invocation {
         let mut all = vec!["--bootstrap-server".to_owned(), self.bootstrap.clone()];
         if let Some(config) = &self.command_config {
             all.extend(["--command-config".to_owned(), config.clone()]);
@@ -524,7 +528,12 @@ mod tests {
         assert!(allowed(&worker, Resource::Topic, "work", Operation::Read));
         assert!(allowed(&worker, Resource::Group, "workers", Operation::Read));
         assert!(!allowed(&worker, Resource::Group, "service-b", Operation::Read));
-        assert!(!allowed(&worker, Resource::Topic, &Topics::default().notifications, Operation::Read));
+        assert!(!allowed(
+            &worker,
+            Resource::Topic,
+            &Topics::default().notifications,
+            Operation::Read
+        ));
         assert_eq!(worker.len(), 2, "{worker:?}");
     }
 

@@ -517,7 +517,11 @@ mod tests {
             let tags: Vec<&str> = text
                 .split("apache/kafka:")
                 .skip(1)
-                .map(|rest| rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next().unwrap_or(""))
+                .map(|rest| {
+                    rest.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                        .next()
+                        .unwrap_or("")
+                })
                 .collect();
             assert!(!tags.is_empty(), "{file} names the apache/kafka image");
             assert!(

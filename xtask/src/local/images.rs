@@ -435,9 +435,15 @@ mod tests {
         }
         // testcontainers' broker is `KAFKA_IMAGE:kafka_ops::KAFKA_VERSION`.
         let testkit = read("libs/testkit/src/lib.rs");
-        let (name, tag) = short(POSTGRES).split_once(':').map(|(n, t)| (n.to_owned(), t.to_owned())).expect("a tag");
+        let (name, tag) = short(POSTGRES)
+            .split_once(':')
+            .map(|(n, t)| (n.to_owned(), t.to_owned()))
+            .expect("a tag");
         for quoted in ["apache/kafka", &name, &tag] {
-            assert!(testkit.contains(&format!("\"{quoted}\"")), "the tests run {quoted}");
+            assert!(
+                testkit.contains(&format!("\"{quoted}\"")),
+                "the tests run {quoted}"
+            );
         }
     }
 

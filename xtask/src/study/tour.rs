@@ -9,14 +9,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use kafka_ops::access::{self, LocalTools, Role, User};
+use kafka_ops::queue::{Delivery, Queue, REQUESTS};
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, OwnedMessage};
 use serde_json::{Value, json};
-use kafka_ops::access::{self, LocalTools, Role, User};
-use kafka_ops::queue::{Delivery, Queue, REQUESTS};
 use service_kit::config::{ConsumerConfig, KafkaConfig, KafkaUser, Secret, StartFrom};
 use service_kit::kafka::GroupConsumer;
 use shared_events::Topics;
@@ -308,13 +308,20 @@ impl Tour {
             command_config: None,
         };
         let mut runs = queue.setup(&operator);
-        runs.extend(access::invocations(&[worker.clone()], &self.topics, &operator)?);
+        runs.extend(access::invocations(
+            std::slice::from_ref(&worker),
+            &self.topics,
+            &operator,
+        )?);
         self.tools.run(&runs).await?;
         let tools = &self.tools;
         let shown = queue
-            .show(&self.kafka, broker::SASL_BOOTSTRAP, &worker.login, |runs| async move {
-                tools.run(&runs).await
-            })
+            .show(
+                &self.kafka,
+                broker::SASL_BOOTSTRAP,
+                &worker.login,
+                |runs| async move { tools.run(&runs).await },
+            )
             .await?;
         let list = |deliveries: &[Delivery]| -> Vec<String> {
             let each = deliveries.iter();
@@ -326,7 +333,10 @@ impl Tour {
              members log in as {} (allowed to read that topic in that group only):",
             queue.topic, queue.group, worker.login.name
         );
-        println!("  a member rejects {:?}: never delivered again", list(&shown.rejected));
+        println!(
+            "  a member rejects {:?}: never delivered again",
+            list(&shown.rejected)
+        );
         println!("  a member releases {:?}: delivered again", list(&shown.released));
         for (n, taken) in shown.members.iter().enumerate() {
             println!("  member {} of two at once takes {:?}", n + 1, list(taken));
