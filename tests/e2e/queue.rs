@@ -4,11 +4,8 @@
 //! every record all the same. The worker may do nothing else.
 
 use integration_tests::*;
-use kafka_ops::access::{self, Role, User};
 use kafka_ops::queue::{Ack, Queue, REQUESTS, deliveries};
-use service_kit::auth::Token;
-use service_kit::config::{KafkaConfig, KafkaUser, Secret};
-use shared_events::Topics;
+use service_kit::config::KafkaConfig;
 
 #[tokio::test]
 async fn a_share_group_hands_each_record_to_one_member_and_a_consumer_group_still_reads_them_all() {
@@ -18,25 +15,8 @@ async fn a_share_group_hands_each_record_to_one_member_and_a_consumer_group_stil
         topic: unique("test.refund-requests"),
         group: unique("refund-workers"),
     };
-    let worker = User {
-        login: KafkaUser {
-            name: unique("worker"),
-            password: Secret::new(Token::generate().expose()),
-        },
-        role: Role::QueueWorker {
-            topic: queue.topic.clone(),
-            group: queue.group.clone(),
-        },
-    };
-    let mut runs = queue.setup(&tools.operator());
-    runs.extend(
-        access::invocations(
-            std::slice::from_ref(&worker),
-            &Topics::default(),
-            &tools.operator(),
-        )
-        .expect("runs"),
-    );
+    let worker = queue.worker(unique("worker"));
+    let runs = queue.setup(&tools.operator(), &worker).expect("runs");
     tools.run(&runs).await.expect("the queue and its worker");
     let operator = KafkaConfig {
         bootstrap_servers: broker.bootstrap_servers.clone(),

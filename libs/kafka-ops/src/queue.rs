@@ -17,10 +17,13 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
-use service_kit::config::{KafkaConfig, KafkaUser};
+use service_kit::auth::Token;
+use service_kit::config::{KafkaConfig, KafkaUser, Secret};
 use service_kit::kafka::{client_config, producer};
 
-use crate::access::{Invocation, Target, command_config};
+use shared_events::Topics;
+
+use crate::access::{Invocation, Role, Target, User, command_config, invocations};
 use crate::{Error, Result};
 
 /// The requests put on the queue: after one rejected and one released, two
@@ -80,12 +83,25 @@ impl Shown {
 }
 
 impl Queue {
-    /// The operator's runs that make the queue: its topic, and its share
-    /// group reading from the first record (by default, only what comes
-    /// after the group starts).
-    pub fn setup(&self, tools: &Target) -> Vec<Invocation> {
+    /// Its worker, `name`, with a new password: the members log in as it.
+    pub fn worker(&self, name: String) -> User {
+        let password = Secret::new(Token::generate().expose());
+        let role = Role::QueueWorker {
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+        };
+        User {
+            login: KafkaUser { name, password },
+            role,
+        }
+    }
+
+    /// The operator's runs that make the queue: its topic, its share group
+    /// reading from the first record (by default, only what comes after the
+    /// group starts), and `worker` with its ACLs.
+    pub fn setup(&self, tools: &Target, worker: &User) -> Result<Vec<Invocation>> {
         let (topic, group) = (&self.topic, &self.group);
-        vec![
+        let mut runs = vec![
             tools.invocation(
                 "kafka-topics.sh",
                 words(&format!("--create --topic {topic} --partitions 1")),
@@ -97,7 +113,13 @@ impl Queue {
                      --add-config share.auto.offset.reset=earliest"
                 )),
             ),
-        ]
+        ];
+        runs.extend(invocations(
+            std::slice::from_ref(worker),
+            &Topics::default(),
+            tools,
+        )?);
+        Ok(runs)
     }
 
     /// A member's run, logged in as `worker` at `bootstrap`: it takes `max`

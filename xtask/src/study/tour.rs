@@ -9,15 +9,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use kafka_ops::access::{self, LocalTools, Role, User};
-use kafka_ops::queue::{Delivery, Queue, REQUESTS};
+use kafka_ops::access::{self, LocalTools};
+use kafka_ops::queue::{Queue, REQUESTS};
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, OwnedMessage};
 use serde_json::{Value, json};
-use service_kit::config::{ConsumerConfig, KafkaConfig, KafkaUser, Secret, StartFrom};
+use service_kit::config::{ConsumerConfig, KafkaConfig, StartFrom};
 use service_kit::kafka::GroupConsumer;
 use shared_events::Topics;
 
@@ -293,27 +293,12 @@ impl Tour {
             topic: format!("tour.refund-requests.{}", self.run),
             group: format!("tour-{}-refund-workers", self.run),
         };
-        let worker = User {
-            login: KafkaUser {
-                name: format!("tour-{}-worker", self.run),
-                password: Secret::new(service_kit::auth::Token::generate().expose()),
-            },
-            role: Role::QueueWorker {
-                topic: queue.topic.clone(),
-                group: queue.group.clone(),
-            },
-        };
+        let worker = queue.worker(format!("tour-{}-worker", self.run));
         let operator = access::Target {
             bootstrap: self.kafka.bootstrap_servers.clone(),
             command_config: None,
         };
-        let mut runs = queue.setup(&operator);
-        runs.extend(access::invocations(
-            std::slice::from_ref(&worker),
-            &self.topics,
-            &operator,
-        )?);
-        self.tools.run(&runs).await?;
+        self.tools.run(&queue.setup(&operator, &worker)?).await?;
         let tools = &self.tools;
         let shown = queue
             .show(
@@ -323,29 +308,26 @@ impl Tour {
                 |runs| async move { tools.run(&runs).await },
             )
             .await?;
-        let list = |deliveries: &[Delivery]| -> Vec<String> {
-            let each = deliveries.iter();
-            each.map(|d| format!("{} (offset {}, delivery {})", d.value, d.offset, d.count))
-                .collect()
-        };
         println!(
-            "\nThe queue: {REQUESTS} records on {} (one partition), share group {}, whose \
-             members log in as {} (allowed to read that topic in that group only):",
+            "\nThe queue: {REQUESTS} records on {} (one partition), worked by share group {} \
+             as {} (who may read that topic in that group only):",
             queue.topic, queue.group, worker.login.name
         );
-        println!(
-            "  a member rejects {:?}: never delivered again",
-            list(&shown.rejected)
-        );
-        println!("  a member releases {:?}: delivered again", list(&shown.released));
-        for (n, taken) in shown.members.iter().enumerate() {
-            println!("  member {} of two at once takes {:?}", n + 1, list(taken));
+        let [first, second] = &shown.members;
+        for (what, deliveries) in [
+            ("rejected, never delivered again", &shown.rejected),
+            ("released, delivered again", &shown.released),
+            ("taken by member 1 while member 2 took its own", first),
+            ("taken by member 2", second),
+        ] {
+            let each = deliveries
+                .iter()
+                .map(|d| format!("{} (delivery {})", d.value, d.count));
+            println!("  {what}: {}", each.collect::<Vec<_>>().join(", "));
         }
         println!(
-            "The stream beside it: consumer group {}.stream reads all {}: {:?}",
-            queue.group,
-            shown.stream.len(),
-            shown.stream
+            "The stream beside it: group {}.stream read {:?}",
+            queue.group, shown.stream
         );
         shown.check().map_err(anyhow::Error::msg)?;
         code(&[
