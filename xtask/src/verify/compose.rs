@@ -550,8 +550,9 @@ async fn shared(compose: &Compose<'_>, credentials: &Credentials) -> Result<()> 
             .lines()
             .filter(|line| line.starts_with("consumer_records_handled_total{") && line.contains(&topic))
             .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
-            .sum();
-        eprintln!("xtask: service-b member {index} handled {member} notifications");
+            // Not `sum()`: an empty sum of floats is -0, which would print so.
+            .fold(0.0, |all, n| all + n);
+        eprintln!("xtask: service-b member {index}: {member} notifications handled");
         handled += member;
     }
     // The session's: two payments and a refund.
