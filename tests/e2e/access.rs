@@ -3,7 +3,6 @@
 //! and in PostgreSQL as its own role, owning its own database and allowed
 //! into no other (`service_kit::postgres_access`).
 
-use std::path::Path;
 use std::time::Duration;
 
 use integration_tests::*;
@@ -39,40 +38,15 @@ fn logged_in(kafka: &KafkaConfig, sasl: &str, user: &User) -> KafkaConfig {
 }
 
 /// Makes `users` and their ACLs on `kafka`'s topics with Kafka's own tools,
-/// as the operator's provisioning does: in the broker's container (a
-/// testcontainers broker), or on this machine for the local broker.
-async fn make_users(kafka: &KafkaConfig, users: &[User]) {
+/// as the operator's provisioning does.
+async fn make_users(broker: &Broker, kafka: &KafkaConfig, users: &[User]) {
     let started = std::time::Instant::now();
-    let target = |bootstrap: &str| access::Target {
-        bootstrap: bootstrap.to_owned(),
-        command_config: None,
-    };
-    let runs = access::invocations(
-        users,
-        &kafka.topics,
-        &target(testkit::KAFKA_CONTAINER_TOOLS_BOOTSTRAP),
-    )
-    .expect("the tools' runs");
-    let script = access::script(&runs, "/opt/kafka/bin");
-    match testkit::exec_in_kafka_container(vec!["bash".to_owned(), "-c".to_owned(), script]).await {
-        Some(result) => {
-            result.expect("users and ACLs, made in the broker's container");
-        }
-        None => {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("the workspace");
-            let runs = access::invocations(users, &kafka.topics, &target(&kafka.bootstrap_servers))
-                .expect("the tools' runs");
-            // The broker's classpath, as `cargo xtask kafka up` resolved it.
-            let classpath = std::fs::read_to_string(root.join("target/xtask/kafka/classpath.txt"))
-                .expect("the local broker's classpath: run `cargo xtask kafka up` in this checkout");
-            access::LocalTools::new(root, classpath.trim().to_owned())
-                .run(&runs)
-                .await
-                .expect("users and ACLs, made with Kafka's tools");
-        }
-    }
+    let tools = KafkaTools::get(broker).await;
+    let runs = access::invocations(users, &kafka.topics, &tools.operator()).expect("the tools' runs");
+    tools
+        .run(&runs)
+        .await
+        .expect("users and ACLs, made with Kafka's tools");
     eprintln!(
         "access: {} runs of Kafka's tools in {:.1} s",
         runs.len(),
@@ -102,6 +76,7 @@ async fn each_service_works_as_its_own_user_and_is_refused_what_it_was_not_grant
         },
     );
     make_users(
+        &broker,
         &operator,
         &[payments_user.clone(), a_user.clone(), b_user.clone()],
     )

@@ -8,4 +8,5 @@ mod failures;
 mod flow;
 mod outbox;
 mod processes;
+mod queue;
 mod upgrade;

@@ -621,3 +621,57 @@ pub async fn produce_raw(
         .map_err(|(e, _)| e)
         .expect("raw record delivered");
 }
+
+/// Kafka's own tools, of the broker's release, where they reach the test
+/// broker: in its container (a testcontainers broker), or on this machine
+/// for a broker `KAFKA_BOOTSTRAP_SERVERS` names (on the classpath `cargo
+/// xtask kafka up` resolved in this checkout).
+#[derive(Debug, Clone)]
+pub struct KafkaTools {
+    /// Where the tools may do anything (the operator's plaintext listener).
+    pub plaintext: String,
+    /// Where they log in as a user (SASL/SCRAM).
+    pub sasl: String,
+}
+
+impl KafkaTools {
+    pub async fn get(broker: &Broker) -> Self {
+        if testkit::kafka_named() {
+            Self {
+                plaintext: broker.bootstrap_servers.clone(),
+                sasl: testkit::kafka_sasl_bootstrap_servers().await,
+            }
+        } else {
+            Self {
+                plaintext: testkit::KAFKA_CONTAINER_TOOLS_BOOTSTRAP.to_owned(),
+                sasl: testkit::KAFKA_CONTAINER_TOOLS_SASL_BOOTSTRAP.to_owned(),
+            }
+        }
+    }
+
+    /// The operator's target.
+    pub fn operator(&self) -> kafka_ops::access::Target {
+        kafka_ops::access::Target {
+            bootstrap: self.plaintext.clone(),
+            command_config: None,
+        }
+    }
+
+    /// Runs `runs` at once, and returns what they printed.
+    pub async fn run(&self, runs: &[kafka_ops::access::Invocation]) -> kafka_ops::Result<String> {
+        let script = kafka_ops::access::script(runs, "/opt/kafka/bin");
+        if let Some(result) =
+            testkit::exec_in_kafka_container(vec!["bash".to_owned(), "-c".to_owned(), script]).await
+        {
+            return result.map_err(kafka_ops::Error::Access);
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace");
+        let classpath = std::fs::read_to_string(root.join("target/xtask/kafka/classpath.txt"))
+            .expect("the local broker's classpath: run `cargo xtask kafka up` in this checkout");
+        kafka_ops::access::LocalTools::new(root, classpath.trim().to_owned())
+            .run(runs)
+            .await
+    }
+}

@@ -12,6 +12,7 @@
 //! | `payments` | write the notification and the state topic; use the outbox relay's transactional ids (`payments-service.outbox-relay.*`) |
 //! | `service-a` | read both topics, the notifications in its group, the state topic outside any group (its copy); write the notifications' dead-letter topic |
 //! | `service-b` | read the notification topic in its group; write its dead-letter topic |
+//! | a queue's worker | read the queue's topic in its share group (`queue`; a share group is a resource of type group, as a consumer group is) |
 //! | `operator` | everything: a super user in the broker's config, for xtask and the Kafka UI |
 //!
 //! Reading and writing imply describing. No service may create a topic: the
@@ -64,6 +65,9 @@ pub enum Role {
     ServiceA { group: String },
     /// ServiceB, consuming in `group`.
     ServiceB { group: String },
+    /// A worker of a queue ([`crate::queue`]): a member of share group
+    /// `group` on `topic`.
+    QueueWorker { topic: String, group: String },
     /// The operator: a super user in the broker's config, so no ACL.
     Operator,
 }
@@ -182,6 +186,10 @@ pub fn acls(user: &str, role: &Role, topics: &Topics) -> Vec<Acl> {
             acl(Resource::Group, group, Operation::Read),
             dead_letters(&topics.notifications),
         ],
+        Role::QueueWorker { topic, group } => vec![
+            acl(Resource::Topic, topic, Operation::Read),
+            acl(Resource::Group, group, Operation::Read),
+        ],
         Role::Operator => Vec::new(),
     }
 }
@@ -211,7 +219,11 @@ impl std::fmt::Debug for Invocation {
 }
 
 impl Target {
-    fn invocation(&self, script: &'static str, args: impl IntoIterator<Item = String>) -> Invocation {
+    pub(crate) fn invocation(
+        &self,
+        script: &'static str,
+        args: impl IntoIterator<Item = String>,
+    ) -> Invocation {
         let mut all = vec!["--bootstrap-server".to_owned(), self.bootstrap.clone()];
         if let Some(config) = &self.command_config {
             all.extend(["--command-config".to_owned(), config.clone()]);
@@ -404,8 +416,9 @@ impl LocalTools {
         }
     }
 
-    /// Runs `invocations` at once ([`script`]), and waits for them all.
-    pub async fn run(&self, invocations: &[Invocation]) -> Result<()> {
+    /// Runs `invocations` at once ([`script`]), waits for them all, and
+    /// returns what they printed.
+    pub async fn run(&self, invocations: &[Invocation]) -> Result<String> {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let path =
             std::env::join_paths(std::iter::once(self.bin.clone()).chain(std::env::split_paths(&path)))
@@ -425,7 +438,11 @@ impl LocalTools {
             .await
             .map_err(|e| Error::Access(format!("cannot run bash: {e}")))?;
         if output.status.success() {
-            return Ok(());
+            return Ok(format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
         }
         // The tools print no password.
         Err(Error::Access(format!(
@@ -499,6 +516,25 @@ mod tests {
             "payments-service.outbox-relay.x.y",
             Operation::Write
         ));
+    }
+
+    #[test]
+    fn a_queue_worker_reads_its_topic_in_its_share_group_and_nothing_else() {
+        let role = Role::QueueWorker {
+            topic: "work".into(),
+            group: "workers".into(),
+        };
+        let worker = acls("worker", &role, &Topics::default());
+        assert!(allowed(&worker, Resource::Topic, "work", Operation::Read));
+        assert!(allowed(&worker, Resource::Group, "workers", Operation::Read));
+        assert!(!allowed(&worker, Resource::Group, "service-b", Operation::Read));
+        assert!(!allowed(
+            &worker,
+            Resource::Topic,
+            &Topics::default().notifications,
+            Operation::Read
+        ));
+        assert_eq!(worker.len(), 2, "{worker:?}");
     }
 
     fn user(name: &str, role: Role) -> User {

@@ -35,10 +35,9 @@ use testcontainers_modules::testcontainers::runners::AsyncRunner;
 use testcontainers_modules::testcontainers::{ContainerAsync, ContainerRequest, Image, ImageExt};
 use tokio::sync::OnceCell;
 
-/// The broker image: the version `docker-compose.yml` and the local broker
-/// (`xtask/kafka/pom.xml`) run. xtask's tests check they agree.
+/// The broker image, of the release everything runs
+/// ([`kafka_ops::KAFKA_VERSION`]).
 pub const KAFKA_IMAGE: &str = "apache/kafka";
-pub const KAFKA_TAG: &str = "4.1.1";
 /// The PostgreSQL image: the major version Debian 12's packages run locally
 /// and `docker-compose.yml` runs.
 pub const POSTGRES_IMAGE: &str = "postgres";
@@ -87,6 +86,15 @@ pub async fn kafka_sasl_bootstrap_servers() -> String {
 /// Where Kafka's tools reach the broker from inside its container: its
 /// own plaintext listener, where anything is allowed.
 pub const KAFKA_CONTAINER_TOOLS_BOOTSTRAP: &str = "localhost:9093";
+/// Where Kafka's tools log in (SASL/SCRAM) from inside its container: the
+/// host's SASL listener is advertised at the host's address, which the
+/// container does not reach.
+pub const KAFKA_CONTAINER_TOOLS_SASL_BOOTSTRAP: &str = "localhost:9096";
+
+/// Whether `KAFKA_BOOTSTRAP_SERVERS` names the broker (no container then).
+pub fn kafka_named() -> bool {
+    env_set("KAFKA_BOOTSTRAP_SERVERS").is_some()
+}
 
 /// Runs `command` in this binary's broker container (the image has
 /// Kafka's tools under `/opt/kafka/bin`), with the docker client, and
@@ -141,10 +149,11 @@ async fn kafka_container() -> KafkaListeners {
         .unwrap_or_else(|e| {
             panic!(
                 "these tests need a real Apache Kafka broker, and none was found:\n\
-                 KAFKA_BOOTSTRAP_SERVERS is not set and no {KAFKA_IMAGE}:{KAFKA_TAG} container could be started:\n{e}\n\
+                 KAFKA_BOOTSTRAP_SERVERS is not set and no {KAFKA_IMAGE}:{} container could be started:\n{e}\n\
                  Run the tests with `cargo xtask test` (it starts a local broker when there is no container engine),\n\
                  or start one with `cargo xtask kafka up` and set KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092.\n\
-                 Where no image registry is reachable, `cargo xtask images` builds the image."
+                 Where no image registry is reachable, `cargo xtask images` builds the image.",
+                kafka_ops::KAFKA_VERSION
             )
         })
 }
@@ -224,7 +233,7 @@ impl Image for Kafka {
     }
 
     fn tag(&self) -> &str {
-        KAFKA_TAG
+        kafka_ops::KAFKA_VERSION
     }
 
     fn ready_conditions(&self) -> Vec<WaitFor> {
@@ -262,11 +271,12 @@ impl Image for Kafka {
             // node talks to itself on BROKER.
             (
                 "KAFKA_LISTENERS",
-                "PLAINTEXT://0.0.0.0:9092,BROKER://0.0.0.0:9093,CONTROLLER://0.0.0.0:9094,CLIENTS://0.0.0.0:9095",
+                "PLAINTEXT://0.0.0.0:9092,BROKER://0.0.0.0:9093,CONTROLLER://0.0.0.0:9094,CLIENTS://0.0.0.0:9095,\
+                 TOOLS://localhost:9096",
             ),
             (
                 "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
-                "PLAINTEXT:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT,CLIENTS:SASL_PLAINTEXT",
+                "PLAINTEXT:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT,CLIENTS:SASL_PLAINTEXT,TOOLS:SASL_PLAINTEXT",
             ),
             // As the local broker (xtask's broker.rs): SCRAM users on
             // CLIENTS, nothing allowed without an ACL but to the super
@@ -276,6 +286,10 @@ impl Image for Kafka {
                 // listener.name.clients.scram-sha-512.sasl.jaas.config: the
                 // image reads `___` as `-`.
                 "KAFKA_LISTENER_NAME_CLIENTS_SCRAM___SHA___512_SASL_JAAS_CONFIG",
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            ),
+            (
+                "KAFKA_LISTENER_NAME_TOOLS_SCRAM___SHA___512_SASL_JAAS_CONFIG",
                 "org.apache.kafka.common.security.scram.ScramLoginModule required;",
             ),
             (
@@ -315,7 +329,9 @@ async fn start_kafka() -> Result<KafkaListeners, String> {
         .map_err(|e| e.to_string())?;
     let plaintext = address(&container, KAFKA_PORT).await?;
     let sasl = address(&container, KAFKA_SASL_PORT).await?;
-    let advertised = format!("PLAINTEXT://{plaintext},BROKER://localhost:9093,CLIENTS://{sasl}");
+    let advertised = format!(
+        "PLAINTEXT://{plaintext},BROKER://localhost:9093,CLIENTS://{sasl},TOOLS://{KAFKA_CONTAINER_TOOLS_SASL_BOOTSTRAP}"
+    );
     let told = container.exec(
         ExecCommand::new(["sh", "-c", &format!("echo '{advertised}' > {ADVERTISED_FILE}")])
             .with_container_ready_conditions(vec![WaitFor::message_on_stdout("Kafka Server started")]),

@@ -496,24 +496,38 @@ impl crate::local::LocalServer for LocalBroker {
 mod tests {
     use super::*;
 
+    /// One Kafka release everywhere: what the pom resolves, and every
+    /// `apache/kafka` image the compose files and the docs name.
     #[test]
-    fn the_local_broker_is_the_version_compose_runs() {
+    fn every_file_names_the_one_kafka_release() {
         let root = crate::workspace_root();
+        let version = kafka_ops::KAFKA_VERSION;
         let pom = fs::read_to_string(root.join("xtask/kafka/pom.xml")).expect("pom");
-        let compose = fs::read_to_string(root.join("docker-compose.yml")).expect("compose");
-        let version = pom
-            .split_once("<kafka.version>")
-            .and_then(|(_, rest)| rest.split_once("</kafka.version>"))
-            .map(|(v, _)| v.trim())
-            .expect("kafka.version in pom");
         assert!(
-            compose.contains(&format!("image: apache/kafka:{version}")),
-            "docker-compose.yml must run apache/kafka:{version}"
+            pom.contains(&format!("<kafka.version>{version}</kafka.version>")),
+            "xtask/kafka/pom.xml resolves Kafka {version}"
         );
-        let tests = fs::read_to_string(root.join("libs/testkit/src/lib.rs")).expect("testkit");
-        assert!(
-            tests.contains(&format!("KAFKA_TAG: &str = \"{version}\"")),
-            "the testcontainers broker must be apache/kafka:{version}"
-        );
+        for file in [
+            "docker-compose.yml",
+            "docker-compose.cluster.yml",
+            "docs/testing.md",
+            "docs/operations.md",
+        ] {
+            let text = fs::read_to_string(root.join(file)).expect(file);
+            let tags: Vec<&str> = text
+                .split("apache/kafka:")
+                .skip(1)
+                .map(|rest| {
+                    rest.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                        .next()
+                        .unwrap_or("")
+                })
+                .collect();
+            assert!(!tags.is_empty(), "{file} names the apache/kafka image");
+            assert!(
+                tags.iter().all(|tag| tag.trim_end_matches('.') == version),
+                "{file} names apache/kafka:{tags:?}, not {version}"
+            );
+        }
     }
 }

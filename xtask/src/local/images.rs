@@ -33,7 +33,10 @@ const LABEL: &str = "eda-rust.stand-in";
 
 pub const DEBIAN: &str = "docker.io/library/debian:bookworm-slim";
 pub const RUST: &str = "docker.io/library/rust:1.95-bookworm";
-pub const KAFKA: &str = "docker.io/apache/kafka:4.1.1";
+/// `apache/kafka` of the release everything runs.
+pub fn kafka() -> String {
+    format!("docker.io/apache/kafka:{}", kafka_ops::KAFKA_VERSION)
+}
 pub const POSTGRES: &str = "docker.io/library/postgres:15-bookworm";
 /// Compose's observability profile: the trace viewer (the release
 /// [`crate::local::jaeger::MODULE_VERSION`] is) and the metrics server.
@@ -98,7 +101,7 @@ pub async fn build(root: &Path) -> Result<Engine> {
         root,
         &work,
         "kafka",
-        KAFKA,
+        &kafka(),
         &base,
         &jar_names.join("\n"),
         |context| {
@@ -415,7 +418,7 @@ mod tests {
                 .to_owned()
         };
         let compose = read("docker-compose.yml");
-        for image in [KAFKA, POSTGRES, JAEGER, PROMETHEUS] {
+        for image in [&kafka(), POSTGRES, JAEGER, PROMETHEUS] {
             assert!(
                 compose.contains(&format!("image: {}", short(image))),
                 "docker-compose.yml runs {}",
@@ -430,15 +433,16 @@ mod tests {
                 short(image)
             );
         }
+        // testcontainers' broker is `KAFKA_IMAGE:kafka_ops::KAFKA_VERSION`.
         let testkit = read("libs/testkit/src/lib.rs");
-        for (name, tag) in [KAFKA, POSTGRES].map(|image| {
-            let image = short(image);
-            let (name, tag) = image.split_once(':').expect("a tag");
-            (name.to_owned(), tag.to_owned())
-        }) {
+        let (name, tag) = short(POSTGRES)
+            .split_once(':')
+            .map(|(n, t)| (n.to_owned(), t.to_owned()))
+            .expect("a tag");
+        for quoted in ["apache/kafka", &name, &tag] {
             assert!(
-                testkit.contains(&format!("\"{name}\"")) && testkit.contains(&format!("\"{tag}\"")),
-                "the tests run {name}:{tag}"
+                testkit.contains(&format!("\"{quoted}\"")),
+                "the tests run {quoted}"
             );
         }
     }

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use kafka_ops::access::{self, LocalTools};
+use kafka_ops::queue::{Queue, REQUESTS};
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -30,8 +32,10 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// `pause`: wait for Enter between steps (only when stdin is a terminal).
 pub async fn run(root: &Path, pause: bool) -> Result<()> {
     let credentials = crate::local::credentials::ensure(root)?;
+    let broker = broker::LocalBroker::new(root);
     let tour = Tour {
-        broker: broker::LocalBroker::new(root),
+        tools: LocalTools::new(root, broker.classpath()?),
+        broker,
         http: crate::local::credentials::operator_client_with(&credentials)?,
         kafka: KafkaConfig {
             bootstrap_servers: crate::env_set("KAFKA_BOOTSTRAP_SERVERS")
@@ -51,7 +55,7 @@ pub async fn run(root: &Path, pause: bool) -> Result<()> {
 
 /// The tour's state: how it reaches the services and the broker.
 struct Tour {
-    /// Kafka's tools, on the local broker's classpath.
+    /// The local broker, whose classpath runs Kafka's tools.
     broker: broker::LocalBroker,
     /// The operator's HTTP client: it reads every service's payment data.
     http: reqwest::Client,
@@ -61,6 +65,8 @@ struct Tour {
     pause: bool,
     /// Names this run's consumer groups.
     run: i64,
+    /// Kafka's tools as runs of many at once, for the queue's share consumers.
+    tools: LocalTools,
 }
 
 /// The patterns and their parts, in the order the tour takes them.
@@ -258,19 +264,19 @@ impl Tour {
     async fn queue_or_stream(&self, id: &str) -> Result<()> {
         self.step(
             5,
-            "a Kafka topic is a stream, not a queue: what a group consumed stays on it, \
-             for the topic's retention (or, compacted, the newest per payment), and \
-             can be read again (replayed) by anyone.",
+            "a queue hands each message to one consumer, and once acknowledged it is gone; \
+             a stream keeps every record, for the topic's retention (or, compacted, the \
+             newest per payment), for every group to read, and read again. Kafka does both: \
+             a share group takes a topic's records one at a time across its members, while \
+             a consumer group reads the same topic whole.",
         )
         .await?;
         let cursor = self.caught_up("service-b", &self.topics.notifications).await?;
-        println!(
-            "ServiceB's group has consumed {}: {cursor}",
-            self.topics.notifications
-        );
         let again = self.records(&self.topics.notifications, id).await?;
         println!(
-            "…and the topic still holds payment {id}'s {} notifications: read again from offset 0.",
+            "The stream: ServiceB's group has consumed {} ({cursor}), and the topic still holds \
+             payment {id}'s {} notifications, read again from offset 0.",
+            self.topics.notifications,
             again.len()
         );
         for topic in [&self.topics.notifications, &self.topics.state] {
@@ -280,7 +286,55 @@ impl Tour {
             "ServiceA replays the whole state topic on each start to rebuild its copy; \
              Kafka's `kafka-consumer-groups.sh --reset-offsets` moves a stopped group back to replay it."
         );
-        code(&["`shared-events/src/topics.rs` → `Topics::specs` (retention and compaction)"]);
+
+        // The queue: refund requests, work to be done once by whichever
+        // worker is free, on a topic of one partition.
+        let queue = Queue {
+            topic: format!("tour.refund-requests.{}", self.run),
+            group: format!("tour-{}-refund-workers", self.run),
+        };
+        let worker = queue.worker(format!("tour-{}-worker", self.run));
+        let operator = access::Target {
+            bootstrap: self.kafka.bootstrap_servers.clone(),
+            command_config: None,
+        };
+        self.tools.run(&queue.setup(&operator, &worker)?).await?;
+        let tools = &self.tools;
+        let shown = queue
+            .show(
+                &self.kafka,
+                broker::SASL_BOOTSTRAP,
+                &worker.login,
+                |runs| async move { tools.run(&runs).await },
+            )
+            .await?;
+        println!(
+            "\nThe queue: {REQUESTS} records on {} (one partition), worked by share group {} \
+             as {} (who may read that topic in that group only):",
+            queue.topic, queue.group, worker.login.name
+        );
+        let [first, second] = &shown.members;
+        for (what, deliveries) in [
+            ("rejected, never delivered again", &shown.rejected),
+            ("released, delivered again", &shown.released),
+            ("taken by member 1 while member 2 took its own", first),
+            ("taken by member 2", second),
+        ] {
+            let each = deliveries
+                .iter()
+                .map(|d| format!("{} (delivery {})", d.value, d.count));
+            println!("  {what}: {}", each.collect::<Vec<_>>().join(", "));
+        }
+        println!(
+            "The stream beside it: group {}.stream read {:?}",
+            queue.group, shown.stream
+        );
+        shown.check().map_err(anyhow::Error::msg)?;
+        code(&[
+            "`shared-events/src/topics.rs` → `Topics::specs` (retention and compaction)",
+            "`libs/kafka-ops/src/queue.rs` → `Queue::show` (Kafka's console share consumer: rust-rdkafka has none yet)",
+            "`libs/kafka-ops/src/access.rs` → `acls` (`Role::QueueWorker`)",
+        ]);
         Ok(())
     }
 

@@ -220,7 +220,7 @@ async fn producer_performance(classpath: &str) -> Result<serde_json::Value> {
         &RECORD_SIZE.to_string(),
         "--throughput",
         "-1",
-        "--producer-props",
+        "--command-property",
         &format!("bootstrap.servers={BOOTSTRAP}"),
         "acks=all",
         "enable.idempotence=true",
@@ -250,10 +250,15 @@ async fn end_to_end_latency(classpath: &str) -> Result<serde_json::Value> {
     eprintln!("xtask: Kafka EndToEndLatency, {E2E_RECORDS} records of {RECORD_SIZE} B");
     let mut e2e = kafka_tool(classpath, "org.apache.kafka.tools.EndToEndLatency");
     e2e.args([
+        "--bootstrap-server",
         BOOTSTRAP,
+        "--topic",
         &topic,
+        "--num-records",
         &E2E_RECORDS.to_string(),
+        "--producer-acks",
         "all",
+        "--record-size",
         &RECORD_SIZE.to_string(),
     ]);
     let report = output(e2e, "EndToEndLatency").await?;
@@ -302,7 +307,7 @@ async fn append_bench(root: &Path, seconds: u64) -> Result<serde_json::Value> {
     Ok(serde_json::json!({ "writers": CONNECTIONS, "raw_per_sec": raw, "store_per_sec": store }))
 }
 
-/// The version of the Kafka jars on `classpath` (`kafka-clients-4.1.1.jar`).
+/// The version of the Kafka jars on `classpath` (`kafka-clients-<version>.jar`).
 fn kafka_version(classpath: &str) -> Option<&str> {
     classpath.split(':').find_map(|jar| {
         jar.rsplit('/')

@@ -32,7 +32,7 @@ use serde_json::json;
 use service_kit::auth::Credentials;
 use tokio::process::Command;
 
-use crate::local::demo::{PAYMENTS, SERVICE_A, SERVICE_B, expect, get_ok, payment, post};
+use crate::local::demo::{PAYMENTS, SERVICE_A, expect, get_ok, payment, post};
 use crate::local::engine;
 
 /// Compose's project name: containers, network and volumes of their own.
@@ -47,6 +47,9 @@ const PROMETHEUS: &str = "http://127.0.0.1:9090";
 const KAFKA_UI: &str = "http://127.0.0.1:8090";
 /// The image of compose's `kafka-ui` service.
 const KAFKA_UI_IMAGE: &str = "ghcr.io/kafbat/kafka-ui:v1.5.0";
+/// ServiceB's members with one broker (`up --scale service-b=3`): one per
+/// partition of the notification topic.
+const SERVICE_B_MEMBERS: usize = 3;
 
 pub async fn check(root: &Path, cluster: bool) -> Result<()> {
     crate::local::images::build(root).await?;
@@ -64,14 +67,29 @@ pub async fn check(root: &Path, cluster: bool) -> Result<()> {
     let result = async {
         step("remove what an interrupted run left", compose.down()).await?;
         step("build the Dockerfile", compose.run(&["build"])).await?;
-        step("start the stack", compose.run(&["up", "--detach"])).await?;
+        let scale = format!("service-b={}", if cluster { 1 } else { SERVICE_B_MEMBERS });
+        step(
+            "start the stack",
+            compose.run(&["up", "--detach", "--scale", &scale]),
+        )
+        .await?;
         step("every container healthy", compose.all_healthy()).await?;
+        // Published on a port the engine picks, so that ServiceB scales;
+        // `docker compose port` names it, as the README's session reads it.
+        let service_b = compose.address("service-b", 1).await?;
         let credentials = step(
             "the operator's token, as the README reads it",
             compose.credentials(),
         )
         .await?;
-        session(&credentials).await?;
+        session(&credentials, &service_b).await?;
+        if !cluster {
+            step(
+                "ServiceB's members share the notification partitions, each payment handled once",
+                shared(&compose, &credentials),
+            )
+            .await?;
+        }
         if cluster {
             step("every partition on three in-sync replicas", replicated(&compose)).await
         } else {
@@ -156,6 +174,27 @@ impl Compose<'_> {
             bail!("`docker-compose {}` failed ({status})", args.join(" "));
         }
         Ok(())
+    }
+
+    /// What `docker-compose <args>` prints.
+    async fn output(&self, args: &[&str]) -> Result<String> {
+        let mut command = self.command();
+        command.args(args);
+        crate::local::process::output(command, &format!("docker-compose {}", args.join(" "))).await
+    }
+
+    /// `http://host:port` where member `index` (from 1) of `service`
+    /// publishes its HTTP port on the host.
+    async fn address(&self, service: &str, index: usize) -> Result<String> {
+        let port = crate::local::demo::PORTS[crate::local::demo::SERVICES
+            .iter()
+            .position(|s| *s == service)
+            .context("not a service")?];
+        let index = index.to_string();
+        let out = self
+            .output(&["port", "--index", &index, service, &port.to_string()])
+            .await?;
+        Ok(format!("http://{}", out.trim()))
     }
 
     /// A secret of the stack's `credentials` step, read from its volume as
@@ -314,7 +353,7 @@ impl Compose<'_> {
 
 /// The README's curl session, each answer checked; its reads send the
 /// operator's token, as the README's do.
-async fn session(credentials: &Credentials) -> Result<()> {
+async fn session(credentials: &Credentials, service_b: &str) -> Result<()> {
     let anonymous = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
@@ -383,7 +422,7 @@ async fn session(credentials: &Credentials) -> Result<()> {
 
     step("ServiceB: what its callback to Payments returned", async {
         crate::eventually(EVENTUAL, "ServiceB's record of the payment", || async {
-            let body = get_ok(&http, &format!("{SERVICE_B}/payments/{id}")).await.ok()?;
+            let body = get_ok(&http, &format!("{service_b}/payments/{id}")).await.ok()?;
             (body["payment"]["amount"] == 500).then_some(())
         })
         .await
@@ -391,7 +430,7 @@ async fn session(credentials: &Credentials) -> Result<()> {
     .await?;
 
     step("GET /health and /metrics of every service", async {
-        for service in [PAYMENTS, SERVICE_A, SERVICE_B] {
+        for service in [PAYMENTS, SERVICE_A, service_b] {
             let health = get_ok(&http, &format!("{service}/health")).await?;
             expect(health["status"] == "ok", "status ok", 200, &health)?;
             let response = http.get(format!("{service}/metrics")).send().await?;
@@ -447,7 +486,7 @@ async fn session(credentials: &Credentials) -> Result<()> {
 
     step("ServiceB: the refund recorded", async {
         crate::eventually(EVENTUAL, "ServiceB's record to show the refund", || async {
-            let body = get_ok(&http, &format!("{SERVICE_B}/payments/{id}")).await.ok()?;
+            let body = get_ok(&http, &format!("{service_b}/payments/{id}")).await.ok()?;
             (body["payment"]["refunded"] == 200 && body["notifications"] == 2).then_some(())
         })
         .await
@@ -465,6 +504,62 @@ async fn session(credentials: &Credentials) -> Result<()> {
         )
     })
     .await
+}
+
+/// ServiceB's members, as the broker assigns them (Kafka's
+/// `kafka-consumer-groups --describe --members --verbose`, in the broker's
+/// container): the notification partitions shared, none twice; and the
+/// notifications of the session handled once in all (their metrics).
+async fn shared(compose: &Compose<'_>, credentials: &Credentials) -> Result<()> {
+    let topic = shared_events::Topics::default().notifications;
+    let describe = "exec -T kafka /opt/kafka/bin/kafka-consumer-groups.sh --bootstrap-server 127.0.0.1:19092 \
+                    --describe --group service-b --members --verbose";
+    let describe: Vec<&str> = describe.split_whitespace().collect();
+    let members = crate::eventually(EVENTUAL, "three members with a partition each", || async {
+        let table = compose.output(&describe).await.ok()?;
+        let members: Vec<(String, Vec<i32>)> = table
+            .lines()
+            .filter_map(|line| {
+                // `<topic>:0,1`, first in CURRENT-ASSIGNMENT.
+                let prefix = format!("{topic}:");
+                let list = line
+                    .split_whitespace()
+                    .find_map(|word| word.strip_prefix(&prefix))?;
+                let partitions = list.split(',').filter_map(|p| p.parse().ok());
+                Some((line.split_whitespace().nth(2)?.to_owned(), partitions.collect()))
+            })
+            .collect();
+        let mut all: Vec<i32> = members.iter().flat_map(|(_, p)| p.clone()).collect();
+        all.sort();
+        (members.len() == SERVICE_B_MEMBERS && all == [0, 1, 2]).then_some(members)
+    })
+    .await?;
+    for (host, partitions) in &members {
+        eprintln!("xtask: service-b member at {host}: {topic} partitions {partitions:?}");
+    }
+    let http = crate::local::credentials::operator_client_with(credentials)?;
+    let mut handled = 0.0;
+    for index in 1..=SERVICE_B_MEMBERS {
+        let metrics = http
+            .get(format!("{}/metrics", compose.address("service-b", index).await?))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let member: f64 = metrics
+            .lines()
+            .filter(|line| line.starts_with("consumer_records_handled_total{") && line.contains(&topic))
+            .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+            // Not `sum()`: an empty sum of floats is -0, which would print so.
+            .fold(0.0, |all, n| all + n);
+        eprintln!("xtask: service-b member {index}: {member} notifications handled");
+        handled += member;
+    }
+    // The session's: two payments and a refund.
+    if handled != 3.0 {
+        bail!("ServiceB's members handled {handled} notifications in all, not 3");
+    }
+    Ok(())
 }
 
 /// The cluster's topics: every partition of the services' topics on three

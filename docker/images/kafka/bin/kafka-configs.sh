@@ -1,3 +1,3 @@
 #!/usr/bin/env bash
 # As in the Kafka distribution.
-exec kafka-run-class.sh kafka.admin.ConfigCommand "$@"
+exec kafka-run-class.sh org.apache.kafka.tools.ConfigCommand "$@"
