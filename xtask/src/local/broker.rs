@@ -131,6 +131,11 @@ impl LocalBroker {
     /// Starts every node not running, and waits until all answer. Returns
     /// whether this call started any.
     pub async fn start(&self) -> Result<bool> {
+        let release = self.dir.join("release");
+        let made_by_another = self
+            .node_ids()
+            .any(|node| self.node_dir(node).join("data").exists())
+            && fs::read_to_string(&release).ok().as_deref() != Some(kafka_ops::KAFKA_VERSION);
         let mut started = Vec::new();
         for node in self.node_ids() {
             if self.node_pid(node).is_none() {
@@ -143,7 +148,37 @@ impl LocalBroker {
         if let Err(e) = self.wait_until_ready().await {
             return Err(self.undo_start(&started, e));
         }
+        if made_by_another && let Err(e) = self.finalize_upgrade().await {
+            return Err(self.undo_start(&started, e));
+        }
+        fs::write(&release, kafka_ops::KAFKA_VERSION)?;
         Ok(!started.is_empty())
+    }
+
+    /// Data an earlier release made keeps that release's feature levels
+    /// (share groups off below 4.2, say) until the upgrade is finalized, as
+    /// Kafka's upgrade notes say: the levels of this release, each named,
+    /// as `kafka-features.sh upgrade --release-version` would also raise
+    /// `kraft.version` and so turn the static quorum dynamic (KAFKA-21426).
+    async fn finalize_upgrade(&self) -> Result<()> {
+        let release = kafka_ops::KAFKA_VERSION
+            .rsplit_once('.')
+            .map_or(kafka_ops::KAFKA_VERSION, |(minor, _)| minor);
+        let mapping = self
+            .run_tool(
+                "kafka-features.sh",
+                &["version-mapping", "--release-version", release],
+            )
+            .await?;
+        let mut args = vec!["--bootstrap-server", self.bootstrap(), "upgrade"];
+        for feature in features_to_finalize(&mapping) {
+            args.extend(["--feature", feature]);
+        }
+        self.run_tool("kafka-features.sh", &args).await?;
+        eprintln!(
+            "xtask: the broker's data was made by another Kafka release; its features are now {release}'s"
+        );
+        Ok(())
     }
 
     /// Stops what a failed [`LocalBroker::start`] started, so that nothing
@@ -467,6 +502,17 @@ auto.create.topics.enable=false
     }
 }
 
+/// The `--feature` arguments of a finalized upgrade, from what
+/// `kafka-features.sh version-mapping` prints (`metadata.version=33 (4.4)`,
+/// `share.version=2`, one a line): every feature but `kraft.version`.
+fn features_to_finalize(mapping: &str) -> Vec<&str> {
+    mapping
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|feature| feature.contains('=') && !feature.starts_with("kraft.version="))
+        .collect()
+}
+
 fn java() -> PathBuf {
     std::env::var_os("JAVA_HOME")
         .map_or_else(|| PathBuf::from("java"), |home| Path::new(&home).join("bin/java"))
@@ -495,6 +541,15 @@ impl crate::local::LocalServer for LocalBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_finalized_upgrade_names_every_feature_of_the_release_but_the_quorum_s() {
+        let mapping = "metadata.version=33 (4.4)\nkraft.version=1\ntransaction.version=2\nshare.version=2\n";
+        assert_eq!(
+            features_to_finalize(mapping),
+            ["metadata.version=33", "transaction.version=2", "share.version=2"]
+        );
+    }
 
     /// One Kafka release everywhere: what the pom resolves, and every
     /// `apache/kafka` image the compose files and the docs name.
