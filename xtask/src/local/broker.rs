@@ -163,7 +163,7 @@ impl LocalBroker {
     async fn finalize_upgrade(&self) -> Result<()> {
         let release = kafka_ops::KAFKA_VERSION
             .rsplit_once('.')
-            .map_or(kafka_ops::KAFKA_VERSION, |(minor, _)| minor);
+            .map_or(kafka_ops::KAFKA_VERSION, |(major_minor, _)| major_minor);
         let mapping = self
             .run_tool(
                 "kafka-features.sh",
