@@ -201,20 +201,14 @@ impl Compose<'_> {
     /// the README reads the operator's token:
     /// `docker compose run --rm -T credentials cat /credentials/set/<VAR>`.
     async fn secret(&self, var: &str) -> Result<String> {
-        let output = self
-            .command()
-            .args(["run", "--rm", "-T", "credentials", "cat"])
-            .arg(format!("/credentials/set/{var}"))
-            .stderr(Stdio::inherit())
-            .output()
-            .await
-            .context("cannot run docker-compose")?;
-        let value = String::from_utf8(output.stdout)?.trim().to_owned();
-        if !output.status.success() || value.is_empty() {
-            bail!(
-                "`docker-compose run credentials cat` gave no {var} ({})",
-                output.status
-            );
+        let path = format!("/credentials/set/{var}");
+        let value = self
+            .output(&["run", "--rm", "-T", "credentials", "cat", &path])
+            .await?
+            .trim()
+            .to_owned();
+        if value.is_empty() {
+            bail!("`docker-compose run credentials cat` gave no {var}");
         }
         Ok(value)
     }
@@ -297,8 +291,9 @@ impl Compose<'_> {
     /// runs once (`kafka-access`, `postgres-access`: no health check) must
     /// have exited with 0.
     async fn all_healthy(&self) -> Result<()> {
-        let output = self.command().args(["ps", "--quiet"]).output().await?;
-        let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        let ids: Vec<String> = self
+            .output(&["ps", "--quiet"])
+            .await?
             .split_whitespace()
             .map(str::to_owned)
             .collect();
