@@ -801,7 +801,14 @@ fn handlers() -> &'static Handlers {
         Handlers {
             audit: service_a::Audit::lazy(unreachable_database()),
             service_b: service_b::Notifications::new(
-                service_b::PaymentsClient::new("http://127.0.0.1:9", token, Duration::from_secs(1)),
+                service_b::PaymentsClient::new(
+                    "http://127.0.0.1:9",
+                    token,
+                    service_b::CallbackLimits {
+                        timeout: Duration::from_secs(1),
+                        ..Default::default()
+                    },
+                ),
                 service_b::Records::lazy(unreachable_database()),
                 Duration::from_secs(30),
             ),

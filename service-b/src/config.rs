@@ -9,6 +9,8 @@ use service_kit::auth::Token;
 use service_kit::config::{ConfigError, credential, millis, var};
 use service_kit::service::ConsumerServiceConfig;
 
+use crate::payments::CallbackLimits;
+
 /// ServiceB's own database on the local PostgreSQL of `cargo xtask pg up`,
 /// as its own role (which `pg up` makes; that server trusts loopback, so no
 /// password).
@@ -24,8 +26,13 @@ pub struct Config {
     /// `PAYMENTS_TOKEN`: how ServiceB proves itself to Payments on the
     /// callback (Payments holds its SHA-256). Required.
     pub payments_token: Token,
-    /// `CALLBACK_TIMEOUT_MS`: how long one GetPaymentInfo call may take. Default 5 s.
-    pub callback_timeout: Duration,
+    /// `CALLBACK_TIMEOUT_MS`: how long one GetPaymentInfo call may take
+    /// (default 5 s); `CALLBACK_CONNECTIONS`: how many calls may be in flight
+    /// at once, each on a connection kept open and reused (default 16:
+    /// Payments mostly answers from memory, so a few connections carry the
+    /// callbacks of the records in hand; many instances stay far under
+    /// Payments' `HTTP_MAX_CONNECTIONS`).
+    pub callback: CallbackLimits,
     /// `CALLBACK_NOT_FOUND_GRACE_MS`: how long after a payment was received a
     /// 404 from Payments is retried; after that the notification goes to the
     /// dead-letter topic as one that cannot be handled. Default 30 s.
@@ -38,7 +45,10 @@ impl Config {
             service: ConsumerServiceConfig::from_env(crate::SERVICE, 8082, LOCAL_DATABASE_URL)?,
             payments_url: var("PAYMENTS_URL", "http://127.0.0.1:8080".to_owned())?,
             payments_token: credential("PAYMENTS_TOKEN")?,
-            callback_timeout: millis("CALLBACK_TIMEOUT_MS", Duration::from_secs(5))?,
+            callback: CallbackLimits {
+                timeout: millis("CALLBACK_TIMEOUT_MS", CallbackLimits::default().timeout)?,
+                connections: var("CALLBACK_CONNECTIONS", CallbackLimits::default().connections)?,
+            },
             not_found_grace: millis("CALLBACK_NOT_FOUND_GRACE_MS", Duration::from_secs(30))?,
         })
     }

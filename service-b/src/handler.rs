@@ -138,6 +138,14 @@ mod tests {
 
     use super::*;
 
+    /// Calls that give up after a second.
+    fn within_a_second() -> crate::CallbackLimits {
+        crate::CallbackLimits {
+            timeout: Duration::from_secs(1),
+            ..Default::default()
+        }
+    }
+
     /// Records in a database nothing listens for: only for handler paths
     /// that fail before they get to the store.
     async fn unreachable_records() -> Records {
@@ -148,7 +156,7 @@ mod tests {
     #[tokio::test]
     async fn an_undecodable_notification_is_permanent() {
         let handler = Notifications::new(
-            PaymentsClient::new("http://127.0.0.1:1", Token::generate(), Duration::from_secs(1)),
+            PaymentsClient::new("http://127.0.0.1:1", Token::generate(), within_a_second()),
             unreachable_records().await,
             Duration::from_secs(30),
         );
@@ -160,7 +168,7 @@ mod tests {
     #[tokio::test]
     async fn a_database_that_is_down_is_a_dependency_unavailable() {
         let handler = Notifications::new(
-            PaymentsClient::new("http://127.0.0.1:1", Token::generate(), Duration::from_secs(1)),
+            PaymentsClient::new("http://127.0.0.1:1", Token::generate(), within_a_second()),
             unreachable_records().await,
             Duration::from_secs(30),
         );

@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 pub use api::app;
 pub use config::Config;
 pub use handler::Notifications;
-pub use payments::PaymentsClient;
+pub use payments::{CallbackLimits, PaymentsClient};
 pub use service_kit::{Error, Result};
 pub use store::{CallbackRecord, Records};
 
@@ -55,7 +55,7 @@ pub async fn run(
     let payments = PaymentsClient::new(
         &config.payments_url,
         config.payments_token.clone(),
-        config.callback_timeout,
+        config.callback,
     );
     let handler = Notifications::new(payments, records.clone(), config.not_found_grace);
     let metrics = Metrics::default();

@@ -1,10 +1,21 @@
 //! The client for Payments' GetPaymentInfo (`GET /payments/{id}`).
+//!
+//! Connections are kept and reused (HTTP/1.1 keep-alive: Payments serves
+//! HTTP/1.1, one request at a time per connection), and at most
+//! [`CallbackLimits::connections`] calls are in flight at once, so that
+//! many are kept open: a callback does not pay a TCP handshake, and a
+//! burst of notifications cannot open one connection per record in hand
+//! (up to `CONSUMER_MAX_IN_FLIGHT`) against Payments' `HTTP_MAX_CONNECTIONS`.
+//! Each call names the notification it is made for (`X-Causation-Id`), which
+//! lets Payments answer from memory (see `payments_service::latest`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use service_kit::auth::Token;
 use shared_events::{PaymentId, PaymentState};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -27,21 +38,53 @@ pub enum CallbackError {
     Body(#[source] reqwest::Error),
 }
 
-/// Calls Payments. Cheap to clone.
+/// How ServiceB calls Payments back; see [`crate::Config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallbackLimits {
+    /// How long one call may take, once under way.
+    pub timeout: Duration,
+    /// Calls in flight at once, and so connections kept open for them.
+    pub connections: usize,
+}
+
+impl Default for CallbackLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            connections: 16,
+        }
+    }
+}
+
+/// How long an unused connection is kept: under Payments' idle limit
+/// (`HTTP_HEADER_TIMEOUT_MS`, 10 s by default), so ServiceB lets it go
+/// first, and never sends on a connection the server is closing.
+const IDLE_CONNECTION: Duration = Duration::from_secs(5);
+
+/// Calls Payments. Cheap to clone; clones share the connections and the
+/// bound on calls in flight.
 #[derive(Debug, Clone)]
 pub struct PaymentsClient {
     http: reqwest::Client,
+    /// One permit per call in flight.
+    in_flight: Arc<Semaphore>,
     base_url: String,
     /// `Authorization: Bearer <PAYMENTS_TOKEN>`, marked sensitive.
     authorization: reqwest::header::HeaderValue,
 }
 
 impl PaymentsClient {
-    /// A client for Payments at `base_url`, proving itself with `token`;
-    /// each call gives up after `timeout`.
-    pub fn new(base_url: &str, token: Token, timeout: Duration) -> Self {
+    /// A client for Payments at `base_url`, proving itself with `token`,
+    /// within `limits`.
+    pub fn new(base_url: &str, token: Token, limits: CallbackLimits) -> Self {
+        let connections = limits.connections.max(1);
         let http = reqwest::Client::builder()
-            .timeout(timeout)
+            .timeout(limits.timeout)
+            // Payments speaks HTTP/1.1 only: no upgrade attempt.
+            .http1_only()
+            // As many kept as calls may be in flight: each finds one open.
+            .pool_max_idle_per_host(connections)
+            .pool_idle_timeout(IDLE_CONNECTION)
             .user_agent(crate::SERVICE)
             .build()
             // Fails only if the TLS backend or resolver cannot initialise;
@@ -49,6 +92,7 @@ impl PaymentsClient {
             .expect("HTTP client without TLS always builds");
         Self {
             http,
+            in_flight: Arc::new(Semaphore::new(connections)),
             base_url: base_url.trim_end_matches('/').to_owned(),
             authorization: token.authorization(),
         }
@@ -85,6 +129,12 @@ impl PaymentsClient {
             .map_err(CallbackError::Unreachable)?;
         span.in_scope(|| service_kit::telemetry::inject_into_http(request.headers_mut()));
         async {
+            // Held until the body is read: the connection is busy until then.
+            let _permit = self
+                .in_flight
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
             let response = self.http.execute(request).await.map_err(|e| {
                 tracing::Span::current().record("otel.status_code", "ERROR");
                 CallbackError::Unreachable(e)

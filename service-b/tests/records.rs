@@ -7,13 +7,21 @@ use std::time::Duration;
 
 use chrono::Utc;
 use event_store::testing::TestDatabase;
-use service_b::{CallbackRecord, Notifications, PaymentsClient, Records};
+use service_b::{CallbackLimits, CallbackRecord, Notifications, PaymentsClient, Records};
 use service_kit::auth::{Callers, Right, Rights, Token};
 use service_kit::consumer::{HandleError, Handler};
 use service_kit::startup::Database;
 use shared_events::testing::{delivered, payment, state};
 use shared_events::{Envelope, PaymentReceivedNotification, PaymentState};
 use uuid::Uuid;
+
+/// Calls that give up after a second.
+fn within_a_second() -> CallbackLimits {
+    CallbackLimits {
+        timeout: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
 
 const GRACE: Duration = Duration::from_secs(30);
 
@@ -40,11 +48,7 @@ async fn payments_knowing(known: Option<PaymentState>) -> (PaymentsClient, Arc<A
 async fn payments_seeing(known: Option<PaymentState>) -> (PaymentsClient, Arc<AtomicUsize>, Seen) {
     let token = Token::generate();
     let (url, calls, seen) = payments_accepting(&token, known).await;
-    (
-        PaymentsClient::new(&url, token, Duration::from_secs(1)),
-        calls,
-        seen,
-    )
+    (PaymentsClient::new(&url, token, within_a_second()), calls, seen)
 }
 
 /// A stand-in Payments that knows `known` and, as the real one, answers
@@ -186,7 +190,7 @@ async fn a_refused_credential_pauses_the_consumer_and_nothing_is_recorded() {
     let (url, calls, _) = payments_accepting(&Token::generate(), Some(known.clone())).await;
     let (_database, records) = records().await;
     let handler = Notifications::new(
-        PaymentsClient::new(&url, Token::generate(), Duration::from_secs(1)),
+        PaymentsClient::new(&url, Token::generate(), within_a_second()),
         records.clone(),
         GRACE,
     );
@@ -386,4 +390,74 @@ async fn two_notifications_of_one_payment_in_one_group_both_count_and_the_newest
     assert_eq!(stored.payment, newer, "the version guard holds inside a group");
     assert_eq!(stored.notification_id, first.notification_id);
     assert_eq!(stored.notifications, 2);
+}
+
+#[tokio::test]
+async fn callbacks_reuse_their_connections_and_no_more_are_in_flight_than_the_bound() {
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+    use axum::routing::get;
+
+    /// Calls in flight now and at most, and the connections they came on.
+    #[derive(Default)]
+    struct Seen {
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+        connections: std::sync::Mutex<HashSet<SocketAddr>>,
+    }
+    let seen = Arc::new(Seen::default());
+    let known = state();
+    let answered = Arc::clone(&seen);
+    let router = axum::Router::new().route(
+        "/payments/{id}",
+        get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+            let (seen, known) = (Arc::clone(&answered), known.clone());
+            async move {
+                seen.connections.lock().expect("lock").insert(peer);
+                let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                seen.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+                axum::Json(known)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+
+    let bound = 4;
+    let client = PaymentsClient::new(
+        &url,
+        Token::generate(),
+        CallbackLimits {
+            connections: bound,
+            ..within_a_second()
+        },
+    );
+    let id = state().payment_id;
+    // Two bursts of 40 calls at once, as a consumer with 40 records in hand.
+    for _ in 0..2 {
+        let calls: Vec<_> = (0..40)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.payment(id, Uuid::now_v7(), Uuid::now_v7()).await })
+            })
+            .collect();
+        for call in calls {
+            call.await.expect("call").expect("answered");
+        }
+    }
+    let connections = seen.connections.lock().expect("lock").len();
+    let most = seen.most_in_flight.load(Ordering::SeqCst);
+    assert_eq!(most, bound, "calls in flight at most");
+    assert!(connections <= bound, "80 calls on {connections} connections");
 }

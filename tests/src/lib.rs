@@ -252,7 +252,10 @@ pub async fn spawn_service_b_with(
         service: consumer_service(service_b::SERVICE, kafka, group_id, consumer, database_url),
         payments_url: payments_url.to_owned(),
         payments_token: credentials().service_b.clone(),
-        callback_timeout: Duration::from_secs(2),
+        callback: service_b::CallbackLimits {
+            timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
         not_found_grace: Duration::from_secs(30),
     };
     TestApp::spawn(
