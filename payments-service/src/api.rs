@@ -2,7 +2,9 @@
 //!
 //! - `POST /payments`: accept a payment (honours `Idempotency-Key`).
 //! - `GET /payments/{id}`: GetPaymentInfo, the call ServiceB makes back;
-//!   the current state, with `ETag: "<version>"`.
+//!   the current state, with `ETag: "<version>"`. A call naming the event
+//!   it is made for (`X-Causation-Id`) is answered from memory when this
+//!   instance saw that event committed (see [`crate::latest`]).
 //! - `GET /payments/{id}/events?from_version=n&limit=m`: the payment's event
 //!   stream, a page at a time (`Link: <...>; rel="next"` while there is more).
 //! - `POST /payments/{id}/refunds`: refund part of it (honours `If-Match`
@@ -48,7 +50,9 @@ pub const CORRELATION_ID: &str = "x-correlation-id";
 /// (`ce_causationid`) of the events it leads to.
 pub const REQUEST_ID: &str = "x-request-id";
 /// Header a caller sets to name the event that led to its request (ServiceB
-/// names the notification it calls back for); logged.
+/// names the notification it calls back for, whose id is the stored
+/// event's); logged. On `GET /payments/{id}` it also says what the answer
+/// must hold at least: that event.
 pub const CAUSATION_ID: &str = "x-causation-id";
 /// Header making a write safe to retry: the same request with the same key,
 /// from the same customer, within the keys' lifetime, is done once.
@@ -266,9 +270,12 @@ fn written(written: &Written, id: PaymentId, cause: Cause) -> Response {
     get,
     path = "/payments/{id}",
     security(("caller_token" = [])),
-    params(("id" = Uuid, Path, description = "The payment id")),
+    params(
+        ("id" = Uuid, Path, description = "The payment id"),
+        ("X-Causation-Id" = Option<Uuid>, Header, description = "The event this call is made for (ServiceB names the notification it handles): the answer holds at least that event, from memory when this instance saw it committed"),
+    ),
     responses(
-        (status = 200, description = "The payment's current state", body = PaymentStateSchema,
+        (status = 200, description = "The payment's current state: every write committed before the call when it names no event, or one this instance has not seen; otherwise at least the named event and every write this instance acknowledged or published", body = PaymentStateSchema,
          headers(("ETag" = String, description = "The payment's version, quoted"))),
         service_kit::auth::ReadRefused,
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
@@ -285,9 +292,10 @@ async fn get_payment(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let id = PaymentId::parse(&id).map_err(LookupError::from)?;
     let payment = state
         .payments
-        .load(PaymentId::parse(&id).map_err(LookupError::from)?)
+        .current(id, uuid_header(&headers, CAUSATION_ID))
         .await?;
     Ok(with_etag(StatusCode::OK, &payment))
 }

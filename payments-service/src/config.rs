@@ -41,6 +41,11 @@ pub struct Config {
     /// store's database may hold publication back before the relay ends it
     /// (it rolls back; see [`crate::relay`]). Default 60 s.
     pub outbox_hold_limit: Duration,
+    /// `OUTBOX_BATCH_LIMIT`: the most events the relay publishes in one
+    /// Kafka transaction. It takes whatever is committed and waiting, up to
+    /// this, so one event when quiet and this many under a backlog.
+    /// Default 200.
+    pub outbox_batch_limit: u32,
     /// `OUTBOX_LAG_WARN_MS`: once the oldest event not yet published is
     /// older than this, a warning is logged (see [`crate::outbox`]). Default
     /// 30 s.
@@ -49,6 +54,10 @@ pub struct Config {
     /// builds each batch, standing for a batch that replays long histories.
     /// Default 0 (none).
     pub outbox_test_batch_pause: Duration,
+    /// `STATE_CACHE_ENTRIES`: how many payments' latest states are kept in
+    /// memory to answer ServiceB's callbacks (see [`crate::latest`]); the
+    /// least recently used go first. Default 10,000.
+    pub state_cache_entries: usize,
     /// `IDEMPOTENCY_KEY_TTL_HOURS`: how long an `Idempotency-Key` is
     /// remembered; a retry after that is a new request. Default 24.
     pub idempotency_key_ttl: Duration,
@@ -70,8 +79,10 @@ impl Config {
             relay: var("OUTBOX_RELAY", true)?,
             publish_timeout: millis("PUBLISH_TIMEOUT_MS", Duration::from_secs(10))?,
             outbox_hold_limit: millis("OUTBOX_HOLD_LIMIT_MS", Duration::from_secs(60))?,
+            outbox_batch_limit: var("OUTBOX_BATCH_LIMIT", crate::relay::DEFAULT_BATCH_LIMIT)?,
             outbox_lag_warn: millis("OUTBOX_LAG_WARN_MS", Duration::from_secs(30))?,
             outbox_test_batch_pause: millis("OUTBOX_TEST_BATCH_PAUSE_MS", Duration::ZERO)?,
+            state_cache_entries: var("STATE_CACHE_ENTRIES", crate::latest::DEFAULT_ENTRIES)?,
             idempotency_key_ttl: Duration::from_secs(3600 * var::<u64>("IDEMPOTENCY_KEY_TTL_HOURS", 24)?),
             shutdown_timeout: shutdown_timeout()?,
             startup_timeout: startup_timeout()?,

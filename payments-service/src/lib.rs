@@ -5,7 +5,9 @@
 //! A write answers once its events are committed. The outbox relay then
 //! publishes each stored event twice, one per pattern: a minimal
 //! *notification* (ServiceB reacts by calling `GET /payments/{id}` back) and
-//! the payment's whole *state* (ServiceA keeps its own copy).
+//! the payment's whole *state* (ServiceA keeps its own copy). The states
+//! Payments folds as it writes and publishes are kept in memory, and answer
+//! ServiceB's callbacks without a database round trip.
 //!
 //! # Layout
 //!
@@ -13,6 +15,8 @@
 //! - [`domain`]: a payment as a stream of events, and its rules (pure).
 //! - [`repository`]: payments on the event store: load (snapshot + tail),
 //!   create (with idempotency keys), refund (optimistic concurrency).
+//! - [`latest`]: the latest state of each payment in memory, bounded, for
+//!   the callbacks.
 //! - [`relay`]: the outbox relay, from the event store to Kafka.
 //! - [`outbox`]: what the relay has not published yet, as metrics, in
 //!   `GET /ready` and in the log.
@@ -23,6 +27,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod latest;
 pub mod outbox;
 pub mod relay;
 pub mod repository;
@@ -68,8 +73,9 @@ pub async fn run(
     )
     .await?;
     let store = EventStore::connect(config.database.options().clone(), config.database_connections).await?;
-    let payments =
-        Payments::new(store.clone(), config.snapshot_every).with_key_ttl(config.idempotency_key_ttl);
+    let payments = Payments::new(store.clone(), config.snapshot_every)
+        .with_key_ttl(config.idempotency_key_ttl)
+        .with_cache_entries(config.state_cache_entries);
     payments.migrate().await?;
     let appended = payments.appended();
     let stop = service.stop();
@@ -79,7 +85,11 @@ pub async fn run(
     // Nothing to rebuild: ready once it serves. The outbox's backlog is
     // shown, not waited on: writes are taken whatever it is.
     let readiness = Readiness::at_once().with_detail(move || detail.detail());
-    let metrics = Metrics::with(|registry| outbox_metrics.register(registry));
+    let latest = payments.latest().clone();
+    let metrics = Metrics::with(|registry| {
+        outbox_metrics.register(registry);
+        latest.register(registry);
+    });
     let routes = app(
         AppState {
             payments: payments.clone(),
@@ -107,9 +117,17 @@ pub async fn run(
         let limits = relay::Limits {
             publish_timeout: config.publish_timeout,
             hold_limit: config.outbox_hold_limit,
+            batch_limit: config.outbox_batch_limit,
             test_batch_pause: config.outbox_test_batch_pause,
         };
-        let relay = Relay::new(store, appended, config.kafka.clone(), limits, outbox_metrics);
+        let relay = Relay::new(
+            store,
+            appended,
+            latest,
+            config.kafka.clone(),
+            limits,
+            outbox_metrics,
+        );
         tasks.push(task("outbox relay", relay.run(stop)));
     }
     let shutdown_timeout = config.shutdown_timeout;

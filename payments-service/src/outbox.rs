@@ -11,12 +11,16 @@
 //! | `outbox_holding_transactions` | gauge | |
 //! | `outbox_relay_leads_total` | counter | |
 //! | `outbox_relay_failed_batches_total` | counter | |
+//! | `outbox_relay_transaction_events` | histogram (1, 2, 4 … 1024) | |
 //!
 //! Every instance watches, leading relay or not: the figures come from the
-//! event store (the relay's checkpoint and holds), the same for all. The two
-//! counters are this instance's relay's own: how often it became the
-//! publisher, and how many batches it read and did not publish (aborted,
-//! refused by the broker, or given up when its lease was gone).
+//! event store (the relay's checkpoint and holds), the same for all. The
+//! counters and the histogram are this instance's relay's own: how often
+//! it became the publisher, how many batches it read and did not publish
+//! (aborted, refused by the broker, or given up when its lease was gone),
+//! and how many events each Kafka transaction it committed carried (each
+//! event is two records: its state and its notification). Its `_count` is
+//! the transactions, its `_sum` the events published.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +31,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -46,7 +51,7 @@ struct HeldLabels {
 }
 
 /// The outbox's series. Cheap to clone; clones share the values.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct OutboxMetrics {
     unpublished: Gauge,
     oldest: Gauge<f64, AtomicU64>,
@@ -54,8 +59,25 @@ pub struct OutboxMetrics {
     holding: Gauge,
     leads: Counter,
     failed_batches: Counter,
+    transaction_events: Histogram,
     /// The held series shown now, to drop those of holds that ended.
     held_series: Arc<Mutex<Vec<HeldLabels>>>,
+}
+
+impl Default for OutboxMetrics {
+    fn default() -> Self {
+        Self {
+            unpublished: Gauge::default(),
+            oldest: Gauge::default(),
+            held: Family::default(),
+            holding: Gauge::default(),
+            leads: Counter::default(),
+            failed_batches: Counter::default(),
+            // 1 to 1024: a lone event up to past any batch limit in use.
+            transaction_events: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            held_series: Arc::default(),
+        }
+    }
 }
 
 impl OutboxMetrics {
@@ -91,6 +113,11 @@ impl OutboxMetrics {
             "Batches this instance's relay read and did not publish (aborted, refused, or its lease gone)",
             self.failed_batches.clone(),
         );
+        registry.register(
+            "outbox_relay_transaction_events",
+            "Events (a state and a notification each) per Kafka transaction this instance's relay committed",
+            self.transaction_events.clone(),
+        );
     }
 
     pub(crate) fn lead_taken(&self) {
@@ -99,6 +126,10 @@ impl OutboxMetrics {
 
     pub(crate) fn batch_failed(&self) {
         self.failed_batches.inc();
+    }
+
+    pub(crate) fn transaction_published(&self, events: usize) {
+        self.transaction_events.observe(events as f64);
     }
 
     fn show(&self, seen: &Seen) {

@@ -72,6 +72,7 @@ use uuid::Uuid;
 
 use crate::SERVICE;
 use crate::domain::{Payment, PaymentEvent};
+use crate::latest::LatestStates;
 use crate::outbox::OutboxMetrics;
 use crate::repository::{RepositoryError, decode, load_at};
 
@@ -79,8 +80,9 @@ use crate::repository::{RepositoryError, decode, load_at};
 pub const CHECKPOINT: &str = "payments-outbox-relay";
 /// Key of the advisory lock that makes one relay the publisher.
 const LEADER_LOCK: i64 = 0x7061_796d_656e_7473; // "payments"
-/// Events read and published per round.
-const BATCH: i64 = 200;
+/// Events published in one Kafka transaction at most, unless configured
+/// otherwise (`OUTBOX_BATCH_LIMIT`).
+pub const DEFAULT_BATCH_LIMIT: u32 = 200;
 /// Longest pause after an empty read before looking again. Writes of this
 /// instance wake the relay at once; this bounds how long other instances'
 /// writes wait.
@@ -145,6 +147,10 @@ pub struct Limits {
     /// How long a transaction of the event store's database may hold
     /// publication back before the relay ends it.
     pub hold_limit: Duration,
+    /// The most events one Kafka transaction carries. Each round takes
+    /// every event committed and waiting, up to this: one when quiet (it
+    /// goes at once, nothing waits for company), many under a backlog.
+    pub batch_limit: u32,
     /// For tests: a pause while each batch is built.
     pub test_batch_pause: Duration,
 }
@@ -167,6 +173,9 @@ pub struct Relay {
     /// The latest state the relay saw of each payment, so publishing the
     /// state after an event rarely needs a replay.
     states: HashMap<String, Payment>,
+    /// The instance's latest states, which answer ServiceB's callbacks:
+    /// each state is added before its notification is published.
+    latest: LatestStates,
     /// The streams held, each from the version of its first event not
     /// published (as recorded beside the checkpoint).
     held: HashMap<String, u64>,
@@ -183,10 +192,12 @@ impl std::fmt::Debug for Relay {
 
 impl Relay {
     /// `appended` is signalled by this instance's writes
-    /// ([`crate::Payments::appended`]).
+    /// ([`crate::Payments::appended`]); `latest` gets the state after each
+    /// event published ([`crate::Payments::latest`]).
     pub fn new(
         store: EventStore,
         appended: Arc<Notify>,
+        latest: LatestStates,
         kafka: KafkaConfig,
         limits: Limits,
         metrics: OutboxMetrics,
@@ -194,6 +205,7 @@ impl Relay {
         Self {
             store,
             appended,
+            latest,
             topics: kafka.topics.clone(),
             kafka,
             limits,
@@ -295,7 +307,11 @@ impl Relay {
                 self.publish_held(&producer, &mut leader, checkpoint).await?;
                 retry_held_at = Instant::now() + HELD_RETRY;
             }
-            let batch = keeping_lease(&mut leader, self.store.read_committed(checkpoint, BATCH)).await??;
+            // Whatever is committed and waiting, up to the limit: no timer,
+            // so a lone event is published at once, and a backlog in
+            // transactions as large as the limit.
+            let limit = i64::from(self.limits.batch_limit.max(1));
+            let batch = keeping_lease(&mut leader, self.store.read_committed(checkpoint, limit)).await??;
             let Some(&(last, _)) = batch.last() else {
                 tokio::select! {
                     () = stop.cancelled() => {}
@@ -523,6 +539,7 @@ impl Relay {
         let failure = match committed {
             Ok(Ok(())) => {
                 tracing::debug!(events = ready.len(), "published");
+                self.metrics.transaction_published(ready.len());
                 return Ok(());
             }
             Ok(Err(e)) => e.into(),
@@ -649,6 +666,7 @@ impl Relay {
             self.states.clear();
         }
         self.states.insert(stored.stream_id.clone(), state.clone());
+        self.latest.committed(&state, stored.into());
         Ok(state)
     }
 }

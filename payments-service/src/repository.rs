@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::domain::{InvalidHistory, Payment, PaymentEvent, RefundReason, RefundRefused};
+use crate::latest::{self, LatestStates};
 
 /// Payments' own schema (idempotency keys), beside the event store's.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -125,6 +126,9 @@ pub struct Payments {
     /// Signalled after every commit, so this instance's outbox relay
     /// publishes at once instead of at its next poll.
     appended: Arc<Notify>,
+    /// The latest state of the payments this instance wrote, published or
+    /// read: what answers ServiceB's callbacks ([`Payments::current`]).
+    latest: LatestStates,
 }
 
 /// The stream of payment `id`.
@@ -139,7 +143,21 @@ impl Payments {
             snapshot_every: snapshot_every.max(1),
             key_ttl: DEFAULT_KEY_TTL,
             appended: Arc::default(),
+            latest: LatestStates::new(latest::DEFAULT_ENTRIES),
         }
+    }
+
+    /// Keeps the latest state of at most `entries` payments in memory
+    /// instead of [`latest::DEFAULT_ENTRIES`].
+    pub fn with_cache_entries(mut self, entries: usize) -> Self {
+        self.latest = LatestStates::new(entries);
+        self
+    }
+
+    /// The latest states this instance holds, for its outbox relay to add
+    /// the states it publishes, and for the metrics.
+    pub fn latest(&self) -> &LatestStates {
+        &self.latest
     }
 
     /// Remembers idempotency keys for `ttl` instead of [`DEFAULT_KEY_TTL`].
@@ -208,6 +226,7 @@ impl Payments {
             .map_err(|e| RepositoryError::Corrupt(id, e.to_string()))?
             .ok_or(RepositoryError::NotFound)?;
         debug_assert_eq!(stored.len(), 1);
+        self.latest.committed(&payment, (&stored[0]).into());
         Ok(Written { payment, new: true })
     }
 
@@ -281,9 +300,27 @@ impl Payments {
     }
 
     async fn load_from(&self, id: PaymentId, use_snapshot: bool) -> Result<Payment> {
-        state_at(&self.store, id, use_snapshot, None)
+        let (payment, _) = state_at(&self.store, id, use_snapshot, None)
             .await?
-            .ok_or(RepositoryError::NotFound)
+            .ok_or(RepositoryError::NotFound)?;
+        Ok(payment)
+    }
+
+    /// GetPaymentInfo: the payment's latest state. When the reader names
+    /// the event it needs (`X-Causation-Id`) and this instance saw that
+    /// event committed, from memory, at or past that event and every write
+    /// this instance acknowledged or published after it; otherwise from
+    /// the event store, like [`Self::load`], leaving the state in memory.
+    /// See [`crate::latest`] for what each can see.
+    pub async fn current(&self, id: PaymentId, named: Option<Uuid>) -> Result<Payment> {
+        if let Some(payment) = named.and_then(|event| self.latest.including(id, event)) {
+            return Ok(payment);
+        }
+        let (payment, position) = state_at(&self.store, id, true, None)
+            .await?
+            .ok_or(RepositoryError::NotFound)?;
+        self.latest.loaded(&payment, position);
+        Ok(payment)
     }
 
     /// Makes `refund` of payment `id` if the payment is at its `expected`
@@ -358,10 +395,11 @@ impl Payments {
             &[new_event(&event, cause)],
         )
         .await;
-        match appended {
-            Ok(_) => {
+        let stored = match appended {
+            Ok(stored) => {
                 tx.commit().await?;
                 self.appended.notify_one();
+                stored
             }
             Err(event_store::Error::Conflict { actual, .. }) => {
                 return Err(RepositoryError::VersionMismatch {
@@ -370,9 +408,10 @@ impl Payments {
                 });
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         let after =
             Payment::apply(Some(payment), &event).map_err(|e| RepositoryError::Corrupt(id, e.to_string()))?;
+        self.latest.committed(&after, (&stored[0]).into());
         if after.version % self.snapshot_every == 0 {
             self.snapshot(&after).await;
         }
@@ -457,18 +496,20 @@ pub fn decode(event: &RecordedEvent) -> Result<PaymentEvent, String> {
 /// after it. What the outbox relay publishes as the state after an event it
 /// has no state cached for.
 pub async fn load_at(store: &EventStore, id: PaymentId, version: u64) -> Result<Option<Payment>> {
-    state_at(store, id, true, Some(version)).await
+    Ok(state_at(store, id, true, Some(version))
+        .await?
+        .map(|(payment, _)| payment))
 }
 
 /// The fold of payment `id`'s events up to `up_to` (all when `None`),
 /// starting from its snapshot if `use_snapshot` and the snapshot is not
-/// past `up_to`.
+/// past `up_to`; with the store position of its newest event.
 async fn state_at(
     store: &EventStore,
     id: PaymentId,
     use_snapshot: bool,
     up_to: Option<u64>,
-) -> Result<Option<Payment>> {
+) -> Result<Option<(Payment, i64)>> {
     let stream = stream_id(id);
     let snapshot = if use_snapshot {
         store.load_snapshot(&stream).await?
@@ -491,10 +532,17 @@ async fn state_at(
         Some((state, version)) => (Some(state), version + 1),
         None => (None, 1),
     };
-    let mut events = store.read_stream(&stream, from).await?;
+    // From the snapshot's own event on, for its position when nothing
+    // follows it; only the events after it are folded.
+    let mut events = store.read_stream(&stream, from.saturating_sub(1).max(1)).await?;
     events.retain(|e| up_to.is_none_or(|v| e.version <= v));
-    Payment::replay(state, &decode_all(id, &events)?)
-        .map_err(|e: InvalidHistory| RepositoryError::Corrupt(id, e.to_string()))
+    let Some(position) = events.last().map(|e| e.position) else {
+        return Ok(None);
+    };
+    events.retain(|e| e.version >= from);
+    let payment = Payment::replay(state, &decode_all(id, &events)?)
+        .map_err(|e: InvalidHistory| RepositoryError::Corrupt(id, e.to_string()))?;
+    Ok(payment.map(|payment| (payment, position)))
 }
 
 fn decode_all(id: PaymentId, events: &[RecordedEvent]) -> Result<Vec<PaymentEvent>> {

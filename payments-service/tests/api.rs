@@ -71,23 +71,74 @@ impl Harness {
     }
 
     async fn send_as_is(&self, request: Request<Body>) -> Reply {
-        let response = self.router.clone().oneshot(request).await.expect("infallible");
-        let (status, headers) = (response.status(), response.headers().clone());
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("JSON body, got {bytes:?}"))
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        send_to(&self.router, request).await
     }
 
+    /// Another Payments instance on the same event store, with its own
+    /// memory, as a second process would be.
+    fn other_instance(&self) -> Router {
+        app(
+            AppState {
+                payments: Payments::new(self.payments.store().clone(), SNAPSHOT_EVERY),
+            },
+            self.credentials.callers_of(payments_service::SERVICE),
+        )
+    }
+
+    /// ServiceB's callback to `router`: `GET /payments/{id}` naming the
+    /// notification it is made for, whose id is the stored event's.
+    async fn callback(&self, router: &Router, id: &str, event: &str) -> Reply {
+        let request = Request::get(format!("/payments/{id}"))
+            .header(header::AUTHORIZATION, self.credentials.service_b.authorization())
+            .header("x-causation-id", event)
+            .body(Body::empty())
+            .expect("request");
+        send_to(router, request).await
+    }
+
+    /// A plain `GET /payments/{id}` to `router`.
+    async fn read(&self, router: &Router, id: &str) -> Reply {
+        let request = Request::get(format!("/payments/{id}"))
+            .header(header::AUTHORIZATION, self.credentials.service_b.authorization())
+            .body(Body::empty())
+            .expect("request");
+        send_to(router, request).await
+    }
+
+    /// The ids of payment `id`'s stored events, in version order: the ids
+    /// of its notifications.
+    async fn event_ids(&self, id: &str) -> Vec<String> {
+        let events = self.get(&format!("/payments/{id}/events")).await;
+        events
+            .body
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|e| e["event_id"].as_str().expect("event_id").to_owned())
+            .collect()
+    }
+}
+
+/// `request` to `router`, its answer read whole.
+async fn send_to(router: &Router, request: Request<Body>) -> Reply {
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("JSON body, got {bytes:?}"))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+impl Harness {
     async fn post(&self, path: &str, body: impl Into<Body>, headers: &[(&str, &str)]) -> Reply {
         let mut request = Request::post(path).header(header::CONTENT_TYPE, "application/json");
         for (name, value) in headers {
@@ -625,6 +676,105 @@ async fn concurrent_refunds_without_if_match_are_all_applied_and_none_is_a_confl
         (payment.body["version"].clone(), payment.body["refunded"].clone()),
         (json!(21), json!(200))
     );
+}
+
+#[tokio::test]
+async fn a_callback_naming_an_event_this_instance_wrote_is_answered_without_the_database() {
+    let harness = Harness::new().await;
+    let id = id_of(&harness.create().await);
+    assert_eq!(
+        harness.refund(&id, 500, Some("\"1\"")).await.status,
+        StatusCode::CREATED
+    );
+    let events = harness.event_ids(&id).await;
+    let unknown = uuid::Uuid::now_v7().to_string();
+
+    harness.payments.store().pool().close().await;
+    // Both events were appended here: the answer is the state after the
+    // newest, from memory, whichever the callback names.
+    for event in &events {
+        let reply = harness.callback(&harness.router, &id, event).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(
+            (reply.body["version"].clone(), reply.body["refunded"].clone()),
+            (json!(2), json!(500))
+        );
+        assert_eq!(etag(&reply), Some("\"2\""));
+    }
+    // Naming no event, or one this instance has not seen, reads the store.
+    let plain = harness.read(&harness.router, &id).await;
+    assert_eq!(plain.status, StatusCode::SERVICE_UNAVAILABLE, "{}", plain.body);
+    let other = harness.callback(&harness.router, &id, &unknown).await;
+    assert_eq!(other.status, StatusCode::SERVICE_UNAVAILABLE, "{}", other.body);
+}
+
+#[tokio::test]
+async fn a_read_after_a_refunds_201_never_shows_the_state_before_it() {
+    let harness = std::sync::Arc::new(Harness::new().await);
+    let id = id_of(&harness.create().await);
+    let received = harness.event_ids(&id).await.remove(0);
+    let other = harness.other_instance();
+
+    // Concurrent refunds: each, once answered, reads at once on the
+    // instance that answered, naming the payment's first event as a
+    // callback still in flight would, and plainly. Appends finish in any
+    // order, so an older state may come to memory after a newer one.
+    let refunds: Vec<_> = (0..20)
+        .map(|_| {
+            let (harness, id, received) = (std::sync::Arc::clone(&harness), id.clone(), received.clone());
+            tokio::spawn(async move {
+                let refunded = harness.refund(&id, 10, None).await;
+                assert_eq!(refunded.status, StatusCode::CREATED, "{}", refunded.body);
+                let acknowledged = refunded.body["version"].as_u64().expect("version");
+                let callback = harness.callback(&harness.router, &id, &received).await;
+                let plain = harness.read(&harness.router, &id).await;
+                for read in [callback, plain] {
+                    let seen = read.body["version"].as_u64().expect("version");
+                    assert!(
+                        seen >= acknowledged,
+                        "read version {seen} after a 201 of version {acknowledged}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for refund in refunds {
+        refund.await.expect("refund and reads");
+    }
+
+    // Across two instances, refunds alternating between them: after each
+    // 201, a plain read on either, and the callback for the refund's own
+    // notification on either, hold the refund.
+    let instances = [&harness.router, &other];
+    for round in 0..6 {
+        let (writer, reader) = (instances[round % 2], instances[(round + 1) % 2]);
+        let request = Request::post(format!("/payments/{id}/refunds"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                header::AUTHORIZATION,
+                harness.credentials.operator.authorization(),
+            )
+            .body(Body::from(json!({"amount": 10, "reason": "damaged"}).to_string()))
+            .expect("request");
+        let refunded = send_to(writer, request).await;
+        assert_eq!(refunded.status, StatusCode::CREATED, "{}", refunded.body);
+        let acknowledged = refunded.body["version"].as_u64().expect("version");
+        let notification = harness.event_ids(&id).await.pop().expect("the refund's event");
+        for instance in [writer, reader] {
+            let reads = [
+                harness.read(instance, &id).await,
+                harness.callback(instance, &id, &notification).await,
+            ];
+            for read in reads {
+                assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+                assert_eq!(read.body["version"].as_u64(), Some(acknowledged), "round {round}");
+            }
+        }
+        // The writer answered the callback from memory: its state is the
+        // one it acknowledged.
+        let from_memory = harness.callback(writer, &id, &notification).await;
+        assert_eq!(from_memory.body, refunded.body);
+    }
 }
 
 #[tokio::test]

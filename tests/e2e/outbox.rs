@@ -4,7 +4,9 @@
 //! cut off from the database gives the lead up within its stated bound, and
 //! the relay cannot stall unseen: only a transaction of its own database
 //! holds it back (up to a limit), its backlog shows, an event it cannot read
-//! holds only its own stream, and a slow batch keeps the lead.
+//! holds only its own stream, and a slow batch keeps the lead. Its Kafka
+//! transactions follow what is waiting: one event when quiet, up to the
+//! limit under a backlog.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -162,6 +164,61 @@ async fn a_restarted_relay_publishes_the_state_after_events_it_never_saw() {
         assert_eq!((published.version, published.refunded), (2, 50));
         assert_eq!(serde_json::to_value(&published).expect("json"), current);
     }
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn the_relay_publishes_a_lone_event_at_once_and_a_backlog_many_to_a_transaction() {
+    const BACKLOG: usize = 300;
+    const LIMIT: u32 = 100;
+    const SUM: &str = "outbox_relay_transaction_events_sum";
+    const COUNT: &str = "outbox_relay_transaction_events_count";
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let http = integration_tests::http_client();
+    let database = TestDatabase::create().await;
+
+    // A backlog: payments accepted while no relay runs.
+    let writer = spawn_payments_with(&kafka, &database.url, false).await;
+    for amount in 0..BACKLOG {
+        let amount = 100 + i64::try_from(amount).expect("small");
+        create_payment(&http, &writer, &payment_request("c-backlog", amount)).await;
+    }
+    writer.stop().await;
+
+    let payments =
+        spawn_payments_configured(&kafka, &database.url, |config| config.outbox_batch_limit = LIMIT).await;
+    let transactions = eventually("the backlog published", || async {
+        let published = unlabelled(&http, &payments, SUM).await?;
+        (published == BACKLOG as f64).then_some(())?;
+        unlabelled(&http, &payments, COUNT).await
+    })
+    .await;
+    // All of it was waiting: each transaction took as much as the limit lets.
+    assert_eq!(
+        transactions, 3.0,
+        "{BACKLOG} events at most {LIMIT} to a transaction"
+    );
+
+    // Quiet now: a lone payment is published at once, in a transaction of
+    // its own, with nothing waited for to fill it.
+    let lone = |text: String| {
+        service_kit::metrics::sample(&text, "outbox_relay_transaction_events_bucket", r#"le="1.0""#)
+    };
+    let lone_before = lone(metrics_text(&http, &payments).await.expect("metrics")).expect("bucket");
+    let accepted = tokio::time::Instant::now();
+    create_payment(&http, &payments, &payment_request("c-lone", 100)).await;
+    eventually("the lone payment published", || async {
+        let published = unlabelled(&http, &payments, SUM).await?;
+        (published == (BACKLOG + 1) as f64).then_some(())
+    })
+    .await;
+    let took = accepted.elapsed();
+    let text = metrics_text(&http, &payments).await.expect("metrics");
+    assert_eq!(lone(text.clone()), Some(lone_before + 1), "{text}");
+    assert_eq!(unlabelled(&http, &payments, COUNT).await, Some(4.0));
+    println!("a lone payment published {} ms after its 201", took.as_millis());
+    assert!(took < Duration::from_secs(1), "published {took:?} after its 201");
     payments.stop().await;
 }
 
