@@ -15,7 +15,7 @@ pub mod process;
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
 /// What to do with a local server.
@@ -104,7 +104,10 @@ pub async fn kafka(root: &Path, action: KafkaAction) -> Result<()> {
                 .tool(&script)?
                 .args(args)
                 .stdin(std::process::Stdio::inherit())
-                .status()?;
+                .status()
+                .with_context(|| {
+                    format!("cannot run {script}; Kafka's tools here are in docker/images/kafka/bin/")
+                })?;
             if !status.success() {
                 bail!("{script} failed ({status})");
             }

@@ -13,6 +13,7 @@ use rdkafka::client::DefaultClientContext;
 use tokio::process::Command;
 
 use crate::local::broker::{BOOTSTRAP, LocalBroker};
+use crate::local::jaeger::{self, LocalJaeger};
 use crate::local::postgres::{self, LocalPostgres};
 use crate::local::process::output;
 
@@ -22,6 +23,9 @@ const CONNECTIONS: usize = 32;
 const RECORD_SIZE: usize = 200;
 const PRODUCER_RECORDS: usize = 500_000;
 const E2E_RECORDS: usize = 5_000;
+/// How long each of `ProducerPerformance`'s transactions lasts, when it
+/// runs in transactions.
+const TRANSACTION_MS: u64 = 100;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -78,7 +82,23 @@ pub async fn run(root: &Path, options: &Options) -> Result<()> {
         std::fs::write(&path, serde_json::to_string_pretty(&ceilings)?)?;
         eprintln!("xtask: ceilings: {ceilings}");
 
+        // Tracing's cost is measured with the spans going to a local Jaeger;
+        // without one, the rest of the benchmark still runs.
+        let jaeger = match LocalJaeger::start(root).await {
+            Ok(jaeger) => Some(jaeger),
+            Err(e) => {
+                eprintln!("xtask: no local Jaeger, so no run with span export: {e:#}");
+                None
+            }
+        };
         let status = Command::new(root.join("target/release/bench"))
+            .args(
+                jaeger
+                    .as_ref()
+                    .map(|_| ["--otlp", jaeger::OTLP])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--ceilings")
             .arg(&path)
             .arg("--out")
@@ -91,7 +111,11 @@ pub async fn run(root: &Path, options: &Options) -> Result<()> {
             .kill_on_drop(true)
             .status()
             .await
-            .context("cannot run the pipeline benchmark")?;
+            .context("cannot run the pipeline benchmark");
+        if let Some(jaeger) = jaeger {
+            jaeger.stop().await;
+        }
+        let status = status?;
         if !status.success() {
             bail!("the pipeline benchmark failed ({status})");
         }
@@ -106,13 +130,15 @@ pub async fn run(root: &Path, options: &Options) -> Result<()> {
 async fn ceilings(root: &Path, broker: &LocalBroker, options: &Options) -> Result<serde_json::Value> {
     let classpath = broker.classpath()?;
     let pgbench = pgbench(options.seconds).await?;
-    let producer = producer_performance(&classpath).await?;
+    let producer = producer_performance(&classpath, None).await?;
+    let transactions = producer_performance(&classpath, Some(TRANSACTION_MS)).await?;
     let e2e = end_to_end_latency(&classpath).await?;
     let append = append_bench(root, options.seconds).await?;
     Ok(serde_json::json!({
         "machine": machine(&classpath).await,
         "pgbench": pgbench,
         "kafka_producer": producer,
+        "kafka_transactions": transactions,
         "kafka_e2e": e2e,
         "append": append,
     }))
@@ -201,10 +227,13 @@ fn admin() -> Result<AdminClient<DefaultClientContext>> {
 }
 
 /// Kafka's `ProducerPerformance`: as many records as one idempotent
-/// producer with acks=all gets acknowledged, on a topic of 3 partitions.
-async fn producer_performance(classpath: &str) -> Result<serde_json::Value> {
+/// producer with acks=all gets acknowledged, on a topic of 3 partitions;
+/// with `transaction_ms`, in transactions committed that often.
+async fn producer_performance(classpath: &str, transaction_ms: Option<u64>) -> Result<serde_json::Value> {
     let topic = format!("bench.perf.{}", std::process::id());
-    eprintln!("xtask: Kafka ProducerPerformance, {PRODUCER_RECORDS} records of {RECORD_SIZE} B");
+    eprintln!(
+        "xtask: Kafka ProducerPerformance, {PRODUCER_RECORDS} records of {RECORD_SIZE} B, transactions: {transaction_ms:?} ms"
+    );
     let admin = admin()?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     admin
@@ -220,6 +249,11 @@ async fn producer_performance(classpath: &str) -> Result<serde_json::Value> {
         &RECORD_SIZE.to_string(),
         "--throughput",
         "-1",
+    ]);
+    if let Some(ms) = transaction_ms {
+        perf.args(["--transaction-duration-ms", &ms.to_string()]);
+    }
+    perf.args([
         "--command-property",
         &format!("bootstrap.servers={BOOTSTRAP}"),
         "acks=all",
@@ -240,7 +274,9 @@ async fn producer_performance(classpath: &str) -> Result<serde_json::Value> {
         .and_then(|part| part.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .context("no rate in ProducerPerformance's summary")?;
-    Ok(serde_json::json!({ "record_size": RECORD_SIZE, "records_per_sec": rate }))
+    Ok(
+        serde_json::json!({ "record_size": RECORD_SIZE, "transaction_ms": transaction_ms, "records_per_sec": rate }),
+    )
 }
 
 /// Kafka's `EndToEndLatency`: one record at a time, produced with

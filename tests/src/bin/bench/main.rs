@@ -4,7 +4,8 @@
 //!
 //! ```sh
 //! bench --ceilings target/xtask/bench/ceilings.json --out docs/bench \
-//!       --bin-dir target/release [--seconds 10] [--backlog 100000] [--connections 32]
+//!       --bin-dir target/release [--seconds 10] [--backlog 100000] [--connections 32] \
+//!       [--otlp http://127.0.0.1:4318]
 //! ```
 
 mod load;
@@ -15,17 +16,20 @@ mod stack;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use event_store::EventStore;
+use service_kit::telemetry::OTLP_ENDPOINT;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use load::{Accepted, Outcome};
 use profile::{Perf, Profile, Statements};
-use report::{Backlog, Ceilings, Report, Step, Summary, Usage};
+use report::{Backlog, Ceilings, Relay, Report, Step, Summary, Usage};
 use stack::{PAYMENTS, SERVICE_A, SERVICE_B, Service, Stack};
 
 /// How long the consumers get to catch up after a load step.
@@ -38,6 +42,8 @@ struct Options {
     seconds: u64,
     backlog: usize,
     connections: usize,
+    /// Where the services export their spans for the run with tracing on.
+    otlp: Option<String>,
 }
 
 impl Options {
@@ -49,6 +55,7 @@ impl Options {
             seconds: 10,
             backlog: 100_000,
             connections: 32,
+            otlp: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -60,6 +67,7 @@ impl Options {
                 "--seconds" => options.seconds = value()?.parse()?,
                 "--backlog" => options.backlog = value()?.parse()?,
                 "--connections" => options.connections = value()?.parse()?,
+                "--otlp" => options.otlp = Some(value()?),
                 other => bail!("unknown option {other}; see the top of tests/src/bin/bench/main.rs"),
             }
         }
@@ -113,57 +121,58 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         .pool_max_idle_per_host(MAX_CONNECTIONS)
         .default_headers(operator)
         .build()?;
-    let payments = stack.start(PAYMENTS, &http).await?;
-    let mut service_a = stack.start(SERVICE_A, &http).await?;
-    let mut service_b = stack.start(SERVICE_B, &http).await?;
-    let url = payments.url("/payments");
-    let databases = Databases {
-        a: PgPool::connect(&stack.database_url(SERVICE_A)).await?,
-        b: PgPool::connect(&stack.database_url(SERVICE_B)).await?,
+    let load = Load {
+        http: http.clone(),
+        url: format!("http://127.0.0.1:{}/payments", stack.payments_port),
+        connections: options.connections,
+        seconds: Duration::from_secs(options.seconds),
     };
 
+    // Tracing's cost first: the closed loop with every service exporting
+    // its spans over OTLP, on a stack of its own processes.
+    let traced = match &options.otlp {
+        Some(endpoint) => {
+            eprintln!("bench: closed loop with span export to {endpoint}");
+            let services = start_all(stack, &http, &[(OTLP_ENDPOINT, endpoint)]).await?;
+            let databases = Databases::connect(stack).await?;
+            load.warm_up(&databases, &services[1]).await?;
+            let (outcome, usage) = sampled(&services, &http, spawned(load.closed(None))).await;
+            let step = measure(&databases, &http, &services[1], &outcome, None, usage).await?;
+            stop_all(services).await?;
+            Some(step)
+        }
+        None => None,
+    };
+
+    let services = start_all(stack, &http, &[]).await?;
+    let databases = Databases::connect(stack).await?;
     // Idle: after start, nothing sent yet.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss: Vec<(&str, u64)> = [&payments, &service_a, &service_b]
+    let idle_rss: Vec<(String, u64)> = services
         .iter()
-        .map(|s| (s.name, s.rss().unwrap_or(0)))
+        .map(|s| (s.name.to_owned(), s.rss().unwrap_or(0)))
         .collect();
     eprintln!("bench: idle RSS {idle_rss:?}");
-
-    // Warm-up: connections, group joins, the first batches.
-    let warm = load::closed(http.clone(), url.clone(), 4, Duration::from_secs(2), None).await;
-    drained(&databases, &http, &service_a, &warm.accepted).await?;
+    load.warm_up(&databases, &services[1]).await?;
 
     // The highest rate: Payments as fast as it answers, then how fast the
-    // consumers followed.
-    let seconds = Duration::from_secs(options.seconds);
+    // consumers followed. Profiled: the CPU while the load runs, the
+    // statements and commits until drained.
     eprintln!(
-        "bench: closed loop, {} connections, {seconds:?}",
-        options.connections
+        "bench: closed loop, {} connections, {:?}",
+        load.connections, load.seconds
     );
-    // Profiled: the CPU while the load runs, the statements until drained.
     let statements = Statements::reset(&stack.server_url).await;
+    tokio::time::sleep(STATS_REPORTED).await;
+    let commits_before = commits(stack).await;
+    let queries_before = databases.queries();
     let perf = Perf::start(&stack.log_dir.join("perf.data"));
-    let (probe, probe_usage) = sampled(
-        [&payments, &service_a, &service_b],
-        &http,
-        spawned(load::closed(
-            http.clone(),
-            url.clone(),
-            options.connections,
-            seconds,
-            None,
-        )),
-    )
-    .await;
+    let (probe, probe_usage) = sampled(&services, &http, spawned(load.closed(None))).await;
     let cpu = match perf {
-        Ok(perf) => {
-            perf.stop(&process_names([&payments, &service_a, &service_b]))
-                .await
-        }
+        Ok(perf) => perf.stop(&process_names(&services)).await,
         Err(e) => Err(e),
     };
-    let probe_step = measure(&databases, &http, &service_a, &probe, None, probe_usage).await?;
+    let probe_step = measure(&databases, &http, &services[1], &probe, None, probe_usage).await?;
     let statements = match statements {
         Ok(statements) => {
             let databases = [PAYMENTS, SERVICE_A, SERVICE_B].map(|s| (s, stack.database(s)));
@@ -171,10 +180,21 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         }
         Err(e) => Err(e),
     };
+    tokio::time::sleep(STATS_REPORTED).await;
+    let commits = async {
+        let (before, after, queries) = (commits_before?, commits(stack).await?, databases.queries());
+        // Less the benchmark's own lookups in ServiceA's and ServiceB's
+        // databases, one transaction each.
+        Ok(std::array::from_fn(|i| {
+            after[i] - before[i] - (queries[i] - queries_before[i])
+        }))
+    }
+    .await;
     let profile = Profile {
         payments: probe.accepted.len(),
         cpu: cpu.map_err(|e| format!("{e:#}")),
         statements: statements.map_err(|e| format!("{e:#}")),
+        commits: commits.map_err(|e: anyhow::Error| format!("{e:#}")),
     };
     let sustained = probe_step
         .accepted_rate
@@ -188,24 +208,21 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     let mut steps = Vec::new();
     for percent in [25, 50, 75, 100] {
         let rate = sustained * f64::from(percent) / 100.0;
-        eprintln!("bench: open loop at {rate:.0}/s ({percent}%) for {seconds:?}");
-        let (outcome, usage) = sampled(
-            [&payments, &service_a, &service_b],
-            &http,
-            spawned(load::open(http.clone(), url.clone(), rate, seconds)),
-        )
-        .await;
-        steps.push(
-            measure(
-                &databases,
-                &http,
-                &service_a,
-                &outcome,
-                Some((percent, rate)),
-                usage,
-            )
-            .await?,
+        eprintln!(
+            "bench: open loop at {rate:.0}/s ({percent}%) for {:?}",
+            load.seconds
         );
+        let (outcome, usage) = sampled(&services, &http, spawned(load.open(rate))).await;
+        let step = measure(
+            &databases,
+            &http,
+            &services[1],
+            &outcome,
+            Some((percent, rate)),
+            usage,
+        )
+        .await?;
+        steps.push(step);
     }
 
     // The backlog: the consumers stopped while it piles up.
@@ -213,20 +230,17 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         "bench: backlog of {} payments, consumers stopped",
         options.backlog
     );
+    let [payments, service_a, service_b] = services;
     service_a.stop().await?;
     service_b.stop().await?;
-    let backlog = load::closed(
-        http.clone(),
-        url.clone(),
-        options.connections,
-        Duration::from_secs(3600),
-        Some(options.backlog),
-    )
-    .await;
+    let backlog = load.closed(Some(options.backlog)).await;
     let started = Instant::now();
-    service_a = stack.start(SERVICE_A, &http).await?;
-    service_b = stack.start(SERVICE_B, &http).await?;
-    let (drain, usage) = sampled([&payments, &service_a, &service_b], &http, async {
+    let services = [
+        payments,
+        stack.start(SERVICE_A, &http, &[]).await?,
+        stack.start(SERVICE_B, &http, &[]).await?,
+    ];
+    let (drain, usage) = sampled(&services, &http, async {
         let ids: Vec<Uuid> = backlog.accepted.iter().map(|a| a.payment_id).collect();
         let (mut b_done, mut a_done) = (None, None);
         let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -250,14 +264,36 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         service_b: b_done,
         usage,
     };
+    stop_all(services).await?;
 
-    let idle_rss = idle_rss
-        .into_iter()
-        .map(|(name, rss)| (name.to_owned(), rss))
-        .collect();
-    service_a.stop().await?;
-    service_b.stop().await?;
+    // The relay alone: the backlog piles up in the outbox of a Payments
+    // without its relay (no consumer runs), then a Payments with its relay,
+    // its HTTP idle, publishes it.
+    eprintln!(
+        "bench: the relay alone, {} payments in the outbox",
+        options.backlog
+    );
+    let quiet = stack.start(PAYMENTS, &http, &[("OUTBOX_RELAY", "false")]).await?;
+    let piled = load.closed(Some(options.backlog)).await;
+    quiet.stop().await?;
+    let store = EventStore::new(PgPool::connect(&stack.database_url(PAYMENTS)).await?);
+    let waiting = store.backlog(payments_service::relay::CHECKPOINT).await?.events;
+    let started = Instant::now();
+    let payments = stack.start(PAYMENTS, &http, &[]).await?;
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while store.backlog(payments_service::relay::CHECKPOINT).await?.events > 0 {
+        if Instant::now() > deadline {
+            bail!("the relay did not publish its backlog within {DRAIN_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let relay = Relay {
+        events: waiting,
+        payments: piled.accepted.len(),
+        took: started.elapsed(),
+    };
     payments.stop().await?;
+
     Ok(Report {
         ceilings,
         connections: options.connections,
@@ -267,13 +303,98 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         sustained,
         steps,
         backlog,
+        relay,
+        traced,
         profile,
     })
 }
 
+/// The load: payments sent to Payments' `url`.
+struct Load {
+    http: reqwest::Client,
+    url: String,
+    connections: usize,
+    seconds: Duration,
+}
+
+impl Load {
+    /// `connections` clients, each sending its next payment once answered,
+    /// for `seconds` or until `count` were accepted.
+    fn closed(&self, count: Option<usize>) -> impl Future<Output = Outcome> + Send + 'static {
+        let seconds = if count.is_some() {
+            Duration::from_secs(3600)
+        } else {
+            self.seconds
+        };
+        load::closed(
+            self.http.clone(),
+            self.url.clone(),
+            self.connections,
+            seconds,
+            count,
+        )
+    }
+
+    fn open(&self, rate: f64) -> impl Future<Output = Outcome> + Send + 'static {
+        load::open(self.http.clone(), self.url.clone(), rate, self.seconds)
+    }
+
+    /// Connections, group joins, the first batches: a few payments, until
+    /// every consumer has them.
+    async fn warm_up(&self, databases: &Databases, service_a: &Service) -> Result<()> {
+        let warm = load::closed(
+            self.http.clone(),
+            self.url.clone(),
+            4,
+            Duration::from_secs(2),
+            None,
+        )
+        .await;
+        drained(databases, &self.http, service_a, &warm.accepted)
+            .await
+            .map(drop)
+    }
+}
+
+/// Payments, ServiceA and ServiceB, each with `env` added, once ready.
+async fn start_all(stack: &Stack, http: &reqwest::Client, env: &[(&str, &str)]) -> Result<[Service; 3]> {
+    Ok([
+        stack.start(PAYMENTS, http, env).await?,
+        stack.start(SERVICE_A, http, env).await?,
+        stack.start(SERVICE_B, http, env).await?,
+    ])
+}
+
+async fn stop_all(services: [Service; 3]) -> Result<()> {
+    for service in services {
+        service.stop().await?;
+    }
+    Ok(())
+}
+
+/// The transactions committed so far in Payments', ServiceA's and
+/// ServiceB's databases (`pg_stat_database.xact_commit`, read-only ones
+/// included).
+async fn commits(stack: &Stack) -> Result<[i64; 3]> {
+    let mut admin = PgConnection::connect(&stack.server_url).await?;
+    let mut found = [0; 3];
+    for (n, service) in found.iter_mut().zip([PAYMENTS, SERVICE_A, SERVICE_B]) {
+        *n = sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
+            .bind(stack.database(service))
+            .fetch_one(&mut admin)
+            .await?;
+    }
+    Ok(found)
+}
+
+/// How long PostgreSQL may take to count a backend's transactions in
+/// `pg_stat_database`: an idle backend reports them within its 10 s idle
+/// interval (`PGSTAT_IDLE_INTERVAL`).
+const STATS_REPORTED: Duration = Duration::from_secs(11);
+
 /// Every process of the pipeline, by name, with its pids (comma-separated,
 /// as `perf report --pid` takes them), for the CPU profile.
-fn process_names(services: [&Service; 3]) -> Vec<(String, String)> {
+fn process_names(services: &[Service; 3]) -> Vec<(String, String)> {
     let mut pids: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (pid, (name, _)) in stack::others_cpu() {
         pids.entry(name.to_owned()).or_default().push(pid.to_string());
@@ -295,32 +416,53 @@ const MAX_CONNECTIONS: usize = 1100;
 struct Databases {
     a: PgPool,
     b: PgPool,
+    /// The statements sent to each (none to Payments'), each a transaction.
+    queries: [AtomicI64; 3],
 }
 
 impl Databases {
+    async fn connect(stack: &Stack) -> Result<Self> {
+        Ok(Self {
+            a: PgPool::connect(&stack.database_url(SERVICE_A)).await?,
+            b: PgPool::connect(&stack.database_url(SERVICE_B)).await?,
+            queries: Default::default(),
+        })
+    }
+
+    fn queries(&self) -> [i64; 3] {
+        self.queries.each_ref().map(|n| n.load(Ordering::Relaxed))
+    }
+
     /// How many of `ids` ServiceB recorded.
     async fn recorded(&self, ids: &[Uuid]) -> Result<usize> {
-        let (count,): (i64,) = sqlx::query_as(
+        self.count(
+            2,
             "SELECT count(DISTINCT payment_id) FROM processed_notifications WHERE payment_id = ANY($1)",
+            ids,
         )
-        .bind(ids)
-        .fetch_one(&self.b)
-        .await?;
-        Ok(usize::try_from(count)?)
+        .await
     }
 
     /// How many of `ids` ServiceA audited.
     async fn audited(&self, ids: &[Uuid]) -> Result<usize> {
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT count(DISTINCT payment_id) FROM audit_entries WHERE payment_id = ANY($1)")
-                .bind(ids)
-                .fetch_one(&self.a)
-                .await?;
+        self.count(
+            1,
+            "SELECT count(DISTINCT payment_id) FROM audit_entries WHERE payment_id = ANY($1)",
+            ids,
+        )
+        .await
+    }
+
+    async fn count(&self, database: usize, query: &str, ids: &[Uuid]) -> Result<usize> {
+        self.queries[database].fetch_add(1, Ordering::Relaxed);
+        let pool = if database == 1 { &self.a } else { &self.b };
+        let count: i64 = sqlx::query_scalar(query).bind(ids).fetch_one(pool).await?;
         Ok(usize::try_from(count)?)
     }
 
     /// When ServiceB recorded each of `ids`.
     async fn recorded_at(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+        self.queries[2].fetch_add(1, Ordering::Relaxed);
         let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
             "SELECT payment_id, min(processed_at) FROM processed_notifications WHERE payment_id = ANY($1) GROUP BY payment_id",
         )
@@ -401,7 +543,7 @@ async fn spawned(load: impl Future<Output = Outcome> + Send + 'static) -> Outcom
 
 /// Runs `load` while sampling the services' memory, lag and CPU time.
 async fn sampled<T>(
-    services: [&Service; 3],
+    services: &[Service; 3],
     http: &reqwest::Client,
     load: impl Future<Output = T>,
 ) -> (T, Vec<Usage>) {

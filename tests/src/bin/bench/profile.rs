@@ -190,6 +190,9 @@ pub struct Profile {
     pub payments: usize,
     pub cpu: Result<CpuProfile, String>,
     pub statements: Result<Vec<ServiceStatements>, String>,
+    /// Transactions committed in Payments', ServiceA's and ServiceB's
+    /// databases until the consumers caught up (`pg_stat_database`).
+    pub commits: Result<[i64; 3], String>,
 }
 
 impl Profile {
@@ -227,13 +230,17 @@ impl Profile {
             Ok(services) => {
                 let _ = writeln!(
                     md,
-                    "| service | statements (round trips) per payment | execution ms per payment | WAL bytes per payment |"
+                    "| service | statements (round trips) per payment | commits per payment | execution ms per payment | WAL bytes per payment |"
                 );
-                let _ = writeln!(md, "|---|---:|---:|---:|");
-                for s in services {
+                let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+                for (i, s) in services.iter().enumerate() {
+                    let commits = self
+                        .commits
+                        .as_ref()
+                        .map_or_else(|why| why.clone(), |c| format!("{:.2}", c[i] as f64 / n));
                     let _ = writeln!(
                         md,
-                        "| {} | {:.2} | {:.3} | {:.0} |",
+                        "| {} | {:.2} | {commits} | {:.3} | {:.0} |",
                         s.service,
                         s.calls as f64 / n,
                         s.exec_ms / n,

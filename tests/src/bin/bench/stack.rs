@@ -89,8 +89,14 @@ impl Stack {
         Ok(())
     }
 
-    /// Starts `name` (a binary of `bin_dir`), waits until it answers `/ready`.
-    pub async fn start(&self, name: &'static str, http: &reqwest::Client) -> Result<Service> {
+    /// Starts `name` (a binary of `bin_dir`) with `env` added to its
+    /// settings, and waits until it answers `/ready`.
+    pub async fn start(
+        &self,
+        name: &'static str,
+        http: &reqwest::Client,
+        env: &[(&str, &str)],
+    ) -> Result<Service> {
         let port = if name == PAYMENTS {
             self.payments_port
         } else {
@@ -122,6 +128,7 @@ impl Stack {
                 "RUST_LOG",
                 std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
