@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use event_store::EventStore;
+use rdkafka::Message;
+use service_kit::config::KafkaConfig;
 use service_kit::telemetry::OTLP_ENDPOINT;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::task::JoinSet;
@@ -128,16 +130,17 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         seconds: Duration::from_secs(options.seconds),
     };
 
+    let databases = Databases::connect(stack).await?;
+
     // Tracing's cost first: the closed loop with every service exporting
     // its spans over OTLP, on a stack of its own processes.
     let traced = match &options.otlp {
         Some(endpoint) => {
             eprintln!("bench: closed loop with span export to {endpoint}");
             let services = start_all(stack, &http, &[(OTLP_ENDPOINT, endpoint)]).await?;
-            let databases = Databases::connect(stack).await?;
             load.warm_up(&databases, &services[1]).await?;
             let (outcome, usage) = sampled(&services, &http, spawned(load.closed(None))).await;
-            let step = measure(&databases, &http, &services[1], &outcome, None, usage).await?;
+            let step = measure(stack, &databases, &http, &services[1], &outcome, None, usage).await?;
             stop_all(services).await?;
             Some(step)
         }
@@ -145,7 +148,6 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     };
 
     let services = start_all(stack, &http, &[]).await?;
-    let databases = Databases::connect(stack).await?;
     // Idle: after start, nothing sent yet.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss: Vec<(String, u64)> = services
@@ -172,7 +174,7 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         Ok(perf) => perf.stop(&process_names(&services)).await,
         Err(e) => Err(e),
     };
-    let probe_step = measure(&databases, &http, &services[1], &probe, None, probe_usage).await?;
+    let probe_step = measure(stack, &databases, &http, &services[1], &probe, None, probe_usage).await?;
     let statements = match statements {
         Ok(statements) => {
             let databases = [PAYMENTS, SERVICE_A, SERVICE_B].map(|s| (s, stack.database(s)));
@@ -214,6 +216,7 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         );
         let (outcome, usage) = sampled(&services, &http, spawned(load.open(rate))).await;
         let step = measure(
+            stack,
             &databases,
             &http,
             &services[1],
@@ -414,15 +417,17 @@ const MAX_CONNECTIONS: usize = 1100;
 
 /// The consumers' databases, read for their timestamps.
 struct Databases {
+    p: PgPool,
     a: PgPool,
     b: PgPool,
-    /// The statements sent to each (none to Payments'), each a transaction.
+    /// The statements sent to each, each a transaction.
     queries: [AtomicI64; 3],
 }
 
 impl Databases {
     async fn connect(stack: &Stack) -> Result<Self> {
         Ok(Self {
+            p: PgPool::connect(&stack.database_url(PAYMENTS)).await?,
             a: PgPool::connect(&stack.database_url(SERVICE_A)).await?,
             b: PgPool::connect(&stack.database_url(SERVICE_B)).await?,
             queries: Default::default(),
@@ -458,6 +463,23 @@ impl Databases {
         let pool = if database == 1 { &self.a } else { &self.b };
         let count: i64 = sqlx::query_scalar(query).bind(ids).fetch_one(pool).await?;
         Ok(usize::try_from(count)?)
+    }
+
+    /// When the transaction that stored each of `ids` began (its first
+    /// event's `recorded_at`).
+    async fn stored_at(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+        self.queries[0].fetch_add(1, Ordering::Relaxed);
+        let streams: Vec<String> = ids.iter().map(|id| format!("payment-{id}")).collect();
+        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT stream_id, recorded_at FROM events WHERE version = 1 AND stream_id = ANY($1)",
+        )
+        .bind(&streams)
+        .fetch_all(&self.p)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(stream, at)| Some((stream.strip_prefix("payment-")?.parse().ok()?, at)))
+            .collect())
     }
 
     /// When ServiceB recorded each of `ids`.
@@ -610,6 +632,7 @@ async fn sampled<T>(
 /// Waits for the consumers to catch up with `outcome`, then reads when each
 /// payment reached ServiceA's copy and ServiceB's records.
 async fn measure(
+    stack: &Stack,
     databases: &Databases,
     http: &reqwest::Client,
     service_a: &Service,
@@ -620,6 +643,12 @@ async fn measure(
     let copied = drained(databases, http, service_a, &outcome.accepted).await?;
     let ids: Vec<Uuid> = outcome.accepted.iter().map(|a| a.payment_id).collect();
     let recorded = databases.recorded_at(&ids).await?;
+    let stored = databases.stored_at(&ids).await?;
+    let produced = produced_at(stack).await?;
+    let between = |from: &HashMap<Uuid, DateTime<Utc>>, to: &HashMap<Uuid, DateTime<Utc>>| -> Summary {
+        let ms = |id| Some((*to.get(id)? - *from.get(id)?).num_microseconds()? as f64 / 1000.0);
+        Summary::of(ids.iter().filter_map(ms).collect())
+    };
     let since_sent = |at: &HashMap<Uuid, DateTime<Utc>>| -> Vec<f64> {
         outcome
             .accepted
@@ -657,6 +686,30 @@ async fn measure(
         ),
         to_copy: Summary::of(since_sent(&copied)),
         to_record: Summary::of(since_sent(&recorded)),
+        hops: [
+            Summary::of(since_sent(&stored)),
+            between(&stored, &produced),
+            between(&produced, &copied),
+            between(&produced, &recorded),
+        ],
         usage,
     })
+}
+
+/// When the relay produced each payment's notification (the record's
+/// timestamp, which the producer sets when it is sent), by payment.
+async fn produced_at(stack: &Stack) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+    let kafka = KafkaConfig {
+        bootstrap_servers: stack.bootstrap.clone(),
+        ..KafkaConfig::local()
+    };
+    let records = integration_tests::all_records(&kafka, &stack.topic("notifications"), Duration::ZERO).await;
+    Ok(records
+        .iter()
+        .filter_map(|record| {
+            let id = std::str::from_utf8(record.key()?).ok()?.parse().ok()?;
+            let at = DateTime::from_timestamp_millis(record.timestamp().to_millis()?)?;
+            Some((id, at))
+        })
+        .collect())
 }

@@ -116,6 +116,11 @@ pub struct Step {
     pub to_201: Summary,
     pub to_copy: Summary,
     pub to_record: Summary,
+    /// Inside the hop, each part of the way: from when the POST was due to
+    /// when the payment's transaction began in Payments; from then to when
+    /// the relay produced its notification; from that to ServiceA's copy;
+    /// and to ServiceB's record.
+    pub hops: [Summary; 4],
     pub usage: Vec<Usage>,
 }
 
@@ -174,6 +179,13 @@ fn latency(s: &Summary) -> String {
 
 fn usage_of<'a>(usage: &'a [Usage], service: &str) -> Option<&'a Usage> {
     usage.iter().find(|u| u.service == service)
+}
+
+/// A step by the load it was offered.
+fn label(step: &Step) -> String {
+    step.offered.map_or("closed loop".to_owned(), |(pct, rate)| {
+        format!("{pct}%: {rate:.0}/s")
+    })
 }
 
 /// CPU time of `process` per payment the step accepted, in ms.
@@ -305,6 +317,27 @@ impl Report {
             );
         }
 
+        let _ = writeln!(
+            md,
+            "\nInside the hop, p50 / p90 in ms of each part of a payment's way: from when its POST was due to when \
+             Payments' transaction storing it began (the event's `recorded_at`); from then until the relay sent its \
+             notification (the record's timestamp, set when the producer is handed it); from that to ServiceA's copy; \
+             and to ServiceB's record (which includes the callback).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| offered | POST → stored | stored → sent | sent → ServiceA copy | sent → ServiceB record |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|");
+        for step in self.steps.iter().chain([&self.probe]) {
+            let cells: Vec<String> = step
+                .hops
+                .iter()
+                .map(|s| format!("{:.1} / {:.1}", s.p50, s.p90))
+                .collect();
+            let _ = writeln!(md, "| {} | {} |", label(step), cells.join(" | "));
+        }
+
         // Where the CPU goes: each process's CPU time per payment accepted.
         let processes = [
             "payments-service",
@@ -322,14 +355,11 @@ impl Report {
         let _ = writeln!(md, "| offered | {} |", processes.join(" | "));
         let _ = writeln!(md, "|---|{}", "---:|".repeat(processes.len()));
         for step in self.steps.iter().chain([&self.probe]) {
-            let label = step.offered.map_or("closed loop".to_owned(), |(pct, rate)| {
-                format!("{pct}%: {rate:.0}/s")
-            });
             let cells: Vec<String> = processes
                 .iter()
                 .map(|name| format!("{:.2}", cpu_ms(step, name)))
                 .collect();
-            let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
+            let _ = writeln!(md, "| {} | {} |", label(step), cells.join(" | "));
         }
 
         let b = &self.backlog;

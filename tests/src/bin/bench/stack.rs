@@ -54,6 +54,11 @@ impl Stack {
         })
     }
 
+    /// The run's topic of `kind` (`notifications`, `state`).
+    pub fn topic(&self, kind: &str) -> String {
+        format!("bench-{}.{kind}", self.run_id)
+    }
+
     /// The database of `service` for this run.
     pub fn database(&self, service: &str) -> String {
         format!("bench_{}_{}", self.run_id, service.replace('-', "_"))
@@ -112,11 +117,8 @@ impl Stack {
             .env("KAFKA_BOOTSTRAP_SERVERS", &self.bootstrap)
             .env("DATABASE_URL", self.database_url(name))
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env(
-                "TOPIC_NOTIFICATIONS",
-                format!("bench-{}.notifications", self.run_id),
-            )
-            .env("TOPIC_STATE", format!("bench-{}.state", self.run_id))
+            .env("TOPIC_NOTIFICATIONS", self.topic("notifications"))
+            .env("TOPIC_STATE", self.topic("state"))
             .env("GROUP_ID", format!("bench-{}-{name}", self.run_id))
             .env("PAYMENTS_URL", format!("http://127.0.0.1:{}", self.payments_port))
             // The lag figures the benchmark samples.
