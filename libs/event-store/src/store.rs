@@ -55,15 +55,19 @@ RETURNING position, version, event_id, recorded_at
 "#;
 
 /// The stream is at version `$2`: it has that version (and the unique index
-/// refuses the next one if it has more), written by an older transaction.
-/// The last condition keeps the commit order (by transaction) the order of
-/// versions: a transaction that took its id before the one that wrote
-/// version `$2` cannot append after it.
+/// refuses the next one if it has more), written by an older transaction or
+/// by this one. The last condition keeps the commit order (by transaction,
+/// then position) the order of versions: a transaction that took its id
+/// before the one that wrote version `$2` cannot append after it. The same
+/// transaction can: its later insert takes a later position, so its
+/// versions still come in order (as those of one append of several events
+/// do), which lets a group commit ([`crate::group`]) hold two appends to
+/// one stream.
 const AT_VERSION: &str = "EXISTS (SELECT 1 FROM events WHERE stream_id = $1 AND version = $2 \
-     AND transaction_id < pg_current_xact_id())";
+     AND transaction_id <= pg_current_xact_id())";
 /// For `Any`: the stream's last event, if any, was written by an older
-/// transaction (see [`AT_VERSION`]).
-const LAST_IS_OLDER: &str = "COALESCE((SELECT transaction_id < pg_current_xact_id() FROM events \
+/// transaction or by this one (see [`AT_VERSION`]).
+const LAST_NOT_NEWER: &str = "COALESCE((SELECT transaction_id <= pg_current_xact_id() FROM events \
      WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), TRUE)";
 /// After the stream's last version, whatever it is.
 const AFTER_LAST: &str = "(SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = $1)";
@@ -203,7 +207,7 @@ impl EventStore {
         let (base, guard, base_version) = match expected {
             ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => ("$2", "TRUE", 0),
             ExpectedVersion::Exact(n) => ("$2", AT_VERSION, n),
-            ExpectedVersion::Any => (AFTER_LAST, LAST_IS_OLDER, 0),
+            ExpectedVersion::Any => (AFTER_LAST, LAST_NOT_NEWER, 0),
         };
         let single = events.len() == 1;
         let template = if single { APPEND_ONE } else { APPEND };
