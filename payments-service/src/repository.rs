@@ -437,6 +437,11 @@ impl Unit for Write {
             Then::Refuse(refusal) => Err(refusal.clone().into()),
         }
     }
+
+    /// Without a key, a write is its append alone.
+    fn one_statement(&self) -> bool {
+        self.claim.is_none() && matches!(&self.then, Then::Append(append) if append.one_statement())
+    }
 }
 
 /// An idempotency key to claim for a request: the key, the request itself

@@ -20,11 +20,14 @@
 //! conflicting append fails alone, with the same [`Error::Conflict`] it
 //! would get on its own, and the others commit. The first unit needs no
 //! savepoint: should it fail, the transaction holds nothing else, and is
-//! rolled back whole (a lone write costs no more round trips than a
-//! transaction of its own). If the commit itself fails, no unit of the
-//! group is written: a database that is unavailable gives each caller the
-//! same failure ([`Error::Shared`]); any other failure is tried again one
-//! unit at a time, so each caller still gets its own outcome.
+//! rolled back whole. Nor does a unit that is one statement whose conflict
+//! writes nothing and aborts nothing ([`Unit::one_statement`]: an append of
+//! one event): in a group it costs its one round trip, and alone it runs
+//! without a transaction, as [`EventStore::append`] does. If the commit
+//! itself fails, no unit of the group is written: a database that is
+//! unavailable gives each caller the same failure ([`Error::Shared`]); any
+//! other failure is tried again one unit at a time, so each caller still
+//! gets its own outcome.
 //!
 //! Two units of one group may append to the same stream: the second sees
 //! the first's events (it is the same transaction), and the version guard
@@ -32,7 +35,8 @@
 //! [`crate::store`]). One that decided on the version before the first's
 //! append loses, as it would against a concurrent writer: the unique index
 //! refuses its version at once (the row is its own transaction's), and it
-//! gets its conflict.
+//! gets its conflict. (In a group, an `Any` append that loses a race is a
+//! conflict, as in any transaction.)
 //!
 //! A group is one transaction for the readers of the committed order
 //! ([`crate::commit_order`]): its events share one transaction id and are
@@ -62,8 +66,8 @@ use crate::store::EventStore;
 /// The most units one group takes. PostgreSQL keeps up to 64
 /// subtransaction ids per session where every other session's snapshot
 /// finds them; past that, snapshots look them up in `pg_subtrans`, which
-/// slows the whole server. A unit after the first takes up to two (its
-/// savepoint, and its append's, [`EventStore::append_in`]).
+/// slows the whole server. A unit takes up to two (its savepoint, and an
+/// append's of several events, [`EventStore::append_in`]).
 pub const MAX_UNITS: usize = 32;
 
 /// One write of a group: what it does, on the group's transaction.
@@ -74,14 +78,23 @@ pub trait Unit: Send + Sync + 'static {
     type Error: From<Error> + Send + 'static;
 
     /// Runs the unit on `conn`, inside the group's transaction (in a
-    /// savepoint of its own unless it runs first). Run again, in a group of
-    /// its own, should the group's commit fail for another reason than an
-    /// unavailable database.
+    /// savepoint of its own unless it runs first or is
+    /// [`Unit::one_statement`]). Run again, in a group of its own, should
+    /// the group's commit fail for another reason than an unavailable
+    /// database.
     fn run(&self, conn: &mut PgConnection) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
+
+    /// Whether the unit is one statement whose expected failures (a
+    /// conflict) write nothing and leave the transaction usable: it then
+    /// runs without a savepoint, and alone without a transaction, which
+    /// saves their round trips. Should it fail otherwise (the transaction
+    /// aborted), the group is run again one unit at a time.
+    fn one_statement(&self) -> bool {
+        false
+    }
 }
 
-/// One append, as [`EventStore::append`] makes it (in a group, an `Any`
-/// append that loses a race is a conflict, as in any transaction).
+/// One append, as [`EventStore::append`] makes it.
 #[derive(Debug, Clone)]
 pub struct Append {
     pub stream: String,
@@ -94,7 +107,16 @@ impl Unit for Append {
     type Error = Error;
 
     async fn run(&self, conn: &mut PgConnection) -> Result<Vec<RecordedEvent>> {
-        EventStore::append_in(conn, &self.stream, self.expected, &self.events).await
+        if self.one_statement() {
+            EventStore::append_on(conn, &self.stream, self.expected, &self.events).await
+        } else {
+            EventStore::append_in(conn, &self.stream, self.expected, &self.events).await
+        }
+    }
+
+    /// One event: a conflict inserts nothing, and aborts nothing.
+    fn one_statement(&self) -> bool {
+        self.events.len() == 1
     }
 }
 
@@ -166,6 +188,12 @@ impl<U: Unit> Statement for Group<U> {
     const MAX_ROWS: usize = MAX_UNITS;
 
     async fn run(&self, units: &[Submitted<U>]) -> Result<Vec<Self::Answer>> {
+        if let [Submitted { unit, span }] = units
+            && unit.one_statement()
+        {
+            let mut conn = self.pool.acquire().await?;
+            return Ok(vec![unit.run(&mut conn).instrument(span.clone()).await]);
+        }
         let mut open: Option<Transaction<'static, Postgres>> = None;
         // Whether the transaction holds a unit's writes, which a later
         // unit's failure must leave in place.
@@ -176,7 +204,14 @@ impl<U: Unit> Statement for Group<U> {
                 Some(tx) => tx,
                 None => open.insert(self.pool.begin().await?),
             };
-            let answer = if holds_writes {
+            let answer = if holds_writes && unit.one_statement() {
+                let answer = unit.run(tx).instrument(span.clone()).await;
+                if answer.is_err() {
+                    // Usable still, or the group is tried unit by unit.
+                    sqlx::query("SELECT 1").execute(&mut **tx).await?;
+                }
+                answer
+            } else if holds_writes {
                 let mut savepoint = tx.begin().await?;
                 let answer = unit.run(&mut savepoint).instrument(span.clone()).await;
                 if answer.is_ok() {

@@ -694,3 +694,46 @@ async fn a_conflict_in_a_group_fails_alone_and_the_others_commit() {
         .collect();
     assert_eq!(group_writes.len(), 1, "one transaction: {written:?}");
 }
+
+#[tokio::test]
+async fn a_write_that_aborts_its_group_fails_alone_and_the_others_are_written_one_by_one() {
+    let db = TestDatabase::create().await;
+    let taken = Uuid::now_v7();
+    db.store
+        .append("s", ExpectedVersion::NoStream, &[event_with_id(taken)])
+        .await
+        .expect("append");
+    let group = GroupCommit::new(&db.store);
+    let held = db.hold_appends().await;
+    let first = commit(&group, unit("first", ExpectedVersion::NoStream, 0));
+    held.until_waited_on_by(1).await;
+    let duplicate = Append {
+        stream: "t".to_owned(),
+        expected: ExpectedVersion::NoStream,
+        events: vec![event_with_id(taken)],
+    };
+    let answers = submit_in_order(
+        &group,
+        [
+            unit("a", ExpectedVersion::NoStream, 1),
+            // An event id stored before: a failure that aborts the
+            // transaction, not a conflict.
+            duplicate,
+            unit("b", ExpectedVersion::NoStream, 3),
+        ],
+    )
+    .await;
+    held.release().await;
+    first.await.expect("task").expect("appended");
+    let mut outcomes = Vec::new();
+    for answer in answers {
+        outcomes.push(answer.await.expect("task").map(|stored| stored[0].version));
+    }
+    assert!(matches!(outcomes[0], Ok(1)), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[1], Err(Error::DuplicateEvent(id)) if id == taken),
+        "{outcomes:?}"
+    );
+    assert!(matches!(outcomes[2], Ok(1)), "{outcomes:?}");
+    assert_eq!(db.store.version("t").await.expect("version"), None);
+}
