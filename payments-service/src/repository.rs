@@ -9,14 +9,24 @@
 //! gets the first one's outcome and appends nothing. A key belongs to one
 //! customer and one operation, and is forgotten after a while (default
 //! [`DEFAULT_KEY_TTL`]).
+//!
+//! Writes are committed in groups ([`event_store::group`]): each write is
+//! one unit (the key's claim, then the append, or the refusal that undoes
+//! the claim), and the writes that arrive while a group commits share the
+//! next one's transaction. Each gets its own outcome: a conflict, a reused
+//! key, a refusal fail only their own write. Two writes with one key in a
+//! group: the first claims it and appends, the second finds its claim and
+//! gets its outcome.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use event_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
+use event_store::group::Append;
+use event_store::{EventMetadata, EventStore, ExpectedVersion, GroupCommit, NewEvent, RecordedEvent, Unit};
 use serde_json::Value;
 use shared_events::{Amount, PaymentId, PaymentReceived, PaymentReceivedV1};
+use sqlx::PgConnection;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -120,6 +130,8 @@ pub struct Written {
 #[derive(Debug, Clone)]
 pub struct Payments {
     store: EventStore,
+    /// Every write goes through it: the writes of all clones share groups.
+    writes: GroupCommit<Write>,
     snapshot_every: u64,
     /// How long idempotency keys are remembered.
     key_ttl: Duration,
@@ -139,6 +151,7 @@ pub fn stream_id(id: PaymentId) -> String {
 impl Payments {
     pub fn new(store: EventStore, snapshot_every: u64) -> Self {
         Self {
+            writes: GroupCommit::new(&store),
             store,
             snapshot_every: snapshot_every.max(1),
             key_ttl: DEFAULT_KEY_TTL,
@@ -175,6 +188,12 @@ impl Payments {
         &self.store
     }
 
+    /// How many writes wait for the next group commit (the running one's
+    /// excluded).
+    pub fn waiting_writes(&self) -> usize {
+        self.writes.waiting()
+    }
+
     /// Creates the event store's and Payments' tables, or brings them up to date.
     pub async fn migrate(&self) -> Result<()> {
         self.store.migrate().await?;
@@ -192,34 +211,19 @@ impl Payments {
         cause: Cause,
     ) -> Result<Written> {
         let id = received.payment_id;
-        let scope = received.customer_id.as_str().to_owned();
+        let claim = key.map(|key| self.claim(received.customer_id.as_str(), Operation::Payment, key, id));
         let event = PaymentEvent::Received(received);
-        let stream = stream_id(id);
-        let events = [new_event(&event, cause)];
-        let stored = match key {
-            // With a key, the claim and the append commit together.
-            Some(key) => {
-                let mut tx = self.store.pool().begin().await?;
-                if let Some(first) = self.claim(&mut tx, &scope, Operation::Payment, key, id).await? {
-                    tx.commit().await?;
-                    return Ok(Written {
-                        payment: self.load(first).await?,
-                        new: false,
-                    });
-                }
-                let stored =
-                    EventStore::append_in(&mut tx, &stream, ExpectedVersion::NoStream, &events).await?;
-                tx.commit().await?;
-                stored
-            }
-            // Without one, a single autocommit statement: one round trip to
-            // PostgreSQL instead of five (BEGIN, SAVEPOINT, INSERT, RELEASE,
-            // COMMIT), which `cargo xtask bench` showed in its profile.
-            None => {
-                self.store
-                    .append(&stream, ExpectedVersion::NoStream, &events)
-                    .await?
-            }
+        let write = Write {
+            claim,
+            then: Then::Append(Append {
+                stream: stream_id(id),
+                expected: ExpectedVersion::NoStream,
+                events: vec![new_event(&event, cause)],
+            }),
+        };
+        let stored = match self.writes.commit(write).await? {
+            Committed::Replay(first) => return self.now(first).await,
+            Committed::Appended(stored) => stored,
         };
         self.appended.notify_one();
         let payment = Payment::replay(None, [&event])
@@ -230,53 +234,26 @@ impl Payments {
         Ok(Written { payment, new: true })
     }
 
-    /// Claims `key` for this request, on `payment`, in `tx`: `None` if it is
-    /// new (or its earlier claim expired), so the request goes ahead; the
-    /// payment of the earlier request if that was the same request.
-    ///
-    /// A concurrent claim of the same key waits on the first one's
-    /// transaction: it sees the key once that commits, and claims it if that
-    /// rolls back.
-    async fn claim(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        scope: &str,
-        operation: Operation,
-        key: IdempotencyKey<'_>,
-        payment: PaymentId,
-    ) -> Result<Option<PaymentId>> {
-        let claimed: Option<String> = sqlx::query_scalar(
-            "INSERT INTO idempotency_keys (scope, operation, key, request, payment_id, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) \
-             ON CONFLICT (scope, operation, key) DO UPDATE \
-                 SET request = EXCLUDED.request, payment_id = EXCLUDED.payment_id, \
-                     created_at = now(), expires_at = EXCLUDED.expires_at \
-                 WHERE idempotency_keys.expires_at <= now() \
-             RETURNING key",
-        )
-        .bind(scope)
-        .bind(operation.as_str())
-        .bind(key.key)
-        .bind(sqlx::types::Json(key.request))
-        .bind(Uuid::from(payment))
-        .bind(self.key_ttl.as_secs_f64())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if claimed.is_some() {
-            return Ok(None);
+    /// The claim of `key` by a request of customer `scope` for `operation`
+    /// on `payment`, to commit with the write.
+    fn claim(&self, scope: &str, operation: Operation, key: IdempotencyKey<'_>, payment: PaymentId) -> Claim {
+        Claim {
+            scope: scope.to_owned(),
+            operation,
+            key: key.key.to_owned(),
+            request: key.request.clone(),
+            payment,
+            ttl: self.key_ttl,
         }
-        let (first_request, first_payment): (sqlx::types::Json<Value>, Uuid) = sqlx::query_as(
-            "SELECT request, payment_id FROM idempotency_keys WHERE scope = $1 AND operation = $2 AND key = $3",
-        )
-        .bind(scope)
-        .bind(operation.as_str())
-        .bind(key.key)
-        .fetch_one(&mut *tx)
-        .await?;
-        if first_request.0 != *key.request {
-            return Err(RepositoryError::KeyReused);
-        }
-        Ok(Some(PaymentId::from(first_payment)))
+    }
+
+    /// Payment `id` as it is now, for a request that an earlier one with
+    /// the same idempotency key made.
+    async fn now(&self, id: PaymentId) -> Result<Written> {
+        Ok(Written {
+            payment: self.load(id).await?,
+            new: false,
+        })
     }
 
     /// Forgets the idempotency keys that expired; returns how many.
@@ -358,57 +335,49 @@ impl Payments {
             cause,
         } = *refund;
         let payment = self.load(id).await?;
-        // The key first: a retry of a refund that was made finds the payment
-        // moved on, and must get that refund's outcome, not a conflict.
-        let mut tx = self.store.pool().begin().await?;
-        if let Some(key) = key {
-            let scope = payment.received.customer_id.as_str().to_owned();
-            if self
-                .claim(&mut tx, &scope, Operation::Refund, key, id)
-                .await?
-                .is_some()
-            {
-                tx.commit().await?;
-                return Ok(Written {
-                    payment: self.load(id).await?,
-                    new: false,
-                });
-            }
-        }
-        if let Some(expected) = expected
-            && expected != payment.version
-        {
-            return Err(RepositoryError::VersionMismatch {
-                expected,
-                actual: payment.version,
-            });
-        }
-        let event = payment.refund(amount, reason.clone(), Utc::now())?;
         let version = payment.version;
-        // The decision was made on `version`: appending expects exactly it, so
-        // a concurrent refund decided on the same state loses. The key's
-        // claim commits with the refund, or not at all.
-        let appended = EventStore::append_in(
-            &mut tx,
-            &stream_id(id),
-            ExpectedVersion::Exact(version),
-            &[new_event(&event, cause)],
-        )
-        .await;
-        let stored = match appended {
-            Ok(stored) => {
-                tx.commit().await?;
-                self.appended.notify_one();
-                stored
+        let decided = match expected {
+            Some(expected) if expected != version => Err(Refusal::VersionMismatch {
+                expected,
+                actual: version,
+            }),
+            _ => payment
+                .refund(amount, reason.clone(), Utc::now())
+                .map_err(Refusal::Refused),
+        };
+        // The key first, even for a refund decided against: a retry of a
+        // refund that was made finds the payment moved on, and must get that
+        // refund's outcome, not a conflict. The key's claim commits with the
+        // refund, or not at all; without a key, a refusal writes nothing.
+        let claim =
+            key.map(|key| self.claim(payment.received.customer_id.as_str(), Operation::Refund, key, id));
+        let (then, event) = match decided {
+            Err(refusal) if claim.is_none() => return Err(refusal.into()),
+            Err(refusal) => (Then::Refuse(refusal), None),
+            // The decision was made on `version`: appending expects exactly
+            // it, so a concurrent refund decided on the same state loses (in
+            // the same group too).
+            Ok(event) => {
+                let append = Append {
+                    stream: stream_id(id),
+                    expected: ExpectedVersion::Exact(version),
+                    events: vec![new_event(&event, cause)],
+                };
+                (Then::Append(append), Some(event))
             }
-            Err(event_store::Error::Conflict { actual, .. }) => {
+        };
+        let (event, stored) = match (self.writes.commit(Write { claim, then }).await, event) {
+            (Ok(Committed::Appended(stored)), Some(event)) => (event, stored),
+            (Ok(_), _) => return self.now(id).await,
+            (Err(RepositoryError::Store(event_store::Error::Conflict { actual, .. })), _) => {
                 return Err(RepositoryError::VersionMismatch {
                     expected: expected.unwrap_or(version),
                     actual: actual.unwrap_or_default(),
                 });
             }
-            Err(e) => return Err(e.into()),
+            (Err(e), _) => return Err(e),
         };
+        self.appended.notify_one();
         let after =
             Payment::apply(Some(payment), &event).map_err(|e| RepositoryError::Corrupt(id, e.to_string()))?;
         self.latest.committed(&after, (&stored[0]).into());
@@ -445,6 +414,128 @@ impl Payments {
         }
         let limit = u64::try_from(limit).unwrap_or(u64::MAX);
         Ok(self.store.read_stream_page(&stream, from.max(1), limit).await?)
+    }
+}
+
+/// A write of Payments': one unit of a group commit ([`event_store::group`]).
+#[derive(Debug)]
+struct Write {
+    /// The idempotency key to claim first, if the request has one.
+    claim: Option<Claim>,
+    then: Then,
+}
+
+/// What a write does once its key, if any, is claimed for it.
+#[derive(Debug)]
+enum Then {
+    Append(Append),
+    /// The request was decided against: it fails with this, which rolls
+    /// its claim back (unless the key was claimed before by the same
+    /// request: a retry gets the first one's outcome).
+    Refuse(Refusal),
+}
+
+/// A refund decided against, kept in its write to fail it with (a write
+/// may be run twice, should its group's commit fail).
+#[derive(Debug, Clone)]
+enum Refusal {
+    VersionMismatch { expected: u64, actual: u64 },
+    Refused(RefundRefused),
+}
+
+impl From<Refusal> for RepositoryError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::VersionMismatch { expected, actual } => Self::VersionMismatch { expected, actual },
+            Refusal::Refused(refused) => Self::Refused(refused),
+        }
+    }
+}
+
+/// A committed write's outcome.
+#[derive(Debug)]
+enum Committed {
+    Appended(Vec<RecordedEvent>),
+    /// An earlier request with the same key, on this payment, made the write.
+    Replay(PaymentId),
+}
+
+impl Unit for Write {
+    type Output = Committed;
+    type Error = RepositoryError;
+
+    async fn run(&self, conn: &mut PgConnection) -> Result<Committed> {
+        if let Some(claim) = &self.claim
+            && let Some(first) = claim.run(conn).await?
+        {
+            return Ok(Committed::Replay(first));
+        }
+        match &self.then {
+            Then::Append(append) => Ok(Committed::Appended(append.run(conn).await?)),
+            Then::Refuse(refusal) => Err(refusal.clone().into()),
+        }
+    }
+
+    /// Without a key, a write is its append alone.
+    fn one_statement(&self) -> bool {
+        self.claim.is_none() && matches!(&self.then, Then::Append(append) if append.one_statement())
+    }
+}
+
+/// An idempotency key to claim for a request: the key, the request itself
+/// (to tell a retry from a reuse of the key), and whose and what for.
+#[derive(Debug)]
+struct Claim {
+    scope: String,
+    operation: Operation,
+    key: String,
+    request: Value,
+    payment: PaymentId,
+    /// How long the key is remembered.
+    ttl: Duration,
+}
+
+impl Claim {
+    /// Claims the key for this request, on `conn`: `None` if it is new (or
+    /// its earlier claim expired), so the request goes ahead; the payment
+    /// of the earlier request if that was the same request.
+    ///
+    /// A concurrent claim of the same key waits on the first one's
+    /// transaction: it sees the key once that commits, and claims it if that
+    /// rolls back. In the same group, it sees the key at once.
+    async fn run(&self, conn: &mut PgConnection) -> Result<Option<PaymentId>> {
+        let claimed: Option<String> = sqlx::query_scalar(
+            "INSERT INTO idempotency_keys (scope, operation, key, request, payment_id, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) \
+             ON CONFLICT (scope, operation, key) DO UPDATE \
+                 SET request = EXCLUDED.request, payment_id = EXCLUDED.payment_id, \
+                     created_at = now(), expires_at = EXCLUDED.expires_at \
+                 WHERE idempotency_keys.expires_at <= now() \
+             RETURNING key",
+        )
+        .bind(&self.scope)
+        .bind(self.operation.as_str())
+        .bind(&self.key)
+        .bind(sqlx::types::Json(&self.request))
+        .bind(Uuid::from(self.payment))
+        .bind(self.ttl.as_secs_f64())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if claimed.is_some() {
+            return Ok(None);
+        }
+        let (first_request, first_payment): (sqlx::types::Json<Value>, Uuid) = sqlx::query_as(
+            "SELECT request, payment_id FROM idempotency_keys WHERE scope = $1 AND operation = $2 AND key = $3",
+        )
+        .bind(&self.scope)
+        .bind(self.operation.as_str())
+        .bind(&self.key)
+        .fetch_one(&mut *conn)
+        .await?;
+        if first_request.0 != self.request {
+            return Err(RepositoryError::KeyReused);
+        }
+        Ok(Some(PaymentId::from(first_payment)))
     }
 }
 

@@ -3,12 +3,13 @@
 //! outbox relay, tested end to end elsewhere, publishes from there.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use event_store::EventStore;
-use event_store::testing::TestDatabase;
+use event_store::testing::{TestDatabase, until_count};
 use payments_service::domain::Payment;
 use payments_service::{AppState, Payments, app};
 use serde_json::{Value, json};
@@ -27,7 +28,7 @@ struct Harness {
     /// refunds. Every request of [`Harness::send`] carries the operator's
     /// token unless it names another `Authorization`.
     credentials: Credentials,
-    _db: TestDatabase,
+    db: TestDatabase,
 }
 
 struct Reply {
@@ -51,7 +52,7 @@ impl Harness {
             ),
             payments,
             credentials,
-            _db: db,
+            db,
         }
     }
 
@@ -140,11 +141,7 @@ async fn send_to(router: &Router, request: Request<Body>) -> Reply {
 
 impl Harness {
     async fn post(&self, path: &str, body: impl Into<Body>, headers: &[(&str, &str)]) -> Reply {
-        let mut request = Request::post(path).header(header::CONTENT_TYPE, "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        self.send(request.body(body.into()).expect("request")).await
+        self.send(post(path, body, headers)).await
     }
 
     async fn get(&self, path: &str) -> Reply {
@@ -159,11 +156,63 @@ impl Harness {
     }
 
     async fn refund(&self, id: &str, amount: i64, if_match: Option<&str>) -> Reply {
-        let body = json!({"amount": amount, "reason": "damaged"}).to_string();
         let headers: Vec<(&str, &str)> = if_match.map(|v| ("if-match", v)).into_iter().collect();
-        self.post(&format!("/payments/{id}/refunds"), body, &headers)
-            .await
+        self.send(refund(id, amount, &headers)).await
     }
+
+    /// Sends `requests` so that their writes make one group commit: while
+    /// a first payment's commit is held back, each request in turn, once
+    /// the one before waits for the next group. Their replies, in order.
+    async fn send_in_one_group(self: &Arc<Self>, requests: Vec<Request<Body>>) -> Vec<Reply> {
+        let held = self.db.hold_appends().await;
+        let spawn = |request| {
+            let harness = Arc::clone(self);
+            tokio::spawn(async move { harness.send(request).await })
+        };
+        let first = spawn(post("/payments", valid().to_string(), &[]));
+        held.until_waited_on_by(1).await;
+        let mut sent = Vec::new();
+        for request in requests {
+            sent.push(spawn(request));
+            until_count("writes wait for the next group", sent.len(), || {
+                self.payments.waiting_writes()
+            })
+            .await;
+        }
+        held.release().await;
+        assert_eq!(first.await.expect("request").status, StatusCode::CREATED);
+        let mut replies = Vec::new();
+        for reply in sent {
+            replies.push(reply.await.expect("request"));
+        }
+        replies
+    }
+
+    /// The transaction that wrote each event of payment `id`, by version.
+    async fn writers(&self, id: &str) -> Vec<i64> {
+        sqlx::query_scalar(
+            "SELECT transaction_id::text::bigint FROM events WHERE stream_id = $1 ORDER BY version",
+        )
+        .bind(format!("payment-{id}"))
+        .fetch_all(self.payments.store().pool())
+        .await
+        .expect("read the writing transactions")
+    }
+}
+
+/// A JSON POST of `body` to `path`, with `headers`.
+fn post(path: &str, body: impl Into<Body>, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request = Request::post(path).header(header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(body.into()).expect("request")
+}
+
+/// A refund of `amount` of payment `id`, with `headers`.
+fn refund(id: &str, amount: i64, headers: &[(&str, &str)]) -> Request<Body> {
+    let body = json!({"amount": amount, "reason": "damaged"}).to_string();
+    post(&format!("/payments/{id}/refunds"), body, headers)
 }
 
 fn valid() -> Value {
@@ -620,6 +669,88 @@ async fn refunds_that_break_the_rules_are_refused() {
         (fetched.body["refunded"].clone(), fetched.body["version"].clone()),
         (json!(0), json!(1))
     );
+}
+
+#[tokio::test]
+async fn a_conflicting_refund_fails_alone_in_its_group_and_the_other_writes_commit() {
+    let harness = Arc::new(Harness::new().await);
+    let id = id_of(&harness.create().await);
+    let lost = [("if-match", "\"1\""), ("idempotency-key", "lost")];
+    let replies = harness
+        .send_in_one_group(vec![
+            refund(&id, 100, &[("if-match", "\"1\"")]),
+            // Decided on version 1 too: the refund before in its group won.
+            refund(&id, 200, &lost),
+            post("/payments", valid().to_string(), &[]),
+            // Decided on version 1, without If-Match: decided again after
+            // the group, on version 2.
+            refund(&id, 300, &[]),
+        ])
+        .await;
+    let statuses: Vec<_> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::CREATED,
+            StatusCode::CONFLICT,
+            StatusCode::CREATED,
+            StatusCode::CREATED
+        ],
+        "{:?}",
+        replies.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    assert_eq!(replies[1].body["error"], "version_conflict");
+    assert_eq!(replies[3].body["version"], 3);
+    // The conflict undid its key's claim with its append: the same request
+    // again is its own conflict, not the replay of a refund never made.
+    let again = harness.send(refund(&id, 200, &lost)).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+
+    let payment = harness.get(&format!("/payments/{id}")).await;
+    assert_eq!(
+        (payment.body["refunded"].clone(), payment.body["version"].clone()),
+        (json!(400), json!(3))
+    );
+    // The refund and the new payment committed together.
+    let refunded = harness.writers(&id).await;
+    let created = harness.writers(&id_of(&replies[2].body)).await;
+    assert_eq!(refunded[1], created[0], "one transaction");
+    assert_ne!(refunded[2], created[0], "the refund decided again came after");
+}
+
+#[tokio::test]
+async fn two_requests_with_one_idempotency_key_in_one_group_write_once_and_both_get_the_first_outcome() {
+    let harness = Arc::new(Harness::new().await);
+    let id = id_of(&harness.create().await);
+    let pay = [("idempotency-key", "pay-once")];
+    let repay = [("idempotency-key", "refund-once")];
+    let replies = harness
+        .send_in_one_group(vec![
+            post("/payments", valid().to_string(), &pay),
+            post("/payments", valid().to_string(), &pay),
+            refund(&id, 100, &repay),
+            refund(&id, 100, &repay),
+        ])
+        .await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    let replayed: Vec<_> = replies
+        .iter()
+        .map(|r| r.headers.get("idempotent-replayed").is_some())
+        .collect();
+    assert_eq!(replayed, [false, true, false, true]);
+    assert_eq!(replies[0].body, replies[1].body, "the same payment");
+    assert_eq!(replies[2].body, replies[3].body, "the same refund");
+    assert_eq!(
+        (
+            replies[3].body["refunded"].clone(),
+            replies[3].body["version"].clone()
+        ),
+        (json!(100), json!(2))
+    );
+    // The first payment, the one held back, the keyed payment, one refund.
+    assert_eq!(stored_events(&harness).await, 4);
 }
 
 /// Twenty refunds of 10 of payment `id` at once, each with `if_match`; the

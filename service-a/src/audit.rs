@@ -142,6 +142,7 @@ struct Insert {
 impl Statement for Insert {
     type Row = NewEntry;
     type Answer = bool;
+    type Error = service_kit::Error;
 
     async fn run(&self, entries: &[NewEntry]) -> Result<Vec<bool>> {
         let column = |f: fn(&NewEntry) -> Uuid| entries.iter().map(f).collect::<Vec<_>>();

@@ -136,6 +136,7 @@ struct Handled {
 impl Statement for Handled {
     type Row = EventId;
     type Answer = bool;
+    type Error = service_kit::Error;
 
     async fn run(&self, event_ids: &[EventId]) -> Result<Vec<bool>> {
         let ids: Vec<Uuid> = event_ids.iter().map(|&id| id.into()).collect();
@@ -160,6 +161,7 @@ struct Record {
 impl Statement for Record {
     type Row = CallbackRecord;
     type Answer = bool;
+    type Error = service_kit::Error;
 
     async fn run(&self, records: &[CallbackRecord]) -> Result<Vec<bool>> {
         // One statement: a record is written only when its notification's

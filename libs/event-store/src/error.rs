@@ -2,6 +2,8 @@
 //! losing a race and is meant to be handled (reload, decide again, or answer
 //! 409); the others are failures.
 
+use std::sync::Arc;
+
 use crate::model::ExpectedVersion;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -26,6 +28,14 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("migrating the event store schema: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database was unavailable for a group of writes committed
+    /// together ([`crate::group`]): the same failure for each of them.
+    #[error(transparent)]
+    Shared(Arc<Error>),
+    /// The group committing this write ended without answering it (its task
+    /// failed): whether it was committed is unknown.
+    #[error("the group commit ended without answering this write")]
+    Unanswered,
 }
 
 impl Error {
@@ -40,6 +50,7 @@ impl Error {
             Self::Database(sqlx::Error::Database(e)) => e
                 .code()
                 .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "53300"),
+            Self::Shared(e) => e.is_unavailable(),
             _ => false,
         }
     }
@@ -109,5 +120,8 @@ mod tests {
             assert!(!server(code).is_unavailable(), "{code}");
         }
         assert!(!Error::Empty.is_unavailable());
+        // A group's failure is each of its writes' alike.
+        assert!(Error::Shared(Arc::new(server("57P01"))).is_unavailable());
+        assert!(!Error::Shared(Arc::new(server("23505"))).is_unavailable());
     }
 }

@@ -15,6 +15,9 @@
 //!
 //! - [`store`]: [`EventStore`]: append, read a stream, read everything, snapshots.
 //! - [`model`]: what goes in and what comes out.
+//! - [`group`]: group commit: the writes that arrive together share one
+//!   transaction, each in a savepoint of its own, so one that fails fails
+//!   alone.
 //! - [`commit_order`]: reading a table in the order its rows committed, so a
 //!   reader that goes on from a checkpoint never passes over a row (the
 //!   events here; any table with a writing-transaction column).
@@ -25,6 +28,7 @@
 
 pub mod commit_order;
 pub mod error;
+pub mod group;
 pub mod model;
 pub mod store;
 
@@ -33,6 +37,7 @@ pub mod testing;
 
 pub use commit_order::CommitOrder;
 pub use error::{Error, Result};
+pub use group::{GroupCommit, Unit};
 pub use model::{
     Backlog, Checkpoint, EventMetadata, ExpectedVersion, Hold, Holder, NewEvent, RecordedEvent, Snapshot,
 };

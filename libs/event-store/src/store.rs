@@ -47,23 +47,32 @@ RETURNING position, version, event_id, recorded_at
 
 /// [`APPEND`] for the common case of one event: plain parameters instead of
 /// arrays to unnest, which saves the server a good part of the statement.
+/// A version another writer took inserts nothing instead of failing: a
+/// conflict then leaves a transaction usable without a savepoint (a group
+/// commit runs such appends without one, [`crate::group`]). Of several
+/// events some could be inserted and others not, so [`APPEND`] fails.
 const APPEND_ONE: &str = r#"
 INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data, metadata)
 SELECT $1, {base} + 1, $3, $4, $5, $6, $7
 WHERE {guard}
+ON CONFLICT (stream_id, version) DO NOTHING
 RETURNING position, version, event_id, recorded_at
 "#;
 
 /// The stream is at version `$2`: it has that version (and the unique index
-/// refuses the next one if it has more), written by an older transaction.
-/// The last condition keeps the commit order (by transaction) the order of
-/// versions: a transaction that took its id before the one that wrote
-/// version `$2` cannot append after it.
+/// refuses the next one if it has more), written by an older transaction or
+/// by this one. The last condition keeps the commit order (by transaction,
+/// then position) the order of versions: a transaction that took its id
+/// before the one that wrote version `$2` cannot append after it. The same
+/// transaction can: its later insert takes a later position, so its
+/// versions still come in order (as those of one append of several events
+/// do), which lets a group commit ([`crate::group`]) hold two appends to
+/// one stream.
 const AT_VERSION: &str = "EXISTS (SELECT 1 FROM events WHERE stream_id = $1 AND version = $2 \
-     AND transaction_id < pg_current_xact_id())";
+     AND transaction_id <= pg_current_xact_id())";
 /// For `Any`: the stream's last event, if any, was written by an older
-/// transaction (see [`AT_VERSION`]).
-const LAST_IS_OLDER: &str = "COALESCE((SELECT transaction_id < pg_current_xact_id() FROM events \
+/// transaction or by this one (see [`AT_VERSION`]).
+const LAST_NOT_NEWER: &str = "COALESCE((SELECT transaction_id <= pg_current_xact_id() FROM events \
      WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), TRUE)";
 /// After the stream's last version, whatever it is.
 const AFTER_LAST: &str = "(SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = $1)";
@@ -130,8 +139,20 @@ impl EventStore {
     ) -> Result<Vec<RecordedEvent>> {
         let mut conn = self.pool.acquire().await?;
         // One autocommit statement: atomic, and a failure aborts nothing else.
-        let appended = Self::insert(&mut conn, stream, expected, events).await;
-        Self::with_actual_version(&mut conn, appended).await
+        Self::append_on(&mut conn, stream, expected, events).await
+    }
+
+    /// [`EventStore::append`] on `conn`, without a savepoint: for one event,
+    /// or where nothing else is in the transaction, since a conflict of
+    /// several events aborts it.
+    pub(crate) async fn append_on(
+        conn: &mut PgConnection,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Vec<RecordedEvent>> {
+        let appended = Self::insert(conn, stream, expected, events).await;
+        Self::with_actual_version(conn, appended).await
     }
 
     /// [`EventStore::append`] on a connection of the caller's, so the append
@@ -203,7 +224,7 @@ impl EventStore {
         let (base, guard, base_version) = match expected {
             ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => ("$2", "TRUE", 0),
             ExpectedVersion::Exact(n) => ("$2", AT_VERSION, n),
-            ExpectedVersion::Any => (AFTER_LAST, LAST_IS_OLDER, 0),
+            ExpectedVersion::Any => (AFTER_LAST, LAST_NOT_NEWER, 0),
         };
         let single = events.len() == 1;
         let template = if single { APPEND_ONE } else { APPEND };
@@ -229,6 +250,16 @@ impl EventStore {
                     .bind(events.iter().map(|e| Json(&e.metadata)).collect::<Vec<_>>()),
             };
             match query.fetch_all(&mut *conn).await {
+                // One event's lost race inserts nothing (see [`APPEND_ONE`]).
+                Ok(rows)
+                    if rows.is_empty()
+                        && single
+                        && expected == ExpectedVersion::Any
+                        && attempt < ANY_ATTEMPTS
+                        && !conn.is_in_transaction() =>
+                {
+                    continue;
+                }
                 Ok(rows) => break rows,
                 Err(sqlx::Error::Database(e)) if e.constraint() == Some(VERSION_CONSTRAINT) => {
                     // `Any` has no expectation to fail: it lost a race for

@@ -2,8 +2,9 @@
 
 use std::collections::HashSet;
 
-use event_store::testing::TestDatabase;
-use event_store::{Error, EventMetadata, ExpectedVersion, NewEvent};
+use event_store::group::Append;
+use event_store::testing::{TestDatabase, until_count};
+use event_store::{Error, EventMetadata, ExpectedVersion, GroupCommit, NewEvent};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -559,4 +560,180 @@ async fn truncating_the_events_is_refused() {
             .is_err()
     );
     assert_eq!(store.read_all(0, 10).await.expect("read").len(), 1);
+}
+
+/// An append of `event(n)` to `stream`, as a unit of a group commit.
+fn unit(stream: &str, expected: ExpectedVersion, n: u32) -> Append {
+    Append {
+        stream: stream.to_owned(),
+        expected,
+        events: vec![event(n)],
+    }
+}
+
+type Committing = tokio::task::JoinHandle<Result<Vec<event_store::RecordedEvent>, Error>>;
+
+/// Commits `unit` through `group` from a task of its own.
+fn commit(group: &GroupCommit<Append>, unit: Append) -> Committing {
+    let group = group.clone();
+    tokio::spawn(async move { group.commit(unit).await })
+}
+
+/// Submits `units` in their order, each once the one before waits for the
+/// next group (one runs meanwhile, held back): they make that group, in
+/// that order.
+async fn submit_in_order(
+    group: &GroupCommit<Append>,
+    units: impl IntoIterator<Item = Append>,
+) -> Vec<Committing> {
+    let mut submitted = Vec::new();
+    for unit in units {
+        submitted.push(commit(group, unit));
+        until_count("appends wait for the next group", submitted.len(), || {
+            group.waiting()
+        })
+        .await;
+    }
+    submitted
+}
+
+/// The transaction that wrote each event of the `streams`, by stream and version.
+async fn writers(store: &event_store::EventStore, streams: &[&str]) -> Vec<(String, i64, i64)> {
+    sqlx::query_as(
+        "SELECT stream_id, version, transaction_id::text::bigint FROM events \
+         WHERE stream_id = ANY($1) ORDER BY stream_id, version",
+    )
+    .bind(streams)
+    .fetch_all(store.pool())
+    .await
+    .expect("read the writing transactions")
+}
+
+#[tokio::test]
+async fn appends_submitted_together_commit_in_one_transaction_each_with_its_own_answer() {
+    let db = TestDatabase::create().await;
+    let group = GroupCommit::new(&db.store);
+    let held = db.hold_appends().await;
+    // A lone append starts a group at once (and waits for the hold)...
+    let first = commit(&group, unit("first", ExpectedVersion::NoStream, 0));
+    held.until_waited_on_by(1).await;
+    // ...and the ten that arrive while it runs make the next one.
+    let streams: Vec<String> = (1..=10).map(|n| format!("s{n}")).collect();
+    let next = submit_in_order(
+        &group,
+        (1..=10).map(|n| unit(&streams[n as usize - 1], ExpectedVersion::NoStream, n)),
+    )
+    .await;
+    held.release().await;
+
+    first.await.expect("task").expect("appended");
+    for (n, answer) in (1..=10).zip(next) {
+        let stored = answer.await.expect("task").expect("appended");
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].version, 1);
+        assert_eq!(stored[0].data["n"], n, "each its own answer");
+    }
+    let names: Vec<&str> = streams.iter().map(String::as_str).collect();
+    let together: HashSet<i64> = writers(&db.store, &names).await.iter().map(|w| w.2).collect();
+    assert_eq!(together.len(), 1, "one transaction for the ten: {together:?}");
+    let alone = writers(&db.store, &["first"]).await;
+    assert!(!together.contains(&alone[0].2), "the first committed on its own");
+}
+
+#[tokio::test]
+async fn a_conflict_in_a_group_fails_alone_and_the_others_commit() {
+    let db = TestDatabase::create().await;
+    let store = &db.store;
+    store
+        .append("taken", ExpectedVersion::NoStream, &events(1..=1))
+        .await
+        .expect("append");
+    let group = GroupCommit::new(store);
+    let held = db.hold_appends().await;
+    let first = commit(&group, unit("first", ExpectedVersion::NoStream, 0));
+    held.until_waited_on_by(1).await;
+    let answers = submit_in_order(
+        &group,
+        [
+            // Fails first in its group: nothing else written yet.
+            unit("taken", ExpectedVersion::NoStream, 2),
+            unit("a", ExpectedVersion::NoStream, 3),
+            unit("taken", ExpectedVersion::Exact(1), 4),
+            // Decided on version 1 too: the append before in its group won.
+            unit("taken", ExpectedVersion::Exact(1), 5),
+            // After this transaction's own version 2.
+            unit("taken", ExpectedVersion::Any, 6),
+            unit("b", ExpectedVersion::NoStream, 7),
+        ],
+    )
+    .await;
+    held.release().await;
+    first.await.expect("task").expect("appended");
+
+    let mut outcomes = Vec::new();
+    for answer in answers {
+        outcomes.push(match answer.await.expect("task") {
+            Ok(stored) => Ok(stored[0].version),
+            Err(Error::Conflict { actual, .. }) => Err(actual),
+            Err(e) => panic!("only conflicts fail: {e}"),
+        });
+    }
+    assert_eq!(outcomes, [Err(Some(1)), Ok(1), Ok(2), Err(Some(2)), Ok(3), Ok(1)]);
+
+    let stored = store.read_stream("taken", 1).await.expect("read");
+    assert_eq!(
+        stored.iter().map(|e| e.data["n"].clone()).collect::<Vec<_>>(),
+        [1, 4, 6],
+        "only the appends that succeeded are stored"
+    );
+    let written = writers(store, &["a", "b", "taken"]).await;
+    let group_writes: HashSet<i64> = written
+        .iter()
+        .filter(|w| w.1 > 1 || w.0 != "taken")
+        .map(|w| w.2)
+        .collect();
+    assert_eq!(group_writes.len(), 1, "one transaction: {written:?}");
+}
+
+#[tokio::test]
+async fn a_write_that_aborts_its_group_fails_alone_and_the_others_are_written_one_by_one() {
+    let db = TestDatabase::create().await;
+    let taken = Uuid::now_v7();
+    db.store
+        .append("s", ExpectedVersion::NoStream, &[event_with_id(taken)])
+        .await
+        .expect("append");
+    let group = GroupCommit::new(&db.store);
+    let held = db.hold_appends().await;
+    let first = commit(&group, unit("first", ExpectedVersion::NoStream, 0));
+    held.until_waited_on_by(1).await;
+    let duplicate = Append {
+        stream: "t".to_owned(),
+        expected: ExpectedVersion::NoStream,
+        events: vec![event_with_id(taken)],
+    };
+    let answers = submit_in_order(
+        &group,
+        [
+            unit("a", ExpectedVersion::NoStream, 1),
+            // An event id stored before: a failure that aborts the
+            // transaction, not a conflict.
+            duplicate,
+            unit("b", ExpectedVersion::NoStream, 3),
+        ],
+    )
+    .await;
+    held.release().await;
+    first.await.expect("task").expect("appended");
+    let mut outcomes = Vec::new();
+    for answer in answers {
+        outcomes.push(answer.await.expect("task").map(|stored| stored[0].version));
+    }
+    assert!(matches!(outcomes[0], Ok(1)), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[1], Err(Error::DuplicateEvent(id)) if id == taken),
+        "{outcomes:?}"
+    );
+    assert!(matches!(outcomes[2], Ok(1)), "{outcomes:?}");
+    assert_eq!(db.store.version("t").await.expect("version"), None);
 }

@@ -19,6 +19,11 @@
 //! other failure (a value the database rejects, one payment twice in a
 //! group) may be one row's, so each row is then written again on its own,
 //! and each caller gets its own outcome.
+//!
+//! The mechanism is not tied to one statement or one error type: the event
+//! store commits concurrent appends together through it too
+//! (`event_store::group`), each in a savepoint of the group's transaction,
+//! with its own error type ([`GroupError`]).
 
 use std::fmt;
 use std::future::Future;
@@ -26,23 +31,63 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
+use crate::Error;
 use crate::consumer::HandleError;
-use crate::{Error, Result};
 
-/// The most rows one statement takes: a bound on the statement's size and
-/// on how long its transaction holds its locks. The consumer's
-/// `max_in_flight` (64 by default) usually bounds a group first.
+/// The most rows one statement takes unless it says otherwise
+/// ([`Statement::MAX_ROWS`]): a bound on the statement's size and on how
+/// long its transaction holds its locks. The consumer's `max_in_flight` (64
+/// by default) usually bounds a group first.
 pub const MAX_ROWS: usize = 512;
 
 /// A statement that writes (or reads) many rows at once.
 pub trait Statement: Send + Sync + 'static {
     type Row: Send + Sync + 'static;
     type Answer: Send + 'static;
+    /// How the statement fails: [`Error`] for a service's own database.
+    type Error: GroupError;
+
+    /// The most rows one run takes.
+    const MAX_ROWS: usize = MAX_ROWS;
 
     /// Runs once for all of `rows`, in one transaction, and answers each
     /// row, in the order of `rows`.
-    fn run(&self, rows: &[Self::Row]) -> impl Future<Output = Result<Vec<Self::Answer>>> + Send;
+    fn run(&self, rows: &[Self::Row]) -> impl Future<Output = Result<Vec<Self::Answer>, Self::Error>> + Send;
 }
+
+/// What [`Batched`] needs of a statement's error to answer every row of a
+/// group that failed.
+pub trait GroupError: fmt::Display + Send + Sized + 'static {
+    /// Whether the failure is every row's alike (the database unavailable),
+    /// not possibly one row's: its rows are then not written one by one.
+    fn fails_every_row(&self) -> bool;
+    /// The failure of a whole group, as each of its callers is told it.
+    fn shared(failure: Arc<Self>) -> Self;
+    /// What a caller is told whose row's group ended without answering it
+    /// (its task failed): whether the row was written is unknown.
+    fn unanswered() -> Self;
+}
+
+impl GroupError for Error {
+    /// As the consumer classifies it: a database that is unavailable fails
+    /// every row; a statement it rejects may be one row's.
+    fn fails_every_row(&self) -> bool {
+        match self {
+            Error::Database(e) => HandleError::is_unavailable(e),
+            _ => true,
+        }
+    }
+
+    fn shared(failure: Arc<Self>) -> Self {
+        Error::Shared(failure)
+    }
+
+    fn unanswered() -> Self {
+        Error::Unanswered
+    }
+}
+
+type Answered<S> = Result<<S as Statement>::Answer, <S as Statement>::Error>;
 
 /// Runs `S` for the rows submitted together. Cheap to clone; the clones
 /// share their groups.
@@ -64,7 +109,7 @@ struct Queue<S: Statement> {
 
 struct Pending<S: Statement> {
     row: S::Row,
-    answer: oneshot::Sender<Result<S::Answer>>,
+    answer: oneshot::Sender<Answered<S>>,
 }
 
 impl<S: Statement> Batched<S> {
@@ -84,7 +129,7 @@ impl<S: Statement> Batched<S> {
     /// the statement before ran, and returns `row`'s answer once the
     /// transaction has committed. Should the caller stop waiting, the row
     /// may still be written.
-    pub async fn submit(&self, row: S::Row) -> Result<S::Answer> {
+    pub async fn submit(&self, row: S::Row) -> Answered<S> {
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut queue = self.shared.lock();
@@ -94,7 +139,12 @@ impl<S: Statement> Batched<S> {
         if start {
             tokio::spawn(Arc::clone(&self.shared).run_groups());
         }
-        answered.await.map_err(|_| Error::Unanswered)?
+        answered.await.unwrap_or_else(|_| Err(S::Error::unanswered()))
+    }
+
+    /// How many rows wait for the next group (the running one's excluded).
+    pub fn waiting(&self) -> usize {
+        self.shared.lock().waiting.len()
     }
 }
 
@@ -113,7 +163,7 @@ impl<S: Statement> Shared<S> {
                     queue.running = false;
                     return;
                 }
-                let size = queue.waiting.len().min(MAX_ROWS);
+                let size = queue.waiting.len().min(S::MAX_ROWS);
                 queue.waiting.drain(..size).collect()
             };
             self.run_group(group).await;
@@ -134,28 +184,21 @@ impl<S: Statement> Shared<S> {
                     let _ = answer.send(Err(e));
                 }
             }
-            Err(e) if unavailable(&e) => {
+            Err(e) if e.fails_every_row() => {
                 let e = Arc::new(e);
                 for answer in answers {
-                    let _ = answer.send(Err(Error::Shared(Arc::clone(&e))));
+                    let _ = answer.send(Err(S::Error::shared(Arc::clone(&e))));
                 }
             }
             Err(e) => {
                 tracing::debug!(error = %e, rows = rows.len(), "a group failed; writing its rows one by one");
                 for (row, answer) in rows.iter().zip(answers) {
                     let outcome = self.statement.run(std::slice::from_ref(row)).await;
-                    let _ = answer.send(outcome.and_then(|mut one| one.pop().ok_or(Error::Unanswered)));
+                    let _ =
+                        answer.send(outcome.and_then(|mut one| one.pop().ok_or_else(S::Error::unanswered)));
                 }
             }
         }
-    }
-}
-
-/// Whether `e` fails every row alike: how the consumer classifies it.
-fn unavailable(e: &Error) -> bool {
-    match e {
-        Error::Database(e) => HandleError::is_unavailable(e),
-        _ => true,
     }
 }
 
@@ -182,7 +225,7 @@ impl<S: Statement> Clone for Batched<S> {
 impl<S: Statement> fmt::Debug for Batched<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batched")
-            .field("waiting", &self.shared.lock().waiting.len())
+            .field("waiting", &self.waiting())
             .finish_non_exhaustive()
     }
 }
@@ -208,8 +251,9 @@ mod tests {
     impl Statement for Doubling {
         type Row = i64;
         type Answer = i64;
+        type Error = Error;
 
-        async fn run(&self, rows: &[i64]) -> Result<Vec<i64>> {
+        async fn run(&self, rows: &[i64]) -> crate::Result<Vec<i64>> {
             self.groups.lock().expect("lock").push(rows.len());
             self.gate.acquire().await.expect("open").forget();
             if self.down.load(Ordering::SeqCst) > 0 {
@@ -246,7 +290,7 @@ mod tests {
         batched: &Batched<Doubling>,
         groups: &Mutex<Vec<usize>>,
         row: i64,
-    ) -> tokio::task::JoinHandle<Result<i64>> {
+    ) -> tokio::task::JoinHandle<crate::Result<i64>> {
         let submitted = tokio::spawn({
             let batched = batched.clone();
             async move { batched.submit(row).await }
@@ -262,13 +306,13 @@ mod tests {
     async fn submit_all(
         batched: &Batched<Doubling>,
         rows: impl IntoIterator<Item = i64>,
-    ) -> Vec<tokio::task::JoinHandle<Result<i64>>> {
+    ) -> Vec<tokio::task::JoinHandle<crate::Result<i64>>> {
         let mut submitted = Vec::new();
         for row in rows {
             let batched = batched.clone();
             submitted.push(tokio::spawn(async move { batched.submit(row).await }));
         }
-        while batched.shared.lock().waiting.len() < submitted.len() {
+        while batched.waiting() < submitted.len() {
             tokio::task::yield_now().await;
         }
         submitted
