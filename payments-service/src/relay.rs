@@ -81,8 +81,10 @@ pub const CHECKPOINT: &str = "payments-outbox-relay";
 /// Key of the advisory lock that makes one relay the publisher.
 const LEADER_LOCK: i64 = 0x7061_796d_656e_7473; // "payments"
 /// Events published in one Kafka transaction at most, unless configured
-/// otherwise (`OUTBOX_BATCH_LIMIT`).
-pub const DEFAULT_BATCH_LIMIT: u32 = 200;
+/// otherwise (`OUTBOX_BATCH_LIMIT`). A bound on a transaction's size, met
+/// only under a backlog: the relay alone published a backlog at 10,700
+/// events/s with 200, at 15,300/s with 1,000 (`cargo xtask bench`).
+pub const DEFAULT_BATCH_LIMIT: u32 = 1000;
 /// Longest pause after an empty read before looking again. Writes of this
 /// instance wake the relay at once; this bounds how long other instances'
 /// writes wait.

@@ -51,7 +51,7 @@ impl Default for CallbackLimits {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(5),
-            connections: 16,
+            connections: 64,
         }
     }
 }
