@@ -253,22 +253,11 @@ impl CacheMetrics {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use shared_events::{Amount, Currency, CustomerId, OrderId, PaymentMethod, PaymentReceived};
-
     use super::*;
 
     fn payment(version: u64) -> Payment {
         Payment {
-            received: PaymentReceived {
-                payment_id: PaymentId::new(),
-                customer_id: CustomerId::parse("c-1").expect("valid"),
-                order_id: OrderId::parse("o-1").expect("valid"),
-                amount: Amount::parse(1000).expect("valid"),
-                currency: Currency::parse("EUR").expect("valid"),
-                received_at: Utc::now(),
-                payment_method: PaymentMethod::default(),
-            },
+            received: shared_events::testing::payment(),
             refunded: 0,
             version,
         }

@@ -579,13 +579,18 @@ fn commit(group: &GroupCommit<Append>, unit: Append) -> Committing {
     tokio::spawn(async move { group.commit(unit).await })
 }
 
-/// Submits `units` in their order, each once the one before waits for the
-/// next group (one runs meanwhile, held back): they make that group, in
-/// that order.
-async fn submit_in_order(
+/// Commits `units` as one group, in their order: a lone append to stream
+/// `first` starts a group at once and is held back by a lock on the events
+/// table meanwhile; each unit is submitted once the one before waits for
+/// the next group; then the hold is released and `first` commits alone.
+async fn one_group(
+    db: &TestDatabase,
     group: &GroupCommit<Append>,
     units: impl IntoIterator<Item = Append>,
 ) -> Vec<Committing> {
+    let held = db.hold_appends().await;
+    let first = commit(group, unit("first", ExpectedVersion::NoStream, 0));
+    held.until_waited_on_by(1).await;
     let mut submitted = Vec::new();
     for unit in units {
         submitted.push(commit(group, unit));
@@ -594,6 +599,8 @@ async fn submit_in_order(
         })
         .await;
     }
+    held.release().await;
+    first.await.expect("task").expect("appended");
     submitted
 }
 
@@ -613,20 +620,14 @@ async fn writers(store: &event_store::EventStore, streams: &[&str]) -> Vec<(Stri
 async fn appends_submitted_together_commit_in_one_transaction_each_with_its_own_answer() {
     let db = TestDatabase::create().await;
     let group = GroupCommit::new(&db.store);
-    let held = db.hold_appends().await;
-    // A lone append starts a group at once (and waits for the hold)...
-    let first = commit(&group, unit("first", ExpectedVersion::NoStream, 0));
-    held.until_waited_on_by(1).await;
-    // ...and the ten that arrive while it runs make the next one.
+    // The ten that arrive while a lone append runs make the next group.
     let streams: Vec<String> = (1..=10).map(|n| format!("s{n}")).collect();
-    let next = submit_in_order(
+    let next = one_group(
+        &db,
         &group,
         (1..=10).map(|n| unit(&streams[n as usize - 1], ExpectedVersion::NoStream, n)),
     )
     .await;
-    held.release().await;
-
-    first.await.expect("task").expect("appended");
     for (n, answer) in (1..=10).zip(next) {
         let stored = answer.await.expect("task").expect("appended");
         assert_eq!(stored.len(), 1);
@@ -649,10 +650,8 @@ async fn a_conflict_in_a_group_fails_alone_and_the_others_commit() {
         .await
         .expect("append");
     let group = GroupCommit::new(store);
-    let held = db.hold_appends().await;
-    let first = commit(&group, unit("first", ExpectedVersion::NoStream, 0));
-    held.until_waited_on_by(1).await;
-    let answers = submit_in_order(
+    let answers = one_group(
+        &db,
         &group,
         [
             // Fails first in its group: nothing else written yet.
@@ -667,8 +666,6 @@ async fn a_conflict_in_a_group_fails_alone_and_the_others_commit() {
         ],
     )
     .await;
-    held.release().await;
-    first.await.expect("task").expect("appended");
 
     let mut outcomes = Vec::new();
     for answer in answers {
@@ -704,15 +701,13 @@ async fn a_write_that_aborts_its_group_fails_alone_and_the_others_are_written_on
         .await
         .expect("append");
     let group = GroupCommit::new(&db.store);
-    let held = db.hold_appends().await;
-    let first = commit(&group, unit("first", ExpectedVersion::NoStream, 0));
-    held.until_waited_on_by(1).await;
     let duplicate = Append {
         stream: "t".to_owned(),
         expected: ExpectedVersion::NoStream,
         events: vec![event_with_id(taken)],
     };
-    let answers = submit_in_order(
+    let answers = one_group(
+        &db,
         &group,
         [
             unit("a", ExpectedVersion::NoStream, 1),
@@ -723,8 +718,6 @@ async fn a_write_that_aborts_its_group_fails_alone_and_the_others_are_written_on
         ],
     )
     .await;
-    held.release().await;
-    first.await.expect("task").expect("appended");
     let mut outcomes = Vec::new();
     for answer in answers {
         outcomes.push(answer.await.expect("task").map(|stored| stored[0].version));
