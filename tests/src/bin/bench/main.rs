@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use event_store::EventStore;
+use payments_service::repository::stream_id;
 use rdkafka::Message;
 use service_kit::config::KafkaConfig;
 use service_kit::telemetry::OTLP_ENDPOINT;
@@ -469,16 +470,17 @@ impl Databases {
     /// event's `recorded_at`).
     async fn stored_at(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, DateTime<Utc>>> {
         self.queries[0].fetch_add(1, Ordering::Relaxed);
-        let streams: Vec<String> = ids.iter().map(|id| format!("payment-{id}")).collect();
+        let streams: HashMap<String, Uuid> = ids.iter().map(|&id| (stream_id(id.into()), id)).collect();
+        let names: Vec<&str> = streams.keys().map(String::as_str).collect();
         let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
             "SELECT stream_id, recorded_at FROM events WHERE version = 1 AND stream_id = ANY($1)",
         )
-        .bind(&streams)
+        .bind(&names)
         .fetch_all(&self.p)
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(stream, at)| Some((stream.strip_prefix("payment-")?.parse().ok()?, at)))
+            .filter_map(|(stream, at)| Some((*streams.get(&stream)?, at)))
             .collect())
     }
 
