@@ -35,6 +35,8 @@ use profile::{Perf, Profile, Statements};
 use report::{Backlog, Ceilings, Relay, Report, Step, Summary, Usage};
 use stack::{PAYMENTS, SERVICE_A, SERVICE_B, Service, Stack};
 
+/// How long the pipeline runs flat out before anything is measured.
+const WARM_UP: Duration = Duration::from_secs(30);
 /// How long the consumers get to catch up after a load step.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -340,14 +342,21 @@ impl Load {
         load::open(self.http.clone(), self.url.clone(), rate, self.seconds)
     }
 
-    /// Connections, group joins, the first batches: a few payments, until
-    /// every consumer has them.
+    /// Connections, group joins, the first batches, and the broker's JIT
+    /// compilers: the closed loop for [`WARM_UP`], until every consumer has
+    /// its payments. (A broker started for the run compiles for its first
+    /// minute and a half under this load: without the warm-up its C1 and C2
+    /// compiler threads took 15% of the CPU samples of the closed loop
+    /// measured next, half the broker's CPU. With `--otlp` the traced run
+    /// and its warm-up come first, so the broker has had more than a minute
+    /// of load before the closed loop; longer would grow the tables the
+    /// backlog is then drained into.)
     async fn warm_up(&self, databases: &Databases, service_a: &Service) -> Result<()> {
         let warm = load::closed(
             self.http.clone(),
             self.url.clone(),
-            4,
-            Duration::from_secs(2),
+            self.connections,
+            WARM_UP,
             None,
         )
         .await;
