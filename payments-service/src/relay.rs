@@ -532,6 +532,7 @@ impl Relay {
                 .and_then(|acked| acked),
             Err(e) => Err(e),
         };
+        let committing = Instant::now();
         let committed = match acknowledged {
             Ok(()) => blocking_keeping_lease(leader, producer, move |p| commit(p, timeout)).await,
             Err(e) => Err(e),
@@ -539,7 +540,8 @@ impl Relay {
         let failure = match committed {
             Ok(Ok(())) => {
                 tracing::debug!(events = ready.len(), "published");
-                self.metrics.transaction_published(ready.len());
+                self.metrics
+                    .transaction_published(ready.len(), committing.elapsed());
                 return Ok(());
             }
             Ok(Err(e)) => e.into(),
