@@ -12,6 +12,7 @@
 //! | `outbox_relay_leads_total` | counter | |
 //! | `outbox_relay_failed_batches_total` | counter | |
 //! | `outbox_relay_transaction_events` | histogram (1, 2, 4 … 1024) | |
+//! | `outbox_relay_commit_seconds` | histogram (1 ms, 2 ms … 2.048 s) | |
 //!
 //! Every instance watches, leading relay or not: the figures come from the
 //! event store (the relay's checkpoint and holds), the same for all. The
@@ -20,7 +21,10 @@
 //! (aborted, refused by the broker, or given up when its lease was gone),
 //! and how many events each Kafka transaction it committed carried (each
 //! event is two records: its state and its notification). Its `_count` is
-//! the transactions, its `_sum` the events published.
+//! the transactions, its `_sum` the events published. And how long the
+//! broker took to commit each of them, once every record of it was
+//! acknowledged: a millisecond or so, unless the broker is slow; every
+//! event stored meanwhile waits for it.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -60,6 +64,7 @@ pub struct OutboxMetrics {
     leads: Counter,
     failed_batches: Counter,
     transaction_events: Histogram,
+    commit_seconds: Histogram,
     /// The held series shown now, to drop those of holds that ended.
     held_series: Arc<Mutex<Vec<HeldLabels>>>,
 }
@@ -75,6 +80,8 @@ impl Default for OutboxMetrics {
             failed_batches: Counter::default(),
             // 1 to 1024: a lone event up to past any batch limit in use.
             transaction_events: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            // 1 ms to 2 s: a commit as the broker answers it, up to a stall.
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 12)),
             held_series: Arc::default(),
         }
     }
@@ -118,6 +125,11 @@ impl OutboxMetrics {
             "Events (a state and a notification each) per Kafka transaction this instance's relay committed",
             self.transaction_events.clone(),
         );
+        registry.register(
+            "outbox_relay_commit_seconds",
+            "How long each Kafka transaction this instance's relay committed took to commit, its records all acknowledged",
+            self.commit_seconds.clone(),
+        );
     }
 
     pub(crate) fn lead_taken(&self) {
@@ -128,8 +140,9 @@ impl OutboxMetrics {
         self.failed_batches.inc();
     }
 
-    pub(crate) fn transaction_published(&self, events: usize) {
+    pub(crate) fn transaction_published(&self, events: usize, commit: Duration) {
         self.transaction_events.observe(events as f64);
+        self.commit_seconds.observe(commit.as_secs_f64());
     }
 
     fn show(&self, seen: &Seen) {

@@ -222,6 +222,69 @@ async fn the_relay_publishes_a_lone_event_at_once_and_a_backlog_many_to_a_transa
     payments.stop().await;
 }
 
+/// The relay times the commit of each Kafka transaction it publishes
+/// (`outbox_relay_commit_seconds`), and each commits as soon as the broker
+/// answers: none waits on rdkafka's flush, which polls for 100 ms while the
+/// producer still counts a record it already reported delivered. (Release
+/// builds met that in a few transactions in a hundred at light load; this
+/// debug build, in about one in a hundred and fifty: `cargo xtask bench`
+/// shows it better.)
+#[tokio::test]
+async fn the_relay_times_each_commit_and_none_waits_on_the_client() {
+    // Light load: bursts of a few payments, each burst published before
+    // the next, in a transaction or two.
+    const BURSTS: usize = 40;
+    const BURST: usize = 10;
+    // A stall of rdkafka's flush is 100 ms; the broker answers in about 1.
+    const QUICK: &str = r#"le="0.064""#;
+    const SUM: &str = "outbox_relay_transaction_events_sum";
+    const TRANSACTIONS: &str = "outbox_relay_transaction_events_count";
+    const COMMITS: &str = "outbox_relay_commit_seconds_count";
+    let broker = Broker::get().await;
+    let kafka = kafka_config(&broker).await;
+    let http = integration_tests::http_client();
+    let database = TestDatabase::create().await;
+    let payments = spawn_payments(&kafka, &database.url).await;
+
+    for burst in 1..=BURSTS {
+        let mut sent = tokio::task::JoinSet::new();
+        for _ in 0..BURST {
+            let (http, url) = (http.clone(), payments.url("/payments"));
+            sent.spawn(async move {
+                let response = http
+                    .post(url)
+                    .json(&payment_request("c-commit", 100))
+                    .send()
+                    .await
+                    .expect("POST");
+                assert_eq!(response.status(), StatusCode::CREATED);
+            });
+        }
+        sent.join_all().await;
+        eventually("the burst published", || async {
+            (unlabelled(&http, &payments, SUM).await? == (burst * BURST) as f64).then_some(())
+        })
+        .await;
+    }
+    let text = metrics_text(&http, &payments).await.expect("metrics");
+    let transactions = unlabelled(&http, &payments, TRANSACTIONS)
+        .await
+        .expect("transactions");
+    let committed = unlabelled(&http, &payments, COMMITS).await.expect("commits");
+    let quick =
+        service_kit::metrics::sample(&text, "outbox_relay_commit_seconds_bucket", QUICK).expect("bucket");
+    let slow = committed as i64 - quick;
+    println!("{committed} transactions committed, {slow} of them in more than 64 ms");
+    assert!(transactions >= BURSTS as f64, "{text}");
+    assert_eq!(committed, transactions, "every commit timed:\n{text}");
+    // A machine may pause now and then.
+    assert!(
+        slow <= 2,
+        "{slow} of {committed} commits took more than 64 ms:\n{text}"
+    );
+    payments.stop().await;
+}
+
 /// The relay that leads is cut off from the database (a partition: its
 /// connections stay open and silent). The other instance's relay takes over
 /// and publishes what is written after, instead of waiting for TCP to notice.
