@@ -56,7 +56,7 @@ pub struct Config {
     pub outbox_test_batch_pause: Duration,
     /// `STATE_CACHE_ENTRIES`: how many payments' latest states are kept in
     /// memory to answer ServiceB's callbacks (see [`crate::latest`]); the
-    /// least recently used go first. Default 10,000.
+    /// least recently used go first. Default 100,000.
     pub state_cache_entries: usize,
     /// `IDEMPOTENCY_KEY_TTL_HOURS`: how long an `Idempotency-Key` is
     /// remembered; a retry after that is a new request. Default 24.
