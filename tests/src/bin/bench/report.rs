@@ -400,6 +400,15 @@ impl Report {
                 usage.cpu_percent
             );
         }
+        let payments = usage_of(&b.usage, "payments-service")
+            .cloned()
+            .unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "\nPayments meanwhile, answering ServiceB's callbacks: max RSS {:.1} MB, CPU {:.0}%.",
+            mb(payments.max_rss),
+            payments.cpu_percent
+        );
 
         let r = &self.relay;
         let relay_rate = r.events as f64 / r.took.as_secs_f64();
