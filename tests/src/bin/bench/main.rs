@@ -126,26 +126,36 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         .pool_max_idle_per_host(MAX_CONNECTIONS)
         .default_headers(operator)
         .build()?;
-    let load = Load {
-        http: http.clone(),
-        url: format!("http://127.0.0.1:{}/payments", stack.payments_port),
-        connections: options.connections,
-        seconds: Duration::from_secs(options.seconds),
-    };
-
+    let load = Load::on(stack, &http, options);
     let databases = Databases::connect(stack).await?;
 
     // Tracing's cost first: the closed loop with every service exporting
-    // its spans over OTLP, on a stack of its own processes.
+    // its spans over OTLP, on processes, topics and databases of its own,
+    // so that the stack measured next starts as a new deployment would
+    // (ServiceA's copy, read from the state topic, empty).
     let traced = match &options.otlp {
         Some(endpoint) => {
             eprintln!("bench: closed loop with span export to {endpoint}");
-            let services = start_all(stack, &http, &[(OTLP_ENDPOINT, endpoint)]).await?;
-            load.warm_up(&databases, &services[1]).await?;
-            let (outcome, usage) = sampled(&services, &http, spawned(load.closed(None))).await;
-            let step = measure(stack, &databases, &http, &services[1], &outcome, None, usage).await?;
-            stop_all(services).await?;
-            Some(step)
+            let own = Stack::new(
+                stack.bootstrap.clone(),
+                stack.server_url.clone(),
+                stack.bin_dir.clone(),
+                stack.log_dir.clone(),
+            )?;
+            own.create_databases().await?;
+            let step = async {
+                let (load, databases) = (Load::on(&own, &http, options), Databases::connect(&own).await?);
+                let services = start_all(&own, &http, &[(OTLP_ENDPOINT, endpoint)]).await?;
+                load.warm_up(&databases, &services[1]).await?;
+                let (outcome, usage) = sampled(&services, &http, spawned(load.closed(None))).await;
+                let step = measure(&own, &databases, &http, &services[1], &outcome, None, usage).await?;
+                stop_all(services).await?;
+                databases.close().await;
+                anyhow::Ok(step)
+            }
+            .await;
+            own.drop_databases().await?;
+            Some(step?)
         }
         None => None,
     };
@@ -321,6 +331,15 @@ struct Load {
 }
 
 impl Load {
+    fn on(stack: &Stack, http: &reqwest::Client, options: &Options) -> Self {
+        Self {
+            http: http.clone(),
+            url: format!("http://127.0.0.1:{}/payments", stack.payments_port),
+            connections: options.connections,
+            seconds: Duration::from_secs(options.seconds),
+        }
+    }
+
     /// `connections` clients, each sending its next payment once answered,
     /// for `seconds` or until `count` were accepted.
     fn closed(&self, count: Option<usize>) -> impl Future<Output = Outcome> + Send + 'static {
@@ -439,6 +458,12 @@ impl Databases {
             b: PgPool::connect(&stack.database_url(SERVICE_B)).await?,
             queries: Default::default(),
         })
+    }
+
+    async fn close(&self) {
+        for pool in [&self.p, &self.a, &self.b] {
+            pool.close().await;
+        }
     }
 
     fn queries(&self) -> [i64; 3] {
