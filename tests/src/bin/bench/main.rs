@@ -482,7 +482,6 @@ impl Databases {
     /// for most of the drain it measured.
     async fn handled(&self, accepted: &[Accepted], last: &mut [Option<DateTime<Utc>>; 2]) -> Result<()> {
         let since = accepted.iter().map(|a| a.sent_at).min().unwrap_or_default();
-        let ids: Vec<Uuid> = accepted.iter().map(|a| a.payment_id).collect();
         for (at, (database, table, time)) in last.iter_mut().zip([
             (1, "audit_entries", "recorded_at"),
             (2, "processed_notifications", "processed_at"),
@@ -497,9 +496,10 @@ impl Databases {
                     .bind(since)
                     .fetch_one(pool)
                     .await?;
-            if usize::try_from(since_first)? < ids.len() {
+            if usize::try_from(since_first)? < accepted.len() {
                 continue;
             }
+            let ids: Vec<Uuid> = accepted.iter().map(|a| a.payment_id).collect();
             self.queries[database].fetch_add(1, Ordering::Relaxed);
             let (count, max): (i64, Option<DateTime<Utc>>) = sqlx::query_as(&format!(
                 "SELECT count(DISTINCT payment_id), max({time}) FROM {table} WHERE payment_id = ANY($1)"
