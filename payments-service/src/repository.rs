@@ -477,8 +477,17 @@ impl Unit for Write {
     }
 
     /// Without a key, a write is its append alone.
-    fn one_statement(&self) -> bool {
-        self.claim.is_none() && matches!(&self.then, Then::Append(append) if append.one_statement())
+    fn only_append(&self) -> Option<&Append> {
+        match (&self.claim, &self.then) {
+            (None, Then::Append(append)) => Some(append),
+            _ => None,
+        }
+    }
+}
+
+impl From<Vec<RecordedEvent>> for Committed {
+    fn from(stored: Vec<RecordedEvent>) -> Self {
+        Self::Appended(stored)
     }
 }
 

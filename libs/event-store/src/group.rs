@@ -21,9 +21,13 @@
 //! would get on its own, and the others commit. The first unit needs no
 //! savepoint: should it fail, the transaction holds nothing else, and is
 //! rolled back whole. Nor does a unit that is one statement whose conflict
-//! writes nothing and aborts nothing ([`Unit::one_statement`]: an append of
-//! one event): in a group it costs its one round trip, and alone it runs
-//! without a transaction, as [`EventStore::append`] does. If the commit
+//! writes nothing and aborts nothing ([`Unit::only_append`]: an append of
+//! one event): alone it runs without a transaction, as
+//! [`EventStore::append`] does, and in a group the appends of one event
+//! with an exact expectation run first, together, in one statement (the
+//! first to each stream; a second to a stream runs after, when the first's
+//! event is there to see). So a group of such appends is three round trips
+//! (`BEGIN`, the statement, `COMMIT`), whatever its size. If the commit
 //! itself fails, no unit of the group is written: a database that is
 //! unavailable gives each caller the same failure ([`Error::Shared`]); any
 //! other failure is tried again one unit at a time, so each caller still
@@ -51,6 +55,7 @@
 //! [`service_kit::batch::Batched`], the one the consumers' grouped writes
 //! use; this module adds the transaction with a savepoint per unit.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -61,7 +66,7 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::model::{ExpectedVersion, NewEvent, RecordedEvent};
-use crate::store::EventStore;
+use crate::store::{EventStore, Lone};
 
 /// The most units one group takes. PostgreSQL keeps up to 64
 /// subtransaction ids per session where every other session's snapshot
@@ -72,26 +77,33 @@ pub const MAX_UNITS: usize = 32;
 
 /// One write of a group: what it does, on the group's transaction.
 pub trait Unit: Send + Sync + 'static {
-    type Output: Send + 'static;
+    /// The unit's outcome; a unit that is an append alone
+    /// ([`Unit::only_append`]) may be answered with its stored events.
+    type Output: From<Vec<RecordedEvent>> + Send + 'static;
     /// The unit's failure; a failure of the group (the database
     /// unavailable) reaches the caller through `From<Error>`.
     type Error: From<Error> + Send + 'static;
 
     /// Runs the unit on `conn`, inside the group's transaction (in a
-    /// savepoint of its own unless it runs first or is
-    /// [`Unit::one_statement`]). Run again, in a group of its own, should
-    /// the group's commit fail for another reason than an unavailable
-    /// database.
+    /// savepoint of its own unless it runs first or is one statement, see
+    /// [`Unit::only_append`]). Run again, in a group of its own, should the
+    /// group's commit fail for another reason than an unavailable database.
     fn run(&self, conn: &mut PgConnection) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
 
-    /// Whether the unit is one statement whose expected failures (a
-    /// conflict) write nothing and leave the transaction usable: it then
-    /// runs without a savepoint, and alone without a transaction, which
-    /// saves their round trips. Should it fail otherwise (the transaction
-    /// aborted), the group is run again one unit at a time.
-    fn one_statement(&self) -> bool {
-        false
+    /// The append that is all this unit writes, if it is. An append of one
+    /// event is one statement whose conflict writes nothing and leaves the
+    /// transaction usable: it then runs without a savepoint, alone without
+    /// a transaction, and with the group's other such appends in one
+    /// statement, which saves their round trips. Should it fail otherwise
+    /// (the transaction aborted), the group is run again one unit at a time.
+    fn only_append(&self) -> Option<&Append> {
+        None
     }
+}
+
+/// Whether `unit` is one statement: an append of one event alone.
+fn one_statement<U: Unit>(unit: &U) -> bool {
+    unit.only_append().is_some_and(|append| append.events.len() == 1)
 }
 
 /// One append, as [`EventStore::append`] makes it.
@@ -107,16 +119,15 @@ impl Unit for Append {
     type Error = Error;
 
     async fn run(&self, conn: &mut PgConnection) -> Result<Vec<RecordedEvent>> {
-        if self.one_statement() {
+        if one_statement(self) {
             EventStore::append_on(conn, &self.stream, self.expected, &self.events).await
         } else {
             EventStore::append_in(conn, &self.stream, self.expected, &self.events).await
         }
     }
 
-    /// One event: a conflict inserts nothing, and aborts nothing.
-    fn one_statement(&self) -> bool {
-        self.events.len() == 1
+    fn only_append(&self) -> Option<&Append> {
+        Some(self)
     }
 }
 
@@ -189,7 +200,7 @@ impl<U: Unit> Statement for Group<U> {
 
     async fn run(&self, units: &[Submitted<U>]) -> Result<Vec<Self::Answer>> {
         if let [Submitted { unit, span }] = units
-            && unit.one_statement()
+            && one_statement(unit)
         {
             let mut conn = self.pool.acquire().await?;
             return Ok(vec![unit.run(&mut conn).instrument(span.clone()).await]);
@@ -198,44 +209,71 @@ impl<U: Unit> Statement for Group<U> {
         // Whether the transaction holds a unit's writes, which a later
         // unit's failure must leave in place.
         let mut holds_writes = false;
-        let mut answers = Vec::with_capacity(units.len());
-        for Submitted { unit, span } in units {
+        let mut answers: Vec<Option<Self::Answer>> = units.iter().map(|_| None).collect();
+
+        // The appends of one event, the first to each stream, go first and
+        // together: one statement for all of them.
+        let mut streams = HashSet::new();
+        let (shared, lone): (Vec<usize>, Vec<Lone<'_>>) = units
+            .iter()
+            .enumerate()
+            .filter_map(|(i, Submitted { unit, span })| {
+                let lone = Lone::of(unit.only_append()?, span)?;
+                streams.insert(lone.append.stream.as_str()).then_some((i, lone))
+            })
+            .unzip();
+        if lone.len() > 1 {
+            let tx = open.insert(self.pool.begin().await?);
+            let outcomes = EventStore::append_each_on(tx, &lone).await?;
+            for (i, outcome) in shared.into_iter().zip(outcomes) {
+                holds_writes |= outcome.is_ok();
+                answers[i] = Some(outcome.map(U::Output::from).map_err(U::Error::from));
+            }
+        }
+
+        for (Submitted { unit, span }, answer) in units.iter().zip(&mut answers) {
+            if answer.is_some() {
+                continue;
+            }
             let tx = match open.as_mut() {
                 Some(tx) => tx,
                 None => open.insert(self.pool.begin().await?),
             };
-            let answer = if holds_writes && unit.one_statement() {
-                let answer = unit.run(tx).instrument(span.clone()).await;
-                if answer.is_err() {
+            let outcome = if holds_writes && one_statement(unit) {
+                let outcome = unit.run(tx).instrument(span.clone()).await;
+                if outcome.is_err() {
                     // Usable still, or the group is tried unit by unit.
                     sqlx::query("SELECT 1").execute(&mut **tx).await?;
                 }
-                answer
+                outcome
             } else if holds_writes {
                 let mut savepoint = tx.begin().await?;
-                let answer = unit.run(&mut savepoint).instrument(span.clone()).await;
-                if answer.is_ok() {
+                let outcome = unit.run(&mut savepoint).instrument(span.clone()).await;
+                if outcome.is_ok() {
                     savepoint.commit().await?;
                 } else {
                     savepoint.rollback().await?;
                 }
-                answer
+                outcome
             } else {
-                let answer = unit.run(tx).instrument(span.clone()).await;
-                if answer.is_err()
+                let outcome = unit.run(tx).instrument(span.clone()).await;
+                if outcome.is_err()
                     && let Some(tx) = open.take()
                 {
                     tx.rollback().await?;
                 }
-                answer
+                outcome
             };
-            holds_writes |= answer.is_ok();
-            answers.push(answer);
+            holds_writes |= outcome.is_ok();
+            *answer = Some(outcome);
         }
         if let Some(tx) = open {
             tx.commit().await?;
         }
-        Ok(answers)
+        Ok(answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| Err(Error::Unanswered.into())))
+            .collect())
     }
 }
 

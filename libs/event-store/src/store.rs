@@ -1,14 +1,18 @@
 //! [`EventStore`]: the PostgreSQL implementation.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use tracing::Instrument;
+
 use crate::commit_order::CommitOrder;
 use crate::error::{Error, Result};
+use crate::group::Append;
 use crate::model::{
     Backlog, Checkpoint, EventMetadata, ExpectedVersion, Hold, Holder, NewEvent, RecordedEvent, Snapshot,
 };
@@ -59,6 +63,25 @@ ON CONFLICT (stream_id, version) DO NOTHING
 RETURNING position, version, event_id, recorded_at
 "#;
 
+/// [`APPEND_ONE`] for many streams at once: one event each, appended after
+/// version `base` of its stream (0 for a new stream), with [`AT_VERSION`]'s
+/// guard row by row. A row whose version is taken, or whose guard fails,
+/// inserts nothing and fails nothing, so each append keeps its own outcome.
+/// The rows see the table as it was when the statement began, so no two may
+/// append to the same stream: the second would not see the first's event.
+const APPEND_EACH: &str = r#"
+INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data, metadata)
+SELECT e.stream_id, e.base + 1, e.event_id, e.event_type, e.schema_version, e.data, e.metadata
+FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[])
+         WITH ORDINALITY AS e(stream_id, base, event_id, event_type, schema_version, data, metadata, ord)
+WHERE e.base = 0
+   OR EXISTS (SELECT 1 FROM events v WHERE v.stream_id = e.stream_id AND v.version = e.base
+              AND v.transaction_id <= pg_current_xact_id())
+ORDER BY e.ord
+ON CONFLICT (stream_id, version) DO NOTHING
+RETURNING position, version, event_id, recorded_at
+"#;
+
 /// The stream is at version `$2`: it has that version (and the unique index
 /// refuses the next one if it has more), written by an older transaction or
 /// by this one. The last condition keeps the commit order (by transaction,
@@ -96,6 +119,69 @@ const MAY_END: &str = "(NOT COALESCE((SELECT rolsuper FROM pg_roles WHERE oid = 
          OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) \
      AND (pg_has_role(a.usesysid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE'))";
 
+/// An append that can share [`APPEND_EACH`] with others: one event, after
+/// a known version of its stream, and the span of the request that made it.
+pub(crate) struct Lone<'a> {
+    pub append: &'a Append,
+    pub after: u64,
+    pub event: &'a NewEvent,
+    pub span: &'a tracing::Span,
+}
+
+impl<'a> Lone<'a> {
+    /// `append`, if it is one event expected at an exact version (`Any`
+    /// retries until it wins, which a shared statement cannot do).
+    pub fn of(append: &'a Append, span: &'a tracing::Span) -> Option<Self> {
+        let after = match append.expected {
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::Exact(n) => n,
+            ExpectedVersion::Any => return None,
+        };
+        match append.events.as_slice() {
+            [event] => Some(Self {
+                append,
+                after,
+                event,
+                span,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// `event`, appended to `stream`, as an append's `RETURNING` row says it
+/// was stored.
+fn stored_event(row: &PgRow, stream: &str, event: &NewEvent) -> Result<RecordedEvent> {
+    Ok(RecordedEvent {
+        position: row.try_get("position")?,
+        stream_id: stream.to_owned(),
+        version: to_version(row.try_get("version")?),
+        event_id: event.event_id,
+        event_type: event.event_type.clone(),
+        schema_version: event.schema_version,
+        data: event.data.clone(),
+        metadata: event.metadata.clone(),
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
+
+/// The span of an append, after OpenTelemetry's database conventions: one
+/// `INSERT events` per append, in the trace of the request that made it;
+/// `statement_appends` of them shared its statement.
+fn append_span(stream: &str, events: usize, statement_appends: usize) -> tracing::Span {
+    tracing::info_span!(
+        "append",
+        otel.name = "INSERT events",
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = "INSERT",
+        db.collection.name = "events",
+        event_store.stream = stream,
+        event_store.events = events,
+        event_store.statement_appends = statement_appends,
+    )
+}
+
 /// An event store on a PostgreSQL connection pool. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EventStore {
@@ -103,13 +189,10 @@ pub struct EventStore {
 }
 
 impl EventStore {
-    /// Connects with up to `max_connections` connections.
+    /// Connects with up to `max_connections` connections, set up as every
+    /// service's are ([`service_kit::startup::pool_options`]).
     pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            // sqlx pings every connection it hands out by default: a round
-            // trip per append. A broken connection fails the query instead.
-            .test_before_acquire(false)
+        let pool = service_kit::startup::pool_options(max_connections)
             .connect_with(options)
             .await?;
         Ok(Self::new(pool))
@@ -155,6 +238,50 @@ impl EventStore {
         Self::with_actual_version(conn, appended).await
     }
 
+    /// One event appended to each of `appends`' streams, on `conn`, in one
+    /// statement ([`APPEND_EACH`]), each with its own outcome: its stored
+    /// event, or its conflict. No two may append to the same stream.
+    pub(crate) async fn append_each_on(
+        conn: &mut PgConnection,
+        appends: &[Lone<'_>],
+    ) -> Result<Vec<Result<Vec<RecordedEvent>>>> {
+        // Each request's trace has its append; the statement is shared.
+        let _spans: Vec<tracing::Span> = appends
+            .iter()
+            .map(|lone| lone.span.in_scope(|| append_span(&lone.append.stream, 1, appends.len())))
+            .collect();
+        let rows = sqlx::query(APPEND_EACH)
+            .bind(appends.iter().map(|l| l.append.stream.as_str()).collect::<Vec<_>>())
+            .bind(appends.iter().map(|l| i64::try_from(l.after).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+            .bind(appends.iter().map(|l| l.event.event_id).collect::<Vec<_>>())
+            .bind(appends.iter().map(|l| l.event.event_type.as_str()).collect::<Vec<_>>())
+            .bind(appends.iter().map(|l| l.event.schema_version).collect::<Vec<_>>())
+            .bind(appends.iter().map(|l| Json(&l.event.data)).collect::<Vec<_>>())
+            .bind(appends.iter().map(|l| Json(&l.event.metadata)).collect::<Vec<_>>())
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut inserted = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            inserted.insert(row.try_get::<Uuid, _>("event_id")?, row);
+        }
+        let mut outcomes = Vec::with_capacity(appends.len());
+        for Lone { append, event, .. } in appends {
+            let outcome = match inserted.get(&event.event_id) {
+                Some(row) => Ok(vec![stored_event(row, &append.stream, event)?]),
+                None => {
+                    let conflict = Err(Error::Conflict {
+                        stream: append.stream.clone(),
+                        expected: append.expected,
+                        actual: None,
+                    });
+                    Self::with_actual_version(conn, conflict).await
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
     /// [`EventStore::append`] on a connection of the caller's, so the append
     /// can share a transaction with other writes. It runs in a savepoint: a
     /// conflict leaves the caller's transaction usable.
@@ -197,22 +324,18 @@ impl EventStore {
         }
     }
 
-    /// The span follows OpenTelemetry's database conventions: one
-    /// `INSERT events` per append, in the trace of the request that made it.
-    #[tracing::instrument(
-        name = "append",
-        skip_all,
-        fields(
-            otel.name = "INSERT events",
-            otel.kind = "client",
-            db.system.name = "postgresql",
-            db.operation.name = "INSERT",
-            db.collection.name = "events",
-            event_store.stream = stream,
-            event_store.events = events.len(),
-        )
-    )]
     async fn insert(
+        conn: &mut PgConnection,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Vec<RecordedEvent>> {
+        Self::insert_unspanned(conn, stream, expected, events)
+            .instrument(append_span(stream, events.len(), 1))
+            .await
+    }
+
+    async fn insert_unspanned(
         conn: &mut PgConnection,
         stream: &str,
         expected: ExpectedVersion,
@@ -297,17 +420,7 @@ impl EventStore {
             let Some(event) = events.iter().find(|e| e.event_id == event_id) else {
                 continue;
             };
-            stored.push(RecordedEvent {
-                position: row.try_get("position")?,
-                stream_id: stream.to_owned(),
-                version: to_version(row.try_get("version")?),
-                event_id: event.event_id,
-                event_type: event.event_type.clone(),
-                schema_version: event.schema_version,
-                data: event.data.clone(),
-                metadata: event.metadata.clone(),
-                recorded_at: row.try_get("recorded_at")?,
-            });
+            stored.push(stored_event(row, stream, event)?);
         }
         stored.sort_by_key(|e| e.version);
         Ok(stored)

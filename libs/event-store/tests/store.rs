@@ -1,11 +1,18 @@
 //! The event store against a real PostgreSQL, a fresh database per test.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use event_store::group::Append;
 use event_store::testing::{TestDatabase, until_count};
 use event_store::{Error, EventMetadata, ExpectedVersion, GroupCommit, NewEvent};
 use serde_json::json;
+use tracing::Instrument;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 use uuid::Uuid;
 
 fn event(n: u32) -> NewEvent {
@@ -573,10 +580,11 @@ fn unit(stream: &str, expected: ExpectedVersion, n: u32) -> Append {
 
 type Committing = tokio::task::JoinHandle<Result<Vec<event_store::RecordedEvent>, Error>>;
 
-/// Commits `unit` through `group` from a task of its own.
+/// Commits `unit` through `group` from a task of its own, in a span of its
+/// own, as a request would.
 fn commit(group: &GroupCommit<Append>, unit: Append) -> Committing {
     let group = group.clone();
-    tokio::spawn(async move { group.commit(unit).await })
+    tokio::spawn(async move { group.commit(unit).await }.instrument(tracing::info_span!("request")))
 }
 
 /// Commits `units` as one group, in their order: a lone append to stream
@@ -616,12 +624,82 @@ async fn writers(store: &event_store::EventStore, streams: &[&str]) -> Vec<(Stri
     .expect("read the writing transactions")
 }
 
+/// The `append` spans (`INSERT events`) opened in this test binary.
+#[derive(Clone, Default)]
+struct AppendSpans(Arc<Mutex<Vec<AppendSpan>>>);
+
+/// An `append` span: how many appends shared its statement, and its parent.
+#[derive(Debug)]
+struct AppendSpan {
+    stream: String,
+    statement_appends: u64,
+    parent: Option<Id>,
+}
+
+impl AppendSpans {
+    /// The spans, recorded from now on by the binary's global subscriber.
+    fn recorded() -> Self {
+        static SPANS: OnceLock<AppendSpans> = OnceLock::new();
+        SPANS
+            .get_or_init(|| {
+                let spans = Self::default();
+                tracing_subscriber::registry()
+                    .with(spans.clone())
+                    .try_init()
+                    .expect("the first global subscriber");
+                spans
+            })
+            .clone()
+    }
+
+    fn of_stream(&self, stream: &str) -> Vec<(u64, Option<Id>)> {
+        let spans = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        spans
+            .iter()
+            .filter(|s| s.stream == stream)
+            .map(|s| (s.statement_appends, s.parent.clone()))
+            .collect()
+    }
+}
+
+impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for AppendSpans {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if attrs.metadata().name() != "append" {
+            return;
+        }
+        let mut span = AppendSpan {
+            stream: String::new(),
+            statement_appends: 0,
+            parent: ctx.span(id).and_then(|span| span.parent()).map(|parent| parent.id()),
+        };
+        attrs.record(&mut span);
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(span);
+    }
+}
+
+impl Visit for AppendSpan {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "event_store.stream" {
+            value.clone_into(&mut self.stream);
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "event_store.statement_appends" {
+            self.statement_appends = value;
+        }
+    }
+
+    fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+}
+
 #[tokio::test]
 async fn appends_submitted_together_commit_in_one_transaction_each_with_its_own_answer() {
+    let spans = AppendSpans::recorded();
     let db = TestDatabase::create().await;
     let group = GroupCommit::new(&db.store);
     // The ten that arrive while a lone append runs make the next group.
-    let streams: Vec<String> = (1..=10).map(|n| format!("s{n}")).collect();
+    let streams: Vec<String> = (1..=10).map(|n| format!("together-{n}")).collect();
     let next = one_group(
         &db,
         &group,
@@ -639,6 +717,17 @@ async fn appends_submitted_together_commit_in_one_transaction_each_with_its_own_
     assert_eq!(together.len(), 1, "one transaction for the ten: {together:?}");
     let alone = writers(&db.store, &["first"]).await;
     assert!(!together.contains(&alone[0].2), "the first committed on its own");
+
+    // One statement for the ten, and each request's trace has its append.
+    let mut parents = HashSet::new();
+    for stream in &streams {
+        let [(shared, parent)] = &spans.of_stream(stream)[..] else {
+            panic!("one append span for {stream}: {:?}", spans.of_stream(stream));
+        };
+        assert_eq!(*shared, 10, "the ten appends share one statement");
+        parents.insert(parent.clone().expect("the append's span has its request's as parent"));
+    }
+    assert_eq!(parents.len(), 10, "each append in its own request's trace");
 }
 
 #[tokio::test]
@@ -729,4 +818,41 @@ async fn a_write_that_aborts_its_group_fails_alone_and_the_others_are_written_on
     );
     assert!(matches!(outcomes[2], Ok(1)), "{outcomes:?}");
     assert_eq!(db.store.version("t").await.expect("version"), None);
+}
+
+#[tokio::test]
+async fn statements_are_planned_for_their_parameters_not_kept_from_when_the_table_was_small() {
+    let db = TestDatabase::create().await;
+    // One connection: the statements below, and the view of its prepared
+    // ones, on one session.
+    let options = db.url.parse().expect("the test database's URL");
+    let store = event_store::EventStore::connect(options, 1)
+        .await
+        .expect("connect");
+    for n in 1..=60 {
+        store
+            .append(&format!("s{n}"), ExpectedVersion::NoStream, &events(n..=n))
+            .await
+            .expect("append");
+    }
+    // What autovacuum does once a new table has its first rows.
+    sqlx::query("ANALYZE events")
+        .execute(store.pool())
+        .await
+        .expect("analyze");
+    for _ in 0..10 {
+        store.version("s1").await.expect("version");
+    }
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+         WHERE statement LIKE 'SELECT max(version) FROM events%'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("the session's prepared statements");
+    assert_eq!(
+        (generic, custom),
+        (0, 10),
+        "a generic plan made from a table's first statistics would outlive its growth"
+    );
 }

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use event_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent};
 use serde_json::json;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -115,11 +115,9 @@ async fn run(
     admin: &mut PgConnection,
 ) -> Result<(), BoxError> {
     let most_writers = options.writers.iter().copied().max().unwrap_or(1);
-    // As `EventStore::connect` sets it up: no ping on every checkout.
-    let pool = PgPoolOptions::new()
-        .max_connections(most_writers)
+    // As `EventStore::connect` sets it up, every connection open at once.
+    let pool = service_kit::startup::pool_options(most_writers)
         .min_connections(most_writers)
-        .test_before_acquire(false)
         .connect_with(database)
         .await?;
     let store = EventStore::new(pool);
