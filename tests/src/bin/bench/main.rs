@@ -13,7 +13,7 @@ mod profile;
 mod report;
 mod stack;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -250,13 +250,15 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     service_a.stop().await?;
     service_b.stop().await?;
     let backlog = load.closed(Some(options.backlog)).await;
-    let started = Utc::now();
-    let services = [
-        payments,
-        stack.start(SERVICE_A, &http, &[]).await?,
-        stack.start(SERVICE_B, &http, &[]).await?,
-    ];
-    let (drain, usage) = sampled(&services, &http, async {
+    let payments_cpu = payments.cpu().unwrap_or_default();
+    let (started, from) = (Utc::now(), Instant::now());
+    // Together: each one's drain is timed from this start.
+    let (service_a, service_b) = tokio::try_join!(
+        stack.start(SERVICE_A, &http, &[]),
+        stack.start(SERVICE_B, &http, &[])
+    )?;
+    let services = [payments, service_a, service_b];
+    let (drain, mut usage) = sampled(&services, &http, async {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         let mut last = [None, None];
         loop {
@@ -270,11 +272,26 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     })
     .await;
     let [a_done, b_done] = drain?;
+    // Their CPU from their start, not from when both were ready: by then
+    // much of a backlog may be drained.
+    let elapsed = from.elapsed().as_secs_f64();
+    for (service, usage) in services.iter().zip(&mut usage) {
+        let before = if service.name == PAYMENTS {
+            payments_cpu
+        } else {
+            Duration::ZERO
+        };
+        let used = service.cpu().unwrap_or_default().saturating_sub(before);
+        usage.cpu_percent = 100.0 * used.as_secs_f64() / elapsed;
+    }
+    let first = databases.first_handled(&backlog.accepted).await?;
+    let since_start = |at: Option<DateTime<Utc>>| (at? - started).to_std().ok();
     let backlog = Backlog {
         payments: backlog.accepted.len(),
         accepted_rate: backlog.accepted.len() as f64 / backlog.elapsed.as_secs_f64(),
         service_a: a_done,
         service_b: b_done,
+        first_handled: first.map(since_start),
         usage,
     };
     stop_all(services).await?;
@@ -476,10 +493,12 @@ impl Databases {
     /// clock, that of its transaction).
     ///
     /// Polled until both have, so it first counts over each one's time
-    /// index what it handled since the first was sent, and looks the ids up
-    /// only once that count is enough: looking up a 100,000-payment backlog
-    /// each time scans the whole table, and kept ServiceB's PostgreSQL busy
-    /// for most of the drain it measured.
+    /// index what it handled since the first was sent, and reads the ids
+    /// only once that count is enough: reading a 100,000-payment backlog
+    /// each time kept ServiceB's PostgreSQL busy for most of the drain it
+    /// measured. The ids are matched here, not with `payment_id = ANY($1)`:
+    /// there is no index by payment, and PostgreSQL compares each row with
+    /// every id of the array in turn, seconds of a core for a backlog.
     async fn handled(&self, accepted: &[Accepted], last: &mut [Option<DateTime<Utc>>; 2]) -> Result<()> {
         let since = accepted.iter().map(|a| a.sent_at).min().unwrap_or_default();
         for (at, (database, table, time)) in last.iter_mut().zip([
@@ -499,17 +518,46 @@ impl Databases {
             if usize::try_from(since_first)? < accepted.len() {
                 continue;
             }
-            let ids: Vec<Uuid> = accepted.iter().map(|a| a.payment_id).collect();
             self.queries[database].fetch_add(1, Ordering::Relaxed);
-            let (count, max): (i64, Option<DateTime<Utc>>) = sqlx::query_as(&format!(
-                "SELECT count(DISTINCT payment_id), max({time}) FROM {table} WHERE payment_id = ANY($1)"
-            ))
-            .bind(&ids)
-            .fetch_one(pool)
-            .await?;
-            *at = max.filter(|_| usize::try_from(count).is_ok_and(|n| n == ids.len()));
+            let handled = Self::handled_since(pool, table, time, since).await?;
+            let handled: Vec<_> = accepted.iter().filter_map(|a| handled.get(&a.payment_id)).collect();
+            *at = handled
+                .iter()
+                .max()
+                .filter(|_| handled.len() == accepted.len())
+                .map(|&&at| at);
         }
         Ok(())
+    }
+
+    /// When ServiceA and ServiceB handled the first of `accepted`.
+    async fn first_handled(&self, accepted: &[Accepted]) -> Result<[Option<DateTime<Utc>>; 2]> {
+        let since = accepted.iter().map(|a| a.sent_at).min().unwrap_or_default();
+        let mut first = [None, None];
+        for (first, (pool, table, time)) in first.iter_mut().zip([
+            (&self.a, "audit_entries", "recorded_at"),
+            (&self.b, "processed_notifications", "processed_at"),
+        ]) {
+            *first = Self::handled_since(pool, table, time, since).await?.into_values().min();
+        }
+        Ok(first)
+    }
+
+    /// When each payment handled since `since` was first handled, read over
+    /// `table`'s index on `time`.
+    async fn handled_since(
+        pool: &PgPool,
+        table: &str,
+        time: &str,
+        since: DateTime<Utc>,
+    ) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+        let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(&format!(
+            "SELECT payment_id, min({time}) FROM {table} WHERE {time} >= $1 GROUP BY payment_id"
+        ))
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// When the transaction that stored each of `ids` began (its first
@@ -530,16 +578,10 @@ impl Databases {
             .collect())
     }
 
-    /// When ServiceB recorded each of `ids`.
-    async fn recorded_at(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+    /// When ServiceB recorded each payment sent since `since`.
+    async fn recorded_at(&self, since: DateTime<Utc>) -> Result<HashMap<Uuid, DateTime<Utc>>> {
         self.queries[2].fetch_add(1, Ordering::Relaxed);
-        let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT payment_id, min(processed_at) FROM processed_notifications WHERE payment_id = ANY($1) GROUP BY payment_id",
-        )
-        .bind(ids)
-        .fetch_all(&self.b)
-        .await?;
-        Ok(rows.into_iter().collect())
+        Self::handled_since(&self.b, "processed_notifications", "processed_at", since).await
     }
 }
 
@@ -695,7 +737,15 @@ async fn measure(
 ) -> Result<Step> {
     let copied = drained(databases, http, service_a, &outcome.accepted).await?;
     let ids: Vec<Uuid> = outcome.accepted.iter().map(|a| a.payment_id).collect();
-    let recorded = databases.recorded_at(&ids).await?;
+    let first_sent = outcome
+        .accepted
+        .iter()
+        .map(|a| a.sent_at)
+        .min()
+        .context("nothing accepted")?;
+    let mut recorded = databases.recorded_at(first_sent).await?;
+    let step: HashSet<&Uuid> = ids.iter().collect();
+    recorded.retain(|id, _| step.contains(id));
     let stored = databases.stored_at(&ids).await?;
     let produced = produced_at(stack).await?;
     let between = |from: &HashMap<Uuid, DateTime<Utc>>, to: &HashMap<Uuid, DateTime<Utc>>| -> Summary {
@@ -709,12 +759,6 @@ async fn measure(
             .filter_map(|a| Some((*at.get(&a.payment_id)? - a.sent_at).num_microseconds()? as f64 / 1000.0))
             .collect()
     };
-    let first_sent = outcome
-        .accepted
-        .iter()
-        .map(|a| a.sent_at)
-        .min()
-        .context("nothing accepted")?;
     // How fast each followed: payments over the time from the first sent
     // to the last it had.
     let rate = |at: &HashMap<Uuid, DateTime<Utc>>| -> f64 {

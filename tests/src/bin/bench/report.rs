@@ -134,6 +134,8 @@ pub struct Backlog {
     /// `None`: not within the drain timeout.
     pub service_a: Option<Duration>,
     pub service_b: Option<Duration>,
+    /// From their start until each had handled its first.
+    pub first_handled: [Option<Duration>; 2],
     pub usage: Vec<Usage>,
 }
 
@@ -386,15 +388,19 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "| service | drained in | rate | max RSS while draining | CPU % |"
+            "| service | drained in | its first handled after | rate | max RSS while draining | CPU % |"
         );
-        let _ = writeln!(md, "|---|---:|---|---:|---:|");
-        for (name, took) in [("service-a", b.service_a), ("service-b", b.service_b)] {
+        let _ = writeln!(md, "|---|---:|---:|---|---:|---:|");
+        for ((name, took), first) in [("service-a", b.service_a), ("service-b", b.service_b)]
+            .into_iter()
+            .zip(b.first_handled)
+        {
             let usage = usage_of(&b.usage, name).cloned().unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| {name} | {} | {} | {:.1} MB | {:.0} |",
+                "| {name} | {} | {} | {} | {:.1} MB | {:.0} |",
                 secs(took),
+                secs(first),
                 rate(took),
                 mb(usage.max_rss),
                 usage.cpu_percent
