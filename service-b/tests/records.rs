@@ -461,3 +461,57 @@ async fn callbacks_reuse_their_connections_and_no_more_are_in_flight_than_the_bo
     assert_eq!(most, bound, "calls in flight at most");
     assert!(connections <= bound, "80 calls on {connections} connections");
 }
+
+/// ServiceB's schema on a pool the test can reach, connected as its records
+/// are (`Database::connect`).
+struct Connected(sqlx::PgPool);
+
+impl Database for Connected {
+    const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+    fn on(pool: sqlx::PgPool) -> Self {
+        Self(pool)
+    }
+}
+
+#[tokio::test]
+async fn lookups_are_planned_for_their_ids_not_kept_from_when_the_table_was_small() {
+    let database = TestDatabase::empty().await;
+    // One connection: the lookups, and the view of its prepared statements,
+    // on one session.
+    let Connected(pool) = Connected::connect(database.url.parse().expect("url"), 1)
+        .await
+        .expect("connect and migrate");
+    sqlx::query(
+        "INSERT INTO processed_notifications (event_id, payment_id) \
+         SELECT gen_random_uuid(), gen_random_uuid() FROM generate_series(1, 60)",
+    )
+    .execute(&pool)
+    .await
+    .expect("the first handled notifications");
+    // What autovacuum does once a new table has its first rows.
+    sqlx::query("ANALYZE processed_notifications")
+        .execute(&pool)
+        .await
+        .expect("analyze");
+    // ServiceB's lookup of handled notifications (`Records::handled`).
+    let lookup = "SELECT event_id FROM processed_notifications WHERE event_id = ANY($1)";
+    for _ in 0..10 {
+        sqlx::query(lookup)
+            .bind(vec![Uuid::now_v7()])
+            .fetch_all(&pool)
+            .await
+            .expect("lookup");
+    }
+    let (generic, custom): (i64, i64) =
+        sqlx::query_as("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1")
+            .bind(lookup)
+            .fetch_one(&pool)
+            .await
+            .expect("the session's prepared statements");
+    assert_eq!(
+        (generic, custom),
+        (0, 10),
+        "a generic plan made from a table's first statistics would outlive its growth"
+    );
+}

@@ -21,32 +21,14 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_millis(500);
 
 /// How a service's connection pool is set up: at most `max_connections`,
-/// no ping before each use, and each statement planned for its parameters.
-///
-/// - sqlx pings every connection it hands out by default, a round trip
-///   that `pg_stat_statements` does not show: one more per statement on the
-///   consumers' paths. A broken connection fails its query instead, which
-///   the handlers retry.
-/// - `plan_cache_mode = force_custom_plan`: PostgreSQL plans a prepared
-///   statement's first five runs for their parameters, then may keep one
-///   generic plan for the connection's life, costed from the table's
-///   statistics of that moment. A new service's tables are analyzed first
-///   when nearly empty (autovacuum, after 50 rows), and a generic plan made
-///   then scans the table whole, which stays cheap only as long as the
-///   table is small: ServiceB's lookup of 64 handled notifications took
-///   25 ms on 100,000 rows instead of 0.3 ms, until the next `ANALYZE`, in
-///   some of the bench's runs for all of its closed loop. Planning each run
-///   costs tens of microseconds of the server's CPU.
+/// and no ping before each use. sqlx pings every connection it hands out by
+/// default, a round trip that `pg_stat_statements` does not show: one more
+/// per statement on the consumers' paths. A broken connection fails its
+/// query instead, which the handlers retry.
 pub fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .test_before_acquire(false)
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                conn.execute("SET plan_cache_mode = force_custom_plan").await?;
-                Ok(())
-            })
-        })
 }
 
 /// A store in a service's own database, on one pool: ServiceA's audit log,
@@ -58,11 +40,34 @@ pub trait Database: Sized + Send {
     /// The store on `pool`.
     fn on(pool: PgPool) -> Self;
 
-    /// Connects with up to `max_connections` connections ([`pool_options`])
-    /// and brings the schema up to date.
+    /// Connects with up to `max_connections` connections ([`pool_options`]),
+    /// each planning every statement for its parameters, and brings the
+    /// schema up to date.
+    ///
+    /// `plan_cache_mode = force_custom_plan`: PostgreSQL plans a prepared
+    /// statement's first five runs for their parameters, then may keep one
+    /// generic plan for the connection's life, costed from the table's
+    /// statistics of that moment. A new service's tables are first analyzed
+    /// nearly empty (autovacuum, after their first 50 rows), and a generic
+    /// plan made then scans the whole table, which stays cheap only while
+    /// the table is small. The consumers' statements take arrays of 1 to
+    /// 512 ids, whose best plan also depends on how many: ServiceB's lookup
+    /// of 64 handled notifications took 25 ms on 100,000 rows instead of
+    /// 0.3 ms, until the table's next `ANALYZE` (in some runs of the bench,
+    /// for the whole closed loop and backlog). Their statements run once
+    /// per group of records, so planning each costs little; the event
+    /// store's appends, one statement each when alone, keep the cache.
     fn connect(options: PgConnectOptions, max_connections: u32) -> impl Future<Output = Result<Self>> + Send {
         async move {
-            let pool = pool_options(max_connections).connect_with(options).await?;
+            let pool = pool_options(max_connections)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("SET plan_cache_mode = force_custom_plan").await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(options)
+                .await?;
             Self::MIGRATOR.run(&pool).await?;
             Ok(Self::on(pool))
         }
