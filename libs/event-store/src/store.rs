@@ -248,16 +248,39 @@ impl EventStore {
         // Each request's trace has its append; the statement is shared.
         let _spans: Vec<tracing::Span> = appends
             .iter()
-            .map(|lone| lone.span.in_scope(|| append_span(&lone.append.stream, 1, appends.len())))
+            .map(|lone| {
+                lone.span
+                    .in_scope(|| append_span(&lone.append.stream, 1, appends.len()))
+            })
             .collect();
         let rows = sqlx::query(APPEND_EACH)
-            .bind(appends.iter().map(|l| l.append.stream.as_str()).collect::<Vec<_>>())
-            .bind(appends.iter().map(|l| i64::try_from(l.after).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+            .bind(
+                appends
+                    .iter()
+                    .map(|l| l.append.stream.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                appends
+                    .iter()
+                    .map(|l| i64::try_from(l.after).unwrap_or(i64::MAX))
+                    .collect::<Vec<_>>(),
+            )
             .bind(appends.iter().map(|l| l.event.event_id).collect::<Vec<_>>())
-            .bind(appends.iter().map(|l| l.event.event_type.as_str()).collect::<Vec<_>>())
+            .bind(
+                appends
+                    .iter()
+                    .map(|l| l.event.event_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .bind(appends.iter().map(|l| l.event.schema_version).collect::<Vec<_>>())
             .bind(appends.iter().map(|l| Json(&l.event.data)).collect::<Vec<_>>())
-            .bind(appends.iter().map(|l| Json(&l.event.metadata)).collect::<Vec<_>>())
+            .bind(
+                appends
+                    .iter()
+                    .map(|l| Json(&l.event.metadata))
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(&mut *conn)
             .await?;
         let mut inserted = HashMap::with_capacity(rows.len());

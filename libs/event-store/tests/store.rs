@@ -670,7 +670,10 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for AppendSpans {
         let mut span = AppendSpan {
             stream: String::new(),
             statement_appends: 0,
-            parent: ctx.span(id).and_then(|span| span.parent()).map(|parent| parent.id()),
+            parent: ctx
+                .span(id)
+                .and_then(|span| span.parent())
+                .map(|parent| parent.id()),
         };
         attrs.record(&mut span);
         self.0.lock().unwrap_or_else(PoisonError::into_inner).push(span);
@@ -725,7 +728,11 @@ async fn appends_submitted_together_commit_in_one_transaction_each_with_its_own_
             panic!("one append span for {stream}: {:?}", spans.of_stream(stream));
         };
         assert_eq!(*shared, 10, "the ten appends share one statement");
-        parents.insert(parent.clone().expect("the append's span has its request's as parent"));
+        parents.insert(
+            parent
+                .clone()
+                .expect("the append's span has its request's as parent"),
+        );
     }
     assert_eq!(parents.len(), 10, "each append in its own request's trace");
 }

@@ -520,7 +520,10 @@ impl Databases {
             }
             self.queries[database].fetch_add(1, Ordering::Relaxed);
             let handled = Self::handled_since(pool, table, time, since).await?;
-            let handled: Vec<_> = accepted.iter().filter_map(|a| handled.get(&a.payment_id)).collect();
+            let handled: Vec<_> = accepted
+                .iter()
+                .filter_map(|a| handled.get(&a.payment_id))
+                .collect();
             *at = handled
                 .iter()
                 .max()
@@ -538,7 +541,10 @@ impl Databases {
             (&self.a, "audit_entries", "recorded_at"),
             (&self.b, "processed_notifications", "processed_at"),
         ]) {
-            *first = Self::handled_since(pool, table, time, since).await?.into_values().min();
+            *first = Self::handled_since(pool, table, time, since)
+                .await?
+                .into_values()
+                .min();
         }
         Ok(first)
     }
