@@ -36,7 +36,7 @@ use crate::consumer::HandleError;
 
 /// The most rows one statement takes unless it says otherwise
 /// ([`Statement::MAX_ROWS`]): a bound on the statement's size and on how
-/// long its transaction holds its locks. The consumer's `max_in_flight` (64
+/// long its transaction holds its locks. The consumer's `max_in_flight` (256
 /// by default) usually bounds a group first.
 pub const MAX_ROWS: usize = 512;
 
