@@ -13,7 +13,7 @@ mod profile;
 mod report;
 mod stack;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -260,18 +260,17 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     let services = [payments, service_a, service_b];
     let (drain, mut usage) = sampled(&services, &http, async {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        let mut last = [None, None];
+        let mut handled = [None, None];
         loop {
-            databases.handled(&backlog.accepted, &mut last).await?;
-            if !last.contains(&None) || Instant::now() > deadline {
-                // From their start until each handled its last one.
-                break anyhow::Ok(last.map(|at| (at? - started).to_std().ok()));
+            databases.handled(&backlog.accepted, &mut handled).await?;
+            if handled.iter().all(Option::is_some) || Instant::now() > deadline {
+                break anyhow::Ok(handled);
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })
     .await;
-    let [a_done, b_done] = drain?;
+    let handled = drain?;
     // Their CPU from their start, not from when both were ready: by then
     // much of a backlog may be drained.
     let elapsed = from.elapsed().as_secs_f64();
@@ -284,14 +283,19 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         let used = service.cpu().unwrap_or_default().saturating_sub(before);
         usage.cpu_percent = 100.0 * used.as_secs_f64() / elapsed;
     }
-    let first = databases.first_handled(&backlog.accepted).await?;
-    let since_start = |at: Option<DateTime<Utc>>| (at? - started).to_std().ok();
+    // From their start until each handled its first one, and its last.
+    let since_start = |pick: fn(&Handled) -> Option<DateTime<Utc>>| {
+        handled
+            .each_ref()
+            .map(|times| (pick(times.as_ref()?)? - started).to_std().ok())
+    };
+    let [a_done, b_done] = since_start(|times| times.values().max().copied());
     let backlog = Backlog {
         payments: backlog.accepted.len(),
         accepted_rate: backlog.accepted.len() as f64 / backlog.elapsed.as_secs_f64(),
         service_a: a_done,
         service_b: b_done,
-        first_handled: first.map(since_start),
+        first_handled: since_start(|times| times.values().min().copied()),
         usage,
     };
     stop_all(services).await?;
@@ -488,9 +492,9 @@ impl Databases {
     }
 
     /// Whether ServiceA audited and ServiceB recorded every one of
-    /// `accepted`: for each of `last` (`[ServiceA, ServiceB]`) still `None`,
-    /// once it has, the last moment it handled one of them (its database's
-    /// clock, that of its transaction).
+    /// `accepted`: for each of `handled` (`[ServiceA, ServiceB]`) still
+    /// `None`, once it has, when it handled each (its database's clock,
+    /// that of its transaction).
     ///
     /// Polled until both have, so it first counts over each one's time
     /// index what it handled since the first was sent, and reads the ids
@@ -499,13 +503,13 @@ impl Databases {
     /// measured. The ids are matched here, not with `payment_id = ANY($1)`:
     /// there is no index by payment, and PostgreSQL compares each row with
     /// every id of the array in turn, seconds of a core for a backlog.
-    async fn handled(&self, accepted: &[Accepted], last: &mut [Option<DateTime<Utc>>; 2]) -> Result<()> {
+    async fn handled(&self, accepted: &[Accepted], handled: &mut [Option<Handled>; 2]) -> Result<()> {
         let since = accepted.iter().map(|a| a.sent_at).min().unwrap_or_default();
-        for (at, (database, table, time)) in last.iter_mut().zip([
+        for (times, (database, table, time)) in handled.iter_mut().zip([
             (1, "audit_entries", "recorded_at"),
             (2, "processed_notifications", "processed_at"),
         ]) {
-            if at.is_some() {
+            if times.is_some() {
                 continue;
             }
             let pool = if database == 1 { &self.a } else { &self.b };
@@ -519,34 +523,14 @@ impl Databases {
                 continue;
             }
             self.queries[database].fetch_add(1, Ordering::Relaxed);
-            let handled = Self::handled_since(pool, table, time, since).await?;
-            let handled: Vec<_> = accepted
+            let all = Self::handled_since(pool, table, time, since).await?;
+            let these: Handled = accepted
                 .iter()
-                .filter_map(|a| handled.get(&a.payment_id))
+                .filter_map(|a| Some((a.payment_id, *all.get(&a.payment_id)?)))
                 .collect();
-            *at = handled
-                .iter()
-                .max()
-                .filter(|_| handled.len() == accepted.len())
-                .map(|&&at| at);
+            *times = (these.len() == accepted.len()).then_some(these);
         }
         Ok(())
-    }
-
-    /// When ServiceA and ServiceB handled the first of `accepted`.
-    async fn first_handled(&self, accepted: &[Accepted]) -> Result<[Option<DateTime<Utc>>; 2]> {
-        let since = accepted.iter().map(|a| a.sent_at).min().unwrap_or_default();
-        let mut first = [None, None];
-        for (first, (pool, table, time)) in first.iter_mut().zip([
-            (&self.a, "audit_entries", "recorded_at"),
-            (&self.b, "processed_notifications", "processed_at"),
-        ]) {
-            *first = Self::handled_since(pool, table, time, since)
-                .await?
-                .into_values()
-                .min();
-        }
-        Ok(first)
     }
 
     /// When each payment handled since `since` was first handled, read over
@@ -583,36 +567,34 @@ impl Databases {
             .filter_map(|(stream, at)| Some((*streams.get(&stream)?, at)))
             .collect())
     }
-
-    /// When ServiceB recorded each payment sent since `since`.
-    async fn recorded_at(&self, since: DateTime<Utc>) -> Result<HashMap<Uuid, DateTime<Utc>>> {
-        self.queries[2].fetch_add(1, Ordering::Relaxed);
-        Self::handled_since(&self.b, "processed_notifications", "processed_at", since).await
-    }
 }
 
+/// When each payment was handled, by payment id.
+type Handled = HashMap<Uuid, DateTime<Utc>>;
+
 /// Waits until ServiceB recorded and ServiceA audited and copied every
-/// payment of `accepted`; returns when ServiceA copied each.
+/// payment of `accepted`; returns when ServiceA copied each, and when
+/// ServiceB recorded each.
 async fn drained(
     databases: &Databases,
     http: &reqwest::Client,
     service_a: &Service,
     accepted: &[Accepted],
-) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+) -> Result<(Handled, Handled)> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    let mut last = [None, None];
-    loop {
-        databases.handled(accepted, &mut last).await?;
-        if !last.contains(&None) {
-            break;
+    let mut handled = [None, None];
+    let recorded = loop {
+        databases.handled(accepted, &mut handled).await?;
+        if let [Some(_), Some(recorded)] = &mut handled {
+            break std::mem::take(recorded);
         }
         if Instant::now() > deadline {
             bail!("the consumers did not catch up within {DRAIN_TIMEOUT:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     let ids: Vec<Uuid> = accepted.iter().map(|a| a.payment_id).collect();
-    copied_at(http, service_a, &ids).await
+    Ok((copied_at(http, service_a, &ids).await?, recorded))
 }
 
 /// When ServiceA's copy of each of `ids` last changed (`Copied-At`), asking
@@ -741,7 +723,7 @@ async fn measure(
     offered: Option<(u32, f64)>,
     usage: Vec<Usage>,
 ) -> Result<Step> {
-    let copied = drained(databases, http, service_a, &outcome.accepted).await?;
+    let (copied, recorded) = drained(databases, http, service_a, &outcome.accepted).await?;
     let ids: Vec<Uuid> = outcome.accepted.iter().map(|a| a.payment_id).collect();
     let first_sent = outcome
         .accepted
@@ -749,9 +731,6 @@ async fn measure(
         .map(|a| a.sent_at)
         .min()
         .context("nothing accepted")?;
-    let mut recorded = databases.recorded_at(first_sent).await?;
-    let step: HashSet<&Uuid> = ids.iter().collect();
-    recorded.retain(|id, _| step.contains(id));
     let stored = databases.stored_at(&ids).await?;
     let produced = produced_at(stack).await?;
     let between = |from: &HashMap<Uuid, DateTime<Utc>>, to: &HashMap<Uuid, DateTime<Utc>>| -> Summary {
