@@ -16,7 +16,7 @@ use event_store::{Checkpoint, CommitOrder};
 use serde::Serialize;
 use service_kit::CancellationToken;
 use service_kit::Result;
-use service_kit::batch::{Batched, Statement};
+use service_kit::batch::{Batched, Sql};
 use service_kit::config::RetentionConfig;
 use service_kit::retention::Expiring;
 use service_kit::startup::Database;
@@ -77,7 +77,7 @@ pub struct NewEntry {
 #[derive(Debug, Clone)]
 pub struct Audit {
     pool: PgPool,
-    inserts: Batched<Insert>,
+    inserts: Batched<Sql<NewEntry, bool>>,
 }
 
 impl Audit {
@@ -126,7 +126,9 @@ impl Database for Audit {
 
     fn on(pool: PgPool) -> Self {
         Self {
-            inserts: Batched::new(Insert { pool: pool.clone() }),
+            inserts: Batched::new(Sql::new(pool.clone(), |pool, entries| {
+                Box::pin(insert(pool, entries))
+            })),
             pool,
         }
     }
@@ -134,51 +136,40 @@ impl Database for Audit {
 
 /// Inserts a group of entries, each unless its notification was recorded
 /// before; answers, for each, whether it was new.
-#[derive(Debug)]
-struct Insert {
-    pool: PgPool,
-}
-
-impl Statement for Insert {
-    type Row = NewEntry;
-    type Answer = bool;
-    type Error = service_kit::Error;
-
-    async fn run(&self, entries: &[NewEntry]) -> Result<Vec<bool>> {
-        let column = |f: fn(&NewEntry) -> Uuid| entries.iter().map(f).collect::<Vec<_>>();
-        // In the order submitted, so `seq` follows it.
-        let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO audit_entries \
-                 (event_id, payment_id, kind, occurred_at, recorded_at, source, correlation_id, \
-                  topic_partition, topic_offset) \
-             SELECT event_id, payment_id, kind, occurred_at, now(), source, correlation_id, \
-                    topic_partition, topic_offset \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], \
-                         $6::uuid[], $7::int4[], $8::int8[]) \
-                  WITH ORDINALITY AS e(event_id, payment_id, kind, occurred_at, source, \
-                                       correlation_id, topic_partition, topic_offset, ord) \
-             ORDER BY ord \
-             ON CONFLICT (event_id) DO NOTHING \
-             RETURNING event_id",
-        )
-        .bind(column(|e| e.event_id.into()))
-        .bind(column(|e| e.payment_id.into()))
-        .bind(entries.iter().map(|e| e.kind).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.source.as_str()).collect::<Vec<_>>())
-        .bind(column(|e| e.correlation_id))
-        .bind(entries.iter().map(|e| e.partition).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.offset).collect::<Vec<_>>())
-        .fetch_all(&self.pool)
-        .await?;
-        // A notification submitted twice in one group was inserted once:
-        // only its first submission is told it was new.
-        let mut inserted: HashSet<Uuid> = inserted.into_iter().collect();
-        Ok(entries
-            .iter()
-            .map(|e| inserted.remove(&Uuid::from(e.event_id)))
-            .collect())
-    }
+async fn insert(pool: &PgPool, entries: &[NewEntry]) -> Result<Vec<bool>> {
+    let column = |f: fn(&NewEntry) -> Uuid| entries.iter().map(f).collect::<Vec<_>>();
+    // In the order submitted, so `seq` follows it.
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO audit_entries \
+             (event_id, payment_id, kind, occurred_at, recorded_at, source, correlation_id, \
+              topic_partition, topic_offset) \
+         SELECT event_id, payment_id, kind, occurred_at, now(), source, correlation_id, \
+                topic_partition, topic_offset \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], \
+                     $6::uuid[], $7::int4[], $8::int8[]) \
+              WITH ORDINALITY AS e(event_id, payment_id, kind, occurred_at, source, \
+                                   correlation_id, topic_partition, topic_offset, ord) \
+         ORDER BY ord \
+         ON CONFLICT (event_id) DO NOTHING \
+         RETURNING event_id",
+    )
+    .bind(column(|e| e.event_id.into()))
+    .bind(column(|e| e.payment_id.into()))
+    .bind(entries.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.source.as_str()).collect::<Vec<_>>())
+    .bind(column(|e| e.correlation_id))
+    .bind(entries.iter().map(|e| e.partition).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.offset).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    // A notification submitted twice in one group was inserted once:
+    // only its first submission is told it was new.
+    let mut inserted: HashSet<Uuid> = inserted.into_iter().collect();
+    Ok(entries
+        .iter()
+        .map(|e| inserted.remove(&Uuid::from(e.event_id)))
+        .collect())
 }
 
 fn entry(cursor: Checkpoint, row: &PgRow) -> Result<AuditEntry> {

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use service_kit::CancellationToken;
 use service_kit::Result;
-use service_kit::batch::{Batched, Statement};
+use service_kit::batch::{Batched, Sql};
 use service_kit::config::RetentionConfig;
 use service_kit::retention::Expiring;
 use service_kit::startup::Database;
@@ -55,8 +55,8 @@ pub struct CallbackRecord {
 #[derive(Debug, Clone)]
 pub struct Records {
     pool: PgPool,
-    lookups: Batched<Handled>,
-    writes: Batched<Record>,
+    lookups: Batched<Sql<EventId, bool>>,
+    writes: Batched<Sql<CallbackRecord, bool>>,
 }
 
 impl Records {
@@ -120,61 +120,42 @@ impl Database for Records {
 
     fn on(pool: PgPool) -> Self {
         Self {
-            lookups: Batched::new(Handled { pool: pool.clone() }),
-            writes: Batched::new(Record { pool: pool.clone() }),
+            lookups: Batched::new(Sql::new(pool.clone(), |pool, ids| Box::pin(handled(pool, ids)))),
+            writes: Batched::new(Sql::new(pool.clone(), |pool, records| {
+                Box::pin(record(pool, records))
+            })),
             pool,
         }
     }
 }
 
 /// Which of a group of notifications were handled already.
-#[derive(Debug)]
-struct Handled {
-    pool: PgPool,
-}
-
-impl Statement for Handled {
-    type Row = EventId;
-    type Answer = bool;
-    type Error = service_kit::Error;
-
-    async fn run(&self, event_ids: &[EventId]) -> Result<Vec<bool>> {
-        let ids: Vec<Uuid> = event_ids.iter().map(|&id| id.into()).collect();
-        let handled: HashSet<Uuid> =
-            sqlx::query_scalar("SELECT event_id FROM processed_notifications WHERE event_id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .collect();
-        Ok(ids.iter().map(|id| handled.contains(id)).collect())
-    }
+async fn handled(pool: &PgPool, event_ids: &[EventId]) -> Result<Vec<bool>> {
+    let ids: Vec<Uuid> = event_ids.iter().map(|&id| id.into()).collect();
+    let handled: HashSet<Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM processed_notifications WHERE event_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    Ok(ids.iter().map(|id| handled.contains(id)).collect())
 }
 
 /// Records a group of callbacks, each with its notification's mark, and
 /// answers, for each, whether its notification was new.
-#[derive(Debug)]
-struct Record {
-    pool: PgPool,
-}
-
-impl Statement for Record {
-    type Row = CallbackRecord;
-    type Answer = bool;
-    type Error = service_kit::Error;
-
-    async fn run(&self, records: &[CallbackRecord]) -> Result<Vec<bool>> {
-        // One statement: a record is written only when its notification's
-        // mark was (data-modifying CTEs all run, and see each other's rows
-        // through RETURNING). A payment is upserted once per statement at
-        // most: one payment twice in a group (which the consumer's key
-        // order makes rare) fails the statement, and `Batched` writes its
-        // rows one by one.
-        let new: Vec<bool> = sqlx::query_scalar(
-            r"
+async fn record(pool: &PgPool, records: &[CallbackRecord]) -> Result<Vec<bool>> {
+    // One statement: a record is written only when its notification's
+    // mark was (data-modifying CTEs all run, and see each other's rows
+    // through RETURNING). A payment is upserted once per statement at
+    // most: one payment twice in a group (which the consumer's key
+    // order makes rare) fails the statement, and `Batched` writes its
+    // rows one by one.
+    let new: Vec<bool> = sqlx::query_scalar(
+        r"
 WITH input AS (
     SELECT * FROM UNNEST($1::uuid[], $2::jsonb[], $3::int8[], $4::uuid[], $5::timestamptz[], $6::int4[])
-        WITH ORDINALITY AS i(payment_id, payment, version, notification_id, fetched_at, attempts, ord)
+    WITH ORDINALITY AS i(payment_id, payment, version, notification_id, fetched_at, attempts, ord)
 ), first AS (
     INSERT INTO processed_notifications (event_id, payment_id)
     SELECT notification_id, payment_id FROM input ORDER BY ord
@@ -182,39 +163,38 @@ WITH input AS (
     RETURNING event_id
 ), recorded AS (
     INSERT INTO payment_records AS r
-        (payment_id, payment, version, notification_id, fetched_at, attempts, notifications)
+    (payment_id, payment, version, notification_id, fetched_at, attempts, notifications)
     SELECT payment_id, payment, version, notification_id, fetched_at, attempts, 1
     FROM input JOIN first ON first.event_id = input.notification_id
     ORDER BY ord
     ON CONFLICT (payment_id) DO UPDATE SET
-        notifications   = r.notifications + 1,
-        payment         = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.payment ELSE r.payment END,
-        notification_id = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.notification_id ELSE r.notification_id END,
-        fetched_at      = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.fetched_at ELSE r.fetched_at END,
-        attempts        = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.attempts ELSE r.attempts END,
-        version         = GREATEST(EXCLUDED.version, r.version)
+    notifications   = r.notifications + 1,
+    payment         = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.payment ELSE r.payment END,
+    notification_id = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.notification_id ELSE r.notification_id END,
+    fetched_at      = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.fetched_at ELSE r.fetched_at END,
+    attempts        = CASE WHEN EXCLUDED.version >= r.version THEN EXCLUDED.attempts ELSE r.attempts END,
+    version         = GREATEST(EXCLUDED.version, r.version)
 )
 SELECT notification_id IN (SELECT event_id FROM first) FROM input ORDER BY ord
 ",
-        )
-        .bind(records.iter().map(|r| Uuid::from(r.payment.payment_id)).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| Json(&r.payment)).collect::<Vec<_>>())
-        .bind(
-            records
-                .iter()
-                .map(|r| i64::try_from(r.payment.version).unwrap_or(i64::MAX))
-                .collect::<Vec<_>>(),
-        )
-        .bind(records.iter().map(|r| Uuid::from(r.notification_id)).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.fetched_at).collect::<Vec<_>>())
-        .bind(
-            records
-                .iter()
-                .map(|r| i32::try_from(r.attempts).unwrap_or(i32::MAX))
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(new)
-    }
+    )
+    .bind(records.iter().map(|r| Uuid::from(r.payment.payment_id)).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| Json(&r.payment)).collect::<Vec<_>>())
+    .bind(
+        records
+            .iter()
+            .map(|r| i64::try_from(r.payment.version).unwrap_or(i64::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .bind(records.iter().map(|r| Uuid::from(r.notification_id)).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.fetched_at).collect::<Vec<_>>())
+    .bind(
+        records
+            .iter()
+            .map(|r| i32::try_from(r.attempts).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(new)
 }

@@ -27,8 +27,10 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use sqlx::PgPool;
 use tokio::sync::oneshot;
 
 use crate::Error;
@@ -53,6 +55,38 @@ pub trait Statement: Send + Sync + 'static {
     /// Runs once for all of `rows`, in one transaction, and answers each
     /// row, in the order of `rows`.
     fn run(&self, rows: &[Self::Row]) -> impl Future<Output = Result<Vec<Self::Answer>, Self::Error>> + Send;
+}
+
+/// What an [`Sql`] statement's function returns: the answers of its rows.
+pub type SqlFuture<'a, Answer> = Pin<Box<dyn Future<Output = crate::Result<Vec<Answer>>> + Send + 'a>>;
+
+/// A [`Statement`] on a service's own database: a function of the pool and
+/// the rows, as ServiceA and ServiceB write theirs:
+/// `Sql::new(pool, |pool, rows| Box::pin(insert(pool, rows)))`, where
+/// `insert` is an `async fn(&PgPool, &[Row]) -> Result<Vec<Answer>>`.
+/// (The future is boxed because a plain `async fn` pointer cannot promise a
+/// `Send` future on stable Rust; one allocation per group is nothing next
+/// to its round trip.)
+#[derive(Debug)]
+pub struct Sql<Row, Answer> {
+    pool: PgPool,
+    run: for<'a> fn(&'a PgPool, &'a [Row]) -> SqlFuture<'a, Answer>,
+}
+
+impl<Row, Answer> Sql<Row, Answer> {
+    pub fn new(pool: PgPool, run: for<'a> fn(&'a PgPool, &'a [Row]) -> SqlFuture<'a, Answer>) -> Self {
+        Self { pool, run }
+    }
+}
+
+impl<Row: Send + Sync + 'static, Answer: Send + 'static> Statement for Sql<Row, Answer> {
+    type Row = Row;
+    type Answer = Answer;
+    type Error = Error;
+
+    async fn run(&self, rows: &[Row]) -> crate::Result<Vec<Answer>> {
+        (self.run)(&self.pool, rows).await
+    }
 }
 
 /// What [`Batched`] needs of a statement's error to answer every row of a
