@@ -16,7 +16,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseProducer, Producer};
 
-use crate::local::process::{is_alive, runs, terminate};
+use crate::local::process::{is_alive, runs, spawn_detached, terminate};
 
 /// Where clients reach the local broker (and node 1 of the cluster).
 pub const BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -210,7 +210,6 @@ impl LocalBroker {
         let config = self.write_config(node)?;
         self.format_storage(node, &config).await?;
 
-        let log = fs::File::create(self.node_log_path(node))?;
         let mut command = std::process::Command::new(java());
         // A cluster's three JVMs share the machine: less heap each.
         let heap = if self.nodes == 1 { "-Xmx1g" } else { "-Xmx512m" };
@@ -223,26 +222,18 @@ impl LocalBroker {
             .arg("-cp")
             .arg(&classpath)
             .arg("kafka.Kafka")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            .arg(&config);
         // Its own process group: ctrl-c in the terminal reaches the services,
         // which need the broker to commit their offsets on the way out; the
-        // broker is stopped after them.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command
-            .spawn()
-            .context("cannot start java (is a JDK 17+ installed?)")?;
-        let pid = child.id();
-        fs::write(self.pid_path(node), pid.to_string())?;
+        // broker is stopped after them. Not waited on: it outlives `cargo
+        // xtask kafka up`.
+        let pid = spawn_detached(command, &self.node_log_path(node), &self.pid_path(node))
+            .context("is a JDK 17+ installed?")?;
         eprintln!(
             "xtask: starting Apache Kafka node {node} of {} (pid {pid}), log: {}",
             self.nodes,
             self.node_log_path(node).display()
         );
-        // Not waited on here: the broker outlives `cargo xtask kafka up`.
-        drop(child);
         Ok(pid)
     }
 

@@ -61,11 +61,7 @@ pub async fn with_stack(
                 Some(_) => eprintln!("xtask: using the PostgreSQL in DATABASE_URL"),
                 None => started_postgres = postgres.start().await?,
             }
-            let mut build = vec!["build", "--quiet"];
-            for service in SERVICES {
-                build.extend(["--package", service]);
-            }
-            crate::cargo(root, &build, &[]).await
+            build_services(root, "--quiet").await
         })
         .await?;
         run_services(root, env, kafka_users.as_deref(), work).await
@@ -76,6 +72,15 @@ pub async fn with_stack(
     let stopped_postgres = if started_postgres { postgres.stop() } else { Ok(()) };
     let stopped_broker = if started_broker { broker.stop() } else { Ok(()) };
     result.and(stopped_postgres).and(stopped_broker)
+}
+
+/// `cargo build <flag>` of the services' binaries.
+pub async fn build_services(root: &Path, flag: &str) -> Result<()> {
+    let mut build = vec!["build", flag];
+    for service in SERVICES {
+        build.extend(["--package", service]);
+    }
+    crate::cargo(root, &build, &[]).await
 }
 
 /// Runs the services; with `kafka_users`, each logs in as its own on the
@@ -142,20 +147,10 @@ async fn run_services(
     let outcome = tokio::select! {
         () = interrupted => {
             eprintln!("xtask: stopping the demo");
-            if has_work {
-                Err(anyhow::anyhow!("interrupted before the task ended"))
-            } else {
-                Ok(())
-            }
+            (!has_work).then_some(()).context("interrupted before the task ended")
         }
         // The demo ends with its services; a task cannot go on without them.
-        () = exited => {
-            if has_work {
-                Err(anyhow::anyhow!("a service exited before the task ended"))
-            } else {
-                Ok(())
-            }
-        }
+        () = exited => (!has_work).then_some(()).context("a service exited before the task ended"),
         outcome = worked => outcome,
     };
 

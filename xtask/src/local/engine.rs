@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 
-use crate::local::process::{is_alive, runs, runs_program, terminate};
+use crate::local::process::{is_alive, runs, runs_program, spawn_detached, terminate};
 
 /// Where podman serves the Docker API.
 pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
@@ -48,21 +48,10 @@ pub struct Engine {
 impl Engine {
     /// The engine that answers on the Docker socket, if one does.
     pub async fn running() -> Option<Self> {
-        let output = Command::new("docker")
-            .args([
-                "version",
-                "--format",
-                "{{range .Server.Components}}{{.Name}};{{end}}",
-            ])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .await
-            .ok()?;
-        if !output.status.success() {
-            return None;
-        }
-        let podman = String::from_utf8_lossy(&output.stdout).contains("Podman");
+        let format = "{{range .Server.Components}}{{.Name}};{{end}}";
+        let podman = printed("docker", &["version", "--format", format])
+            .await?
+            .contains("Podman");
         Some(Self {
             cli: if podman { "podman" } else { "docker" },
         })
@@ -102,23 +91,10 @@ impl Engine {
     /// such label), or `None` when there is no such image.
     pub async fn image_label(&self, image: &str, label: &str) -> Option<String> {
         let format = format!("{{{{index .Config.Labels \"{label}\"}}}}");
-        let output = self
-            .command()
-            .args(["image", "inspect", "--format", &format, image])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .await
-            .ok()?;
-        let value = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let value = printed(self.cli, &["image", "inspect", "--format", &format, image]).await?;
         // An image without labels prints "<no value>" (docker) or nothing (podman).
-        output.status.success().then(|| {
-            if value == "<no value>" {
-                String::new()
-            } else {
-                value
-            }
-        })
+        let value = value.trim();
+        Some(if value == "<no value>" { "" } else { value }.to_owned())
     }
 }
 
@@ -224,24 +200,15 @@ impl Service {
             return Ok(false);
         }
         fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let log = fs::File::create(self.log_path())?;
         let mut command = std::process::Command::new(std::env::current_exe()?);
-        command
-            .args(["engine", "serve"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        command.args(["engine", "serve"]);
         // Its own process group: it outlives this command, and ctrl-c in the
         // terminal that started it does not reach it.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command.spawn().context("cannot start the engine service")?;
-        let pid = child.id();
-        fs::write(self.pid_path(), pid.to_string())?;
+        let pid = spawn_detached(command, &self.log_path(), &self.pid_path())?;
         eprintln!(
             "xtask: starting podman's Docker API on {DOCKER_SOCKET} (pid {pid}), log: {}",
             self.log_path().display()
         );
-        drop(child);
         wait_until_serving(pid, &self.log_path()).await?;
         Ok(true)
     }
@@ -390,32 +357,30 @@ async fn health_interval(id: &str) -> Option<Duration> {
 
 /// Runs container `id`'s health check once; podman records the outcome.
 async fn run_check(id: String) {
-    let _ = Command::new("podman")
-        .args(["healthcheck", "run", &id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
+    printed("podman", &["healthcheck", "run", &id]).await;
 }
 
 /// The lines `podman ARGS` prints, if it succeeds.
 async fn podman_lines(args: &[&str]) -> Option<Vec<String>> {
-    let output = Command::new("podman")
+    let printed = printed("podman", args).await?;
+    let lines = printed.lines().map(str::trim).filter(|line| !line.is_empty());
+    Some(lines.map(str::to_owned).collect())
+}
+
+/// What `program ARGS` prints, if it succeeds; it reads nothing, and what
+/// it says on stderr is not shown.
+pub async fn printed(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .await
         .ok()?;
-    output.status.success().then(|| {
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty())
-            .map(str::to_owned)
-            .collect()
-    })
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[cfg(test)]

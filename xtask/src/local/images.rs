@@ -27,6 +27,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::local::broker::LocalBroker;
 use crate::local::engine::{self, Engine};
+use crate::local::jaeger;
 
 /// The label that holds the digest of what a stand-in was built from.
 const LABEL: &str = "eda-rust.stand-in";
@@ -61,7 +62,12 @@ pub async fn build(root: &Path) -> Result<Engine> {
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
 
     debian(&engine, &work).await?;
-    let base = image_id(&engine, DEBIAN).await?;
+    let on = Base {
+        engine: &engine,
+        root,
+        work: &work,
+        id: image_id(&engine, DEBIAN).await?,
+    };
 
     let toolchain = toolchain()?;
     let rust_version = run_output(std::process::Command::new("rustc").arg("-vV"))?;
@@ -70,24 +76,11 @@ pub async fn build(root: &Path) -> Result<Engine> {
             "the Dockerfile builds on rust:1.95-bookworm, and this machine's toolchain is not 1.95:\n{rust_version}"
         );
     }
-    derived(
-        &engine,
-        root,
-        &work,
-        "rust",
-        RUST,
-        &base,
-        &rust_version,
-        |context| {
-            copy_tree(&toolchain, &context.join("toolchain"))?;
-            // The toolchain's documentation is most of its size and no build reads it.
-            let docs = context.join("toolchain/share/doc");
-            if docs.exists() {
-                std::fs::remove_dir_all(&docs)?;
-            }
-            Ok(())
-        },
-    )
+    derived(&on, "rust", RUST, &rust_version, |context| {
+        copy_tree(&toolchain, &context.join("toolchain"))?;
+        // The toolchain's documentation is most of its size and no build reads it.
+        remove_tree(&context.join("toolchain/share/doc"))
+    })
     .await?;
 
     let classpath = LocalBroker::new(root).classpath()?;
@@ -96,49 +89,50 @@ pub async fn build(root: &Path) -> Result<Engine> {
         .iter()
         .filter_map(|jar| jar.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
-    derived(
-        &engine,
-        root,
-        &work,
-        "kafka",
-        &kafka(),
-        &base,
-        &jar_names.join("\n"),
-        |context| {
-            let libs = context.join("libs");
-            std::fs::create_dir_all(&libs)?;
-            for jar in &jars {
-                let name = jar.file_name().context("a jar without a name")?;
-                std::fs::copy(jar, libs.join(name))
-                    .with_context(|| format!("cannot copy {}", jar.display()))?;
-            }
-            Ok(())
-        },
-    )
-    .await?;
-
-    derived(&engine, root, &work, "postgres", POSTGRES, &base, "", |_| Ok(())).await?;
-
-    let jaeger = crate::local::jaeger::binary(root)?;
-    derived(
-        &engine,
-        root,
-        &work,
-        "jaeger",
-        JAEGER,
-        &base,
-        crate::local::jaeger::MODULE_VERSION,
-        |context| {
-            std::fs::copy(&jaeger, context.join("jaeger"))?;
-            Ok(())
-        },
-    )
-    .await?;
-    derived(&engine, root, &work, "prometheus", PROMETHEUS, &base, "", |_| {
+    derived(&on, "kafka", &kafka(), &jar_names.join("\n"), |context| {
+        let libs = context.join("libs");
+        std::fs::create_dir_all(&libs)?;
+        for jar in &jars {
+            let name = jar.file_name().context("a jar without a name")?;
+            std::fs::copy(jar, libs.join(name)).with_context(|| format!("cannot copy {}", jar.display()))?;
+        }
         Ok(())
     })
     .await?;
+
+    derived(&on, "postgres", POSTGRES, "", |_| Ok(())).await?;
+
+    let binary = jaeger::binary(root)?;
+    derived(&on, "jaeger", JAEGER, jaeger::MODULE_VERSION, |context| {
+        std::fs::copy(&binary, context.join("jaeger"))?;
+        Ok(())
+    })
+    .await?;
+    derived(&on, "prometheus", PROMETHEUS, "", |_| Ok(())).await?;
     Ok(engine)
+}
+
+/// What the images other than Debian's are built on and with.
+struct Base<'a> {
+    engine: &'a Engine,
+    root: &'a Path,
+    /// Where their build contexts are put together.
+    work: &'a Path,
+    /// The image id of [`DEBIAN`].
+    id: String,
+}
+
+/// Whether `tag` need not be built: the engine has it, built from the same
+/// `digest`, or an image of that name that xtask did not build.
+async fn built_already(engine: &Engine, tag: &str, digest: &str) -> bool {
+    match engine.image_label(tag, LABEL).await {
+        Some(built) if built == digest => eprintln!("xtask: {tag} is up to date"),
+        Some(built) if built.is_empty() => {
+            eprintln!("xtask: {tag} is there and was not built by xtask; leaving it alone");
+        }
+        _ => return false,
+    }
+    true
 }
 
 /// `debian:bookworm-slim`, from debootstrap, unless the engine has one
@@ -156,22 +150,12 @@ async fn debian(engine: &Engine, work: &Path) -> Result<()> {
         std::fs::read(authority)?.hash(&mut hasher);
     }
     let digest = format!("{:016x}", hasher.finish());
-    match engine.image_label(DEBIAN, LABEL).await {
-        Some(built) if built == digest => {
-            eprintln!("xtask: {DEBIAN} is up to date");
-            return Ok(());
-        }
-        Some(built) if built.is_empty() => {
-            eprintln!("xtask: {DEBIAN} is there and was not built by xtask; leaving it alone");
-            return Ok(());
-        }
-        _ => {}
+    if built_already(engine, DEBIAN, &digest).await {
+        return Ok(());
     }
     engine::ensure_packages(&[("debootstrap", "debootstrap")])?;
     let rootfs = work.join("debian-rootfs");
-    if rootfs.exists() {
-        std::fs::remove_dir_all(&rootfs).with_context(|| format!("cannot remove {}", rootfs.display()))?;
-    }
+    remove_tree(&rootfs)?;
     eprintln!("xtask: building {DEBIAN}: debootstrap --variant=minbase {SUITE} (about a minute)");
     let output = std::process::Command::new("debootstrap")
         .args(["--variant=minbase", SUITE])
@@ -227,8 +211,7 @@ async fn debian(engine: &Engine, work: &Path) -> Result<()> {
     if !status.success() || !packed.success() {
         bail!("importing {DEBIAN} failed (tar: {packed}, import: {status})");
     }
-    std::fs::remove_dir_all(&rootfs).with_context(|| format!("cannot remove {}", rootfs.display()))?;
-    Ok(())
+    remove_tree(&rootfs)
 }
 
 /// The certificates of the authorities this machine's administrator added.
@@ -246,41 +229,29 @@ fn local_authorities() -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Builds `tag` from `docker/images/<name>/` plus what `add_payload` puts in
-/// its context, unless the image was built from the same before.
-#[allow(clippy::too_many_arguments)]
+/// Builds `tag` on `base` from `docker/images/<name>/` plus what
+/// `add_payload` puts in its context, unless the image was built from the
+/// same before.
 async fn derived(
-    engine: &Engine,
-    root: &Path,
-    work: &Path,
+    base: &Base<'_>,
     name: &str,
     tag: &str,
-    base: &str,
     payload: &str,
     add_payload: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    let definition = root.join("docker/images").join(name);
-    let digest = digest(&definition, base, payload)?;
-    match engine.image_label(tag, LABEL).await {
-        Some(built) if built == digest => {
-            eprintln!("xtask: {tag} is up to date");
-            return Ok(());
-        }
-        Some(built) if built.is_empty() => {
-            eprintln!("xtask: {tag} is there and was not built by xtask; leaving it alone");
-            return Ok(());
-        }
-        _ => {}
+    let definition = base.root.join("docker/images").join(name);
+    let digest = digest(&definition, &base.id, payload)?;
+    if built_already(base.engine, tag, &digest).await {
+        return Ok(());
     }
 
-    let context = work.join(name);
-    if context.exists() {
-        std::fs::remove_dir_all(&context).with_context(|| format!("cannot remove {}", context.display()))?;
-    }
+    let context = base.work.join(name);
+    remove_tree(&context)?;
     copy_tree(&definition, &context)?;
     add_payload(&context)?;
     eprintln!("xtask: building {tag} from {}", definition.display());
-    let status = engine
+    let status = base
+        .engine
         .command()
         .args(["build", "--label", &format!("{LABEL}={digest}"), "--tag", tag])
         .arg(&context)
@@ -292,8 +263,7 @@ async fn derived(
         bail!("building {tag} failed ({status})");
     }
     // The context holds copies (a toolchain, jars); the image has them now.
-    std::fs::remove_dir_all(&context).with_context(|| format!("cannot remove {}", context.display()))?;
-    Ok(())
+    remove_tree(&context)
 }
 
 /// A digest of an image's definition (every file's path and content), its
@@ -328,16 +298,11 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
 
 /// The image id of `image`.
 async fn image_id(engine: &Engine, image: &str) -> Result<String> {
-    let output = engine
-        .command()
-        .args(["image", "inspect", "--format", "{{.Id}}", image])
-        .stdin(Stdio::null())
-        .output()
-        .await?;
-    if !output.status.success() {
-        bail!("{image} is missing");
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    let id = engine::printed(engine.cli, &["image", "inspect", "--format", "{{.Id}}", image]).await;
+    Ok(id
+        .with_context(|| format!("{image} is missing"))?
+        .trim()
+        .to_owned())
 }
 
 /// The sysroot of the toolchain that builds this workspace.
@@ -358,9 +323,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     if linked.success() {
         return Ok(());
     }
-    if to.exists() {
-        std::fs::remove_dir_all(to)?;
-    }
+    remove_tree(to)?;
     let copied = std::process::Command::new("cp")
         .arg("-a")
         .arg(from)
@@ -368,6 +331,14 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         .status()?;
     if !copied.success() {
         bail!("cannot copy {} to {}", from.display(), to.display());
+    }
+    Ok(())
+}
+
+/// Removes the tree at `path`, if there is one.
+pub(crate) fn remove_tree(path: &Path) -> Result<()> {
+    if path.exists() {
+        std::fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))?;
     }
     Ok(())
 }

@@ -323,8 +323,8 @@ pub async fn own_database(name: &str) -> Result<String> {
 /// adds about 8 MB per test.
 pub fn drop_test_databases() -> Result<usize> {
     let bin = bin_dir()?;
-    let databases = names(
-        &bin,
+    let databases = query(
+        "postgres",
         r"SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'",
     )?;
     for name in &databases {
@@ -335,16 +335,20 @@ pub fn drop_test_databases() -> Result<usize> {
         )?;
     }
     // Once their databases are gone, they own nothing.
-    for name in names(&bin, r"SELECT rolname FROM pg_roles WHERE rolname LIKE 'test\_%'")? {
+    for name in query(
+        "postgres",
+        r"SELECT rolname FROM pg_roles WHERE rolname LIKE 'test\_%'",
+    )? {
         run(client(&bin, "dropuser").args(["--if-exists", &name]), "dropuser")?;
     }
     Ok(databases.len())
 }
 
-/// The names `query` lists, on the local server.
-fn names(bin: &Path, query: &str) -> Result<Vec<String>> {
-    let output = client(bin, "psql")
-        .args(["-d", "postgres", "-Atc", query])
+/// The rows `query` gives in `database` on the local server, one a line
+/// (columns separated by `|`).
+pub fn query(database: &str, query: &str) -> Result<Vec<String>> {
+    let output = client(&bin_dir()?, "psql")
+        .args(["-d", database, "-Atc", query])
         .stdin(Stdio::null())
         .output()
         .context("cannot run psql")?;

@@ -77,6 +77,23 @@ pub fn runs_program(pid: u32, name: &str) -> bool {
         .is_some_and(|program| program.rsplit(|&b| b == b'/').next() == Some(name.as_bytes()))
 }
 
+/// Starts `command` in a process group of its own, its output into `log`,
+/// and writes its pid to `pid_file`; it is not waited on: it outlives xtask.
+pub fn spawn_detached(mut command: std::process::Command, log: &Path, pid_file: &Path) -> Result<u32> {
+    let log = std::fs::File::create(log)?;
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let pid = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", command.get_program().display()))?
+        .id();
+    std::fs::write(pid_file, pid.to_string())?;
+    Ok(pid)
+}
+
 /// What `command` printed, or its output in the error if it fails.
 pub async fn output(mut command: tokio::process::Command, what: &str) -> Result<String> {
     let output = command

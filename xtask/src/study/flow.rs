@@ -9,9 +9,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
+use crate::local::demo;
 use crate::local::jaeger::{self, LocalJaeger, Span};
 
 /// How long the payment may take to reach ServiceA and ServiceB, and its
@@ -71,54 +72,36 @@ async fn read_back() -> Result<(usize, Diagram)> {
 /// ServiceA's copy and ServiceB's record show the refund.
 /// `http` reads and refunds as the operator.
 async fn pay_and_refund(http: &reqwest::Client) -> Result<()> {
-    let [payments, service_a, service_b] =
-        crate::local::demo::PORTS.map(|port| format!("http://127.0.0.1:{port}"));
-    let created = http
-        .post(format!("{payments}/payments"))
-        .json(&json!({"customer_id": "c-flow", "order_id": "o-flow", "amount": 1999, "currency": "EUR"}))
-        .send()
-        .await?;
-    if created.status() != reqwest::StatusCode::CREATED {
-        bail!("POST /payments answered {}", created.status());
-    }
-    let payment: Value = created.json().await?;
+    let order = demo::payment("c-flow", "o-flow", 1999, "EUR");
+    let (status, _, payment) = demo::post(http, "/payments", &order, None).await?;
+    ensure!(status == 201, "POST /payments answered {status}");
     let id = payment["payment_id"]
         .as_str()
         .context("no payment_id")?
         .to_owned();
     eprintln!("xtask: paid: {id}");
     // The refund after both saw the payment, so the two traces do not overlap.
-    wait_for_version(http, &format!("{service_a}/payments/{id}"), "/version", 1).await?;
-    wait_for_version(http, &format!("{service_b}/payments/{id}"), "/payment/version", 1).await?;
-    let refunded = http
-        .post(format!("{payments}/payments/{id}/refunds"))
-        .header("if-match", "\"1\"")
-        .json(&json!({"amount": 500, "reason": "damaged"}))
-        .send()
-        .await?;
-    if refunded.status() != reqwest::StatusCode::CREATED {
-        bail!("POST /payments/{id}/refunds answered {}", refunded.status());
-    }
+    wait_for_version(http, &id, 1).await?;
+    let refund = json!({"amount": 500, "reason": "damaged"});
+    let (status, _, _) = demo::post(http, &format!("/payments/{id}/refunds"), &refund, Some("\"1\"")).await?;
+    ensure!(status == 201, "POST /payments/{id}/refunds answered {status}");
     eprintln!("xtask: refunded 500 of it");
-    wait_for_version(http, &format!("{service_a}/payments/{id}"), "/version", 2).await?;
-    wait_for_version(http, &format!("{service_b}/payments/{id}"), "/payment/version", 2).await
+    wait_for_version(http, &id, 2).await
 }
 
-/// Waits until `url` answers JSON whose `pointer` is at least `version`.
-async fn wait_for_version(http: &reqwest::Client, url: &str, pointer: &str, version: u64) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Ok(response) = http.get(url).send().await
-            && let Ok(body) = response.json::<Value>().await
-            && body.pointer(pointer).and_then(Value::as_u64) >= Some(version)
-        {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{url} did not reach version {version} within {PATIENCE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Waits until ServiceA's copy and ServiceB's record of payment `id` are at
+/// `version` at least.
+async fn wait_for_version(http: &reqwest::Client, id: &str, version: u64) -> Result<()> {
+    let copy = (format!("{}/payments/{id}", demo::SERVICE_A), "/version");
+    let record = (format!("{}/payments/{id}", demo::SERVICE_B), "/payment/version");
+    for (url, pointer) in [copy, record] {
+        crate::eventually(PATIENCE, &format!("{url} at version {version}"), || async {
+            let body: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            (body.pointer(pointer).and_then(Value::as_u64) >= Some(version)).then_some(())
+        })
+        .await?;
     }
+    Ok(())
 }
 
 /// A sequence diagram: who talks, and the messages in order.

@@ -28,7 +28,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::json;
+use serde_json::{Value, json};
 use service_kit::auth::Credentials;
 use tokio::process::Command;
 
@@ -76,7 +76,7 @@ pub async fn check(root: &Path, cluster: bool) -> Result<()> {
         step("every container healthy", compose.all_healthy()).await?;
         // Published on a port the engine picks, so that ServiceB scales;
         // `docker compose port` names it, as the README's session reads it.
-        let service_b = compose.address("service-b", 1).await?;
+        let service_b = compose.service_b(1).await?;
         let credentials = step(
             "the operator's token, as the README reads it",
             compose.credentials(),
@@ -183,16 +183,12 @@ impl Compose<'_> {
         crate::local::process::output(command, &format!("docker-compose {}", args.join(" "))).await
     }
 
-    /// `http://host:port` where member `index` (from 1) of `service`
+    /// `http://host:port` where member `index` (from 1) of ServiceB
     /// publishes its HTTP port on the host.
-    async fn address(&self, service: &str, index: usize) -> Result<String> {
-        let port = crate::local::demo::PORTS[crate::local::demo::SERVICES
-            .iter()
-            .position(|s| *s == service)
-            .context("not a service")?];
-        let index = index.to_string();
+    async fn service_b(&self, index: usize) -> Result<String> {
+        let (index, port) = (index.to_string(), crate::local::demo::PORTS[2].to_string());
         let out = self
-            .output(&["port", "--index", &index, service, &port.to_string()])
+            .output(&["port", "--index", &index, "service-b", &port])
             .await?;
         Ok(format!("http://{}", out.trim()))
     }
@@ -232,17 +228,11 @@ impl Compose<'_> {
     /// and volumes in use; it is removed, then `down` runs again.
     async fn down(&self) -> Result<()> {
         let first = self.run(&["down", "--volumes", "--remove-orphans"]).await;
-        let output = Command::new("docker")
-            .args(["ps", "--all", "--quiet", "--filter"])
-            .arg(format!("label=com.docker.compose.project={PROJECT}"))
-            .stdin(Stdio::null())
-            .output()
+        let ps = ["ps", "--all", "--quiet", "--filter", &project_label()];
+        let ps = engine::printed("docker", &ps)
             .await
-            .context("cannot run docker ps")?;
-        let left: Vec<String> = String::from_utf8_lossy(&output.stdout)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
+            .context("`docker ps` failed")?;
+        let left: Vec<&str> = ps.split_whitespace().collect();
         if left.is_empty() {
             first?;
             return self.nothing_left().await;
@@ -251,8 +241,7 @@ impl Compose<'_> {
             "xtask: {} container(s) outlived `down`; removing them",
             left.len()
         );
-        let status = Command::new("docker")
-            .args(["rm", "--force", "--volumes"])
+        let status = docker(&["rm", "--force", "--volumes"])
             .args(&left)
             .stdout(Stdio::null())
             .status()
@@ -267,15 +256,11 @@ impl Compose<'_> {
     /// Fails if a volume or network of the project outlived `down`.
     async fn nothing_left(&self) -> Result<()> {
         for kind in ["volume", "network"] {
-            let output = Command::new("docker")
-                .args([kind, "ls", "--quiet", "--filter"])
-                .arg(format!("label=com.docker.compose.project={PROJECT}"))
-                .stdin(Stdio::null())
-                .output()
+            let ls = [kind, "ls", "--quiet", "--filter", &project_label()];
+            let left = engine::printed("docker", &ls)
                 .await
-                .with_context(|| format!("cannot run docker {kind} ls"))?;
-            let left = String::from_utf8_lossy(&output.stdout);
-            if !output.status.success() || !left.trim().is_empty() {
+                .with_context(|| format!("`docker {kind} ls` failed"))?;
+            if !left.trim().is_empty() {
                 bail!(
                     "`down --volumes` left {kind}s: {}",
                     left.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -302,18 +287,16 @@ impl Compose<'_> {
         }
         let deadline = Instant::now() + HEALTHY_TIMEOUT;
         loop {
-            let output = Command::new("docker")
-                .args([
-                    "inspect",
-                    "--format",
-                    "{{.Name}} restarted {{.RestartCount}} times, {{.State.Status}} {{.State.ExitCode}} \
-                     {{if .State.Health}}{{.State.Health.Status}}{{else}}no-health-check{{end}}",
-                ])
-                .args(&ids)
-                .stdin(Stdio::null())
-                .output()
-                .await
-                .context("cannot run docker inspect")?;
+            let output = docker(&[
+                "inspect",
+                "--format",
+                "{{.Name}} restarted {{.RestartCount}} times, {{.State.Status}} {{.State.ExitCode}} \
+                 {{if .State.Health}}{{.State.Health.Status}}{{else}}no-health-check{{end}}",
+            ])
+            .args(&ids)
+            .output()
+            .await
+            .context("cannot run docker inspect")?;
             let states = String::from_utf8_lossy(&output.stdout).into_owned();
             // Podman reports an empty health status where Docker has none.
             let done = |line: &&str| {
@@ -397,31 +380,26 @@ async fn session(credentials: &Credentials, service_b: &str) -> Result<()> {
     })
     .await?;
 
-    step("ServiceA: the notification in GET /audit", async {
-        crate::eventually(EVENTUAL, "ServiceA's audit to list the payment", || async {
-            let body = get_ok(&http, &format!("{SERVICE_A}/audit")).await.ok()?;
-            body.to_string().contains(&id).then_some(())
-        })
-        .await
-    })
+    step(
+        "ServiceA: the notification in GET /audit",
+        until(&http, format!("{SERVICE_A}/audit"), |body| {
+            body.to_string().contains(&id)
+        }),
+    )
     .await?;
-
-    step("ServiceA: its copy, from the state topic", async {
-        crate::eventually(EVENTUAL, "ServiceA's copy of the payment", || async {
-            let body = get_ok(&http, &format!("{SERVICE_A}/payments/{id}")).await.ok()?;
-            (body["amount"] == 500).then_some(())
-        })
-        .await
-    })
+    step(
+        "ServiceA: its copy, from the state topic",
+        until(&http, format!("{SERVICE_A}/payments/{id}"), |body| {
+            body["amount"] == 500
+        }),
+    )
     .await?;
-
-    step("ServiceB: what its callback to Payments returned", async {
-        crate::eventually(EVENTUAL, "ServiceB's record of the payment", || async {
-            let body = get_ok(&http, &format!("{service_b}/payments/{id}")).await.ok()?;
-            (body["payment"]["amount"] == 500).then_some(())
-        })
-        .await
-    })
+    step(
+        "ServiceB: what its callback to Payments returned",
+        until(&http, format!("{service_b}/payments/{id}"), |body| {
+            body["payment"]["amount"] == 500
+        }),
+    )
     .await?;
 
     step("GET /health and /metrics of every service", async {
@@ -470,22 +448,19 @@ async fn session(credentials: &Credentials, service_b: &str) -> Result<()> {
     })
     .await?;
 
-    step("ServiceA: its copy refunded 200, version 2", async {
-        crate::eventually(EVENTUAL, "ServiceA's copy to show the refund", || async {
-            let body = get_ok(&http, &format!("{SERVICE_A}/payments/{id}")).await.ok()?;
-            (body["refunded"] == 200 && body["version"] == 2).then_some(())
-        })
-        .await
-    })
+    step(
+        "ServiceA: its copy refunded 200, version 2",
+        until(&http, format!("{SERVICE_A}/payments/{id}"), |body| {
+            body["refunded"] == 200 && body["version"] == 2
+        }),
+    )
     .await?;
-
-    step("ServiceB: the refund recorded", async {
-        crate::eventually(EVENTUAL, "ServiceB's record to show the refund", || async {
-            let body = get_ok(&http, &format!("{service_b}/payments/{id}")).await.ok()?;
-            (body["payment"]["refunded"] == 200 && body["notifications"] == 2).then_some(())
-        })
-        .await
-    })
+    step(
+        "ServiceB: the refund recorded",
+        until(&http, format!("{service_b}/payments/{id}"), |body| {
+            body["payment"]["refunded"] == 200 && body["notifications"] == 2
+        }),
+    )
     .await?;
 
     step("bad input is refused with a reason", async {
@@ -497,6 +472,15 @@ async fn session(credentials: &Credentials, service_b: &str) -> Result<()> {
             status,
             &body,
         )
+    })
+    .await
+}
+
+/// Polls `url` until its JSON answer satisfies `ok`: what an event changes
+/// downstream shows there within [`EVENTUAL`].
+async fn until(http: &reqwest::Client, url: String, ok: impl Fn(&Value) -> bool) -> Result<()> {
+    crate::eventually(EVENTUAL, &format!("GET {url} to show it"), || async {
+        ok(&get_ok(http, &url).await.ok()?).then_some(())
     })
     .await
 }
@@ -536,7 +520,7 @@ async fn shared(compose: &Compose<'_>, credentials: &Credentials) -> Result<()> 
     let mut handled = 0.0;
     for index in 1..=SERVICE_B_MEMBERS {
         let metrics = http
-            .get(format!("{}/metrics", compose.address("service-b", index).await?))
+            .get(format!("{}/metrics", compose.service_b(index).await?))
             .send()
             .await?
             .text()
@@ -601,27 +585,27 @@ async fn replicated(compose: &Compose<'_>) -> Result<()> {
     Ok(())
 }
 
+/// `docker <args>`, reading nothing from the terminal.
+fn docker(args: &[&str]) -> Command {
+    let mut command = Command::new("docker");
+    command.args(args).stdin(Stdio::null());
+    command
+}
+
+/// The filter of what compose made for [`PROJECT`].
+fn project_label() -> String {
+    format!("label=com.docker.compose.project={PROJECT}")
+}
+
 /// Whether the engine has the Kafka UI's image, or can pull it; if not, says
 /// that its service is left out.
 async fn kafka_ui_image() -> bool {
-    let docker = |args: &[&str]| {
-        let mut command = Command::new("docker");
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        command
-    };
-    let there = docker(&["image", "inspect", KAFKA_UI_IMAGE])
-        .status()
+    if engine::printed("docker", &["image", "inspect", KAFKA_UI_IMAGE])
         .await
-        .is_ok_and(|s| s.success());
-    if there
-        || docker(&["pull", "--quiet", KAFKA_UI_IMAGE])
-            .status()
+        .is_some()
+        || engine::printed("docker", &["pull", "--quiet", KAFKA_UI_IMAGE])
             .await
-            .is_ok_and(|s| s.success())
+            .is_some()
     {
         return true;
     }

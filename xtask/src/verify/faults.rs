@@ -23,6 +23,7 @@ use shared_events::{Notification, PaymentState, Topics};
 use tokio::process::{Child, Command};
 
 use crate::local::broker::LocalBroker;
+use crate::local::demo::get_ok;
 use crate::local::postgres::LocalPostgres;
 
 #[derive(Debug, clap::Args)]
@@ -42,9 +43,6 @@ pub struct Options {
     /// shorter still for that scenario).
     #[arg(long, default_value_t = 180)]
     outage_seconds: u64,
-    /// Also write the table (markdown) to this file.
-    #[arg(long, value_name = "FILE")]
-    out: Option<PathBuf>,
 }
 
 /// One fault, injected once and undone.
@@ -144,11 +142,7 @@ pub async fn run(root: &Path, options: &Options) -> Result<()> {
     } else {
         options.scenarios.clone()
     };
-    let mut build = vec!["build", "--quiet"];
-    for service in crate::local::demo::SERVICES {
-        build.extend(["--package", service]);
-    }
-    crate::cargo(root, &build, &[]).await?;
+    crate::local::demo::build_services(root, "--quiet").await?;
 
     let postgres = LocalPostgres::new(root);
     let started_postgres = postgres.start().await?;
@@ -163,7 +157,10 @@ pub async fn run(root: &Path, options: &Options) -> Result<()> {
                 options.seconds,
                 options.rate
             );
-            let row = scenario(root, fault, broker, &postgres, options).await?;
+            let mut stack = Stack::start(root, fault, broker).await?;
+            let row = measure(&mut stack, broker, &postgres, options).await;
+            stack.stop().await;
+            let row = row?;
             eprintln!("{}", row.markdown());
             rows.push(row);
         }
@@ -173,11 +170,7 @@ pub async fn run(root: &Path, options: &Options) -> Result<()> {
     let stopped = brokers.stop();
     let stopped_postgres = if started_postgres { postgres.stop() } else { Ok(()) };
 
-    let table = table(&rows, options);
-    println!("{table}");
-    if let Some(out) = &options.out {
-        std::fs::write(out, &table).with_context(|| format!("cannot write {}", out.display()))?;
-    }
+    println!("{}", table(&rows, options));
     result.and(stopped).and(stopped_postgres)?;
     let failed: Vec<&str> = rows
         .iter()
@@ -207,9 +200,7 @@ impl Brokers {
         let dir = root.join("target/xtask/faults");
         let (single, cluster) = (dir.join("kafka"), dir.join("kafka-cluster"));
         for dir in [&single, &cluster] {
-            if dir.exists() {
-                std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
-            }
+            crate::local::images::remove_tree(dir)?;
         }
         Ok(Self {
             single: LocalBroker::in_dir(root, single, 1),
@@ -267,19 +258,17 @@ impl Stack {
             databases.push(crate::local::postgres::own_database(&Self::database(&run, database)).await?);
         }
         let databases = databases.try_into().expect("three databases");
+        let mut ports = [0; 5];
+        for port in &mut ports {
+            *port = free_port()?;
+        }
         let mut stack = Self {
             root: root.to_owned(),
             dir,
             bootstrap: broker.bootstrap().to_owned(),
             replication: if fault.on_cluster() { 3 } else { 1 },
             run,
-            ports: [
-                free_port()?,
-                free_port()?,
-                free_port()?,
-                free_port()?,
-                free_port()?,
-            ],
+            ports,
             children: [None, None, None, None, None],
             credentials: Credentials::generate(),
             databases,
@@ -322,11 +311,8 @@ impl Stack {
     async fn spawn(&mut self, process: usize) -> Result<()> {
         let service = PROCESSES[process];
         let kafka = self.kafka();
-        let database = match service {
-            "payments-service" => &self.databases[0],
-            "service-a" => &self.databases[1],
-            _ => &self.databases[2],
-        };
+        // Every process from SERVICE_B on is one of ServiceB's.
+        let database = &self.databases[process.min(SERVICE_B)];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -594,26 +580,13 @@ fn table(rows: &[Row], options: &Options) -> String {
     table
 }
 
-async fn scenario(
-    root: &Path,
-    fault: Fault,
-    broker: &LocalBroker,
-    postgres: &LocalPostgres,
-    options: &Options,
-) -> Result<Row> {
-    let mut stack = Stack::start(root, fault, broker).await?;
-    let result = measure(&mut stack, fault, broker, postgres, options).await;
-    stack.stop().await;
-    result
-}
-
 async fn measure(
     stack: &mut Stack,
-    fault: Fault,
     broker: &LocalBroker,
     postgres: &LocalPostgres,
     options: &Options,
 ) -> Result<Row> {
+    let fault = stack.fault;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let http = crate::local::credentials::operator_client_with(&stack.credentials)?;
     let started = Instant::now();
@@ -628,7 +601,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(options.seconds) / 4).await;
     let fault_at = Utc::now();
     eprintln!("xtask: faults: injecting {}", fault.name());
-    inject(stack, fault, broker, postgres, options).await?;
+    inject(stack, broker, postgres, options).await?;
     let undone_at = Utc::now();
     eprintln!(
         "xtask: faults: undone after {:.1} s",
@@ -740,11 +713,11 @@ async fn measure(
 
 async fn inject(
     stack: &mut Stack,
-    fault: Fault,
     broker: &LocalBroker,
     postgres: &LocalPostgres,
     options: &Options,
 ) -> Result<()> {
+    let fault = stack.fault;
     match fault {
         Fault::LeaderKill => {
             let leader = partition_leader(&stack.bootstrap, &stack.kafka().topics.notifications)?;
@@ -851,21 +824,13 @@ async fn paused_through(stack: &Stack, outage: Duration) -> bool {
 /// Every payment in the run's event store with its number of events (its
 /// version: a stream's versions have no gaps), read from Payments' database.
 fn stored_events(run: &str) -> Result<HashMap<String, u64>> {
-    let output = crate::local::postgres::client_program("psql")?
-        .args(["-d", &Stack::database(run, "payments"), "-Atc"])
-        .arg("SELECT stream_id, max(version) FROM events GROUP BY stream_id")
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run psql")?;
-    if !output.status.success() {
-        bail!(
-            "reading the event store failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|line| !line.is_empty())
+    let database = Stack::database(run, "payments");
+    let rows = crate::local::postgres::query(
+        &database,
+        "SELECT stream_id, max(version) FROM events GROUP BY stream_id",
+    )
+    .context("reading the event store")?;
+    rows.iter()
         .map(|line| {
             let (stream, version) = line.split_once('|').context("stream|version")?;
             let id = stream
@@ -1001,8 +966,9 @@ async fn catch_up(
     while Instant::now() < deadline {
         let mut still = Vec::new();
         for (id, n) in waiting {
-            let recorded = get(http, &stack.url(SERVICE_B, &format!("/payments/{id}")))
+            let recorded = get_ok(http, &stack.url(SERVICE_B, &format!("/payments/{id}")))
                 .await
+                .ok()
                 .and_then(|r| r["notifications"].as_u64())
                 .unwrap_or(0);
             if recorded < n {
@@ -1019,14 +985,6 @@ async fn catch_up(
     false
 }
 
-async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
-    let response = http.get(url).send().await.ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    response.json().await.ok()
-}
-
 /// ServiceA's audit log, counted by payment.
 async fn audit(stack: &Stack, http: &reqwest::Client) -> Option<HashMap<String, u64>> {
     let mut counts = HashMap::new();
@@ -1036,7 +994,7 @@ async fn audit(stack: &Stack, http: &reqwest::Client) -> Option<HashMap<String, 
             Some(cursor) => stack.url(SERVICE_A, &format!("/audit?limit=1000&after={cursor}")),
             None => stack.url(SERVICE_A, "/audit?limit=1000"),
         };
-        let page = get(http, &url).await?;
+        let page = get_ok(http, &url).await.ok()?;
         let entries = page.as_array()?;
         for entry in entries {
             *counts
@@ -1124,14 +1082,15 @@ impl Found {
         found[Stage::Stored] = stored_events(&stack.run)?;
         for id in due.keys() {
             let version = |v: &Value| v["version"].as_u64();
-            if let Some(v) = get(http, &stack.url(SERVICE_A, &format!("/payments/{id}")))
+            if let Some(v) = get_ok(http, &stack.url(SERVICE_A, &format!("/payments/{id}")))
                 .await
+                .ok()
                 .as_ref()
                 .and_then(version)
             {
                 found[Stage::Copy].insert(id.clone(), v);
             }
-            if let Some(record) = get(http, &stack.url(SERVICE_B, &format!("/payments/{id}"))).await {
+            if let Ok(record) = get_ok(http, &stack.url(SERVICE_B, &format!("/payments/{id}"))).await {
                 found[Stage::Recorded].insert(id.clone(), record["notifications"].as_u64().unwrap_or(0));
                 found[Stage::RecordVersion]
                     .insert(id.clone(), record["payment"]["version"].as_u64().unwrap_or(0));

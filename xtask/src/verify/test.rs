@@ -50,11 +50,7 @@ pub async fn run(root: &Path, local: bool, args: &[&str]) -> Result<()> {
             envs.push(("DATABASE_URL", postgres::DATABASE_URL));
         }
 
-        let mut build = vec!["build", "--locked"];
-        for service in crate::local::demo::SERVICES {
-            build.extend(["--package", service]);
-        }
-        crate::cargo(root, &build, &[]).await?;
+        crate::local::demo::build_services(root, "--locked").await?;
         let mut test = vec!["test", "--locked", "--workspace"];
         test.extend(args);
         crate::cargo(root, &test, &envs).await
