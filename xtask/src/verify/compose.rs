@@ -186,7 +186,9 @@ impl Compose<'_> {
     /// `http://host:port` where member `index` (from 1) of ServiceB
     /// publishes its HTTP port on the host.
     async fn service_b(&self, index: usize) -> Result<String> {
-        let (index, port) = (index.to_string(), crate::local::demo::PORTS[2].to_string());
+        let index = index.to_string();
+        // The port ServiceB listens on in its container: the demo's third.
+        let port = crate::local::demo::PORTS[2].to_string();
         let out = self
             .output(&["port", "--index", &index, "service-b", &port])
             .await?;
