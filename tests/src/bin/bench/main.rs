@@ -1,12 +1,7 @@
 //! `bench`: the pipeline benchmark, which `cargo xtask bench` builds in
 //! release mode and runs with the raw ceilings it measured first
-//! (docs/measured.md says what it measures and how):
-//!
-//! ```sh
-//! bench --ceilings target/xtask/bench/ceilings.json --out docs/bench \
-//!       --bin-dir target/release [--seconds 10] [--backlog 100000] [--connections 32] \
-//!       [--otlp http://127.0.0.1:4318]
-//! ```
+//! (docs/measured.md says what it measures and how; `bench --help`, its
+//! options).
 
 mod load;
 mod profile;
@@ -21,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
+use clap::Parser as _;
 use event_store::EventStore;
 use payments_service::repository::stream_id;
 use rdkafka::Message;
@@ -40,49 +36,35 @@ const WARM_UP: Duration = Duration::from_secs(30);
 /// How long the consumers get to catch up after a load step.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The pipeline benchmark: writes `<out>/results.md`.
+#[derive(Debug, clap::Parser)]
 struct Options {
+    /// The raw ceilings `cargo xtask bench` measured.
+    #[arg(long, default_value = "target/xtask/bench/ceilings.json")]
     ceilings: PathBuf,
+    /// Where results.md goes.
+    #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
+    /// Where the services' release binaries are.
+    #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
+    /// How long each load step lasts.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Payments piled up while the consumers are stopped, then drained.
+    #[arg(long, default_value_t = 100_000)]
     backlog: usize,
+    /// The closed loop's clients.
+    #[arg(long, default_value_t = 32)]
     connections: usize,
     /// Where the services export their spans for the run with tracing on.
+    #[arg(long)]
     otlp: Option<String>,
-}
-
-impl Options {
-    fn parse() -> Result<Self> {
-        let mut options = Self {
-            ceilings: PathBuf::from("target/xtask/bench/ceilings.json"),
-            out: PathBuf::from("docs/bench"),
-            bin_dir: PathBuf::from("target/release"),
-            seconds: 10,
-            backlog: 100_000,
-            connections: 32,
-            otlp: None,
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-            match arg.as_str() {
-                "--ceilings" => options.ceilings = value()?.into(),
-                "--out" => options.out = value()?.into(),
-                "--bin-dir" => options.bin_dir = value()?.into(),
-                "--seconds" => options.seconds = value()?.parse()?,
-                "--backlog" => options.backlog = value()?.parse()?,
-                "--connections" => options.connections = value()?.parse()?,
-                "--otlp" => options.otlp = Some(value()?),
-                other => bail!("unknown option {other}; see the top of tests/src/bin/bench/main.rs"),
-            }
-        }
-        Ok(options)
-    }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let options = Options::parse()?;
+    let options = Options::parse();
     let ceilings: Ceilings = serde_json::from_str(
         &std::fs::read_to_string(&options.ceilings)
             .with_context(|| format!("cannot read {}", options.ceilings.display()))?,
