@@ -26,7 +26,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use load::{Accepted, Outcome};
+use load::{Accepted, Load, Outcome};
 use profile::{Perf, Profile, Statements};
 use report::{Backlog, Ceilings, Relay, Report, Step, Summary, Usage};
 use stack::{PAYMENTS, SERVICE_A, SERVICE_B, Service, Stack};
@@ -108,7 +108,7 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         .pool_max_idle_per_host(MAX_CONNECTIONS)
         .default_headers(operator)
         .build()?;
-    let load = Load::on(stack, &http, options);
+    let load = load_on(stack, &http, options);
     let databases = Databases::connect(stack).await?;
 
     // Tracing's cost first: the closed loop with every service exporting
@@ -126,9 +126,9 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
             )?;
             own.create_databases().await?;
             let step = async {
-                let (load, databases) = (Load::on(&own, &http, options), Databases::connect(&own).await?);
+                let (load, databases) = (load_on(&own, &http, options), Databases::connect(&own).await?);
                 let services = start_all(&own, &http, &[(OTLP_ENDPOINT, endpoint)]).await?;
-                load.warm_up(&databases, &services[1]).await?;
+                warm_up(&load, &databases, &services[1]).await?;
                 let (outcome, usage) = sampled(&services, &http, spawned(load.closed(None))).await;
                 let step = measure(&own, &databases, &http, &services[1], &outcome, None, usage).await?;
                 stop_all(services).await?;
@@ -150,7 +150,7 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         .map(|s| (s.name.to_owned(), s.rss().unwrap_or(0)))
         .collect();
     eprintln!("bench: idle RSS {idle_rss:?}");
-    load.warm_up(&databases, &services[1]).await?;
+    warm_up(&load, &databases, &services[1]).await?;
 
     // The highest rate: Payments as fast as it answers, then how fast the
     // consumers followed. Profiled: the CPU while the load runs, the
@@ -325,67 +325,35 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     })
 }
 
-/// The load: payments sent to Payments' `url`.
-struct Load {
-    http: reqwest::Client,
-    url: String,
-    connections: usize,
-    seconds: Duration,
+/// The load on the Payments of `stack`.
+fn load_on(stack: &Stack, http: &reqwest::Client, options: &Options) -> Load {
+    Load {
+        http: http.clone(),
+        url: format!("http://127.0.0.1:{}/payments", stack.payments_port),
+        connections: options.connections,
+        seconds: Duration::from_secs(options.seconds),
+    }
 }
 
-impl Load {
-    fn on(stack: &Stack, http: &reqwest::Client, options: &Options) -> Self {
-        Self {
-            http: http.clone(),
-            url: format!("http://127.0.0.1:{}/payments", stack.payments_port),
-            connections: options.connections,
-            seconds: Duration::from_secs(options.seconds),
-        }
+/// Connections, group joins, the first batches, and the broker's JIT
+/// compilers: the closed loop for [`WARM_UP`], until every consumer has
+/// its payments. (A broker started for the run compiles for its first
+/// minute and a half under this load: without the warm-up its C1 and C2
+/// compiler threads took 15% of the CPU samples of the closed loop
+/// measured next, half the broker's CPU. With `--otlp` the traced run
+/// and its warm-up come first, so the broker has had more than a minute
+/// of load before the closed loop; longer would grow the tables the
+/// backlog is then drained into.)
+async fn warm_up(load: &Load, databases: &Databases, service_a: &Service) -> Result<()> {
+    let warm = Load {
+        seconds: WARM_UP,
+        ..load.clone()
     }
-
-    /// `connections` clients, each sending its next payment once answered,
-    /// for `seconds` or until `count` were accepted.
-    fn closed(&self, count: Option<usize>) -> impl Future<Output = Outcome> + Send + 'static {
-        let seconds = if count.is_some() {
-            Duration::from_secs(3600)
-        } else {
-            self.seconds
-        };
-        load::closed(
-            self.http.clone(),
-            self.url.clone(),
-            self.connections,
-            seconds,
-            count,
-        )
-    }
-
-    fn open(&self, rate: f64) -> impl Future<Output = Outcome> + Send + 'static {
-        load::open(self.http.clone(), self.url.clone(), rate, self.seconds)
-    }
-
-    /// Connections, group joins, the first batches, and the broker's JIT
-    /// compilers: the closed loop for [`WARM_UP`], until every consumer has
-    /// its payments. (A broker started for the run compiles for its first
-    /// minute and a half under this load: without the warm-up its C1 and C2
-    /// compiler threads took 15% of the CPU samples of the closed loop
-    /// measured next, half the broker's CPU. With `--otlp` the traced run
-    /// and its warm-up come first, so the broker has had more than a minute
-    /// of load before the closed loop; longer would grow the tables the
-    /// backlog is then drained into.)
-    async fn warm_up(&self, databases: &Databases, service_a: &Service) -> Result<()> {
-        let warm = load::closed(
-            self.http.clone(),
-            self.url.clone(),
-            self.connections,
-            WARM_UP,
-            None,
-        )
-        .await;
-        drained(databases, &self.http, service_a, &warm.accepted)
-            .await
-            .map(drop)
-    }
+    .closed(None)
+    .await;
+    drained(databases, &load.http, service_a, &warm.accepted)
+        .await
+        .map(drop)
 }
 
 /// Payments, ServiceA and ServiceB, each with `env` added, once ready.
