@@ -655,7 +655,7 @@ async fn sampled<T>(
     if let (Some(before), Some(after)) = (machine_before, stack::machine_cpu()) {
         usage.push(Usage {
             service: report::MACHINE.to_owned(),
-            cpu_percent: 100.0 * (after.0 - before.0).as_secs_f64() / elapsed,
+            cpu_percent: 100.0 * (after - before).as_secs_f64() / elapsed,
             ..Usage::default()
         });
     }
