@@ -165,18 +165,13 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     let queries_before = databases.queries();
     let perf = Perf::start(&stack.log_dir.join("perf.data"));
     let (probe, probe_usage) = sampled(&services, &http, spawned(load.closed(None))).await;
-    let cpu = match perf {
-        Ok(perf) => perf.stop(&process_names(&services)).await,
-        Err(e) => Err(e),
-    };
+    let cpu = async { perf?.stop(&process_names(&services)).await }.await;
     let probe_step = measure(stack, &databases, &http, &services[1], &probe, None, probe_usage).await?;
-    let statements = match statements {
-        Ok(statements) => {
-            let databases = [PAYMENTS, SERVICE_A, SERVICE_B].map(|s| (s, stack.database(s)));
-            statements.read(&databases).await
-        }
-        Err(e) => Err(e),
-    };
+    let statements = async {
+        let databases = [PAYMENTS, SERVICE_A, SERVICE_B].map(|s| (s, stack.database(s)));
+        statements?.read(&databases).await
+    }
+    .await;
     tokio::time::sleep(STATS_REPORTED).await;
     let commits = async {
         let (before, after, queries) = (commits_before?, commits(stack).await?, databases.queries());
@@ -193,10 +188,7 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         statements: statements.map_err(|e| format!("{e:#}")),
         commits: commits.map_err(|e: anyhow::Error| format!("{e:#}")),
     };
-    let sustained = probe_step
-        .accepted_rate
-        .min(probe_step.copy_rate)
-        .min(probe_step.record_rate);
+    let sustained = probe_step.sustained();
     eprintln!(
         "bench: accepted {:.0}/s, copied {:.0}/s, recorded {:.0}/s: sustained {sustained:.0}/s",
         probe_step.accepted_rate, probe_step.copy_rate, probe_step.record_rate
@@ -256,17 +248,13 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     // Their CPU from their start, not from when both were ready: by then
     // much of a backlog may be drained.
     let elapsed = from.elapsed().as_secs_f64();
-    for (service, usage) in services.iter().zip(&mut usage) {
-        let before = if service.name == PAYMENTS {
-            payments_cpu
-        } else {
-            Duration::ZERO
-        };
+    let before = [payments_cpu, Duration::ZERO, Duration::ZERO];
+    for ((service, usage), before) in services.iter().zip(&mut usage).zip(before) {
         let used = service.cpu().unwrap_or_default().saturating_sub(before);
         usage.cpu_percent = 100.0 * used.as_secs_f64() / elapsed;
     }
     // From their start until each handled its first one, and its last.
-    let since_start = |pick: fn(&Handled) -> Option<DateTime<Utc>>| {
+    let since_start = |pick: fn(&Times) -> Option<DateTime<Utc>>| {
         handled
             .each_ref()
             .map(|times| (pick(times.as_ref()?)? - started).to_std().ok())
@@ -414,25 +402,27 @@ const MAX_CONNECTIONS: usize = 1100;
 
 /// The consumers' databases, read for their timestamps.
 struct Databases {
-    p: PgPool,
-    a: PgPool,
-    b: PgPool,
+    /// Payments', ServiceA's and ServiceB's.
+    pools: [PgPool; 3],
     /// The statements sent to each, each a transaction.
     queries: [AtomicI64; 3],
 }
 
 impl Databases {
     async fn connect(stack: &Stack) -> Result<Self> {
+        let pool = async |service| PgPool::connect(&stack.database_url(service)).await;
         Ok(Self {
-            p: PgPool::connect(&stack.database_url(PAYMENTS)).await?,
-            a: PgPool::connect(&stack.database_url(SERVICE_A)).await?,
-            b: PgPool::connect(&stack.database_url(SERVICE_B)).await?,
+            pools: [
+                pool(PAYMENTS).await?,
+                pool(SERVICE_A).await?,
+                pool(SERVICE_B).await?,
+            ],
             queries: Default::default(),
         })
     }
 
     async fn close(&self) {
-        for pool in [&self.p, &self.a, &self.b] {
+        for pool in &self.pools {
             pool.close().await;
         }
     }
@@ -453,7 +443,7 @@ impl Databases {
     /// measured. The ids are matched here, not with `payment_id = ANY($1)`:
     /// there is no index by payment, and PostgreSQL compares each row with
     /// every id of the array in turn, seconds of a core for a backlog.
-    async fn handled(&self, accepted: &[Accepted], handled: &mut [Option<Handled>; 2]) -> Result<()> {
+    async fn handled(&self, accepted: &[Accepted], handled: &mut [Option<Times>; 2]) -> Result<()> {
         let since = accepted.iter().map(|a| a.sent_at).min().unwrap_or_default();
         for (times, (database, table, time)) in handled.iter_mut().zip([
             (1, "audit_entries", "recorded_at"),
@@ -462,7 +452,7 @@ impl Databases {
             if times.is_some() {
                 continue;
             }
-            let pool = if database == 1 { &self.a } else { &self.b };
+            let pool = &self.pools[database];
             self.queries[database].fetch_add(1, Ordering::Relaxed);
             let since_first: i64 =
                 sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE {time} >= $1"))
@@ -474,7 +464,7 @@ impl Databases {
             }
             self.queries[database].fetch_add(1, Ordering::Relaxed);
             let all = Self::handled_since(pool, table, time, since).await?;
-            let these: Handled = accepted
+            let these: Times = accepted
                 .iter()
                 .filter_map(|a| Some((a.payment_id, *all.get(&a.payment_id)?)))
                 .collect();
@@ -485,12 +475,7 @@ impl Databases {
 
     /// When each payment handled since `since` was first handled, read over
     /// `table`'s index on `time`.
-    async fn handled_since(
-        pool: &PgPool,
-        table: &str,
-        time: &str,
-        since: DateTime<Utc>,
-    ) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+    async fn handled_since(pool: &PgPool, table: &str, time: &str, since: DateTime<Utc>) -> Result<Times> {
         let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(&format!(
             "SELECT payment_id, min({time}) FROM {table} WHERE {time} >= $1 GROUP BY payment_id"
         ))
@@ -502,7 +487,7 @@ impl Databases {
 
     /// When the transaction that stored each of `ids` began (its first
     /// event's `recorded_at`).
-    async fn stored_at(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+    async fn stored_at(&self, ids: &[Uuid]) -> Result<Times> {
         self.queries[0].fetch_add(1, Ordering::Relaxed);
         let streams: HashMap<String, Uuid> = ids.iter().map(|&id| (stream_id(id.into()), id)).collect();
         let names: Vec<&str> = streams.keys().map(String::as_str).collect();
@@ -510,7 +495,7 @@ impl Databases {
             "SELECT stream_id, recorded_at FROM events WHERE version = 1 AND stream_id = ANY($1)",
         )
         .bind(&names)
-        .fetch_all(&self.p)
+        .fetch_all(&self.pools[0])
         .await?;
         Ok(rows
             .into_iter()
@@ -519,8 +504,8 @@ impl Databases {
     }
 }
 
-/// When each payment was handled, by payment id.
-type Handled = HashMap<Uuid, DateTime<Utc>>;
+/// A time of each payment (when it was sent, stored, handled…), by its id.
+type Times = HashMap<Uuid, DateTime<Utc>>;
 
 /// Waits until ServiceB recorded and ServiceA audited and copied every
 /// payment of `accepted`; returns when ServiceA copied each, and when
@@ -530,7 +515,7 @@ async fn drained(
     http: &reqwest::Client,
     service_a: &Service,
     accepted: &[Accepted],
-) -> Result<(Handled, Handled)> {
+) -> Result<(Times, Times)> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     let mut handled = [None, None];
     let recorded = loop {
@@ -549,11 +534,7 @@ async fn drained(
 
 /// When ServiceA's copy of each of `ids` last changed (`Copied-At`), asking
 /// again for those it does not have yet.
-async fn copied_at(
-    http: &reqwest::Client,
-    service_a: &Service,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+async fn copied_at(http: &reqwest::Client, service_a: &Service, ids: &[Uuid]) -> Result<Times> {
     let mut found = HashMap::new();
     let mut missing: Vec<Uuid> = ids.to_vec();
     let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -675,28 +656,21 @@ async fn measure(
 ) -> Result<Step> {
     let (copied, recorded) = drained(databases, http, service_a, &outcome.accepted).await?;
     let ids: Vec<Uuid> = outcome.accepted.iter().map(|a| a.payment_id).collect();
-    let first_sent = outcome
+    let sent: Times = outcome
         .accepted
         .iter()
-        .map(|a| a.sent_at)
-        .min()
-        .context("nothing accepted")?;
+        .map(|a| (a.payment_id, a.sent_at))
+        .collect();
+    let first_sent = *sent.values().min().context("nothing accepted")?;
     let stored = databases.stored_at(&ids).await?;
     let produced = produced_at(stack).await?;
-    let between = |from: &HashMap<Uuid, DateTime<Utc>>, to: &HashMap<Uuid, DateTime<Utc>>| -> Summary {
+    let between = |from: &Times, to: &Times| -> Summary {
         let ms = |id| Some((*to.get(id)? - *from.get(id)?).num_microseconds()? as f64 / 1000.0);
         Summary::of(ids.iter().filter_map(ms).collect())
     };
-    let since_sent = |at: &HashMap<Uuid, DateTime<Utc>>| -> Vec<f64> {
-        outcome
-            .accepted
-            .iter()
-            .filter_map(|a| Some((*at.get(&a.payment_id)? - a.sent_at).num_microseconds()? as f64 / 1000.0))
-            .collect()
-    };
     // How fast each followed: payments over the time from the first sent
     // to the last it had.
-    let rate = |at: &HashMap<Uuid, DateTime<Utc>>| -> f64 {
+    let rate = |at: &Times| -> f64 {
         let last = at.values().max().copied().unwrap_or(first_sent);
         let seconds = (last - first_sent).num_milliseconds() as f64 / 1000.0;
         at.len() as f64 / seconds.max(outcome.elapsed.as_secs_f64())
@@ -716,10 +690,10 @@ async fn measure(
                 .map(|a| a.latency.as_secs_f64() * 1000.0)
                 .collect(),
         ),
-        to_copy: Summary::of(since_sent(&copied)),
-        to_record: Summary::of(since_sent(&recorded)),
+        to_copy: between(&sent, &copied),
+        to_record: between(&sent, &recorded),
         hops: [
-            Summary::of(since_sent(&stored)),
+            between(&sent, &stored),
             between(&stored, &produced),
             between(&produced, &copied),
             between(&produced, &recorded),
@@ -730,7 +704,7 @@ async fn measure(
 
 /// When the relay produced each payment's notification (the record's
 /// timestamp, which the producer sets when it is sent), by payment.
-async fn produced_at(stack: &Stack) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+async fn produced_at(stack: &Stack) -> Result<Times> {
     let kafka = KafkaConfig {
         bootstrap_servers: stack.bootstrap.clone(),
         ..KafkaConfig::local()
