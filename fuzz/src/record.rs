@@ -44,12 +44,12 @@ use service_kit::consumer::{HandleError, Handler};
 use service_kit::startup::Database;
 use shared_events::envelope::{event_id_of, header};
 use shared_events::{
-    Amount, Currency, CustomerId, Envelope, Event, EventId, Metadata, Notification, OrderId, PaymentId,
-    PaymentMethod, PaymentReceivedNotification, PaymentReceivedNotificationV1, PaymentRefundedNotification,
-    PaymentState, Topics, decode, encode,
+    Envelope, Event, EventId, Metadata, Notification, PaymentId, PaymentMethod, PaymentReceivedNotification,
+    PaymentReceivedNotificationV1, PaymentRefundedNotification, PaymentState, Topics, decode, encode,
 };
 use uuid::Uuid;
 
+use crate::http::{KNOWN_PAYMENT, known_payment};
 use crate::{CALLER_TOKEN, runtime, unreachable_database};
 
 /// One record, as the fuzzer chose it.
@@ -455,28 +455,20 @@ impl JsonValue {
     }
 }
 
-/// The payment every real event here is about.
-const PAYMENT: &str = "0190f3a2-7b4c-7d8e-9f00-112233445566";
-
+// Every real event here is about the payment the HTTP targets know.
 fn payment_id() -> PaymentId {
-    PaymentId::parse(PAYMENT).expect("a UUID")
+    known_payment().payment_id
 }
 
 fn at() -> chrono::DateTime<chrono::Utc> {
-    "2026-01-02T03:04:05.678901Z".parse().expect("RFC 3339")
+    known_payment().received_at
 }
 
 fn state() -> PaymentState {
     PaymentState {
-        payment_id: payment_id(),
-        customer_id: CustomerId::parse("customer-42").expect("valid"),
-        order_id: OrderId::parse("order-7").expect("valid"),
-        amount: Amount::parse(1999).expect("valid"),
-        currency: Currency::parse("EUR").expect("valid"),
-        received_at: at(),
         refunded: 500,
         version: 2,
-        payment_method: PaymentMethod::Card,
+        ..known_payment()
     }
 }
 
@@ -621,7 +613,7 @@ impl RecordInput {
             Value::Bytes(bytes) => Some(bytes.clone()),
         };
         let key = match &self.key {
-            Key::Payment => Some(PAYMENT.as_bytes().to_vec()),
+            Key::Payment => Some(KNOWN_PAYMENT.as_bytes().to_vec()),
             Key::Missing => None,
             Key::Bytes(bytes) => Some(bytes.clone()),
         };
