@@ -296,7 +296,8 @@ pub fn service_b() -> Service {
     Service::new(service_b::app(records, callers()), service_b::api::openapi())
 }
 
-fn known_payment() -> PaymentState {
+/// [`KNOWN_PAYMENT`], as received.
+pub(crate) fn known_payment() -> PaymentState {
     PaymentState {
         payment_id: PaymentId::parse(KNOWN_PAYMENT).expect("a UUID"),
         customer_id: CustomerId::parse("customer-42").expect("valid"),

@@ -44,12 +44,12 @@ use service_kit::consumer::{HandleError, Handler};
 use service_kit::startup::Database;
 use shared_events::envelope::{event_id_of, header};
 use shared_events::{
-    Amount, Currency, CustomerId, Envelope, Event, EventId, Metadata, Notification, OrderId, PaymentId,
-    PaymentMethod, PaymentReceivedNotification, PaymentReceivedNotificationV1, PaymentRefundedNotification,
-    PaymentState, Topics, decode, encode,
+    Envelope, Event, EventId, Metadata, Notification, PaymentId, PaymentMethod, PaymentReceivedNotification,
+    PaymentReceivedNotificationV1, PaymentRefundedNotification, PaymentState, Topics, decode, encode,
 };
 use uuid::Uuid;
 
+use crate::http::{KNOWN_PAYMENT, known_payment};
 use crate::{CALLER_TOKEN, runtime, unreachable_database};
 
 /// One record, as the fuzzer chose it.
@@ -455,28 +455,20 @@ impl JsonValue {
     }
 }
 
-/// The payment every real event here is about.
-const PAYMENT: &str = "0190f3a2-7b4c-7d8e-9f00-112233445566";
-
+// Every real event here is about the payment the HTTP targets know.
 fn payment_id() -> PaymentId {
-    PaymentId::parse(PAYMENT).expect("a UUID")
+    known_payment().payment_id
 }
 
 fn at() -> chrono::DateTime<chrono::Utc> {
-    "2026-01-02T03:04:05.678901Z".parse().expect("RFC 3339")
+    known_payment().received_at
 }
 
 fn state() -> PaymentState {
     PaymentState {
-        payment_id: payment_id(),
-        customer_id: CustomerId::parse("customer-42").expect("valid"),
-        order_id: OrderId::parse("order-7").expect("valid"),
-        amount: Amount::parse(1999).expect("valid"),
-        currency: Currency::parse("EUR").expect("valid"),
-        received_at: at(),
         refunded: 500,
         version: 2,
-        payment_method: PaymentMethod::Card,
+        ..known_payment()
     }
 }
 
@@ -560,6 +552,13 @@ fn encoded_headers(event: &EventType, traced: bool) -> Vec<(String, Option<Vec<u
         .collect()
 }
 
+fn header_of(name: &HeaderName, value: &Option<HeaderValue>) -> (String, Option<Vec<u8>>) {
+    (
+        name.as_str().to_owned(),
+        value.as_ref().map(HeaderValue::to_bytes),
+    )
+}
+
 impl RecordInput {
     /// The record a consumer of `topics` would receive.
     pub fn to_record(&self, topics: &Topics) -> OwnedMessage {
@@ -570,31 +569,15 @@ impl RecordInput {
                     match edit {
                         Edit::Set(name, value) => {
                             headers.retain(|(key, _)| key != name.as_str());
-                            headers.push((
-                                name.as_str().to_owned(),
-                                value.as_ref().map(HeaderValue::to_bytes),
-                            ));
+                            headers.push(header_of(name, value));
                         }
                         Edit::Remove(name) => headers.retain(|(key, _)| key != name.as_str()),
-                        Edit::Append(name, value) => {
-                            headers.push((
-                                name.as_str().to_owned(),
-                                value.as_ref().map(HeaderValue::to_bytes),
-                            ));
-                        }
+                        Edit::Append(name, value) => headers.push(header_of(name, value)),
                     }
                 }
                 headers
             }
-            Headers::Raw(raw) => raw
-                .iter()
-                .map(|(name, value)| {
-                    (
-                        name.as_str().to_owned(),
-                        value.as_ref().map(HeaderValue::to_bytes),
-                    )
-                })
-                .collect(),
+            Headers::Raw(raw) => raw.iter().map(|(name, value)| header_of(name, value)).collect(),
         };
         let owned = headers
             .drain(..)
@@ -621,7 +604,7 @@ impl RecordInput {
             Value::Bytes(bytes) => Some(bytes.clone()),
         };
         let key = match &self.key {
-            Key::Payment => Some(PAYMENT.as_bytes().to_vec()),
+            Key::Payment => Some(KNOWN_PAYMENT.as_bytes().to_vec()),
             Key::Missing => None,
             Key::Bytes(bytes) => Some(bytes.clone()),
         };
@@ -757,24 +740,20 @@ fn round_trip<E: Event + PartialEq + Debug>(record: &OwnedMessage) -> Option<Env
         )
     });
     assert_eq!(read_again.data, decoded.data, "the data changed on the way");
-    let (first, second) = (&decoded.metadata, &read_again.metadata);
+    // All but the time, compared as written below.
+    let kept = |m: &Metadata| {
+        (
+            m.id,
+            m.source.clone(),
+            m.correlation_id,
+            m.causation_id,
+            m.traceparent.clone(),
+            m.tracestate.clone(),
+        )
+    };
     assert_eq!(
-        (
-            first.id,
-            &first.source,
-            first.correlation_id,
-            first.causation_id,
-            &first.traceparent,
-            &first.tracestate
-        ),
-        (
-            second.id,
-            &second.source,
-            second.correlation_id,
-            second.causation_id,
-            &second.traceparent,
-            &second.tracestate
-        ),
+        kept(&decoded.metadata),
+        kept(&read_again.metadata),
         "the metadata changed on the way"
     );
     let rewritten = encode(&read_again).expect("encodes");

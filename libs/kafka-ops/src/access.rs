@@ -437,18 +437,14 @@ impl LocalTools {
             .output()
             .await
             .map_err(|e| Error::Access(format!("cannot run bash: {e}")))?;
+        let printed = [output.stdout, output.stderr].map(|out| String::from_utf8_lossy(&out).into_owned());
         if output.status.success() {
-            return Ok(format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ));
+            return Ok(printed.concat());
         }
         // The tools print no password.
         Err(Error::Access(format!(
-            "Kafka's tools failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+            "Kafka's tools failed:\n{}",
+            printed.concat()
         )))
     }
 }

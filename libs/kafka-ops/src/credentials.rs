@@ -139,6 +139,8 @@ impl Set {
         let credentials = self.credentials()?;
         let users = self.kafka_users();
         let mut files = Vec::new();
+        let mut file =
+            |reader, name: &str, text: &str| files.push((reader, name.to_owned(), text.to_owned()));
         for service in SERVICES {
             let kafka_var = user_var(service.kafka_user)?;
             let database_var = ROLES
@@ -146,18 +148,10 @@ impl Set {
                 .find(|(_, _, of)| *of == service.name)
                 .map(|(_, var, _)| *var)
                 .ok_or_else(|| Error::Access(format!("{} has no PostgreSQL role", service.name)))?;
-            files.push((
-                service.name,
-                "KAFKA_SASL_PASSWORD".to_owned(),
-                self.get(kafka_var).expose().to_owned(),
-            ));
-            files.push((
-                service.name,
-                "DATABASE_PASSWORD".to_owned(),
-                self.get(database_var).expose().to_owned(),
-            ));
+            file(service.name, "KAFKA_SASL_PASSWORD", self.get(kafka_var).expose());
+            file(service.name, "DATABASE_PASSWORD", self.get(database_var).expose());
             for (var, value) in credentials.env_of(service.name) {
-                files.push((service.name, var.to_owned(), value));
+                file(service.name, var, &value);
             }
         }
         for var in ROLES
@@ -165,7 +159,7 @@ impl Set {
             .into_iter()
             .chain([POSTGRES_PASSWORD])
         {
-            files.push(("postgres", var.to_owned(), self.get(var).expose().to_owned()));
+            file("postgres", var, self.get(var).expose());
         }
         let operator = users
             .iter()
@@ -178,23 +172,19 @@ impl Set {
         };
         let mut runs = access::topic_invocations(&kafka.topics, kafka.replication_factor, &target);
         runs.extend(access::invocations(&users, &kafka.topics, &target)?);
-        files.push((
+        file(
             "kafka",
-            "operator.properties".to_owned(),
-            access::command_config(&operator.login),
-        ));
+            "operator.properties",
+            &access::command_config(&operator.login),
+        );
         // The operator's, for the Kafka UI.
-        files.push((
+        file(
             "kafka",
-            "OPERATOR_KAFKA_PASSWORD".to_owned(),
-            operator.login.password.expose().to_owned(),
-        ));
-        files.push((
-            "kafka",
-            KAFKA_ACCESS.to_owned(),
-            access::script(&runs, "/opt/kafka/bin"),
-        ));
-        files.push(("kafka", KAFKA_START.to_owned(), kafka_start(&operator.login)?));
+            "OPERATOR_KAFKA_PASSWORD",
+            operator.login.password.expose(),
+        );
+        file("kafka", KAFKA_ACCESS, &access::script(&runs, "/opt/kafka/bin"));
+        file("kafka", KAFKA_START, &kafka_start(&operator.login)?);
         Ok(files)
     }
 }

@@ -2,6 +2,7 @@
 //! connections get answers (closed loop), or at a fixed rate whatever the
 //! answers do (open loop).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -63,82 +64,96 @@ async fn post(
     })
 }
 
-/// `connections` clients each sending the next payment once the last is
-/// answered, for `duration` or until `count` payments were accepted.
-pub async fn closed(
-    http: reqwest::Client,
-    url: String,
-    connections: usize,
-    duration: Duration,
-    count: Option<usize>,
-) -> Outcome {
-    let started = Instant::now();
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut clients = JoinSet::new();
-    for _ in 0..connections {
-        let (http, url, sent) = (http.clone(), url.clone(), Arc::clone(&sent));
-        clients.spawn(async move {
-            let mut outcome = Outcome::default();
-            while started.elapsed() < duration {
-                let n = sent.fetch_add(1, Ordering::Relaxed);
-                if count.is_some_and(|count| n >= count as u64) {
-                    break;
-                }
-                match post(&http, &url, n, Instant::now(), Utc::now()).await {
-                    Some(accepted) => outcome.accepted.push(accepted),
-                    None => outcome.failed += 1,
-                }
-            }
-            outcome
-        });
-    }
-    let mut outcome = Outcome::default();
-    while let Some(client) = clients.join_next().await {
-        let client = client.expect("load client");
-        outcome.accepted.extend(client.accepted);
-        outcome.failed += client.failed;
-    }
-    outcome.elapsed = started.elapsed();
-    outcome
+/// Payments sent to Payments' `url`, each load step for `seconds`.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub http: reqwest::Client,
+    pub url: String,
+    /// The closed loop's clients.
+    pub connections: usize,
+    pub seconds: Duration,
 }
 
-/// A payment every `1 / rate` seconds for `duration`, each timed from when
-/// it was due: a slow answer does not delay the next request (no
-/// coordinated omission).
-pub async fn open(http: reqwest::Client, url: String, rate: f64, duration: Duration) -> Outcome {
-    let started = Instant::now();
-    let outstanding = Arc::new(Semaphore::new(MAX_OUTSTANDING));
-    let mut requests = JoinSet::new();
-    let mut outcome = Outcome::default();
-    let total = (rate * duration.as_secs_f64()).round() as u64;
-    for n in 0..total {
-        let due = started + Duration::from_secs_f64(n as f64 / rate);
-        tokio::time::sleep_until(due.into()).await;
-        let sent_at = Utc::now() - (Instant::now() - due);
-        let Ok(permit) = Arc::clone(&outstanding).try_acquire_owned() else {
-            outcome.skipped += 1;
-            continue;
-        };
-        let (http, url) = (http.clone(), url.clone());
-        requests.spawn(async move {
-            let accepted = post(&http, &url, n, due, sent_at).await;
-            drop(permit);
-            accepted
-        });
-        // Collect what is done as it goes, to keep the set small.
-        while let Some(done) = requests.try_join_next() {
-            match done.expect("request task") {
-                Some(accepted) => outcome.accepted.push(accepted),
-                None => outcome.failed += 1,
+impl Outcome {
+    fn add(&mut self, answer: Option<Accepted>) {
+        match answer {
+            Some(accepted) => self.accepted.push(accepted),
+            None => self.failed += 1,
+        }
+    }
+}
+
+impl Load {
+    /// `connections` clients each sending the next payment once the last is
+    /// answered, for `seconds` or, given a `count`, until that many were
+    /// sent.
+    pub fn closed(&self, count: Option<usize>) -> impl Future<Output = Outcome> + Send + 'static {
+        let duration = count.map_or(self.seconds, |_| Duration::from_secs(3600));
+        let load = self.clone();
+        async move {
+            let started = Instant::now();
+            let sent = Arc::new(AtomicU64::new(0));
+            let mut clients = JoinSet::new();
+            for _ in 0..load.connections {
+                let (http, url, sent) = (load.http.clone(), load.url.clone(), Arc::clone(&sent));
+                clients.spawn(async move {
+                    let mut outcome = Outcome::default();
+                    while started.elapsed() < duration {
+                        let n = sent.fetch_add(1, Ordering::Relaxed);
+                        if count.is_some_and(|count| n >= count as u64) {
+                            break;
+                        }
+                        outcome.add(post(&http, &url, n, Instant::now(), Utc::now()).await);
+                    }
+                    outcome
+                });
             }
+            let mut outcome = Outcome::default();
+            while let Some(client) = clients.join_next().await {
+                let client = client.expect("load client");
+                outcome.accepted.extend(client.accepted);
+                outcome.failed += client.failed;
+            }
+            outcome.elapsed = started.elapsed();
+            outcome
         }
     }
-    while let Some(done) = requests.join_next().await {
-        match done.expect("request task") {
-            Some(accepted) => outcome.accepted.push(accepted),
-            None => outcome.failed += 1,
+
+    /// A payment every `1 / rate` seconds for `seconds`, each timed from
+    /// when it was due: a slow answer does not delay the next request (no
+    /// coordinated omission).
+    pub fn open(&self, rate: f64) -> impl Future<Output = Outcome> + Send + 'static {
+        let load = self.clone();
+        async move {
+            let started = Instant::now();
+            let outstanding = Arc::new(Semaphore::new(MAX_OUTSTANDING));
+            let mut requests = JoinSet::new();
+            let mut outcome = Outcome::default();
+            let total = (rate * load.seconds.as_secs_f64()).round() as u64;
+            for n in 0..total {
+                let due = started + Duration::from_secs_f64(n as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                let sent_at = Utc::now() - (Instant::now() - due);
+                let Ok(permit) = Arc::clone(&outstanding).try_acquire_owned() else {
+                    outcome.skipped += 1;
+                    continue;
+                };
+                let (http, url) = (load.http.clone(), load.url.clone());
+                requests.spawn(async move {
+                    let accepted = post(&http, &url, n, due, sent_at).await;
+                    drop(permit);
+                    accepted
+                });
+                // Collect what is done as it goes, to keep the set small.
+                while let Some(done) = requests.try_join_next() {
+                    outcome.add(done.expect("request task"));
+                }
+            }
+            while let Some(done) = requests.join_next().await {
+                outcome.add(done.expect("request task"));
+            }
+            outcome.elapsed = load.seconds;
+            outcome
         }
     }
-    outcome.elapsed = duration;
-    outcome
 }

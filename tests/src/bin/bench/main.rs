@@ -1,12 +1,7 @@
 //! `bench`: the pipeline benchmark, which `cargo xtask bench` builds in
 //! release mode and runs with the raw ceilings it measured first
-//! (docs/measured.md says what it measures and how):
-//!
-//! ```sh
-//! bench --ceilings target/xtask/bench/ceilings.json --out docs/bench \
-//!       --bin-dir target/release [--seconds 10] [--backlog 100000] [--connections 32] \
-//!       [--otlp http://127.0.0.1:4318]
-//! ```
+//! (docs/measured.md says what it measures and how; `bench --help`, its
+//! options).
 
 mod load;
 mod profile;
@@ -21,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
+use clap::Parser as _;
 use event_store::EventStore;
 use payments_service::repository::stream_id;
 use rdkafka::Message;
@@ -30,7 +26,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use load::{Accepted, Outcome};
+use load::{Accepted, Load, Outcome};
 use profile::{Perf, Profile, Statements};
 use report::{Backlog, Ceilings, Relay, Report, Step, Summary, Usage};
 use stack::{PAYMENTS, SERVICE_A, SERVICE_B, Service, Stack};
@@ -40,49 +36,35 @@ const WARM_UP: Duration = Duration::from_secs(30);
 /// How long the consumers get to catch up after a load step.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The pipeline benchmark: writes `<out>/results.md`.
+#[derive(Debug, clap::Parser)]
 struct Options {
+    /// The raw ceilings `cargo xtask bench` measured.
+    #[arg(long, default_value = "target/xtask/bench/ceilings.json")]
     ceilings: PathBuf,
+    /// Where results.md goes.
+    #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
+    /// Where the services' release binaries are.
+    #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
+    /// How long each load step lasts.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Payments piled up while the consumers are stopped, then drained.
+    #[arg(long, default_value_t = 100_000)]
     backlog: usize,
+    /// The closed loop's clients.
+    #[arg(long, default_value_t = 32)]
     connections: usize,
     /// Where the services export their spans for the run with tracing on.
+    #[arg(long)]
     otlp: Option<String>,
-}
-
-impl Options {
-    fn parse() -> Result<Self> {
-        let mut options = Self {
-            ceilings: PathBuf::from("target/xtask/bench/ceilings.json"),
-            out: PathBuf::from("docs/bench"),
-            bin_dir: PathBuf::from("target/release"),
-            seconds: 10,
-            backlog: 100_000,
-            connections: 32,
-            otlp: None,
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-            match arg.as_str() {
-                "--ceilings" => options.ceilings = value()?.into(),
-                "--out" => options.out = value()?.into(),
-                "--bin-dir" => options.bin_dir = value()?.into(),
-                "--seconds" => options.seconds = value()?.parse()?,
-                "--backlog" => options.backlog = value()?.parse()?,
-                "--connections" => options.connections = value()?.parse()?,
-                "--otlp" => options.otlp = Some(value()?),
-                other => bail!("unknown option {other}; see the top of tests/src/bin/bench/main.rs"),
-            }
-        }
-        Ok(options)
-    }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let options = Options::parse()?;
+    let options = Options::parse();
     let ceilings: Ceilings = serde_json::from_str(
         &std::fs::read_to_string(&options.ceilings)
             .with_context(|| format!("cannot read {}", options.ceilings.display()))?,
@@ -126,7 +108,7 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         .pool_max_idle_per_host(MAX_CONNECTIONS)
         .default_headers(operator)
         .build()?;
-    let load = Load::on(stack, &http, options);
+    let load = load_on(stack, &http, options);
     let databases = Databases::connect(stack).await?;
 
     // Tracing's cost first: the closed loop with every service exporting
@@ -144,9 +126,9 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
             )?;
             own.create_databases().await?;
             let step = async {
-                let (load, databases) = (Load::on(&own, &http, options), Databases::connect(&own).await?);
+                let (load, databases) = (load_on(&own, &http, options), Databases::connect(&own).await?);
                 let services = start_all(&own, &http, &[(OTLP_ENDPOINT, endpoint)]).await?;
-                load.warm_up(&databases, &services[1]).await?;
+                warm_up(&load, &databases, &services[1]).await?;
                 let (outcome, usage) = sampled(&services, &http, spawned(load.closed(None))).await;
                 let step = measure(&own, &databases, &http, &services[1], &outcome, None, usage).await?;
                 stop_all(services).await?;
@@ -168,7 +150,7 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         .map(|s| (s.name.to_owned(), s.rss().unwrap_or(0)))
         .collect();
     eprintln!("bench: idle RSS {idle_rss:?}");
-    load.warm_up(&databases, &services[1]).await?;
+    warm_up(&load, &databases, &services[1]).await?;
 
     // The highest rate: Payments as fast as it answers, then how fast the
     // consumers followed. Profiled: the CPU while the load runs, the
@@ -183,18 +165,13 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     let queries_before = databases.queries();
     let perf = Perf::start(&stack.log_dir.join("perf.data"));
     let (probe, probe_usage) = sampled(&services, &http, spawned(load.closed(None))).await;
-    let cpu = match perf {
-        Ok(perf) => perf.stop(&process_names(&services)).await,
-        Err(e) => Err(e),
-    };
+    let cpu = async { perf?.stop(&process_names(&services)).await }.await;
     let probe_step = measure(stack, &databases, &http, &services[1], &probe, None, probe_usage).await?;
-    let statements = match statements {
-        Ok(statements) => {
-            let databases = [PAYMENTS, SERVICE_A, SERVICE_B].map(|s| (s, stack.database(s)));
-            statements.read(&databases).await
-        }
-        Err(e) => Err(e),
-    };
+    let statements = async {
+        let databases = [PAYMENTS, SERVICE_A, SERVICE_B].map(|s| (s, stack.database(s)));
+        statements?.read(&databases).await
+    }
+    .await;
     tokio::time::sleep(STATS_REPORTED).await;
     let commits = async {
         let (before, after, queries) = (commits_before?, commits(stack).await?, databases.queries());
@@ -211,10 +188,7 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
         statements: statements.map_err(|e| format!("{e:#}")),
         commits: commits.map_err(|e: anyhow::Error| format!("{e:#}")),
     };
-    let sustained = probe_step
-        .accepted_rate
-        .min(probe_step.copy_rate)
-        .min(probe_step.record_rate);
+    let sustained = probe_step.sustained();
     eprintln!(
         "bench: accepted {:.0}/s, copied {:.0}/s, recorded {:.0}/s: sustained {sustained:.0}/s",
         probe_step.accepted_rate, probe_step.copy_rate, probe_step.record_rate
@@ -274,17 +248,13 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     // Their CPU from their start, not from when both were ready: by then
     // much of a backlog may be drained.
     let elapsed = from.elapsed().as_secs_f64();
-    for (service, usage) in services.iter().zip(&mut usage) {
-        let before = if service.name == PAYMENTS {
-            payments_cpu
-        } else {
-            Duration::ZERO
-        };
+    let before = [payments_cpu, Duration::ZERO, Duration::ZERO];
+    for ((service, usage), before) in services.iter().zip(&mut usage).zip(before) {
         let used = service.cpu().unwrap_or_default().saturating_sub(before);
         usage.cpu_percent = 100.0 * used.as_secs_f64() / elapsed;
     }
     // From their start until each handled its first one, and its last.
-    let since_start = |pick: fn(&Handled) -> Option<DateTime<Utc>>| {
+    let since_start = |pick: fn(&Times) -> Option<DateTime<Utc>>| {
         handled
             .each_ref()
             .map(|times| (pick(times.as_ref()?)? - started).to_std().ok())
@@ -343,67 +313,35 @@ async fn run(stack: &Stack, options: &Options, ceilings: Ceilings) -> Result<Rep
     })
 }
 
-/// The load: payments sent to Payments' `url`.
-struct Load {
-    http: reqwest::Client,
-    url: String,
-    connections: usize,
-    seconds: Duration,
+/// The load on the Payments of `stack`.
+fn load_on(stack: &Stack, http: &reqwest::Client, options: &Options) -> Load {
+    Load {
+        http: http.clone(),
+        url: format!("http://127.0.0.1:{}/payments", stack.payments_port),
+        connections: options.connections,
+        seconds: Duration::from_secs(options.seconds),
+    }
 }
 
-impl Load {
-    fn on(stack: &Stack, http: &reqwest::Client, options: &Options) -> Self {
-        Self {
-            http: http.clone(),
-            url: format!("http://127.0.0.1:{}/payments", stack.payments_port),
-            connections: options.connections,
-            seconds: Duration::from_secs(options.seconds),
-        }
+/// Connections, group joins, the first batches, and the broker's JIT
+/// compilers: the closed loop for [`WARM_UP`], until every consumer has
+/// its payments. (A broker started for the run compiles for its first
+/// minute and a half under this load: without the warm-up its C1 and C2
+/// compiler threads took 15% of the CPU samples of the closed loop
+/// measured next, half the broker's CPU. With `--otlp` the traced run
+/// and its warm-up come first, so the broker has had more than a minute
+/// of load before the closed loop; longer would grow the tables the
+/// backlog is then drained into.)
+async fn warm_up(load: &Load, databases: &Databases, service_a: &Service) -> Result<()> {
+    let warm = Load {
+        seconds: WARM_UP,
+        ..load.clone()
     }
-
-    /// `connections` clients, each sending its next payment once answered,
-    /// for `seconds` or until `count` were accepted.
-    fn closed(&self, count: Option<usize>) -> impl Future<Output = Outcome> + Send + 'static {
-        let seconds = if count.is_some() {
-            Duration::from_secs(3600)
-        } else {
-            self.seconds
-        };
-        load::closed(
-            self.http.clone(),
-            self.url.clone(),
-            self.connections,
-            seconds,
-            count,
-        )
-    }
-
-    fn open(&self, rate: f64) -> impl Future<Output = Outcome> + Send + 'static {
-        load::open(self.http.clone(), self.url.clone(), rate, self.seconds)
-    }
-
-    /// Connections, group joins, the first batches, and the broker's JIT
-    /// compilers: the closed loop for [`WARM_UP`], until every consumer has
-    /// its payments. (A broker started for the run compiles for its first
-    /// minute and a half under this load: without the warm-up its C1 and C2
-    /// compiler threads took 15% of the CPU samples of the closed loop
-    /// measured next, half the broker's CPU. With `--otlp` the traced run
-    /// and its warm-up come first, so the broker has had more than a minute
-    /// of load before the closed loop; longer would grow the tables the
-    /// backlog is then drained into.)
-    async fn warm_up(&self, databases: &Databases, service_a: &Service) -> Result<()> {
-        let warm = load::closed(
-            self.http.clone(),
-            self.url.clone(),
-            self.connections,
-            WARM_UP,
-            None,
-        )
-        .await;
-        drained(databases, &self.http, service_a, &warm.accepted)
-            .await
-            .map(drop)
-    }
+    .closed(None)
+    .await;
+    drained(databases, &load.http, service_a, &warm.accepted)
+        .await
+        .map(drop)
 }
 
 /// Payments, ServiceA and ServiceB, each with `env` added, once ready.
@@ -464,25 +402,27 @@ const MAX_CONNECTIONS: usize = 1100;
 
 /// The consumers' databases, read for their timestamps.
 struct Databases {
-    p: PgPool,
-    a: PgPool,
-    b: PgPool,
+    /// Payments', ServiceA's and ServiceB's.
+    pools: [PgPool; 3],
     /// The statements sent to each, each a transaction.
     queries: [AtomicI64; 3],
 }
 
 impl Databases {
     async fn connect(stack: &Stack) -> Result<Self> {
+        let pool = async |service| PgPool::connect(&stack.database_url(service)).await;
         Ok(Self {
-            p: PgPool::connect(&stack.database_url(PAYMENTS)).await?,
-            a: PgPool::connect(&stack.database_url(SERVICE_A)).await?,
-            b: PgPool::connect(&stack.database_url(SERVICE_B)).await?,
+            pools: [
+                pool(PAYMENTS).await?,
+                pool(SERVICE_A).await?,
+                pool(SERVICE_B).await?,
+            ],
             queries: Default::default(),
         })
     }
 
     async fn close(&self) {
-        for pool in [&self.p, &self.a, &self.b] {
+        for pool in &self.pools {
             pool.close().await;
         }
     }
@@ -503,7 +443,7 @@ impl Databases {
     /// measured. The ids are matched here, not with `payment_id = ANY($1)`:
     /// there is no index by payment, and PostgreSQL compares each row with
     /// every id of the array in turn, seconds of a core for a backlog.
-    async fn handled(&self, accepted: &[Accepted], handled: &mut [Option<Handled>; 2]) -> Result<()> {
+    async fn handled(&self, accepted: &[Accepted], handled: &mut [Option<Times>; 2]) -> Result<()> {
         let since = accepted.iter().map(|a| a.sent_at).min().unwrap_or_default();
         for (times, (database, table, time)) in handled.iter_mut().zip([
             (1, "audit_entries", "recorded_at"),
@@ -512,7 +452,7 @@ impl Databases {
             if times.is_some() {
                 continue;
             }
-            let pool = if database == 1 { &self.a } else { &self.b };
+            let pool = &self.pools[database];
             self.queries[database].fetch_add(1, Ordering::Relaxed);
             let since_first: i64 =
                 sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE {time} >= $1"))
@@ -524,7 +464,7 @@ impl Databases {
             }
             self.queries[database].fetch_add(1, Ordering::Relaxed);
             let all = Self::handled_since(pool, table, time, since).await?;
-            let these: Handled = accepted
+            let these: Times = accepted
                 .iter()
                 .filter_map(|a| Some((a.payment_id, *all.get(&a.payment_id)?)))
                 .collect();
@@ -535,12 +475,7 @@ impl Databases {
 
     /// When each payment handled since `since` was first handled, read over
     /// `table`'s index on `time`.
-    async fn handled_since(
-        pool: &PgPool,
-        table: &str,
-        time: &str,
-        since: DateTime<Utc>,
-    ) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+    async fn handled_since(pool: &PgPool, table: &str, time: &str, since: DateTime<Utc>) -> Result<Times> {
         let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(&format!(
             "SELECT payment_id, min({time}) FROM {table} WHERE {time} >= $1 GROUP BY payment_id"
         ))
@@ -552,7 +487,7 @@ impl Databases {
 
     /// When the transaction that stored each of `ids` began (its first
     /// event's `recorded_at`).
-    async fn stored_at(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+    async fn stored_at(&self, ids: &[Uuid]) -> Result<Times> {
         self.queries[0].fetch_add(1, Ordering::Relaxed);
         let streams: HashMap<String, Uuid> = ids.iter().map(|&id| (stream_id(id.into()), id)).collect();
         let names: Vec<&str> = streams.keys().map(String::as_str).collect();
@@ -560,7 +495,7 @@ impl Databases {
             "SELECT stream_id, recorded_at FROM events WHERE version = 1 AND stream_id = ANY($1)",
         )
         .bind(&names)
-        .fetch_all(&self.p)
+        .fetch_all(&self.pools[0])
         .await?;
         Ok(rows
             .into_iter()
@@ -569,8 +504,8 @@ impl Databases {
     }
 }
 
-/// When each payment was handled, by payment id.
-type Handled = HashMap<Uuid, DateTime<Utc>>;
+/// A time of each payment (when it was sent, stored, handled…), by its id.
+type Times = HashMap<Uuid, DateTime<Utc>>;
 
 /// Waits until ServiceB recorded and ServiceA audited and copied every
 /// payment of `accepted`; returns when ServiceA copied each, and when
@@ -580,7 +515,7 @@ async fn drained(
     http: &reqwest::Client,
     service_a: &Service,
     accepted: &[Accepted],
-) -> Result<(Handled, Handled)> {
+) -> Result<(Times, Times)> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     let mut handled = [None, None];
     let recorded = loop {
@@ -599,11 +534,7 @@ async fn drained(
 
 /// When ServiceA's copy of each of `ids` last changed (`Copied-At`), asking
 /// again for those it does not have yet.
-async fn copied_at(
-    http: &reqwest::Client,
-    service_a: &Service,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+async fn copied_at(http: &reqwest::Client, service_a: &Service, ids: &[Uuid]) -> Result<Times> {
     let mut found = HashMap::new();
     let mut missing: Vec<Uuid> = ids.to_vec();
     let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -705,7 +636,7 @@ async fn sampled<T>(
     if let (Some(before), Some(after)) = (machine_before, stack::machine_cpu()) {
         usage.push(Usage {
             service: report::MACHINE.to_owned(),
-            cpu_percent: 100.0 * (after.0 - before.0).as_secs_f64() / elapsed,
+            cpu_percent: 100.0 * (after - before).as_secs_f64() / elapsed,
             ..Usage::default()
         });
     }
@@ -725,28 +656,21 @@ async fn measure(
 ) -> Result<Step> {
     let (copied, recorded) = drained(databases, http, service_a, &outcome.accepted).await?;
     let ids: Vec<Uuid> = outcome.accepted.iter().map(|a| a.payment_id).collect();
-    let first_sent = outcome
+    let sent: Times = outcome
         .accepted
         .iter()
-        .map(|a| a.sent_at)
-        .min()
-        .context("nothing accepted")?;
+        .map(|a| (a.payment_id, a.sent_at))
+        .collect();
+    let first_sent = *sent.values().min().context("nothing accepted")?;
     let stored = databases.stored_at(&ids).await?;
     let produced = produced_at(stack).await?;
-    let between = |from: &HashMap<Uuid, DateTime<Utc>>, to: &HashMap<Uuid, DateTime<Utc>>| -> Summary {
+    let between = |from: &Times, to: &Times| -> Summary {
         let ms = |id| Some((*to.get(id)? - *from.get(id)?).num_microseconds()? as f64 / 1000.0);
         Summary::of(ids.iter().filter_map(ms).collect())
     };
-    let since_sent = |at: &HashMap<Uuid, DateTime<Utc>>| -> Vec<f64> {
-        outcome
-            .accepted
-            .iter()
-            .filter_map(|a| Some((*at.get(&a.payment_id)? - a.sent_at).num_microseconds()? as f64 / 1000.0))
-            .collect()
-    };
     // How fast each followed: payments over the time from the first sent
     // to the last it had.
-    let rate = |at: &HashMap<Uuid, DateTime<Utc>>| -> f64 {
+    let rate = |at: &Times| -> f64 {
         let last = at.values().max().copied().unwrap_or(first_sent);
         let seconds = (last - first_sent).num_milliseconds() as f64 / 1000.0;
         at.len() as f64 / seconds.max(outcome.elapsed.as_secs_f64())
@@ -766,10 +690,10 @@ async fn measure(
                 .map(|a| a.latency.as_secs_f64() * 1000.0)
                 .collect(),
         ),
-        to_copy: Summary::of(since_sent(&copied)),
-        to_record: Summary::of(since_sent(&recorded)),
+        to_copy: between(&sent, &copied),
+        to_record: between(&sent, &recorded),
         hops: [
-            Summary::of(since_sent(&stored)),
+            between(&sent, &stored),
             between(&stored, &produced),
             between(&produced, &copied),
             between(&produced, &recorded),
@@ -780,7 +704,7 @@ async fn measure(
 
 /// When the relay produced each payment's notification (the record's
 /// timestamp, which the producer sets when it is sent), by payment.
-async fn produced_at(stack: &Stack) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+async fn produced_at(stack: &Stack) -> Result<Times> {
     let kafka = KafkaConfig {
         bootstrap_servers: stack.bootstrap.clone(),
         ..KafkaConfig::local()

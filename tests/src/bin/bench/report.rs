@@ -179,8 +179,13 @@ fn latency(s: &Summary) -> String {
     format!("{:.1} / {:.1} / {:.1} / {:.1}", s.p50, s.p90, s.p99, s.max)
 }
 
-fn usage_of<'a>(usage: &'a [Usage], service: &str) -> Option<&'a Usage> {
-    usage.iter().find(|u| u.service == service)
+/// The usage of `service`; nothing when it was not sampled.
+fn usage_of(usage: &[Usage], service: &str) -> Usage {
+    usage
+        .iter()
+        .find(|u| u.service == service)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// A step by the load it was offered.
@@ -192,12 +197,18 @@ fn label(step: &Step) -> String {
 
 /// CPU time of `process` per payment the step accepted, in ms.
 fn cpu_ms(step: &Step, process: &str) -> f64 {
-    let cpu = usage_of(&step.usage, process).map_or(0.0, |u| u.cpu_percent);
-    10.0 * cpu / step.accepted_rate.max(1.0)
+    10.0 * usage_of(&step.usage, process).cpu_percent / step.accepted_rate.max(1.0)
 }
 
 fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "missed" }
+}
+
+impl Step {
+    /// The lowest of the rates Payments accepted and the consumers followed.
+    pub fn sustained(&self) -> f64 {
+        self.accepted_rate.min(self.copy_rate).min(self.record_rate)
+    }
 }
 
 impl Report {
@@ -293,7 +304,7 @@ impl Report {
         let _ = writeln!(md, "|---|---:|---|---|---|---:|---:|---|---:|---|");
         for step in &self.steps {
             let (pct, rate) = step.offered.unwrap_or((0, 0.0));
-            let u = |name: &str| usage_of(&step.usage, name).cloned().unwrap_or_default();
+            let u = |name: &str| usage_of(&step.usage, name);
             let (up, ua, ub, um) = (u("payments-service"), u("service-a"), u("service-b"), u(MACHINE));
             let _ = writeln!(
                 md,
@@ -395,7 +406,7 @@ impl Report {
             .into_iter()
             .zip(b.first_handled)
         {
-            let usage = usage_of(&b.usage, name).cloned().unwrap_or_default();
+            let usage = usage_of(&b.usage, name);
             let _ = writeln!(
                 md,
                 "| {name} | {} | {} | {} | {:.1} MB | {:.0} |",
@@ -406,9 +417,7 @@ impl Report {
                 usage.cpu_percent
             );
         }
-        let payments = usage_of(&b.usage, "payments-service")
-            .cloned()
-            .unwrap_or_default();
+        let payments = usage_of(&b.usage, "payments-service");
         let _ = writeln!(
             md,
             "\nPayments meanwhile, answering ServiceB's callbacks: max RSS {:.1} MB, CPU {:.0}%.",
@@ -452,7 +461,7 @@ impl Report {
                         md,
                         "| {label} | {:.0}/s | {:.0}/s | {:.2} / {:.2} |",
                         step.accepted_rate,
-                        step.accepted_rate.min(step.copy_rate).min(step.record_rate),
+                        step.sustained(),
                         cpu_ms(step, MACHINE),
                         cpu_ms(step, "payments-service"),
                     );

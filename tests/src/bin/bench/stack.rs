@@ -222,13 +222,9 @@ fn cpu_time(stat: &Path) -> Option<Duration> {
 }
 
 /// The CPU time every core of the machine spent busy so far (all but idle
-/// and I/O wait, from `/proc/stat`), and the number of cores.
-pub fn machine_cpu() -> Option<(Duration, usize)> {
+/// and I/O wait, from `/proc/stat`).
+pub fn machine_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cores = stat
-        .lines()
-        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-        .count();
     let ticks: Vec<u64> = stat
         .lines()
         .next()?
@@ -239,10 +235,7 @@ pub fn machine_cpu() -> Option<(Duration, usize)> {
     let total: u64 = ticks.iter().take(8).sum();
     let idle = ticks.get(3)? + ticks.get(4)?;
     let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
-    Some((
-        Duration::from_secs_f64((total - idle) as f64 / per_second as f64),
-        cores,
-    ))
+    Some(Duration::from_secs_f64((total - idle) as f64 / per_second as f64))
 }
 
 /// The processes a payment goes through besides the services, by name: the
