@@ -147,10 +147,10 @@ async fn run_services(
     let outcome = tokio::select! {
         () = interrupted => {
             eprintln!("xtask: stopping the demo");
-            (!has_work).then_some(()).context("interrupted before the task ended")
+            ended(has_work, "interrupted before the task ended")
         }
         // The demo ends with its services; a task cannot go on without them.
-        () = exited => (!has_work).then_some(()).context("a service exited before the task ended"),
+        () = exited => ended(has_work, "a service exited before the task ended"),
         outcome = worked => outcome,
     };
 
@@ -169,6 +169,15 @@ async fn run_services(
         }
     }
     outcome
+}
+
+/// How the demo ended early (`why`): a failure when a task was running,
+/// which then did not finish; nothing wrong for the demo alone.
+fn ended(has_work: bool, why: &str) -> Result<()> {
+    if has_work {
+        bail!("{why}");
+    }
+    Ok(())
 }
 
 /// How long `with_stack` waits for every service to be ready.
