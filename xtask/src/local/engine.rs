@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 
-use crate::local::process::{is_alive, runs, runs_program, spawn_detached, terminate};
+use crate::local::process::{is_alive, printed, runs, runs_program, spawn_detached, terminate};
 
 /// Where podman serves the Docker API.
 pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
@@ -365,22 +365,6 @@ async fn podman_lines(args: &[&str]) -> Option<Vec<String>> {
     let printed = printed("podman", args).await?;
     let lines = printed.lines().map(str::trim).filter(|line| !line.is_empty());
     Some(lines.map(str::to_owned).collect())
-}
-
-/// What `program ARGS` prints, if it succeeds; it reads nothing, and what
-/// it says on stderr is not shown.
-pub async fn printed(program: &str, args: &[&str]) -> Option<String> {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .await
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[cfg(test)]

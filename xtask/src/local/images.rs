@@ -28,6 +28,7 @@ use anyhow::{Context, Result, bail};
 use crate::local::broker::LocalBroker;
 use crate::local::engine::{self, Engine};
 use crate::local::jaeger;
+use crate::local::process::printed;
 
 /// The label that holds the digest of what a stand-in was built from.
 const LABEL: &str = "eda-rust.stand-in";
@@ -298,7 +299,7 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
 
 /// The image id of `image`.
 async fn image_id(engine: &Engine, image: &str) -> Result<String> {
-    let id = engine::printed(engine.cli, &["image", "inspect", "--format", "{{.Id}}", image]).await;
+    let id = printed(engine.cli, &["image", "inspect", "--format", "{{.Id}}", image]).await;
     Ok(id
         .with_context(|| format!("{image} is missing"))?
         .trim()

@@ -94,6 +94,22 @@ pub fn spawn_detached(mut command: std::process::Command, log: &Path, pid_file: 
     Ok(pid)
 }
 
+/// What `program ARGS` prints, if it succeeds; it reads nothing, and what
+/// it says on stderr is not shown.
+pub async fn printed(program: &str, args: &[&str]) -> Option<String> {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// What `command` printed, or its output in the error if it fails.
 pub async fn output(mut command: tokio::process::Command, what: &str) -> Result<String> {
     let output = command

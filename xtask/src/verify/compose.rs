@@ -34,6 +34,7 @@ use tokio::process::Command;
 
 use crate::local::demo::{PAYMENTS, SERVICE_A, expect, get_ok, payment, post};
 use crate::local::engine;
+use crate::local::process::printed;
 
 /// Compose's project name: containers, network and volumes of their own.
 const PROJECT: &str = "eda-compose-check";
@@ -231,9 +232,7 @@ impl Compose<'_> {
     async fn down(&self) -> Result<()> {
         let first = self.run(&["down", "--volumes", "--remove-orphans"]).await;
         let ps = ["ps", "--all", "--quiet", "--filter", &project_label()];
-        let ps = engine::printed("docker", &ps)
-            .await
-            .context("`docker ps` failed")?;
+        let ps = printed("docker", &ps).await.context("`docker ps` failed")?;
         let left: Vec<&str> = ps.split_whitespace().collect();
         if left.is_empty() {
             first?;
@@ -259,7 +258,7 @@ impl Compose<'_> {
     async fn nothing_left(&self) -> Result<()> {
         for kind in ["volume", "network"] {
             let ls = [kind, "ls", "--quiet", "--filter", &project_label()];
-            let left = engine::printed("docker", &ls)
+            let left = printed("docker", &ls)
                 .await
                 .with_context(|| format!("`docker {kind} ls` failed"))?;
             if !left.trim().is_empty() {
@@ -602,10 +601,10 @@ fn project_label() -> String {
 /// Whether the engine has the Kafka UI's image, or can pull it; if not, says
 /// that its service is left out.
 async fn kafka_ui_image() -> bool {
-    if engine::printed("docker", &["image", "inspect", KAFKA_UI_IMAGE])
+    if printed("docker", &["image", "inspect", KAFKA_UI_IMAGE])
         .await
         .is_some()
-        || engine::printed("docker", &["pull", "--quiet", KAFKA_UI_IMAGE])
+        || printed("docker", &["pull", "--quiet", KAFKA_UI_IMAGE])
             .await
             .is_some()
     {
